@@ -1,0 +1,269 @@
+"""Fact case schema v1: frozen dataclasses and a strict YAML loader (safe_load only)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .metricspec import METRIC_BY_NAME
+
+SCHEMA_VERSION = 1
+DEFAULTS_FILE = "_defaults.yaml"
+CASE_SUFFIXES = (".yaml", ".yml")
+
+
+class CaseError(Exception):
+    """A fact case (or a `_defaults.yaml`) is invalid: names the file, the key and the problem."""
+
+    def __init__(self, path: Path | str, key: str | None, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: key '{key}'" if key else self.path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Control:
+    """A held-out fact the edit must leave alone."""
+
+    prompt: str
+    answer: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FactCase:
+    """One fact edit; its fields are exactly the YAML keys of schema v1."""
+
+    id: str
+    subject: str
+    prompts: tuple[str, ...]
+    old: tuple[str, ...]
+    new: tuple[str, ...]
+    paraphrases: tuple[str, ...] = ()
+    controls: tuple[Control, ...] = ()
+    anchors: tuple[str, ...] = ()
+    chat: bool = False
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    method: Mapping[str, Any] = field(default_factory=dict)
+
+
+CASE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(FactCase))
+DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "method", "chat")
+REQUIRED_KEYS: tuple[str, ...] = ("subject", "prompts", "old", "new")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _text(path: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CaseError(path, key, f"expected a non-empty string, found {_type_name(value)} {value!r}")
+    return value
+
+
+def _answer_aliases(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise CaseError(path, key, "expected a string or a non-empty list of strings, found []")
+    aliases = []
+    for i, item in enumerate(items):
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)
+        aliases.append(_text(path, f"{key}[{i}]" if isinstance(value, list) else key, item).strip())
+    return tuple(aliases)
+
+
+def _text_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise CaseError(path, key, f"expected a list of strings, found {_type_name(value)} {value!r}")
+    return tuple(_text(path, f"{key}[{i}]", item) for i, item in enumerate(value))
+
+
+def _controls(path: Path, value: Any) -> tuple[Control, ...]:
+    if not isinstance(value, list):
+        raise CaseError(path, "controls", f"expected a list of {{prompt, answer}} mappings, found {_type_name(value)}")
+    out = []
+    for i, item in enumerate(value):
+        key = f"controls[{i}]"
+        if not isinstance(item, dict):
+            raise CaseError(path, key, f"expected a mapping with 'prompt' and 'answer', found {_type_name(item)} {item!r}")
+        for k in item:
+            if k not in ("prompt", "answer"):
+                raise CaseError(path, f"{key}.{k}", "unknown key, expected 'prompt' or 'answer'"
+                                + did_you_mean(str(k), ("prompt", "answer")))
+        for k in ("prompt", "answer"):
+            if k not in item:
+                raise CaseError(path, f"{key}.{k}", "missing required key")
+        out.append(Control(_text(path, f"{key}.prompt", item["prompt"]),
+                           _answer_aliases(path, f"{key}.answer", item["answer"])))
+    return tuple(out)
+
+
+def _thresholds(path: Path, value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise CaseError(path, "thresholds", f"expected a mapping of metric name to number, found {_type_name(value)}")
+    out = {}
+    for name, threshold in value.items():
+        key = f"thresholds.{name}"
+        if name not in METRIC_BY_NAME:
+            raise CaseError(path, key, f"unknown metric, expected one of {', '.join(METRIC_BY_NAME)}"
+                            + did_you_mean(str(name), METRIC_BY_NAME))
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise CaseError(path, key, f"expected a number, found {_type_name(threshold)} {threshold!r}")
+        if METRIC_BY_NAME[name].direction == "higher" and not 0.0 <= threshold <= 1.0:
+            raise CaseError(path, key, f"expected a share between 0 and 1, found {threshold}")
+        if threshold < 0:
+            raise CaseError(path, key, f"expected a non-negative number, found {threshold}")
+        out[name] = float(threshold)
+    return out
+
+
+def _method(path: Path, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise CaseError(path, "method", f"expected a mapping (name and settings), found {_type_name(value)}")
+    for k in value:
+        if not isinstance(k, str):
+            raise CaseError(path, "method", f"expected string keys, found {_type_name(k)} {k!r}")
+    return dict(value)
+
+
+def _chat(path: Path, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise CaseError(path, "chat", f"expected true or false, found {_type_name(value)} {value!r}")
+    return value
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML file with safe_load; it must hold a mapping with string keys."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseError(path, None, f"cannot read file: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CaseError(path, None, f"invalid YAML: {exc}") from exc
+    except (RecursionError, ValueError, OverflowError) as exc:
+        raise CaseError(path, None, f"invalid YAML: {exc!r}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CaseError(path, None, f"expected a mapping of keys at the top level, found {_type_name(data)}")
+    for key in data:
+        if not isinstance(key, str):
+            raise CaseError(path, str(key), f"expected string keys, found {_type_name(key)} {key!r}")
+    return data
+
+
+def _reject_unknown(path: Path, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise CaseError(path, key, f"unknown key; allowed keys are {', '.join(allowed)}"
+                            + did_you_mean(key, allowed))
+
+
+@dataclass(frozen=True)
+class CaseDefaults:
+    """The merged contents of the `_defaults.yaml` files above a case."""
+
+    controls: tuple[Control, ...] = ()
+    anchors: tuple[str, ...] = ()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    method: Mapping[str, Any] = field(default_factory=dict)
+    chat: bool | None = None
+
+    def merged_with(self, inner: "CaseDefaults") -> "CaseDefaults":
+        """Defaults of a deeper folder: lists add up, mappings merge with the inner values winning."""
+        return CaseDefaults(
+            controls=self.controls + inner.controls,
+            anchors=self.anchors + inner.anchors,
+            thresholds={**self.thresholds, **inner.thresholds},
+            method={**self.method, **inner.method},
+            chat=inner.chat if inner.chat is not None else self.chat,
+        )
+
+
+def load_defaults(path: Path) -> CaseDefaults:
+    """Load and validate one `_defaults.yaml`."""
+    data = read_yaml_mapping(path)
+    _reject_unknown(path, data, DEFAULTS_KEYS)
+    return CaseDefaults(
+        controls=_controls(path, data["controls"]) if "controls" in data else (),
+        anchors=_text_list(path, "anchors", data["anchors"]) if "anchors" in data else (),
+        thresholds=_thresholds(path, data["thresholds"]) if "thresholds" in data else {},
+        method=_method(path, data["method"]) if "method" in data else {},
+        chat=_chat(path, data["chat"]) if "chat" in data else None,
+    )
+
+
+def defaults_for(case_path: Path, root: Path | None = None) -> CaseDefaults:
+    """Merge every `_defaults.yaml` from `root` (or the filesystem root) down to the case's folder."""
+    folder = Path(case_path).resolve().parent
+    top = Path(root).resolve() if root is not None else None
+    chain = [folder]
+    while top is not None and chain[-1] != top and chain[-1].parent != chain[-1] and top in chain[-1].parents:
+        chain.append(chain[-1].parent)
+    merged = CaseDefaults()
+    for directory in reversed(chain):
+        candidate = directory / DEFAULTS_FILE
+        if candidate.is_file():
+            merged = merged.merged_with(load_defaults(candidate))
+    return merged
+
+
+def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = CaseDefaults()) -> FactCase:
+    """Validate a case mapping against schema v1 and merge in its folder defaults."""
+    path = Path(path)
+    _reject_unknown(path, data, CASE_KEYS)
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise CaseError(path, key, "missing required key")
+    case_id = _text(path, "id", data["id"]) if "id" in data else path.stem
+    subject = _text(path, "subject", data["subject"]).strip()
+    prompts = _text_list(path, "prompts", data["prompts"])
+    if not prompts:
+        raise CaseError(path, "prompts", "expected at least one prompt, found an empty list")
+    paraphrases = _text_list(path, "paraphrases", data["paraphrases"]) if "paraphrases" in data else ()
+    for key, texts in (("prompts", prompts), ("paraphrases", paraphrases)):
+        for i, text in enumerate(texts):
+            if subject not in text:
+                raise CaseError(path, f"{key}[{i}]", f"expected the subject {subject!r} verbatim, found {text!r}")
+    old = _answer_aliases(path, "old", data["old"])
+    new = _answer_aliases(path, "new", data["new"])
+    clash = {a.casefold() for a in old} & {a.casefold() for a in new}
+    if clash:
+        raise CaseError(path, "new", f"expected an answer different from 'old', found {sorted(clash)} in both")
+    controls = _controls(path, data["controls"]) if "controls" in data else ()
+    controls = controls + defaults.controls
+    if not controls:
+        raise CaseError(path, "controls", "expected at least one control (in the case or in _defaults.yaml), found none")
+    anchors = (_text_list(path, "anchors", data["anchors"]) if "anchors" in data else ()) + defaults.anchors
+    thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}
+    method = {**defaults.method, **(_method(path, data["method"]) if "method" in data else {})}
+    chat = _chat(path, data["chat"]) if "chat" in data else bool(defaults.chat)
+    return FactCase(id=case_id, subject=subject, prompts=prompts, old=old, new=new, paraphrases=paraphrases,
+                    controls=controls, anchors=anchors, chat=chat, thresholds=thresholds, method=method)
+
+
+def load_case(path: Path | str, root: Path | str | None = None) -> FactCase:
+    """Load one case file, with the `_defaults.yaml` files between `root` and its folder."""
+    path = Path(path)
+    defaults = defaults_for(path, Path(root) if root is not None else path.resolve().parent)
+    return parse_case(path, read_yaml_mapping(path), defaults)
+
+
+def is_case_file(path: Path) -> bool:
+    """YAML files whose name does not start with '_' are fact cases."""
+    return path.suffix in CASE_SUFFIXES and not path.name.startswith("_")

@@ -1,0 +1,92 @@
+"""The `factedit` command: validate case files, prepare (convert/cache) a model, show a run's report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .cases import CaseError, is_case_file, load_case
+from .models import DEFAULT_MODEL
+
+
+def _case_files(paths: Sequence[str]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        found.extend(sorted(p for p in path.rglob("*") if is_case_file(p)) if path.is_dir() else [path])
+    return found
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .edit import MethodError, resolve_settings
+
+    bad = 0
+    files = _case_files(args.paths)
+    for path in files:
+        try:
+            case = load_case(path, root=Path(args.root) if args.root else Path.cwd())
+            resolve_settings(case.method)
+            print(f"ok     {path}  ({case.id}: {len(case.prompts)} prompts, {len(case.paraphrases)} paraphrases, "
+                  f"{len(case.controls)} controls)")
+        except (CaseError, MethodError) as exc:
+            bad += 1
+            print(f"error  {exc if isinstance(exc, CaseError) else f'{path}: {exc}'}")
+    print(f"{len(files) - bad} valid, {bad} invalid")
+    return 1 if bad or not files else 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .models import ModelLoadError, load
+
+    try:
+        lm = load(args.model, args.device)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    conversion = f"{lm.conversion_seconds:.1f}s" if lm.conversion_seconds is not None else "cached"
+    print(f"model {lm.spec.name} ({type(lm.model).__name__}) on {lm.device}/{lm.dtype}: "
+          f"conversion {conversion}, load {lm.load_seconds:.1f}s, weights {lm.weights_hash[:16]}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .report import summary_table
+
+    path = Path(args.results)
+    if path.is_dir():
+        path = path / "results.jsonl"
+    if not path.is_file():
+        print(f"error: no results file at {path}", file=sys.stderr)
+        return 2
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    print(summary_table(records, color=sys.stdout.isatty()), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factedit", description="pytest-factedit helper commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="check fact case YAML files against schema v1")
+    validate.add_argument("paths", nargs="+", help="case files or folders")
+    validate.add_argument("--root", help="top folder whose _defaults.yaml files apply (default: cwd)")
+    validate.set_defaults(func=cmd_validate)
+    prepare = sub.add_parser("prepare", help="load a model once (converting the embedded GGUF into the cache)")
+    prepare.add_argument("--model", default=DEFAULT_MODEL)
+    prepare.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    prepare.set_defaults(func=cmd_prepare)
+    show = sub.add_parser("show", help="print the table of a run (reports/latest by default)")
+    show.add_argument("results", nargs="?", default="reports/latest")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

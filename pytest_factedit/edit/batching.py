@@ -1,0 +1,63 @@
+"""Training rows and the one forward pass per step that computes logits only where a loss needs them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class Row:
+    """A token sequence and how many of its final positions need next-token distributions."""
+
+    ids: tuple[int, ...]
+    tail: int
+
+
+def pad_left(rows: Sequence[Row], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, position_ids), left-padded so every row's tail is at the end."""
+    import torch
+
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row.ids):] = torch.tensor(row.ids)
+        mask[i, width - len(row.ids):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def logits_from_hidden(model: Any, hidden: Any) -> Any:
+    """Apply the LM head (and the final logit soft-capping some models use) to selected hidden states."""
+    import torch
+
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def tail_logprobs(model: Any, rows: Sequence[Row], pad_id: int) -> list[Any]:
+    """Log-softmax distributions at each row's last `tail` positions: a list of [tail, vocab] tensors.
+
+    One forward pass of the decoder; the LM head runs only on the positions a loss needs.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask, positions = pad_left(rows, pad_id, device)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                              use_cache=False).last_hidden_state
+    width = ids.shape[1]
+    picked = torch.cat([hidden[i, width - r.tail:] for i, r in enumerate(rows)])
+    logp = torch.log_softmax(logits_from_hidden(model, picked).float(), dim=-1)
+    return list(torch.split(logp, [r.tail for r in rows]))
+
+
+def kl_to_reference(reference_logp: Any, logp: Any) -> Any:
+    """KL(reference || current), summed over the vocabulary, averaged over positions."""
+    import torch
+
+    return torch.sum(reference_logp.exp() * (reference_logp - logp), dim=-1).mean()

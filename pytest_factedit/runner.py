@@ -1,0 +1,173 @@
+"""Run one fact case on a loaded model: probe the base, edit, probe the edit, restore, measure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from . import metrics as m
+from .cases import FactCase
+from .edit import get_editor
+from .edit.base import AppliedEdit, EditRequest
+from .edit.settings import EditSettings
+from .metricspec import DEFAULT_THRESHOLDS
+from .models import LoadedModel, weights_fingerprint
+from .probe import answer_logprobs, answer_token_budget, greedy_continuations, seconds_per_token
+from .targets import TargetModules, band_targets, explicit_targets
+
+LATENCY_REPEATS = 2
+LATENCY_TOKENS = 6
+
+
+@dataclass(frozen=True)
+class ProbedAnswer:
+    """One prompt's expected answer and the greedy continuations before and after the edit."""
+
+    group: str  # prompts | paraphrases | controls
+    prompt: str
+    expected: tuple[str, ...]
+    base: str
+    edited: str | None = None
+
+
+@dataclass
+class CaseOutcome:
+    """Everything measured for one case; `status` is ran, skipped or error."""
+
+    case: FactCase
+    status: str
+    settings: EditSettings
+    reason: str = ""
+    answers: list[ProbedAnswer] = field(default_factory=list)
+    metrics: dict[str, m.MetricValue] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    targets: TargetModules | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    trainable_parameters: int = 0
+    base_restored: bool | None = None
+
+    def group(self, name: str) -> list[ProbedAnswer]:
+        return [a for a in self.answers if a.group == name]
+
+
+class BaseAnswerCache:
+    """Base-model greedy answers keyed by (prompt, budget, chat): shared controls are probed once per run."""
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, int, bool], str] = {}
+
+    def get(self, lm: LoadedModel, prompts: Sequence[str], budgets: Sequence[int], chat: bool) -> list[str]:
+        keys = [(p, b, chat) for p, b in zip(prompts, budgets)]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._answers]
+        if missing:
+            found = greedy_continuations(lm.model, lm.tokenizer, [k[0] for k in missing], [k[1] for k in missing],
+                                         chat=chat)
+            self._answers.update(zip(missing, found))
+        return [self._answers[k] for k in keys]
+
+
+def thresholds_for(case: FactCase) -> dict[str, float]:
+    """Suite defaults overridden by `_defaults.yaml` and then the case (already merged into case.thresholds)."""
+    return {**DEFAULT_THRESHOLDS, **case.thresholds}
+
+
+def _targets(lm: LoadedModel, settings: EditSettings) -> TargetModules:
+    if settings.target_modules:
+        return explicit_targets(lm.model, settings.target_modules, settings.feedforward_modules)
+    return band_targets(lm.model)
+
+
+def _probe_groups(case: FactCase, tokenizer: Any) -> list[tuple[str, str, tuple[str, ...], int]]:
+    old_budget = answer_token_budget(tokenizer, case.old + case.new)
+    rows = [("prompts", p, case.new, old_budget) for p in case.prompts]
+    rows += [("paraphrases", p, case.new, old_budget) for p in case.paraphrases]
+    rows += [("controls", c.prompt, c.answer, answer_token_budget(tokenizer, c.answer)) for c in case.controls]
+    return rows
+
+
+def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache) -> CaseOutcome:
+    """Probe, edit, probe again and restore; the base model is verified unchanged afterwards."""
+    outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_for(case))
+    rows = _probe_groups(case, lm.tokenizer)
+    prompts = [r[1] for r in rows]
+    budgets = [r[3] for r in rows]
+    started = time.perf_counter()
+    base = cache.get(lm, prompts, budgets, case.chat)
+    outcome.timings["base_probe_seconds"] = time.perf_counter() - started
+    outcome.answers = [ProbedAnswer(g, p, exp, b) for (g, p, exp, _), b in zip(rows, base)]
+    base_prompt_answers = [a.base for a in outcome.group("prompts")]
+    if not all(m.matches(a, case.old) for a in base_prompt_answers):
+        wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not m.matches(a.base, case.old)]
+        outcome.status = "skipped"
+        outcome.reason = ("the base model does not give the old answer " + repr(" / ".join(case.old)) + ": "
+                          + "; ".join(f"{p!r} -> {m.cut_answer(b)!r}" for p, b in wrong))
+        return outcome
+
+    outcome.targets = _targets(lm, settings)
+    request = EditRequest(prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
+                          held_out=case.paraphrases + tuple(c.prompt for c in case.controls), chat=case.chat)
+    latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
+    edit_started = time.perf_counter()
+    applied: AppliedEdit = get_editor(settings.name).apply(lm.model, lm.tokenizer, request, outcome.targets,
+                                                           settings)
+    try:
+        outcome.timings["edit_seconds"] = time.perf_counter() - edit_started
+        outcome.stages = [s.as_record() for s in applied.stages]
+        outcome.trainable_parameters = applied.trainable_parameters
+        probe_started = time.perf_counter()
+        edited = greedy_continuations(lm.model, lm.tokenizer, prompts, budgets, chat=case.chat)
+        outcome.answers = [ProbedAnswer(a.group, a.prompt, a.expected, a.base, e)
+                           for a, e in zip(outcome.answers, edited)]
+        outcome.extra["probabilities"] = _probabilities(lm, case, applied)
+        base_spt, edited_spt = [], []
+        for _ in range(LATENCY_REPEATS):
+            with applied.disabled():
+                base_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, LATENCY_TOKENS, case.chat))
+            edited_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, LATENCY_TOKENS, case.chat))
+        outcome.timings["probe_seconds"] = time.perf_counter() - probe_started
+        outcome.timings["base_seconds_per_token"] = min(base_spt)
+        outcome.timings["edited_seconds_per_token"] = min(edited_spt)
+    finally:
+        applied.remove()
+        outcome.base_restored = weights_fingerprint(lm.model) == lm.fingerprint
+    if not outcome.base_restored:
+        raise RuntimeError(f"case {case.id}: the base model's weights changed after removing the edit "
+                           "(expected bit-identical weights); later cases would be invalid")
+    _measure(outcome)
+    return outcome
+
+
+def _probabilities(lm: LoadedModel, case: FactCase, applied: AppliedEdit) -> dict[str, Any]:
+    """CounterFact-style probability scores (recorded, not gated): P(new) > P(old) per group."""
+    groups = {"efficacy": list(case.prompts), "generalization": list(case.paraphrases)}
+    out: dict[str, Any] = {}
+    for name, texts in groups.items():
+        if not texts:
+            continue
+        new_lp = answer_logprobs(lm.model, lm.tokenizer, texts, case.new[0], case.chat)
+        old_lp = answer_logprobs(lm.model, lm.tokenizer, texts, case.old[0], case.chat)
+        out[name] = sum(n > o for n, o in zip(new_lp, old_lp)) / len(texts)
+        if name == "efficacy":
+            out["old_answer_logprob_after"] = sum(old_lp) / len(old_lp)
+            with applied.disabled():
+                out["old_answer_logprob_before"] = sum(
+                    answer_logprobs(lm.model, lm.tokenizer, texts, case.old[0], case.chat)) / len(texts)
+    return out
+
+
+def _measure(outcome: CaseOutcome) -> None:
+    case = outcome.case
+    prompts, paraphrases, controls = (outcome.group(g) for g in ("prompts", "paraphrases", "controls"))
+    outcome.metrics = {
+        "new_fact_accuracy": m.new_fact_accuracy([a.edited for a in prompts], case.new),
+        "forget_rate": m.forget_rate([a.edited for a in prompts + paraphrases], case.old),
+        "paraphrase_accuracy": m.paraphrase_accuracy([a.edited for a in paraphrases], case.new),
+        "control_retention": m.control_retention([a.base for a in controls], [a.edited for a in controls],
+                                                 [a.expected for a in controls]),
+        "latency_overhead": m.latency_overhead(outcome.timings["base_seconds_per_token"],
+                                               outcome.timings["edited_seconds_per_token"],
+                                               len(case.prompts) + len(case.controls)),
+    }

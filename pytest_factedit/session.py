@@ -1,0 +1,92 @@
+"""Run state of one pytest session: the loaded model, per-case outcomes and the report writer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cases import FactCase
+from .report import RunWriter, new_run_id, summarize
+
+
+@dataclass(frozen=True)
+class Options:
+    """The --model / --factedit-* options, as given."""
+
+    model: str
+    device: str
+    method: str | None
+    seed: int | None
+    reports_dir: Path
+    run_id: str | None
+
+
+class FactEditSession:
+    """Loads the model once, runs each case once, and (on the controller) writes the reports."""
+
+    def __init__(self, options: Options, is_worker: bool) -> None:
+        self.options = options
+        self.is_worker = is_worker
+        self.run_id = options.run_id or new_run_id()
+        self.started = time.perf_counter()
+        self.lm: Any = None
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._cache: Any = None
+        self.writer = None if is_worker else RunWriter(options.reports_dir, self.run_id)
+        self.case_errors: set[str] = set()
+        self.run_info: dict[str, Any] = {"run_id": self.run_id, "model": {"name": options.model},
+                                         "device": None, "dtype": None, "versions": {}}
+
+    def load_model(self) -> None:
+        """Load the model (once); raises models.ModelLoadError with what was tried and the fix."""
+        if self.lm is not None:
+            return
+        from . import models
+        from .records import library_versions
+        from .runner import BaseAnswerCache
+
+        self.lm = models.load(self.options.model, self.options.device)
+        self._cache = BaseAnswerCache()
+        self.run_info.update(
+            model={"name": self.lm.spec.name, "kind": self.lm.spec.kind, "source": self.lm.spec.source,
+                   "weights_hash": self.lm.weights_hash, "class": type(self.lm.model).__name__},
+            device=self.lm.device, dtype=self.lm.dtype, versions=library_versions(),
+            load_seconds=round(self.lm.load_seconds, 3), conversion_seconds=self.lm.conversion_seconds)
+
+    def settings_for(self, case: FactCase) -> Any:
+        from .edit import resolve_settings
+
+        return resolve_settings(case.method, {"name": self.options.method, "seed": self.options.seed})
+
+    def record(self, case_file: str, case: FactCase) -> dict[str, Any]:
+        """Run the case once (later calls reuse it) and return its JSON record; errors become records."""
+        key = (case_file, case.id)
+        if key not in self._records:
+            from .records import case_record, error_record
+            from .runner import run_case
+
+            try:
+                self.load_model()
+                outcome = run_case(self.lm, case, self.settings_for(case), self._cache)
+                self._records[key] = case_record(outcome, case_file, self.run_info)
+            except Exception as exc:  # one broken case must not stop the others
+                self._records[key] = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}",
+                                                  self.run_info)
+        return self._records[key]
+
+    def collect_record(self, record: dict[str, Any]) -> None:
+        """Controller side: keep a record that arrived with a test report (own process or xdist worker)."""
+        if self.writer is not None:
+            self.writer.add(record)
+
+    def finish(self) -> None:
+        if self.writer is not None and self.writer.records:
+            run = dict(self.run_info)
+            if self.writer.records:
+                first = self.writer.records[0]
+                run.update(model=first["model"], device=first["device"], dtype=first["dtype"],
+                           versions=first["versions"])
+            self.writer.finish(summarize(self.writer.records, run, time.perf_counter() - self.started))
