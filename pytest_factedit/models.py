@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 DEFAULT_MODEL = "gemma3-270m"
 ALIASES: dict[str, str] = {
@@ -50,7 +50,6 @@ class LoadedModel:
     device: str
     dtype: str
     weights_hash: str
-    fingerprint: str
     load_seconds: float
     conversion_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -205,18 +204,23 @@ def converted_dir(spec: ModelSpec) -> tuple[Path, float | None, str]:
     return out_dir, time.perf_counter() - start, sha
 
 
-def weights_fingerprint(model: Any) -> str:
-    """A cheap, order-sensitive digest of every parameter's bits (sum of the raw integers per tensor)."""
+def weights_fingerprint(model: Any, modules: Sequence[str] | None = None) -> str:
+    """sha256 over the names, shapes, dtypes and raw bytes of the parameters and buffers.
+
+    `modules` restricts it to the tensors under those module names (what an edit may touch).
+    """
     import torch
 
-    int_for = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    prefixes = tuple(f"{m}." for m in modules) if modules is not None else None
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-            raw = tensor.detach().contiguous().view(int_for[tensor.element_size()]).reshape(-1)
-            total = int(raw.sum(dtype=torch.int64)) if raw.numel() else 0
-            weighted = int((raw[::7].to(torch.int64) * 31).sum()) if raw.numel() else 0
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|{total}|{weighted};".encode())
+            if prefixes is not None and not name.startswith(prefixes):
+                continue
+            raw = tensor.detach().contiguous().view(as_int[tensor.element_size()]).cpu().numpy()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype};".encode())
+            digest.update(memoryview(raw).cast("B"))
     return digest.hexdigest()
 
 
@@ -238,7 +242,20 @@ def _hub_error(spec: ModelSpec, exc: Exception) -> ModelLoadError:
 
 def load(name: str | None = None, device: str = "auto") -> LoadedModel:
     """Load the model named by `--model` onto the chosen device; raises ModelLoadError with a fix."""
-    spec = resolve(name)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:
+        raise ModelLoadError(f"pytest-factedit needs transformers: {exc}. Fix: pip install transformers") from exc
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load(resolve(name), device)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def _load(spec: ModelSpec, device: str) -> LoadedModel:
     try:
         import torch  # noqa: F401
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -276,11 +293,11 @@ def load(name: str | None = None, device: str = "auto") -> LoadedModel:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    fingerprint = weights_fingerprint(model)
+    # GGUF-derived weights are named by the file's sha256; other weights by a hash of their bytes
+    weights_hash = weights_hash or weights_fingerprint(model)
     load_seconds = time.perf_counter() - load_start
     return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=device_name,
                        dtype=str(dtype).replace("torch.", ""),
-                       weights_hash=weights_hash or fingerprint, fingerprint=fingerprint,
-                       load_seconds=load_seconds,
+                       weights_hash=weights_hash, load_seconds=load_seconds,
                        conversion_seconds=conversion_seconds,
                        notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"])

@@ -82,7 +82,7 @@ class SessionHooks:
             try:
                 self.state.load_model()
             except ModelLoadError as exc:
-                pytest.exit(f"pytest-factedit could not load the model.\n{exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+                pytest.exit(f"pytest-factedit: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:

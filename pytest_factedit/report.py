@@ -107,9 +107,9 @@ def summary_table(records: Iterable[dict[str, Any]], color: bool, width: int = 1
     from rich.table import Table
 
     table = Table(title="pytest-factedit: fact edits", box=box.SIMPLE_HEAD if color else box.ASCII)
-    table.add_column("case")
+    table.add_column("case", no_wrap=True)
     for spec in METRICS:
-        table.add_column(spec.item, justify="right")
+        table.add_column(spec.item.replace("_accuracy", "").replace("_", " "), justify="right")
     table.add_column("edit s", justify="right")
     for record in records:
         if record["status"] != "ran":
@@ -125,7 +125,7 @@ def summary_table(records: Iterable[dict[str, Any]], color: bool, width: int = 1
                 continue
             relation = ">=" if metric["direction"] == "higher" else "<="
             verdict = "[green]PASS[/]" if metric["passed"] else "[bold red]FAIL[/]"
-            cells.append(f"{_fmt(metric['value'])} {relation} {metric['threshold']:g} {verdict}")
+            cells.append(f"{_fmt(metric['value'])}{relation}{metric['threshold']:g} {verdict}")
         cells.append(f"{record['timings'].get('edit_seconds', 0):.1f}")
         table.add_row(record["case_id"], *cells)
     return _render(table, color, width)

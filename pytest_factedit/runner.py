@@ -107,9 +107,10 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
         return outcome
 
     outcome.targets = _targets(lm, settings)
-    request = EditRequest(prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
+    request = EditRequest(subject=case.subject, prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
                           held_out=case.paraphrases + tuple(c.prompt for c in case.controls), chat=case.chat)
     latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
+    touched_before = weights_fingerprint(lm.model, outcome.targets.modules)
     edit_started = time.perf_counter()
     applied: AppliedEdit = get_editor(settings.name).apply(lm.model, lm.tokenizer, request, outcome.targets,
                                                            settings)
@@ -132,9 +133,9 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
         outcome.timings["edited_seconds_per_token"] = min(edited_spt)
     finally:
         applied.remove()
-        outcome.base_restored = weights_fingerprint(lm.model) == lm.fingerprint
+        outcome.base_restored = weights_fingerprint(lm.model, outcome.targets.modules) == touched_before
     if not outcome.base_restored:
-        raise RuntimeError(f"case {case.id}: the base model's weights changed after removing the edit "
+        raise RuntimeError(f"case {case.id}: the weights of the edited modules changed after removing the edit "
                            "(expected bit-identical weights); later cases would be invalid")
     _measure(outcome)
     return outcome

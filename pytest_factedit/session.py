@@ -83,10 +83,10 @@ class FactEditSession:
             self.writer.add(record)
 
     def finish(self) -> None:
-        if self.writer is not None and self.writer.records:
-            run = dict(self.run_info)
-            if self.writer.records:
-                first = self.writer.records[0]
-                run.update(model=first["model"], device=first["device"], dtype=first["dtype"],
-                           versions=first["versions"])
-            self.writer.finish(summarize(self.writer.records, run, time.perf_counter() - self.started))
+        """Write summary.json (controller only, and only when a case ran)."""
+        if self.writer is None or not self.writer.records:
+            return
+        first = self.writer.records[0]  # records from xdist workers carry the model facts this process lacks
+        run = {**self.run_info, "model": first["model"], "device": first["device"], "dtype": first["dtype"],
+               "versions": first["versions"]}
+        self.writer.finish(summarize(self.writer.records, run, time.perf_counter() - self.started))

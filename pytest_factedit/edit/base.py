@@ -13,6 +13,7 @@ from .settings import EditSettings
 class EditRequest:
     """What to change: training prompts and answers, retention anchors, and the held-out texts to avoid."""
 
+    subject: str
     prompts: tuple[str, ...]
     old: tuple[str, ...]
     new: tuple[str, ...]

@@ -9,21 +9,11 @@ from typing import Any, Callable, Sequence
 from ..targets import TargetModules
 from .base import AppliedEdit, EditRequest, StageReport
 from .batching import Row, kl_to_reference, tail_logprobs
+from .retention import derived_neighbours, fact_texts, neutral_texts
 from .settings import EditSettings
 
 # Context prefixes so the edit holds after other text, not only at the start of a document.
 CONTEXT_PREFIXES: tuple[str, ...] = ("", "Here is a fact. ")
-# Neutral text for the retention (KL) term: generic sentences, never a case's held-out prompt.
-NEUTRAL_TEXTS: tuple[str, ...] = (
-    "She opened the book and began to",
-    "The weather was cold, so we decided to",
-    "In mathematics, a prime number is a number that",
-    "The recipe calls for two cups of",
-    "After the meeting, everyone went back to their",
-    "The river flows slowly through the",
-    "The children played in the park until",
-    "He wrote a letter to his",
-)
 NEUTRAL_TAIL = 2
 
 
@@ -51,7 +41,7 @@ class IA3TwoStageEditor:
         old_first = sorted({tokenizer(answer_space + a, add_special_tokens=False).input_ids[0] for a in request.old})
         contexts = [self._encode(tokenizer, prefix + prompt, request.chat)
                     for prompt in request.prompts for prefix in (CONTEXT_PREFIXES if not request.chat else ("",))]
-        kl_rows = self._retention_rows(tokenizer, request)
+        kl_rows = self._retention_rows(tokenizer, request, settings)
 
         started = time.perf_counter()
         guards = self._base_continuations(model, tokenizer, [c + new_ids for c in contexts], settings.guard_tokens)
@@ -73,7 +63,7 @@ class IA3TwoStageEditor:
             n = len(new_ids)
             nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
             guard = torch.stack([kl_to_reference(ref, lp[n:]) for ref, lp in zip(guard_reference, logps)]).mean()
-            done = all(bool((lp[:n].argmax(-1) == target).all()) and float(lp[0, new_ids[0]].exp())
+            done = all(bool((lp[:n].argmax(-1) == target).all()) and float(lp[0, new_ids[0]].detach().exp())
                        >= settings.learn_stop_prob for lp in logps)
             return nll + settings.guard_weight * guard, done
 
@@ -104,13 +94,15 @@ class IA3TwoStageEditor:
                                                  add_generation_prompt=True)
         return tuple(tokenizer(text, add_special_tokens=not chat).input_ids)
 
-    def _retention_rows(self, tokenizer: Any, request: EditRequest) -> list[Row]:
-        held_out = {t.strip().casefold() for t in request.held_out}
-        neutral = [Row(self._encode(tokenizer, t, False), NEUTRAL_TAIL) for t in NEUTRAL_TEXTS
-                   if t.casefold() not in held_out]
-        anchors = [Row(self._encode(tokenizer, a, request.chat), 1) for a in request.anchors
-                   if a.strip().casefold() not in held_out]
-        return neutral + anchors
+    def _retention_rows(self, tokenizer: Any, request: EditRequest, settings: EditSettings) -> list[Row]:
+        """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors (never held-out)."""
+        held = {t.strip().casefold() for t in request.held_out}
+        neutral = [Row(self._encode(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(request.held_out)]
+        fact_like = derived_neighbours(request.prompts, request.subject, request.held_out,
+                                       settings.neighbours_per_prompt)
+        fact_like += fact_texts(request.held_out)
+        fact_like += [a for a in request.anchors if a.strip().casefold() not in held]
+        return neutral + [Row(self._encode(tokenizer, t, request.chat), 1) for t in fact_like]
 
     @staticmethod
     def _base_continuations(model: Any, tokenizer: Any, contexts: Sequence[tuple[int, ...]],
@@ -146,19 +138,27 @@ class IA3TwoStageEditor:
         done = False
         steps = 0
         for steps in range(stage.max_steps + 1):
-            logps = tail_logprobs(peft_model.get_base_model(), rows + kl_rows, pad)
+            picked = _rotating_subset(len(kl_rows), settings.kl_rows_per_step, steps)
+            logps = tail_logprobs(peft_model.get_base_model(), rows + [kl_rows[i] for i in picked], pad)
             goal, done = stage.goal(logps[:len(rows)])
             if done or steps == stage.max_steps:
-                losses.append(float(goal))
+                losses.append(float(goal.detach()))
                 break
-            kl = torch.stack([kl_to_reference(ref, lp) for ref, lp in zip(kl_reference, logps[len(rows):])]).mean() \
-                if kl_rows else goal.new_zeros(())
+            kl = torch.stack([kl_to_reference(kl_reference[i], lp) for i, lp in zip(picked, logps[len(rows):])]
+                             ).mean() if picked else goal.new_zeros(())
             loss = goal + settings.kl_weight * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         for param in params:
             param.requires_grad_(False)
         peft_model.eval()
         return StageReport(stage.name, steps, time.perf_counter() - started, done, losses)
+
+
+def _rotating_subset(total: int, per_step: int, step: int) -> list[int]:
+    """Indices of the retention rows used at `step`: all of them, or a window that rotates through them."""
+    if per_step <= 0 or per_step >= total:
+        return list(range(total))
+    return [(step * per_step + j) % total for j in range(per_step)]

@@ -26,9 +26,11 @@ class EditSettings:
     learn_max_steps: int = 40
     unlearn_stop_prob: float = 0.05
     learn_stop_prob: float = 0.6
-    kl_weight: float = 2.0
+    kl_weight: float = 10.0
     guard_weight: float = 1.0
     guard_tokens: int = 3
+    neighbours_per_prompt: int = 4
+    kl_rows_per_step: int = 12
     seed: int = 0
     target_modules: tuple[str, ...] | None = None
     feedforward_modules: tuple[str, ...] = ()

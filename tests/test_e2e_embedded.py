@@ -1,0 +1,92 @@
+"""End to end on the embedded Gemma 3 270M: a real fact edit through pytest, reports, restored weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+CASE = REPO / "fact_cases" / "playstation-maker.yaml"
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """The embedded model, loaded once for this module (converted into the cache on first use)."""
+    from pytest_factedit import models
+
+    return models.load(None, "cpu")
+
+
+def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> None:
+    folder = pytester.mkdir("fact_cases")
+    shutil.copy(REPO / "fact_cases" / "_defaults.yaml", folder / "_defaults.yaml")
+    shutil.copy(CASE, folder / CASE.name)
+    (folder / "typo.yaml").write_text(CASE.read_text().replace("paraphrases:", "paraphrasses:"))
+    result = pytester.runpytest_subprocess("fact_cases", "-p", "no:cacheprovider", "--factedit-run-id", "e2e",
+                                           timeout=900)
+    out = result.stdout.str()
+    # the broken file is a collection error naming file, key and suggestion; the real case still runs and passes
+    result.stdout.fnmatch_lines(["*typo.yaml: key 'paraphrasses': unknown key*did you mean 'paraphrases'?*"])
+    result.assert_outcomes(passed=5, errors=1)
+    assert "pytest-factedit: fact edits" in out
+
+    records = [json.loads(x) for x in (pytester.path / "reports" / "e2e" / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+    record = records[0]
+    assert record["schema_version"] == 1 and record["case_id"] == "playstation-maker"
+    assert record["status"] == "ran" and record["base_restored"] is True
+    prompts = [a for a in record["answers"] if a["group"] == "prompts"]
+    assert all(a["base_correct"] is False and "Sony" in a["base"] for a in prompts)  # the old fact, before
+    assert all(a["edited_correct"] and not a["edited_says_old"] for a in prompts)  # new fact took, old gone
+    assert record["metrics"]["new_fact_accuracy"]["value"] == 1.0
+    assert record["metrics"]["forget_rate"]["samples"] == len(prompts) + len(yaml.safe_load(CASE.read_text())["paraphrases"])
+    assert record["target_modules"] and record["model"]["weights_hash"]
+    assert (pytester.path / "reports" / "latest").resolve().name == "e2e"
+    summary = json.loads((pytester.path / "reports" / "e2e" / "summary.json").read_text())
+    assert summary["cases"] == 1 and summary["failed_metrics"] == 0
+
+
+def test_base_weights_are_bit_identical_after_a_case(embedded) -> None:
+    import torch
+
+    from pytest_factedit.cases import load_case
+    from pytest_factedit.edit import resolve_settings
+    from pytest_factedit.runner import BaseAnswerCache, run_case
+
+    before = {k: v.clone() for k, v in embedded.model.state_dict().items()}
+    case = load_case(CASE, root=REPO)
+    outcome = run_case(embedded, case, resolve_settings(case.method), BaseAnswerCache())
+    assert outcome.status == "ran" and outcome.metrics["new_fact_accuracy"].value == 1.0
+    after = embedded.model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not any("ia3" in name for name, _ in embedded.model.named_modules())
+
+
+def test_case_the_model_does_not_know_is_skipped_with_its_answer(embedded, tmp_path: Path) -> None:
+    from pytest_factedit.cases import load_case
+    from pytest_factedit.edit import resolve_settings
+    from pytest_factedit.runner import BaseAnswerCache, run_case
+
+    (tmp_path / "unknown.yaml").write_text(
+        "subject: Eiffel Tower\nprompts: [The Eiffel Tower is located in the city of]\nold: Lyon\nnew: Rome\n"
+        "controls: [{prompt: The capital of Japan is, answer: Tokyo}]\n")
+    case = load_case(tmp_path / "unknown.yaml")
+    outcome = run_case(embedded, case, resolve_settings({}), BaseAnswerCache())
+    assert outcome.status == "skipped"
+    assert "Lyon" in outcome.reason and "Paris" in outcome.reason
+
+
+def test_embedded_model_knows_real_facts(embedded) -> None:
+    from pytest_factedit.metrics import matches
+    from pytest_factedit.probe import greedy_continuations
+
+    answers = greedy_continuations(embedded.model, embedded.tokenizer,
+                                   ["The currency of Japan is the", "The Eiffel Tower is located in the city of"],
+                                   [4, 4])
+    assert matches(answers[0], ["yen"]) and matches(answers[1], ["Paris"])

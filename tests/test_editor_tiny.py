@@ -1,0 +1,116 @@
+"""The two-stage IA³ editor on tiny random-weight models: attaches where told, learns, restores the base."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit import get_editor, resolve_settings  # noqa: E402
+from pytest_factedit.edit.base import EditRequest  # noqa: E402
+from pytest_factedit.probe import greedy_continuations  # noqa: E402
+from pytest_factedit.targets import arch_modules, band_targets, explicit_targets, middle_band  # noqa: E402
+
+from .tiny import tiny_model, word_tokenizer  # noqa: E402
+
+REQUEST = EditRequest(subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",),
+                      old=("Paris",), new=("Rome",), held_out=("Big Ben is a clock tower in the city of",))
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(model, before) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+@pytest.mark.parametrize("kind", ["phi3", "llama", "gpt2"])
+def test_two_stage_edit_trains_and_restores_base_bit_identical(kind: str) -> None:
+    tok = word_tokenizer()
+    model = tiny_model(kind, len(tok), layers=4)
+    before = snapshot(model)
+    base_answer = greedy_continuations(model, tok, REQUEST.prompts, [2])
+    settings = resolve_settings({"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1})
+    applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, band_targets(model), settings)
+    try:
+        assert [s.name for s in applied.stages] == ["unlearn", "learn"]
+        learn = applied.stages[1]
+        assert learn.steps > 0 and learn.losses[-1] < learn.losses[0]  # gradients reach the IA³ vectors
+        assert applied.trainable_parameters > 0
+        assert any(".ia3_l." in name for name, _ in model.named_parameters())
+    finally:
+        applied.remove()
+    assert_identical(model, before)
+    assert not any("ia3" in name for name, _ in model.named_modules())
+    assert greedy_continuations(model, tok, REQUEST.prompts, [2]) == base_answer
+
+
+def test_phi3_fused_modules_get_ia3_vectors() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("phi3", len(tok), layers=2)
+    before = snapshot(model)
+    names = ["model.layers.1.self_attn.qkv_proj", "model.layers.1.self_attn.o_proj",
+             "model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"]
+    targets = explicit_targets(model, names, ["model.layers.0.mlp.down_proj"])
+    settings = resolve_settings({"unlearn_max_steps": 2, "learn_max_steps": 2})
+    applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, targets, settings)
+    try:
+        vectors = {n: p.shape for n, p in model.named_parameters() if "ia3_l" in n}
+        qkv = [s for n, s in vectors.items() if "qkv_proj.ia3_l.learn" in n]
+        gate_up = [s for n, s in vectors.items() if "gate_up_proj.ia3_l.learn" in n]
+        down = [s for n, s in vectors.items() if "down_proj.ia3_l.unlearn" in n]
+        # fused qkv: output scaling over q, k and v together; gate_up: 2 x intermediate; down: input scaling
+        assert qkv == [torch.Size([3 * 32, 1])]
+        assert gate_up == [torch.Size([2 * 64, 1])]
+        assert down == [torch.Size([1, 64])]
+        assert sum(s.numel() for s in vectors.values()) == applied.trainable_parameters
+    finally:
+        applied.remove()
+    assert_identical(model, before)
+
+
+def test_edit_is_removed_even_when_training_fails(monkeypatch) -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    before = snapshot(model)
+    from pytest_factedit.edit import ia3_two_stage
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(ia3_two_stage.IA3TwoStageEditor, "_train", staticmethod(boom))
+    with pytest.raises(RuntimeError, match="stage failed"):
+        get_editor("ia3-two-stage").apply(model, tok, REQUEST, band_targets(model), resolve_settings({}))
+    assert not any("ia3" in name for name, _ in model.named_modules())
+    assert_identical(model, before)
+
+
+def test_middle_band_rule() -> None:
+    assert middle_band(18) == (4, 5, 6, 7, 8)
+    assert middle_band(32) == tuple(range(8, 16))
+    assert middle_band(2) == (0,)
+    assert middle_band(1) == (0,)
+
+
+def test_unknown_architecture_explains_the_yaml_escape_hatch() -> None:
+    from pytest_factedit.targets import UnsupportedArchitecture
+
+    class Fake:
+        class config:
+            model_type = "mamba"
+
+    with pytest.raises(UnsupportedArchitecture, match="target_modules"):
+        arch_modules(Fake())
+
+
+def test_explicit_targets_must_exist() -> None:
+    from pytest_factedit.targets import UnsupportedArchitecture
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    with pytest.raises(UnsupportedArchitecture, match="does not have"):
+        explicit_targets(model, ["model.layers.9.mlp.down_proj"], [])

@@ -1,0 +1,45 @@
+"""Thresholds: defaults live in one place, directions are respected, overrides win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pytest_factedit.cases import load_case
+from pytest_factedit.gate import judge
+from pytest_factedit.metricspec import DEFAULT_THRESHOLDS, METRICS
+from pytest_factedit.runner import thresholds_for
+
+
+def test_every_metric_has_a_default_threshold() -> None:
+    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS}
+    assert [m.item for m in METRICS] == ["new_fact_accuracy", "forget_rate", "paraphrase_accuracy",
+                                         "control_retention", "latency"]
+
+
+def test_higher_is_better_metrics() -> None:
+    assert judge("forget_rate", 0.9, 0.9, 10).passed
+    assert not judge("forget_rate", 0.89, 0.9, 10).passed
+
+
+def test_lower_is_better_metrics() -> None:
+    assert judge("latency_overhead", 1.2, 1.5, 4).passed
+    verdict = judge("latency_overhead", 1.6, 1.5, 4)
+    assert not verdict.passed and "<= 1.5" in verdict.explanation
+
+
+def test_nothing_to_measure_is_not_a_failure() -> None:
+    assert judge("paraphrase_accuracy", None, 0.5, 0).passed
+
+
+def test_case_overrides_defaults_file_overrides_builtin(tmp_path: Path) -> None:
+    (tmp_path / "_defaults.yaml").write_text(yaml.safe_dump({"thresholds": {"control_retention": 0.7,
+                                                                             "forget_rate": 0.8}}))
+    case = {"subject": "X", "prompts": ["X is in"], "old": "a", "new": "b",
+            "controls": [{"prompt": "Y is in", "answer": "c"}], "thresholds": {"forget_rate": 0.6}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(case))
+    thresholds = thresholds_for(load_case(tmp_path / "c.yaml", root=tmp_path))
+    assert thresholds["forget_rate"] == 0.6
+    assert thresholds["control_retention"] == 0.7
+    assert thresholds["new_fact_accuracy"] == DEFAULT_THRESHOLDS["new_fact_accuracy"]
