@@ -64,11 +64,14 @@ def edit_seconds() -> list[tuple[str, float]]:
     return out
 
 
-def suite_wall_seconds() -> float:
+def suite_wall_seconds() -> tuple[float, str]:
+    """Wall seconds of `pytest fact_cases/` in a fresh process, and pytest's closing line."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "fact_cases/", "-q", "-p", "no:cacheprovider",
-                    "--factedit-run-id", "benchmark-suite"], cwd=REPO, check=False, capture_output=True)
-    return time.perf_counter() - start
+    done = subprocess.run([sys.executable, "-m", "pytest", "fact_cases/", "-q", "-p", "no:cacheprovider",
+                           "--factedit-run-id", "benchmark-suite"], cwd=REPO, check=False, capture_output=True,
+                          text=True)
+    closing = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit {done.returncode}"
+    return time.perf_counter() - start, closing
 
 
 def main() -> int:
@@ -84,9 +87,13 @@ def main() -> int:
     times = [t for _, t in edits]
     figures["edit per case, median (s)"] = statistics.median(times) if times else None
     figures["edit per case, max (s)"] = max(times) if times else None
+    suite_result = None
     if not args.skip_suite:
-        figures["suite wall (s)"] = suite_wall_seconds()
-    print(f"\ncases edited: {len(edits)}; torch threads: {os.cpu_count()} cores\n")
+        figures["suite wall (s)"], suite_result = suite_wall_seconds()
+    print(f"\ncases edited: {len(edits)}; cores: {os.cpu_count()}")
+    if suite_result:
+        print(f"pytest fact_cases/: {suite_result}")
+    print()
     print("| figure | measured | budget (design.md) | distance |")
     print("|---|---|---|---|")
     for name, value in figures.items():
