@@ -101,16 +101,34 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+_SHORT_NAMES = {"new_fact_accuracy": "new fact", "forget_rate": "forget", "paraphrase_accuracy": "paraphrase",
+                "control_retention": "controls", "latency_overhead": "latency"}
+
+
+def _threshold_label(records: Sequence[dict[str, Any]], metric: str) -> str | None:
+    """'>=0.9' when every case uses the same threshold for `metric`, else None (shown per cell)."""
+    found = {(r["metrics"][metric]["direction"], r["metrics"][metric]["threshold"])
+             for r in records if metric in r.get("metrics", {})}
+    if len(found) != 1:
+        return None
+    direction, threshold = found.pop()
+    return f"{'>=' if direction == 'higher' else '<='}{threshold:g}"
+
+
 def summary_table(records: Iterable[dict[str, Any]], color: bool, width: int = 120) -> str:
-    """Case x metric table: value vs threshold, PASS/FAIL (coloured when `color`)."""
+    """Case x metric table: value vs threshold (in the header when all cases share it), ok/FAIL."""
     from rich import box
     from rich.table import Table
 
-    table = Table(title="pytest-factedit: fact edits", box=box.SIMPLE_HEAD if color else box.ASCII)
-    table.add_column("case", no_wrap=True)
+    records = list(records)
+    labels = {spec.name: _threshold_label(records, spec.name) for spec in METRICS}
+    table = Table(title="pytest-factedit: fact edits", box=box.SIMPLE_HEAD if color else box.ASCII2,
+                  show_edge=False, pad_edge=False)
+    table.add_column("case", overflow="fold", min_width=12)
     for spec in METRICS:
-        table.add_column(spec.item.replace("_accuracy", "").replace("_", " "), justify="right")
-    table.add_column("edit s", justify="right")
+        label = labels[spec.name]
+        table.add_column(_SHORT_NAMES[spec.name] + (f"\n{label}" if label else ""), justify="right", no_wrap=True)
+    table.add_column("edit\nsec", justify="right", no_wrap=True)
     for record in records:
         if record["status"] != "ran":
             label = "SKIPPED" if record["status"] == "skipped" else "ERROR"
@@ -123,9 +141,10 @@ def summary_table(records: Iterable[dict[str, Any]], color: bool, width: int = 1
             if metric is None:
                 cells.append("")
                 continue
+            verdict = "[green]ok[/]" if metric["passed"] else "[bold red]FAIL[/]"
             relation = ">=" if metric["direction"] == "higher" else "<="
-            verdict = "[green]PASS[/]" if metric["passed"] else "[bold red]FAIL[/]"
-            cells.append(f"{_fmt(metric['value'])}{relation}{metric['threshold']:g} {verdict}")
+            shown_threshold = "" if labels[spec.name] else f"{relation}{metric['threshold']:g}"
+            cells.append(f"{_fmt(metric['value'])}{shown_threshold} {verdict}")
         cells.append(f"{record['timings'].get('edit_seconds', 0):.1f}")
         table.add_row(record["case_id"], *cells)
     return _render(table, color, width)

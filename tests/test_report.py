@@ -47,7 +47,10 @@ def test_results_jsonl_is_valid_after_every_case_and_latest_points_at_the_run(tm
 def test_plain_table_has_no_escape_codes_and_coloured_one_has(tmp_path: Path) -> None:
     plain = summary_table([record("a"), record("b", forget=0.5)], color=False)
     assert "\x1b[" not in plain
-    assert "PASS" in plain and "FAIL" in plain and "0.50>=0.8" in plain
+    assert "1.00 ok" in plain and "0.50 FAIL" in plain and ">=0.8" in plain  # shared threshold in the header
+    one_off = record("c")
+    one_off["metrics"]["forget_rate"]["threshold"] = 0.5
+    assert "1.00>=0.5 ok" in summary_table([record("a"), one_off], color=False)  # differing: per cell
     coloured = summary_table([record("a"), record("b", forget=0.5)], color=True)
     assert "\x1b[" in coloured
 
