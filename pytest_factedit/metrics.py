@@ -22,6 +22,24 @@ def matches(continuation: str, aliases: Sequence[str]) -> bool:
                for alias in aliases if alias.strip())
 
 
+def ngram_entropy(text: str) -> float:
+    """ROME-style fluency: weighted entropy of the word 2- and 3-gram distributions of a generation.
+
+    Repetitive, degenerate text scores low; the value is compared base vs edited, not gated.
+    """
+    import math
+    from collections import Counter
+
+    words = text.split()
+    total = 0.0
+    for n, weight in ((2, 2 / 3), (3, 4 / 3)):
+        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        count = sum(grams.values())
+        if count:
+            total += weight * -sum(c / count * math.log2(c / count) for c in grams.values())
+    return total / 2
+
+
 @dataclass(frozen=True)
 class MetricValue:
     """One measured metric with the protocol and sample count it was measured with."""

@@ -89,3 +89,28 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answer: 
     logp = torch.log_softmax(logits, dim=-1)
     target = torch.tensor(answer_ids, device=device).expand(len(texts), -1)
     return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).tolist()
+
+
+def next_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], chat: bool = False) -> Any:
+    """Log-probabilities [len(prompts), vocab] of the token right after each prompt (one batched pass)."""
+    import torch
+
+    texts = render_prompts(tokenizer, prompts, chat)
+    device = next(model.parameters()).device
+    batch = _tokenize_batch(tokenizer, texts, device, chat)
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def first_token_id(tokenizer: Any, answer: str, chat: bool = False) -> int:
+    return tokenizer(("" if chat else " ") + answer, add_special_tokens=False).input_ids[0]
+
+
+def first_token_rank(model: Any, tokenizer: Any, prompts: Sequence[str], answer: str,
+                     chat: bool = False) -> list[float]:
+    """Rank (0 = top) of the answer's first token at the answer position of each prompt."""
+    logp = next_token_logprobs(model, tokenizer, prompts, chat)
+    token = first_token_id(tokenizer, answer, chat)
+    return (logp > logp[:, token:token + 1]).sum(-1).float().tolist()

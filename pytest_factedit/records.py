@@ -62,7 +62,7 @@ def case_record(outcome: CaseOutcome, case_file: str, run: dict[str, Any]) -> di
         "feedforward_modules": list(targets.feedforward) if targets else [],
         "targets_rule": targets.rule if targets else None,
         "metrics": metrics,
-        "probabilities": outcome.extra.get("probabilities", {}),
+        "scores": outcome.extra.get("scores", {}),
         "answers": [_answer_entry(a, outcome.case.old) for a in outcome.answers],
         "old": list(outcome.case.old),
         "new": list(outcome.case.new),

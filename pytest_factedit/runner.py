@@ -13,11 +13,13 @@ from .edit.base import AppliedEdit, EditRequest
 from .edit.settings import EditSettings
 from .metricspec import DEFAULT_THRESHOLDS
 from .models import LoadedModel, weights_fingerprint
-from .probe import answer_logprobs, answer_token_budget, greedy_continuations, seconds_per_token
+from .probe import (answer_logprobs, answer_token_budget, first_token_id, first_token_rank, greedy_continuations,
+                    next_token_logprobs, seconds_per_token)
 from .targets import TargetModules, band_targets, explicit_targets
 
 LATENCY_REPEATS = 2
 LATENCY_TOKENS = 6
+FLUENCY_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
         edited = greedy_continuations(lm.model, lm.tokenizer, prompts, budgets, chat=case.chat)
         outcome.answers = [ProbedAnswer(a.group, a.prompt, a.expected, a.base, e)
                            for a, e in zip(outcome.answers, edited)]
-        outcome.extra["probabilities"] = _probabilities(lm, case, applied)
+        right = [(a.prompt, a.expected) for a in outcome.group("controls") if m.matches(a.base, a.expected)]
+        outcome.extra["scores"] = _recorded_scores(lm, case, applied, right)
         base_spt, edited_spt = [], []
         for _ in range(LATENCY_REPEATS):
             with applied.disabled():
@@ -141,22 +144,36 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
     return outcome
 
 
-def _probabilities(lm: LoadedModel, case: FactCase, applied: AppliedEdit) -> dict[str, Any]:
-    """CounterFact-style probability scores (recorded, not gated): P(new) > P(old) per group."""
-    groups = {"efficacy": list(case.prompts), "generalization": list(case.paraphrases)}
+def _recorded_scores(lm: LoadedModel, case: FactCase, applied: AppliedEdit,
+                     controls_base_right: Sequence[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
+    """Scores recorded but not gated: CounterFact-style probabilities, latent recall of `old`, fluency."""
+    tok, model = lm.tokenizer, lm.model
     out: dict[str, Any] = {}
-    for name, texts in groups.items():
-        if not texts:
-            continue
-        new_lp = answer_logprobs(lm.model, lm.tokenizer, texts, case.new[0], case.chat)
-        old_lp = answer_logprobs(lm.model, lm.tokenizer, texts, case.old[0], case.chat)
-        out[name] = sum(n > o for n, o in zip(new_lp, old_lp)) / len(texts)
-        if name == "efficacy":
-            out["old_answer_logprob_after"] = sum(old_lp) / len(old_lp)
-            with applied.disabled():
-                out["old_answer_logprob_before"] = sum(
-                    answer_logprobs(lm.model, lm.tokenizer, texts, case.old[0], case.chat)) / len(texts)
+    for name, texts in (("efficacy", list(case.prompts)), ("generalization", list(case.paraphrases))):
+        if texts:
+            new_lp = answer_logprobs(model, tok, texts, case.new[0], case.chat)
+            old_lp = answer_logprobs(model, tok, texts, case.old[0], case.chat)
+            out[name] = sum(n > o for n, o in zip(new_lp, old_lp)) / len(texts)
+    if controls_base_right:  # first-token probabilities: one batched pass over the controls
+        logp = next_token_logprobs(model, tok, [p for p, _ in controls_base_right], case.chat)
+        new_id = first_token_id(tok, case.new[0], case.chat)
+        kept = [float(row[first_token_id(tok, answer[0], case.chat)]) > float(row[new_id])
+                for row, (_, answer) in zip(logp, controls_base_right)]
+        out["specificity_first_token"] = sum(kept) / len(kept)
+    prompts = list(case.prompts)
+    out["old_answer_logprob_after"] = _mean(answer_logprobs(model, tok, prompts, case.old[0], case.chat))
+    out["old_answer_rank_after"] = _mean(first_token_rank(model, tok, prompts, case.old[0], case.chat))
+    after = greedy_continuations(model, tok, prompts, [FLUENCY_TOKENS] * len(prompts), chat=case.chat)
+    with applied.disabled():
+        out["old_answer_logprob_before"] = _mean(answer_logprobs(model, tok, prompts, case.old[0], case.chat))
+        before = greedy_continuations(model, tok, prompts, [FLUENCY_TOKENS] * len(prompts), chat=case.chat)
+    out["fluency_ngram_entropy_before"] = _mean([m.ngram_entropy(t) for t in before])
+    out["fluency_ngram_entropy_after"] = _mean([m.ngram_entropy(t) for t in after])
     return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _measure(outcome: CaseOutcome) -> None:

@@ -46,6 +46,10 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     assert record["metrics"]["new_fact_accuracy"]["value"] == 1.0
     assert record["metrics"]["forget_rate"]["samples"] == len(prompts) + len(yaml.safe_load(CASE.read_text())["paraphrases"])
     assert record["target_modules"] and record["model"]["weights_hash"]
+    scores = record["scores"]
+    assert scores["efficacy"] == 1.0 and 0.0 <= scores["specificity_first_token"] <= 1.0
+    assert scores["old_answer_logprob_after"] < scores["old_answer_logprob_before"]  # the old answer went down
+    assert scores["fluency_ngram_entropy_after"] > 0
     assert (pytester.path / "reports" / "latest").resolve().name == "e2e"
     summary = json.loads((pytester.path / "reports" / "e2e" / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["failed_metrics"] == 0

@@ -44,3 +44,10 @@ def test_no_samples_gives_none() -> None:
 
 def test_latency_ratio() -> None:
     assert m.latency_overhead(0.01, 0.012, 5).value == pytest.approx(1.2)
+
+
+def test_ngram_entropy_is_low_for_degenerate_text() -> None:
+    fluent = m.ngram_entropy("Rome, Italy. It is the capital of the country and a large city")
+    degenerate = m.ngram_entropy("Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome Rome")
+    assert degenerate == 0.0 < fluent
+    assert m.ngram_entropy("") == 0.0
