@@ -149,11 +149,12 @@ def _recorded_scores(lm: LoadedModel, case: FactCase, applied: AppliedEdit,
     """Scores recorded but not gated: CounterFact-style probabilities, latent recall of `old`, fluency."""
     tok, model = lm.tokenizer, lm.model
     out: dict[str, Any] = {}
+    old_logprobs: dict[str, list[float]] = {}
     for name, texts in (("efficacy", list(case.prompts)), ("generalization", list(case.paraphrases))):
         if texts:
             new_lp = answer_logprobs(model, tok, texts, case.new[0], case.chat)
-            old_lp = answer_logprobs(model, tok, texts, case.old[0], case.chat)
-            out[name] = sum(n > o for n, o in zip(new_lp, old_lp)) / len(texts)
+            old_logprobs[name] = answer_logprobs(model, tok, texts, case.old[0], case.chat)
+            out[name] = sum(n > o for n, o in zip(new_lp, old_logprobs[name])) / len(texts)
     if controls_base_right:  # first-token probabilities: one batched pass over the controls
         logp = next_token_logprobs(model, tok, [p for p, _ in controls_base_right], case.chat)
         new_id = first_token_id(tok, case.new[0], case.chat)
@@ -161,7 +162,7 @@ def _recorded_scores(lm: LoadedModel, case: FactCase, applied: AppliedEdit,
                 for row, (_, answer) in zip(logp, controls_base_right)]
         out["specificity_first_token"] = sum(kept) / len(kept)
     prompts = list(case.prompts)
-    out["old_answer_logprob_after"] = _mean(answer_logprobs(model, tok, prompts, case.old[0], case.chat))
+    out["old_answer_logprob_after"] = _mean(old_logprobs["efficacy"])  # prompts are never empty
     out["old_answer_rank_after"] = _mean(first_token_rank(model, tok, prompts, case.old[0], case.chat))
     after = greedy_continuations(model, tok, prompts, [FLUENCY_TOKENS] * len(prompts), chat=case.chat)
     with applied.disabled():

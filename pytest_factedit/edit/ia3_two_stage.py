@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from ..targets import TargetModules
 from .base import AppliedEdit, EditRequest, StageReport
 from .batching import Row, kl_to_reference, tail_logprobs
-from .retention import derived_neighbours, fact_texts, neutral_texts
+from .retention import derived_neighbours, fact_texts, neutral_texts, without_held_out
 from .settings import EditSettings
 
 # Context prefixes so the edit holds after other text, not only at the start of a document.
@@ -96,12 +96,11 @@ class IA3TwoStageEditor:
 
     def _retention_rows(self, tokenizer: Any, request: EditRequest, settings: EditSettings) -> list[Row]:
         """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors (never held-out)."""
-        held = {t.strip().casefold() for t in request.held_out}
         neutral = [Row(self._encode(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(request.held_out)]
         fact_like = derived_neighbours(request.prompts, request.subject, request.held_out,
                                        settings.neighbours_per_prompt)
         fact_like += fact_texts(request.held_out)
-        fact_like += [a for a in request.anchors if a.strip().casefold() not in held]
+        fact_like += without_held_out(request.anchors, request.held_out)
         return neutral + [Row(self._encode(tokenizer, t, request.chat), 1) for t in fact_like]
 
     @staticmethod

@@ -59,7 +59,7 @@ def derived_neighbours(prompts: Sequence[str], subject: str, held_out: Sequence[
     """
     usable = [e for e in bank if e.casefold() not in subject.casefold() and subject.casefold() not in e.casefold()
               and not _mentions_any(" ".join(held_out), [e])]
-    held = {h.strip().casefold() for h in held_out}
+    held = _folded(held_out)
     out: list[str] = []
     for i, prompt in enumerate(prompts):
         if subject not in prompt:
@@ -74,16 +74,21 @@ def derived_neighbours(prompts: Sequence[str], subject: str, held_out: Sequence[
     return out
 
 
-def _without(texts: Sequence[str], held_out: Sequence[str]) -> list[str]:
-    held = {h.strip().casefold() for h in held_out}
-    return [t for t in texts if t.casefold() not in held]
+def _folded(texts: Iterable[str]) -> set[str]:
+    return {t.strip().casefold() for t in texts}
+
+
+def without_held_out(texts: Sequence[str], held_out: Sequence[str]) -> list[str]:
+    """`texts` minus any that equals a held-out text (case- and surrounding-space-insensitive)."""
+    held = _folded(held_out)
+    return [t for t in texts if t.strip().casefold() not in held]
 
 
 def neutral_texts(held_out: Sequence[str]) -> list[str]:
     """Neutral sentences, minus any held-out text."""
-    return _without(NEUTRAL_TEXTS, held_out)
+    return without_held_out(NEUTRAL_TEXTS, held_out)
 
 
 def fact_texts(held_out: Sequence[str]) -> list[str]:
     """General-knowledge prompts, minus any held-out text."""
-    return _without(FACT_TEXTS, held_out)
+    return without_held_out(FACT_TEXTS, held_out)
