@@ -76,7 +76,7 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], answer: 
     import torch
 
     texts = render_prompts(tokenizer, prompts, chat)
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False).input_ids
+    answer_ids = answer_token_ids(tokenizer, answer, chat)
     device = next(model.parameters()).device
     batch = _tokenize_batch(tokenizer, texts, device, chat)
     ids = torch.cat([batch["input_ids"], torch.tensor([answer_ids] * len(texts), device=device)], dim=1)
@@ -104,8 +104,13 @@ def next_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], chat
     return torch.log_softmax(logits, dim=-1)
 
 
+def answer_token_ids(tokenizer: Any, answer: str, chat: bool = False) -> list[int]:
+    """Tokens of an answer as it follows a prompt: after a space in plain text, directly after a chat turn."""
+    return tokenizer(("" if chat else " ") + answer, add_special_tokens=False).input_ids
+
+
 def first_token_id(tokenizer: Any, answer: str, chat: bool = False) -> int:
-    return tokenizer(("" if chat else " ") + answer, add_special_tokens=False).input_ids[0]
+    return answer_token_ids(tokenizer, answer, chat)[0]
 
 
 def first_token_rank(model: Any, tokenizer: Any, prompts: Sequence[str], answer: str,
