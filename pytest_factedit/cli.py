@@ -1,4 +1,4 @@
-"""The `factedit` command: validate case files, prepare (convert/cache) a model, show a run's report."""
+"""The `factedit` command: validate cases, prepare (convert/cache) a model, localize a fact, show a report."""
 
 from __future__ import annotations
 
@@ -66,6 +66,40 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localize(args: argparse.Namespace) -> int:
+    from .edit import MethodError, resolve_settings
+    from .heatmap import render_heatmap
+    from .models import ModelLoadError, load
+    from .runner import localize_case
+
+    try:
+        case = load_case(Path(args.case), root=Path(args.root) if args.root else Path.cwd())
+        settings = resolve_settings(case.method, {"seed": args.seed})
+    except (CaseError, MethodError) as exc:
+        print(f"error: {exc if isinstance(exc, CaseError) else f'{args.case}: {exc}'}", file=sys.stderr)
+        return 2
+    try:
+        lm = load(args.model, args.device)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    method = args.method or (settings.localize if settings.localize in ("trace", "attribution") else "trace")
+    record = localize_case(lm, case, settings, method).as_record()
+    print(render_heatmap(record, case.id, color=sys.stdout.isatty()), end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        print(f"record: {args.json}")
+    if args.png != "":
+        png = Path(args.png or f"{case.id}-localization.png")
+        try:
+            from .heatmap import write_png
+
+            print(f"heatmap: {write_png(record, png, case.id)}")
+        except ImportError:
+            print("no PNG: matplotlib is not installed (pip install 'pytest-factedit[plot]')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factedit", description="pytest-factedit helper commands")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model", default=DEFAULT_MODEL)
     prepare.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     prepare.set_defaults(func=cmd_prepare)
+    loc = sub.add_parser("localize", help="trace where a case's old answer is stored and print the heatmap")
+    loc.add_argument("case", help="a fact case YAML file")
+    loc.add_argument("--model", default=DEFAULT_MODEL)
+    loc.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    loc.add_argument("--method", choices=("trace", "attribution"), default=None,
+                     help="default: method.localize of the case when it traces, else trace")
+    loc.add_argument("--seed", type=int, default=None)
+    loc.add_argument("--png", default=None, metavar="PATH",
+                     help="PNG path (default: <case-id>-localization.png when matplotlib is installed; '' for none)")
+    loc.add_argument("--json", default=None, metavar="PATH", help="also write the localization record as JSON")
+    loc.add_argument("--root", help="top folder whose _defaults.yaml files apply (default: cwd)")
+    loc.set_defaults(func=cmd_localize)
     show = sub.add_parser("show", help="print the table of a run (reports/latest by default)")
     show.add_argument("results", nargs="?", default="reports/latest")
     show.set_defaults(func=cmd_show)

@@ -24,6 +24,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where to run: auto picks CUDA (bf16) when present, else CPU (fp32)")
     group.addoption("--factedit-method", dest="factedit_method", default=None, metavar="NAME",
                     help="editing method for every case (overrides method.name in YAML)")
+    group.addoption("--factedit-localize", dest="factedit_localize", default=None,
+                    choices=("trace", "attribution", "none", "random"),
+                    help="where the edit goes: trace (causal tracing, default), attribution (gradient estimate "
+                         "confirmed by real patches), none (every layer) or random (ablation); overrides "
+                         "method.localize in YAML")
+    group.addoption("--factedit-show-trace", dest="factedit_show_trace", action="store_true", default=False,
+                    help="print each case's layer x position localization heatmap in the summary")
     group.addoption("--factedit-seed", dest="factedit_seed", default=None, type=int, metavar="N",
                     help="seed for every case (overrides method.seed; default 0)")
     group.addoption("--factedit-reports", dest="factedit_reports", default=None, metavar="DIR",
@@ -36,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     reports = config.getoption("factedit_reports")
     options = Options(model=config.getoption("factedit_model"), device=config.getoption("factedit_device"),
                       method=config.getoption("factedit_method"), seed=config.getoption("factedit_seed"),
+                      localize=config.getoption("factedit_localize"),
+                      show_trace=config.getoption("factedit_show_trace"),
                       reports_dir=Path(reports) if reports else config.rootpath / "reports",
                       run_id=config.getoption("factedit_run_id"))
     state = FactEditSession(options, is_worker=hasattr(config, "workerinput"))
@@ -97,6 +106,13 @@ class SessionHooks:
         color = config.get_terminal_writer().hasmarkup
         terminalreporter.write_sep("=", "pytest-factedit", bold=True)
         terminalreporter.write(summary_table(self.state.writer.records, color, terminalreporter._tw.fullwidth))
+        if self.state.options.show_trace:
+            from .heatmap import render_heatmap
+
+            for record in self.state.writer.records:
+                if record.get("localization"):
+                    terminalreporter.write(render_heatmap(record["localization"], record["case_id"], color,
+                                                          terminalreporter._tw.fullwidth))
         terminalreporter.write_line(f"results: {self.state.writer.run_dir / 'results.jsonl'}")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -61,6 +61,7 @@ def case_record(outcome: CaseOutcome, case_file: str, run: dict[str, Any]) -> di
         "target_modules": list(targets.modules) if targets else [],
         "feedforward_modules": list(targets.feedforward) if targets else [],
         "targets_rule": targets.rule if targets else None,
+        "localization": outcome.localization.as_record() if outcome.localization else None,
         "metrics": metrics,
         "scores": outcome.extra.get("scores", {}),
         "answers": [_answer_entry(a, outcome.case.old) for a in outcome.answers],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -11,11 +12,12 @@ from .cases import FactCase
 from .edit import get_editor
 from .edit.base import AppliedEdit, EditRequest
 from .edit.settings import EditSettings
+from .localize import Localization, localize
 from .metricspec import DEFAULT_THRESHOLDS
 from .models import LoadedModel, weights_fingerprint
 from .probe import (answer_logprobs, answer_token_budget, first_token_id, first_token_rank, greedy_continuations,
-                    next_token_logprobs, seconds_per_token)
-from .targets import TargetModules, band_targets, explicit_targets
+                    next_token_logprobs, render_prompts, seconds_per_token)
+from .targets import TargetModules, all_layer_targets, explicit_targets, layer_targets, random_layer_targets
 
 LATENCY_REPEATS = 2
 LATENCY_TOKENS = 6
@@ -45,6 +47,7 @@ class CaseOutcome:
     metrics: dict[str, m.MetricValue] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     targets: TargetModules | None = None
+    localization: Localization | None = None
     stages: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -76,10 +79,29 @@ def thresholds_for(case: FactCase) -> dict[str, float]:
     return {**DEFAULT_THRESHOLDS, **case.thresholds}
 
 
-def _targets(lm: LoadedModel, settings: EditSettings) -> TargetModules:
+def localize_case(lm: LoadedModel, case: FactCase, settings: EditSettings, method: str | None = None) -> Localization:
+    """Trace where the case's old answer is stored (`method` defaults to settings.localize)."""
+    return localize(lm.model, lm.tokenizer, render_prompts(lm.tokenizer, case.prompts, case.chat), case.subject,
+                    case.old[0], first_token_id(lm.tokenizer, case.old[0], case.chat),
+                    method=method or settings.localize, mlp_layers=settings.mlp_layers,
+                    attention_layers=settings.attention_layers, noise_samples=settings.noise_samples,
+                    noise_scale=settings.noise_scale, seed=settings.seed, add_special_tokens=not case.chat)
+
+
+def choose_targets(lm: LoadedModel, case: FactCase, settings: EditSettings
+                   ) -> tuple[TargetModules, Localization | None]:
+    """The IA³ targets: named in YAML, or every layer, random layers, or the localized ones."""
     if settings.target_modules:
-        return explicit_targets(lm.model, settings.target_modules, settings.feedforward_modules)
-    return band_targets(lm.model)
+        return explicit_targets(lm.model, settings.target_modules, settings.feedforward_modules), None
+    if settings.localize == "none":
+        return all_layer_targets(lm.model), None
+    if settings.localize == "random":  # seeded per case, so that different facts get different layers
+        seed = settings.seed * 1_000_003 + zlib.crc32(case.id.encode())
+        return random_layer_targets(lm.model, settings.mlp_layers, settings.attention_layers, seed), None
+    found = localize_case(lm, case, settings)
+    rule = (f"{found.method}: MLP of layers {list(found.mlp_layers)} (subject's last token), "
+            f"attention of layers {list(found.attention_layers)} (last token)")
+    return layer_targets(lm.model, found.mlp_layers, found.attention_layers, rule), found
 
 
 def _probe_groups(case: FactCase, tokenizer: Any) -> list[tuple[str, str, tuple[str, ...], int]]:
@@ -108,16 +130,17 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
                           + "; ".join(f"{p!r} -> {m.cut_answer(b)!r}" for p, b in wrong))
         return outcome
 
-    outcome.targets = _targets(lm, settings)
+    edit_started = time.perf_counter()
+    outcome.targets, outcome.localization = choose_targets(lm, case, settings)
+    outcome.timings["localize_seconds"] = time.perf_counter() - edit_started
     request = EditRequest(subject=case.subject, prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
                           held_out=case.paraphrases + tuple(c.prompt for c in case.controls), chat=case.chat)
     latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
     touched_before = weights_fingerprint(lm.model, outcome.targets.modules)
-    edit_started = time.perf_counter()
     applied: AppliedEdit = get_editor(settings.name).apply(lm.model, lm.tokenizer, request, outcome.targets,
                                                            settings)
     try:
-        outcome.timings["edit_seconds"] = time.perf_counter() - edit_started
+        outcome.timings["edit_seconds"] = time.perf_counter() - edit_started  # localization + both stages
         outcome.stages = [s.as_record() for s in applied.stages]
         outcome.trainable_parameters = applied.trainable_parameters
         probe_started = time.perf_counter()

@@ -21,6 +21,8 @@ class Options:
     seed: int | None
     reports_dir: Path
     run_id: str | None
+    localize: str | None = None
+    show_trace: bool = False
 
 
 class FactEditSession:
@@ -59,7 +61,8 @@ class FactEditSession:
     def settings_for(self, case: FactCase) -> Any:
         from .edit import resolve_settings
 
-        return resolve_settings(case.method, {"name": self.options.method, "seed": self.options.seed})
+        return resolve_settings(case.method, {"name": self.options.method, "seed": self.options.seed,
+                                              "localize": self.options.localize})
 
     def record(self, case_file: str, case: FactCase) -> dict[str, Any]:
         """Run the case once (later calls reuse it) and return its JSON record; errors become records."""

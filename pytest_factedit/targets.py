@@ -1,7 +1,8 @@
-"""Where an edit may go: per-architecture module names and the layer-band rule used before localization."""
+"""Where an edit may go: per-architecture module names, and layer choices turned into IA³ target modules."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -14,6 +15,8 @@ class ArchModules:
     mlp: tuple[str, ...]  # MLP modules that get IA³ vectors
     attention: tuple[str, ...]  # attention modules that get IA³ vectors
     feedforward: tuple[str, ...]  # those whose *input* is scaled (peft's feedforward_modules)
+    mlp_block: str = "mlp"  # the block whose output is the MLP's contribution (traced)
+    attention_block: str = "self_attn"  # the block whose output is the attention's contribution (traced)
 
 
 _LLAMA_LIKE = ArchModules("model.layers", ("mlp.up_proj", "mlp.down_proj"),
@@ -24,7 +27,7 @@ ARCHITECTURES: dict[str, ArchModules] = {
     "phi3": ArchModules("model.layers", ("mlp.gate_up_proj", "mlp.down_proj"),
                         ("self_attn.qkv_proj", "self_attn.o_proj"), ("mlp.down_proj",)),
     "gpt2": ArchModules("transformer.h", ("mlp.c_fc", "mlp.c_proj"), ("attn.c_attn", "attn.c_proj"),
-                        ("mlp.c_proj",)),
+                        ("mlp.c_proj",), attention_block="attn"),
 }
 
 
@@ -58,29 +61,30 @@ def num_layers(model: Any) -> int:
     return int(model.config.num_hidden_layers)
 
 
-def middle_band(num_hidden_layers: int) -> tuple[int, ...]:
-    """The layer band used until localization: layers from L//4 up to (not including) L//2, at least one.
-
-    Factual associations are stored in early-middle MLP layers (ROME, causal tracing); this band
-    covers them for every depth without looking at the fact.
-    """
-    start = num_hidden_layers // 4
-    stop = max(start + 1, num_hidden_layers // 2)
-    return tuple(range(start, stop))
-
-
-def mlp_targets(model: Any, layers: Sequence[int], rule: str) -> TargetModules:
-    """IA³ targets on the MLP modules of the given layers."""
+def layer_targets(model: Any, mlp_layers: Sequence[int], attention_layers: Sequence[int], rule: str) -> TargetModules:
+    """IA³ targets on the MLP modules of `mlp_layers` and the attention modules of `attention_layers`."""
     arch = arch_modules(model)
-    modules = tuple(f"{arch.layers}.{i}.{m}" for i in layers for m in arch.mlp)
-    feedforward = tuple(f"{arch.layers}.{i}.{m}" for i in layers for m in arch.feedforward if m in arch.mlp)
-    return TargetModules(modules, feedforward, rule, tuple(layers))
+    modules = [f"{arch.layers}.{i}.{m}" for i in sorted(mlp_layers) for m in arch.mlp]
+    modules += [f"{arch.layers}.{i}.{m}" for i in sorted(attention_layers) for m in arch.attention]
+    feedforward = tuple(f"{arch.layers}.{i}.{m}" for i in sorted(mlp_layers) for m in arch.feedforward)
+    layers = tuple(sorted(set(mlp_layers) | set(attention_layers)))
+    return TargetModules(tuple(modules), feedforward, rule, layers)
 
 
-def band_targets(model: Any) -> TargetModules:
-    """The default targets before localization: MLP modules of the middle layer band."""
-    layers = middle_band(num_layers(model))
-    return mlp_targets(model, layers, f"middle band: MLP of layers {layers[0]}..{layers[-1]} (L//4 .. L//2-1)")
+def all_layer_targets(model: Any) -> TargetModules:
+    """No localization: the MLP and attention modules of every layer (the ablation baseline)."""
+    layers = range(num_layers(model))
+    return layer_targets(model, layers, layers, "no localization: MLP and attention of every layer")
+
+
+def random_layer_targets(model: Any, mlp_count: int, attention_count: int, seed: int) -> TargetModules:
+    """Randomly chosen layers, as many as localization would choose (the ablation's control arm)."""
+    rng = random.Random(seed)
+    layers = range(num_layers(model))
+    mlp = sorted(rng.sample(layers, min(mlp_count, len(layers))))
+    attention = sorted(rng.sample(layers, min(attention_count, len(layers))))
+    return layer_targets(model, mlp, attention,
+                         f"random (seed {seed}): MLP of layers {mlp}, attention of layers {attention}")
 
 
 def explicit_targets(model: Any, modules: Sequence[str], feedforward: Sequence[str]) -> TargetModules:

@@ -28,7 +28,7 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     shutil.copy(CASE, folder / CASE.name)
     (folder / "typo.yaml").write_text(CASE.read_text().replace("paraphrases:", "paraphrasses:"))
     result = pytester.runpytest_subprocess("fact_cases", "-p", "no:cacheprovider", "--factedit-run-id", "e2e",
-                                           timeout=900)
+                                           "--factedit-show-trace", timeout=900)
     out = result.stdout.str()
     # the broken file is a collection error naming file, key and suggestion; the real case still runs and passes
     result.stdout.fnmatch_lines(["*typo.yaml: key 'paraphrasses': unknown key*did you mean 'paraphrases'?*"])
@@ -46,6 +46,15 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     assert record["metrics"]["new_fact_accuracy"]["value"] == 1.0
     assert record["metrics"]["forget_rate"]["samples"] == len(prompts) + len(yaml.safe_load(CASE.read_text())["paraphrases"])
     assert record["target_modules"] and record["model"]["weights_hash"]
+    # localization chose the edited layers: MLP at the subject's last token, attention at the last token
+    loc = record["localization"]
+    assert loc["method"] == "trace" and len(loc["mlp_layers"]) == 2 and len(loc["attention_layers"]) == 2
+    expected_modules = {f"model.layers.{i}.mlp.{m}" for i in loc["mlp_layers"] for m in ("up_proj", "down_proj")}
+    expected_modules |= {f"model.layers.{i}.self_attn.{m}" for i in loc["attention_layers"] for m in ("v_proj", "o_proj")}
+    assert set(record["target_modules"]) == expected_modules
+    assert loc["mlp_effects"][loc["mlp_layers"][0]] == max(e for e in loc["mlp_effects"] if e is not None) > 0
+    assert len(loc["grids"]) == len(prompts) and loc["grids"][0]["tokens"][-1].strip("▁") == "by"
+    assert "chosen: MLP layers" in out and "MLP output (max" in out  # --factedit-show-trace heatmap
     scores = record["scores"]
     assert scores["efficacy"] == 1.0 and 0.0 <= scores["specificity_first_token"] <= 1.0
     assert scores["old_answer_logprob_after"] < scores["old_answer_logprob_before"]  # the old answer went down

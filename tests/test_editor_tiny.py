@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from pytest_factedit.edit import get_editor, resolve_settings  # noqa: E402
 from pytest_factedit.edit.base import EditRequest  # noqa: E402
 from pytest_factedit.probe import greedy_continuations  # noqa: E402
-from pytest_factedit.targets import arch_modules, band_targets, explicit_targets, middle_band  # noqa: E402
+from pytest_factedit.targets import all_layer_targets, arch_modules, explicit_targets, layer_targets  # noqa: E402
 
 from .tiny import tiny_model, word_tokenizer  # noqa: E402
 
@@ -35,7 +35,7 @@ def test_two_stage_edit_trains_and_restores_base_bit_identical(kind: str) -> Non
     before = snapshot(model)
     base_answer = greedy_continuations(model, tok, REQUEST.prompts, [2])
     settings = resolve_settings({"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1})
-    applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, band_targets(model), settings)
+    applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, layer_targets(model, [1, 2], [3], "test"), settings)
     try:
         assert [s.name for s in applied.stages] == ["unlearn", "learn"]
         learn = applied.stages[1]
@@ -84,16 +84,21 @@ def test_edit_is_removed_even_when_training_fails(monkeypatch) -> None:
 
     monkeypatch.setattr(ia3_two_stage.IA3TwoStageEditor, "_train", staticmethod(boom))
     with pytest.raises(RuntimeError, match="stage failed"):
-        get_editor("ia3-two-stage").apply(model, tok, REQUEST, band_targets(model), resolve_settings({}))
+        get_editor("ia3-two-stage").apply(model, tok, REQUEST, all_layer_targets(model), resolve_settings({}))
     assert not any("ia3" in name for name, _ in model.named_modules())
     assert_identical(model, before)
 
 
-def test_middle_band_rule() -> None:
-    assert middle_band(18) == (4, 5, 6, 7, 8)
-    assert middle_band(32) == tuple(range(8, 16))
-    assert middle_band(2) == (0,)
-    assert middle_band(1) == (0,)
+def test_layer_targets_map_layers_to_each_family_s_modules() -> None:
+    tok = word_tokenizer()
+    gpt2 = tiny_model("gpt2", len(tok), layers=3)
+    targets = layer_targets(gpt2, [2, 0], [1], "test")
+    assert targets.modules == ("transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "transformer.h.2.mlp.c_fc",
+                               "transformer.h.2.mlp.c_proj", "transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj")
+    assert targets.feedforward == ("transformer.h.0.mlp.c_proj", "transformer.h.2.mlp.c_proj")
+    assert targets.layers == (0, 1, 2)
+    llama = tiny_model("llama", len(tok), layers=2)
+    assert len(all_layer_targets(llama).modules) == 2 * 4
 
 
 def test_unknown_architecture_explains_the_yaml_escape_hatch() -> None:

@@ -112,3 +112,19 @@ def test_importing_the_plugin_does_not_import_torch() -> None:
     code = "import sys, pytest_factedit.plugin, pytest_factedit.cli; print(sorted({'torch','transformers','peft'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_localize_option_is_checked_and_listed(pytester: pytest.Pytester, suite) -> None:
+    result = pytester.runpytest("fact_cases", "--collect-only", "--factedit-localize", "trcae")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--factedit-localize*invalid choice*'trcae'*"])
+    help_text = pytester.runpytest("--help").stdout.str()
+    assert "--factedit-localize" in help_text and "--factedit-show-trace" in help_text
+
+
+def test_localize_mode_in_yaml_is_validated_before_the_model_loads(pytester: pytest.Pytester, suite) -> None:
+    (suite / "broken.yaml").unlink()
+    (suite / "eiffel.yaml").write_text(GOOD + "method: {localize: attributon}\n")
+    result = pytester.runpytest("fact_cases", "--model", "/nonexistent/model")
+    result.stdout.fnmatch_lines(["*method.localize*expected one of trace, attribution, none, random*"
+                                 "did you mean 'attribution'?*"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..lmhead import logits_from_hidden
+
 
 @dataclass(frozen=True)
 class Row:
@@ -26,17 +28,6 @@ def pad_left(rows: Sequence[Row], pad_id: int, device: Any) -> tuple[Any, Any, A
         mask[i, width - len(row.ids):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), positions.to(device)
-
-
-def logits_from_hidden(model: Any, hidden: Any) -> Any:
-    """Apply the LM head (and the final logit soft-capping some models use) to selected hidden states."""
-    import torch
-
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def tail_logprobs(model: Any, rows: Sequence[Row], pad_id: int) -> list[Any]:

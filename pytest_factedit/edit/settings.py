@@ -18,9 +18,14 @@ class MethodError(ValueError):
 
 @dataclass(frozen=True)
 class EditSettings:
-    """Settings shared by the IA³ editors (YAML `method:` keys)."""
+    """How a fact is localized and edited (YAML `method:` keys, `--factedit-*` options)."""
 
     name: str = "ia3-two-stage"
+    localize: str = "trace"  # trace | attribution | none (every layer) | random (ablation)
+    mlp_layers: int = 2  # top-k MLP layers (effect at the subject's last token)
+    attention_layers: int = 2  # top-k attention layers (effect at the last token)
+    noise_samples: int = 3
+    noise_scale: float = 3.0  # x the embedding std
     lr: float = 3e-2
     unlearn_max_steps: int = 25
     learn_max_steps: int = 40
@@ -40,7 +45,8 @@ class EditSettings:
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(EditSettings)}
-_POSITIVE = {"lr", "unlearn_stop_prob", "learn_stop_prob"}
+_POSITIVE = {"lr", "unlearn_stop_prob", "learn_stop_prob", "noise_scale"}
+LOCALIZE_MODES = ("trace", "attribution", "none", "random")
 
 
 def _check(key: str, value: Any) -> Any:
@@ -63,6 +69,9 @@ def _check(key: str, value: Any) -> Any:
         return float(value)
     if not isinstance(value, str) or not value:
         raise MethodError(key, f"expected a non-empty string, found {value!r}")
+    if key == "localize" and value not in LOCALIZE_MODES:
+        raise MethodError(key, f"expected one of {', '.join(LOCALIZE_MODES)}, found {value!r}"
+                          + did_you_mean(value, LOCALIZE_MODES))
     return value
 
 
@@ -82,4 +91,9 @@ def settings_from(method: Mapping[str, Any], known_methods: tuple[str, ...],
                           + did_you_mean(name, known_methods))
     if values.get("feedforward_modules") and not values.get("target_modules"):
         raise MethodError("feedforward_modules", "given without target_modules")
-    return EditSettings(**values)
+    settings = EditSettings(**values)
+    if settings.localize in ("trace", "attribution", "random") and settings.mlp_layers + settings.attention_layers == 0:
+        raise MethodError("mlp_layers", "mlp_layers and attention_layers are both 0: nothing left to edit")
+    if settings.localize in ("trace", "attribution") and settings.noise_samples == 0:
+        raise MethodError("noise_samples", f"expected at least 1 noise sample for localize: {settings.localize}")
+    return settings

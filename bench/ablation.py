@@ -1,0 +1,88 @@
+"""Does localization matter? The same edits with localized, all (`none`) and random layers.
+
+    python bench/ablation.py                     # 30 known CounterFact facts (about 25 minutes on 2 cores)
+    python bench/ablation.py -n 10 --seed 1
+
+Facts: a seeded sample of ../shared/data/counterfact-train.json (or --data) that the embedded model
+answers correctly. Each becomes a case (prompt, paraphrase, locality control) plus the shared
+controls of fact_cases/_defaults.yaml, and is edited once per arm with the default editor. Prints a
+markdown table of mean metrics per arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "counterfact-train.json"
+ARMS = {"localized (trace)": {"localize": "trace"}, "none (every layer)": {"localize": "none"},
+        "random layers": {"localize": "random"}}
+METRICS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "control_retention")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("-n", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from pytest_factedit import models
+    from pytest_factedit.cases import load_case
+    from pytest_factedit.counterfact import case_mapping, known_records, read_records
+    from pytest_factedit.edit import resolve_settings
+    from pytest_factedit.runner import BaseAnswerCache, run_case
+
+    lm = models.load(None, "cpu")
+    started = time.perf_counter()
+    facts = list(known_records(lm.model, lm.tokenizer, read_records(Path(args.data)), args.n, args.seed))
+    print(f"{len(facts)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
+    cache = BaseAnswerCache()
+    rows: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cases"
+        folder.mkdir()
+        shutil.copy(REPO / "fact_cases" / "_defaults.yaml", folder / "_defaults.yaml")
+        for record in facts:
+            mapping = case_mapping(record)
+            path = folder / f"{mapping['id']}.yaml"
+            path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+            case = load_case(path, root=Path(tmp))
+            for arm, override in ARMS.items():
+                outcome = run_case(lm, case, resolve_settings(case.method, override), cache)
+                if outcome.status != "ran":
+                    print(f"  {case.id} {arm}: {outcome.status} {outcome.reason}", flush=True)
+                    continue
+                values = rows[arm]
+                for name in METRICS:
+                    value = outcome.metrics[name].value
+                    if value is not None:
+                        values.setdefault(name, []).append(value)
+                values.setdefault("edit_seconds", []).append(outcome.timings["edit_seconds"])
+                values.setdefault("modules", []).append(len(outcome.targets.modules))
+                print(f"  {case.id} {arm}: " + " ".join(f"{n}={outcome.metrics[n].value}" for n in METRICS)
+                      + f" edit={outcome.timings['edit_seconds']:.1f}s", flush=True)
+    print(f"\nembedded model, {len(facts)} CounterFact facts it knows (seed {args.seed}), default editor settings;"
+          " means over facts (control retention over the controls the base model got right)\n")
+    print("| layers | facts | IA³ modules | new-fact acc. | forget rate | paraphrase acc. | control retention "
+          "| edit s (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arm, values in rows.items():
+        if not values:
+            continue
+        cells = [f"{statistics.mean(values[n]):.3f}" if values.get(n) else "n/a" for n in METRICS]
+        print(f"| {arm} | {len(values['edit_seconds'])} | {statistics.median(values['modules']):.0f} | "
+              + " | ".join(cells) + f" | {statistics.median(values['edit_seconds']):.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

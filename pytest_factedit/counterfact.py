@@ -1,0 +1,64 @@
+"""CounterFact records as schema-v1 fact cases, keeping only the facts a model already answers."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .metrics import matches
+from .probe import answer_token_budget, greedy_continuations
+
+RECORD_KEYS = ("case_id", "prompt", "subject", "ground_truth", "target_new", "rephrase_prompt", "locality_prompt",
+               "locality_ground_truth")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a CounterFact JSON file (a list of objects with RECORD_KEYS)."""
+    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of CounterFact records, found {type(records).__name__}")
+    for index, record in enumerate(records):
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"{path}: record {index} lacks {missing}; expected keys {list(RECORD_KEYS)}")
+    return records
+
+
+def usable(record: dict[str, Any]) -> bool:
+    """Schema v1 can hold it: the subject occurs in prompt and rephrase, and old and new differ."""
+    subject = record["subject"]
+    return (bool(subject) and subject in record["prompt"] and subject in record["rephrase_prompt"]
+            and record["ground_truth"].strip().lower() != record["target_new"].strip().lower())
+
+
+def case_mapping(record: dict[str, Any]) -> dict[str, Any]:
+    """The YAML mapping of one record: prompt -> prompts, rephrase -> paraphrases, locality -> a control."""
+    return {"id": f"counterfact-{record['case_id']}", "subject": record["subject"], "prompts": [record["prompt"]],
+            "old": record["ground_truth"], "new": record["target_new"],
+            "paraphrases": [record["rephrase_prompt"]],
+            "controls": [{"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}]}
+
+
+def _shuffled(records: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    order = [r for r in records if usable(r)]
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def known_records(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], n: int, seed: int,
+                  batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """Up to `n` records, in a seeded random order, whose prompt the model completes with ground_truth."""
+    order = _shuffled(records, seed)
+    kept = 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        budgets = [answer_token_budget(tokenizer, [r["ground_truth"]]) for r in chunk]
+        answers = greedy_continuations(model, tokenizer, [r["prompt"] for r in chunk], budgets)
+        for record, answer in zip(chunk, answers):
+            if matches(answer, (record["ground_truth"],)):
+                yield record
+                kept += 1
+                if kept == n:
+                    return

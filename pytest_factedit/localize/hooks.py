@@ -1,0 +1,87 @@
+"""Forward hooks on Hugging Face module names, added in context managers that always remove them."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from ..targets import ArchModules
+
+SITES = ("hidden", "mlp", "attn")  # decoder-layer output (residual stream), MLP output, attention output
+
+
+def site_module_name(arch: ArchModules, site: str, layer: int) -> str:
+    """The module whose output is `site` at `layer`."""
+    base = f"{arch.layers}.{layer}"
+    if site == "hidden":
+        return base
+    if site == "mlp":
+        return f"{base}.{arch.mlp_block}"
+    if site == "attn":
+        return f"{base}.{arch.attention_block}"
+    raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
+
+
+def main_output(output: Any) -> Any:
+    """The hidden-state tensor of a module output (attention and some decoder layers return tuples)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_main_output(output: Any, tensor: Any) -> Any:
+    return (tensor,) + tuple(output[1:]) if isinstance(output, tuple) else tensor
+
+
+@contextmanager
+def forward_hooks(model: Any, hooks: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+    """Register `{module name: forward hook}` for the duration of the block; removed even on error."""
+    modules = dict(model.named_modules())
+    handles = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(modules[name].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def embedding_noise(model: Any, positions: Sequence[int], noise: Any, make_leaf: bool = False) -> Iterator[None]:
+    """Add `noise` (rows x len(positions) x d) to the token embeddings at `positions` of every row."""
+    import torch
+
+    index = torch.tensor(list(positions), device=noise.device)
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        corrupted = output.detach().clone()
+        corrupted[:, index] += noise.to(corrupted.dtype)
+        return corrupted.requires_grad_(True) if make_leaf else corrupted
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def capture_hook(store: dict[Any, Any], key: Any, keep_grad: bool = False) -> Callable[..., None]:
+    """A hook that stores the module's hidden-state output under `key` (and retains its gradient)."""
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        tensor = main_output(output)
+        if keep_grad and tensor.requires_grad:
+            tensor.retain_grad()
+        store[key] = tensor
+
+    return hook
+
+
+def restore_hook(rows: Any, positions: Any, clean: Any) -> Callable[..., Any]:
+    """A hook that overwrites output[rows[i], positions[i]] with the clean activation at positions[i]."""
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        patched = main_output(output).clone()
+        patched[rows, positions] = clean[positions].to(patched.dtype)
+        return with_main_output(output, patched)
+
+    return hook

@@ -1,0 +1,210 @@
+"""Localization on tiny models: finds a planted fact, restores exactly, leaves no hook, drives IA³ targets."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit import get_editor, resolve_settings  # noqa: E402
+from pytest_factedit.edit.base import EditRequest  # noqa: E402
+from pytest_factedit.edit.settings import MethodError  # noqa: E402
+from pytest_factedit.localize import SubjectNotFound, forward_hooks, localize, top_layers  # noqa: E402
+from pytest_factedit.localize.patching import (embedding_std, noise_for, prepare, restored_probs,  # noqa: E402
+                                               subject_positions)
+from pytest_factedit.targets import (UnsupportedArchitecture, arch_modules, explicit_targets,  # noqa: E402
+                                     layer_targets, random_layer_targets)
+
+from .tiny import tiny_model, word_tokenizer  # noqa: E402
+
+PLANTED_LAYER = 2
+FACTS = {"The Eiffel Tower": "Rome", "The Big Ben": "London", "The Louvre": "Berlin", "The Colosseum": "Paris"}
+
+
+def answer_id(tok, answer: str) -> int:
+    return tok(" " + answer, add_special_tokens=False).input_ids[0]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A 4-layer llama whose only trained weights are the MLP of layer 2: the facts live there."""
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=4)
+    with torch.no_grad():  # a head with unit-scale weights, so that one MLP can make an answer certain
+        model.lm_head.weight.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    mlp = model.model.layers[PLANTED_LAYER].mlp
+    for p in mlp.parameters():
+        p.requires_grad_(True)
+    batch = tok(list(FACTS), return_tensors="pt", padding=True)
+    targets = torch.tensor([answer_id(tok, a) for a in FACTS.values()])
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=3e-2)
+    torch.manual_seed(0)
+    for _ in range(60):
+        logits = model(**batch).logits[:, -1]
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for p in mlp.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return model, tok
+
+
+@pytest.mark.parametrize("method", ["trace", "attribution"])
+def test_planted_fact_is_found_in_its_layer(planted, method: str) -> None:
+    model, tok = planted
+    found = localize(model, tok, ["The Eiffel Tower"], "Eiffel Tower", "Rome", answer_id(tok, "Rome"),
+                     method=method, positions="all", precision="float32", noise_samples=5, mlp_layers=1,
+                     attention_layers=1)
+    assert found.grids[0].clean_prob > 0.9
+    assert found.grids[0].corrupted_prob < 0.5 * found.grids[0].clean_prob
+    assert found.mlp_layers == (PLANTED_LAYER,)
+    measured = [e for e in found.mlp_effects if e is not None]
+    assert found.mlp_effects[PLANTED_LAYER] == max(measured) > 0.3
+
+
+def test_restoring_every_position_of_a_layer_gives_back_the_clean_probability(planted) -> None:
+    model, tok = planted
+    arch = arch_modules(model)
+    prep = prepare(model, arch, tok, "The Eiffel Tower", "Eiffel Tower", answer_id(tok, "Rome"), True, 4)
+    noise = noise_for(prep, 3, 3 * embedding_std(model), seed=1)
+    everything = tuple(range(prep.last + 1))
+    cells = [("hidden", layer, everything) for layer in range(4)]
+    probs = restored_probs(model, arch, prep, noise, cells, batch_rows=5)  # several chunks
+    assert float(probs[:, 0].mean()) < prep.clean_prob - 0.1  # the corruption mattered
+    torch.testing.assert_close(probs[:, 1:], torch.full((3, 4), prep.clean_prob), rtol=0, atol=1e-5)
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method,precision", [("trace", "float32"), ("attribution", "float32"),
+                                              ("trace", "bfloat16")])
+def test_tracing_leaves_the_model_exactly_as_it_was(planted, method: str, precision: str) -> None:
+    model, tok = planted
+    ids = tok(["The Eiffel Tower is located in the city of"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    params = {name: (p, p.clone()) for name, p in model.named_parameters()}
+    hooks = _hooks(model)
+    localize(model, tok, ["The Eiffel Tower is located in the city of"], "Eiffel Tower", "Rome",
+             answer_id(tok, "Rome"), method=method, precision=precision, positions="all")
+    assert _hooks(model) == hooks == 0
+    for name, p in model.named_parameters():
+        assert p is params[name][0] and torch.equal(p, params[name][1]), name
+        assert p.grad is None
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_hooks_are_removed_when_the_traced_pass_fails(planted) -> None:
+    model, _ = planted
+
+    def failing(_module, _inputs, _output):
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        with forward_hooks(model, {"model.layers.1.mlp": failing}):
+            model(input_ids=torch.tensor([[1, 5, 6]]))
+    assert _hooks(model) == 0
+
+
+def test_subject_positions_cover_the_subject_tokens() -> None:
+    tok = word_tokenizer()
+    ids, positions = subject_positions(tok, "The Eiffel Tower is located in", "Eiffel Tower", True)
+    assert tok.convert_ids_to_tokens([ids[p] for p in positions]) == ["Eiffel", "Tower"]
+    with pytest.raises(SubjectNotFound, match="Louvre"):
+        subject_positions(tok, "The Eiffel Tower is located in", "Louvre", True)
+
+
+def test_top_layers_ignores_unmeasured_and_breaks_ties_low() -> None:
+    assert top_layers([0.1, None, 0.5, 0.5, -0.2], 3) == (2, 3, 0)
+    assert top_layers([None, 0.2], 5) == (1,)
+
+
+def test_localized_phi3_edit_uses_the_fused_modules_and_restores_the_base() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("phi3", len(tok), layers=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt = "The Eiffel Tower is located in the city of"
+    base_id = int(model(**tok([prompt], return_tensors="pt")).logits[0, -1].argmax())
+    old = tok.decode([base_id]).strip()
+    found = localize(model, tok, [prompt], "Eiffel Tower", old, base_id, mlp_layers=3, attention_layers=2)
+    assert sorted(found.mlp_layers) == [0, 1] and sorted(found.attention_layers) == [0, 1]  # k clamps to 2 layers
+    targets = layer_targets(model, found.mlp_layers[:1], found.attention_layers[:1], "test")
+    assert {m.rsplit(".", 1)[-1] for m in targets.modules} == {"gate_up_proj", "down_proj", "qkv_proj", "o_proj"}
+    request = EditRequest(subject="Eiffel Tower", prompts=(prompt,), old=(old,), new=("Rome",),
+                          held_out=("Big Ben is a clock tower in the city of",))
+    settings = resolve_settings({"lr": 0.3, "unlearn_max_steps": 3, "learn_max_steps": 3, "guard_tokens": 1})
+    applied = get_editor("ia3-two-stage").apply(model, tok, request, targets, settings)
+    try:
+        names = [n for n, _ in model.named_parameters() if ".ia3_l." in n]
+        assert any("qkv_proj.ia3_l.learn" in n for n in names) and any("gate_up_proj.ia3_l.unlearn" in n for n in names)
+        assert [s.name for s in applied.stages] == ["unlearn", "learn"]
+    finally:
+        applied.remove()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_unsupported_architecture_names_the_class_and_yaml_escape_hatch_works() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    model.config.model_type = "mystery"
+    with pytest.raises(UnsupportedArchitecture, match=r"LlamaForCausalLM.*'mystery'(.|\n)*target_modules"):
+        localize(model, tok, ["The Eiffel Tower is"], "Eiffel Tower", "Paris", answer_id(tok, "Paris"))
+    targets = explicit_targets(model, ["model.layers.1.mlp.down_proj"], ["model.layers.1.mlp.down_proj"])
+    request = EditRequest(subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",),
+                          old=("Paris",), new=("Rome",))
+    applied = get_editor("ia3-two-stage").apply(model, tok, request, targets,
+                                                resolve_settings({"unlearn_max_steps": 1, "learn_max_steps": 1}))
+    applied.remove()
+
+
+def test_random_layers_match_the_localized_count_and_are_seeded() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=6)
+    first = random_layer_targets(model, 3, 2, seed=4)
+    assert first == random_layer_targets(model, 3, 2, seed=4)
+    mlp = [m for m in first.modules if m.endswith("up_proj")]
+    attn = [m for m in first.modules if m.endswith("v_proj")]
+    assert len(mlp) == 3 and len(attn) == 2
+
+
+def test_localize_settings_are_validated() -> None:
+    assert resolve_settings({"localize": "attribution", "mlp_layers": 1}).localize == "attribution"
+    with pytest.raises(MethodError, match="did you mean 'trace'"):
+        resolve_settings({"localize": "trcae"})
+    with pytest.raises(MethodError, match="nothing left to edit"):
+        resolve_settings({"mlp_layers": 0, "attention_layers": 0})
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3", "gpt2"])
+def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str) -> None:
+    """Restorations batched several to a pass (in chunks) against one plain patched forward each."""
+    from pytest_factedit.localize.hooks import embedding_noise, restore_hook, site_module_name
+    from pytest_factedit.localize.patching import answer_probs
+
+    tok = word_tokenizer()
+    model = tiny_model(kind, len(tok), layers=3)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    arch = arch_modules(model)
+    prep = prepare(model, arch, tok, "The Eiffel Tower is located in the city of", "Eiffel Tower",
+                   answer_id(tok, "Paris"), True, 3)
+    noise = noise_for(prep, 2, 3 * embedding_std(model), seed=2)
+    cells = [(site, layer, (pos,)) for site in ("hidden", "mlp", "attn") for layer in range(3)
+             for pos in (prep.subject[-1], prep.last)] + [("mlp", 1, (2, 3))]
+    fast = restored_probs(model, arch, prep, noise, cells, batch_rows=9)
+    for s in range(2):
+        with torch.no_grad(), embedding_noise(model, prep.subject, noise[s:s + 1]):
+            assert abs(float(answer_probs(model, prep.ids, prep.answer_id)[0]) - float(fast[s, 0])) < 1e-5
+        for c, (site, layer, positions) in enumerate(cells):
+            hook = restore_hook(torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions),
+                                prep.clean[(site, layer)])
+            with torch.no_grad(), embedding_noise(model, prep.subject, noise[s:s + 1]), \
+                    forward_hooks(model, {site_module_name(arch, site, layer): hook}):
+                slow = float(answer_probs(model, prep.ids, prep.answer_id)[0])
+            assert abs(slow - float(fast[s, c + 1])) < 1e-5, (site, layer, positions)
