@@ -43,8 +43,7 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
     grid = record["grids"][prompt_index]
     subject = set(grid["subject_positions"])
     label_width = min(16, max(len(t) for t in grid["tokens"]) + 2)
-    kind = "indirect effect of a real restoration" if grid["kind"] == "patched" else \
-        "attribution-patching estimate (top cells confirmed by real restorations)"
+    kind = "real restorations" if grid["kind"] == "patched" else "attribution estimates"
     out = Text()
     out.append(f"{title} " if title else "", style="bold")
     out.append(f"{record['method']}: P({record['answer']!r}) with the subject corrupted "
