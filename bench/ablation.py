@@ -12,17 +12,12 @@ markdown table of mean metrics per arm.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data" / "counterfact-train.json"
+from facts import DATA, known_cases
 ARMS = {"localized (trace)": {"localize": "trace"}, "none (every layer)": {"localize": "none"},
         "random layers": {"localize": "random"}}
 METRICS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "control_retention")
@@ -36,26 +31,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from pytest_factedit import models
-    from pytest_factedit.cases import load_case
-    from pytest_factedit.counterfact import case_mapping, known_records, read_records
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.runner import BaseAnswerCache, run_case
 
     lm = models.load(None, "cpu")
     started = time.perf_counter()
-    facts = list(known_records(lm.model, lm.tokenizer, read_records(Path(args.data)), args.n, args.seed))
-    print(f"{len(facts)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
+    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
+    print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
     cache = BaseAnswerCache()
     rows: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "cases"
-        folder.mkdir()
-        shutil.copy(REPO / "fact_cases" / "_defaults.yaml", folder / "_defaults.yaml")
-        for record in facts:
-            mapping = case_mapping(record)
-            path = folder / f"{mapping['id']}.yaml"
-            path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
-            case = load_case(path, root=Path(tmp))
+    with folder:
+        for case in cases:
             for arm, override in ARMS.items():
                 outcome = run_case(lm, case, resolve_settings(case.method, override), cache)
                 if outcome.status != "ran":
@@ -70,7 +56,7 @@ def main() -> int:
                 values.setdefault("modules", []).append(len(outcome.targets.modules))
                 print(f"  {case.id} {arm}: " + " ".join(f"{n}={outcome.metrics[n].value}" for n in METRICS)
                       + f" edit={outcome.timings['edit_seconds']:.1f}s", flush=True)
-    print(f"\nembedded model, {len(facts)} CounterFact facts it knows (seed {args.seed}), default editor settings;"
+    print(f"\nembedded model, {len(cases)} CounterFact facts it knows (seed {args.seed}), default editor settings;"
           " means over facts (control retention over the controls the base model got right)\n")
     print("| layers | facts | IA³ modules | new-fact acc. | forget rate | paraphrase acc. | control retention "
           "| edit s (median) |")

@@ -47,6 +47,11 @@ def _shuffled(records: Sequence[dict[str, Any]], seed: int) -> list[dict[str, An
     return order
 
 
+def sampled_records(records: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The first `n` usable records in a seeded random order (no model needed)."""
+    return _shuffled(records, seed)[:n]
+
+
 def known_records(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], n: int, seed: int,
                   batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """Up to `n` records, in a seeded random order, whose prompt the model completes with ground_truth."""

@@ -9,7 +9,7 @@ import pytest
 
 from .cases import CaseError, FactCase, load_case
 from .gate import judge
-from .metricspec import METRICS, METRIC_BY_ITEM
+from .metricspec import METRICS, METRIC_BY_ITEM, SEQUENCE_METRICS
 
 RECORD_PROPERTY = "factedit_record"
 SESSION_KEY: pytest.StashKey[Any] = pytest.StashKey()
@@ -105,3 +105,53 @@ def _failure_details(metric: str, record: dict[str, Any]) -> str:
         rows.append({"prompt": answer["prompt"], "expected": shown, "base": answer["base"],
                      "edited": answer["edited"], "ok": ok})
     return answers_table(f"{record['case_id']}: {metric}", rows)
+
+
+class SequenceNode(pytest.Collector):
+    """Parent of the end-of-sequence items (node id `sequence`); they are added after collection."""
+
+    def collect(self) -> list[pytest.Item]:
+        return []
+
+
+class SequenceItem(pytest.Item):
+    """`--factedit-mode sequential`: one end-of-run metric over every edit (edits or controls retained)."""
+
+    def __init__(self, *, metric: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metric = metric
+
+    def runtest(self) -> None:
+        sequence = self.config.stash[SESSION_KEY].run_sequence()
+        metric = sequence["metrics"][self.metric]
+        verdict = judge(self.metric, metric["value"], metric["threshold"], metric["samples"])
+        if metric["value"] is None:
+            pytest.skip(verdict.explanation)
+        if not verdict.passed:
+            lost = [case for case, share in sequence["retained_by_case"].items() if share < 1.0]
+            raise MetricFailure(verdict.explanation + (f"\nedits no longer (fully) held: {', '.join(lost)}"
+                                                       if lost and self.metric == "edits_retained" else ""))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, MetricFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"sequence::{self.metric}"
+
+
+def sequence_items(session: pytest.Session, items: list[pytest.Item]) -> list[pytest.Item]:
+    """Register the collected cases in order and return the end-of-sequence items to append."""
+    state = session.config.stash[SESSION_KEY]
+    seen = set()
+    for item in items:
+        if isinstance(item, MetricItem) and id(item.parent) not in seen:
+            seen.add(id(item.parent))
+            case_file = str(Path(item.path).relative_to(session.config.rootpath)) \
+                if Path(item.path).is_relative_to(session.config.rootpath) else str(item.path)
+            state.sequence_cases.append((case_file, item.case))
+    if not seen:
+        return []
+    node = SequenceNode.from_parent(session, name="sequence", nodeid="sequence")
+    return [SequenceItem.from_parent(node, name=spec.item, metric=spec.name) for spec in SEQUENCE_METRICS]

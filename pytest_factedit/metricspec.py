@@ -30,6 +30,14 @@ METRICS: tuple[MetricSpec, ...] = (
                "edited / base generation seconds per token over prompts + controls"),
 )
 
-METRIC_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
+# Gated once per run in `--factedit-mode sequential`, after the last edit.
+SEQUENCE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("edits_retained", "edits_retained", "higher", 0.9,
+               "share of every edited case's prompts still answering `new` after the last edit"),
+    MetricSpec("controls_retained", "controls_retained", "higher", 0.9,
+               "share of all controls (right before the first edit) still right after the last edit"),
+)
+
+METRIC_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS + SEQUENCE_METRICS}
 METRIC_BY_ITEM: dict[str, MetricSpec] = {m.item: m for m in METRICS}
-DEFAULT_THRESHOLDS: dict[str, float] = {m.name: m.default_threshold for m in METRICS}
+DEFAULT_THRESHOLDS: dict[str, float] = {m.name: m.default_threshold for m in METRICS + SEQUENCE_METRICS}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from .cases import DEFAULTS_FILE, is_case_file
-from .items import RECORD_PROPERTY, SESSION_KEY, CaseFile, MetricItem
+from .items import RECORD_PROPERTY, SESSION_KEY, CaseFile, MetricItem, sequence_items
 from .models import DEFAULT_MODEL
 from .session import FactEditSession, Options
 
@@ -31,6 +31,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "method.localize in YAML")
     group.addoption("--factedit-show-trace", dest="factedit_show_trace", action="store_true", default=False,
                     help="print each case's layer x position localization heatmap in the summary")
+    group.addoption("--factedit-mode", dest="factedit_mode", default="isolated", choices=("isolated", "sequential"),
+                    help="isolated (default): every case edits the base model and is undone; sequential: the "
+                         "cases are applied one after another to one model (each merged before the next), then "
+                         "every earlier edit and every control is checked again")
+    group.addoption("--factedit-save-adapters", dest="factedit_save_adapters", default=None, metavar="DIR",
+                    help="write each case's adapters (peft format) and a manifest to DIR/<case-id>/")
     group.addoption("--factedit-seed", dest="factedit_seed", default=None, type=int, metavar="N",
                     help="seed for every case (overrides method.seed; default 0)")
     group.addoption("--factedit-reports", dest="factedit_reports", default=None, metavar="DIR",
@@ -45,6 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
                       method=config.getoption("factedit_method"), seed=config.getoption("factedit_seed"),
                       localize=config.getoption("factedit_localize"),
                       show_trace=config.getoption("factedit_show_trace"),
+                      mode=config.getoption("factedit_mode"),
+                      save_adapters=Path(config.getoption("factedit_save_adapters"))
+                      if config.getoption("factedit_save_adapters") else None,
                       reports_dir=Path(reports) if reports else config.rootpath / "reports",
                       run_id=config.getoption("factedit_run_id"))
     state = FactEditSession(options, is_worker=hasattr(config, "workerinput"))
@@ -93,6 +102,15 @@ class SessionHooks:
             except ModelLoadError as exc:
                 pytest.exit(f"pytest-factedit: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        if self.state.options.mode == "sequential":
+            if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None):
+                raise pytest.UsageError("--factedit-mode sequential edits one model in order: run it without "
+                                        "pytest-xdist (-n 0)")
+            items.extend(sequence_items(session, items))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
             if name == RECORD_PROPERTY:
@@ -113,6 +131,13 @@ class SessionHooks:
                 if record.get("localization"):
                     terminalreporter.write(render_heatmap(record["localization"], record["case_id"], color,
                                                           terminalreporter._tw.fullwidth))
+        if self.state.sequence is not None:
+            seq = self.state.sequence
+            terminalreporter.write_line(
+                f"sequence of {seq['cases']} edits: " + ", ".join(
+                    f"{name} {m['value']:.3f} (>= {m['threshold']:g}, {m['samples']} samples)"
+                    if m["value"] is not None else f"{name} n/a" for name, m in seq["metrics"].items())
+                + f"; base restored: {seq['base_restored']}")
         terminalreporter.write_line(f"results: {self.state.writer.run_dir / 'results.jsonl'}")
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -64,6 +64,7 @@ def case_record(outcome: CaseOutcome, case_file: str, run: dict[str, Any]) -> di
         "localization": outcome.localization.as_record() if outcome.localization else None,
         "metrics": metrics,
         "scores": outcome.extra.get("scores", {}),
+        "adapters": outcome.extra.get("adapters"),
         "answers": [_answer_entry(a, outcome.case.old) for a in outcome.answers],
         "old": list(outcome.case.old),
         "new": list(outcome.case.new),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import metrics as m
@@ -17,7 +18,8 @@ from .metricspec import DEFAULT_THRESHOLDS
 from .models import LoadedModel, weights_fingerprint
 from .probe import (answer_logprobs, answer_token_budget, first_token_id, first_token_rank, greedy_continuations,
                     next_token_logprobs, render_prompts, seconds_per_token)
-from .targets import TargetModules, all_layer_targets, explicit_targets, layer_targets, random_layer_targets
+from .targets import (TargetModules, all_layer_targets, all_weight_targets, explicit_targets, layer_targets,
+                      random_layer_targets)
 
 LATENCY_REPEATS = 2
 LATENCY_TOKENS = 6
@@ -88,9 +90,14 @@ def localize_case(lm: LoadedModel, case: FactCase, settings: EditSettings, metho
                     noise_scale=settings.noise_scale, seed=settings.seed, add_special_tokens=not case.chat)
 
 
-def choose_targets(lm: LoadedModel, case: FactCase, settings: EditSettings
+def choose_targets(lm: LoadedModel, case: FactCase, settings: EditSettings, scope: str = "localized"
                    ) -> tuple[TargetModules, Localization | None]:
-    """The IA³ targets: named in YAML, or every layer, random layers, or the localized ones."""
+    """The targets: every weight or every layer when the editor's scope says so; else named in YAML,
+    every layer, random layers, or the localized ones."""
+    if scope == "all-weights":
+        return all_weight_targets(lm.model), None
+    if scope == "all-layers":
+        return all_layer_targets(lm.model), None
     if settings.target_modules:
         return explicit_targets(lm.model, settings.target_modules, settings.feedforward_modules), None
     if settings.localize == "none":
@@ -112,8 +119,14 @@ def _probe_groups(case: FactCase, tokenizer: Any) -> list[tuple[str, str, tuple[
     return rows
 
 
-def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache) -> CaseOutcome:
-    """Probe, edit, probe again and restore; the base model is verified unchanged afterwards."""
+def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache,
+             save_dir: Path | None = None, keep: bool = False) -> CaseOutcome:
+    """Probe, edit, probe again and restore; the base model is verified unchanged afterwards.
+
+    With `save_dir`, the edit's adapters are written there (peft format) before they are removed.
+    With `keep` (sequential editing), a completed edit is merged into the weights instead of removed,
+    and restoring the base is the caller's job.
+    """
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_for(case))
     rows = _probe_groups(case, lm.tokenizer)
     prompts = [r[1] for r in rows]
@@ -130,15 +143,17 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
                           + "; ".join(f"{p!r} -> {m.cut_answer(b)!r}" for p, b in wrong))
         return outcome
 
+    editor = get_editor(settings.name)
     edit_started = time.perf_counter()
-    outcome.targets, outcome.localization = choose_targets(lm, case, settings)
+    outcome.targets, outcome.localization = choose_targets(lm, case, settings, editor.scope)
     outcome.timings["localize_seconds"] = time.perf_counter() - edit_started
     request = EditRequest(subject=case.subject, prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
                           held_out=case.paraphrases + tuple(c.prompt for c in case.controls), chat=case.chat)
     latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
-    touched_before = weights_fingerprint(lm.model, outcome.targets.modules)
-    applied: AppliedEdit = get_editor(settings.name).apply(lm.model, lm.tokenizer, request, outcome.targets,
-                                                           settings)
+    touched = None if outcome.targets.all_weights else outcome.targets.modules
+    touched_before = weights_fingerprint(lm.model, touched)
+    applied: AppliedEdit = editor.apply(lm.model, lm.tokenizer, request, outcome.targets, settings)
+    completed = False
     try:
         outcome.timings["edit_seconds"] = time.perf_counter() - edit_started  # localization + both stages
         outcome.stages = [s.as_record() for s in applied.stages]
@@ -147,6 +162,11 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
         edited = greedy_continuations(lm.model, lm.tokenizer, prompts, budgets, chat=case.chat)
         outcome.answers = [ProbedAnswer(a.group, a.prompt, a.expected, a.base, e)
                            for a, e in zip(outcome.answers, edited)]
+        if save_dir is not None:
+            try:
+                outcome.extra["adapters"] = {"dir": str(save_dir), "names": applied.save(save_dir)}
+            except NotImplementedError as exc:
+                outcome.extra["adapters"] = {"dir": None, "names": [], "error": str(exc)}
         right = [(a.prompt, a.expected) for a in outcome.group("controls") if m.matches(a.base, a.expected)]
         outcome.extra["scores"] = _recorded_scores(lm, case, applied, right)
         base_spt, edited_spt = [], []
@@ -157,9 +177,16 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
         outcome.timings["probe_seconds"] = time.perf_counter() - probe_started
         outcome.timings["base_seconds_per_token"] = min(base_spt)
         outcome.timings["edited_seconds_per_token"] = min(edited_spt)
+        completed = True
     finally:
-        applied.remove()
-        outcome.base_restored = weights_fingerprint(lm.model, outcome.targets.modules) == touched_before
+        if keep and completed:
+            applied.merge()
+        else:
+            applied.remove()
+            outcome.base_restored = weights_fingerprint(lm.model, touched) == touched_before
+    if keep:
+        _measure(outcome)
+        return outcome
     if not outcome.base_restored:
         raise RuntimeError(f"case {case.id}: the weights of the edited modules changed after removing the edit "
                            "(expected bit-identical weights); later cases would be invalid")
@@ -213,3 +240,75 @@ def _measure(outcome: CaseOutcome) -> None:
                                                outcome.timings["edited_seconds_per_token"],
                                                len(case.prompts) + len(case.controls)),
     }
+
+
+@dataclass
+class SequenceOutcome:
+    """Many edits applied one after another to one model, and what was left of each at the end."""
+
+    outcomes: list[CaseOutcome]
+    edits_retained: m.MetricValue  # (case, prompt) pairs still answering `new` after the last edit
+    controls_retained: m.MetricValue  # controls right before the first edit and still right after the last
+    retained_by_case: dict[str, float]
+    base_restored: bool
+    seconds: float
+
+
+def run_sequence(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Any) -> SequenceOutcome:
+    """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
+
+    Each case is measured right after its own edit, against the model as the earlier edits left it.
+    At the end every earlier edit and every control is checked again, then all weights are put back.
+    """
+    import torch
+
+    started = time.perf_counter()
+    params = list(lm.model.parameters())
+    originals = [p.detach().clone() for p in params]
+    before = weights_fingerprint(lm.model)
+    controls = {c.prompt: c.answer for case in cases for c in case.controls}
+    budgets = [answer_token_budget(lm.tokenizer, a) for a in controls.values()]
+    chat = {c.prompt: case.chat for case in cases for c in case.controls}
+    control_base = dict(zip(controls, _answers(lm, list(controls), budgets, chat)))
+    outcomes: list[CaseOutcome] = []
+    try:
+        for case in cases:
+            try:
+                outcomes.append(run_case(lm, case, settings_for(case), BaseAnswerCache(), keep=True))
+            except Exception as exc:  # one broken case must not stop the others; its edit was not merged
+                outcomes.append(CaseOutcome(case=case, status="error", settings=settings_for(case),
+                                            reason=f"{type(exc).__name__}: {exc}"))
+        ran = [o for o in outcomes if o.status == "ran"]
+        retained_by_case: dict[str, float] = {}
+        kept = total = 0
+        for outcome in ran:
+            prompts = list(outcome.case.prompts)
+            budget = answer_token_budget(lm.tokenizer, outcome.case.old + outcome.case.new)
+            now = greedy_continuations(lm.model, lm.tokenizer, prompts, [budget] * len(prompts), chat=outcome.case.chat)
+            hits = sum(m.matches(a, outcome.case.new) for a in now)
+            retained_by_case[outcome.case.id] = hits / len(prompts)
+            kept, total = kept + hits, total + len(prompts)
+        control_now = dict(zip(controls, _answers(lm, list(controls), budgets, chat)))
+    finally:
+        with torch.no_grad():
+            for param, original in zip(params, originals):
+                param.copy_(original)
+    right = [p for p in controls if m.matches(control_base[p], controls[p])]
+    edits = m.MetricValue("edits_retained", kept / total if total else None, total,
+                          "prompts of every edited case answering new, after the last edit")
+    still = sum(m.matches(control_now[p], controls[p]) for p in right)
+    kept_controls = m.MetricValue("controls_retained", still / len(right) if right else None, len(right),
+                                  "controls right before the first edit, still right after the last")
+    return SequenceOutcome(outcomes, edits, kept_controls, retained_by_case,
+                           weights_fingerprint(lm.model) == before, time.perf_counter() - started)
+
+
+def _answers(lm: LoadedModel, prompts: list[str], budgets: list[int], chat: dict[str, bool]) -> list[str]:
+    out = {}
+    for flag in (False, True):
+        picked = [i for i, p in enumerate(prompts) if chat[p] == flag]
+        if picked:
+            found = greedy_continuations(lm.model, lm.tokenizer, [prompts[i] for i in picked],
+                                         [budgets[i] for i in picked], chat=flag)
+            out.update(zip(picked, found))
+    return [out[i] for i in range(len(prompts))]

@@ -23,6 +23,8 @@ class Options:
     run_id: str | None
     localize: str | None = None
     show_trace: bool = False
+    save_adapters: Path | None = None
+    mode: str = "isolated"
 
 
 class FactEditSession:
@@ -41,6 +43,8 @@ class FactEditSession:
         self.case_errors: set[str] = set()
         self.run_info: dict[str, Any] = {"run_id": self.run_id, "model": {"name": options.model},
                                          "device": None, "dtype": None, "versions": {}}
+        self.sequence_cases: list[tuple[str, FactCase]] = []  # sequential mode: the collected cases, in order
+        self.sequence: dict[str, Any] | None = None  # sequential mode: the end-of-sequence check
 
     def load_model(self) -> None:
         """Load the model (once); raises models.ModelLoadError with what was tried and the fix."""
@@ -67,18 +71,53 @@ class FactEditSession:
     def record(self, case_file: str, case: FactCase) -> dict[str, Any]:
         """Run the case once (later calls reuse it) and return its JSON record; errors become records."""
         key = (case_file, case.id)
+        if self.options.mode == "sequential":
+            self.run_sequence()
         if key not in self._records:
             from .records import case_record, error_record
             from .runner import run_case
 
             try:
                 self.load_model()
-                outcome = run_case(self.lm, case, self.settings_for(case), self._cache)
+                save_dir = self.options.save_adapters / case.id if self.options.save_adapters else None
+                outcome = run_case(self.lm, case, self.settings_for(case), self._cache, save_dir)
                 self._records[key] = case_record(outcome, case_file, self.run_info)
+                if save_dir is not None and outcome.status == "ran":
+                    from .export import write_manifest
+
+                    write_manifest(save_dir, self._records[key])
             except Exception as exc:  # one broken case must not stop the others
                 self._records[key] = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}",
                                                   self.run_info)
         return self._records[key]
+
+    def run_sequence(self) -> dict[str, Any]:
+        """Sequential mode: edit every collected case in order on one model (once), then check them all again."""
+        if self.sequence is not None:
+            return self.sequence
+        from .records import case_record, error_record
+        from .runner import run_sequence, thresholds_for
+
+        self.load_model()
+        files = {case.id: case_file for case_file, case in self.sequence_cases}
+        result = run_sequence(self.lm, [case for _, case in self.sequence_cases], self.settings_for)
+        for position, outcome in enumerate(result.outcomes):
+            case_file = files[outcome.case.id]
+            record = case_record(outcome, case_file, self.run_info) if outcome.status != "error" else \
+                error_record(outcome.case.id, case_file, outcome.reason, self.run_info)
+            record["sequence"] = {"position": position,
+                                  "retained_at_end": result.retained_by_case.get(outcome.case.id)}
+            self._records[(case_file, outcome.case.id)] = record
+        thresholds = thresholds_for(self.sequence_cases[0][1]) if self.sequence_cases else {}
+        self.sequence = {
+            "cases": len(result.outcomes), "seconds": round(result.seconds, 3), "base_restored": result.base_restored,
+            "retained_by_case": result.retained_by_case,
+            "metrics": {v.name: {"value": v.value, "samples": v.samples, "protocol": v.protocol,
+                                 "threshold": thresholds.get(v.name)}
+                        for v in (result.edits_retained, result.controls_retained)}}
+        if not result.base_restored:
+            raise RuntimeError("sequential mode: the weights differ from the base after restoring them")
+        return self.sequence
 
     def collect_record(self, record: dict[str, Any]) -> None:
         """Controller side: keep a record that arrived with a test report (own process or xdist worker)."""
@@ -92,4 +131,8 @@ class FactEditSession:
         first = self.writer.records[0]  # records from xdist workers carry the model facts this process lacks
         run = {**self.run_info, "model": first["model"], "device": first["device"], "dtype": first["dtype"],
                "versions": first["versions"]}
-        self.writer.finish(summarize(self.writer.records, run, time.perf_counter() - self.started))
+        summary = summarize(self.writer.records, run, time.perf_counter() - self.started)
+        summary["mode"] = self.options.mode
+        if self.sequence is not None:
+            summary["sequence"] = self.sequence
+        self.writer.finish(summary)

@@ -43,6 +43,7 @@ class TargetModules:
     feedforward: tuple[str, ...]
     rule: str
     layers: tuple[int, ...] = ()
+    all_weights: bool = False  # the editor changes every weight (full fine-tuning), not named modules
 
 
 def arch_modules(model: Any) -> ArchModules:
@@ -85,6 +86,11 @@ def random_layer_targets(model: Any, mlp_count: int, attention_count: int, seed:
     attention = sorted(rng.sample(layers, min(attention_count, len(layers))))
     return layer_targets(model, mlp, attention,
                          f"random (seed {seed}): MLP of layers {mlp}, attention of layers {attention}")
+
+
+def all_weight_targets(model: Any) -> TargetModules:
+    """Every weight of the model (full fine-tuning): restoration is checked over all of them."""
+    return TargetModules((), (), "every weight (full fine-tuning)", tuple(range(num_layers(model))), all_weights=True)
 
 
 def explicit_targets(model: Any, modules: Sequence[str], feedforward: Sequence[str]) -> TargetModules:

@@ -77,12 +77,12 @@ def test_edit_is_removed_even_when_training_fails(monkeypatch) -> None:
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok))
     before = snapshot(model)
-    from pytest_factedit.edit import ia3_two_stage
+    from pytest_factedit.edit import peft_staged
 
     def boom(*args, **kwargs):
         raise RuntimeError("stage failed")
 
-    monkeypatch.setattr(ia3_two_stage.IA3TwoStageEditor, "_train", staticmethod(boom))
+    monkeypatch.setattr(peft_staged, "train_stage", boom)
     with pytest.raises(RuntimeError, match="stage failed"):
         get_editor("ia3-two-stage").apply(model, tok, REQUEST, all_layer_targets(model), resolve_settings({}))
     assert not any("ia3" in name for name, _ in model.named_modules())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Iterator, Protocol
 
 from ..targets import TargetModules
 from .settings import EditSettings
@@ -50,9 +52,29 @@ class AppliedEdit:
     seconds: float = 0.0
     removed: bool = False
 
-    def disabled(self) -> Any:
-        """Context manager: run the base model with the adapters switched off."""
-        return self.peft_model.disable_adapter()
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the base model with the adapters switched off for the block.
+
+        peft marks the active adapters trainable again when it re-enables them; they are frozen back.
+        """
+        try:
+            with self.peft_model.disable_adapter():
+                yield
+        finally:
+            for param in self.peft_model.parameters():
+                param.requires_grad_(False)
+
+    def save(self, out_dir: Path) -> list[str]:
+        """Write each stage's adapter in peft's format to out_dir/<stage>/; returns the names in load order."""
+        names = [stage.name for stage in self.stages]
+        self.peft_model.save_pretrained(str(out_dir), selected_adapters=names)
+        return names
+
+    def merge(self) -> Any:
+        """Fold every stage into the base weights (sequential editing); returns the base model."""
+        self.removed = True
+        return self.peft_model.merge_and_unload(adapter_names=[stage.name for stage in self.stages])
 
     def remove(self) -> Any:
         """Unload every adapter without merging; returns the base model."""

@@ -36,6 +36,7 @@ class EditSettings:
     guard_tokens: int = 3
     neighbours_per_prompt: int = 4
     kl_rows_per_step: int = 12
+    lora_rank: int = 4
     seed: int = 0
     target_modules: tuple[str, ...] | None = None
     feedforward_modules: tuple[str, ...] = ()
@@ -76,9 +77,16 @@ def _check(key: str, value: Any) -> Any:
 
 
 def settings_from(method: Mapping[str, Any], known_methods: tuple[str, ...],
-                  overrides: Mapping[str, Any] | None = None) -> EditSettings:
-    """Validate a YAML `method:` mapping (plus command-line overrides, which win) into EditSettings."""
+                  overrides: Mapping[str, Any] | None = None,
+                  method_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> EditSettings:
+    """Validate a YAML `method:` mapping (plus command-line overrides, which win) into EditSettings.
+
+    `method_defaults[name]` replaces the general defaults for that method (e.g. full fine-tuning's
+    learning rate); anything given in YAML or on the command line still wins.
+    """
     merged = {**dict(method), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    chosen = merged.get("name", EditSettings.name)
+    merged = {**dict((method_defaults or {}).get(chosen, {})), **merged}
     values = {}
     for key, value in merged.items():
         if key not in _FIELD_TYPES:

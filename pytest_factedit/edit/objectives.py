@@ -1,0 +1,106 @@
+"""What every editor optimizes: the training rows, the unlearn and learn goals, and the retention rows.
+
+Shared so that editors differ only in *which weights* move, not in what they are asked to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .base import EditRequest
+from .batching import Row, kl_to_reference, pad_left, tail_logprobs
+from .retention import derived_neighbours, fact_texts, neutral_texts, without_held_out
+from .settings import EditSettings
+
+# Context prefixes so the edit holds after other text, not only at the start of a document.
+CONTEXT_PREFIXES: tuple[str, ...] = ("", "Here is a fact. ")
+NEUTRAL_TAIL = 2
+
+Goal = Callable[[list[Any]], tuple[Any, bool]]  # log-probs of the training rows -> (loss, goal reached)
+
+
+@dataclass
+class Objectives:
+    """Rows and goals of one edit, with the base model's reference distributions computed once."""
+
+    unlearn_rows: list[Row]
+    learn_rows: list[Row]
+    kl_rows: list[Row]
+    kl_reference: list[Any]
+    unlearn_goal: Goal
+    learn_goal: Goal
+    pad_id: int
+
+
+def encode(tokenizer: Any, text: str, chat: bool) -> tuple[int, ...]:
+    """Token ids of a prompt as the model sees it (chat template when `chat`)."""
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return tuple(tokenizer(text, add_special_tokens=not chat).input_ids)
+
+
+def retention_rows(tokenizer: Any, request: EditRequest, settings: EditSettings) -> list[Row]:
+    """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors (never held-out)."""
+    neutral = [Row(encode(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(request.held_out)]
+    fact_like = derived_neighbours(request.prompts, request.subject, request.held_out, settings.neighbours_per_prompt)
+    fact_like += fact_texts(request.held_out)
+    fact_like += without_held_out(request.anchors, request.held_out)
+    return neutral + [Row(encode(tokenizer, t, request.chat), 1) for t in fact_like]
+
+
+def base_continuations(model: Any, tokenizer: Any, contexts: Sequence[tuple[int, ...]],
+                       n_tokens: int) -> list[tuple[int, ...]]:
+    """The base model's greedy tokens after each context (what the fluency guard keeps)."""
+    import torch
+
+    if n_tokens == 0:
+        return [() for _ in contexts]
+    device = next(model.parameters()).device
+    ids, mask, _ = pad_left([Row(c, 1) for c in contexts], tokenizer.pad_token_id, device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+    return [tuple(row.tolist()) for row in out[:, ids.shape[1]:]]
+
+
+def build_objectives(model: Any, tokenizer: Any, request: EditRequest, settings: EditSettings) -> Objectives:
+    """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
+
+    Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old`; reached when
+    P(old) < unlearn_stop_prob on every row. Learn: NLL of the first alias of `new` plus a KL guard on
+    the `guard_tokens` the base model continues with; reached when every answer token is the argmax
+    and P(first token) >= learn_stop_prob on every row.
+    """
+    import torch
+
+    pad = tokenizer.pad_token_id
+    space = "" if request.chat else " "
+    new_ids = tuple(tokenizer(space + request.new[0], add_special_tokens=False).input_ids)
+    old_first = sorted({tokenizer(space + a, add_special_tokens=False).input_ids[0] for a in request.old})
+    prefixes = CONTEXT_PREFIXES if not request.chat else ("",)
+    contexts = [encode(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes]
+    kl_rows = retention_rows(tokenizer, request, settings)
+    guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], settings.guard_tokens)
+    learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
+    with torch.no_grad():
+        reference = tail_logprobs(model, kl_rows + learn_rows, pad)
+    guard_reference = [ref[len(new_ids):] for ref in reference[len(kl_rows):]]
+    target = torch.tensor(new_ids, device=next(model.parameters()).device)
+
+    def unlearn_goal(logps: list[Any]) -> tuple[Any, bool]:
+        p_old = torch.stack([lp[0, old_first].exp().sum() for lp in logps])
+        loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+        return loss, bool((p_old < settings.unlearn_stop_prob).all())
+
+    def learn_goal(logps: list[Any]) -> tuple[Any, bool]:
+        n = len(new_ids)
+        nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
+        guard = torch.stack([kl_to_reference(ref, lp[n:]) for ref, lp in zip(guard_reference, logps)]).mean()
+        done = all(bool((lp[:n].argmax(-1) == target).all())
+                   and float(lp[0, new_ids[0]].detach().exp()) >= settings.learn_stop_prob for lp in logps)
+        return nll + settings.guard_weight * guard, done
+
+    return Objectives([Row(c, 1) for c in contexts], learn_rows, kl_rows, reference[:len(kl_rows)],
+                      unlearn_goal, learn_goal, pad)

@@ -1,0 +1,63 @@
+"""A shipped edit: the adapters peft wrote, plus a manifest of where they came from and what they did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .report import write_atomic
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+LOAD_SNIPPET = (
+    "from peft import PeftModel\n"
+    "from transformers import AutoModelForCausalLM\n"
+    "base = AutoModelForCausalLM.from_pretrained(MODEL)\n"
+    "edited = PeftModel.from_pretrained(base, DIR + '/{first}', adapter_name='{first}')\n"
+    "{more}"
+    "edited.base_model.set_adapter({names})  # every stage active, in this order\n")
+
+
+def load_snippet(names: list[str]) -> str:
+    """Python that loads the saved stages with peft alone."""
+    more = "".join(f"edited.load_adapter(DIR + '/{n}', adapter_name='{n}')\n" for n in names[1:])
+    return LOAD_SNIPPET.format(first=names[0], more=more, names=names)
+
+
+def write_manifest(out_dir: Path, record: dict[str, Any]) -> Path:
+    """manifest.json next to the adapters: case, model id and weights hash, method, modules, metrics, versions."""
+    adapters = record["adapters"] or {}
+    names = adapters.get("names", [])
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "case_id": record["case_id"], "case_file": record["case_file"], "old": record["old"], "new": record["new"],
+        "model": record["model"], "device": record["device"], "dtype": record["dtype"],
+        "method": {"name": record["method"]["name"], "settings": record["method"]["settings"]},
+        "target_modules": record["target_modules"], "feedforward_modules": record["feedforward_modules"],
+        "adapters": [{"name": n, "path": n} for n in names],
+        "metrics": {k: {"value": v["value"], "threshold": v["threshold"], "passed": v["passed"]}
+                    for k, v in record["metrics"].items()},
+        "answers": [{k: a.get(k) for k in ("group", "prompt", "expected", "base", "edited")}
+                    for a in record["answers"]],
+        "run_id": record["run_id"], "seed": record["seed"], "versions": record["versions"],
+        "load": load_snippet(names) if names else adapters.get("error"),
+    }
+    path = out_dir / MANIFEST_FILE
+    write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
+def load_edit(model: Any, out_dir: Path) -> Any:
+    """The base `model` with a saved edit's adapters loaded and all active (a PeftModel)."""
+    from peft import PeftModel
+
+    names = [a["name"] for a in json.loads((Path(out_dir) / MANIFEST_FILE).read_text())["adapters"]]
+    if not names:
+        raise ValueError(f"{out_dir}: the manifest lists no adapters")
+    edited = PeftModel.from_pretrained(model, str(Path(out_dir) / names[0]), adapter_name=names[0])
+    for name in names[1:]:
+        edited.load_adapter(str(Path(out_dir) / name), adapter_name=name)
+    edited.base_model.set_adapter(names)
+    edited.eval()
+    return edited

@@ -1,0 +1,108 @@
+"""Every registered editor on a tiny random-weight model: trains, can be switched off, restores the base."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit import get_editor, method_names, resolve_settings  # noqa: E402
+from pytest_factedit.edit.base import EditRequest  # noqa: E402
+from pytest_factedit.edit.settings import MethodError  # noqa: E402
+from pytest_factedit.targets import all_layer_targets, all_weight_targets, layer_targets  # noqa: E402
+
+from .tiny import tiny_model, word_tokenizer  # noqa: E402
+
+REQUEST = EditRequest(subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",),
+                      old=("Paris",), new=("Rome",), held_out=("Big Ben is a clock tower in the city of",))
+EXPECTED_STAGES = {"ia3-two-stage": ["unlearn", "learn"], "ia3": ["learn"], "ia3-all-layers": ["unlearn", "learn"],
+                   "lora": ["learn"], "full-ft": ["learn"]}
+FAST = {"unlearn_max_steps": 3, "learn_max_steps": 4, "guard_tokens": 1}
+
+
+def targets_for(editor, model):
+    if editor.scope == "all-weights":
+        return all_weight_targets(model)
+    if editor.scope == "all-layers":
+        return all_layer_targets(model)
+    return layer_targets(model, [1], [2], "test")
+
+
+def logits(model, tok):
+    with torch.no_grad():
+        return model(**tok(list(REQUEST.prompts), return_tensors="pt")).logits
+
+
+def test_the_registry_lists_every_method() -> None:
+    assert set(method_names()) == set(EXPECTED_STAGES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_STAGES))
+def test_editor_changes_the_model_and_restores_it_bit_identical(name: str) -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base_logits = logits(model, tok)
+    editor = get_editor(name)
+    lr = {"full-ft": 1e-2, "lora": 5e-2}.get(name, 0.3)  # big enough to move a tiny model in a few steps
+    settings = resolve_settings({"name": name, "lr": lr, **FAST})
+    applied = editor.apply(model, tok, REQUEST, targets_for(editor, model), settings)
+    try:
+        assert [s.name for s in applied.stages] == EXPECTED_STAGES[name]
+        assert applied.trainable_parameters > 0
+        learn = applied.stages[-1]
+        assert learn.steps > 0 and learn.losses[-1] < learn.losses[0]
+        assert not torch.equal(logits(model, tok), base_logits)  # the edit is live
+        with applied.disabled():
+            torch.testing.assert_close(logits(model, tok), base_logits, rtol=0, atol=0)
+        assert not torch.equal(logits(model, tok), base_logits)  # and back on afterwards
+        assert all(not p.requires_grad for p in model.parameters())
+    finally:
+        applied.remove()
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_full_fine_tuning_defaults_to_the_foil_settings_unless_overridden() -> None:
+    settings = resolve_settings({"name": "full-ft"})
+    assert (settings.lr, settings.kl_weight, settings.guard_weight) == (2e-5, 0.0, 0.0)
+    assert resolve_settings({"name": "full-ft", "lr": 1e-4}).lr == 1e-4
+    assert resolve_settings({}, {"name": "full-ft"}).lr == 2e-5  # --factedit-method picks the defaults too
+    assert resolve_settings({"name": "lora"}).lr == 2e-3
+    assert resolve_settings({}).lr == 3e-2
+
+
+def test_unknown_method_suggests_the_closest() -> None:
+    with pytest.raises(MethodError, match="did you mean 'full-ft'"):
+        resolve_settings({"name": "full_ft"})
+
+
+def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> None:
+    from types import SimpleNamespace
+
+    from pytest_factedit.cases import Control, FactCase
+    from pytest_factedit.probe import greedy_continuations
+    from pytest_factedit.runner import run_sequence
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    prompts = ["The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"]
+    olds = [a.split()[0] for a in greedy_continuations(model, tok, prompts, [1, 1])]
+    news = ["Rome" if o != "Rome" else "London" for o in olds]
+    cases = [FactCase(id=f"c{i}", subject=subject, prompts=(prompt,), old=(old,), new=(new,),
+                      controls=(Control("Big Ben is a clock tower in the city of", ("London",)),))
+             for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))]
+    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "none"})
+    result = run_sequence(lm, cases, lambda case: settings)
+    ran = [o.case.id for o in result.outcomes if o.status == "ran"]
+    assert ran[0] == "c0"  # the second fact may already have moved under the first edit: then it is skipped
+    assert all(o.status in ("ran", "skipped") for o in result.outcomes)
+    assert result.edits_retained.samples == len(ran) and 0.0 <= result.edits_retained.value <= 1.0
+    assert set(result.retained_by_case) == set(ran)
+    assert result.outcomes[0].base_restored is None  # merged, not removed: restoring is the sequence's job
+    assert result.base_restored
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert not any("ia3" in n for n, _ in model.named_modules())

@@ -1,0 +1,111 @@
+"""Shipping an edit: `factedit edit --save` writes peft adapters + manifest; peft alone loads them back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from .tiny import tiny_model, word_tokenizer  # noqa: E402
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> tuple[Path, str]:
+    """A tiny llama saved as a local model folder, and the word it answers PROMPT with."""
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    with torch.no_grad():
+        answer_id = int(model(**tok([PROMPT], return_tensors="pt")).logits[0, -1].argmax())
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, tok.decode([answer_id]).strip()
+
+
+def write_case(tmp_path: Path, old: str, method: str = "ia3-two-stage") -> Path:
+    new = "Rome" if old != "Rome" else "London"
+    case = tmp_path / "cases" / "tower.yaml"
+    case.parent.mkdir()
+    case.write_text(f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
+                    "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
+                    f"method: {{name: {method}, lr: 0.3, unlearn_max_steps: 4, learn_max_steps: 8, guard_tokens: 1}}\n")
+    return case
+
+
+def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_path, tiny_dir, capsys) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_factedit.cli import main
+    from pytest_factedit.probe import greedy_continuations
+
+    folder, old = tiny_dir
+    case = write_case(tmp_path, old)
+    code = main(["edit", str(case), "--model", str(folder), "--device", "cpu", "--save", str(tmp_path / "shipped"),
+                 "--root", str(tmp_path)])
+    out = tmp_path / "shipped" / "tower"  # DIR/<case-id>, as with --factedit-save-adapters
+    printed = capsys.readouterr().out
+    assert code in (0, 1), printed  # 1 = some metric missed its threshold on a random model; files still written
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["manifest_version"] == 1 and manifest["case_id"] == "tower"
+    assert [a["name"] for a in manifest["adapters"]] == ["unlearn", "learn"]
+    assert manifest["model"]["weights_hash"] and manifest["target_modules"]
+    assert set(manifest["metrics"]) >= {"new_fact_accuracy", "forget_rate", "control_retention"}
+    assert "PeftModel.from_pretrained" in manifest["load"]
+    assert (out / "learn" / "adapter_config.json").is_file() and (out / "unlearn" / "adapter_config.json").is_file()
+
+    # peft alone, as the manifest says: base weights from the folder, every stage active
+    tok = AutoTokenizer.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    edited = PeftModel.from_pretrained(base, str(out / "unlearn"), adapter_name="unlearn")
+    edited.load_adapter(str(out / "learn"), adapter_name="learn")
+    edited.base_model.set_adapter(["unlearn", "learn"])
+    edited.eval()
+    from pytest_factedit.probe import answer_token_budget
+
+    budget = answer_token_budget(tok, [old, manifest["new"][0]])
+    recorded = [a for a in manifest["answers"] if a["group"] == "prompts"]
+    assert greedy_continuations(edited, tok, [a["prompt"] for a in recorded], [budget]) == [a["edited"] for a in recorded]
+    with edited.disable_adapter():
+        assert greedy_continuations(edited, tok, [PROMPT], [budget]) == [recorded[0]["base"]]
+    assert recorded[0]["edited"] != recorded[0]["base"]
+
+
+def test_full_fine_tuning_has_nothing_to_save(tmp_path, tiny_dir, capsys) -> None:
+    from pytest_factedit.cli import main
+
+    folder, old = tiny_dir
+    case = write_case(tmp_path, old, method="full-ft")
+    main(["edit", str(case), "--model", str(folder), "--device", "cpu", "--save", str(tmp_path / "out"),
+          "--root", str(tmp_path)])
+    assert "not saved: method full-ft changes every weight" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pytester, tiny_dir) -> None:
+    folder, old = tiny_dir
+    cases = pytester.mkdir("fact_cases")
+    method = "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 6, guard_tokens: 1, localize: none}\n"
+    new = "Rome" if old != "Rome" else "London"
+    for name in ("first", "second"):
+        (cases / f"{name}.yaml").write_text(
+            f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
+            "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n" + method)
+    result = pytester.runpytest("fact_cases", "--model", str(folder), "--factedit-device", "cpu",
+                                "--factedit-mode", "sequential", "--factedit-run-id", "seq", "-p", "no:cacheprovider",
+                                "--factedit-reports", str(pytester.path / "reports"),
+                                "-rA")
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["PASSED *sequence::edits_retained"])
+    assert "sequence of 2 edits" in out and "base restored: True" in out
+    summary = json.loads((pytester.path / "reports" / "seq" / "summary.json").read_text())
+    assert summary["mode"] == "sequential" and summary["sequence"]["base_restored"] is True
+    records = [json.loads(line) for line in (pytester.path / "reports" / "seq" / "results.jsonl").read_text().splitlines()]
+    assert [r["sequence"]["position"] for r in records] == [0, 1]
+    # the second case asks for the same change: after the first edit its old answer is gone, so it is skipped
+    assert records[1]["status"] == "skipped" or records[1]["sequence"]["retained_at_end"] is not None
