@@ -13,7 +13,10 @@ from pytest_factedit.runner import thresholds_for
 
 
 def test_every_metric_has_a_default_threshold() -> None:
-    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS}
+    from pytest_factedit.metricspec import SEQUENCE_METRICS
+
+    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS + SEQUENCE_METRICS}
+    assert [m.item for m in SEQUENCE_METRICS] == ["edits_retained", "controls_retained"]
     assert [m.item for m in METRICS] == ["new_fact_accuracy", "forget_rate", "paraphrase_accuracy",
                                          "control_retention", "latency"]
 
