@@ -46,10 +46,10 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
     kind = "real restorations" if grid["kind"] == "patched" else "attribution estimates"
     out = Text()
     out.append(f"{title} " if title else "", style="bold")
-    out.append(f"{record['method']}: P({record['answer']!r}) with the subject corrupted "
-               f"({record['noise_samples']} noise samples, {record['precision']})\n")
-    out.append(f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}  clean {grid['clean_prob']:.3f}"
-               f"  corrupted {grid['corrupted_prob']:.3f}; cells: {kind}\n")
+    out.append(f"{record['method']}: P({record['answer']!r}) with the subject corrupted, "
+               f"{record['noise_samples']} noise samples\n")
+    out.append(f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}\n")
+    out.append(f"P clean {grid['clean_prob']:.3f}, corrupted {grid['corrupted_prob']:.3f}; cells: {kind}\n")
     for site in ("hidden", "mlp", "attn"):
         positions, rows = site_grid(grid, site)
         if not positions:
@@ -67,10 +67,10 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
                 text, level = _cell(value, top)
                 out.append(text, style=f"on {_colour(SITE_COLOURS[site], level)}" if value is not None else "")
             out.append("\n")
-    out.append(f"shades: ' ░▒▓█' = fifths of the largest effect, '·' = below a fifth, blank = not scored; "
-               f"* = subject token\n")
-    out.append(f"chosen: MLP layers {record['mlp_layers']} (subject's last token), attention layers "
-               f"{record['attention_layers']} (last token); localization {record['seconds']:.2f}s\n")
+    out.append("' ░▒▓█': fifths of the largest effect, '·': below, blank: not scored, *: subject\n")
+    out.append(f"chosen: MLP layers {record['mlp_layers']} (at the subject's last token)\n"
+               f"        attention layers {record['attention_layers']} (at the last token)\n")
+    out.append(f"{record['seconds']:.2f}s, {record['precision']}\n")
     return out
 
 
