@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 
-from facts import DATA, known_cases
+from facts import fact_arguments, load_known_cases
 ARMS = {"localized (trace)": {"localize": "trace"}, "none (every layer)": {"localize": "none"},
         "random layers": {"localize": "random"}}
 METRICS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "control_retention")
@@ -25,19 +23,13 @@ METRICS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "control_r
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("-n", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    fact_arguments(parser, n=30)
     args = parser.parse_args()
 
-    from pytest_factedit import models
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.runner import BaseAnswerCache, run_case
 
-    lm = models.load(None, "cpu")
-    started = time.perf_counter()
-    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
-    print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
+    lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
     rows: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
     with folder:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 
-from facts import DATA, known_cases
+from facts import fact_arguments, load_known_cases
 
 COLUMNS = ("new-fact acc.", "forget rate", "paraphrase acc.", "control ret. (case)", "control ret. (shared)",
            "efficacy", "generalization", "specificity", "fluency change", "edit s (median)")
@@ -34,20 +32,14 @@ def main() -> int:
     from pytest_factedit.edit import method_names
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("-n", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    fact_arguments(parser, n=100)
     parser.add_argument("--methods", nargs="+", default=list(method_names()), choices=method_names())
     args = parser.parse_args()
 
-    from pytest_factedit import models
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.runner import BaseAnswerCache, run_case
 
-    lm = models.load(None, "cpu")
-    started = time.perf_counter()
-    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
-    print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
+    lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
     table: dict[str, dict[str, list[float]]] = {name: {c: [] for c in COLUMNS} for name in args.methods}
     with folder:

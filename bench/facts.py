@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +35,21 @@ def known_cases(lm: Any, data: Path, n: int, seed: int) -> tuple[list[Any], temp
         path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
         cases.append(load_case(path, root=Path(folder.name)))
     return cases, folder
+
+
+def fact_arguments(parser: argparse.ArgumentParser, n: int) -> None:
+    """The options every fact benchmark takes: --data, -n and --seed."""
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("-n", type=int, default=n)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def load_known_cases(args: argparse.Namespace) -> tuple[Any, list[Any], tempfile.TemporaryDirectory]:
+    """The embedded model on CPU and `args.n` known facts as cases (see known_cases)."""
+    from pytest_factedit import models
+
+    lm = models.load(None, "cpu")
+    started = time.perf_counter()
+    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
+    print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
+    return lm, cases, folder

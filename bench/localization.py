@@ -27,8 +27,7 @@ def main() -> int:
     from pytest_factedit import models
     from pytest_factedit.cases import is_case_file, load_case
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.localize import localize
-    from pytest_factedit.probe import first_token_id, render_prompts
+    from pytest_factedit.runner import localize_case
 
     lm = models.load(None, "cpu")
     seconds: dict[str, list[float]] = {"trace": [], "attribution": []}
@@ -38,12 +37,7 @@ def main() -> int:
         settings = resolve_settings(case.method)
         chosen = {}
         for method in seconds:
-            runs = [localize(lm.model, lm.tokenizer, render_prompts(lm.tokenizer, case.prompts, case.chat),
-                             case.subject, case.old[0], first_token_id(lm.tokenizer, case.old[0], case.chat),
-                             method=method, mlp_layers=settings.mlp_layers,
-                             attention_layers=settings.attention_layers, noise_samples=settings.noise_samples,
-                             noise_scale=settings.noise_scale, seed=settings.seed, precision=args.precision)
-                    for _ in range(args.repeats)]
+            runs = [localize_case(lm, case, settings, method, args.precision) for _ in range(args.repeats)]
             found = min(runs, key=lambda r: r.seconds)
             seconds[method].append(found.seconds)
             chosen[method] = (set(found.mlp_layers), set(found.attention_layers))

@@ -14,25 +14,20 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from facts import DATA, known_cases
+from facts import fact_arguments, load_known_cases
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("-n", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    fact_arguments(parser, n=50)
     parser.add_argument("--method", default="ia3-two-stage")
     args = parser.parse_args()
 
-    from pytest_factedit import models
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.runner import run_sequence
 
-    lm = models.load(None, "cpu")
-    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
+    lm, cases, folder = load_known_cases(args)
     started = time.perf_counter()
     with folder:
         result = run_sequence(lm, cases, lambda case: resolve_settings(case.method, {"name": args.method}))

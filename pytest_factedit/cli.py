@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .cases import DEFAULTS_FILE, CaseError, is_case_file, load_case
 from .models import DEFAULT_MODEL
@@ -66,18 +66,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_localize(args: argparse.Namespace) -> int:
+def _case_and_settings(args: argparse.Namespace, overrides: dict) -> tuple[Any, Any] | None:
+    """The case file `args.case` and its validated settings; None after printing the error."""
     from .edit import MethodError, resolve_settings
+
+    try:
+        case = load_case(Path(args.case), root=Path(args.root) if args.root else Path.cwd())
+        return case, resolve_settings(case.method, overrides)
+    except (CaseError, MethodError) as exc:
+        print(f"error: {exc if isinstance(exc, CaseError) else f'{args.case}: {exc}'}", file=sys.stderr)
+        return None
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
     from .heatmap import render_heatmap
     from .models import ModelLoadError, load
     from .runner import localize_case
 
-    try:
-        case = load_case(Path(args.case), root=Path(args.root) if args.root else Path.cwd())
-        settings = resolve_settings(case.method, {"seed": args.seed})
-    except (CaseError, MethodError) as exc:
-        print(f"error: {exc if isinstance(exc, CaseError) else f'{args.case}: {exc}'}", file=sys.stderr)
+    loaded = _case_and_settings(args, {"seed": args.seed})
+    if loaded is None:
         return 2
+    case, settings = loaded
     try:
         lm = load(args.model, args.device)
     except ModelLoadError as exc:
@@ -101,17 +110,14 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .edit import MethodError, resolve_settings
     from .models import ModelLoadError
     from .report import summary_table
     from .session import FactEditSession, Options
 
-    try:
-        case = load_case(Path(args.case), root=Path(args.root) if args.root else Path.cwd())
-        resolve_settings(case.method, {"name": args.method})
-    except (CaseError, MethodError) as exc:
-        print(f"error: {exc if isinstance(exc, CaseError) else f'{args.case}: {exc}'}", file=sys.stderr)
+    loaded = _case_and_settings(args, {"name": args.method})
+    if loaded is None:
         return 2
+    case, _ = loaded
     options = Options(model=args.model, device=args.device, method=args.method, seed=args.seed,
                       reports_dir=Path("reports"), run_id=None, localize=args.localize,
                       save_adapters=Path(args.save) if args.save else None)

@@ -24,8 +24,13 @@ def _colour(rgb: tuple[int, int, int], level: float) -> str:
     return "rgb({},{},{})".format(*mixed)
 
 
+def _readable(token: str) -> str:
+    """A tokenizer piece as text: SentencePiece/BPE space markers as spaces, newlines escaped."""
+    return token.replace("▁", " ").replace("Ġ", " ").replace("\n", "\\n")
+
+
 def _token_label(token: str, width: int) -> str:
-    label = token.replace("▁", " ").replace("Ġ", " ").replace("\n", "\\n")
+    label = _readable(token)
     return (label[: width - 1] + "…") if len(label) > width else label.ljust(width)
 
 
@@ -116,4 +121,4 @@ def write_png(record: dict[str, Any], path: Path, title: str = "") -> Path:
 
 def _tick_labels(grid: dict[str, Any], positions: Sequence[int]) -> list[str]:
     subject = set(grid["subject_positions"])
-    return [("*" if p in subject else "") + grid["tokens"][p].replace("▁", " ") for p in positions]
+    return [("*" if p in subject else "") + _readable(grid["tokens"][p]) for p in positions]

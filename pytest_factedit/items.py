@@ -45,7 +45,22 @@ class FactCaseNode(pytest.Collector):
             yield MetricItem.from_parent(self, name=spec.item, metric=spec.name)
 
 
-class MetricItem(pytest.Item):
+def case_file_of(item: pytest.Item) -> str:
+    """The case file's path as records name it: relative to the rootdir when it lies inside."""
+    path = Path(item.path)
+    return str(path.relative_to(item.config.rootpath)) if path.is_relative_to(item.config.rootpath) else str(path)
+
+
+class GateItem(pytest.Item):
+    """An item that fails with a MetricFailure: its message is the report, without a traceback."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, MetricFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+class MetricItem(GateItem):
     """Asserts one metric of one case against its threshold."""
 
     def __init__(self, *, metric: str, **kwargs: Any) -> None:
@@ -57,10 +72,7 @@ class MetricItem(pytest.Item):
         return self.parent.case
 
     def runtest(self) -> None:
-        session = self.config.stash[SESSION_KEY]
-        case_file = str(Path(self.path).relative_to(self.config.rootpath)) \
-            if Path(self.path).is_relative_to(self.config.rootpath) else str(self.path)
-        record = session.record(case_file, self.case)
+        record = self.config.stash[SESSION_KEY].record(case_file_of(self), self.case)
         self.user_properties.append((RECORD_PROPERTY, record))
         if record["status"] == "error":
             raise MetricFailure(f"case {self.case.id} could not run: {record['reason']}")
@@ -72,11 +84,6 @@ class MetricItem(pytest.Item):
             pytest.skip(f"{self.case.id}: {verdict.explanation}")
         if not verdict.passed:
             raise MetricFailure(verdict.explanation + "\n" + _failure_details(self.metric, record))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, MetricFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.case.id}::{METRIC_BY_ITEM[self.name].name}"
@@ -114,7 +121,7 @@ class SequenceNode(pytest.Collector):
         return []
 
 
-class SequenceItem(pytest.Item):
+class SequenceItem(GateItem):
     """`--factedit-mode sequential`: one end-of-run metric over every edit (edits or controls retained)."""
 
     def __init__(self, *, metric: str, **kwargs: Any) -> None:
@@ -132,11 +139,6 @@ class SequenceItem(pytest.Item):
             raise MetricFailure(verdict.explanation + (f"\nedits no longer (fully) held: {', '.join(lost)}"
                                                        if lost and self.metric == "edits_retained" else ""))
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, MetricFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
-
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"sequence::{self.metric}"
 
@@ -148,9 +150,7 @@ def sequence_items(session: pytest.Session, items: list[pytest.Item]) -> list[py
     for item in items:
         if isinstance(item, MetricItem) and id(item.parent) not in seen:
             seen.add(id(item.parent))
-            case_file = str(Path(item.path).relative_to(session.config.rootpath)) \
-                if Path(item.path).is_relative_to(session.config.rootpath) else str(item.path)
-            state.sequence_cases.append((case_file, item.case))
+            state.sequence_cases.append((case_file_of(item), item.case))
     if not seen:
         return []
     node = SequenceNode.from_parent(session, name="sequence", nodeid="sequence")

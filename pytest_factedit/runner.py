@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from . import metrics as m
 from .cases import FactCase
 from .edit import get_editor
-from .edit.base import AppliedEdit, EditRequest
+from .edit.base import EditHandle, EditRequest
 from .edit.settings import EditSettings
 from .localize import Localization, localize
 from .metricspec import DEFAULT_THRESHOLDS
@@ -81,13 +81,15 @@ def thresholds_for(case: FactCase) -> dict[str, float]:
     return {**DEFAULT_THRESHOLDS, **case.thresholds}
 
 
-def localize_case(lm: LoadedModel, case: FactCase, settings: EditSettings, method: str | None = None) -> Localization:
+def localize_case(lm: LoadedModel, case: FactCase, settings: EditSettings, method: str | None = None,
+                  precision: str = "auto") -> Localization:
     """Trace where the case's old answer is stored (`method` defaults to settings.localize)."""
     return localize(lm.model, lm.tokenizer, render_prompts(lm.tokenizer, case.prompts, case.chat), case.subject,
                     case.old[0], first_token_id(lm.tokenizer, case.old[0], case.chat),
                     method=method or settings.localize, mlp_layers=settings.mlp_layers,
                     attention_layers=settings.attention_layers, noise_samples=settings.noise_samples,
-                    noise_scale=settings.noise_scale, seed=settings.seed, add_special_tokens=not case.chat)
+                    noise_scale=settings.noise_scale, seed=settings.seed, add_special_tokens=not case.chat,
+                    precision=precision)
 
 
 def choose_targets(lm: LoadedModel, case: FactCase, settings: EditSettings, scope: str = "localized"
@@ -152,7 +154,7 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
     latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
     touched = None if outcome.targets.all_weights else outcome.targets.modules
     touched_before = weights_fingerprint(lm.model, touched)
-    applied: AppliedEdit = editor.apply(lm.model, lm.tokenizer, request, outcome.targets, settings)
+    applied: EditHandle = editor.apply(lm.model, lm.tokenizer, request, outcome.targets, settings)
     completed = False
     try:
         outcome.timings["edit_seconds"] = time.perf_counter() - edit_started  # localization + both stages
@@ -194,7 +196,7 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
     return outcome
 
 
-def _recorded_scores(lm: LoadedModel, case: FactCase, applied: AppliedEdit,
+def _recorded_scores(lm: LoadedModel, case: FactCase, applied: EditHandle,
                      controls_base_right: Sequence[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
     """Scores recorded but not gated: CounterFact-style probabilities, latent recall of `old`, fluency."""
     tok, model = lm.tokenizer, lm.model

@@ -39,18 +39,27 @@ class StageReport:
                 "reached_goal": self.reached_goal, "final_loss": self.losses[-1] if self.losses else None}
 
 
-@dataclass
-class AppliedEdit:
-    """Adapters live on the model until `remove()`, which restores the base modules untouched."""
+@dataclass(kw_only=True)
+class EditHandle:
+    """What every editor hands back: how the edit was made, and (in subclasses) how to undo it.
+
+    Subclasses provide disabled() (a context with the base behaviour), save(), merge() and remove().
+    """
 
     method: str
-    peft_model: Any
     targets: TargetModules
     settings: EditSettings
     stages: list[StageReport] = field(default_factory=list)
     trainable_parameters: int = 0
     seconds: float = 0.0
     removed: bool = False
+
+
+@dataclass(kw_only=True)
+class AppliedEdit(EditHandle):
+    """Adapters live on the model until `remove()`, which restores the base modules untouched."""
+
+    peft_model: Any
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -90,4 +99,4 @@ class Editor(Protocol):
     name: str
 
     def apply(self, model: Any, tokenizer: Any, request: EditRequest, targets: TargetModules,
-              settings: EditSettings) -> AppliedEdit: ...
+              settings: EditSettings) -> EditHandle: ...

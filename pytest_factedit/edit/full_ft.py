@@ -4,32 +4,24 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..targets import TargetModules
-from .base import EditRequest, StageReport
+from .base import EditHandle, EditRequest
 from .objectives import build_objectives
 from .settings import EditSettings
 from .training import train_stage
 
 
-@dataclass
-class WeightsEdit:
+@dataclass(kw_only=True)
+class WeightsEdit(EditHandle):
     """An edit made in the weights themselves; `remove()` copies the saved originals back."""
 
-    method: str
     model: Any
     params: list[Any]
     originals: list[Any]
-    targets: TargetModules
-    settings: EditSettings
-    stages: list[StageReport] = field(default_factory=list)
-    trainable_parameters: int = 0
-    seconds: float = 0.0
-    removed: bool = False
-    peft_model: Any = None  # no adapter to save
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -83,7 +75,8 @@ class FullFineTuneEditor:
         started = time.perf_counter()
         goals = build_objectives(model, tokenizer, request, settings)
         params = list(model.parameters())
-        edit = WeightsEdit(self.name, model, params, [p.detach().clone() for p in params], targets, settings)
+        edit = WeightsEdit(method=self.name, model=model, params=params,
+                           originals=[p.detach().clone() for p in params], targets=targets, settings=settings)
         try:
             for param in params:
                 param.requires_grad_(True)

@@ -118,7 +118,7 @@ def localize(model: Any, tokenizer: Any, texts: Sequence[str], subject: str, ans
                 cells = _trace_cells(prep, layers, which)
                 kind = "patched"
             else:
-                estimated, _ = attribution_estimates(model, arch, prep, noise, layers, head)
+                estimated = attribution_estimates(model, arch, prep, noise, layers, head)
                 for site in SITES:
                     effects[site] = [[float(v) for v in row] for row in estimated[site]]
                 mlp_est = [effects["mlp"][layer][prep.subject[-1]] for layer in range(layers)]

@@ -191,11 +191,11 @@ def restored_probs(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: A
 
 
 def attribution_estimates(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: Any, num_layers: int,
-                          head_weight: Any = None) -> tuple[dict[str, Any], float]:
+                          head_weight: Any = None) -> dict[str, Any]:
     """First-order estimate of every restoration's effect from one forward and one backward pass.
 
     effect(site, layer, pos) ~ (clean - corrupted) . d P(answer) / d activation, averaged over noise
-    samples. Returns ({site: layers x positions}, mean corrupted probability).
+    samples. Returns {site: layers x positions}.
     """
     import torch
 
@@ -216,4 +216,4 @@ def attribution_estimates(model: Any, arch: ArchModules, prep: PreparedPrompt, n
             delta = prep.clean[(site, layer)].float() - act.detach().float()
             rows.append((delta * grad.float()).sum(-1).mean(0).cpu())
         grids[site] = torch.stack(rows)
-    return grids, float(probs.detach().mean())
+    return grids
