@@ -1,7 +1,9 @@
-"""Many edits on one model: N known CounterFact facts applied one after another (`--factedit-mode sequential`).
+"""Many edits on one model: N known CounterFact facts applied one after another (`--factedit-mode sequential`)
+or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batch`).
 
     python bench/sequential.py              # 50 facts (about 15 minutes on a 2-core CPU)
     python bench/sequential.py -n 10 --method full-ft
+    python bench/sequential.py --mode batch
 
 Each fact is edited on the model the earlier edits left (each merged before the next), measured
 right after its own edit, and checked again after the last one. Prints the end-of-sequence figures
@@ -22,15 +24,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fact_arguments(parser, n=50)
     parser.add_argument("--method", default="ia3-two-stage")
+    parser.add_argument("--mode", default="sequential", choices=("sequential", "batch"))
     args = parser.parse_args()
 
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.runner import run_sequence
+    from pytest_factedit.many import run_batch, run_sequence
 
     lm, cases, folder = load_known_cases(args)
     started = time.perf_counter()
+    run = run_batch if args.mode == "batch" else run_sequence
     with folder:
-        result = run_sequence(lm, cases, lambda case: resolve_settings(case.method, {"name": args.method}))
+        result = run(lm, cases, lambda case: resolve_settings(case.method, {"name": args.method}))
     ran = [o for o in result.outcomes if o.status == "ran"]
     for position, outcome in enumerate(result.outcomes):
         kept = result.retained_by_case.get(outcome.case.id)
@@ -39,16 +43,24 @@ def main() -> int:
                  f"controls={outcome.metrics['control_retention'].value} retained_at_end={kept:.2f}"
                  if outcome.status == "ran" else f" ({outcome.reason[:100]})"), flush=True)
     print(f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "
-          f"sequential: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n")
+          f"{args.mode}: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n")
+    when = "with the batch adapter" if args.mode == "batch" else "after the last edit"
+    right_after = "with the batch adapter" if args.mode == "batch" else "right after each edit"
     print("| figure | value |")
     print("|---|---|")
-    print(f"| facts edited / skipped (old answer already changed) / errors | {len(ran)} / "
+    print(f"| facts edited / skipped (old answer not given) / errors | {len(ran)} / "
           f"{sum(o.status == 'skipped' for o in result.outcomes)} / {sum(o.status == 'error' for o in result.outcomes)} |")
-    print(f"| new-fact accuracy right after each edit (mean) | "
-          f"{statistics.mean(o.metrics['new_fact_accuracy'].value for o in ran):.3f} |" if ran else "| n/a | |")
+    for name in ("new_fact_accuracy", "paraphrase_accuracy", "control_retention"):
+        values = [o.metrics[name].value for o in ran if o.metrics[name].value is not None]
+        print(f"| {name.replace('_', ' ')} {right_after} (mean) | "
+              + (f"{statistics.mean(values):.3f} |" if values else "n/a |"))
     for metric in (result.edits_retained, result.controls_retained):
         value = "n/a" if metric.value is None else f"{metric.value:.3f}"
-        print(f"| {metric.name} after the last edit ({metric.samples} samples) | {value} |")
+        print(f"| {metric.name} {when} ({metric.samples} samples) | {value} |")
+    if args.mode == "batch":
+        print(f"| training seconds, one adapter for all | {result.batch.get('train_seconds', 'n/a')} |")
+        print(f"| IA³ target modules (union) | {len(result.batch.get('target_modules', []))} |")
+        return 0
     quarter = max(1, len(ran) // 4)
     for start in range(0, len(ran), quarter):
         chunk = ran[start:start + quarter]

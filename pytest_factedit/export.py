@@ -25,24 +25,43 @@ def load_snippet(names: list[str]) -> str:
     return LOAD_SNIPPET.format(first=names[0], more=more, names=names)
 
 
+def _case_part(record: dict[str, Any]) -> dict[str, Any]:
+    return {"case_id": record["case_id"], "case_file": record["case_file"], "old": record["old"], "new": record["new"],
+            "metrics": {k: {"value": v["value"], "threshold": v["threshold"], "passed": v["passed"]}
+                        for k, v in record["metrics"].items()},
+            "answers": [{k: a.get(k) for k in ("group", "prompt", "expected", "base", "edited")}
+                        for a in record["answers"]]}
+
+
+def _run_part(record: dict[str, Any]) -> dict[str, Any]:
+    return {"model": record["model"], "device": record["device"], "dtype": record["dtype"],
+            "method": {"name": record["method"]["name"], "settings": record["method"]["settings"]},
+            "run_id": record["run_id"], "seed": record["seed"], "versions": record["versions"]}
+
+
+def _adapters_part(names: list[str], error: str | None) -> dict[str, Any]:
+    return {"adapters": [{"name": n, "path": n} for n in names], "load": load_snippet(names) if names else error}
+
+
 def write_manifest(out_dir: Path, record: dict[str, Any]) -> Path:
     """manifest.json next to the adapters: case, model id and weights hash, method, modules, metrics, versions."""
     adapters = record["adapters"] or {}
-    names = adapters.get("names", [])
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
-        "case_id": record["case_id"], "case_file": record["case_file"], "old": record["old"], "new": record["new"],
-        "model": record["model"], "device": record["device"], "dtype": record["dtype"],
-        "method": {"name": record["method"]["name"], "settings": record["method"]["settings"]},
-        "target_modules": record["target_modules"], "feedforward_modules": record["feedforward_modules"],
-        "adapters": [{"name": n, "path": n} for n in names],
-        "metrics": {k: {"value": v["value"], "threshold": v["threshold"], "passed": v["passed"]}
-                    for k, v in record["metrics"].items()},
-        "answers": [{k: a.get(k) for k in ("group", "prompt", "expected", "base", "edited")}
-                    for a in record["answers"]],
-        "run_id": record["run_id"], "seed": record["seed"], "versions": record["versions"],
-        "load": load_snippet(names) if names else adapters.get("error"),
-    }
+    manifest = {"manifest_version": MANIFEST_VERSION, **_case_part(record), **_run_part(record),
+                "target_modules": record["target_modules"], "feedforward_modules": record["feedforward_modules"],
+                **_adapters_part(adapters.get("names", []), adapters.get("error"))}
+    path = out_dir / MANIFEST_FILE
+    write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
+def write_batch_manifest(out_dir: Path, block: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+    """manifest.json of a batch adapter (`--factedit-mode batch`): every case it holds, with its metrics."""
+    batch = block["adapter"]
+    adapters = batch.get("adapters") or {}
+    manifest = {"manifest_version": MANIFEST_VERSION, "mode": "batch", "cases": [_case_part(r) for r in records],
+                **_run_part(records[0]), "batch_metrics": block["metrics"],
+                "target_modules": batch["target_modules"], "feedforward_modules": batch["feedforward_modules"],
+                **_adapters_part(adapters.get("names", []), adapters.get("error"))}
     path = out_dir / MANIFEST_FILE
     write_atomic(path, json.dumps(manifest, indent=1) + "\n")
     return path

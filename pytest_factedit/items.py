@@ -115,21 +115,21 @@ def _failure_details(metric: str, record: dict[str, Any]) -> str:
 
 
 class SequenceNode(pytest.Collector):
-    """Parent of the end-of-sequence items (node id `sequence`); they are added after collection."""
+    """Parent of the end-of-run items (node id `sequence` or `batch`); they are added after collection."""
 
     def collect(self) -> list[pytest.Item]:
         return []
 
 
 class SequenceItem(GateItem):
-    """`--factedit-mode sequential`: one end-of-run metric over every edit (edits or controls retained)."""
+    """`--factedit-mode sequential|batch`: one end-of-run metric over every edit (edits or controls retained)."""
 
     def __init__(self, *, metric: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.metric = metric
 
     def runtest(self) -> None:
-        sequence = self.config.stash[SESSION_KEY].run_sequence()
+        sequence = self.config.stash[SESSION_KEY].run_many()
         metric = sequence["metrics"][self.metric]
         verdict = judge(self.metric, metric["value"], metric["threshold"], metric["samples"])
         if metric["value"] is None:
@@ -140,7 +140,7 @@ class SequenceItem(GateItem):
                                                        if lost and self.metric == "edits_retained" else ""))
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"sequence::{self.metric}"
+        return self.path, 0, f"{self.parent.name}::{self.metric}"
 
 
 def sequence_items(session: pytest.Session, items: list[pytest.Item]) -> list[pytest.Item]:
@@ -150,8 +150,8 @@ def sequence_items(session: pytest.Session, items: list[pytest.Item]) -> list[py
     for item in items:
         if isinstance(item, MetricItem) and id(item.parent) not in seen:
             seen.add(id(item.parent))
-            state.sequence_cases.append((case_file_of(item), item.case))
+            state.many_cases.append((case_file_of(item), item.case))
     if not seen:
         return []
-    node = SequenceNode.from_parent(session, name="sequence", nodeid="sequence")
+    node = SequenceNode.from_parent(session, name=state.report_key, nodeid=state.report_key)
     return [SequenceItem.from_parent(node, name=spec.item, metric=spec.name) for spec in SEQUENCE_METRICS]

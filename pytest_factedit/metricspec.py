@@ -30,12 +30,12 @@ METRICS: tuple[MetricSpec, ...] = (
                "edited / base generation seconds per token over prompts + controls"),
 )
 
-# Gated once per run in `--factedit-mode sequential`, after the last edit.
+# Gated once per run in `--factedit-mode sequential` (after the last edit) and `batch` (with the batch adapter).
 SEQUENCE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("edits_retained", "edits_retained", "higher", 0.9,
-               "share of every edited case's prompts still answering `new` after the last edit"),
+               "share of every edited case's prompts answering `new` with every edit in place"),
     MetricSpec("controls_retained", "controls_retained", "higher", 0.9,
-               "share of all controls (right before the first edit) still right after the last edit"),
+               "share of all controls (right before any edit) still right with every edit in place"),
 )
 
 METRIC_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS + SEQUENCE_METRICS}

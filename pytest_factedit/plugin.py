@@ -31,10 +31,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "method.localize in YAML")
     group.addoption("--factedit-show-trace", dest="factedit_show_trace", action="store_true", default=False,
                     help="print each case's layer x position localization heatmap in the summary")
-    group.addoption("--factedit-mode", dest="factedit_mode", default="isolated", choices=("isolated", "sequential"),
+    group.addoption("--factedit-mode", dest="factedit_mode", default="isolated",
+                    choices=("isolated", "sequential", "batch"),
                     help="isolated (default): every case edits the base model and is undone; sequential: the "
                          "cases are applied one after another to one model (each merged before the next), then "
-                         "every earlier edit and every control is checked again")
+                         "every earlier edit and every control is checked again; batch: one adapter is trained "
+                         "on all cases at once, and every case and control is checked with it")
     group.addoption("--factedit-save-adapters", dest="factedit_save_adapters", default=None, metavar="DIR",
                     help="write each case's adapters (peft format) and a manifest to DIR/<case-id>/")
     group.addoption("--factedit-seed", dest="factedit_seed", default=None, type=int, metavar="N",
@@ -105,9 +107,10 @@ class SessionHooks:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
-        if self.state.options.mode == "sequential":
+        mode = self.state.options.mode
+        if mode != "isolated":
             if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None):
-                raise pytest.UsageError("--factedit-mode sequential edits one model in order: run it without "
+                raise pytest.UsageError(f"--factedit-mode {mode} edits one model with every case: run it without "
                                         "pytest-xdist (-n 0)")
             items.extend(sequence_items(session, items))
 
@@ -131,10 +134,10 @@ class SessionHooks:
                 if record.get("localization"):
                     terminalreporter.write(render_heatmap(record["localization"], record["case_id"], color,
                                                           terminalreporter._tw.fullwidth))
-        if self.state.sequence is not None:
-            seq = self.state.sequence
+        if self.state.many is not None:
+            seq = self.state.many
             terminalreporter.write_line(
-                f"sequence of {seq['cases']} edits: " + ", ".join(
+                f"{self.state.report_key} of {seq['cases']} edits: " + ", ".join(
                     f"{name} {m['value']:.3f} (>= {m['threshold']:g}, {m['samples']} samples)"
                     if m["value"] is not None else f"{name} n/a" for name, m in seq["metrics"].items())
                 + f"; base restored: {seq['base_restored']}")

@@ -121,6 +121,59 @@ def _probe_groups(case: FactCase, tokenizer: Any) -> list[tuple[str, str, tuple[
     return rows
 
 
+def probe_base(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache) -> CaseOutcome:
+    """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`."""
+    outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_for(case))
+    rows = _probe_groups(case, lm.tokenizer)
+    started = time.perf_counter()
+    base = cache.get(lm, [r[1] for r in rows], [r[3] for r in rows], case.chat)
+    outcome.timings["base_probe_seconds"] = time.perf_counter() - started
+    outcome.answers = [ProbedAnswer(g, p, exp, b) for (g, p, exp, _), b in zip(rows, base)]
+    wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not m.matches(a.base, case.old)]
+    if wrong:
+        outcome.status = "skipped"
+        outcome.reason = ("the base model does not give the old answer " + repr(" / ".join(case.old)) + ": "
+                          + "; ".join(f"{p!r} -> {m.cut_answer(b)!r}" for p, b in wrong))
+    return outcome
+
+
+def held_out_texts(case: FactCase) -> tuple[str, ...]:
+    """The texts of `case` an editor must never train on: its paraphrases and controls."""
+    return case.paraphrases + tuple(c.prompt for c in case.controls)
+
+
+def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditRequest:
+    """What the editor is asked to change for `case` (plus texts of other cases it must not train on)."""
+    return EditRequest(subject=case.subject, prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
+                       held_out=held_out_texts(case) + tuple(also_held_out), chat=case.chat)
+
+
+def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle) -> None:
+    """With the edit active: every probe's edited answer, the recorded scores and the latency timings."""
+    case = outcome.case
+    rows = _probe_groups(case, lm.tokenizer)
+    edited = greedy_continuations(lm.model, lm.tokenizer, [r[1] for r in rows], [r[3] for r in rows], chat=case.chat)
+    outcome.answers = [ProbedAnswer(a.group, a.prompt, a.expected, a.base, e) for a, e in zip(outcome.answers, edited)]
+    right = [(a.prompt, a.expected) for a in outcome.group("controls") if m.matches(a.base, a.expected)]
+    outcome.extra["scores"] = _recorded_scores(lm, case, applied, right)
+    latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
+    base_spt, edited_spt = [], []
+    for _ in range(LATENCY_REPEATS):
+        with applied.disabled():
+            base_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, LATENCY_TOKENS, case.chat))
+        edited_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, LATENCY_TOKENS, case.chat))
+    outcome.timings["base_seconds_per_token"] = min(base_spt)
+    outcome.timings["edited_seconds_per_token"] = min(edited_spt)
+
+
+def save_adapters(applied: EditHandle, save_dir: Path) -> dict[str, Any]:
+    """Write the edit's adapters to `save_dir` (peft format); what was written, or why nothing was."""
+    try:
+        return {"dir": str(save_dir), "names": applied.save(save_dir)}
+    except NotImplementedError as exc:
+        return {"dir": None, "names": [], "error": str(exc)}
+
+
 def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache,
              save_dir: Path | None = None, keep: bool = False) -> CaseOutcome:
     """Probe, edit, probe again and restore; the base model is verified unchanged afterwards.
@@ -129,56 +182,26 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
     With `keep` (sequential editing), a completed edit is merged into the weights instead of removed,
     and restoring the base is the caller's job.
     """
-    outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_for(case))
-    rows = _probe_groups(case, lm.tokenizer)
-    prompts = [r[1] for r in rows]
-    budgets = [r[3] for r in rows]
-    started = time.perf_counter()
-    base = cache.get(lm, prompts, budgets, case.chat)
-    outcome.timings["base_probe_seconds"] = time.perf_counter() - started
-    outcome.answers = [ProbedAnswer(g, p, exp, b) for (g, p, exp, _), b in zip(rows, base)]
-    base_prompt_answers = [a.base for a in outcome.group("prompts")]
-    if not all(m.matches(a, case.old) for a in base_prompt_answers):
-        wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not m.matches(a.base, case.old)]
-        outcome.status = "skipped"
-        outcome.reason = ("the base model does not give the old answer " + repr(" / ".join(case.old)) + ": "
-                          + "; ".join(f"{p!r} -> {m.cut_answer(b)!r}" for p, b in wrong))
+    outcome = probe_base(lm, case, settings, cache)
+    if outcome.status != "ran":
         return outcome
-
     editor = get_editor(settings.name)
     edit_started = time.perf_counter()
     outcome.targets, outcome.localization = choose_targets(lm, case, settings, editor.scope)
     outcome.timings["localize_seconds"] = time.perf_counter() - edit_started
-    request = EditRequest(subject=case.subject, prompts=case.prompts, old=case.old, new=case.new, anchors=case.anchors,
-                          held_out=case.paraphrases + tuple(c.prompt for c in case.controls), chat=case.chat)
-    latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
     touched = None if outcome.targets.all_weights else outcome.targets.modules
     touched_before = weights_fingerprint(lm.model, touched)
-    applied: EditHandle = editor.apply(lm.model, lm.tokenizer, request, outcome.targets, settings)
+    applied: EditHandle = editor.apply(lm.model, lm.tokenizer, edit_request(case), outcome.targets, settings)
     completed = False
     try:
         outcome.timings["edit_seconds"] = time.perf_counter() - edit_started  # localization + both stages
         outcome.stages = [s.as_record() for s in applied.stages]
         outcome.trainable_parameters = applied.trainable_parameters
         probe_started = time.perf_counter()
-        edited = greedy_continuations(lm.model, lm.tokenizer, prompts, budgets, chat=case.chat)
-        outcome.answers = [ProbedAnswer(a.group, a.prompt, a.expected, a.base, e)
-                           for a, e in zip(outcome.answers, edited)]
         if save_dir is not None:
-            try:
-                outcome.extra["adapters"] = {"dir": str(save_dir), "names": applied.save(save_dir)}
-            except NotImplementedError as exc:
-                outcome.extra["adapters"] = {"dir": None, "names": [], "error": str(exc)}
-        right = [(a.prompt, a.expected) for a in outcome.group("controls") if m.matches(a.base, a.expected)]
-        outcome.extra["scores"] = _recorded_scores(lm, case, applied, right)
-        base_spt, edited_spt = [], []
-        for _ in range(LATENCY_REPEATS):
-            with applied.disabled():
-                base_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, LATENCY_TOKENS, case.chat))
-            edited_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, LATENCY_TOKENS, case.chat))
+            outcome.extra["adapters"] = save_adapters(applied, save_dir)
+        probe_edit(lm, outcome, applied)
         outcome.timings["probe_seconds"] = time.perf_counter() - probe_started
-        outcome.timings["base_seconds_per_token"] = min(base_spt)
-        outcome.timings["edited_seconds_per_token"] = min(edited_spt)
         completed = True
     finally:
         if keep and completed:
@@ -187,12 +210,12 @@ def run_case(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: Bas
             applied.remove()
             outcome.base_restored = weights_fingerprint(lm.model, touched) == touched_before
     if keep:
-        _measure(outcome)
+        measure(outcome)
         return outcome
     if not outcome.base_restored:
         raise RuntimeError(f"case {case.id}: the weights of the edited modules changed after removing the edit "
                            "(expected bit-identical weights); later cases would be invalid")
-    _measure(outcome)
+    measure(outcome)
     return outcome
 
 
@@ -229,7 +252,8 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def _measure(outcome: CaseOutcome) -> None:
+def measure(outcome: CaseOutcome) -> None:
+    """The gated metrics of a probed outcome, from its answers and latency timings."""
     case = outcome.case
     prompts, paraphrases, controls = (outcome.group(g) for g in ("prompts", "paraphrases", "controls"))
     outcome.metrics = {
@@ -242,75 +266,3 @@ def _measure(outcome: CaseOutcome) -> None:
                                                outcome.timings["edited_seconds_per_token"],
                                                len(case.prompts) + len(case.controls)),
     }
-
-
-@dataclass
-class SequenceOutcome:
-    """Many edits applied one after another to one model, and what was left of each at the end."""
-
-    outcomes: list[CaseOutcome]
-    edits_retained: m.MetricValue  # (case, prompt) pairs still answering `new` after the last edit
-    controls_retained: m.MetricValue  # controls right before the first edit and still right after the last
-    retained_by_case: dict[str, float]
-    base_restored: bool
-    seconds: float
-
-
-def run_sequence(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Any) -> SequenceOutcome:
-    """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
-
-    Each case is measured right after its own edit, against the model as the earlier edits left it.
-    At the end every earlier edit and every control is checked again, then all weights are put back.
-    """
-    import torch
-
-    started = time.perf_counter()
-    params = list(lm.model.parameters())
-    originals = [p.detach().clone() for p in params]
-    before = weights_fingerprint(lm.model)
-    controls = {c.prompt: c.answer for case in cases for c in case.controls}
-    budgets = [answer_token_budget(lm.tokenizer, a) for a in controls.values()]
-    chat = {c.prompt: case.chat for case in cases for c in case.controls}
-    control_base = dict(zip(controls, _answers(lm, list(controls), budgets, chat)))
-    outcomes: list[CaseOutcome] = []
-    try:
-        for case in cases:
-            try:
-                outcomes.append(run_case(lm, case, settings_for(case), BaseAnswerCache(), keep=True))
-            except Exception as exc:  # one broken case must not stop the others; its edit was not merged
-                outcomes.append(CaseOutcome(case=case, status="error", settings=settings_for(case),
-                                            reason=f"{type(exc).__name__}: {exc}"))
-        ran = [o for o in outcomes if o.status == "ran"]
-        retained_by_case: dict[str, float] = {}
-        kept = total = 0
-        for outcome in ran:
-            prompts = list(outcome.case.prompts)
-            budget = answer_token_budget(lm.tokenizer, outcome.case.old + outcome.case.new)
-            now = greedy_continuations(lm.model, lm.tokenizer, prompts, [budget] * len(prompts), chat=outcome.case.chat)
-            hits = sum(m.matches(a, outcome.case.new) for a in now)
-            retained_by_case[outcome.case.id] = hits / len(prompts)
-            kept, total = kept + hits, total + len(prompts)
-        control_now = dict(zip(controls, _answers(lm, list(controls), budgets, chat)))
-    finally:
-        with torch.no_grad():
-            for param, original in zip(params, originals):
-                param.copy_(original)
-    right = [p for p in controls if m.matches(control_base[p], controls[p])]
-    edits = m.MetricValue("edits_retained", kept / total if total else None, total,
-                          "prompts of every edited case answering new, after the last edit")
-    still = sum(m.matches(control_now[p], controls[p]) for p in right)
-    kept_controls = m.MetricValue("controls_retained", still / len(right) if right else None, len(right),
-                                  "controls right before the first edit, still right after the last")
-    return SequenceOutcome(outcomes, edits, kept_controls, retained_by_case,
-                           weights_fingerprint(lm.model) == before, time.perf_counter() - started)
-
-
-def _answers(lm: LoadedModel, prompts: list[str], budgets: list[int], chat: dict[str, bool]) -> list[str]:
-    out = {}
-    for flag in (False, True):
-        picked = [i for i, p in enumerate(prompts) if chat[p] == flag]
-        if picked:
-            found = greedy_continuations(lm.model, lm.tokenizer, [prompts[i] for i in picked],
-                                         [budgets[i] for i in picked], chat=flag)
-            out.update(zip(picked, found))
-    return [out[i] for i in range(len(prompts))]

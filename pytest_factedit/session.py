@@ -43,8 +43,8 @@ class FactEditSession:
         self.case_errors: set[str] = set()
         self.run_info: dict[str, Any] = {"run_id": self.run_id, "model": {"name": options.model},
                                          "device": None, "dtype": None, "versions": {}}
-        self.sequence_cases: list[tuple[str, FactCase]] = []  # sequential mode: the collected cases, in order
-        self.sequence: dict[str, Any] | None = None  # sequential mode: the end-of-sequence check
+        self.many_cases: list[tuple[str, FactCase]] = []  # sequential/batch mode: the collected cases, in order
+        self.many: dict[str, Any] | None = None  # sequential/batch mode: the check with every edit in place
 
     def load_model(self) -> None:
         """Load the model (once); raises models.ModelLoadError with what was tried and the fix."""
@@ -71,8 +71,8 @@ class FactEditSession:
     def record(self, case_file: str, case: FactCase) -> dict[str, Any]:
         """Run the case once (later calls reuse it) and return its JSON record; errors become records."""
         key = (case_file, case.id)
-        if self.options.mode == "sequential":
-            self.run_sequence()
+        if self.options.mode != "isolated":
+            self.run_many()
         if key not in self._records:
             from .records import case_record, error_record
             from .runner import run_case
@@ -91,33 +91,51 @@ class FactEditSession:
                                                   self.run_info)
         return self._records[key]
 
-    def run_sequence(self) -> dict[str, Any]:
-        """Sequential mode: edit every collected case in order on one model (once), then check them all again."""
-        if self.sequence is not None:
-            return self.sequence
+    @property
+    def report_key(self) -> str:
+        """Where records and the summary keep the sequential/batch block: `sequence` or `batch`."""
+        return "sequence" if self.options.mode == "sequential" else self.options.mode
+
+    def run_many(self) -> dict[str, Any]:
+        """Sequential or batch mode: edit every collected case on one model (once), then check them all."""
+        if self.many is not None:
+            return self.many
+        from .many import run_batch, run_sequence
         from .records import case_record, error_record
-        from .runner import run_sequence, thresholds_for
+        from .runner import thresholds_for
 
         self.load_model()
-        files = {case.id: case_file for case_file, case in self.sequence_cases}
-        result = run_sequence(self.lm, [case for _, case in self.sequence_cases], self.settings_for)
+        files = {case.id: case_file for case_file, case in self.many_cases}
+        cases = [case for _, case in self.many_cases]
+        if self.options.mode == "batch":
+            result = run_batch(self.lm, cases, self.settings_for,
+                               self.options.save_adapters / "batch" if self.options.save_adapters else None)
+        else:
+            result = run_sequence(self.lm, cases, self.settings_for)
         for position, outcome in enumerate(result.outcomes):
             case_file = files[outcome.case.id]
             record = case_record(outcome, case_file, self.run_info) if outcome.status != "error" else \
                 error_record(outcome.case.id, case_file, outcome.reason, self.run_info)
-            record["sequence"] = {"position": position,
-                                  "retained_at_end": result.retained_by_case.get(outcome.case.id)}
+            record[self.report_key] = {"position": position,
+                                       "retained_at_end": result.retained_by_case.get(outcome.case.id)}
             self._records[(case_file, outcome.case.id)] = record
-        thresholds = thresholds_for(self.sequence_cases[0][1]) if self.sequence_cases else {}
-        self.sequence = {
-            "cases": len(result.outcomes), "seconds": round(result.seconds, 3), "base_restored": result.base_restored,
-            "retained_by_case": result.retained_by_case,
+        thresholds = thresholds_for(self.many_cases[0][1]) if self.many_cases else {}
+        self.many = {
+            "mode": self.options.mode, "cases": len(result.outcomes), "seconds": round(result.seconds, 3),
+            "base_restored": result.base_restored, "retained_by_case": result.retained_by_case,
             "metrics": {v.name: {"value": v.value, "samples": v.samples, "protocol": v.protocol,
                                  "threshold": thresholds.get(v.name)}
                         for v in (result.edits_retained, result.controls_retained)}}
+        if result.batch:
+            self.many["adapter"] = result.batch  # batch mode: the one adapter and the cases it holds
+            if self.options.save_adapters and result.batch.get("adapters", {}).get("names"):
+                from .export import write_batch_manifest
+
+                write_batch_manifest(self.options.save_adapters / "batch", self.many,
+                                     [r for r in self._records.values() if r.get("status") == "ran"])
         if not result.base_restored:
-            raise RuntimeError("sequential mode: the weights differ from the base after restoring them")
-        return self.sequence
+            raise RuntimeError(f"{self.options.mode} mode: the weights differ from the base after restoring them")
+        return self.many
 
     def collect_record(self, record: dict[str, Any]) -> None:
         """Controller side: keep a record that arrived with a test report (own process or xdist worker)."""
@@ -133,6 +151,6 @@ class FactEditSession:
                "versions": first["versions"]}
         summary = summarize(self.writer.records, run, time.perf_counter() - self.started)
         summary["mode"] = self.options.mode
-        if self.sequence is not None:
-            summary["sequence"] = self.sequence
+        if self.many is not None:
+            summary[self.report_key] = self.many
         self.writer.finish(summary)

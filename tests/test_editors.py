@@ -83,7 +83,7 @@ def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> N
 
     from pytest_factedit.cases import Control, FactCase
     from pytest_factedit.probe import greedy_continuations
-    from pytest_factedit.runner import run_sequence
+    from pytest_factedit.many import run_sequence
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=3)
@@ -106,3 +106,85 @@ def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> N
     assert result.base_restored
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert not any("ia3" in n for n, _ in model.named_modules())
+
+
+def _two_cases(model, tok, method=None):
+    from pytest_factedit.cases import Control, FactCase
+    from pytest_factedit.probe import greedy_continuations
+
+    prompts = ["The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"]
+    olds = [a.split()[0] for a in greedy_continuations(model, tok, prompts, [1, 1])]
+    news = ["Rome" if o != "Rome" else "London" for o in olds]
+    return [FactCase(id=f"c{i}", subject=subject, prompts=(prompt,), old=(old,), new=(new,),
+                     paraphrases=(f"Where is the {subject}? In the city of",),
+                     controls=(Control("Big Ben is a clock tower in the city of", ("London",)),),
+                     method=method or {})
+            for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))]
+
+
+def test_joint_objectives_train_every_fact_and_never_retain_another_facts_texts() -> None:
+    from pytest_factedit.edit.objectives import build_objectives
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    other = EditRequest(subject="Colosseum", prompts=("The Colosseum is located in the city of",), old=("Rome",),
+                        new=("Paris",), held_out=REQUEST.prompts)
+    first = EditRequest(**{**REQUEST.__dict__, "held_out": REQUEST.held_out + other.prompts})
+    settings = resolve_settings({**FAST})
+    one = build_objectives(model, tok, first, settings)
+    both = build_objectives(model, tok, [first, other], settings)
+    assert len(both.learn_rows) == 2 * len(one.learn_rows) and len(both.unlearn_rows) == 2 * len(one.unlearn_rows)
+    assert len(set(both.kl_rows)) == len(both.kl_rows)  # shared retention rows are kept once
+    kl_texts = {tok.decode(list(r.ids)) for r in both.kl_rows}
+    assert not any("Colosseum is located" in t or "Eiffel Tower is located" in t for t in kl_texts)
+    with torch.no_grad():
+        from pytest_factedit.edit.batching import tail_logprobs
+
+        logps = tail_logprobs(model, both.unlearn_rows, both.pad_id)
+        half = len(one.unlearn_rows)
+        joint_loss, _ = both.unlearn_goal(logps)
+        first_loss, _ = one.unlearn_goal(logps[:half])
+    assert joint_loss != first_loss  # the second fact's rows count too
+
+
+def test_batch_mode_trains_one_adapter_on_every_case_and_restores_the_base() -> None:
+    from types import SimpleNamespace
+
+    from pytest_factedit.many import run_batch
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    cases = _two_cases(model, tok)
+    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "random", "mlp_layers": 1, "attention_layers": 1})
+    result = run_batch(lm, cases, lambda case: settings)
+    assert [o.status for o in result.outcomes] == ["ran", "ran"]
+    assert result.batch["cases"] == ["c0", "c1"] and result.batch["stages"][0]["name"] == "unlearn"
+    union = set(result.batch["target_modules"])
+    assert all(set(o.targets.modules) == union for o in result.outcomes)  # one adapter over every case's layers
+    assert result.edits_retained.samples == 2 and set(result.retained_by_case) == {"c0", "c1"}
+    assert result.retained_by_case["c0"] == result.outcomes[0].metrics["new_fact_accuracy"].value
+    assert result.controls_retained.samples in (0, 1)
+    assert all(o.timings["batch_train_seconds"] == result.outcomes[0].timings["batch_train_seconds"]
+               for o in result.outcomes)
+    assert result.base_restored and all(o.base_restored for o in result.outcomes)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert not any("ia3" in n for n, _ in model.named_modules())
+
+
+def test_batch_mode_reports_a_case_asking_for_another_method_and_runs_the_rest() -> None:
+    from types import SimpleNamespace
+
+    from pytest_factedit.many import run_batch
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    cases = _two_cases(model, tok)
+    chosen = {"c0": resolve_settings({**FAST, "localize": "none"}),
+              "c1": resolve_settings({**FAST, "localize": "none", "name": "lora"})}
+    result = run_batch(lm, cases, lambda case: chosen[case.id])
+    assert [o.status for o in result.outcomes] == ["ran", "error"]
+    assert "one method" in result.outcomes[1].reason and "'lora'" in result.outcomes[1].reason
+    assert result.batch["cases"] == ["c0"] and result.base_restored

@@ -109,3 +109,57 @@ def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pyte
     assert [r["sequence"]["position"] for r in records] == [0, 1]
     # the second case asks for the same change: after the first edit its old answer is gone, so it is skipped
     assert records[1]["status"] == "skipped" or records[1]["sequence"]["retained_at_end"] is not None
+
+
+def test_batch_mode_trains_one_adapter_for_every_case_and_ships_it(pytester, tiny_dir) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_factedit.export import load_edit
+    from pytest_factedit.probe import greedy_continuations
+
+    folder, old = tiny_dir
+    cases = pytester.mkdir("fact_cases")
+    method = "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 8, guard_tokens: 1, localize: none}\n"
+    tok = AutoTokenizer.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    second = "The Colosseum is located in the city of"
+    second_old = greedy_continuations(base, tok, [second], [1])[0].split()[0]
+    for name, subject, prompt, answer in (("first", "Eiffel Tower", PROMPT, old),
+                                          ("second", "Colosseum", second, second_old)):
+        new = "Rome" if answer != "Rome" else "London"
+        (cases / f"{name}.yaml").write_text(
+            f"subject: {subject}\nprompts: ['{prompt}']\nold: '{answer}'\nnew: {new}\n"
+            "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n" + method)
+    (cases / "third.yaml").write_text(  # asks for another method: an error record, the batch goes on
+        f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: Berlin\n"
+        "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
+        + method.replace("{", "{name: lora, "))
+    shipped = pytester.path / "shipped"
+    result = pytester.runpytest("fact_cases", "--model", str(folder), "--factedit-device", "cpu",
+                                "--factedit-mode", "batch", "--factedit-run-id", "b", "-p", "no:cacheprovider",
+                                "--factedit-reports", str(pytester.path / "reports"),
+                                "--factedit-save-adapters", str(shipped), "-rA")
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["PASSED *batch::edits_retained"])
+    assert "controls_retained: no samples to measure" in out  # the tiny model knows no control
+    assert "FAILED fact_cases/third.yaml::third::new_fact_accuracy" in out and "one method" in out
+    assert "batch of 3 edits" in out and "base restored: True" in out
+    summary = json.loads((pytester.path / "reports" / "b" / "summary.json").read_text())
+    assert summary["mode"] == "batch" and summary["batch"]["adapter"]["cases"] == ["first", "second"]
+    assert summary["batch"]["metrics"]["edits_retained"]["samples"] == 2
+    records = {json.loads(line)["case_id"]: json.loads(line)
+               for line in (pytester.path / "reports" / "b" / "results.jsonl").read_text().splitlines()}
+    assert records["third"]["status"] == "error" and "one method" in records["third"]["reason"]
+    assert records["first"]["target_modules"] == records["second"]["target_modules"]  # one adapter for both
+    assert [records[c]["batch"]["position"] for c in ("first", "second", "third")] == [0, 1, 2]
+
+    manifest = json.loads((shipped / "batch" / "manifest.json").read_text())
+    assert manifest["mode"] == "batch" and [c["case_id"] for c in manifest["cases"]] == ["first", "second"]
+    edited = load_edit(base, shipped / "batch")  # peft alone, every stage active
+    from pytest_factedit.probe import answer_token_budget
+
+    for case in manifest["cases"]:
+        answers = [a for a in case["answers"] if a["group"] == "prompts"]
+        budget = answer_token_budget(tok, case["old"] + case["new"])
+        got = greedy_continuations(edited, tok, [a["prompt"] for a in answers], [budget] * len(answers))
+        assert got == [a["edited"] for a in answers]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 from ..targets import TargetModules
 from .settings import EditSettings
@@ -94,9 +94,12 @@ class AppliedEdit(EditHandle):
 
 
 class Editor(Protocol):
-    """An editing method: applies an edit to `model` in place and returns the handle that removes it."""
+    """An editing method: applies an edit to `model` in place and returns the handle that removes it.
+
+    `request` is one fact, or several trained together into one edit (batch mode).
+    """
 
     name: str
 
-    def apply(self, model: Any, tokenizer: Any, request: EditRequest, targets: TargetModules,
-              settings: EditSettings) -> EditHandle: ...
+    def apply(self, model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
+              targets: TargetModules, settings: EditSettings) -> EditHandle: ...

@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..targets import TargetModules
 from .base import EditHandle, EditRequest
@@ -67,8 +67,8 @@ class FullFineTuneEditor:
     name = "full-ft"
     scope = "all-weights"
 
-    def apply(self, model: Any, tokenizer: Any, request: EditRequest, targets: TargetModules,
-              settings: EditSettings) -> WeightsEdit:
+    def apply(self, model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
+              targets: TargetModules, settings: EditSettings) -> WeightsEdit:
         import torch
 
         torch.manual_seed(settings.seed)

@@ -42,11 +42,16 @@ def encode(tokenizer: Any, text: str, chat: bool) -> tuple[int, ...]:
 
 
 def retention_rows(tokenizer: Any, request: EditRequest, settings: EditSettings) -> list[Row]:
-    """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors (never held-out)."""
-    neutral = [Row(encode(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(request.held_out)]
+    """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors.
+
+    Never a held-out text, and never one of the prompts being edited (holding those at their base answer
+    would fight the edit).
+    """
+    avoid = request.held_out + request.prompts
+    neutral = [Row(encode(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(avoid)]
     fact_like = derived_neighbours(request.prompts, request.subject, request.held_out, settings.neighbours_per_prompt)
-    fact_like += fact_texts(request.held_out)
-    fact_like += without_held_out(request.anchors, request.held_out)
+    fact_like += fact_texts(avoid)
+    fact_like += without_held_out(request.anchors, avoid)
     return neutral + [Row(encode(tokenizer, t, request.chat), 1) for t in fact_like]
 
 
@@ -65,7 +70,51 @@ def base_continuations(model: Any, tokenizer: Any, contexts: Sequence[tuple[int,
     return [tuple(row.tolist()) for row in out[:, ids.shape[1]:]]
 
 
-def build_objectives(model: Any, tokenizer: Any, request: EditRequest, settings: EditSettings) -> Objectives:
+def build_objectives(model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
+                     settings: EditSettings) -> Objectives:
+    """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`)."""
+    if isinstance(request, EditRequest):
+        return fact_objectives(model, tokenizer, request, settings)
+    return joint_objectives([fact_objectives(model, tokenizer, r, settings) for r in request])
+
+
+def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
+    """Several facts' objectives as one: their rows side by side, each fact's goal on its own rows.
+
+    The joint loss is the mean of the facts' losses; a goal is reached when every fact reached it.
+    Retention rows shared by several facts (neutral text, general facts) are kept once.
+    """
+    kl_rows: list[Row] = []
+    kl_reference: list[Any] = []
+    seen: set[Row] = set()
+    for part in parts:
+        for row, reference in zip(part.kl_rows, part.kl_reference):
+            if row not in seen:
+                seen.add(row)
+                kl_rows.append(row)
+                kl_reference.append(reference)
+    return Objectives([r for p in parts for r in p.unlearn_rows], [r for p in parts for r in p.learn_rows],
+                      kl_rows, kl_reference,
+                      _joint_goal([p.unlearn_goal for p in parts], [len(p.unlearn_rows) for p in parts]),
+                      _joint_goal([p.learn_goal for p in parts], [len(p.learn_rows) for p in parts]),
+                      parts[0].pad_id)
+
+
+def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
+    def goal(logps: list[Any]) -> tuple[Any, bool]:
+        import torch
+
+        losses, reached, start = [], True, 0
+        for fact_goal, size in zip(goals, sizes):
+            loss, done = fact_goal(logps[start:start + size])
+            losses.append(loss)
+            reached = reached and done
+            start += size
+        return torch.stack(losses).mean(), reached
+    return goal
+
+
+def fact_objectives(model: Any, tokenizer: Any, request: EditRequest, settings: EditSettings) -> Objectives:
     """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
 
     Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old`; reached when

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from ..targets import TargetModules
 from .base import AppliedEdit, EditRequest
@@ -33,8 +33,8 @@ class PeftStagedEditor:
     def config(self, targets: TargetModules, settings: EditSettings) -> Any:
         raise NotImplementedError
 
-    def apply(self, model: Any, tokenizer: Any, request: EditRequest, targets: TargetModules,
-              settings: EditSettings) -> AppliedEdit:
+    def apply(self, model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
+              targets: TargetModules, settings: EditSettings) -> AppliedEdit:
         import torch
         from peft import get_peft_model
 
