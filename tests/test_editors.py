@@ -142,9 +142,12 @@ def test_joint_objectives_train_every_fact_and_never_retain_another_facts_texts(
 
         logps = tail_logprobs(model, both.unlearn_rows, both.pad_id)
         half = len(one.unlearn_rows)
-        joint_loss, _ = both.unlearn_goal(logps)
-        first_loss, _ = one.unlearn_goal(logps[:half])
+        joint_loss, _ = both.unlearn_goal(logps, None)
+        first_loss, _ = one.unlearn_goal(logps[:half], None)
+        second_only, _ = both.unlearn_goal(logps[half:], [1])  # rows of fact 1 alone, as a rotating step gives
+        second_loss, _ = build_objectives(model, tok, other, settings).unlearn_goal(logps[half:], None)
     assert joint_loss != first_loss  # the second fact's rows count too
+    assert both.fact_sizes == (half, half) and torch.allclose(second_only, second_loss)
 
 
 def test_batch_mode_trains_one_adapter_on_every_case_and_restores_the_base() -> None:
@@ -157,10 +160,12 @@ def test_batch_mode_trains_one_adapter_on_every_case_and_restores_the_base() -> 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lm = SimpleNamespace(model=model, tokenizer=tok)
     cases = _two_cases(model, tok)
-    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "random", "mlp_layers": 1, "attention_layers": 1})
+    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "random", "mlp_layers": 1, "attention_layers": 1,
+                                 "batch_facts_per_step": 1})
     result = run_batch(lm, cases, lambda case: settings)
     assert [o.status for o in result.outcomes] == ["ran", "ran"]
     assert result.batch["cases"] == ["c0", "c1"] and result.batch["stages"][0]["name"] == "unlearn"
+    assert result.batch["stages"][1]["steps"] <= 2 * FAST["learn_max_steps"]  # the cap per turn, two turns
     union = set(result.batch["target_modules"])
     assert all(set(o.targets.modules) == union for o in result.outcomes)  # one adapter over every case's layers
     assert result.edits_retained.samples == 2 and set(result.retained_by_case) == {"c0", "c1"}
@@ -188,3 +193,28 @@ def test_batch_mode_reports_a_case_asking_for_another_method_and_runs_the_rest()
     assert [o.status for o in result.outcomes] == ["ran", "error"]
     assert "one method" in result.outcomes[1].reason and "'lora'" in result.outcomes[1].reason
     assert result.batch["cases"] == ["c0"] and result.base_restored
+
+
+@pytest.mark.parametrize("reach", [False, True])
+def test_a_batch_stage_rotates_through_the_facts_and_caps_steps_per_turn(reach) -> None:
+    from pytest_factedit.edit.batching import Row
+    from pytest_factedit.edit.training import train_stage
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    rows = [Row(tuple(tok(p).input_ids), 1) for p in ("the city of", "a tower in", "the river flows")]
+    param = next(model.parameters()).requires_grad_(True)
+    seen: list[list[int]] = []
+
+    def goal(logps, facts):
+        seen.append(list(facts))
+        assert len(logps) == len(facts)  # only the rows of the facts in this step
+        return sum(lp.sum() for lp in logps) * 0.0, reach
+
+    settings = resolve_settings({"batch_facts_per_step": 1, "kl_weight": 0})
+    report = train_stage("learn", model, [param], rows, goal, 2, [], [], settings, tok.pad_token_id,
+                         fact_sizes=(1, 1, 1))
+    if reach:  # every fact must have its turn before the stage may stop
+        assert seen == [[0], [1], [2]] and report.reached_goal
+    else:  # the cap is 2 steps per fact's turn: 6 steps, then the final check
+        assert seen == [[0], [1], [2]] * 2 + [[0]] and report.steps == 6 and not report.reached_goal

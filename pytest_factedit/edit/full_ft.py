@@ -82,7 +82,7 @@ class FullFineTuneEditor:
                 param.requires_grad_(True)
             edit.stages.append(train_stage("learn", model, params, goals.learn_rows, goals.learn_goal,
                                            settings.learn_max_steps, goals.kl_rows, goals.kl_reference, settings,
-                                           goals.pad_id))
+                                           goals.pad_id, fact_sizes=goals.fact_sizes))
         except BaseException:
             edit.remove()
             raise

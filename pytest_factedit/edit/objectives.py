@@ -6,7 +6,7 @@ Shared so that editors differ only in *which weights* move, not in what they are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .base import EditRequest
 from .batching import Row, kl_to_reference, pad_left, tail_logprobs
@@ -17,7 +17,8 @@ from .settings import EditSettings
 CONTEXT_PREFIXES: tuple[str, ...] = ("", "Here is a fact. ")
 NEUTRAL_TAIL = 2
 
-Goal = Callable[[list[Any]], tuple[Any, bool]]  # log-probs of the training rows -> (loss, goal reached)
+# (log-probs of the training rows, which facts they belong to in a batch or None for all) -> (loss, reached)
+Goal = Callable[[list[Any], Optional[Sequence[int]]], tuple[Any, bool]]
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Objectives:
     unlearn_goal: Goal
     learn_goal: Goal
     pad_id: int
+    fact_sizes: tuple[int, ...] = ()  # batch: each fact's number of rows, in order (same in both stages)
 
 
 def encode(tokenizer: Any, text: str, chat: bool) -> tuple[int, ...]:
@@ -93,23 +95,24 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
                 seen.add(row)
                 kl_rows.append(row)
                 kl_reference.append(reference)
+    sizes = tuple(len(p.unlearn_rows) for p in parts)
+    assert sizes == tuple(len(p.learn_rows) for p in parts), "a fact has as many learn rows as unlearn rows"
     return Objectives([r for p in parts for r in p.unlearn_rows], [r for p in parts for r in p.learn_rows],
-                      kl_rows, kl_reference,
-                      _joint_goal([p.unlearn_goal for p in parts], [len(p.unlearn_rows) for p in parts]),
-                      _joint_goal([p.learn_goal for p in parts], [len(p.learn_rows) for p in parts]),
-                      parts[0].pad_id)
+                      kl_rows, kl_reference, _joint_goal([p.unlearn_goal for p in parts], sizes),
+                      _joint_goal([p.learn_goal for p in parts], sizes), parts[0].pad_id, sizes)
 
 
 def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
-    def goal(logps: list[Any]) -> tuple[Any, bool]:
+    """The mean of the facts' losses over the rows given (of `facts`, or of every fact); reached when all are."""
+    def goal(logps: list[Any], facts: Sequence[int] | None = None) -> tuple[Any, bool]:
         import torch
 
         losses, reached, start = [], True, 0
-        for fact_goal, size in zip(goals, sizes):
-            loss, done = fact_goal(logps[start:start + size])
+        for fact in facts if facts is not None else range(len(goals)):
+            loss, done = goals[fact](logps[start:start + sizes[fact]], None)
             losses.append(loss)
             reached = reached and done
-            start += size
+            start += sizes[fact]
         return torch.stack(losses).mean(), reached
     return goal
 
@@ -138,12 +141,12 @@ def fact_objectives(model: Any, tokenizer: Any, request: EditRequest, settings: 
     guard_reference = [ref[len(new_ids):] for ref in reference[len(kl_rows):]]
     target = torch.tensor(new_ids, device=next(model.parameters()).device)
 
-    def unlearn_goal(logps: list[Any]) -> tuple[Any, bool]:
+    def unlearn_goal(logps: list[Any], facts: Sequence[int] | None = None) -> tuple[Any, bool]:
         p_old = torch.stack([lp[0, old_first].exp().sum() for lp in logps])
         loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
         return loss, bool((p_old < settings.unlearn_stop_prob).all())
 
-    def learn_goal(logps: list[Any]) -> tuple[Any, bool]:
+    def learn_goal(logps: list[Any], facts: Sequence[int] | None = None) -> tuple[Any, bool]:
         n = len(new_ids)
         nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
         guard = torch.stack([kl_to_reference(ref, lp[n:]) for ref, lp in zip(guard_reference, logps)]).mean()

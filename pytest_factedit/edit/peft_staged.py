@@ -56,7 +56,7 @@ class PeftStagedEditor:
                 rows, goal, max_steps = plan[stage]
                 applied.stages.append(train_stage(stage, applied.peft_model.get_base_model(), params, rows, goal,
                                                   max_steps, goals.kl_rows, goals.kl_reference, settings,
-                                                  goals.pad_id))
+                                                  goals.pad_id, fact_sizes=goals.fact_sizes))
                 applied.trainable_parameters += sum(p.numel() for p in params)
                 for param in params:
                     param.requires_grad_(False)

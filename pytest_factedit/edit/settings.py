@@ -37,6 +37,7 @@ class EditSettings:
     neighbours_per_prompt: int = 4
     kl_rows_per_step: int = 12
     lora_rank: int = 4
+    batch_facts_per_step: int = 8  # batch mode: facts trained per step, rotating (0 = every fact each step)
     seed: int = 0
     target_modules: tuple[str, ...] | None = None
     feedforward_modules: tuple[str, ...] = ()
