@@ -2,17 +2,26 @@
 
     python bench/editors.py                          # 100 facts x every editor (hours on a 2-core CPU)
     python bench/editors.py -n 10 --methods ia3-two-stage full-ft
+    # the same run split over two processes, one thread each, then one table from both logs:
+    OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl &
+    OMP_NUM_THREADS=1 python bench/editors.py --shard 1/2 --log b.jsonl &
+    python bench/editors.py --table a.jsonl b.jsonl
 
 Facts: a seeded sample of ../shared/data/counterfact-train.json (or --data) that the embedded model
 answers correctly; each is a case with its prompt, paraphrase and locality control, plus the shared
-controls of fact_cases/_defaults.yaml. Prints per-fact lines and one markdown row per editor.
+controls of fact_cases/_defaults.yaml. Prints per-fact lines and one markdown row per editor. With
+--log, every (fact, editor) result is appended to a JSONL file as it is measured, so an interrupted
+run still gives a table (--table) of the facts it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+from pathlib import Path
+from typing import Any
 
 from facts import fact_arguments, load_known_cases
 
@@ -28,64 +37,89 @@ def _retention(answers: list, shared: bool) -> list[float]:
     return [float(matches(a.edited, a.expected)) for a in picked if matches(a.base, a.expected)]
 
 
+def fact_values(outcome: Any) -> dict[str, list[float]]:
+    """One edited fact's samples for each column (control columns: one sample per control)."""
+    scores = outcome.extra["scores"]
+    values: dict[str, list[float]] = {c: [] for c in COLUMNS}
+    for column, metric in zip(COLUMNS[:3], ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy")):
+        if outcome.metrics[metric].value is not None:
+            values[column].append(outcome.metrics[metric].value)
+    values["control ret. (case)"] = _retention(outcome.answers, shared=False)
+    values["control ret. (shared)"] = _retention(outcome.answers, shared=True)
+    for column, key in (("efficacy", "efficacy"), ("generalization", "generalization"),
+                        ("specificity", "specificity_first_token")):
+        if key in scores:
+            values[column].append(scores[key])
+    values["fluency change"].append(scores["fluency_ngram_entropy_after"] - scores["fluency_ngram_entropy_before"])
+    values["edit s (median)"].append(outcome.timings["edit_seconds"])
+    return values
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    """One markdown row per method over every logged result that ran."""
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    facts = {r["fact"] for r in results if r["status"] == "ran"}
+    print(f"\nembedded model (CPU), {len(facts)} CounterFact facts it knows, isolated edits, each method with its "
+          "default settings; means over facts, control retention over the controls the base model got right, "
+          "efficacy/generalization/specificity = share with P(new) > P(old) (specificity: first token, "
+          "controls), fluency change = n-gram entropy after - before\n")
+    print("| method | facts | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(COLUMNS))
+    for name in methods:
+        ran = [r for r in results if r["method"] == name and r["status"] == "ran"]
+        cells = []
+        for column in COLUMNS:
+            samples = [v for r in ran for v in r["values"][column]]
+            if not samples:
+                cells.append("n/a")
+            elif column == "edit s (median)":
+                cells.append(f"{statistics.median(samples):.1f}")
+            else:
+                cells.append(f"{statistics.mean(samples):.3f}")
+        print(f"| {name} | {len(ran)} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     from pytest_factedit.edit import method_names
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fact_arguments(parser, n=100)
     parser.add_argument("--methods", nargs="+", default=list(method_names()), choices=method_names())
+    parser.add_argument("--shard", default="0/1", help="K/N: run the facts whose index is K modulo N")
+    parser.add_argument("--log", type=Path, help="append each (fact, method) result to this JSONL file")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="JSONL",
+                        help="print the table of these logs and exit (runs nothing)")
     args = parser.parse_args()
+    if args.table:
+        print_table([json.loads(line) for path in args.table for line in path.read_text().splitlines() if line])
+        return 0
+    shard, shards = (int(x) for x in args.shard.split("/"))
 
     from pytest_factedit import runner
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.runner import BaseAnswerCache, run_case
 
     runner.LATENCY_REPEATS = 1  # the table reports no latency: one timing pass is enough
-
     lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
-    table: dict[str, dict[str, list[float]]] = {name: {c: [] for c in COLUMNS} for name in args.methods}
+    results: list[dict[str, Any]] = []
     with folder:
-        for case in cases:
+        for case in cases[shard::shards]:
             for name in args.methods:
                 outcome = run_case(lm, case, resolve_settings(case.method, {"name": name}), cache)
+                result = {"fact": case.id, "method": name, "status": outcome.status, "reason": outcome.reason,
+                          "values": fact_values(outcome) if outcome.status == "ran" else {}}
+                results.append(result)
+                if args.log:
+                    with args.log.open("a", encoding="utf-8") as log:
+                        log.write(json.dumps(result) + "\n")
                 if outcome.status != "ran":
                     print(f"  {case.id} {name}: {outcome.status} {outcome.reason}", flush=True)
                     continue
-                scores = outcome.extra["scores"]
-                row = table[name]
-                for column, metric in zip(COLUMNS[:3], ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy")):
-                    if outcome.metrics[metric].value is not None:
-                        row[column].append(outcome.metrics[metric].value)
-                row["control ret. (case)"] += _retention(outcome.answers, shared=False)
-                row["control ret. (shared)"] += _retention(outcome.answers, shared=True)
-                for column, key in (("efficacy", "efficacy"), ("generalization", "generalization"),
-                                    ("specificity", "specificity_first_token")):
-                    if key in scores:
-                        row[column].append(scores[key])
-                row["fluency change"].append(scores["fluency_ngram_entropy_after"]
-                                             - scores["fluency_ngram_entropy_before"])
-                row["edit s (median)"].append(outcome.timings["edit_seconds"])
                 print(f"  {case.id} {name}: " + " ".join(
                     f"{m}={v.value:.2f}" for m, v in outcome.metrics.items() if v.value is not None)
                     + f" edit={outcome.timings['edit_seconds']:.1f}s", flush=True)
-    print(f"\nembedded model (CPU), {len(cases)} CounterFact facts it knows (seed {args.seed}), isolated edits, "
-          "each method with its default settings; means over facts, control retention over the controls "
-          "the base model got right, efficacy/generalization/specificity = share with P(new) > P(old) "
-          "(specificity: first token, controls), fluency change = n-gram entropy after - before\n")
-    print("| method | " + " | ".join(COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for name, row in table.items():
-        cells = []
-        for column in COLUMNS:
-            values = row[column]
-            if not values:
-                cells.append("n/a")
-            elif column == "edit s (median)":
-                cells.append(f"{statistics.median(values):.1f}")
-            else:
-                cells.append(f"{statistics.mean(values):.3f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print_table(results)
     return 0
 
 
