@@ -6,6 +6,7 @@
     OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl &
     OMP_NUM_THREADS=1 python bench/editors.py --shard 1/2 --log b.jsonl &
     python bench/editors.py --table a.jsonl b.jsonl
+    OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl --resume   # go on where a.jsonl stops
 
 Facts: a seeded sample of ../shared/data/counterfact-train.json (or --data) that the embedded model
 answers correctly; each is a case with its prompt, paraphrase and locality control, plus the shared
@@ -79,6 +80,29 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(f"| {name} | {len(ran)} | " + " | ".join(cells) + " |")
 
 
+# The issue's targets for the default editor on this CPU: (column(s), direction, target).
+TARGETS = (("new-fact accuracy", ("new-fact acc.",), ">=", 0.99), ("forget rate", ("forget rate",), ">=", 0.99),
+           ("paraphrase accuracy", ("paraphrase acc.",), ">=", 0.80),
+           ("control retention (case + shared controls)", ("control ret. (case)", "control ret. (shared)"), ">=", 0.95),
+           ("specificity", ("specificity",), ">=", 0.90), ("edit seconds, median", ("edit s (median)",), "<=", 10.0))
+
+
+def print_targets(results: list[dict[str, Any]], method: str = "ia3-two-stage") -> None:
+    """The default editor against its targets: measured value, met or not, and the distance."""
+    ran = [r for r in results if r["method"] == method and r["status"] == "ran"]
+    if not ran:
+        return
+    print(f"\n{method} against its targets ({len(ran)} facts)\n")
+    print("| metric | target | measured | met | distance |")
+    print("|---|---|---|---|---|")
+    for label, columns, direction, target in TARGETS:
+        samples = [v for r in ran for c in columns for v in r["values"][c]]
+        value = statistics.median(samples) if direction == "<=" else statistics.mean(samples)
+        met = value >= target if direction == ">=" else value <= target
+        distance = "" if met else f"{abs(value - target):.3f}"
+        print(f"| {label} | {direction} {target:g} | {value:.3f} | {'yes' if met else 'no'} | {distance} |")
+
+
 def main() -> int:
     from pytest_factedit.edit import method_names
 
@@ -87,13 +111,19 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=list(method_names()), choices=method_names())
     parser.add_argument("--shard", default="0/1", help="K/N: run the facts whose index is K modulo N")
     parser.add_argument("--log", type=Path, help="append each (fact, method) result to this JSONL file")
+    parser.add_argument("--resume", action="store_true", help="skip the (fact, method) pairs already in --log")
     parser.add_argument("--table", nargs="+", type=Path, metavar="JSONL",
                         help="print the table of these logs and exit (runs nothing)")
     args = parser.parse_args()
     if args.table:
-        print_table([json.loads(line) for path in args.table for line in path.read_text().splitlines() if line])
+        logged = [json.loads(line) for path in args.table for line in path.read_text().splitlines() if line]
+        print_table(logged)
+        print_targets(logged)
         return 0
     shard, shards = (int(x) for x in args.shard.split("/"))
+    logged = [json.loads(line) for line in args.log.read_text().splitlines() if line] \
+        if args.resume and args.log and args.log.exists() else []
+    done = {(r["fact"], r["method"]) for r in logged}
 
     from pytest_factedit import runner
     from pytest_factedit.edit import resolve_settings
@@ -102,10 +132,12 @@ def main() -> int:
     runner.LATENCY_REPEATS = 1  # the table reports no latency: one timing pass is enough
     lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = list(logged)
     with folder:
         for case in cases[shard::shards]:
             for name in args.methods:
+                if (case.id, name) in done:
+                    continue
                 outcome = run_case(lm, case, resolve_settings(case.method, {"name": name}), cache)
                 result = {"fact": case.id, "method": name, "status": outcome.status, "reason": outcome.reason,
                           "values": fact_values(outcome) if outcome.status == "ran" else {}}
@@ -120,6 +152,7 @@ def main() -> int:
                     f"{m}={v.value:.2f}" for m, v in outcome.metrics.items() if v.value is not None)
                     + f" edit={outcome.timings['edit_seconds']:.1f}s", flush=True)
     print_table(results)
+    print_targets(results)
     return 0
 
 
