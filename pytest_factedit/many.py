@@ -34,24 +34,32 @@ class ManyOutcome:
 
 
 class _ControlCheck:
-    """Every control of the cases, answered by the base model now and again whenever asked."""
+    """Every control of the cases, answered by the base model now and again whenever asked.
 
-    def __init__(self, lm: LoadedModel, cases: Sequence[FactCase]) -> None:
+    With `cache` (batch mode), the base answers come from the cache the cases are probed with, so
+    shared controls are generated once.
+    """
+
+    def __init__(self, lm: LoadedModel, cases: Sequence[FactCase], cache: BaseAnswerCache | None = None) -> None:
         self.lm = lm
         self.answers = {c.prompt: c.answer for case in cases for c in case.controls}
         self.chat = {c.prompt: case.chat for case in cases for c in case.controls}
         self.budgets = [answer_token_budget(lm.tokenizer, a) for a in self.answers.values()]
-        self.base = dict(zip(self.answers, self.current()))
+        base = self._answered(lambda prompts, budgets, chat: cache.get(lm, prompts, budgets, chat)) if cache \
+            else self.current()
+        self.base = dict(zip(self.answers, base))
 
     def current(self) -> list[str]:
+        return self._answered(lambda prompts, budgets, chat: greedy_continuations(
+            self.lm.model, self.lm.tokenizer, prompts, budgets, chat=chat))
+
+    def _answered(self, answer: Callable[[list[str], list[int], bool], list[str]]) -> list[str]:
         prompts = list(self.answers)
         out: dict[int, str] = {}
         for flag in (False, True):
             picked = [i for i, p in enumerate(prompts) if self.chat[p] == flag]
             if picked:
-                found = greedy_continuations(self.lm.model, self.lm.tokenizer, [prompts[i] for i in picked],
-                                             [self.budgets[i] for i in picked], chat=flag)
-                out.update(zip(picked, found))
+                out.update(zip(picked, answer([prompts[i] for i in picked], [self.budgets[i] for i in picked], flag)))
         return [out[i] for i in range(len(prompts))]
 
     def retained(self, now: Sequence[str]) -> m.MetricValue:
@@ -62,20 +70,32 @@ class _ControlCheck:
                              "controls right before any edit, still right with every edit in place")
 
 
-def _edits_retained(lm: LoadedModel, ran: Sequence[CaseOutcome]) -> tuple[m.MetricValue, dict[str, float]]:
-    """Each edited case's prompts answered now, with every edit in place."""
+def _edits_retained(ran: Sequence[CaseOutcome], answers_now: Callable[[CaseOutcome], list[str]]
+                    ) -> tuple[m.MetricValue, dict[str, float]]:
+    """Each edited case's prompts as answered with every edit in place (`answers_now` gives them)."""
     by_case: dict[str, float] = {}
     kept = total = 0
     for outcome in ran:
-        prompts = list(outcome.case.prompts)
-        budget = answer_token_budget(lm.tokenizer, outcome.case.old + outcome.case.new)
-        now = greedy_continuations(lm.model, lm.tokenizer, prompts, [budget] * len(prompts), chat=outcome.case.chat)
-        hits = sum(m.matches(a, outcome.case.new) for a in now)
-        by_case[outcome.case.id] = hits / len(prompts)
-        kept, total = kept + hits, total + len(prompts)
+        hits = sum(m.matches(a, outcome.case.new) for a in answers_now(outcome))
+        by_case[outcome.case.id] = hits / len(outcome.case.prompts)
+        kept, total = kept + hits, total + len(outcome.case.prompts)
     value = m.MetricValue("edits_retained", kept / total if total else None, total,
                           "prompts of every edited case answering new, with every edit in place")
     return value, by_case
+
+
+def _prompts_answered_now(lm: LoadedModel) -> Callable[[CaseOutcome], list[str]]:
+    """Answers to a case's prompts from the model as it is now (after the last sequential edit)."""
+    def answers(outcome: CaseOutcome) -> list[str]:
+        prompts = list(outcome.case.prompts)
+        budget = answer_token_budget(lm.tokenizer, outcome.case.old + outcome.case.new)
+        return greedy_continuations(lm.model, lm.tokenizer, prompts, [budget] * len(prompts), chat=outcome.case.chat)
+    return answers
+
+
+def _prompts_as_probed(outcome: CaseOutcome) -> list[str]:
+    """The edited answers `probe_edit` already recorded (batch: the adapter has not changed since)."""
+    return [a.edited or "" for a in outcome.group("prompts")]
 
 
 def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | str) -> CaseOutcome:
@@ -105,7 +125,7 @@ def run_sequence(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Setti
                 outcomes.append(run_case(lm, case, settings, BaseAnswerCache(), keep=True))
             except Exception as exc:  # one broken case must not stop the others; its edit was not merged
                 outcomes.append(_error(case, settings, exc))
-        edits, by_case = _edits_retained(lm, [o for o in outcomes if o.status == "ran"])
+        edits, by_case = _edits_retained([o for o in outcomes if o.status == "ran"], _prompts_answered_now(lm))
         kept_controls = controls.retained(controls.current())
     finally:
         with torch.no_grad():
@@ -136,8 +156,8 @@ def run_batch(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Settings
     """
     started = time.perf_counter()
     before = weights_fingerprint(lm.model)
-    controls = _ControlCheck(lm, cases)
     cache = BaseAnswerCache()
+    controls = _ControlCheck(lm, cases, cache)
     outcomes: list[CaseOutcome] = []
     live: list[CaseOutcome] = []
     settings: EditSettings | None = None
@@ -161,7 +181,7 @@ def run_batch(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Settings
         except Exception as exc:  # one broken case must not stop the others
             outcomes.append(_error(case, case_settings, exc))
     batch: dict[str, Any] = {"cases": [o.case.id for o in live]}
-    edits, by_case = _edits_retained(lm, [])  # n/a until the batch edit is made
+    edits, by_case = _edits_retained([], _prompts_as_probed)  # n/a until the batch edit is made
     kept_controls = m.MetricValue("controls_retained", None, 0, "no batch edit was made")
     if live and settings is not None:
         try:
@@ -202,7 +222,7 @@ def _edit_together(lm: LoadedModel, live: list[CaseOutcome], settings: EditSetti
             probe_started = time.perf_counter()
             probe_edit(lm, outcome, applied)
             outcome.timings["probe_seconds"] = time.perf_counter() - probe_started
-        edits, by_case = _edits_retained(lm, live)
+        edits, by_case = _edits_retained(live, _prompts_as_probed)
         controls_now = controls.current()
     finally:
         applied.remove()
