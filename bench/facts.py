@@ -53,3 +53,16 @@ def load_known_cases(args: argparse.Namespace) -> tuple[Any, list[Any], tempfile
     cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
     print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
     return lm, cases, folder
+
+
+def setting_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs as method settings; values are read as YAML (0.9 is a number, trace a string)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, found {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides

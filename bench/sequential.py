@@ -4,6 +4,7 @@ or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batc
     python bench/sequential.py              # 50 facts (about 15 minutes on a 2-core CPU)
     python bench/sequential.py -n 10 --method full-ft
     python bench/sequential.py --mode batch
+    python bench/sequential.py --mode batch -n 10 --set kl_rows_per_step=48
 
 Each fact is edited on the model the earlier edits left (each merged before the next), measured
 right after its own edit, and checked again after the last one. Prints the end-of-sequence figures
@@ -17,7 +18,7 @@ import statistics
 import sys
 import time
 
-from facts import fact_arguments, load_known_cases
+from facts import fact_arguments, load_known_cases, setting_overrides
 
 
 def main() -> int:
@@ -25,7 +26,10 @@ def main() -> int:
     fact_arguments(parser, n=50)
     parser.add_argument("--method", default="ia3-two-stage")
     parser.add_argument("--mode", default="sequential", choices=("sequential", "batch"))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="method settings on top of the method's defaults (e.g. kl_rows_per_step=48)")
     args = parser.parse_args()
+    overrides = setting_overrides(args.set)
 
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.many import run_batch, run_sequence
@@ -34,7 +38,7 @@ def main() -> int:
     started = time.perf_counter()
     run = run_batch if args.mode == "batch" else run_sequence
     with folder:
-        result = run(lm, cases, lambda case: resolve_settings(case.method, {"name": args.method}))
+        result = run(lm, cases, lambda case: resolve_settings(case.method, {**overrides, "name": args.method}))
     ran = [o for o in result.outcomes if o.status == "ran"]
     for position, outcome in enumerate(result.outcomes):
         kept = result.retained_by_case.get(outcome.case.id)

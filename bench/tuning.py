@@ -4,8 +4,11 @@
     python bench/tuning.py --variants default bf16-training -n 2
 
 Variants: the default (top 2 MLP + 2 attention layers, 2 context prefixes); MLP-only with 4 or 6
-layers; 4 MLP + 2 attention layers with six context prefixes; and the default trained under bf16
-autocast (the AMX speed lever). Prints per-fact lines and one markdown row per variant.
+layers; 4 MLP + 2 attention layers with six context prefixes; the default trained under bf16
+autocast (the AMX speed lever); and learning until P(new) >= 0.9 instead of 0.6, alone or with
+unlearning until P(old) < 0.01 instead of 0.05. Prints per-fact lines and one markdown row per
+variant. `paraphrase_base_knew` is paraphrase accuracy over the paraphrases the base model answered
+with the old answer; `case_controls` and `shared_controls` count the controls the base model got right.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mlp6-no-attention": {"mlp_layers": 6, "attention_layers": 0},
     "mlp4-attention2-six-prefixes": {"mlp_layers": 4, "prefixes": SIX_PREFIXES},
     "bf16-training": {"bf16": True},
+    "learn-stop-0.9": {"learn_stop_prob": 0.9},
+    "learn-stop-0.9-unlearn-stop-0.01": {"learn_stop_prob": 0.9, "unlearn_stop_prob": 0.01},
 }
 DEFAULT_VARIANTS = ["default", "mlp4-no-attention", "mlp6-no-attention", "mlp4-attention2-six-prefixes"]
-COLUMNS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "shared_controls", "generalization",
-           "specificity_first_token", "edit_seconds")
+COLUMNS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "paraphrase_base_knew", "case_controls",
+           "shared_controls", "generalization", "specificity_first_token", "edit_seconds")
 
 
 @contextlib.contextmanager
@@ -83,8 +88,12 @@ def main() -> int:
                 for metric in COLUMNS[:3]:
                     if outcome.metrics[metric].value is not None:
                         row[metric].append(outcome.metrics[metric].value)
-                shared = [a for a in outcome.answers if a.group == "controls"][1:]  # the case's own control is first
-                row["shared_controls"] += [float(matches(a.edited, a.expected)) for a in shared
+                row["paraphrase_base_knew"] += [float(matches(a.edited, case.new)) for a in outcome.group("paraphrases")
+                                                if matches(a.base, case.old)]
+                controls = outcome.group("controls")  # the case's own (locality) control comes first
+                row["case_controls"] += [float(matches(a.edited, a.expected)) for a in controls[:1]
+                                         if matches(a.base, a.expected)]
+                row["shared_controls"] += [float(matches(a.edited, a.expected)) for a in controls[1:]
                                            if matches(a.base, a.expected)]
                 for key in ("generalization", "specificity_first_token"):
                     if key in outcome.extra["scores"]:
