@@ -32,7 +32,13 @@ COLUMNS = ("new-fact acc.", "forget rate", "paraphrase acc.", "control ret. (cas
            "efficacy", "generalization", "specificity", "fluency change", "edit s (median)")
 
 
-def _retention(answers: list, shared: bool) -> list[float]:
+def read_logs(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every (fact, method) result of these --log files, in order."""
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line]
+
+
+def control_samples(answers: list, shared: bool) -> list[float]:
+    """1.0 / 0.0 per control the base model got right: still right after the edit? (case's own, or shared)"""
     from pytest_factedit.metrics import matches
 
     controls = [a for a in answers if a.group == "controls"]
@@ -47,8 +53,8 @@ def fact_values(outcome: Any) -> dict[str, list[float]]:
     for column, metric in zip(COLUMNS[:3], ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy")):
         if outcome.metrics[metric].value is not None:
             values[column].append(outcome.metrics[metric].value)
-    values["control ret. (case)"] = _retention(outcome.answers, shared=False)
-    values["control ret. (shared)"] = _retention(outcome.answers, shared=True)
+    values["control ret. (case)"] = control_samples(outcome.answers, shared=False)
+    values["control ret. (shared)"] = control_samples(outcome.answers, shared=True)
     for column, key in (("efficacy", "efficacy"), ("generalization", "generalization"),
                         ("specificity", "specificity_first_token")):
         if key in scores:
@@ -126,15 +132,14 @@ def main() -> int:
                         help="print the table of these logs and exit (runs nothing)")
     args = parser.parse_args()
     if args.table:
-        logged = [json.loads(line) for path in args.table for line in path.read_text().splitlines() if line]
+        logged = read_logs(args.table)
         print_table(logged)
         for row in dict.fromkeys(r["method"] for r in logged if r["method"].split()[0] == "ia3-two-stage"):
             print_targets(logged, row)
         return 0
     overrides = setting_overrides(args.set)
     shard, shards = (int(x) for x in args.shard.split("/"))
-    logged = [json.loads(line) for line in args.log.read_text().splitlines() if line] \
-        if args.resume and args.log and args.log.exists() else []
+    logged = read_logs([args.log]) if args.resume and args.log and args.log.exists() else []
     done = {(r["fact"], r["method"]) for r in logged}
 
     from pytest_factedit import runner

@@ -12,11 +12,11 @@ Logged paraphrase accuracy is per fact; each benchmark fact has one paraphrase.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from editors import read_logs
 from facts import fact_arguments, load_known_cases
 
 
@@ -42,7 +42,7 @@ def main() -> int:
     fact_arguments(parser, n=100)
     parser.add_argument("logs", nargs="+", type=Path, metavar="JSONL", help="bench/editors.py --log files")
     args = parser.parse_args()
-    results = [json.loads(line) for path in args.logs for line in path.read_text().splitlines() if line]
+    results = read_logs(args.logs)
     lm, cases, folder = load_known_cases(args)
     with folder:
         known = base_knows_paraphrases(lm, cases)

@@ -19,6 +19,7 @@ import statistics
 import sys
 from typing import Any, Iterator
 
+from editors import control_samples
 from facts import fact_arguments, load_known_cases
 
 SIX_PREFIXES = ("", "Here is a fact. ", "According to the encyclopedia, ", "I was surprised to read this. ",
@@ -90,11 +91,8 @@ def main() -> int:
                         row[metric].append(outcome.metrics[metric].value)
                 row["paraphrase_base_knew"] += [float(matches(a.edited, case.new)) for a in outcome.group("paraphrases")
                                                 if matches(a.base, case.old)]
-                controls = outcome.group("controls")  # the case's own (locality) control comes first
-                row["case_controls"] += [float(matches(a.edited, a.expected)) for a in controls[:1]
-                                         if matches(a.base, a.expected)]
-                row["shared_controls"] += [float(matches(a.edited, a.expected)) for a in controls[1:]
-                                           if matches(a.base, a.expected)]
+                row["case_controls"] += control_samples(outcome.answers, shared=False)
+                row["shared_controls"] += control_samples(outcome.answers, shared=True)
                 for key in ("generalization", "specificity_first_token"):
                     if key in outcome.extra["scores"]:
                         row[key].append(outcome.extra["scores"][key])
