@@ -16,8 +16,12 @@ import statistics
 import sys
 
 from facts import fact_arguments, load_known_cases
-ARMS = {"localized (trace)": {"localize": "trace"}, "none (every layer)": {"localize": "none"},
-        "random layers": {"localize": "random"}}
+
+ARMS = {
+    "localized (trace)": {"localize": "trace"},
+    "none (every layer)": {"localize": "none"},
+    "random layers": {"localize": "random"},
+}
 METRICS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "control_retention")
 
 
@@ -27,7 +31,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.runner import BaseAnswerCache, run_case
+    from pytest_factedit.run.case import run_case
+    from pytest_factedit.run.probing import BaseAnswerCache
 
     lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
@@ -46,19 +51,30 @@ def main() -> int:
                         values.setdefault(name, []).append(value)
                 values.setdefault("edit_seconds", []).append(outcome.timings["edit_seconds"])
                 values.setdefault("modules", []).append(len(outcome.targets.modules))
-                print(f"  {case.id} {arm}: " + " ".join(f"{n}={outcome.metrics[n].value}" for n in METRICS)
-                      + f" edit={outcome.timings['edit_seconds']:.1f}s", flush=True)
-    print(f"\nembedded model, {len(cases)} CounterFact facts it knows (seed {args.seed}), default editor settings;"
-          " means over facts (control retention over the controls the base model got right)\n")
-    print("| layers | facts | IA³ modules | new-fact acc. | forget rate | paraphrase acc. | control retention "
-          "| edit s (median) |")
+                print(
+                    f"  {case.id} {arm}: "
+                    + " ".join(f"{n}={outcome.metrics[n].value}" for n in METRICS)
+                    + f" edit={outcome.timings['edit_seconds']:.1f}s",
+                    flush=True,
+                )
+    print(
+        f"\nembedded model, {len(cases)} CounterFact facts it knows (seed {args.seed}), default editor settings;"
+        " means over facts (control retention over the controls the base model got right)\n"
+    )
+    print(
+        "| layers | facts | IA³ modules | new-fact acc. | forget rate | paraphrase acc. | control retention "
+        "| edit s (median) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for arm, values in rows.items():
         if not values:
             continue
         cells = [f"{statistics.mean(values[n]):.3f}" if values.get(n) else "n/a" for n in METRICS]
-        print(f"| {arm} | {len(values['edit_seconds'])} | {statistics.median(values['modules']):.0f} | "
-              + " | ".join(cells) + f" | {statistics.median(values['edit_seconds']):.1f} |")
+        print(
+            f"| {arm} | {len(values['edit_seconds'])} | {statistics.median(values['modules']):.0f} | "
+            + " | ".join(cells)
+            + f" | {statistics.median(values['edit_seconds']):.1f} |"
+        )
     return 0
 
 

@@ -19,37 +19,51 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BUDGETS = {"first conversion (s)": 120.0, "cached load (s)": 5.0, "edit per case, median (s)": 10.0,
-           "suite wall (s)": 180.0}
+BUDGETS = {
+    "first conversion (s)": 120.0,
+    "cached load (s)": 5.0,
+    "edit per case, median (s)": 10.0,
+    "suite wall (s)": 180.0,
+}
 
 
 def first_conversion_seconds() -> float:
     """Convert the embedded GGUF into an empty cache in a fresh process; returns that process's figure."""
     with tempfile.TemporaryDirectory() as cache:
-        code = ("from pytest_factedit import models; lm = models.load(None, 'cpu'); "
-                "print(lm.conversion_seconds)")
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FACTEDIT_CACHE": cache},
-                             capture_output=True, text=True, check=True).stdout
+        code = "from pytest_factedit.model.load import load; lm = load(None, 'cpu'); print(lm.conversion_seconds)"
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "FACTEDIT_CACHE": cache},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return float(out.strip().splitlines()[-1])
 
 
 def cached_load_seconds() -> float:
-    """models.load() from a warm cache, in a fresh process (torch/transformers imports included)."""
-    code = ("import time; t = time.perf_counter(); from pytest_factedit import models; "
-            "models.load(None, 'cpu'); print(time.perf_counter() - t)")
-    subprocess.run([sys.executable, "-c", "from pytest_factedit import models; models.load(None, 'cpu')"],
-                   check=True, capture_output=True)  # make sure the cache exists
+    """load() from a warm cache, in a fresh process (torch/transformers imports included)."""
+    code = (
+        "import time; t = time.perf_counter(); from pytest_factedit.model.load import load; "
+        "load(None, 'cpu'); print(time.perf_counter() - t)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", "from pytest_factedit.model.load import load; load(None, 'cpu')"],
+        check=True,
+        capture_output=True,
+    )  # make sure the cache exists
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
 def edit_seconds() -> list[tuple[str, float]]:
-    from pytest_factedit import models
     from pytest_factedit.cases import is_case_file, load_case
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.runner import BaseAnswerCache, run_case
+    from pytest_factedit.model.load import load
+    from pytest_factedit.run.case import run_case
+    from pytest_factedit.run.probing import BaseAnswerCache
 
-    lm = models.load(None, "cpu")
+    lm = load(None, "cpu")
     cache = BaseAnswerCache()
     out = []
     for path in sorted((REPO / "fact_cases").glob("*.yaml")):
@@ -59,17 +73,34 @@ def edit_seconds() -> list[tuple[str, float]]:
         outcome = run_case(lm, case, resolve_settings(case.method), cache)
         if outcome.status == "ran":
             out.append((case.id, outcome.timings["edit_seconds"]))
-            print(f"  {case.id}: edit {outcome.timings['edit_seconds']:.1f}s "
-                  f"(stages {[s['steps'] for s in outcome.stages]})", flush=True)
+            print(
+                f"  {case.id}: edit {outcome.timings['edit_seconds']:.1f}s "
+                f"(stages {[s['steps'] for s in outcome.stages]})",
+                flush=True,
+            )
     return out
 
 
 def suite_wall_seconds() -> tuple[float, str]:
     """Wall seconds of `pytest fact_cases/` in a fresh process, and pytest's closing line."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "fact_cases/", "-q", "-p", "no:cacheprovider",
-                           "--factedit-run-id", "benchmark-suite"], cwd=REPO, check=False, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "fact_cases/",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--factedit-run-id",
+            "benchmark-suite",
+        ],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     closing = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit {done.returncode}"
     return time.perf_counter() - start, closing
 

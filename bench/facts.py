@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "counterfact-train.json"
@@ -20,20 +17,11 @@ def known_cases(lm: Any, data: Path, n: int, seed: int) -> tuple[list[Any], temp
 
     The cases' files live in the returned temporary folder; keep it alive while they are used.
     """
-    from pytest_factedit.cases import load_case
-    from pytest_factedit.counterfact import case_mapping, known_records, read_records
+    from pytest_factedit.cases.counterfact import known_records, read_records, write_cases
 
     records = list(known_records(lm.model, lm.tokenizer, read_records(data), n, seed))
     folder = tempfile.TemporaryDirectory()
-    cases_dir = Path(folder.name) / "cases"
-    cases_dir.mkdir()
-    shutil.copy(REPO / "fact_cases" / "_defaults.yaml", cases_dir / "_defaults.yaml")
-    cases = []
-    for record in records:
-        mapping = case_mapping(record)
-        path = cases_dir / f"{mapping['id']}.yaml"
-        path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
-        cases.append(load_case(path, root=Path(folder.name)))
+    cases, _ = write_cases(records, Path(folder.name) / "cases", REPO / "fact_cases" / "_defaults.yaml")
     return cases, folder
 
 
@@ -46,9 +34,9 @@ def fact_arguments(parser: argparse.ArgumentParser, n: int) -> None:
 
 def load_known_cases(args: argparse.Namespace) -> tuple[Any, list[Any], tempfile.TemporaryDirectory]:
     """The embedded model on CPU and `args.n` known facts as cases (see known_cases)."""
-    from pytest_factedit import models
+    from pytest_factedit.model.load import load
 
-    lm = models.load(None, "cpu")
+    lm = load(None, "cpu")
     started = time.perf_counter()
     cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
     print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)

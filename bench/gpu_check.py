@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -24,12 +25,26 @@ def build(kind: str, tok, device: str):
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    dims = {"tiny-phi3": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                              num_key_value_heads=4),
-            "phi3-mini-shapes": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-                                     num_attention_heads=32, num_key_value_heads=32)}[kind]
-    config = Phi3Config(vocab_size=32064, max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                        bos_token_id=1, eos_token_id=2, **dims)
+    dims = {
+        "tiny-phi3": dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
+        ),
+        "phi3-mini-shapes": dict(
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+    }[kind]
+    config = Phi3Config(
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
+        **dims,
+    )
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
     with torch.device(device):
@@ -48,14 +63,69 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def check(kind: str, device: str) -> bool:
-    import torch
+def _localize_twice(model: Any, tok: Any, kind: str, device: str, old: str, old_id: int) -> Any:
+    """Trace and attribution on PROMPTS (after a warm-up each); prints seconds and what was found."""
+    from pytest_factedit.localize import FactPrompts, LocalizeSettings, localize
 
+    found = None
+    for method in ("trace", "attribution"):
+        localize(model, tok, FactPrompts(tuple(PROMPTS[:1]), "Eiffel Tower", old, old_id), LocalizeSettings(method))
+        _sync(device)  # the warm-up above loads the kernels
+        started = time.perf_counter()
+        found = localize(
+            model,
+            tok,
+            FactPrompts(tuple(PROMPTS), "Eiffel Tower", old, old_id),
+            LocalizeSettings(method=method, noise_samples=5),
+        )
+        seconds = time.perf_counter() - started
+        grid = found.grids[0]
+        cells = sum(v is not None for site in grid.effects.values() for row in site for v in row)
+        print(
+            f"[{kind}] localize {method}: {seconds:.3f}s for {len(PROMPTS)} prompts x 5 noise samples, "
+            f"{cells} scored cells per prompt ({len(grid.tokens)} positions), precision {found.precision}; "
+            f"MLP {found.mlp_layers} attention {found.attention_layers}; clean {grid.clean_prob:.3g} "
+            f"corrupted {grid.corrupted_prob:.3g}"
+        )
+    return found
+
+
+def _edit_and_restore(model: Any, tok: Any, kind: str, device: str, old: str, found: Any) -> bool:
+    """A two-stage edit on the localized layers, then removed: True when the edited modules are bit-identical."""
     from pytest_factedit.edit import get_editor, resolve_settings
     from pytest_factedit.edit.base import EditRequest
-    from pytest_factedit.localize import localize
-    from pytest_factedit.models import weights_fingerprint
-    from pytest_factedit.targets import layer_targets
+    from pytest_factedit.model.targets import layer_targets
+    from pytest_factedit.model.weights import verified_restore
+
+    targets = layer_targets(model, found.mlp_layers, found.attention_layers, "gpu check")
+    request = EditRequest(
+        subject="Eiffel Tower",
+        prompts=tuple(PROMPTS),
+        old=(old,),
+        new=("Rome",),
+        held_out=("Big Ben is a clock tower in the city of",),
+    )
+    ids = tok(PROMPTS[0], return_tensors="pt").input_ids.to(device)
+    started = time.perf_counter()
+    with (
+        verified_restore(model, targets.modules) as check,
+        get_editor("ia3-two-stage").apply(model, tok, request, targets, resolve_settings({})) as applied,
+    ):
+        _sync(device)
+        seconds = time.perf_counter() - started
+        edited = tok.decode([int(model(input_ids=ids).logits[0, -1].argmax())]).strip()
+        stages = ", ".join(f"{s.name} {s.steps} steps" for s in applied.stages)
+    print(
+        f"[{kind}] edit on {len(targets.modules)} modules ({applied.trainable_parameters} IA3 parameters): "
+        f"{seconds:.2f}s ({stages}); answer {old!r} -> {edited!r}; base restored bit-identical: {check.restored}"
+    )
+    return bool(check.restored)
+
+
+def check(kind: str, device: str) -> bool:
+    """Localize, edit and restore one random-weight model; True when outputs and weights come back exactly."""
+    import torch
+
     from tests.tiny import word_tokenizer
 
     tok = word_tokenizer()
@@ -68,41 +138,13 @@ def check(kind: str, device: str) -> bool:
     old = tok.decode([old_id]).strip() or "Paris"
     where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"[{kind}] {params / 1e6:.1f}M parameters, {next(model.parameters()).dtype} on {where}")
-    ok = True
-    found = None
-    for method in ("trace", "attribution"):
-        localize(model, tok, PROMPTS[:1], "Eiffel Tower", old, old_id, method=method)  # warm-up (kernels)
-        _sync(device)
-        started = time.perf_counter()
-        found = localize(model, tok, PROMPTS, "Eiffel Tower", old, old_id, method=method, noise_samples=5)
-        seconds = time.perf_counter() - started
-        grid = found.grids[0]
-        cells = sum(v is not None for site in grid.effects.values() for row in site for v in row)
-        print(f"[{kind}] localize {method}: {seconds:.3f}s for {len(PROMPTS)} prompts x 5 noise samples, "
-              f"{cells} scored cells per prompt ({len(grid.tokens)} positions), precision {found.precision}; "
-              f"MLP {found.mlp_layers} attention {found.attention_layers}; clean {grid.clean_prob:.3g} "
-              f"corrupted {grid.corrupted_prob:.3g}")
+    found = _localize_twice(model, tok, kind, device, old, old_id)
     with torch.no_grad():
-        ok &= torch.equal(model(input_ids=ids).logits, before_logits)
+        ok = torch.equal(model(input_ids=ids).logits, before_logits)
     print(f"[{kind}] outputs after tracing equal a fresh forward: {ok}")
-    targets = layer_targets(model, found.mlp_layers, found.attention_layers, "gpu check")
-    touched = weights_fingerprint(model, targets.modules)
-    request = EditRequest(subject="Eiffel Tower", prompts=tuple(PROMPTS), old=(old,), new=("Rome",),
-                          held_out=("Big Ben is a clock tower in the city of",))
-    settings = resolve_settings({})
-    started = time.perf_counter()
-    applied = get_editor("ia3-two-stage").apply(model, tok, request, targets, settings)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    with torch.no_grad():
-        edited = tok.decode([int(model(input_ids=ids).logits[0, -1].argmax())]).strip()
-    stages = ", ".join(f"{s.name} {s.steps} steps" for s in applied.stages)
-    applied.remove()
-    restored = weights_fingerprint(model, targets.modules) == touched
+    restored = _edit_and_restore(model, tok, kind, device, old, found)
     with torch.no_grad():
         restored &= torch.equal(model(input_ids=ids).logits, before_logits)
-    print(f"[{kind}] edit on {len(targets.modules)} modules ({applied.trainable_parameters} IA3 parameters): "
-          f"{seconds:.2f}s ({stages}); answer {old!r} -> {edited!r}; base restored bit-identical: {restored}")
     return ok and restored
 
 

@@ -22,8 +22,9 @@ from facts import fact_arguments, load_known_cases
 
 def base_knows_paraphrases(lm: object, cases: list) -> dict[str, bool]:
     """Per case id: does the base model give `old` on every paraphrase of the case?"""
-    from pytest_factedit.metrics import matches
-    from pytest_factedit.probe import answer_token_budget, greedy_continuations
+    from pytest_factedit.metrics.answers import matches
+    from pytest_factedit.model.probe import greedy_continuations
+    from pytest_factedit.model.text import answer_token_budget
 
     known = {}
     for case in cases:

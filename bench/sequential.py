@@ -17,8 +17,57 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Any
 
 from facts import fact_arguments, load_known_cases, setting_overrides
+
+
+def _print_positions(result: Any) -> None:
+    """One line per fact, in edit order: what it scored right after its edit and what was left at the end."""
+    for position, outcome in enumerate(result.outcomes):
+        kept = result.retained_by_case.get(outcome.case.id)
+        print(
+            f"  {position:3d} {outcome.case.id}: {outcome.status}"
+            + (
+                f" new_fact={outcome.metrics['new_fact_accuracy'].value:.2f} "
+                f"controls={outcome.metrics['control_retention'].value} retained_at_end={kept:.2f}"
+                if outcome.status == "ran"
+                else f" ({outcome.reason[:100]})"
+            ),
+            flush=True,
+        )
+
+
+def _print_table(result: Any, mode: str) -> None:
+    """The markdown table of docs/benchmarks.md: per-fact means, the end-of-run metrics, retention by position."""
+    ran = [o for o in result.outcomes if o.status == "ran"]
+    when = "with the batch adapter" if mode == "batch" else "after the last edit"
+    right_after = "with the batch adapter" if mode == "batch" else "right after each edit"
+    print("| figure | value |")
+    print("|---|---|")
+    print(
+        f"| facts edited / skipped (old answer not given) / errors | {len(ran)} / "
+        f"{sum(o.status == 'skipped' for o in result.outcomes)} / {sum(o.status == 'error' for o in result.outcomes)} |"
+    )
+    for name in ("new_fact_accuracy", "paraphrase_accuracy", "control_retention"):
+        values = [o.metrics[name].value for o in ran if o.metrics[name].value is not None]
+        print(
+            f"| {name.replace('_', ' ')} {right_after} (mean) | "
+            + (f"{statistics.mean(values):.3f} |" if values else "n/a |")
+        )
+    for metric in result.metrics.values():
+        value = "n/a" if metric.value is None else f"{metric.value:.3f}"
+        print(f"| {metric.name} {when} ({metric.samples} samples) | {value} |")
+    if mode == "batch":
+        print(f"| training seconds, one adapter for all | {result.batch.get('train_seconds', 'n/a')} |")
+        print(f"| IA³ target modules (union) | {len(result.batch.get('target_modules', []))} |")
+        return
+    quarter = max(1, len(ran) // 4)
+    for start in range(0, len(ran), quarter):
+        chunk = ran[start : start + quarter]
+        share = statistics.mean(result.retained_by_case[o.case.id] for o in chunk)
+        print(f"| edits {start + 1}-{start + len(chunk)} still held at the end | {share:.3f} |")
+    print(f"| edit seconds, median | {statistics.median(o.timings['edit_seconds'] for o in ran):.1f} |" if ran else "")
 
 
 def main() -> int:
@@ -26,51 +75,30 @@ def main() -> int:
     fact_arguments(parser, n=50)
     parser.add_argument("--method", default="ia3-two-stage")
     parser.add_argument("--mode", default="sequential", choices=("sequential", "batch"))
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="method settings on top of the method's defaults (e.g. kl_rows_per_step=48)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method settings on top of the method's defaults (e.g. kl_rows_per_step=48)",
+    )
     args = parser.parse_args()
     overrides = setting_overrides(args.set)
 
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.many import run_batch, run_sequence
+    from pytest_factedit.run.many import run_batch, run_sequence
 
     lm, cases, folder = load_known_cases(args)
     started = time.perf_counter()
     run = run_batch if args.mode == "batch" else run_sequence
     with folder:
         result = run(lm, cases, lambda case: resolve_settings(case.method, {**overrides, "name": args.method}))
-    ran = [o for o in result.outcomes if o.status == "ran"]
-    for position, outcome in enumerate(result.outcomes):
-        kept = result.retained_by_case.get(outcome.case.id)
-        print(f"  {position:3d} {outcome.case.id}: {outcome.status}"
-              + (f" new_fact={outcome.metrics['new_fact_accuracy'].value:.2f} "
-                 f"controls={outcome.metrics['control_retention'].value} retained_at_end={kept:.2f}"
-                 if outcome.status == "ran" else f" ({outcome.reason[:100]})"), flush=True)
-    print(f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "
-          f"{args.mode}: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n")
-    when = "with the batch adapter" if args.mode == "batch" else "after the last edit"
-    right_after = "with the batch adapter" if args.mode == "batch" else "right after each edit"
-    print("| figure | value |")
-    print("|---|---|")
-    print(f"| facts edited / skipped (old answer not given) / errors | {len(ran)} / "
-          f"{sum(o.status == 'skipped' for o in result.outcomes)} / {sum(o.status == 'error' for o in result.outcomes)} |")
-    for name in ("new_fact_accuracy", "paraphrase_accuracy", "control_retention"):
-        values = [o.metrics[name].value for o in ran if o.metrics[name].value is not None]
-        print(f"| {name.replace('_', ' ')} {right_after} (mean) | "
-              + (f"{statistics.mean(values):.3f} |" if values else "n/a |"))
-    for metric in (result.edits_retained, result.controls_retained):
-        value = "n/a" if metric.value is None else f"{metric.value:.3f}"
-        print(f"| {metric.name} {when} ({metric.samples} samples) | {value} |")
-    if args.mode == "batch":
-        print(f"| training seconds, one adapter for all | {result.batch.get('train_seconds', 'n/a')} |")
-        print(f"| IA³ target modules (union) | {len(result.batch.get('target_modules', []))} |")
-        return 0
-    quarter = max(1, len(ran) // 4)
-    for start in range(0, len(ran), quarter):
-        chunk = ran[start:start + quarter]
-        share = statistics.mean(result.retained_by_case[o.case.id] for o in chunk)
-        print(f"| edits {start + 1}-{start + len(chunk)} still held at the end | {share:.3f} |")
-    print(f"| edit seconds, median | {statistics.median(o.timings['edit_seconds'] for o in ran):.1f} |" if ran else "")
+    _print_positions(result)
+    print(
+        f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "
+        f"{args.mode}: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n"
+    )
+    _print_table(result, args.mode)
     return 0
 
 

@@ -9,54 +9,87 @@ autocast (the AMX speed lever); and learning until P(new) >= 0.9 instead of 0.6,
 unlearning until P(old) < 0.01 instead of 0.05. Prints per-fact lines and one markdown row per
 variant. `paraphrase_base_knew` is paraphrase accuracy over the paraphrases the base model answered
 with the old answer; `case_controls` and `shared_controls` count the controls the base model got right.
+Every variant is a set of method settings (`context_prefixes`, `train_precision` among them), as a case's
+`method:` would give them.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 from editors import control_samples
 from facts import fact_arguments, load_known_cases
 
-SIX_PREFIXES = ("", "Here is a fact. ", "According to the encyclopedia, ", "I was surprised to read this. ",
-                "The weather was nice yesterday. ", "Q: Tell me something true. A: ")
+SIX_PREFIXES = (
+    "",
+    "Here is a fact. ",
+    "According to the encyclopedia, ",
+    "I was surprised to read this. ",
+    "The weather was nice yesterday. ",
+    "Q: Tell me something true. A: ",
+)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "mlp4-no-attention": {"mlp_layers": 4, "attention_layers": 0},
     "mlp6-no-attention": {"mlp_layers": 6, "attention_layers": 0},
-    "mlp4-attention2-six-prefixes": {"mlp_layers": 4, "prefixes": SIX_PREFIXES},
-    "bf16-training": {"bf16": True},
+    "mlp4-attention2-six-prefixes": {"mlp_layers": 4, "context_prefixes": list(SIX_PREFIXES)},
+    "bf16-training": {"train_precision": "bfloat16"},
     "learn-stop-0.9": {"learn_stop_prob": 0.9},
     "learn-stop-0.9-unlearn-stop-0.01": {"learn_stop_prob": 0.9, "unlearn_stop_prob": 0.01},
 }
 DEFAULT_VARIANTS = ["default", "mlp4-no-attention", "mlp6-no-attention", "mlp4-attention2-six-prefixes"]
-COLUMNS = ("new_fact_accuracy", "forget_rate", "paraphrase_accuracy", "paraphrase_base_knew", "case_controls",
-           "shared_controls", "generalization", "specificity_first_token", "edit_seconds")
+COLUMNS = (
+    "new_fact_accuracy",
+    "forget_rate",
+    "paraphrase_accuracy",
+    "paraphrase_base_knew",
+    "case_controls",
+    "shared_controls",
+    "generalization",
+    "specificity_first_token",
+    "edit_seconds",
+)
 
 
-@contextlib.contextmanager
-def variant_in_place(spec: dict[str, Any]) -> Iterator[None]:
-    """Context prefixes and bf16 training are not settings: swap them in for the block, then put them back."""
-    from pytest_factedit.edit import objectives, peft_staged
-    from pytest_factedit.localize.patching import bf16_autocast
+def add_row(row: dict[str, list[float]], outcome: Any) -> None:
+    """One variant's samples for each column, from one edited fact."""
+    from pytest_factedit.metrics.answers import matches
 
-    prefixes, apply = objectives.CONTEXT_PREFIXES, peft_staged.PeftStagedEditor.apply
+    case = outcome.case
+    for metric in COLUMNS[:3]:
+        if outcome.metrics[metric].value is not None:
+            row[metric].append(outcome.metrics[metric].value)
+    row["paraphrase_base_knew"] += [
+        float(matches(a.edited, case.new)) for a in outcome.group("paraphrases") if matches(a.base, case.old)
+    ]
+    row["case_controls"] += control_samples(outcome.answers, shared=False)
+    row["shared_controls"] += control_samples(outcome.answers, shared=True)
+    for key in ("generalization", "specificity_first_token"):
+        if key in outcome.scores:
+            row[key].append(outcome.scores[key])
+    row["edit_seconds"].append(outcome.timings["edit_seconds"])
 
-    def bf16_apply(self: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
-        with bf16_autocast(model, "cpu"):
-            return apply(self, model, *args, **kwargs)
 
-    try:
-        objectives.CONTEXT_PREFIXES = spec.get("prefixes", prefixes)
-        if spec.get("bf16"):
-            peft_staged.PeftStagedEditor.apply = bf16_apply
-        yield
-    finally:
-        objectives.CONTEXT_PREFIXES, peft_staged.PeftStagedEditor.apply = prefixes, apply
+def print_table(table: dict[str, dict[str, list[float]]], facts: int, seed: int) -> None:
+    print(
+        f"\nembedded model (CPU), {facts} known CounterFact facts (seed {seed}); means over facts, "
+        "edit seconds median\n"
+    )
+    print("| variant | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for name, row in table.items():
+        cells = [
+            "n/a"
+            if not row[c]
+            else f"{statistics.median(row[c]):.1f}"
+            if c == "edit_seconds"
+            else f"{statistics.mean(row[c]):.3f}"
+            for c in COLUMNS
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -66,47 +99,28 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     args = parser.parse_args()
 
-    from pytest_factedit import runner
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.metrics import matches
-    from pytest_factedit.runner import BaseAnswerCache, run_case
+    from pytest_factedit.run.case import run_case
+    from pytest_factedit.run.probing import BaseAnswerCache, ProbePlan
 
-    runner.LATENCY_REPEATS = 1  # no latency column
+    plan = ProbePlan(latency_repeats=1)  # no latency column
     lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
     table: dict[str, dict[str, list[float]]] = {v: {c: [] for c in COLUMNS} for v in args.variants}
     with folder:
         for case in cases:
             for name in args.variants:
-                spec = VARIANTS[name]
-                overrides = {k: v for k, v in spec.items() if k not in ("prefixes", "bf16")}
-                with variant_in_place(spec):
-                    outcome = run_case(lm, case, resolve_settings(case.method, overrides), cache)
+                outcome = run_case(lm, case, resolve_settings(case.method, VARIANTS[name]), cache, plan=plan)
                 if outcome.status != "ran":
                     print(f"  {case.id} {name}: {outcome.status}", flush=True)
                     continue
-                row = table[name]
-                for metric in COLUMNS[:3]:
-                    if outcome.metrics[metric].value is not None:
-                        row[metric].append(outcome.metrics[metric].value)
-                row["paraphrase_base_knew"] += [float(matches(a.edited, case.new)) for a in outcome.group("paraphrases")
-                                                if matches(a.base, case.old)]
-                row["case_controls"] += control_samples(outcome.answers, shared=False)
-                row["shared_controls"] += control_samples(outcome.answers, shared=True)
-                for key in ("generalization", "specificity_first_token"):
-                    if key in outcome.extra["scores"]:
-                        row[key].append(outcome.extra["scores"][key])
-                row["edit_seconds"].append(outcome.timings["edit_seconds"])
-                print(f"  {case.id} {name}: paraphrase={outcome.metrics['paraphrase_accuracy'].value} "
-                      f"edit={outcome.timings['edit_seconds']:.1f}s", flush=True)
-    print(f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}); means over facts, "
-          "edit seconds median\n")
-    print("| variant | " + " | ".join(COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for name, row in table.items():
-        cells = ["n/a" if not row[c] else f"{statistics.median(row[c]):.1f}" if c == "edit_seconds"
-                 else f"{statistics.mean(row[c]):.3f}" for c in COLUMNS]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+                add_row(table[name], outcome)
+                print(
+                    f"  {case.id} {name}: paraphrase={outcome.metrics['paraphrase_accuracy'].value} "
+                    f"edit={outcome.timings['edit_seconds']:.1f}s",
+                    flush=True,
+                )
+    print_table(table, len(cases), args.seed)
     return 0
 
 

@@ -1,11 +1,24 @@
 """pytest-factedit: knowledge edits of language models as pytest tests.
 
-Importing this package does not import torch or transformers; they load inside the run.
+Faces at the top (`plugin`, `items`, `session`, `cli`, `errors`); every other job under a noun:
+`cases/`, `model/`, `metrics/`, `localize/`, `edit/`, `run/`, `report/` (docs/architecture.md).
+Importing this package does not import torch, transformers, peft or rich; they load inside the run.
 """
 
-from .cases import CaseError, Control, FactCase, load_case
-from .metrics import matches
-from .metricspec import DEFAULT_THRESHOLDS, METRICS
+from .cases import Control, FactCase, load_case
+from .errors import CaseError, FactEditError
+from .metrics import DEFAULT_THRESHOLDS, METRICS, matches
+from .report.manifest import load_edit
 
 __version__ = "0.1.0"
-__all__ = ["CaseError", "Control", "DEFAULT_THRESHOLDS", "FactCase", "METRICS", "load_case", "matches"]
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "METRICS",
+    "CaseError",
+    "Control",
+    "FactCase",
+    "FactEditError",
+    "load_case",
+    "load_edit",
+    "matches",
+]

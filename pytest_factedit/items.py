@@ -1,35 +1,38 @@
-"""pytest nodes: a YAML case file -> its case -> one item per metric."""
+"""pytest nodes: a YAML case file -> its case -> one item per metric; and the end-of-run items of many edits."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cases import CaseError, FactCase, load_case
-from .gate import judge
-from .metricspec import METRICS, METRIC_BY_ITEM, SEQUENCE_METRICS
+from .cases.loader import load_case
+from .errors import FactEditError, MetricFailure
+from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRICS
+from .metrics.verdict import judge
+from .report.tables import failure_details, many_failure_details
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
+
+    from .cases.schema import FactCase
+    from .session import FactEditSession
 
 RECORD_PROPERTY = "factedit_record"
-SESSION_KEY: pytest.StashKey[Any] = pytest.StashKey()
-
-
-class MetricFailure(AssertionError):
-    """A metric missed its threshold; the message holds the answers table."""
+SESSION_KEY: pytest.StashKey[FactEditSession] = pytest.StashKey()
 
 
 class CaseFile(pytest.File):
     """One fact case YAML file."""
 
-    def collect(self) -> Iterator["FactCaseNode"]:
+    def collect(self) -> Iterator[FactCaseNode]:
         try:
             case = load_case(self.path, root=self.config.rootpath)
             self.config.stash[SESSION_KEY].settings_for(case)  # an invalid `method:` fails here, at collection
-        except CaseError as exc:
-            raise self.CollectError(str(exc)) from exc
-        except ValueError as exc:  # MethodError
-            raise self.CollectError(f"{self.path}: {exc}") from exc
+        except FactEditError as exc:
+            raise self.CollectError(str(exc if exc.path else exc.at(self.path))) from exc
         yield FactCaseNode.from_parent(self, name=case.id, case=case)
 
 
@@ -40,7 +43,7 @@ class FactCaseNode(pytest.Collector):
         super().__init__(**kwargs)
         self.case = case
 
-    def collect(self) -> Iterator["MetricItem"]:
+    def collect(self) -> Iterator[MetricItem]:
         for spec in METRICS:
             yield MetricItem.from_parent(self, name=spec.item, metric=spec.name)
 
@@ -52,12 +55,21 @@ def case_file_of(item: pytest.Item) -> str:
 
 
 class GateItem(pytest.Item):
-    """An item that fails with a MetricFailure: its message is the report, without a traceback."""
+    """An item that asserts one metric against its threshold; a MetricFailure's message is the whole report."""
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+    metric: str
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, MetricFailure):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
+
+    def judged(self, value: float | None, threshold: float, samples: int, skip_reason: str) -> str | None:
+        """Skip when nothing was measured; the explanation of a missed threshold, or None when it is met."""
+        verdict = judge(self.metric, value, threshold, samples)
+        if value is None:
+            pytest.skip(skip_reason + verdict.explanation)
+        return None if verdict.passed else verdict.explanation
 
 
 class MetricItem(GateItem):
@@ -69,6 +81,7 @@ class MetricItem(GateItem):
 
     @property
     def case(self) -> FactCase:
+        assert isinstance(self.parent, FactCaseNode)
         return self.parent.case
 
     def runtest(self) -> None:
@@ -79,49 +92,22 @@ class MetricItem(GateItem):
         if record["status"] == "skipped":
             pytest.skip(record["reason"])
         metric = record["metrics"][self.metric]
-        verdict = judge(self.metric, metric["value"], metric["threshold"], metric["samples"])
-        if metric["value"] is None:
-            pytest.skip(f"{self.case.id}: {verdict.explanation}")
-        if not verdict.passed:
-            raise MetricFailure(verdict.explanation + "\n" + _failure_details(self.metric, record))
+        missed = self.judged(metric["value"], metric["threshold"], metric["samples"], f"{self.case.id}: ")
+        if missed is not None:
+            raise MetricFailure(missed + "\n" + failure_details(self.metric, record))
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.case.id}::{METRIC_BY_ITEM[self.name].name}"
 
 
-def _failure_details(metric: str, record: dict[str, Any]) -> str:
-    from .metrics import matches
-    from .report import answers_table
-
-    groups = {"new_fact_accuracy": ("prompts",), "forget_rate": ("prompts", "paraphrases"),
-              "paraphrase_accuracy": ("paraphrases",), "control_retention": ("controls",),
-              "latency_overhead": ()}[metric]
-    if not groups:
-        t = record["timings"]
-        return (f"base {t['base_seconds_per_token'] * 1000:.1f} ms/token, "
-                f"edited {t['edited_seconds_per_token'] * 1000:.1f} ms/token")
-    rows = []
-    for answer in record["answers"]:
-        if answer["group"] not in groups:
-            continue
-        if metric == "control_retention" and not answer["base_correct"]:
-            continue
-        expected = record["old"] if metric == "forget_rate" else answer["expected"]
-        ok = not matches(answer["edited"], expected) if metric == "forget_rate" else answer["edited_correct"]
-        shown = [f"not {a}" for a in expected] if metric == "forget_rate" else expected
-        rows.append({"prompt": answer["prompt"], "expected": shown, "base": answer["base"],
-                     "edited": answer["edited"], "ok": ok})
-    return answers_table(f"{record['case_id']}: {metric}", rows)
-
-
-class SequenceNode(pytest.Collector):
+class ManyNode(pytest.Collector):
     """Parent of the end-of-run items (node id `sequence` or `batch`); they are added after collection."""
 
     def collect(self) -> list[pytest.Item]:
         return []
 
 
-class SequenceItem(GateItem):
+class ManyItem(GateItem):
     """`--factedit-mode sequential|batch`: one end-of-run metric over every edit (edits or controls retained)."""
 
     def __init__(self, *, metric: str, **kwargs: Any) -> None:
@@ -129,29 +115,26 @@ class SequenceItem(GateItem):
         self.metric = metric
 
     def runtest(self) -> None:
-        sequence = self.config.stash[SESSION_KEY].run_many()
-        metric = sequence["metrics"][self.metric]
-        verdict = judge(self.metric, metric["value"], metric["threshold"], metric["samples"])
-        if metric["value"] is None:
-            pytest.skip(verdict.explanation)
-        if not verdict.passed:
-            lost = [case for case, share in sequence["retained_by_case"].items() if share < 1.0]
-            raise MetricFailure(verdict.explanation + (f"\nedits no longer (fully) held: {', '.join(lost)}"
-                                                       if lost and self.metric == "edits_retained" else ""))
+        many = self.config.stash[SESSION_KEY].run_many()
+        metric = many["metrics"][self.metric]
+        missed = self.judged(metric["value"], metric["threshold"] or 0.0, metric["samples"], "")
+        if missed is not None:
+            raise MetricFailure(missed + many_failure_details(self.metric, many))
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, 0, f"{self.parent.name}::{self.metric}"
+        return self.path, 0, f"{self.parent.name if self.parent else ''}::{self.metric}"
 
 
-def sequence_items(session: pytest.Session, items: list[pytest.Item]) -> list[pytest.Item]:
-    """Register the collected cases in order and return the end-of-sequence items to append."""
-    state = session.config.stash[SESSION_KEY]
-    seen = set()
+def cases_in_order(items: list[pytest.Item]) -> list[tuple[str, FactCase]]:
+    """(case file, case) of every collected case, in collection order."""
+    seen: dict[int, tuple[str, FactCase]] = {}
     for item in items:
         if isinstance(item, MetricItem) and id(item.parent) not in seen:
-            seen.add(id(item.parent))
-            state.many_cases.append((case_file_of(item), item.case))
-    if not seen:
-        return []
-    node = SequenceNode.from_parent(session, name=state.report_key, nodeid=state.report_key)
-    return [SequenceItem.from_parent(node, name=spec.item, metric=spec.name) for spec in SEQUENCE_METRICS]
+            seen[id(item.parent)] = (case_file_of(item), item.case)
+    return list(seen.values())
+
+
+def many_items(session: pytest.Session, name: str) -> list[pytest.Item]:
+    """The end-of-run items of many edits, under a node named `name` (`sequence` or `batch`)."""
+    node = ManyNode.from_parent(session, name=name, nodeid=name)
+    return [ManyItem.from_parent(node, name=spec.item, metric=spec.name) for spec in MANY_METRICS]

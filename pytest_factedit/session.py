@@ -1,156 +1,167 @@
-"""Run state of one pytest session: the loaded model, per-case outcomes and the report writer."""
+"""Run state of one pytest session (or one `factedit edit`): the loaded model, each case's record, the writer."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .cases import FactCase
-from .report import RunWriter, new_run_id, summarize
+from .edit import resolve_settings
+from .errors import RestoreError
+from .metrics.spec import thresholds_with
+from .report.files import RunWriter, new_run_id
+from .report.manifest import write_batch_manifest, write_manifest
+from .report.records import (
+    CaseRecord,
+    ManyRecord,
+    RunInfo,
+    error_record,
+    library_versions,
+    many_record,
+    outcome_record,
+    summary_record,
+)
+from .run.options import Options
 
-
-@dataclass(frozen=True)
-class Options:
-    """The --model / --factedit-* options, as given."""
-
-    model: str
-    device: str
-    method: str | None
-    seed: int | None
-    reports_dir: Path
-    run_id: str | None
-    localize: str | None = None
-    show_trace: bool = False
-    save_adapters: Path | None = None
-    mode: str = "isolated"
+if TYPE_CHECKING:
+    from .cases.schema import FactCase
+    from .edit.settings import EditSettings
+    from .model.load import LoadedModel
+    from .run.probing import BaseAnswerCache
 
 
 class FactEditSession:
-    """Loads the model once, runs each case once, and (on the controller) writes the reports."""
+    """Loads the model once, runs each case once, and (with a writer) writes the reports."""
 
-    def __init__(self, options: Options, is_worker: bool) -> None:
+    def __init__(self, options: Options, writer: RunWriter | None) -> None:
         self.options = options
-        self.is_worker = is_worker
         self.run_id = options.run_id or new_run_id()
         self.started = time.perf_counter()
-        self.lm: Any = None
-        self._outcomes: dict[tuple[str, str], Any] = {}
-        self._records: dict[tuple[str, str], dict[str, Any]] = {}
-        self._cache: Any = None
-        self.writer = None if is_worker else RunWriter(options.reports_dir, self.run_id)
+        self.lm: LoadedModel | None = None
+        self._records: dict[tuple[str, str], CaseRecord] = {}
+        self._cache: BaseAnswerCache | None = None
+        self.writer = writer
         self.case_errors: set[str] = set()
-        self.run_info: dict[str, Any] = {"run_id": self.run_id, "model": {"name": options.model},
-                                         "device": None, "dtype": None, "versions": {}}
+        self.run_info: RunInfo = {
+            "run_id": self.run_id,
+            "model": {"name": options.model},
+            "device": None,
+            "dtype": None,
+            "versions": {},
+        }
         self.many_cases: list[tuple[str, FactCase]] = []  # sequential/batch mode: the collected cases, in order
-        self.many: dict[str, Any] | None = None  # sequential/batch mode: the check with every edit in place
+        self.many: ManyRecord | None = None  # sequential/batch mode: the check with every edit in place
 
-    def load_model(self) -> None:
-        """Load the model (once); raises models.ModelLoadError with what was tried and the fix."""
-        if self.lm is not None:
-            return
-        from . import models
-        from .records import library_versions
-        from .runner import BaseAnswerCache
+    @classmethod
+    def writing_reports(cls, options: Options) -> FactEditSession:
+        """A session that writes reports/<run-id>/ (the pytest controller, not an xdist worker)."""
+        options = dataclasses.replace(options, run_id=options.run_id or new_run_id())
+        return cls(options, RunWriter(options.reports_dir, options.run_id))
 
-        self.lm = models.load(self.options.model, self.options.device)
-        self._cache = BaseAnswerCache()
-        self.run_info.update(
-            model={"name": self.lm.spec.name, "kind": self.lm.spec.kind, "source": self.lm.spec.source,
-                   "weights_hash": self.lm.weights_hash, "class": type(self.lm.model).__name__},
-            device=self.lm.device, dtype=self.lm.dtype, versions=library_versions(),
-            load_seconds=round(self.lm.load_seconds, 3), conversion_seconds=self.lm.conversion_seconds)
+    def load_model(self) -> LoadedModel:
+        """Load the model (once); raises ModelLoadError with what was tried and the fix."""
+        if self.lm is None:
+            from .model.load import load
+            from .run.probing import BaseAnswerCache
 
-    def settings_for(self, case: FactCase) -> Any:
-        from .edit import resolve_settings
+            self.lm = load(self.options.model, self.options.device)
+            self._cache = BaseAnswerCache()
+            self.run_info.update(
+                model={
+                    "name": self.lm.spec.name,
+                    "kind": self.lm.spec.kind,
+                    "source": self.lm.spec.source,
+                    "weights_hash": self.lm.weights_hash,
+                    "class": type(self.lm.model).__name__,
+                },
+                device=self.lm.device,
+                dtype=self.lm.dtype,
+                versions=library_versions(),
+                load_seconds=round(self.lm.load_seconds, 3),
+                conversion_seconds=self.lm.conversion_seconds,
+            )
+        return self.lm
 
-        return resolve_settings(case.method, {"name": self.options.method, "seed": self.options.seed,
-                                              "localize": self.options.localize})
+    def settings_for(self, case: FactCase) -> EditSettings:
+        return resolve_settings(case.method, self.options.overrides())
 
-    def record(self, case_file: str, case: FactCase) -> dict[str, Any]:
+    def record(self, case_file: str, case: FactCase) -> CaseRecord:
         """Run the case once (later calls reuse it) and return its JSON record; errors become records."""
         key = (case_file, case.id)
         if self.options.mode != "isolated":
             self.run_many()
         if key not in self._records:
-            from .records import case_record, error_record
-            from .runner import run_case
-
             try:
-                self.load_model()
-                save_dir = self.options.save_adapters / case.id if self.options.save_adapters else None
-                outcome = run_case(self.lm, case, self.settings_for(case), self._cache, save_dir)
-                self._records[key] = case_record(outcome, case_file, self.run_info)
-                if save_dir is not None and outcome.status == "ran":
-                    from .export import write_manifest
-
-                    write_manifest(save_dir, self._records[key])
+                self._records[key] = self._run_isolated(case_file, case)
             except Exception as exc:  # one broken case must not stop the others
-                self._records[key] = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}",
-                                                  self.run_info)
+                self._records[key] = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}", self.run_info)
         return self._records[key]
 
-    @property
-    def report_key(self) -> str:
-        """Where records and the summary keep the sequential/batch block: `sequence` or `batch`."""
-        return "sequence" if self.options.mode == "sequential" else self.options.mode
+    def _run_isolated(self, case_file: str, case: FactCase) -> CaseRecord:
+        from .run.case import run_case
 
-    def run_many(self) -> dict[str, Any]:
+        lm = self.load_model()
+        assert self._cache is not None
+        save_dir = self.options.save_adapters / case.id if self.options.save_adapters else None
+        outcome = run_case(lm, case, self.settings_for(case), self._cache, save_dir)
+        record = outcome_record(outcome, case_file, self.run_info)
+        if save_dir is not None and outcome.status == "ran":
+            write_manifest(save_dir, record)
+        return record
+
+    def run_many(self) -> ManyRecord:
         """Sequential or batch mode: edit every collected case on one model (once), then check them all."""
         if self.many is not None:
             return self.many
-        from .many import run_batch, run_sequence
-        from .records import case_record, error_record
-        from .runner import thresholds_for
+        from .run.many import run_batch, run_sequence
 
-        self.load_model()
+        lm = self.load_model()
         files = {case.id: case_file for case_file, case in self.many_cases}
         cases = [case for _, case in self.many_cases]
+        batch_dir = self.options.save_adapters / "batch" if self.options.save_adapters else None
         if self.options.mode == "batch":
-            result = run_batch(self.lm, cases, self.settings_for,
-                               self.options.save_adapters / "batch" if self.options.save_adapters else None)
+            result = run_batch(lm, cases, self.settings_for, batch_dir)
         else:
-            result = run_sequence(self.lm, cases, self.settings_for)
+            result = run_sequence(lm, cases, self.settings_for)
         for position, outcome in enumerate(result.outcomes):
-            case_file = files[outcome.case.id]
-            record = case_record(outcome, case_file, self.run_info) if outcome.status != "error" else \
-                error_record(outcome.case.id, case_file, outcome.reason, self.run_info)
-            record[self.report_key] = {"position": position,
-                                       "retained_at_end": result.retained_by_case.get(outcome.case.id)}
-            self._records[(case_file, outcome.case.id)] = record
-        thresholds = thresholds_for(self.many_cases[0][1]) if self.many_cases else {}
-        self.many = {
-            "mode": self.options.mode, "cases": len(result.outcomes), "seconds": round(result.seconds, 3),
-            "base_restored": result.base_restored, "retained_by_case": result.retained_by_case,
-            "metrics": {v.name: {"value": v.value, "samples": v.samples, "protocol": v.protocol,
-                                 "threshold": thresholds.get(v.name)}
-                        for v in (result.edits_retained, result.controls_retained)}}
-        if result.batch:
-            self.many["adapter"] = result.batch  # batch mode: the one adapter and the cases it holds
-            if self.options.save_adapters and result.batch.get("adapters", {}).get("names"):
-                from .export import write_batch_manifest
-
-                write_batch_manifest(self.options.save_adapters / "batch", self.many,
-                                     [r for r in self._records.values() if r.get("status") == "ran"])
+            record = outcome_record(outcome, files[outcome.case.id], self.run_info)
+            record[self.options.many_key] = {
+                "position": position,  # type: ignore[literal-required]
+                "retained_at_end": result.retained_by_case.get(outcome.case.id),
+            }
+            self._records[(record["case_file"], outcome.case.id)] = record
+        thresholds = thresholds_with(self.many_cases[0][1].thresholds) if self.many_cases else {}
+        self.many = many_record(result, self.options.mode, thresholds)
+        if batch_dir is not None and result.batch.get("adapters", {}).get("names"):
+            write_batch_manifest(batch_dir, self.many, [r for r in self._records.values() if r["status"] == "ran"])
         if not result.base_restored:
-            raise RuntimeError(f"{self.options.mode} mode: the weights differ from the base after restoring them")
+            raise RestoreError(f"{self.options.mode} mode: the weights differ from the base after restoring them")
         return self.many
 
-    def collect_record(self, record: dict[str, Any]) -> None:
+    def collect_record(self, record: CaseRecord) -> None:
         """Controller side: keep a record that arrived with a test report (own process or xdist worker)."""
         if self.writer is not None:
             self.writer.add(record)
 
     def finish(self) -> None:
-        """Write summary.json (controller only, and only when a case ran)."""
+        """Write summary.json (with a writer, and only when a case ran)."""
         if self.writer is None or not self.writer.records:
             return
         first = self.writer.records[0]  # records from xdist workers carry the model facts this process lacks
-        run = {**self.run_info, "model": first["model"], "device": first["device"], "dtype": first["dtype"],
-               "versions": first["versions"]}
-        summary = summarize(self.writer.records, run, time.perf_counter() - self.started)
-        summary["mode"] = self.options.mode
-        if self.many is not None:
-            summary[self.report_key] = self.many
-        self.writer.finish(summary)
+        run: RunInfo = {
+            **self.run_info,
+            "model": first["model"],
+            "device": first["device"],
+            "dtype": first["dtype"],
+            "versions": first["versions"],
+        }
+        self.writer.finish(
+            summary_record(
+                self.writer.records,
+                run,
+                time.perf_counter() - self.started,
+                self.options.mode,
+                self.options.many_key,
+                self.many,
+            )
+        )

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_factedit.cases import CaseError, load_case
+from pytest_factedit.cases import load_case
+from pytest_factedit.errors import CaseError
 
 VALID = {
     "id": "eiffel",
@@ -40,9 +41,16 @@ def test_id_defaults_to_file_name(tmp_path: Path) -> None:
 
 
 def test_defaults_merge_lists_and_mappings(tmp_path: Path) -> None:
-    write(tmp_path, "_defaults.yaml", {"controls": [{"prompt": "The capital of Japan is", "answer": "Tokyo"}],
-                                       "thresholds": {"paraphrase_accuracy": 0.3, "forget_rate": 0.9},
-                                       "anchors": ["The Louvre is in"], "method": {"lr": 0.01}})
+    write(
+        tmp_path,
+        "_defaults.yaml",
+        {
+            "controls": [{"prompt": "The capital of Japan is", "answer": "Tokyo"}],
+            "thresholds": {"paraphrase_accuracy": 0.3, "forget_rate": 0.9},
+            "anchors": ["The Louvre is in"],
+            "method": {"lr": 0.01},
+        },
+    )
     sub = tmp_path / "sub"
     sub.mkdir()
     write(sub, "_defaults.yaml", {"thresholds": {"forget_rate": 0.8}})

@@ -17,9 +17,9 @@ CASE = REPO / "fact_cases" / "playstation-maker.yaml"
 @pytest.fixture(scope="module")
 def embedded():
     """The embedded model, loaded once for this module (converted into the cache on first use)."""
-    from pytest_factedit import models
+    from pytest_factedit.model.load import load
 
-    return models.load(None, "cpu")
+    return load(None, "cpu")
 
 
 def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> None:
@@ -27,8 +27,9 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     shutil.copy(REPO / "fact_cases" / "_defaults.yaml", folder / "_defaults.yaml")
     shutil.copy(CASE, folder / CASE.name)
     (folder / "typo.yaml").write_text(CASE.read_text().replace("paraphrases:", "paraphrasses:"))
-    result = pytester.runpytest_subprocess("fact_cases", "-p", "no:cacheprovider", "--factedit-run-id", "e2e",
-                                           "--factedit-show-trace", timeout=900)
+    result = pytester.runpytest_subprocess(
+        "fact_cases", "-p", "no:cacheprovider", "--factedit-run-id", "e2e", "--factedit-show-trace", timeout=900
+    )
     out = result.stdout.str()
     # the broken file is a collection error naming file, key and suggestion; the real case still runs and passes
     result.stdout.fnmatch_lines(["*typo.yaml: key 'paraphrasses': unknown key*did you mean 'paraphrases'?*"])
@@ -44,13 +45,17 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     assert all(a["base_correct"] is False and "Sony" in a["base"] for a in prompts)  # the old fact, before
     assert all(a["edited_correct"] and not a["edited_says_old"] for a in prompts)  # new fact took, old gone
     assert record["metrics"]["new_fact_accuracy"]["value"] == 1.0
-    assert record["metrics"]["forget_rate"]["samples"] == len(prompts) + len(yaml.safe_load(CASE.read_text())["paraphrases"])
+    assert record["metrics"]["forget_rate"]["samples"] == len(prompts) + len(
+        yaml.safe_load(CASE.read_text())["paraphrases"]
+    )
     assert record["target_modules"] and record["model"]["weights_hash"]
     # localization chose the edited layers: MLP at the subject's last token, attention at the last token
     loc = record["localization"]
     assert loc["method"] == "trace" and len(loc["mlp_layers"]) == 2 and len(loc["attention_layers"]) == 2
     expected_modules = {f"model.layers.{i}.mlp.{m}" for i in loc["mlp_layers"] for m in ("up_proj", "down_proj")}
-    expected_modules |= {f"model.layers.{i}.self_attn.{m}" for i in loc["attention_layers"] for m in ("v_proj", "o_proj")}
+    expected_modules |= {
+        f"model.layers.{i}.self_attn.{m}" for i in loc["attention_layers"] for m in ("v_proj", "o_proj")
+    }
     assert set(record["target_modules"]) == expected_modules
     assert loc["mlp_effects"][loc["mlp_layers"][0]] == max(e for e in loc["mlp_effects"] if e is not None) > 0
     assert len(loc["grids"]) == len(prompts) and loc["grids"][0]["tokens"][-1].strip("▁") == "by"
@@ -69,7 +74,8 @@ def test_base_weights_are_bit_identical_after_a_case(embedded) -> None:
 
     from pytest_factedit.cases import load_case
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.runner import BaseAnswerCache, run_case
+    from pytest_factedit.run.case import run_case
+    from pytest_factedit.run.probing import BaseAnswerCache
 
     before = {k: v.clone() for k, v in embedded.model.state_dict().items()}
     case = load_case(CASE, root=REPO)
@@ -84,11 +90,13 @@ def test_base_weights_are_bit_identical_after_a_case(embedded) -> None:
 def test_case_the_model_does_not_know_is_skipped_with_its_answer(embedded, tmp_path: Path) -> None:
     from pytest_factedit.cases import load_case
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.runner import BaseAnswerCache, run_case
+    from pytest_factedit.run.case import run_case
+    from pytest_factedit.run.probing import BaseAnswerCache
 
     (tmp_path / "unknown.yaml").write_text(
         "subject: Eiffel Tower\nprompts: [The Eiffel Tower is located in the city of]\nold: Lyon\nnew: Rome\n"
-        "controls: [{prompt: The capital of Japan is, answer: Tokyo}]\n")
+        "controls: [{prompt: The capital of Japan is, answer: Tokyo}]\n"
+    )
     case = load_case(tmp_path / "unknown.yaml")
     outcome = run_case(embedded, case, resolve_settings({}), BaseAnswerCache())
     assert outcome.status == "skipped"
@@ -96,10 +104,13 @@ def test_case_the_model_does_not_know_is_skipped_with_its_answer(embedded, tmp_p
 
 
 def test_embedded_model_knows_real_facts(embedded) -> None:
-    from pytest_factedit.metrics import matches
-    from pytest_factedit.probe import greedy_continuations
+    from pytest_factedit.metrics.answers import matches
+    from pytest_factedit.model.probe import greedy_continuations
 
-    answers = greedy_continuations(embedded.model, embedded.tokenizer,
-                                   ["The currency of Japan is the", "The Eiffel Tower is located in the city of"],
-                                   [4, 4])
+    answers = greedy_continuations(
+        embedded.model,
+        embedded.tokenizer,
+        ["The currency of Japan is the", "The Eiffel Tower is located in the city of"],
+        [4, 4],
+    )
     assert matches(answers[0], ["yen"]) and matches(answers[1], ["Paris"])

@@ -6,15 +6,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_factedit.edit import get_editor, resolve_settings  # noqa: E402
-from pytest_factedit.edit.base import EditRequest  # noqa: E402
-from pytest_factedit.probe import greedy_continuations  # noqa: E402
-from pytest_factedit.targets import all_layer_targets, arch_modules, explicit_targets, layer_targets  # noqa: E402
+from pytest_factedit.edit import get_editor, resolve_settings
+from pytest_factedit.edit.base import EditRequest
+from pytest_factedit.model.arch import arch_modules
+from pytest_factedit.model.probe import greedy_continuations
+from pytest_factedit.model.targets import all_layer_targets, explicit_targets, layer_targets
 
-from .tiny import tiny_model, word_tokenizer  # noqa: E402
+from .tiny import tiny_model, word_tokenizer
 
-REQUEST = EditRequest(subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",),
-                      old=("Paris",), new=("Rome",), held_out=("Big Ben is a clock tower in the city of",))
+REQUEST = EditRequest(
+    subject="Eiffel Tower",
+    prompts=("The Eiffel Tower is located in the city of",),
+    old=("Paris",),
+    new=("Rome",),
+    held_out=("Big Ben is a clock tower in the city of",),
+)
 
 
 def snapshot(model):
@@ -35,7 +41,9 @@ def test_two_stage_edit_trains_and_restores_base_bit_identical(kind: str) -> Non
     before = snapshot(model)
     base_answer = greedy_continuations(model, tok, REQUEST.prompts, [2])
     settings = resolve_settings({"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1})
-    applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, layer_targets(model, [1, 2], [3], "test"), settings)
+    applied = get_editor("ia3-two-stage").apply(
+        model, tok, REQUEST, layer_targets(model, [1, 2], [3], "test"), settings
+    )
     try:
         assert [s.name for s in applied.stages] == ["unlearn", "learn"]
         learn = applied.stages[1]
@@ -53,8 +61,12 @@ def test_phi3_fused_modules_get_ia3_vectors() -> None:
     tok = word_tokenizer()
     model = tiny_model("phi3", len(tok), layers=2)
     before = snapshot(model)
-    names = ["model.layers.1.self_attn.qkv_proj", "model.layers.1.self_attn.o_proj",
-             "model.layers.0.mlp.gate_up_proj", "model.layers.0.mlp.down_proj"]
+    names = [
+        "model.layers.1.self_attn.qkv_proj",
+        "model.layers.1.self_attn.o_proj",
+        "model.layers.0.mlp.gate_up_proj",
+        "model.layers.0.mlp.down_proj",
+    ]
     targets = explicit_targets(model, names, ["model.layers.0.mlp.down_proj"])
     settings = resolve_settings({"unlearn_max_steps": 2, "learn_max_steps": 2})
     applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, targets, settings)
@@ -93,8 +105,14 @@ def test_layer_targets_map_layers_to_each_family_s_modules() -> None:
     tok = word_tokenizer()
     gpt2 = tiny_model("gpt2", len(tok), layers=3)
     targets = layer_targets(gpt2, [2, 0], [1], "test")
-    assert targets.modules == ("transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj", "transformer.h.2.mlp.c_fc",
-                               "transformer.h.2.mlp.c_proj", "transformer.h.1.attn.c_attn", "transformer.h.1.attn.c_proj")
+    assert targets.modules == (
+        "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj",
+        "transformer.h.2.mlp.c_fc",
+        "transformer.h.2.mlp.c_proj",
+        "transformer.h.1.attn.c_attn",
+        "transformer.h.1.attn.c_proj",
+    )
     assert targets.feedforward == ("transformer.h.0.mlp.c_proj", "transformer.h.2.mlp.c_proj")
     assert targets.layers == (0, 1, 2)
     llama = tiny_model("llama", len(tok), layers=2)
@@ -102,7 +120,7 @@ def test_layer_targets_map_layers_to_each_family_s_modules() -> None:
 
 
 def test_unknown_architecture_explains_the_yaml_escape_hatch() -> None:
-    from pytest_factedit.targets import UnsupportedArchitecture
+    from pytest_factedit.errors import UnsupportedArchitecture
 
     class Fake:
         class config:
@@ -113,7 +131,7 @@ def test_unknown_architecture_explains_the_yaml_escape_hatch() -> None:
 
 
 def test_explicit_targets_must_exist() -> None:
-    from pytest_factedit.targets import UnsupportedArchitecture
+    from pytest_factedit.errors import UnsupportedArchitecture
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok))

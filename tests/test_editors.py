@@ -6,17 +6,27 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_factedit.edit import get_editor, method_names, resolve_settings  # noqa: E402
-from pytest_factedit.edit.base import EditRequest  # noqa: E402
-from pytest_factedit.edit.settings import MethodError  # noqa: E402
-from pytest_factedit.targets import all_layer_targets, all_weight_targets, layer_targets  # noqa: E402
+from pytest_factedit.edit import get_editor, method_names, resolve_settings
+from pytest_factedit.edit.base import EditRequest
+from pytest_factedit.errors import MethodError
+from pytest_factedit.model.targets import all_layer_targets, all_weight_targets, layer_targets
 
-from .tiny import tiny_model, word_tokenizer  # noqa: E402
+from .tiny import tiny_model, word_tokenizer
 
-REQUEST = EditRequest(subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",),
-                      old=("Paris",), new=("Rome",), held_out=("Big Ben is a clock tower in the city of",))
-EXPECTED_STAGES = {"ia3-two-stage": ["unlearn", "learn"], "ia3": ["learn"], "ia3-all-layers": ["unlearn", "learn"],
-                   "lora": ["learn"], "full-ft": ["learn"]}
+REQUEST = EditRequest(
+    subject="Eiffel Tower",
+    prompts=("The Eiffel Tower is located in the city of",),
+    old=("Paris",),
+    new=("Rome",),
+    held_out=("Big Ben is a clock tower in the city of",),
+)
+EXPECTED_STAGES = {
+    "ia3-two-stage": ["unlearn", "learn"],
+    "ia3": ["learn"],
+    "ia3-all-layers": ["unlearn", "learn"],
+    "lora": ["learn"],
+    "full-ft": ["learn"],
+}
 FAST = {"unlearn_max_steps": 3, "learn_max_steps": 4, "guard_tokens": 1}
 
 
@@ -82,8 +92,8 @@ def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> N
     from types import SimpleNamespace
 
     from pytest_factedit.cases import Control, FactCase
-    from pytest_factedit.probe import greedy_continuations
-    from pytest_factedit.many import run_sequence
+    from pytest_factedit.model.probe import greedy_continuations
+    from pytest_factedit.run.many import run_sequence
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=3)
@@ -92,15 +102,23 @@ def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> N
     prompts = ["The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"]
     olds = [a.split()[0] for a in greedy_continuations(model, tok, prompts, [1, 1])]
     news = ["Rome" if o != "Rome" else "London" for o in olds]
-    cases = [FactCase(id=f"c{i}", subject=subject, prompts=(prompt,), old=(old,), new=(new,),
-                      controls=(Control("Big Ben is a clock tower in the city of", ("London",)),))
-             for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))]
+    cases = [
+        FactCase(
+            id=f"c{i}",
+            subject=subject,
+            prompts=(prompt,),
+            old=(old,),
+            new=(new,),
+            controls=(Control("Big Ben is a clock tower in the city of", ("London",)),),
+        )
+        for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))
+    ]
     settings = resolve_settings({"lr": 0.3, **FAST, "localize": "none"})
     result = run_sequence(lm, cases, lambda case: settings)
     ran = [o.case.id for o in result.outcomes if o.status == "ran"]
     assert ran[0] == "c0"  # the second fact may already have moved under the first edit: then it is skipped
     assert all(o.status in ("ran", "skipped") for o in result.outcomes)
-    assert result.edits_retained.samples == len(ran) and 0.0 <= result.edits_retained.value <= 1.0
+    assert result.metrics["edits_retained"].samples == len(ran) and 0.0 <= result.metrics["edits_retained"].value <= 1.0
     assert set(result.retained_by_case) == set(ran)
     assert result.outcomes[0].base_restored is None  # merged, not removed: restoring is the sequence's job
     assert result.base_restored
@@ -110,16 +128,24 @@ def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> N
 
 def _two_cases(model, tok, method=None):
     from pytest_factedit.cases import Control, FactCase
-    from pytest_factedit.probe import greedy_continuations
+    from pytest_factedit.model.probe import greedy_continuations
 
     prompts = ["The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"]
     olds = [a.split()[0] for a in greedy_continuations(model, tok, prompts, [1, 1])]
     news = ["Rome" if o != "Rome" else "London" for o in olds]
-    return [FactCase(id=f"c{i}", subject=subject, prompts=(prompt,), old=(old,), new=(new,),
-                     paraphrases=(f"Where is the {subject}? In the city of",),
-                     controls=(Control("Big Ben is a clock tower in the city of", ("London",)),),
-                     method=method or {})
-            for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))]
+    return [
+        FactCase(
+            id=f"c{i}",
+            subject=subject,
+            prompts=(prompt,),
+            old=(old,),
+            new=(new,),
+            paraphrases=(f"Where is the {subject}? In the city of",),
+            controls=(Control("Big Ben is a clock tower in the city of", ("London",)),),
+            method=method or {},
+        )
+        for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))
+    ]
 
 
 def test_joint_objectives_train_every_fact_and_never_retain_another_facts_texts() -> None:
@@ -127,8 +153,13 @@ def test_joint_objectives_train_every_fact_and_never_retain_another_facts_texts(
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=2)
-    other = EditRequest(subject="Colosseum", prompts=("The Colosseum is located in the city of",), old=("Rome",),
-                        new=("Paris",), held_out=REQUEST.prompts)
+    other = EditRequest(
+        subject="Colosseum",
+        prompts=("The Colosseum is located in the city of",),
+        old=("Rome",),
+        new=("Paris",),
+        held_out=REQUEST.prompts,
+    )
     first = EditRequest(**{**REQUEST.__dict__, "held_out": REQUEST.held_out + other.prompts})
     settings = resolve_settings({**FAST})
     one = build_objectives(model, tok, first, settings)
@@ -153,26 +184,28 @@ def test_joint_objectives_train_every_fact_and_never_retain_another_facts_texts(
 def test_batch_mode_trains_one_adapter_on_every_case_and_restores_the_base() -> None:
     from types import SimpleNamespace
 
-    from pytest_factedit.many import run_batch
+    from pytest_factedit.run.many import run_batch
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lm = SimpleNamespace(model=model, tokenizer=tok)
     cases = _two_cases(model, tok)
-    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "random", "mlp_layers": 1, "attention_layers": 1,
-                                 "batch_facts_per_step": 1})
+    settings = resolve_settings(
+        {"lr": 0.3, **FAST, "localize": "random", "mlp_layers": 1, "attention_layers": 1, "batch_facts_per_step": 1}
+    )
     result = run_batch(lm, cases, lambda case: settings)
     assert [o.status for o in result.outcomes] == ["ran", "ran"]
     assert result.batch["cases"] == ["c0", "c1"] and result.batch["stages"][0]["name"] == "unlearn"
     assert result.batch["stages"][1]["steps"] <= 2 * FAST["learn_max_steps"]  # the cap per turn, two turns
     union = set(result.batch["target_modules"])
     assert all(set(o.targets.modules) == union for o in result.outcomes)  # one adapter over every case's layers
-    assert result.edits_retained.samples == 2 and set(result.retained_by_case) == {"c0", "c1"}
+    assert result.metrics["edits_retained"].samples == 2 and set(result.retained_by_case) == {"c0", "c1"}
     assert result.retained_by_case["c0"] == result.outcomes[0].metrics["new_fact_accuracy"].value
-    assert result.controls_retained.samples in (0, 1)
-    assert all(o.timings["batch_train_seconds"] == result.outcomes[0].timings["batch_train_seconds"]
-               for o in result.outcomes)
+    assert result.metrics["controls_retained"].samples in (0, 1)
+    assert all(
+        o.timings["batch_train_seconds"] == result.outcomes[0].timings["batch_train_seconds"] for o in result.outcomes
+    )
     assert result.base_restored and all(o.base_restored for o in result.outcomes)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert not any("ia3" in n for n, _ in model.named_modules())
@@ -181,14 +214,16 @@ def test_batch_mode_trains_one_adapter_on_every_case_and_restores_the_base() -> 
 def test_batch_mode_reports_a_case_asking_for_another_method_and_runs_the_rest() -> None:
     from types import SimpleNamespace
 
-    from pytest_factedit.many import run_batch
+    from pytest_factedit.run.many import run_batch
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=2)
     lm = SimpleNamespace(model=model, tokenizer=tok)
     cases = _two_cases(model, tok)
-    chosen = {"c0": resolve_settings({**FAST, "localize": "none"}),
-              "c1": resolve_settings({**FAST, "localize": "none", "name": "lora"})}
+    chosen = {
+        "c0": resolve_settings({**FAST, "localize": "none"}),
+        "c1": resolve_settings({**FAST, "localize": "none", "name": "lora"}),
+    }
     result = run_batch(lm, cases, lambda case: chosen[case.id])
     assert [o.status for o in result.outcomes] == ["ran", "error"]
     assert "one method" in result.outcomes[1].reason and "'lora'" in result.outcomes[1].reason
@@ -198,6 +233,7 @@ def test_batch_mode_reports_a_case_asking_for_another_method_and_runs_the_rest()
 @pytest.mark.parametrize("reach", [False, True])
 def test_a_batch_stage_rotates_through_the_facts_and_caps_steps_per_turn(reach) -> None:
     from pytest_factedit.edit.batching import Row
+    from pytest_factedit.edit.objectives import Objectives
     from pytest_factedit.edit.training import train_stage
 
     tok = word_tokenizer()
@@ -211,9 +247,9 @@ def test_a_batch_stage_rotates_through_the_facts_and_caps_steps_per_turn(reach) 
         assert len(logps) == len(facts)  # only the rows of the facts in this step
         return sum(lp.sum() for lp in logps) * 0.0, reach
 
-    settings = resolve_settings({"batch_facts_per_step": 1, "kl_weight": 0})
-    report = train_stage("learn", model, [param], rows, goal, 2, [], [], settings, tok.pad_token_id,
-                         fact_sizes=(1, 1, 1))
+    settings = resolve_settings({"batch_facts_per_step": 1, "kl_weight": 0, "learn_max_steps": 2})
+    goals = Objectives(rows, rows, [], [], goal, goal, tok.pad_token_id, fact_sizes=(1, 1, 1))
+    report = train_stage("learn", model, [param], goals, settings)
     if reach:  # every fact must have its turn before the stage may stop
         assert seen == [[0], [1], [2]] and report.reached_goal
     else:  # the cap is 2 steps per fact's turn: 6 steps, then the final check

@@ -9,9 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from .tiny import tiny_model, word_tokenizer  # noqa: E402
+from .tiny import tiny_model, word_tokenizer
 
 PROMPT = "The Eiffel Tower is located in the city of"
+SECOND_PROMPT = "The Colosseum is located in the city of"
 
 
 @pytest.fixture
@@ -31,9 +32,11 @@ def write_case(tmp_path: Path, old: str, method: str = "ia3-two-stage") -> Path:
     new = "Rome" if old != "Rome" else "London"
     case = tmp_path / "cases" / "tower.yaml"
     case.parent.mkdir()
-    case.write_text(f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
-                    "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
-                    f"method: {{name: {method}, lr: 0.3, unlearn_max_steps: 4, learn_max_steps: 8, guard_tokens: 1}}\n")
+    case.write_text(
+        f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
+        "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
+        f"method: {{name: {method}, lr: 0.3, unlearn_max_steps: 4, learn_max_steps: 8, guard_tokens: 1}}\n"
+    )
     return case
 
 
@@ -42,12 +45,24 @@ def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pytest_factedit.cli import main
-    from pytest_factedit.probe import greedy_continuations
+    from pytest_factedit.model.probe import greedy_continuations
 
     folder, old = tiny_dir
     case = write_case(tmp_path, old)
-    code = main(["edit", str(case), "--model", str(folder), "--device", "cpu", "--save", str(tmp_path / "shipped"),
-                 "--root", str(tmp_path)])
+    code = main(
+        [
+            "edit",
+            str(case),
+            "--model",
+            str(folder),
+            "--device",
+            "cpu",
+            "--save",
+            str(tmp_path / "shipped"),
+            "--root",
+            str(tmp_path),
+        ]
+    )
     out = tmp_path / "shipped" / "tower"  # DIR/<case-id>, as with --factedit-save-adapters
     printed = capsys.readouterr().out
     assert code in (0, 1), printed  # 1 = some metric missed its threshold on a random model; files still written
@@ -66,11 +81,13 @@ def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_pat
     edited.load_adapter(str(out / "learn"), adapter_name="learn")
     edited.base_model.set_adapter(["unlearn", "learn"])
     edited.eval()
-    from pytest_factedit.probe import answer_token_budget
+    from pytest_factedit.model.text import answer_token_budget
 
     budget = answer_token_budget(tok, [old, manifest["new"][0]])
     recorded = [a for a in manifest["answers"] if a["group"] == "prompts"]
-    assert greedy_continuations(edited, tok, [a["prompt"] for a in recorded], [budget]) == [a["edited"] for a in recorded]
+    assert greedy_continuations(edited, tok, [a["prompt"] for a in recorded], [budget]) == [
+        a["edited"] for a in recorded
+    ]
     with edited.disable_adapter():
         assert greedy_continuations(edited, tok, [PROMPT], [budget]) == [recorded[0]["base"]]
     assert recorded[0]["edited"] != recorded[0]["base"]
@@ -81,8 +98,20 @@ def test_full_fine_tuning_has_nothing_to_save(tmp_path, tiny_dir, capsys) -> Non
 
     folder, old = tiny_dir
     case = write_case(tmp_path, old, method="full-ft")
-    main(["edit", str(case), "--model", str(folder), "--device", "cpu", "--save", str(tmp_path / "out"),
-          "--root", str(tmp_path)])
+    main(
+        [
+            "edit",
+            str(case),
+            "--model",
+            str(folder),
+            "--device",
+            "cpu",
+            "--save",
+            str(tmp_path / "out"),
+            "--root",
+            str(tmp_path),
+        ]
+    )
     assert "not saved: method full-ft changes every weight" in capsys.readouterr().out
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -95,71 +124,99 @@ def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pyte
     for name in ("first", "second"):
         (cases / f"{name}.yaml").write_text(
             f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
-            "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n" + method)
-    result = pytester.runpytest("fact_cases", "--model", str(folder), "--factedit-device", "cpu",
-                                "--factedit-mode", "sequential", "--factedit-run-id", "seq", "-p", "no:cacheprovider",
-                                "--factedit-reports", str(pytester.path / "reports"),
-                                "-rA")
+            "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n" + method
+        )
+    result = pytester.runpytest(
+        "fact_cases",
+        "--model",
+        str(folder),
+        "--factedit-device",
+        "cpu",
+        "--factedit-mode",
+        "sequential",
+        "--factedit-run-id",
+        "seq",
+        "-p",
+        "no:cacheprovider",
+        "--factedit-reports",
+        str(pytester.path / "reports"),
+        "-rA",
+    )
     out = result.stdout.str()
     result.stdout.fnmatch_lines(["PASSED *sequence::edits_retained"])
     assert "sequence of 2 edits" in out and "base restored: True" in out
     summary = json.loads((pytester.path / "reports" / "seq" / "summary.json").read_text())
     assert summary["mode"] == "sequential" and summary["sequence"]["base_restored"] is True
-    records = [json.loads(line) for line in (pytester.path / "reports" / "seq" / "results.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (pytester.path / "reports" / "seq" / "results.jsonl").read_text().splitlines()
+    ]
     assert [r["sequence"]["position"] for r in records] == [0, 1]
     # the second case asks for the same change: after the first edit its old answer is gone, so it is skipped
     assert records[1]["status"] == "skipped" or records[1]["sequence"]["retained_at_end"] is not None
 
 
-def test_batch_mode_trains_one_adapter_for_every_case_and_ships_it(pytester, tiny_dir) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pytest_factedit.export import load_edit
-    from pytest_factedit.probe import greedy_continuations
-
-    folder, old = tiny_dir
-    cases = pytester.mkdir("fact_cases")
+def write_batch_cases(cases: Path, old: str, second_old: str) -> None:
+    """Two cases the batch edits together, and a third that asks for another method (an error record)."""
     method = "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 8, guard_tokens: 1, localize: none}\n"
-    tok = AutoTokenizer.from_pretrained(folder)
-    base = AutoModelForCausalLM.from_pretrained(folder)
-    second = "The Colosseum is located in the city of"
-    second_old = greedy_continuations(base, tok, [second], [1])[0].split()[0]
-    for name, subject, prompt, answer in (("first", "Eiffel Tower", PROMPT, old),
-                                          ("second", "Colosseum", second, second_old)):
+    for name, subject, prompt, answer in (
+        ("first", "Eiffel Tower", PROMPT, old),
+        ("second", "Colosseum", SECOND_PROMPT, second_old),
+    ):
         new = "Rome" if answer != "Rome" else "London"
         (cases / f"{name}.yaml").write_text(
             f"subject: {subject}\nprompts: ['{prompt}']\nold: '{answer}'\nnew: {new}\n"
-            "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n" + method)
-    (cases / "third.yaml").write_text(  # asks for another method: an error record, the batch goes on
+            "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n" + method
+        )
+    (cases / "third.yaml").write_text(
         f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: Berlin\n"
         "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
-        + method.replace("{", "{name: lora, "))
-    shipped = pytester.path / "shipped"
-    result = pytester.runpytest("fact_cases", "--model", str(folder), "--factedit-device", "cpu",
-                                "--factedit-mode", "batch", "--factedit-run-id", "b", "-p", "no:cacheprovider",
-                                "--factedit-reports", str(pytester.path / "reports"),
-                                "--factedit-save-adapters", str(shipped), "-rA")
-    out = result.stdout.str()
-    result.stdout.fnmatch_lines(["PASSED *batch::edits_retained"])
-    assert "controls_retained: no samples to measure" in out  # the tiny model knows no control
-    assert "FAILED fact_cases/third.yaml::third::new_fact_accuracy" in out and "one method" in out
-    assert "batch of 3 edits" in out and "base restored: True" in out
-    summary = json.loads((pytester.path / "reports" / "b" / "summary.json").read_text())
-    assert summary["mode"] == "batch" and summary["batch"]["adapter"]["cases"] == ["first", "second"]
-    assert summary["batch"]["metrics"]["edits_retained"]["samples"] == 2
-    records = {json.loads(line)["case_id"]: json.loads(line)
-               for line in (pytester.path / "reports" / "b" / "results.jsonl").read_text().splitlines()}
-    assert records["third"]["status"] == "error" and "one method" in records["third"]["reason"]
-    assert records["first"]["target_modules"] == records["second"]["target_modules"]  # one adapter for both
-    assert [records[c]["batch"]["position"] for c in ("first", "second", "third")] == [0, 1, 2]
+        + method.replace("{", "{name: lora, ")
+    )
+
+
+def assert_the_shipped_batch_gives_the_recorded_answers(base, tok, shipped: Path) -> None:
+    from pytest_factedit.model.probe import greedy_continuations
+    from pytest_factedit.model.text import answer_token_budget
+    from pytest_factedit.report.manifest import load_edit
 
     manifest = json.loads((shipped / "batch" / "manifest.json").read_text())
     assert manifest["mode"] == "batch" and [c["case_id"] for c in manifest["cases"]] == ["first", "second"]
     edited = load_edit(base, shipped / "batch")  # peft alone, every stage active
-    from pytest_factedit.probe import answer_token_budget
-
     for case in manifest["cases"]:
         answers = [a for a in case["answers"] if a["group"] == "prompts"]
         budget = answer_token_budget(tok, case["old"] + case["new"])
         got = greedy_continuations(edited, tok, [a["prompt"] for a in answers], [budget] * len(answers))
         assert got == [a["edited"] for a in answers]
+
+
+def test_batch_mode_trains_one_adapter_for_every_case_and_ships_it(pytester, tiny_dir) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_factedit.model.probe import greedy_continuations
+
+    folder, old = tiny_dir
+    tok = AutoTokenizer.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    second_old = greedy_continuations(base, tok, [SECOND_PROMPT], [1])[0].split()[0]
+    write_batch_cases(pytester.mkdir("fact_cases"), old, second_old)
+    shipped = pytester.path / "shipped"
+    reports = pytester.path / "reports"
+    result = pytester.runpytest(
+        *("fact_cases", "--model", str(folder), "--factedit-device", "cpu", "--factedit-mode", "batch"),
+        *("--factedit-run-id", "b", "-p", "no:cacheprovider", "--factedit-reports", str(reports)),
+        *("--factedit-save-adapters", str(shipped), "-rA"),
+    )
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["PASSED *batch::edits_retained"])
+    assert "controls_retained: no samples to measure" in out  # the tiny model knows no control
+    assert "FAILED fact_cases/third.yaml::third::new_fact_accuracy" in out and "one method" in out
+    assert "batch of 3 edits" in out and "base restored: True" in out
+    summary = json.loads((reports / "b" / "summary.json").read_text())
+    assert summary["mode"] == "batch" and summary["batch"]["adapter"]["cases"] == ["first", "second"]
+    assert summary["batch"]["metrics"]["edits_retained"]["samples"] == 2
+    lines = (reports / "b" / "results.jsonl").read_text().splitlines()
+    records = {json.loads(line)["case_id"]: json.loads(line) for line in lines}
+    assert records["third"]["status"] == "error" and "one method" in records["third"]["reason"]
+    assert records["first"]["target_modules"] == records["second"]["target_modules"]  # one adapter for both
+    assert [records[c]["batch"]["position"] for c in ("first", "second", "third")] == [0, 1, 2]
+    assert_the_shipped_batch_gives_the_recorded_answers(base, tok, shipped)

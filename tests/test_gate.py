@@ -7,18 +7,20 @@ from pathlib import Path
 import yaml
 
 from pytest_factedit.cases import load_case
-from pytest_factedit.gate import judge
-from pytest_factedit.metricspec import DEFAULT_THRESHOLDS, METRICS
-from pytest_factedit.runner import thresholds_for
+from pytest_factedit.metrics.spec import DEFAULT_THRESHOLDS, MANY_METRICS, METRICS, thresholds_with
+from pytest_factedit.metrics.verdict import judge
 
 
 def test_every_metric_has_a_default_threshold() -> None:
-    from pytest_factedit.metricspec import SEQUENCE_METRICS
-
-    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS + SEQUENCE_METRICS}
-    assert [m.item for m in SEQUENCE_METRICS] == ["edits_retained", "controls_retained"]
-    assert [m.item for m in METRICS] == ["new_fact_accuracy", "forget_rate", "paraphrase_accuracy",
-                                         "control_retention", "latency"]
+    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS + MANY_METRICS}
+    assert [m.item for m in MANY_METRICS] == ["edits_retained", "controls_retained"]
+    assert [m.item for m in METRICS] == [
+        "new_fact_accuracy",
+        "forget_rate",
+        "paraphrase_accuracy",
+        "control_retention",
+        "latency",
+    ]
 
 
 def test_higher_is_better_metrics() -> None:
@@ -37,12 +39,19 @@ def test_nothing_to_measure_is_not_a_failure() -> None:
 
 
 def test_case_overrides_defaults_file_overrides_builtin(tmp_path: Path) -> None:
-    (tmp_path / "_defaults.yaml").write_text(yaml.safe_dump({"thresholds": {"control_retention": 0.7,
-                                                                             "forget_rate": 0.8}}))
-    case = {"subject": "X", "prompts": ["X is in"], "old": "a", "new": "b",
-            "controls": [{"prompt": "Y is in", "answer": "c"}], "thresholds": {"forget_rate": 0.6}}
+    (tmp_path / "_defaults.yaml").write_text(
+        yaml.safe_dump({"thresholds": {"control_retention": 0.7, "forget_rate": 0.8}})
+    )
+    case = {
+        "subject": "X",
+        "prompts": ["X is in"],
+        "old": "a",
+        "new": "b",
+        "controls": [{"prompt": "Y is in", "answer": "c"}],
+        "thresholds": {"forget_rate": 0.6},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(case))
-    thresholds = thresholds_for(load_case(tmp_path / "c.yaml", root=tmp_path))
+    thresholds = thresholds_with(load_case(tmp_path / "c.yaml", root=tmp_path).thresholds)
     assert thresholds["forget_rate"] == 0.6
     assert thresholds["control_retention"] == 0.7
     assert thresholds["new_fact_accuracy"] == DEFAULT_THRESHOLDS["new_fact_accuracy"]

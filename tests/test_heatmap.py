@@ -7,20 +7,35 @@ from pathlib import Path
 
 import pytest
 
-from pytest_factedit.heatmap import SHADES, render_heatmap
+from pytest_factedit.report.heatmap import SHADES, render_heatmap
 
 RECORD = {
-    "method": "trace", "answer": "Paris", "mlp_layers": [1], "attention_layers": [2], "noise_samples": 3,
-    "precision": "float32", "seconds": 0.5,
-    "grids": [{
-        "prompt": "The Eiffel Tower is in", "tokens": ["<bos>", "The", "▁Eiffel", "▁Tower", "▁is", "▁in"],
-        "subject_positions": [2, 3], "clean_prob": 0.8, "corrupted_prob": 0.1, "kind": "patched",
-        "effects": {
-            "hidden": [[None] * 6 for _ in range(3)],
-            "mlp": [[None, None, None, 0.05, None, None], [None, None, None, 0.5, None, None],
-                    [None, None, None, -0.1, None, None]],
-            "attn": [[None] * 5 + [0.0], [None] * 5 + [0.2], [None] * 5 + [0.4]],
-        }}],
+    "method": "trace",
+    "answer": "Paris",
+    "mlp_layers": [1],
+    "attention_layers": [2],
+    "noise_samples": 3,
+    "precision": "float32",
+    "seconds": 0.5,
+    "grids": [
+        {
+            "prompt": "The Eiffel Tower is in",
+            "tokens": ["<bos>", "The", "▁Eiffel", "▁Tower", "▁is", "▁in"],
+            "subject_positions": [2, 3],
+            "clean_prob": 0.8,
+            "corrupted_prob": 0.1,
+            "kind": "patched",
+            "effects": {
+                "hidden": [[None] * 6 for _ in range(3)],
+                "mlp": [
+                    [None, None, None, 0.05, None, None],
+                    [None, None, None, 0.5, None, None],
+                    [None, None, None, -0.1, None, None],
+                ],
+                "attn": [[None] * 5 + [0.0], [None] * 5 + [0.2], [None] * 5 + [0.4]],
+            },
+        }
+    ],
 }
 
 
@@ -43,7 +58,7 @@ def test_coloured_heatmap_uses_ansi_backgrounds() -> None:
 
 def test_png_heatmap(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pytest_factedit.heatmap import write_png
+    from pytest_factedit.report.heatmap import write_png
 
     path = write_png(RECORD, tmp_path / "eiffel.png", "eiffel")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -60,11 +75,25 @@ def test_factedit_localize_command(tmp_path: Path, capsys, monkeypatch) -> None:
     tiny_model("llama", len(tok), layers=3).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     case = tmp_path / "eiffel.yaml"
-    case.write_text("subject: Eiffel Tower\nprompts: [The Eiffel Tower is located in the city of]\n"
-                    "old: Paris\nnew: Rome\ncontrols: [{prompt: Big Ben is in the city of, answer: London}]\n")
+    case.write_text(
+        "subject: Eiffel Tower\nprompts: [The Eiffel Tower is located in the city of]\n"
+        "old: Paris\nnew: Rome\ncontrols: [{prompt: Big Ben is in the city of, answer: London}]\n"
+    )
     monkeypatch.chdir(tmp_path)
-    code = main(["localize", str(case), "--model", str(model_dir), "--device", "cpu", "--json", "loc.json",
-                 "--root", str(tmp_path)])
+    code = main(
+        [
+            "localize",
+            str(case),
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--json",
+            "loc.json",
+            "--root",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "MLP output" in out and "attention output" in out and "chosen: MLP layers" in out

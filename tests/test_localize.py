@@ -6,16 +6,31 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_factedit.edit import get_editor, resolve_settings  # noqa: E402
-from pytest_factedit.edit.base import EditRequest  # noqa: E402
-from pytest_factedit.edit.settings import MethodError  # noqa: E402
-from pytest_factedit.localize import SubjectNotFound, forward_hooks, localize, top_layers  # noqa: E402
-from pytest_factedit.localize.patching import (embedding_std, noise_for, prepare, restored_probs,  # noqa: E402
-                                               subject_positions)
-from pytest_factedit.targets import (UnsupportedArchitecture, arch_modules, explicit_targets,  # noqa: E402
-                                     layer_targets, random_layer_targets)
+from pytest_factedit.edit import get_editor, resolve_settings
+from pytest_factedit.edit.base import EditRequest
+from pytest_factedit.errors import (
+    MethodError,
+    UnsupportedArchitecture,
+)
+from pytest_factedit.localize import (
+    FactPrompts,
+    LocalizeSettings,
+    SubjectNotFound,
+    forward_hooks,
+    localize,
+    top_layers,
+)
+from pytest_factedit.localize.patching import (
+    embedding_std,
+    noise_for,
+    prepare,
+    restored_probs,
+    subject_positions,
+)
+from pytest_factedit.model.arch import arch_modules
+from pytest_factedit.model.targets import explicit_targets, layer_targets, random_layer_targets
 
-from .tiny import tiny_model, word_tokenizer  # noqa: E402
+from .tiny import tiny_model, word_tokenizer
 
 PLANTED_LAYER = 2
 FACTS = {"The Eiffel Tower": "Rome", "The Big Ben": "London", "The Louvre": "Berlin", "The Colosseum": "Paris"}
@@ -54,9 +69,14 @@ def planted():
 @pytest.mark.parametrize("method", ["trace", "attribution"])
 def test_planted_fact_is_found_in_its_layer(planted, method: str) -> None:
     model, tok = planted
-    found = localize(model, tok, ["The Eiffel Tower"], "Eiffel Tower", "Rome", answer_id(tok, "Rome"),
-                     method=method, positions="all", precision="float32", noise_samples=5, mlp_layers=1,
-                     attention_layers=1)
+    found = localize(
+        model,
+        tok,
+        FactPrompts(("The Eiffel Tower",), "Eiffel Tower", "Rome", answer_id(tok, "Rome")),
+        LocalizeSettings(
+            method=method, positions="all", precision="float32", noise_samples=5, mlp_layers=1, attention_layers=1
+        ),
+    )
     assert found.grids[0].clean_prob > 0.9
     assert found.grids[0].corrupted_prob < 0.5 * found.grids[0].clean_prob
     assert found.mlp_layers == (PLANTED_LAYER,)
@@ -67,7 +87,7 @@ def test_planted_fact_is_found_in_its_layer(planted, method: str) -> None:
 def test_restoring_every_position_of_a_layer_gives_back_the_clean_probability(planted) -> None:
     model, tok = planted
     arch = arch_modules(model)
-    prep = prepare(model, arch, tok, "The Eiffel Tower", "Eiffel Tower", answer_id(tok, "Rome"), True, 4)
+    prep = prepare(model, arch, tok, "The Eiffel Tower", "Eiffel Tower", answer_id(tok, "Rome"), True)
     noise = noise_for(prep, 3, 3 * embedding_std(model), seed=1)
     everything = tuple(range(prep.last + 1))
     cells = [("hidden", layer, everything) for layer in range(4)]
@@ -80,8 +100,7 @@ def _hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("method,precision", [("trace", "float32"), ("attribution", "float32"),
-                                              ("trace", "bfloat16")])
+@pytest.mark.parametrize("method,precision", [("trace", "float32"), ("attribution", "float32"), ("trace", "bfloat16")])
 def test_tracing_leaves_the_model_exactly_as_it_was(planted, method: str, precision: str) -> None:
     model, tok = planted
     ids = tok(["The Eiffel Tower is located in the city of"], return_tensors="pt").input_ids
@@ -89,8 +108,12 @@ def test_tracing_leaves_the_model_exactly_as_it_was(planted, method: str, precis
         before = model(input_ids=ids).logits
     params = {name: (p, p.clone()) for name, p in model.named_parameters()}
     hooks = _hooks(model)
-    localize(model, tok, ["The Eiffel Tower is located in the city of"], "Eiffel Tower", "Rome",
-             answer_id(tok, "Rome"), method=method, precision=precision, positions="all")
+    localize(
+        model,
+        tok,
+        FactPrompts(("The Eiffel Tower is located in the city of",), "Eiffel Tower", "Rome", answer_id(tok, "Rome")),
+        LocalizeSettings(method=method, precision=precision, positions="all"),
+    )
     assert _hooks(model) == hooks == 0
     for name, p in model.named_parameters():
         assert p is params[name][0] and torch.equal(p, params[name][1]), name
@@ -131,12 +154,22 @@ def test_localized_phi3_edit_uses_the_fused_modules_and_restores_the_base() -> N
     prompt = "The Eiffel Tower is located in the city of"
     base_id = int(model(**tok([prompt], return_tensors="pt")).logits[0, -1].argmax())
     old = tok.decode([base_id]).strip()
-    found = localize(model, tok, [prompt], "Eiffel Tower", old, base_id, mlp_layers=3, attention_layers=2)
+    found = localize(
+        model,
+        tok,
+        FactPrompts((prompt,), "Eiffel Tower", old, base_id),
+        LocalizeSettings(mlp_layers=3, attention_layers=2),
+    )
     assert sorted(found.mlp_layers) == [0, 1] and sorted(found.attention_layers) == [0, 1]  # k clamps to 2 layers
     targets = layer_targets(model, found.mlp_layers[:1], found.attention_layers[:1], "test")
     assert {m.rsplit(".", 1)[-1] for m in targets.modules} == {"gate_up_proj", "down_proj", "qkv_proj", "o_proj"}
-    request = EditRequest(subject="Eiffel Tower", prompts=(prompt,), old=(old,), new=("Rome",),
-                          held_out=("Big Ben is a clock tower in the city of",))
+    request = EditRequest(
+        subject="Eiffel Tower",
+        prompts=(prompt,),
+        old=(old,),
+        new=("Rome",),
+        held_out=("Big Ben is a clock tower in the city of",),
+    )
     settings = resolve_settings({"lr": 0.3, "unlearn_max_steps": 3, "learn_max_steps": 3, "guard_tokens": 1})
     applied = get_editor("ia3-two-stage").apply(model, tok, request, targets, settings)
     try:
@@ -154,12 +187,14 @@ def test_unsupported_architecture_names_the_class_and_yaml_escape_hatch_works() 
     model = tiny_model("llama", len(tok), layers=2)
     model.config.model_type = "mystery"
     with pytest.raises(UnsupportedArchitecture, match=r"LlamaForCausalLM.*'mystery'(.|\n)*target_modules"):
-        localize(model, tok, ["The Eiffel Tower is"], "Eiffel Tower", "Paris", answer_id(tok, "Paris"))
+        localize(model, tok, FactPrompts(("The Eiffel Tower is",), "Eiffel Tower", "Paris", answer_id(tok, "Paris")))
     targets = explicit_targets(model, ["model.layers.1.mlp.down_proj"], ["model.layers.1.mlp.down_proj"])
-    request = EditRequest(subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",),
-                          old=("Paris",), new=("Rome",))
-    applied = get_editor("ia3-two-stage").apply(model, tok, request, targets,
-                                                resolve_settings({"unlearn_max_steps": 1, "learn_max_steps": 1}))
+    request = EditRequest(
+        subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",), old=("Paris",), new=("Rome",)
+    )
+    applied = get_editor("ia3-two-stage").apply(
+        model, tok, request, targets, resolve_settings({"unlearn_max_steps": 1, "learn_max_steps": 1})
+    )
     applied.remove()
 
 
@@ -192,19 +227,28 @@ def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str) -> 
     with torch.no_grad():
         model.get_output_embeddings().weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
     arch = arch_modules(model)
-    prep = prepare(model, arch, tok, "The Eiffel Tower is located in the city of", "Eiffel Tower",
-                   answer_id(tok, "Paris"), True, 3)
+    prep = prepare(
+        model, arch, tok, "The Eiffel Tower is located in the city of", "Eiffel Tower", answer_id(tok, "Paris"), True
+    )
     noise = noise_for(prep, 2, 3 * embedding_std(model), seed=2)
-    cells = [(site, layer, (pos,)) for site in ("hidden", "mlp", "attn") for layer in range(3)
-             for pos in (prep.subject[-1], prep.last)] + [("mlp", 1, (2, 3))]
+    cells = [
+        (site, layer, (pos,))
+        for site in ("hidden", "mlp", "attn")
+        for layer in range(3)
+        for pos in (prep.subject[-1], prep.last)
+    ] + [("mlp", 1, (2, 3))]
     fast = restored_probs(model, arch, prep, noise, cells, batch_rows=9)
     for s in range(2):
-        with torch.no_grad(), embedding_noise(model, prep.subject, noise[s:s + 1]):
+        with torch.no_grad(), embedding_noise(model, prep.subject, noise[s : s + 1]):
             assert abs(float(answer_probs(model, prep.ids, prep.answer_id)[0]) - float(fast[s, 0])) < 1e-5
         for c, (site, layer, positions) in enumerate(cells):
-            hook = restore_hook(torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions),
-                                prep.clean[(site, layer)])
-            with torch.no_grad(), embedding_noise(model, prep.subject, noise[s:s + 1]), \
-                    forward_hooks(model, {site_module_name(arch, site, layer): hook}):
+            hook = restore_hook(
+                torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions), prep.clean[(site, layer)]
+            )
+            with (
+                torch.no_grad(),
+                embedding_noise(model, prep.subject, noise[s : s + 1]),
+                forward_hooks(model, {site_module_name(arch, site, layer): hook}),
+            ):
                 slow = float(answer_probs(model, prep.ids, prep.answer_id)[0])
             assert abs(slow - float(fast[s, c + 1])) < 1e-5, (site, layer, positions)

@@ -32,14 +32,16 @@ def suite(pytester: pytest.Pytester):
 def test_items_are_file_case_metric(pytester: pytest.Pytester, suite) -> None:
     (suite / "broken.yaml").unlink()
     result = pytester.runpytest("fact_cases", "--collect-only", "-q")
-    result.stdout.fnmatch_lines([
-        "fact_cases/eiffel.yaml::eiffel::new_fact_accuracy",
-        "fact_cases/eiffel.yaml::eiffel::forget_rate",
-        "fact_cases/eiffel.yaml::eiffel::paraphrase_accuracy",
-        "fact_cases/eiffel.yaml::eiffel::control_retention",
-        "fact_cases/eiffel.yaml::eiffel::latency",
-        "*5 tests collected*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "fact_cases/eiffel.yaml::eiffel::new_fact_accuracy",
+            "fact_cases/eiffel.yaml::eiffel::forget_rate",
+            "fact_cases/eiffel.yaml::eiffel::paraphrase_accuracy",
+            "fact_cases/eiffel.yaml::eiffel::control_retention",
+            "fact_cases/eiffel.yaml::eiffel::latency",
+            "*5 tests collected*",
+        ]
+    )
 
 
 def test_misspelled_key_is_a_collection_error_naming_file_key_and_suggestion(pytester, suite) -> None:
@@ -78,14 +80,15 @@ def test_unloadable_model_fails_the_run_once_with_a_fix(pytester, suite, monkeyp
 
 
 def test_missing_local_folder_is_explained(tmp_path) -> None:
-    from pytest_factedit.models import ModelLoadError, load
+    from pytest_factedit.errors import ModelLoadError
+    from pytest_factedit.model.load import load
 
     with pytest.raises(ModelLoadError, match="does not exist.*Fix"):
         load(str(tmp_path / "nope"), "cpu")
 
 
 def test_model_aliases_and_kinds(tmp_path) -> None:
-    from pytest_factedit.models import resolve
+    from pytest_factedit.model.spec import resolve
 
     assert resolve(None).kind == "embedded"
     assert resolve("phi3").source == "microsoft/Phi-3-mini-4k-instruct"
@@ -95,21 +98,24 @@ def test_model_aliases_and_kinds(tmp_path) -> None:
 
 
 def test_embedded_bytes_are_checked_against_the_pinned_sha256(tmp_path, monkeypatch) -> None:
-    from pytest_factedit import models
+    from pytest_factedit.model import embedded
 
     chunks = []
     for i in range(4):
         path = tmp_path / f"part{i}"
         path.write_bytes(b"not the model")
         chunks.append(path)
-    monkeypatch.setattr(models, "embedded_chunk_paths", lambda: chunks)
-    with pytest.raises(models.ModelLoadError, match="sha256"):
-        models.assemble_embedded_gguf(tmp_path / "out.gguf")
+    monkeypatch.setattr(embedded, "embedded_chunk_paths", lambda: chunks)
+    with pytest.raises(embedded.ModelLoadError, match="sha256"):
+        embedded.assemble_embedded_gguf(tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 
 
 def test_importing_the_plugin_does_not_import_torch() -> None:
-    code = "import sys, pytest_factedit.plugin, pytest_factedit.cli; print(sorted({'torch','transformers','peft'} & set(sys.modules)))"
+    """pytest imports every installed plugin on every run: the faces and the run layer must stay light."""
+    modules = "pytest_factedit.plugin, pytest_factedit.cli, pytest_factedit.run.case, pytest_factedit.run.many"
+    heavy = "{'torch', 'transformers', 'peft', 'rich'}"
+    code = f"import sys, {modules}; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -126,5 +132,6 @@ def test_localize_mode_in_yaml_is_validated_before_the_model_loads(pytester: pyt
     (suite / "broken.yaml").unlink()
     (suite / "eiffel.yaml").write_text(GOOD + "method: {localize: attributon}\n")
     result = pytester.runpytest("fact_cases", "--model", "/nonexistent/model")
-    result.stdout.fnmatch_lines(["*method.localize*expected one of trace, attribution, none, random*"
-                                 "did you mean 'attribution'?*"])
+    result.stdout.fnmatch_lines(
+        ["*method.localize*expected one of trace, attribution, none, random*did you mean 'attribution'?*"]
+    )

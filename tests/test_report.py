@@ -5,26 +5,62 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pytest_factedit.items import _failure_details
-from pytest_factedit.report import RunWriter, answers_table, summarize, summary_table
+from pytest_factedit.report.files import RunWriter
+from pytest_factedit.report.records import summary_record
+from pytest_factedit.report.tables import answers_table, failure_details, summary_table
 
 
 def record(case_id: str, forget: float = 1.0) -> dict:
-    metric = lambda v, t, d="higher": {"value": v, "threshold": t, "passed": v >= t if d == "higher" else v <= t,  # noqa: E731
-                                      "direction": d, "protocol": "p", "samples": 3}
+    def metric(v, t, d="higher"):
+        return {
+            "value": v,
+            "threshold": t,
+            "passed": v >= t if d == "higher" else v <= t,  # noqa: E731
+            "direction": d,
+            "protocol": "p",
+            "samples": 3,
+        }
+
     return {
-        "schema_version": 1, "run_id": "r", "case_id": case_id, "case_file": f"fact_cases/{case_id}.yaml",
-        "status": "ran", "reason": "", "model": {"name": "m"}, "device": "cpu", "dtype": "float32",
-        "versions": {}, "old": ["Paris"], "new": ["Rome"],
+        "schema_version": 1,
+        "run_id": "r",
+        "case_id": case_id,
+        "case_file": f"fact_cases/{case_id}.yaml",
+        "status": "ran",
+        "reason": "",
+        "model": {"name": "m"},
+        "device": "cpu",
+        "dtype": "float32",
+        "versions": {},
+        "old": ["Paris"],
+        "new": ["Rome"],
         "timings": {"edit_seconds": 3.0, "base_seconds_per_token": 0.01, "edited_seconds_per_token": 0.011},
-        "metrics": {"new_fact_accuracy": metric(1.0, 1.0), "forget_rate": metric(forget, 0.8),
-                    "paraphrase_accuracy": metric(0.5, 0.5), "control_retention": metric(1.0, 0.9),
-                    "latency_overhead": metric(1.1, 1.5, "lower")},
+        "metrics": {
+            "new_fact_accuracy": metric(1.0, 1.0),
+            "forget_rate": metric(forget, 0.8),
+            "paraphrase_accuracy": metric(0.5, 0.5),
+            "control_retention": metric(1.0, 0.9),
+            "latency_overhead": metric(1.1, 1.5, "lower"),
+        },
         "answers": [
-            {"group": "prompts", "prompt": "The Eiffel Tower is in", "expected": ["Rome"], "base": " Paris",
-             "base_correct": False, "edited": " Paris, France", "edited_correct": False},
-            {"group": "controls", "prompt": "Big Ben is in", "expected": ["London"], "base": " London",
-             "base_correct": True, "edited": " Rome", "edited_correct": False},
+            {
+                "group": "prompts",
+                "prompt": "The Eiffel Tower is in",
+                "expected": ["Rome"],
+                "base": " Paris",
+                "base_correct": False,
+                "edited": " Paris, France",
+                "edited_correct": False,
+            },
+            {
+                "group": "controls",
+                "prompt": "Big Ben is in",
+                "expected": ["London"],
+                "base": " London",
+                "base_correct": True,
+                "edited": " Rome",
+                "edited_correct": False,
+            },
         ],
     }
 
@@ -36,8 +72,16 @@ def test_results_jsonl_is_valid_after_every_case_and_latest_points_at_the_run(tm
     lines = (tmp_path / "run-1" / "results.jsonl").read_text().splitlines()
     assert [json.loads(x)["case_id"] for x in lines] == ["a"]
     writer.add(record("b", forget=0.5))
-    writer.finish(summarize(writer.records, {"run_id": "run-1", "model": {}, "device": "cpu", "dtype": "f",
-                                             "versions": {}}, 1.0))
+    writer.finish(
+        summary_record(
+            writer.records,
+            {"run_id": "run-1", "model": {}, "device": "cpu", "dtype": "f", "versions": {}},
+            1.0,
+            "isolated",
+            "",
+            None,
+        )
+    )
     assert (tmp_path / "latest").resolve() == (tmp_path / "run-1").resolve()
     summary = json.loads((tmp_path / "run-1" / "summary.json").read_text())
     assert summary["cases"] == 2 and summary["failed_metrics"] == 1
@@ -56,9 +100,9 @@ def test_plain_table_has_no_escape_codes_and_coloured_one_has(tmp_path: Path) ->
 
 
 def test_failure_details_show_prompt_expected_base_and_edited() -> None:
-    text = _failure_details("forget_rate", record("a", forget=0.0))
+    text = failure_details("forget_rate", record("a", forget=0.0))
     assert "The Eiffel Tower is in" in text and "not Paris" in text and "Paris, France" in text
-    controls = _failure_details("control_retention", record("a"))
+    controls = failure_details("control_retention", record("a"))
     assert "Big Ben is in" in controls and "London" in controls and "Rome" in controls
     for column in ("prompt", "expected", "base answer", "edited answer"):
         assert column in answers_table("t", [])

@@ -8,12 +8,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_factedit.cases import CASE_KEYS, CaseError, load_case
+from pytest_factedit.cases import load_case
+from pytest_factedit.cases.schema import CASE_KEYS
+from pytest_factedit.errors import CaseError
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 keys = st.one_of(st.sampled_from(CASE_KEYS), st.text(max_size=12))
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-WORDS = ("The Eiffel Tower is located in the city of Paris Rome London Berlin Big Ben clock tower "
-         "Here is a fact . , Italy France and it was a she he book opened began to weather cold so we "
-         "decided number that recipe calls for two cups after meeting everyone went back their river "
-         "flows slowly through children played park until wrote letter his Colosseum Louvre").split()
+WORDS = (
+    "The Eiffel Tower is located in the city of Paris Rome London Berlin Big Ben clock tower "
+    "Here is a fact . , Italy France and it was a she he book opened began to weather cold so we "
+    "decided number that recipe calls for two cups after meeting everyone went back their river "
+    "flows slowly through children played park until wrote letter his Colosseum Louvre"
+).split()
 
 
 def word_tokenizer() -> Any:
@@ -20,27 +22,43 @@ def word_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
     tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]",
-                                   pad_token="[PAD]", unk_token="[UNK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
+    )
     fast.padding_side = "left"
     return fast
 
 
 def tiny_model(kind: str, vocab_size: int, layers: int = 2) -> Any:
     import torch
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Phi3Config,
-                              Phi3ForCausalLM)
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
     common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if kind == "phi3":
-        model = Phi3ForCausalLM(Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                           num_attention_heads=4, num_key_value_heads=4,
-                                           max_position_embeddings=64, **common))
+        model = Phi3ForCausalLM(
+            Phi3Config(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=64,
+                **common,
+            )
+        )
     elif kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                             num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=64, **common))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=64,
+                **common,
+            )
+        )
     elif kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, **common))
     else:

@@ -1,57 +1,49 @@
-"""Editing methods behind one Editor interface, looked up by name (imports torch only when used)."""
+"""Editing methods behind one Editor interface, in one table keyed by name.
+
+Importing this package does not import torch or peft: the editors import them when they edit.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from .settings import EditSettings, MethodError, settings_from
+from ..errors import MethodError
+from .base import EditHandle, Editor, EditRequest
+from .full_ft import FullFineTuneEditor
+from .peft_staged import IA3AllLayersEditor, IA3SingleStageEditor, IA3TwoStageEditor, LoraEditor
+from .settings import EditSettings, settings_from
 
-_REGISTRY: dict[str, Callable[[], Any]] = {}
-_DEFAULTS: dict[str, dict[str, Any]] = {}
-
-
-def register(name: str, factory: Callable[[], Any], defaults: Mapping[str, Any] | None = None) -> None:
-    """Make an editor available as `method.name` / `--factedit-method`, with its own setting defaults."""
-    _REGISTRY[name] = factory
-    _DEFAULTS[name] = dict(defaults or {})
-
-
-def _peft_staged(class_name: str) -> Callable[[], Any]:
-    def factory() -> Any:
-        from . import peft_staged
-
-        return getattr(peft_staged, class_name)()
-    return factory
-
-
-def _full_ft() -> Any:
-    from .full_ft import FullFineTuneEditor
-
-    return FullFineTuneEditor()
-
-
-register("ia3-two-stage", _peft_staged("IA3TwoStageEditor"))
-register("ia3", _peft_staged("IA3SingleStageEditor"))
-register("ia3-all-layers", _peft_staged("IA3AllLayersEditor"))
-register("lora", _peft_staged("LoraEditor"), {"lr": 2e-3})
-# The paper's foil: plain fine-tuning of every weight on the new answer, without retention or guard.
-register("full-ft", _full_ft, {"lr": 2e-5, "kl_weight": 0.0, "guard_weight": 0.0})
+EDITORS: dict[str, type[Editor]] = {
+    cls.name: cls
+    for cls in (IA3TwoStageEditor, IA3SingleStageEditor, IA3AllLayersEditor, LoraEditor, FullFineTuneEditor)
+}
 
 
 def method_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(EDITORS)
 
 
-def get_editor(name: str) -> Any:
+def get_editor(name: str) -> Editor:
     """The editor registered under `name`."""
-    if name not in _REGISTRY:
-        raise MethodError("name", f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]()
+    if name not in EDITORS:
+        raise MethodError("name", f"unknown method {name!r}; known: {', '.join(EDITORS)}")
+    return EDITORS[name]()
 
 
 def resolve_settings(method: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> EditSettings:
     """Validated settings for a case's `method:` mapping and command-line overrides (method defaults first)."""
-    return settings_from(method, method_names(), overrides, _DEFAULTS)
+    return settings_from(method, method_names(), overrides, {name: cls.defaults for name, cls in EDITORS.items()})
 
 
-__all__ = ["EditSettings", "MethodError", "get_editor", "method_names", "register", "resolve_settings"]
+__all__ = [
+    "EDITORS",
+    "EditHandle",
+    "EditRequest",
+    "EditSettings",
+    "Editor",
+    "MethodError",
+    "get_editor",
+    "method_names",
+    "resolve_settings",
+]

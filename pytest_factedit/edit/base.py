@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from ..targets import TargetModules
+from ..model.targets import TargetModules
 from .settings import EditSettings
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Scope = Literal["localized", "all-layers", "all-weights"]
 
 
 @dataclass(frozen=True)
@@ -35,14 +43,20 @@ class StageReport:
     losses: list[float]
 
     def as_record(self) -> dict[str, Any]:
-        return {"name": self.name, "steps": self.steps, "seconds": round(self.seconds, 3),
-                "reached_goal": self.reached_goal, "final_loss": self.losses[-1] if self.losses else None}
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "reached_goal": self.reached_goal,
+            "final_loss": self.losses[-1] if self.losses else None,
+        }
 
 
 @dataclass(kw_only=True)
 class EditHandle:
-    """What every editor hands back: how the edit was made, and (in subclasses) how to undo it.
+    """What every editor hands back: how the edit was made, and how to switch it off, keep it or undo it.
 
+    A handle is a context manager: leaving the block removes the edit, unless `merge()` kept it.
     Subclasses provide disabled() (a context with the base behaviour), save(), merge() and remove().
     """
 
@@ -52,14 +66,35 @@ class EditHandle:
     stages: list[StageReport] = field(default_factory=list)
     trainable_parameters: int = 0
     seconds: float = 0.0
-    removed: bool = False
+    removed: bool = False  # removed or merged: nothing left to undo
+
+    def __enter__(self) -> EditHandle:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if not self.removed:
+            self.remove()
+
+    def disabled(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def save(self, out_dir: Path) -> list[str]:
+        raise NotImplementedError
+
+    def merge(self) -> PreTrainedModel:
+        raise NotImplementedError
+
+    def remove(self) -> PreTrainedModel:
+        raise NotImplementedError
 
 
 @dataclass(kw_only=True)
 class AppliedEdit(EditHandle):
     """Adapters live on the model until `remove()`, which restores the base modules untouched."""
 
-    peft_model: Any
+    peft_model: PeftModel
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -80,12 +115,12 @@ class AppliedEdit(EditHandle):
         self.peft_model.save_pretrained(str(out_dir), selected_adapters=names)
         return names
 
-    def merge(self) -> Any:
+    def merge(self) -> PreTrainedModel:
         """Fold every stage into the base weights (sequential editing); returns the base model."""
         self.removed = True
         return self.peft_model.merge_and_unload(adapter_names=[stage.name for stage in self.stages])
 
-    def remove(self) -> Any:
+    def remove(self) -> PreTrainedModel:
         """Unload every adapter without merging; returns the base model."""
         if self.removed:
             return self.peft_model.base_model.model
@@ -96,10 +131,19 @@ class AppliedEdit(EditHandle):
 class Editor(Protocol):
     """An editing method: applies an edit to `model` in place and returns the handle that removes it.
 
-    `request` is one fact, or several trained together into one edit (batch mode).
+    `request` is one fact, or several trained together into one edit (batch mode). `scope` says which
+    targets the runner gives it; `defaults` are the method's own setting defaults.
     """
 
-    name: str
+    name: ClassVar[str]
+    scope: ClassVar[Scope]
+    defaults: ClassVar[Mapping[str, Any]]
 
-    def apply(self, model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
-              targets: TargetModules, settings: EditSettings) -> EditHandle: ...
+    def apply(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        request: EditRequest | Sequence[EditRequest],
+        targets: TargetModules,
+        settings: EditSettings,
+    ) -> EditHandle: ...

@@ -3,59 +3,55 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..targets import TargetModules
-from .base import EditHandle, EditRequest
+from ..model.precision import training_precision
+from ..model.targets import TargetModules
+from ..model.weights import copy_into, restored_weights, snapshot
+from .base import EditHandle, EditRequest, Scope
 from .objectives import build_objectives
 from .settings import EditSettings
 from .training import train_stage
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(kw_only=True)
 class WeightsEdit(EditHandle):
     """An edit made in the weights themselves; `remove()` copies the saved originals back."""
 
-    model: Any
-    params: list[Any]
-    originals: list[Any]
+    model: PreTrainedModel
+    params: list[torch.nn.Parameter]
+    originals: list[torch.Tensor]
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
         """Run the base weights for the block, then put the edited ones back."""
-        import torch
-
-        edited = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for param, original in zip(self.params, self.originals):
-                param.copy_(original)
-        try:
+        with restored_weights(self.params):
+            copy_into(self.params, self.originals)
             yield
-        finally:
-            with torch.no_grad():
-                for param, value in zip(self.params, edited):
-                    param.copy_(value)
 
     def save(self, out_dir: Path) -> list[str]:
-        raise NotImplementedError(f"method {self.method} changes every weight; it has no adapter to save "
-                                  "(use an adapter method such as ia3-two-stage or lora to ship an edit)")
+        raise NotImplementedError(
+            f"method {self.method} changes every weight; it has no adapter to save "
+            "(use an adapter method such as ia3-two-stage or lora to ship an edit)"
+        )
 
-    def merge(self) -> Any:
+    def merge(self) -> PreTrainedModel:
         """Keep the fine-tuned weights (sequential editing) and drop the saved originals."""
         self.removed = True
         self.originals = []
         return self.model
 
-    def remove(self) -> Any:
-        import torch
-
+    def remove(self) -> PreTrainedModel:
         if not self.removed:
-            with torch.no_grad():
-                for param, original in zip(self.params, self.originals):
-                    param.copy_(original)
+            copy_into(self.params, self.originals)
             self.removed = True
             self.originals = []
         return self.model
@@ -64,25 +60,33 @@ class WeightsEdit(EditHandle):
 class FullFineTuneEditor:
     """Adam on all weights, learn goal only; no retention term and no guard unless the settings add them."""
 
-    name = "full-ft"
-    scope = "all-weights"
+    name: ClassVar[str] = "full-ft"
+    scope: ClassVar[Scope] = "all-weights"
+    # The paper's foil: plain fine-tuning of every weight on the new answer, without retention or guard.
+    defaults: ClassVar[Mapping[str, Any]] = {"lr": 2e-5, "kl_weight": 0.0, "guard_weight": 0.0}
 
-    def apply(self, model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
-              targets: TargetModules, settings: EditSettings) -> WeightsEdit:
+    def apply(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        request: EditRequest | Sequence[EditRequest],
+        targets: TargetModules,
+        settings: EditSettings,
+    ) -> WeightsEdit:
         import torch
 
         torch.manual_seed(settings.seed)
         started = time.perf_counter()
-        goals = build_objectives(model, tokenizer, request, settings)
         params = list(model.parameters())
-        edit = WeightsEdit(method=self.name, model=model, params=params,
-                           originals=[p.detach().clone() for p in params], targets=targets, settings=settings)
+        edit = WeightsEdit(
+            method=self.name, model=model, params=params, originals=snapshot(params), targets=targets, settings=settings
+        )
         try:
-            for param in params:
-                param.requires_grad_(True)
-            edit.stages.append(train_stage("learn", model, params, goals.learn_rows, goals.learn_goal,
-                                           settings.learn_max_steps, goals.kl_rows, goals.kl_reference, settings,
-                                           goals.pad_id, fact_sizes=goals.fact_sizes))
+            with training_precision(model, settings.train_precision, cast_weights=False):
+                goals = build_objectives(model, tokenizer, request, settings)
+                for param in params:
+                    param.requires_grad_(True)
+                edit.stages.append(train_stage("learn", model, params, goals, settings))
         except BaseException:
             edit.remove()
             raise

@@ -5,20 +5,24 @@ Shared so that editors differ only in *which weights* move, not in what they are
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
+from ..model.text import answer_token_ids, encode_prompt
 from .base import EditRequest
 from .batching import Row, kl_to_reference, pad_left, tail_logprobs
 from .retention import derived_neighbours, fact_texts, neutral_texts, without_held_out
 from .settings import EditSettings
 
-# Context prefixes so the edit holds after other text, not only at the start of a document.
-CONTEXT_PREFIXES: tuple[str, ...] = ("", "Here is a fact. ")
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 NEUTRAL_TAIL = 2
 
 # (log-probs of the training rows, which facts they belong to in a batch or None for all) -> (loss, reached)
-Goal = Callable[[list[Any], Optional[Sequence[int]]], tuple[Any, bool]]
+Goal = Callable[[list["torch.Tensor"], Sequence[int] | None], tuple["torch.Tensor", bool]]
 
 
 @dataclass
@@ -28,37 +32,38 @@ class Objectives:
     unlearn_rows: list[Row]
     learn_rows: list[Row]
     kl_rows: list[Row]
-    kl_reference: list[Any]
+    kl_reference: list[torch.Tensor]
     unlearn_goal: Goal
     learn_goal: Goal
     pad_id: int
     fact_sizes: tuple[int, ...] = ()  # batch: each fact's number of rows, in order (same in both stages)
 
+    def stage(self, name: str, settings: EditSettings) -> tuple[list[Row], Goal, int]:
+        """(training rows, goal, step cap) of the `unlearn` or `learn` stage."""
+        if name == "unlearn":
+            return self.unlearn_rows, self.unlearn_goal, settings.unlearn_max_steps
+        if name == "learn":
+            return self.learn_rows, self.learn_goal, settings.learn_max_steps
+        raise ValueError(f"unknown stage {name!r}; expected unlearn or learn")
 
-def encode(tokenizer: Any, text: str, chat: bool) -> tuple[int, ...]:
-    """Token ids of a prompt as the model sees it (chat template when `chat`)."""
-    if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return tuple(tokenizer(text, add_special_tokens=not chat).input_ids)
 
-
-def retention_rows(tokenizer: Any, request: EditRequest, settings: EditSettings) -> list[Row]:
+def retention_rows(tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings) -> list[Row]:
     """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors.
 
     Never a held-out text, and never one of the prompts being edited (holding those at their base answer
     would fight the edit).
     """
     avoid = request.held_out + request.prompts
-    neutral = [Row(encode(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(avoid)]
+    neutral = [Row(encode_prompt(tokenizer, t, False), NEUTRAL_TAIL) for t in neutral_texts(avoid)]
     fact_like = derived_neighbours(request.prompts, request.subject, request.held_out, settings.neighbours_per_prompt)
     fact_like += fact_texts(avoid)
     fact_like += without_held_out(request.anchors, avoid)
-    return neutral + [Row(encode(tokenizer, t, request.chat), 1) for t in fact_like]
+    return neutral + [Row(encode_prompt(tokenizer, t, request.chat), 1) for t in fact_like]
 
 
-def base_continuations(model: Any, tokenizer: Any, contexts: Sequence[tuple[int, ...]],
-                       n_tokens: int) -> list[tuple[int, ...]]:
+def base_continuations(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, contexts: Sequence[tuple[int, ...]], n_tokens: int
+) -> list[tuple[int, ...]]:
     """The base model's greedy tokens after each context (what the fluency guard keeps)."""
     import torch
 
@@ -67,13 +72,25 @@ def base_continuations(model: Any, tokenizer: Any, contexts: Sequence[tuple[int,
     device = next(model.parameters()).device
     ids, mask, _ = pad_left([Row(c, 1) for c in contexts], tokenizer.pad_token_id, device)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
-    return [tuple(row.tolist()) for row in out[:, ids.shape[1]:]]
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=n_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
+    return [tuple(row.tolist()) for row in out[:, ids.shape[1] :]]
 
 
-def build_objectives(model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
-                     settings: EditSettings) -> Objectives:
+def build_objectives(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest | Sequence[EditRequest],
+    settings: EditSettings,
+) -> Objectives:
     """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`)."""
     if isinstance(request, EditRequest):
         return fact_objectives(model, tokenizer, request, settings)
@@ -87,7 +104,7 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
     Retention rows shared by several facts (neutral text, general facts) are kept once.
     """
     kl_rows: list[Row] = []
-    kl_reference: list[Any] = []
+    kl_reference: list[torch.Tensor] = []
     seen: set[Row] = set()
     for part in parts:
         for row, reference in zip(part.kl_rows, part.kl_reference):
@@ -97,27 +114,38 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
                 kl_reference.append(reference)
     sizes = tuple(len(p.unlearn_rows) for p in parts)
     assert sizes == tuple(len(p.learn_rows) for p in parts), "a fact has as many learn rows as unlearn rows"
-    return Objectives([r for p in parts for r in p.unlearn_rows], [r for p in parts for r in p.learn_rows],
-                      kl_rows, kl_reference, _joint_goal([p.unlearn_goal for p in parts], sizes),
-                      _joint_goal([p.learn_goal for p in parts], sizes), parts[0].pad_id, sizes)
+    return Objectives(
+        [r for p in parts for r in p.unlearn_rows],
+        [r for p in parts for r in p.learn_rows],
+        kl_rows,
+        kl_reference,
+        _joint_goal([p.unlearn_goal for p in parts], sizes),
+        _joint_goal([p.learn_goal for p in parts], sizes),
+        parts[0].pad_id,
+        sizes,
+    )
 
 
 def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
     """The mean of the facts' losses over the rows given (of `facts`, or of every fact); reached when all are."""
-    def goal(logps: list[Any], facts: Sequence[int] | None = None) -> tuple[Any, bool]:
+
+    def goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
         import torch
 
         losses, reached, start = [], True, 0
         for fact in facts if facts is not None else range(len(goals)):
-            loss, done = goals[fact](logps[start:start + sizes[fact]], None)
+            loss, done = goals[fact](logps[start : start + sizes[fact]], None)
             losses.append(loss)
             reached = reached and done
             start += sizes[fact]
         return torch.stack(losses).mean(), reached
+
     return goal
 
 
-def fact_objectives(model: Any, tokenizer: Any, request: EditRequest, settings: EditSettings) -> Objectives:
+def fact_objectives(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+) -> Objectives:
     """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
 
     Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old`; reached when
@@ -128,31 +156,36 @@ def fact_objectives(model: Any, tokenizer: Any, request: EditRequest, settings: 
     import torch
 
     pad = tokenizer.pad_token_id
-    space = "" if request.chat else " "
-    new_ids = tuple(tokenizer(space + request.new[0], add_special_tokens=False).input_ids)
-    old_first = sorted({tokenizer(space + a, add_special_tokens=False).input_ids[0] for a in request.old})
-    prefixes = CONTEXT_PREFIXES if not request.chat else ("",)
-    contexts = [encode(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes]
+    new_ids = tuple(answer_token_ids(tokenizer, request.new[0], request.chat))
+    old_first = sorted({answer_token_ids(tokenizer, a, request.chat)[0] for a in request.old})
+    prefixes = settings.context_prefixes if not request.chat else ("",)
+    contexts = [
+        encode_prompt(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes
+    ]
     kl_rows = retention_rows(tokenizer, request, settings)
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], settings.guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
     with torch.no_grad():
         reference = tail_logprobs(model, kl_rows + learn_rows, pad)
-    guard_reference = [ref[len(new_ids):] for ref in reference[len(kl_rows):]]
+    guard_reference = [ref[len(new_ids) :] for ref in reference[len(kl_rows) :]]
     target = torch.tensor(new_ids, device=next(model.parameters()).device)
 
-    def unlearn_goal(logps: list[Any], facts: Sequence[int] | None = None) -> tuple[Any, bool]:
+    def unlearn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
         p_old = torch.stack([lp[0, old_first].exp().sum() for lp in logps])
         loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
         return loss, bool((p_old < settings.unlearn_stop_prob).all())
 
-    def learn_goal(logps: list[Any], facts: Sequence[int] | None = None) -> tuple[Any, bool]:
+    def learn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
         n = len(new_ids)
         nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
         guard = torch.stack([kl_to_reference(ref, lp[n:]) for ref, lp in zip(guard_reference, logps)]).mean()
-        done = all(bool((lp[:n].argmax(-1) == target).all())
-                   and float(lp[0, new_ids[0]].detach().exp()) >= settings.learn_stop_prob for lp in logps)
+        done = all(
+            bool((lp[:n].argmax(-1) == target).all())
+            and float(lp[0, new_ids[0]].detach().exp()) >= settings.learn_stop_prob
+            for lp in logps
+        )
         return nll + settings.guard_weight * guard, done
 
-    return Objectives([Row(c, 1) for c in contexts], learn_rows, kl_rows, reference[:len(kl_rows)],
-                      unlearn_goal, learn_goal, pad)
+    return Objectives(
+        [Row(c, 1) for c in contexts], learn_rows, kl_rows, reference[: len(kl_rows)], unlearn_goal, learn_goal, pad
+    )

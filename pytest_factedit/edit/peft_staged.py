@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..targets import TargetModules
-from .base import AppliedEdit, EditRequest
-from .objectives import build_objectives
+from ..model.precision import training_precision
+from ..model.targets import TargetModules
+from .base import AppliedEdit, EditRequest, Scope
+from .objectives import Objectives, build_objectives
 from .settings import EditSettings
 from .training import train_stage
 
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def _stage_params(peft_model: Any, adapter: str) -> list[Any]:
+
+def _stage_params(peft_model: PeftModel, adapter: str) -> list[torch.nn.Parameter]:
     """Make exactly the parameters of `adapter` trainable (peft names them `...ia3_l.<adapter>`,
     `...lora_A.<adapter>.weight`)."""
     params = []
@@ -26,47 +33,68 @@ def _stage_params(peft_model: Any, adapter: str) -> list[Any]:
 class PeftStagedEditor:
     """Train one fresh adapter per stage on the same modules; earlier adapters stay active and frozen."""
 
-    name = ""
-    scope = "localized"  # the runner gives localized targets
-    stages: tuple[str, ...] = ("unlearn", "learn")
+    name: ClassVar[str] = ""
+    scope: ClassVar[Scope] = "localized"  # the runner gives localized targets
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    stages: ClassVar[tuple[str, ...]] = ("unlearn", "learn")
 
-    def config(self, targets: TargetModules, settings: EditSettings) -> Any:
+    def config(self, targets: TargetModules, settings: EditSettings) -> PeftConfig:
         raise NotImplementedError
 
-    def apply(self, model: Any, tokenizer: Any, request: EditRequest | Sequence[EditRequest],
-              targets: TargetModules, settings: EditSettings) -> AppliedEdit:
+    def apply(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        request: EditRequest | Sequence[EditRequest],
+        targets: TargetModules,
+        settings: EditSettings,
+    ) -> AppliedEdit:
         import torch
-        from peft import get_peft_model
 
         torch.manual_seed(settings.seed)
         started = time.perf_counter()
-        goals = build_objectives(model, tokenizer, request, settings)
-        plan = {"unlearn": (goals.unlearn_rows, goals.unlearn_goal, settings.unlearn_max_steps),
-                "learn": (goals.learn_rows, goals.learn_goal, settings.learn_max_steps)}
         applied: AppliedEdit | None = None
         try:
-            for index, stage in enumerate(self.stages):
-                if applied is None:
-                    peft_model = get_peft_model(model, self.config(targets, settings), adapter_name=stage)
-                    applied = AppliedEdit(method=self.name, peft_model=peft_model, targets=targets, settings=settings)
-                else:
-                    applied.peft_model.add_adapter(stage, self.config(targets, settings))
-                applied.peft_model.base_model.set_adapter(list(self.stages[:index + 1]))
-                params = _stage_params(applied.peft_model, stage)
-                rows, goal, max_steps = plan[stage]
-                applied.stages.append(train_stage(stage, applied.peft_model.get_base_model(), params, rows, goal,
-                                                  max_steps, goals.kl_rows, goals.kl_reference, settings,
-                                                  goals.pad_id, fact_sizes=goals.fact_sizes))
-                applied.trainable_parameters += sum(p.numel() for p in params)
-                for param in params:
-                    param.requires_grad_(False)
-                applied.peft_model.eval()
+            with training_precision(model, settings.train_precision):
+                goals = build_objectives(model, tokenizer, request, settings)
+                for stage in self.stages:
+                    applied = self._add_adapter(model, applied, stage, targets, settings)
+                    self._train(applied, stage, goals, settings)
         except BaseException:
             if applied is not None:
                 applied.remove()
             raise
+        assert applied is not None, "an editor has at least one stage"
         applied.seconds = time.perf_counter() - started
         return applied
+
+    def _add_adapter(
+        self,
+        model: PreTrainedModel,
+        applied: AppliedEdit | None,
+        stage: str,
+        targets: TargetModules,
+        settings: EditSettings,
+    ) -> AppliedEdit:
+        """A fresh adapter for `stage`, active on top of the earlier stages' ones."""
+        from peft import get_peft_model
+
+        if applied is None:
+            peft_model = get_peft_model(model, self.config(targets, settings), adapter_name=stage)
+            applied = AppliedEdit(method=self.name, peft_model=peft_model, targets=targets, settings=settings)
+        else:
+            applied.peft_model.add_adapter(stage, self.config(targets, settings))
+        applied.peft_model.base_model.set_adapter(list(self.stages[: self.stages.index(stage) + 1]))
+        return applied
+
+    def _train(self, applied: AppliedEdit, stage: str, goals: Objectives, settings: EditSettings) -> None:
+        """Train the `stage` adapter alone (earlier stages stay active and frozen), then freeze it."""
+        params = _stage_params(applied.peft_model, stage)
+        applied.stages.append(train_stage(stage, applied.peft_model.get_base_model(), params, goals, settings))
+        applied.trainable_parameters += sum(p.numel() for p in params)
+        for param in params:
+            param.requires_grad_(False)
+        applied.peft_model.eval()
 
 
 class IA3TwoStageEditor(PeftStagedEditor):
@@ -74,11 +102,12 @@ class IA3TwoStageEditor(PeftStagedEditor):
 
     name = "ia3-two-stage"
 
-    def config(self, targets: TargetModules, settings: EditSettings) -> Any:
+    def config(self, targets: TargetModules, settings: EditSettings) -> PeftConfig:
         from peft import IA3Config
 
-        return IA3Config(target_modules=list(targets.modules), feedforward_modules=list(targets.feedforward),
-                         init_ia3_weights=True)
+        return IA3Config(
+            target_modules=list(targets.modules), feedforward_modules=list(targets.feedforward), init_ia3_weights=True
+        )
 
 
 class IA3SingleStageEditor(IA3TwoStageEditor):
@@ -100,9 +129,15 @@ class LoraEditor(PeftStagedEditor):
 
     name = "lora"
     stages = ("learn",)
+    defaults = {"lr": 2e-3}
 
-    def config(self, targets: TargetModules, settings: EditSettings) -> Any:
+    def config(self, targets: TargetModules, settings: EditSettings) -> PeftConfig:
         from peft import LoraConfig
 
-        return LoraConfig(target_modules=list(targets.modules), r=settings.lora_rank,
-                          lora_alpha=2 * settings.lora_rank, lora_dropout=0.0, init_lora_weights=True)
+        return LoraConfig(
+            target_modules=list(targets.modules),
+            r=settings.lora_rank,
+            lora_alpha=2 * settings.lora_rank,
+            lora_dropout=0.0,
+            init_lora_weights=True,
+        )

@@ -6,7 +6,7 @@ of one, is dropped before training.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 NEUTRAL_TEXTS: tuple[str, ...] = (
     "She opened the book and began to",
@@ -37,11 +37,36 @@ FACT_TEXTS: tuple[str, ...] = (
 # Well-known entities of many kinds; a training prompt with its subject swapped for one of these is a
 # "neighbour" prompt whose base-model answer the edit must keep (edits leak most to neighbours).
 ENTITY_BANK: tuple[str, ...] = (
-    "Colosseum", "Louvre", "Taj Mahal", "Acropolis", "Empire State Building", "Sydney Opera House",
-    "Toyota Camry", "Ford Focus", "Volkswagen Golf", "Nintendo Switch", "Xbox", "MacBook",
-    "Cristiano Ronaldo", "Serena Williams", "Michael Jordan", "Tiger Woods", "Usain Bolt",
-    "France", "Japan", "Italy", "Canada", "Australia", "Argentina", "China", "Spain", "Brazil",
-    "Germany", "Nigeria", "Peru", "Sweden",
+    "Colosseum",
+    "Louvre",
+    "Taj Mahal",
+    "Acropolis",
+    "Empire State Building",
+    "Sydney Opera House",
+    "Toyota Camry",
+    "Ford Focus",
+    "Volkswagen Golf",
+    "Nintendo Switch",
+    "Xbox",
+    "MacBook",
+    "Cristiano Ronaldo",
+    "Serena Williams",
+    "Michael Jordan",
+    "Tiger Woods",
+    "Usain Bolt",
+    "France",
+    "Japan",
+    "Italy",
+    "Canada",
+    "Australia",
+    "Argentina",
+    "China",
+    "Spain",
+    "Brazil",
+    "Germany",
+    "Nigeria",
+    "Peru",
+    "Sweden",
 )
 
 
@@ -50,15 +75,21 @@ def _mentions_any(text: str, needles: Iterable[str]) -> bool:
     return any(n.casefold() in folded for n in needles if n)
 
 
-def derived_neighbours(prompts: Sequence[str], subject: str, held_out: Sequence[str], per_prompt: int,
-                       bank: Sequence[str] = ENTITY_BANK) -> list[str]:
+def derived_neighbours(
+    prompts: Sequence[str], subject: str, held_out: Sequence[str], per_prompt: int, bank: Sequence[str] = ENTITY_BANK
+) -> list[str]:
     """The training prompts with the subject swapped for bank entities, skipping held-out overlap.
 
     A bank entity is skipped when it is (part of) the subject or occurs in any held-out text, so the
     held-out controls stay unseen in every form.
     """
-    usable = [e for e in bank if e.casefold() not in subject.casefold() and subject.casefold() not in e.casefold()
-              and not _mentions_any(" ".join(held_out), [e])]
+    usable = [
+        e
+        for e in bank
+        if e.casefold() not in subject.casefold()
+        and subject.casefold() not in e.casefold()
+        and not _mentions_any(" ".join(held_out), [e])
+    ]
     held = _folded(held_out)
     out: list[str] = []
     for i, prompt in enumerate(prompts):

@@ -1,85 +1,122 @@
-"""Editing settings: pure, validated data built from YAML `method:` and command-line options."""
+"""Editing settings: pure data from YAML `method:` and the command line, each field with its rule beside it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
-from ..cases import did_you_mean
+from ..errors import MethodError, did_you_mean
+
+LOCALIZE_MODES = ("trace", "attribution", "none", "random")
+TRAIN_PRECISIONS = ("model", "bfloat16")
+RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts"]
 
 
-class MethodError(ValueError):
-    """A `method:` mapping is invalid: names the key, what was expected and what was found."""
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts; `check` returns the value in its field's type or raises MethodError."""
 
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"key 'method.{key}': {message}")
+    kind: RuleKind
+    choices: tuple[str, ...] = ()
+
+    def check(self, key: str, value: Any) -> Any:
+        if self.kind in ("modules", "texts"):
+            return self._strings(key, value)
+        if self.kind in ("text", "choice"):
+            if not isinstance(value, str) or not value:
+                raise MethodError(key, f"expected a non-empty string, found {value!r}")
+            if self.kind == "choice" and value not in self.choices:
+                raise MethodError(
+                    key,
+                    f"expected one of {', '.join(self.choices)}, found {value!r}" + did_you_mean(value, self.choices),
+                )
+            return value
+        if isinstance(value, bool):
+            raise MethodError(key, f"expected a number, found {value!r}")
+        if self.kind == "count":
+            if not isinstance(value, int) or value < 0:
+                raise MethodError(key, f"expected a non-negative integer, found {type(value).__name__} {value!r}")
+            return value
+        positive = self.kind in ("positive", "probability")
+        if not isinstance(value, (int, float)) or value < 0 or (positive and value <= 0):
+            raise MethodError(key, f"expected a positive number, found {type(value).__name__} {value!r}")
+        if self.kind == "probability" and value > 1:
+            raise MethodError(key, f"expected a probability between 0 and 1, found {value!r}")
+        return float(value)
+
+    def _strings(self, key: str, value: Any) -> tuple[str, ...]:
+        """modules: non-empty names; texts: any strings (a context prefix may be ''), at least one."""
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if self.kind == "modules" and not (ok and all(value)):
+            raise MethodError(key, f"expected a list of module names, found {value!r}")
+        if self.kind == "texts" and not (ok and value):
+            raise MethodError(key, f"expected a non-empty list of strings, found {value!r}")
+        return tuple(value)
+
+
+def setting(default: Any, kind: RuleKind, help: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A settings field whose rule (and a line of help) lives next to it."""
+    return field(default=default, metadata={"rule": Rule(kind, choices), "help": help})
 
 
 @dataclass(frozen=True)
 class EditSettings:
     """How a fact is localized and edited (YAML `method:` keys, `--factedit-*` options)."""
 
-    name: str = "ia3-two-stage"
-    localize: str = "trace"  # trace | attribution | none (every layer) | random (ablation)
-    mlp_layers: int = 2  # top-k MLP layers (effect at the subject's last token)
-    attention_layers: int = 2  # top-k attention layers (effect at the last token)
-    noise_samples: int = 3
-    noise_scale: float = 3.0  # x the embedding std
-    lr: float = 3e-2
-    unlearn_max_steps: int = 25
-    learn_max_steps: int = 40
-    unlearn_stop_prob: float = 0.05
-    learn_stop_prob: float = 0.6
-    kl_weight: float = 10.0
-    guard_weight: float = 1.0
-    guard_tokens: int = 3
-    neighbours_per_prompt: int = 4
-    kl_rows_per_step: int = 12
-    lora_rank: int = 4
-    batch_facts_per_step: int = 8  # batch mode: facts trained per step, rotating (0 = every fact each step)
-    seed: int = 0
-    target_modules: tuple[str, ...] | None = None
-    feedforward_modules: tuple[str, ...] = ()
+    name: str = setting("ia3-two-stage", "text", "editing method (see edit/__init__.py: EDITORS)")
+    localize: str = setting(
+        "trace", "choice", "trace | attribution | none (every layer) | random (ablation)", LOCALIZE_MODES
+    )
+    mlp_layers: int = setting(2, "count", "top-k MLP layers (effect at the subject's last token)")
+    attention_layers: int = setting(2, "count", "top-k attention layers (effect at the last token)")
+    noise_samples: int = setting(3, "count", "noise samples per prompt when tracing")
+    noise_scale: float = setting(3.0, "positive", "noise std, x the embedding std")
+    lr: float = setting(3e-2, "positive", "Adam learning rate")
+    unlearn_max_steps: int = setting(25, "count", "step cap of the unlearn stage")
+    learn_max_steps: int = setting(40, "count", "step cap of the learn stage")
+    unlearn_stop_prob: float = setting(0.05, "probability", "unlearn stops once P(old) is below this on every row")
+    learn_stop_prob: float = setting(0.6, "probability", "learn stops once P(new) reaches this on every row")
+    kl_weight: float = setting(10.0, "non-negative", "weight of the KL retention term (0: off)")
+    guard_weight: float = setting(1.0, "non-negative", "weight of the KL guard on the tokens after the answer")
+    guard_tokens: int = setting(3, "count", "tokens after the answer the guard holds")
+    neighbours_per_prompt: int = setting(4, "count", "derived neighbour prompts per training prompt (retention)")
+    kl_rows_per_step: int = setting(12, "count", "retention rows per step, rotating")
+    lora_rank: int = setting(4, "count", "LoRA rank (lora only)")
+    batch_facts_per_step: int = setting(8, "count", "batch mode: facts trained per step, rotating (0 = every fact)")
+    seed: int = setting(0, "count", "seed of localization noise and training")
+    target_modules: tuple[str, ...] | None = setting(None, "modules", "put the adapter exactly here (no localization)")
+    feedforward_modules: tuple[str, ...] = setting((), "modules", "target modules whose input IA³ scales")
+    context_prefixes: tuple[str, ...] = setting(
+        ("", "Here is a fact. "), "texts", "texts put before each training prompt, so the edit holds after text"
+    )
+    train_precision: str = setting("model", "choice", "model (its own dtype) | bfloat16 (autocast)", TRAIN_PRECISIONS)
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None or spec.default is not None:
+                object.__setattr__(self, spec.name, spec.metadata["rule"].check(spec.name, value))
+        if self.feedforward_modules and not self.target_modules:
+            raise MethodError("feedforward_modules", "given without target_modules")
+        if self.localize in ("trace", "attribution", "random") and self.mlp_layers + self.attention_layers == 0:
+            raise MethodError("mlp_layers", "mlp_layers and attention_layers are both 0: nothing left to edit")
+        if self.localize in ("trace", "attribution") and self.noise_samples == 0:
+            raise MethodError("noise_samples", f"expected at least 1 noise sample for localize: {self.localize}")
 
     def as_record(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(EditSettings)}
-_POSITIVE = {"lr", "unlearn_stop_prob", "learn_stop_prob", "noise_scale"}
-LOCALIZE_MODES = ("trace", "attribution", "none", "random")
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(EditSettings))
 
 
-def _check(key: str, value: Any) -> Any:
-    default = getattr(EditSettings(), key)
-    if key in ("target_modules", "feedforward_modules"):
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise MethodError(key, f"expected a list of module names, found {value!r}")
-        return tuple(value)
-    if isinstance(default, bool) or isinstance(value, bool):
-        raise MethodError(key, f"expected a number, found {value!r}")
-    if isinstance(default, int):
-        if not isinstance(value, int) or value < 0:
-            raise MethodError(key, f"expected a non-negative integer, found {type(value).__name__} {value!r}")
-        return value
-    if isinstance(default, float):
-        if not isinstance(value, (int, float)) or value < 0 or (key in _POSITIVE and value <= 0):
-            raise MethodError(key, f"expected a positive number, found {type(value).__name__} {value!r}")
-        if key.endswith("_prob") and value > 1:
-            raise MethodError(key, f"expected a probability between 0 and 1, found {value!r}")
-        return float(value)
-    if not isinstance(value, str) or not value:
-        raise MethodError(key, f"expected a non-empty string, found {value!r}")
-    if key == "localize" and value not in LOCALIZE_MODES:
-        raise MethodError(key, f"expected one of {', '.join(LOCALIZE_MODES)}, found {value!r}"
-                          + did_you_mean(value, LOCALIZE_MODES))
-    return value
-
-
-def settings_from(method: Mapping[str, Any], known_methods: tuple[str, ...],
-                  overrides: Mapping[str, Any] | None = None,
-                  method_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> EditSettings:
+def settings_from(
+    method: Mapping[str, Any],
+    known_methods: tuple[str, ...],
+    overrides: Mapping[str, Any] | None = None,
+    method_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> EditSettings:
     """Validate a YAML `method:` mapping (plus command-line overrides, which win) into EditSettings.
 
     `method_defaults[name]` replaces the general defaults for that method (e.g. full fine-tuning's
@@ -88,21 +125,16 @@ def settings_from(method: Mapping[str, Any], known_methods: tuple[str, ...],
     merged = {**dict(method), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     chosen = merged.get("name", EditSettings.name)
     merged = {**dict((method_defaults or {}).get(chosen, {})), **merged}
-    values = {}
-    for key, value in merged.items():
-        if key not in _FIELD_TYPES:
-            raise MethodError(key, f"unknown setting; allowed: {', '.join(_FIELD_TYPES)}"
-                              + did_you_mean(key, _FIELD_TYPES))
-        values[key] = _check(key, value)
-    name = values.get("name", EditSettings.name)
-    if name not in known_methods:
-        raise MethodError("name", f"unknown method {name!r}; known: {', '.join(known_methods)}"
-                          + did_you_mean(name, known_methods))
-    if values.get("feedforward_modules") and not values.get("target_modules"):
-        raise MethodError("feedforward_modules", "given without target_modules")
-    settings = EditSettings(**values)
-    if settings.localize in ("trace", "attribution", "random") and settings.mlp_layers + settings.attention_layers == 0:
-        raise MethodError("mlp_layers", "mlp_layers and attention_layers are both 0: nothing left to edit")
-    if settings.localize in ("trace", "attribution") and settings.noise_samples == 0:
-        raise MethodError("noise_samples", f"expected at least 1 noise sample for localize: {settings.localize}")
+    for key in merged:
+        if key not in SETTING_NAMES:
+            raise MethodError(
+                key, f"unknown setting; allowed: {', '.join(SETTING_NAMES)}" + did_you_mean(key, SETTING_NAMES)
+            )
+    settings = EditSettings(**merged)
+    if settings.name not in known_methods:
+        raise MethodError(
+            "name",
+            f"unknown method {settings.name!r}; known: {', '.join(known_methods)}"
+            + did_you_mean(settings.name, known_methods),
+        )
     return settings

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..targets import ArchModules
+from ..model.arch import ArchModules
+
+if TYPE_CHECKING:
+    import torch
+
+Hook = Callable[..., Any]  # torch forward hook: (module, inputs, output) -> replacement output or None
 
 SITES = ("hidden", "mlp", "attn")  # decoder-layer output (residual stream), MLP output, attention output
 
@@ -22,17 +28,17 @@ def site_module_name(arch: ArchModules, site: str, layer: int) -> str:
     raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
 
 
-def main_output(output: Any) -> Any:
+def main_output(output: Any) -> torch.Tensor:
     """The hidden-state tensor of a module output (attention and some decoder layers return tuples)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def with_main_output(output: Any, tensor: Any) -> Any:
+def with_main_output(output: Any, tensor: torch.Tensor) -> Any:
     return (tensor,) + tuple(output[1:]) if isinstance(output, tuple) else tensor
 
 
 @contextmanager
-def forward_hooks(model: Any, hooks: Mapping[str, Callable[..., Any]]) -> Iterator[None]:
+def forward_hooks(model: torch.nn.Module, hooks: Mapping[str, Hook]) -> Iterator[None]:
     """Register `{module name: forward hook}` for the duration of the block; removed even on error."""
     modules = dict(model.named_modules())
     handles = []
@@ -46,7 +52,9 @@ def forward_hooks(model: Any, hooks: Mapping[str, Callable[..., Any]]) -> Iterat
 
 
 @contextmanager
-def embedding_noise(model: Any, positions: Sequence[int], noise: Any, make_leaf: bool = False) -> Iterator[None]:
+def embedding_noise(
+    model: torch.nn.Module, positions: Sequence[int], noise: torch.Tensor, make_leaf: bool = False
+) -> Iterator[None]:
     """Add `noise` (rows x len(positions) x d) to the token embeddings at `positions` of every row."""
     import torch
 
@@ -64,7 +72,7 @@ def embedding_noise(model: Any, positions: Sequence[int], noise: Any, make_leaf:
         handle.remove()
 
 
-def capture_hook(store: dict[Any, Any], key: Any, keep_grad: bool = False) -> Callable[..., None]:
+def capture_hook(store: dict[Any, torch.Tensor], key: Any, keep_grad: bool = False) -> Hook:
     """A hook that stores the module's hidden-state output under `key` (and retains its gradient)."""
 
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
@@ -76,7 +84,7 @@ def capture_hook(store: dict[Any, Any], key: Any, keep_grad: bool = False) -> Ca
     return hook
 
 
-def restore_hook(rows: Any, positions: Any, clean: Any) -> Callable[..., Any]:
+def restore_hook(rows: torch.Tensor, positions: torch.Tensor, clean: torch.Tensor) -> Hook:
     """A hook that overwrites output[rows[i], positions[i]] with the clean activation at positions[i]."""
 
     def hook(_module: Any, _inputs: Any, output: Any) -> Any:

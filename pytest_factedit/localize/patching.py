@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from ..lmhead import logits_from_hidden
-from ..targets import ArchModules
+from ..errors import SubjectNotFound
+from ..model.arch import ArchModules, num_layers
+from ..model.lmhead import logits_from_hidden
 from .hooks import SITES, capture_hook, embedding_noise, forward_hooks, restore_hook, site_module_name
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 Cell = tuple[str, int, tuple[int, ...]]  # (site, layer, positions restored together)
-
-
-class SubjectNotFound(ValueError):
-    """The subject does not occur in a prompt, so it cannot be corrupted."""
 
 
 @dataclass
@@ -23,57 +24,21 @@ class PreparedPrompt:
     """A prompt's tokens, subject positions, clean answer probability and clean activations at every site."""
 
     text: str
-    ids: Any  # 1 x T
+    ids: torch.Tensor  # 1 x T
     tokens: list[str]
     subject: tuple[int, ...]
     answer_id: int
     clean_prob: float
-    clean: dict[tuple[str, int], Any]  # (site, layer) -> T x d
+    clean: dict[tuple[str, int], torch.Tensor]  # (site, layer) -> T x d
 
     @property
     def last(self) -> int:
         return self.ids.shape[1] - 1
 
 
-@contextmanager
-def bf16_autocast(model: Any, device_type: str) -> Iterator[None]:
-    """bf16 autocast, with the decoder's linear weights cast once for the block instead of once per pass.
-
-    The original weight Parameters are put back in `finally`, so the model is unchanged afterwards.
-    """
-    import torch
-
-    swapped = []
-    try:
-        for module in model.base_model.modules():
-            if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
-                swapped.append((module, module.weight))
-                module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            yield
-    finally:
-        for module, original in swapped:
-            module.weight = original
-
-
-def precision_context(model: Any, precision: str = "auto") -> tuple[Any, str]:
-    """(context manager, label): bf16 on CUDA, and on CPUs with AMX bf16 units (5x faster); else the model dtype."""
-    import torch
-
-    param = next(model.parameters())
-    if precision == "float32" or param.dtype == torch.bfloat16:
-        return nullcontext(), str(param.dtype).replace("torch.", "")
-    if precision not in ("auto", "bfloat16"):
-        raise ValueError(f"precision must be auto, float32 or bfloat16, found {precision!r}")
-    if param.device.type == "cuda":
-        return bf16_autocast(model, "cuda"), "bfloat16 (autocast)"
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    if param.device.type == "cpu" and (precision == "bfloat16" or has_amx()):
-        return bf16_autocast(model, "cpu"), "bfloat16 (autocast, CPU AMX)"
-    return nullcontext(), str(param.dtype).replace("torch.", "")
-
-
-def subject_positions(tokenizer: Any, text: str, subject: str, add_special_tokens: bool) -> tuple[list[int], tuple[int, ...]]:
+def subject_positions(
+    tokenizer: PreTrainedTokenizerBase, text: str, subject: str, add_special_tokens: bool
+) -> tuple[list[int], tuple[int, ...]]:
     """Token ids of `text` and the positions of the tokens that overlap the first occurrence of `subject`."""
     start = text.find(subject)
     if start < 0:
@@ -86,7 +51,9 @@ def subject_positions(tokenizer: Any, text: str, subject: str, add_special_token
     return list(enc["input_ids"]), positions
 
 
-def answer_probs(model: Any, ids: Any, answer_id: int, head_weight: Any = None) -> Any:
+def answer_probs(
+    model: PreTrainedModel, ids: torch.Tensor, answer_id: int, head_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """P(answer token) at the last position of each row (the LM head runs on that position only)."""
     import torch
 
@@ -94,12 +61,14 @@ def answer_probs(model: Any, ids: Any, answer_id: int, head_weight: Any = None) 
     return torch.softmax(logits_from_hidden(model, hidden, head_weight).float(), dim=-1)[:, answer_id]
 
 
-_HEAD_COPIES: dict[int, tuple[Any, int, Any]] = {}  # id(weight) -> (weakref to it, its version, bf16 copy)
+_HEAD_COPIES: dict[
+    int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]
+] = {}  # id(weight) -> (weakref to it, its version, bf16 copy)
 
 
-def head_weight_for(model: Any, label: str) -> Any:
+def head_weight_for(model: PreTrainedModel, label: str) -> torch.Tensor:
     """The LM head weight; under bf16 autocast a bf16 copy, made once per weight and version and reused
-    across cases (casting Gemma's 262k x 640 head costs about 0.15 s on this CPU)."""
+    across cases (casting Gemma's 262k x 640 head is a copy of 168M values)."""
     import torch
 
     weight = model.get_output_embeddings().weight
@@ -114,24 +83,35 @@ def head_weight_for(model: Any, label: str) -> Any:
     return copy
 
 
-def prepare(model: Any, arch: ArchModules, tokenizer: Any, text: str, subject: str, answer_id: int,
-            add_special_tokens: bool, num_layers: int, head_weight: Any = None) -> PreparedPrompt:
-    """Run the clean prompt once, keeping every site's output."""
+def prepare(
+    model: PreTrainedModel,
+    arch: ArchModules,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    subject: str,
+    answer_id: int,
+    add_special_tokens: bool,
+    head_weight: torch.Tensor | None = None,
+) -> PreparedPrompt:
+    """Run the clean prompt once, keeping every site's output at every layer."""
     import torch
 
     token_ids, subject = subject_positions(tokenizer, text, subject, add_special_tokens)
     device = next(model.parameters()).device
     ids = torch.tensor([token_ids], device=device)
-    store: dict[Any, Any] = {}
-    hooks = {site_module_name(arch, s, layer): capture_hook(store, (s, layer))
-             for s in SITES for layer in range(num_layers)}
+    store: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = {
+        site_module_name(arch, s, layer): capture_hook(store, (s, layer))
+        for s in SITES
+        for layer in range(num_layers(model))
+    }
     with torch.no_grad(), forward_hooks(model, hooks):
         prob = float(answer_probs(model, ids, answer_id, head_weight)[0])
     clean = {key: value[0].detach() for key, value in store.items()}
     return PreparedPrompt(text, ids, tokenizer.convert_ids_to_tokens(token_ids), subject, answer_id, prob, clean)
 
 
-def noise_for(prep: PreparedPrompt, samples: int, std: float, seed: int) -> Any:
+def noise_for(prep: PreparedPrompt, samples: int, std: float, seed: int) -> torch.Tensor:
     """Seeded Gaussian noise for the subject's embeddings: samples x subject tokens x d."""
     import torch
 
@@ -141,7 +121,7 @@ def noise_for(prep: PreparedPrompt, samples: int, std: float, seed: int) -> Any:
     return noise.to(prep.ids.device)
 
 
-def embedding_std(model: Any, sample: int = 4096, seed: int = 0) -> float:
+def embedding_std(model: PreTrainedModel, sample: int = 4096, seed: int = 0) -> float:
     """Standard deviation of the embedding layer's output over a fixed sample of the vocabulary."""
     import torch
 
@@ -153,8 +133,15 @@ def embedding_std(model: Any, sample: int = 4096, seed: int = 0) -> float:
         return float(embed(ids).float().std())
 
 
-def restored_probs(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: Any, cells: Sequence[Cell],
-                   batch_rows: int, head_weight: Any = None) -> Any:
+def restored_probs(
+    model: PreTrainedModel,
+    arch: ArchModules,
+    prep: PreparedPrompt,
+    noise: torch.Tensor,
+    cells: Sequence[Cell],
+    batch_rows: int,
+    head_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """P(answer) with the subject corrupted: samples x (1 + cells); column 0 restores nothing.
 
     Every (noise sample, cell) is one row of a batched forward pass over the same prompt, in as few
@@ -168,7 +155,7 @@ def restored_probs(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: A
     plan = [(s, c) for s in range(samples) for c in range(-1, len(cells))]
     out = torch.empty((samples, len(cells) + 1))
     for start in range(0, len(plan), batch_rows):
-        chunk = plan[start:start + batch_rows]
+        chunk = plan[start : start + batch_rows]
         groups: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         for row, (_, c) in enumerate(chunk):
             if c < 0:
@@ -177,10 +164,12 @@ def restored_probs(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: A
             rows, pos = groups.setdefault((site, layer), ([], []))
             rows.extend([row] * len(positions))
             pos.extend(positions)
-        hooks = {site_module_name(arch, site, layer): restore_hook(torch.tensor(rows, device=device),
-                                                                   torch.tensor(pos, device=device),
-                                                                   prep.clean[(site, layer)])
-                 for (site, layer), (rows, pos) in groups.items()}
+        hooks = {
+            site_module_name(arch, site, layer): restore_hook(
+                torch.tensor(rows, device=device), torch.tensor(pos, device=device), prep.clean[(site, layer)]
+            )
+            for (site, layer), (rows, pos) in groups.items()
+        }
         chunk_noise = noise[torch.tensor([s for s, _ in chunk], device=noise.device)]
         ids = prep.ids.expand(len(chunk), -1)
         with torch.no_grad(), embedding_noise(model, prep.subject, chunk_noise), forward_hooks(model, hooks):
@@ -190,8 +179,14 @@ def restored_probs(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: A
     return out
 
 
-def attribution_estimates(model: Any, arch: ArchModules, prep: PreparedPrompt, noise: Any, num_layers: int,
-                          head_weight: Any = None) -> dict[str, Any]:
+def attribution_estimates(
+    model: PreTrainedModel,
+    arch: ArchModules,
+    prep: PreparedPrompt,
+    noise: torch.Tensor,
+    layers: int,
+    head_weight: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """First-order estimate of every restoration's effect from one forward and one backward pass.
 
     effect(site, layer, pos) ~ (clean - corrupted) . d P(answer) / d activation, averaged over noise
@@ -199,18 +194,20 @@ def attribution_estimates(model: Any, arch: ArchModules, prep: PreparedPrompt, n
     """
     import torch
 
-    store: dict[Any, Any] = {}
-    hooks = {site_module_name(arch, s, layer): capture_hook(store, (s, layer), keep_grad=True)
-             for s in SITES for layer in range(num_layers)}
+    store: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = {
+        site_module_name(arch, s, layer): capture_hook(store, (s, layer), keep_grad=True)
+        for s in SITES
+        for layer in range(layers)
+    }
     ids = prep.ids.expand(noise.shape[0], -1)
-    with torch.enable_grad(), embedding_noise(model, prep.subject, noise, make_leaf=True), \
-            forward_hooks(model, hooks):
+    with torch.enable_grad(), embedding_noise(model, prep.subject, noise, make_leaf=True), forward_hooks(model, hooks):
         probs = answer_probs(model, ids, prep.answer_id, head_weight)
         probs.sum().backward()
     grids = {}
     for site in SITES:
         rows = []
-        for layer in range(num_layers):
+        for layer in range(layers):
             act = store[(site, layer)]
             grad = act.grad if act.grad is not None else torch.zeros_like(act)
             delta = prep.clean[(site, layer)].float() - act.detach().float()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .console import render
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 SHADES = " ░▒▓█"  # one more step per fifth of the grid's largest effect; "·" = scored, below a fifth
 SITE_TITLES = {"hidden": "residual stream (layer output)", "mlp": "MLP output", "attn": "attention output"}
@@ -41,7 +47,7 @@ def site_grid(grid: dict[str, Any], site: str) -> tuple[list[int], list[list[flo
     return positions, [[row[p] for row in by_layer] for p in positions]
 
 
-def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0) -> Any:
+def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0) -> Text:
     """A rich Text with one block per scored site of one prompt's grid, plus the chosen layers."""
     from rich.text import Text
 
@@ -51,8 +57,10 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
     kind = "real restorations" if grid["kind"] == "patched" else "attribution estimates"
     out = Text()
     out.append(f"{title} " if title else "", style="bold")
-    out.append(f"{record['method']}: P({record['answer']!r}) with the subject corrupted, "
-               f"{record['noise_samples']} noise samples\n")
+    out.append(
+        f"{record['method']}: P({record['answer']!r}) with the subject corrupted, "
+        f"{record['noise_samples']} noise samples\n"
+    )
     out.append(f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}\n")
     out.append(f"P clean {grid['clean_prob']:.3f}, corrupted {grid['corrupted_prob']:.3f}; cells: {kind}\n")
     for site in ("hidden", "mlp", "attn"):
@@ -63,8 +71,11 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
         top = max(values + [0.0])
         layers = len(rows[0])
         out.append(f"{SITE_TITLES[site]} (max {top:+.3f})\n", style="bold")
-        out.append(" " * label_width + "".join(f"{layer:<2d}" if layer % 2 == 0 else "  " for layer in range(layers))
-                   + "  layer\n")
+        out.append(
+            " " * label_width
+            + "".join(f"{layer:<2d}" if layer % 2 == 0 else "  " for layer in range(layers))
+            + "  layer\n"
+        )
         for position, row in zip(positions, rows):
             marker = "*" if position in subject else " "
             out.append(_token_label(marker + grid["tokens"][position], label_width))
@@ -73,22 +84,17 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
                 out.append(text, style=f"on {_colour(SITE_COLOURS[site], level)}" if value is not None else "")
             out.append("\n")
     out.append("' ░▒▓█': fifths of the largest effect, '·': below, blank: not scored, *: subject\n")
-    out.append(f"chosen: MLP layers {record['mlp_layers']} (at the subject's last token)\n"
-               f"        attention layers {record['attention_layers']} (at the last token)\n")
+    out.append(
+        f"chosen: MLP layers {record['mlp_layers']} (at the subject's last token)\n"
+        f"        attention layers {record['attention_layers']} (at the last token)\n"
+    )
     out.append(f"{record['seconds']:.2f}s, {record['precision']}\n")
     return out
 
 
 def render_heatmap(record: dict[str, Any], title: str = "", color: bool = False, width: int = 120) -> str:
     """The heatmap as a string: ANSI colours when `color`, plain block characters otherwise."""
-    import io
-
-    from rich.console import Console
-
-    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, width=width,
-                      color_system="truecolor" if color else None, highlight=False)
-    console.print(heatmap_text(record, title), end="")
-    return console.file.getvalue()
+    return render(heatmap_text(record, title), color, width, color_system="truecolor", end="")
 
 
 def write_png(record: dict[str, Any], path: Path, title: str = "") -> Path:

@@ -1,30 +1,16 @@
-"""Fact case schema v1: frozen dataclasses and a strict YAML loader (safe_load only)."""
+"""Fact case schema v1: frozen dataclasses whose fields are the YAML keys, and the rules of each key."""
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-import yaml
-
-from .metricspec import METRIC_BY_NAME
+from ..errors import CaseError, did_you_mean
+from ..metrics.spec import METRIC_BY_NAME
 
 SCHEMA_VERSION = 1
-DEFAULTS_FILE = "_defaults.yaml"
-CASE_SUFFIXES = (".yaml", ".yml")
-
-
-class CaseError(Exception):
-    """A fact case (or a `_defaults.yaml`) is invalid: names the file, the key and the problem."""
-
-    def __init__(self, path: Path | str, key: str | None, message: str) -> None:
-        self.path = str(path)
-        self.key = key
-        self.message = message
-        where = f"{self.path}: key '{key}'" if key else self.path
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -57,19 +43,13 @@ DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "method",
 REQUIRED_KEYS: tuple[str, ...] = ("subject", "prompts", "old", "new")
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
 def _text(path: Path, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise CaseError(path, key, f"expected a non-empty string, found {_type_name(value)} {value!r}")
+        raise CaseError(path, key, f"expected a non-empty string, found {type_name(value)} {value!r}")
     return value
 
 
@@ -87,41 +67,53 @@ def _answer_aliases(path: Path, key: str, value: Any) -> tuple[str, ...]:
 
 def _text_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise CaseError(path, key, f"expected a list of strings, found {_type_name(value)} {value!r}")
+        raise CaseError(path, key, f"expected a list of strings, found {type_name(value)} {value!r}")
     return tuple(_text(path, f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
 def _controls(path: Path, value: Any) -> tuple[Control, ...]:
     if not isinstance(value, list):
-        raise CaseError(path, "controls", f"expected a list of {{prompt, answer}} mappings, found {_type_name(value)}")
+        raise CaseError(path, "controls", f"expected a list of {{prompt, answer}} mappings, found {type_name(value)}")
     out = []
     for i, item in enumerate(value):
         key = f"controls[{i}]"
         if not isinstance(item, dict):
-            raise CaseError(path, key, f"expected a mapping with 'prompt' and 'answer', found {_type_name(item)} {item!r}")
+            raise CaseError(
+                path, key, f"expected a mapping with 'prompt' and 'answer', found {type_name(item)} {item!r}"
+            )
         for k in item:
             if k not in ("prompt", "answer"):
-                raise CaseError(path, f"{key}.{k}", "unknown key, expected 'prompt' or 'answer'"
-                                + did_you_mean(str(k), ("prompt", "answer")))
+                raise CaseError(
+                    path,
+                    f"{key}.{k}",
+                    "unknown key, expected 'prompt' or 'answer'" + did_you_mean(str(k), ("prompt", "answer")),
+                )
         for k in ("prompt", "answer"):
             if k not in item:
                 raise CaseError(path, f"{key}.{k}", "missing required key")
-        out.append(Control(_text(path, f"{key}.prompt", item["prompt"]),
-                           _answer_aliases(path, f"{key}.answer", item["answer"])))
+        out.append(
+            Control(
+                _text(path, f"{key}.prompt", item["prompt"]), _answer_aliases(path, f"{key}.answer", item["answer"])
+            )
+        )
     return tuple(out)
 
 
 def _thresholds(path: Path, value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
-        raise CaseError(path, "thresholds", f"expected a mapping of metric name to number, found {_type_name(value)}")
+        raise CaseError(path, "thresholds", f"expected a mapping of metric name to number, found {type_name(value)}")
     out = {}
     for name, threshold in value.items():
         key = f"thresholds.{name}"
         if name not in METRIC_BY_NAME:
-            raise CaseError(path, key, f"unknown metric, expected one of {', '.join(METRIC_BY_NAME)}"
-                            + did_you_mean(str(name), METRIC_BY_NAME))
+            raise CaseError(
+                path,
+                key,
+                f"unknown metric, expected one of {', '.join(METRIC_BY_NAME)}"
+                + did_you_mean(str(name), METRIC_BY_NAME),
+            )
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise CaseError(path, key, f"expected a number, found {_type_name(threshold)} {threshold!r}")
+            raise CaseError(path, key, f"expected a number, found {type_name(threshold)} {threshold!r}")
         if METRIC_BY_NAME[name].direction == "higher" and not 0.0 <= threshold <= 1.0:
             raise CaseError(path, key, f"expected a share between 0 and 1, found {threshold}")
         if threshold < 0:
@@ -132,46 +124,25 @@ def _thresholds(path: Path, value: Any) -> dict[str, float]:
 
 def _method(path: Path, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise CaseError(path, "method", f"expected a mapping (name and settings), found {_type_name(value)}")
+        raise CaseError(path, "method", f"expected a mapping (name and settings), found {type_name(value)}")
     for k in value:
         if not isinstance(k, str):
-            raise CaseError(path, "method", f"expected string keys, found {_type_name(k)} {k!r}")
+            raise CaseError(path, "method", f"expected string keys, found {type_name(k)} {k!r}")
     return dict(value)
 
 
 def _chat(path: Path, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise CaseError(path, "chat", f"expected true or false, found {_type_name(value)} {value!r}")
+        raise CaseError(path, "chat", f"expected true or false, found {type_name(value)} {value!r}")
     return value
-
-
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """Parse a YAML file with safe_load; it must hold a mapping with string keys."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaseError(path, None, f"cannot read file: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CaseError(path, None, f"invalid YAML: {exc}") from exc
-    except (RecursionError, ValueError, OverflowError) as exc:
-        raise CaseError(path, None, f"invalid YAML: {exc!r}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise CaseError(path, None, f"expected a mapping of keys at the top level, found {_type_name(data)}")
-    for key in data:
-        if not isinstance(key, str):
-            raise CaseError(path, str(key), f"expected string keys, found {_type_name(key)} {key!r}")
-    return data
 
 
 def _reject_unknown(path: Path, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
-            raise CaseError(path, key, f"unknown key; allowed keys are {', '.join(allowed)}"
-                            + did_you_mean(key, allowed))
+            raise CaseError(
+                path, key, f"unknown key; allowed keys are {', '.join(allowed)}" + did_you_mean(key, allowed)
+            )
 
 
 @dataclass(frozen=True)
@@ -184,7 +155,7 @@ class CaseDefaults:
     method: Mapping[str, Any] = field(default_factory=dict)
     chat: bool | None = None
 
-    def merged_with(self, inner: "CaseDefaults") -> "CaseDefaults":
+    def merged_with(self, inner: CaseDefaults) -> CaseDefaults:
         """Defaults of a deeper folder: lists add up, mappings merge with the inner values winning."""
         return CaseDefaults(
             controls=self.controls + inner.controls,
@@ -195,9 +166,8 @@ class CaseDefaults:
         )
 
 
-def load_defaults(path: Path) -> CaseDefaults:
-    """Load and validate one `_defaults.yaml`."""
-    data = read_yaml_mapping(path)
+def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
+    """Validate one `_defaults.yaml` mapping."""
     _reject_unknown(path, data, DEFAULTS_KEYS)
     return CaseDefaults(
         controls=_controls(path, data["controls"]) if "controls" in data else (),
@@ -206,21 +176,6 @@ def load_defaults(path: Path) -> CaseDefaults:
         method=_method(path, data["method"]) if "method" in data else {},
         chat=_chat(path, data["chat"]) if "chat" in data else None,
     )
-
-
-def defaults_for(case_path: Path, root: Path | None = None) -> CaseDefaults:
-    """Merge every `_defaults.yaml` from `root` (or the filesystem root) down to the case's folder."""
-    folder = Path(case_path).resolve().parent
-    top = Path(root).resolve() if root is not None else None
-    chain = [folder]
-    while top is not None and chain[-1] != top and chain[-1].parent != chain[-1] and top in chain[-1].parents:
-        chain.append(chain[-1].parent)
-    merged = CaseDefaults()
-    for directory in reversed(chain):
-        candidate = directory / DEFAULTS_FILE
-        if candidate.is_file():
-            merged = merged.merged_with(load_defaults(candidate))
-    return merged
 
 
 def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = CaseDefaults()) -> FactCase:
@@ -248,22 +203,23 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
     controls = _controls(path, data["controls"]) if "controls" in data else ()
     controls = controls + defaults.controls
     if not controls:
-        raise CaseError(path, "controls", "expected at least one control (in the case or in _defaults.yaml), found none")
+        raise CaseError(
+            path, "controls", "expected at least one control (in the case or in _defaults.yaml), found none"
+        )
     anchors = (_text_list(path, "anchors", data["anchors"]) if "anchors" in data else ()) + defaults.anchors
     thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}
     method = {**defaults.method, **(_method(path, data["method"]) if "method" in data else {})}
     chat = _chat(path, data["chat"]) if "chat" in data else bool(defaults.chat)
-    return FactCase(id=case_id, subject=subject, prompts=prompts, old=old, new=new, paraphrases=paraphrases,
-                    controls=controls, anchors=anchors, chat=chat, thresholds=thresholds, method=method)
-
-
-def load_case(path: Path | str, root: Path | str | None = None) -> FactCase:
-    """Load one case file, with the `_defaults.yaml` files between `root` and its folder."""
-    path = Path(path)
-    defaults = defaults_for(path, Path(root) if root is not None else path.resolve().parent)
-    return parse_case(path, read_yaml_mapping(path), defaults)
-
-
-def is_case_file(path: Path) -> bool:
-    """YAML files whose name does not start with '_' are fact cases."""
-    return path.suffix in CASE_SUFFIXES and not path.name.startswith("_")
+    return FactCase(
+        id=case_id,
+        subject=subject,
+        prompts=prompts,
+        old=old,
+        new=new,
+        paraphrases=paraphrases,
+        controls=controls,
+        anchors=anchors,
+        chat=chat,
+        thresholds=thresholds,
+        method=method,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .metricspec import METRIC_BY_NAME
+from .spec import METRIC_BY_NAME
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,12 @@ def judge(metric: str, value: float | None, threshold: float, samples: int) -> V
     spec = METRIC_BY_NAME[metric]
     if value is None:
         return Verdict(metric, None, threshold, True, f"{metric}: no samples to measure")
-    if spec.direction == "higher":
-        passed, relation = value >= threshold, ">="
-    else:
-        passed, relation = value <= threshold, "<="
+    passed = value >= threshold if spec.direction == "higher" else value <= threshold
     verdict = "meets" if passed else "misses"
-    return Verdict(metric, value, threshold, passed,
-                   f"{metric} = {value:.3f} over {samples} samples {verdict} the threshold ({relation} {threshold:g})")
+    return Verdict(
+        metric,
+        value,
+        threshold,
+        passed,
+        f"{metric} = {value:.3f} over {samples} samples {verdict} the threshold ({spec.relation} {threshold:g})",
+    )

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 
-def logits_from_hidden(model: Any, hidden: Any, weight: Any = None) -> Any:
+def logits_from_hidden(
+    model: PreTrainedModel, hidden: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """LM head (and the final logit soft-capping some models use) on selected hidden states.
 
     `weight` replaces the head's weight, e.g. a copy already cast to the autocast dtype.
@@ -13,8 +19,7 @@ def logits_from_hidden(model: Any, hidden: Any, weight: Any = None) -> Any:
     import torch
 
     head = model.get_output_embeddings()
-    logits = torch.nn.functional.linear(hidden, head.weight if weight is None else weight,
-                                        getattr(head, "bias", None))
+    logits = torch.nn.functional.linear(hidden, head.weight if weight is None else weight, getattr(head, "bias", None))
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -1,0 +1,129 @@
+"""CounterFact records as schema-v1 fact cases, keeping only the facts a model already answers."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..errors import CaseError, SourceError
+from ..metrics.answers import matches
+from ..model.probe import greedy_continuations
+from ..model.text import answer_token_budget
+from .loader import DEFAULTS_FILE, load_case
+from .schema import FactCase
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+RECORD_KEYS = (
+    "case_id",
+    "prompt",
+    "subject",
+    "ground_truth",
+    "target_new",
+    "rephrase_prompt",
+    "locality_prompt",
+    "locality_ground_truth",
+)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a CounterFact JSON file (a list of objects with RECORD_KEYS)."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SourceError(f"cannot read a JSON file: {exc}", path=path) from exc
+    if not isinstance(records, list):
+        raise SourceError(f"expected a JSON list of CounterFact records, found {type(records).__name__}", path=path)
+    for index, record in enumerate(records):
+        missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise SourceError(f"record {index} lacks {missing}; expected keys {list(RECORD_KEYS)}", path=path)
+    return records
+
+
+def usable(record: dict[str, Any]) -> bool:
+    """Schema v1 can hold it: the subject occurs in prompt and rephrase, and old and new differ."""
+    subject = record["subject"]
+    return (
+        bool(subject)
+        and subject in record["prompt"]
+        and subject in record["rephrase_prompt"]
+        and record["ground_truth"].strip().lower() != record["target_new"].strip().lower()
+    )
+
+
+def case_mapping(record: dict[str, Any]) -> dict[str, Any]:
+    """The YAML mapping of one record: prompt -> prompts, rephrase -> paraphrases, locality -> a control."""
+    return {
+        "id": f"counterfact-{record['case_id']}",
+        "subject": record["subject"],
+        "prompts": [record["prompt"]],
+        "old": record["ground_truth"],
+        "new": record["target_new"],
+        "paraphrases": [record["rephrase_prompt"]],
+        "controls": [{"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}],
+    }
+
+
+def _shuffled(records: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    order = [r for r in records if usable(r)]
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def sampled_records(records: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The first `n` usable records in a seeded random order (no model needed)."""
+    return _shuffled(records, seed)[:n]
+
+
+def known_records(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[dict[str, Any]],
+    n: int,
+    seed: int,
+    batch_size: int = 64,
+) -> Iterator[dict[str, Any]]:
+    """Up to `n` records, in a seeded random order, whose prompt the model completes with ground_truth."""
+    order = _shuffled(records, seed)
+    kept = 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        budgets = [answer_token_budget(tokenizer, [r["ground_truth"]]) for r in chunk]
+        answers = greedy_continuations(model, tokenizer, [r["prompt"] for r in chunk], budgets)
+        for record, answer in zip(chunk, answers):
+            if matches(answer, (record["ground_truth"],)):
+                yield record
+                kept += 1
+                if kept == n:
+                    return
+
+
+def write_cases(
+    records: Sequence[dict[str, Any]], out: Path, defaults_file: Path | None = None
+) -> tuple[list[FactCase], list[tuple[Any, str]]]:
+    """Write each record as `out/<id>.yaml` and load it back (with `defaults_file` copied in as _defaults.yaml).
+
+    Returns the loaded cases and, for each record schema v1 cannot hold, its case_id and why (its file is removed).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if defaults_file is not None:
+        shutil.copy(defaults_file, out / DEFAULTS_FILE)
+    cases, skipped = [], []
+    for record in records:
+        mapping = case_mapping(record)
+        path = out / f"{mapping['id']}.yaml"
+        path.write_text(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        try:
+            cases.append(load_case(path, root=out))
+        except CaseError as exc:  # a record schema v1 cannot hold: drop the file, say why
+            path.unlink()
+            skipped.append((record["case_id"], str(exc)))
+    return cases, skipped

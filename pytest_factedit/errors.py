@@ -1,0 +1,81 @@
+"""Every error a user can meet: one base class that carries the file and the key, printed one way."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class FactEditError(Exception):
+    """Base of the plugin's errors: a message, and the file and key it is about where they exist.
+
+    `str(exc)` is the whole message, `<file>: key '<key>': <message>`, so the CLI and collection print
+    it as it is.
+    """
+
+    def __init__(self, message: str, *, path: Path | str | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.key = key
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = [self.path] if self.path else []
+        where += [f"key '{self.key}'"] if self.key else []
+        return ": ".join(where + [self.message])
+
+    def at(self, path: Path | str) -> FactEditError:
+        """The same error, located in `path` (for errors found before the file was known)."""
+        located = type(self).__new__(type(self))
+        located.__dict__.update(self.__dict__, path=str(path))
+        located.args = self.args
+        return located
+
+
+class CaseError(FactEditError):
+    """A fact case (or a `_defaults.yaml`) is invalid: names the file, the key and the problem."""
+
+    def __init__(self, path: Path | str | None, key: str | None, message: str) -> None:
+        super().__init__(message, path=path, key=key)
+
+
+class MethodError(FactEditError):
+    """A `method:` mapping (or a command-line override of it) is invalid."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message, key=f"method.{key}")
+
+
+class SourceError(FactEditError):
+    """A benchmark file to import (CounterFact) cannot be read or has the wrong shape."""
+
+
+class ModelError(FactEditError):
+    """The model cannot do what a case asks (for example, `chat: true` without a chat template)."""
+
+
+class ModelLoadError(ModelError):
+    """The model could not be loaded; the message says what was tried and how to fix it."""
+
+
+class UnsupportedArchitecture(ModelError):
+    """No module table for this model; the message shows how to name modules in YAML instead."""
+
+
+class SubjectNotFound(ModelError):
+    """The subject does not occur in a prompt's tokens, so it cannot be corrupted."""
+
+
+class RestoreError(FactEditError):
+    """The base weights differ after an edit was undone: every later case would be invalid."""
+
+
+class MetricFailure(FactEditError, AssertionError):
+    """A metric missed its threshold; the message is the report (no traceback is shown)."""

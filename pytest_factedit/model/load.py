@@ -1,0 +1,143 @@
+"""Loading a causal LM and its tokenizer for a run: device, dtype, and errors that say how to fix them."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModelLoadError
+from .embedded import converted_dir
+from .spec import ALIASES, DEFAULT_MODEL, ModelSpec, resolve
+from .weights import weights_fingerprint
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with its tokenizer and the facts a report needs about it."""
+
+    spec: ModelSpec
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: str
+    dtype: str
+    weights_hash: str
+    load_seconds: float
+    conversion_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def pick_device(requested: str = "auto") -> tuple[str, torch.dtype]:
+    """(device, torch dtype): CUDA with bf16 when asked or available under auto, else CPU with fp32."""
+    import torch
+
+    if requested not in DEVICES:
+        raise ModelLoadError(f"--factedit-device: expected auto, cpu or cuda, found {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            "--factedit-device cuda was asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}). Use --factedit-device cpu or auto."
+        )
+    use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    return ("cuda", torch.bfloat16) if use_cuda else ("cpu", torch.float32)
+
+
+def _hub_error(spec: ModelSpec, exc: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    tried = [
+        f"a local folder named {spec.source!r} (none exists)",
+        f"the Hugging Face hub id {spec.source!r} in the local cache and online"
+        + (" (HF_HUB_OFFLINE is set)" if offline else ""),
+    ]
+    if spec.name in ALIASES:
+        tried.insert(0, f"the alias {spec.name!r} -> {spec.source!r}")
+    return ModelLoadError(
+        f"--model {spec.name}: could not load the model. Tried: "
+        + "; ".join(tried)
+        + f". Error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+        f"Fix: on a machine with network run `huggingface-cli download {spec.source}` (or "
+        f"`python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('{spec.source}')\"`) "
+        "to fill the Hugging Face cache, or pass a local folder with --model /path/to/model, "
+        f"or use the embedded default (--model {DEFAULT_MODEL})."
+    )
+
+
+def load(name: str | None = None, device: str = "auto") -> LoadedModel:
+    """Load the model named by `--model` onto the chosen device; raises ModelLoadError with a fix."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError as exc:
+        raise ModelLoadError(f"pytest-factedit needs transformers: {exc}. Fix: pip install transformers") from exc
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return _load(resolve(name), device)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def _load(spec: ModelSpec, device: str) -> LoadedModel:
+    try:
+        import torch  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"pytest-factedit needs torch and transformers: {exc}. Fix: pip install torch==2.13.0 transformers"
+        ) from exc
+    device_name, dtype = pick_device(device)
+    start = time.perf_counter()
+    conversion_seconds = None
+    weights_hash = None
+    if spec.kind in ("embedded", "gguf"):
+        folder, conversion_seconds, weights_hash = converted_dir(spec)
+        source = str(folder)
+    else:
+        source = spec.source
+        if spec.kind == "local" and not Path(source).is_dir():
+            raise ModelLoadError(
+                f"--model {spec.name}: tried the local folder {source}, which does not exist. "
+                "Fix: pass a folder holding config.json and safetensors weights, a .gguf file, "
+                f"a Hugging Face id, or use the default {DEFAULT_MODEL}."
+            )
+    load_start = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    except Exception as exc:
+        if spec.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        raise ModelLoadError(
+            f"--model {spec.name}: loading {source} failed: {type(exc).__name__}: {exc}. "
+            "Fix: the folder must hold config.json, safetensors weights and a tokenizer "
+            "of a causal LM that transformers supports."
+        ) from exc
+    model.to(device_name)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # GGUF-derived weights are named by the file's sha256; other weights by a hash of their bytes
+    weights_hash = weights_hash or weights_fingerprint(model)
+    load_seconds = time.perf_counter() - load_start
+    return LoadedModel(
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        device=device_name,
+        dtype=str(dtype).replace("torch.", ""),
+        weights_hash=weights_hash,
+        load_seconds=load_seconds,
+        conversion_seconds=conversion_seconds,
+        notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"],
+    )

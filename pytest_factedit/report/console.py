@@ -1,0 +1,24 @@
+"""Rich renderables as text: ANSI colours for a terminal, plain characters otherwise (rich loads lazily)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Literal
+
+ColorSystem = Literal["standard", "truecolor"]
+
+
+def render(renderable: Any, color: bool, width: int, color_system: ColorSystem = "standard", end: str = "\n") -> str:
+    """`renderable` printed to a string `width` columns wide."""
+    from rich.console import Console
+
+    console = Console(
+        file=io.StringIO(),
+        force_terminal=color,
+        no_color=not color,
+        width=width,
+        color_system=color_system if color else None,
+        highlight=False,
+    )
+    console.print(renderable, end=end)
+    return console.file.getvalue()

@@ -1,0 +1,154 @@
+"""The words of a run: the case x metric table, the failing item's answers table, the many-edit line and the
+lines of the terminal summary. The plugin and the CLI only print what is composed here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..metrics.answers import ProbedAnswer
+from ..metrics.measure import CaseEvidence
+from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec
+from .console import render
+from .heatmap import render_heatmap
+from .records import CaseRecord, ManyRecord
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _threshold_label(records: Sequence[CaseRecord], spec: MetricSpec) -> str | None:
+    """'>=0.9' when every case uses the same threshold for a metric, else None (shown per cell)."""
+    found = {r["metrics"][spec.name]["threshold"] for r in records if spec.name in r.get("metrics", {})}
+    if len(found) != 1:
+        return None
+    return f"{spec.relation}{found.pop():g}"
+
+
+def _case_cells(record: CaseRecord, labels: dict[str, str | None]) -> list[str]:
+    cells = []
+    for spec in METRICS:
+        metric = record["metrics"].get(spec.name)
+        if metric is None:
+            cells.append("")
+            continue
+        verdict = "[green]ok[/]" if metric["passed"] else "[bold red]FAIL[/]"
+        shown_threshold = "" if labels[spec.name] else f"{spec.relation}{metric['threshold']:g}"
+        cells.append(f"{_fmt(metric['value'])}{shown_threshold} {verdict}")
+    cells.append(f"{record.get('timings', {}).get('edit_seconds', 0):.1f}")
+    return cells
+
+
+def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) -> str:
+    """Case x metric table: value vs threshold (in the header when all cases share it), ok/FAIL."""
+    from rich import box
+    from rich.table import Table
+
+    records = list(records)
+    labels = {spec.name: _threshold_label(records, spec) for spec in METRICS}
+    table = Table(
+        title="pytest-factedit: fact edits",
+        box=box.SIMPLE_HEAD if color else box.ASCII2,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("case", overflow="fold", min_width=12)
+    for spec in METRICS:
+        label = labels[spec.name]
+        table.add_column(spec.label + (f"\n{label}" if label else ""), justify="right", no_wrap=True)
+    table.add_column("edit\nsec", justify="right", no_wrap=True)
+    for record in records:
+        if record["status"] != "ran":
+            label = "SKIPPED" if record["status"] == "skipped" else "ERROR"
+            style = "yellow" if record["status"] == "skipped" else "bold red"
+            table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(METRICS))
+            continue
+        table.add_row(record["case_id"], *_case_cells(record, labels))
+    return render(table, color, width)
+
+
+def answers_table(title: str, rows: Sequence[dict[str, Any]], width: int = 120) -> str:
+    """Plain-text table for a failing item: prompt, expected, base answer, edited answer."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.ASCII, show_lines=False)
+    for column in ("prompt", "expected", "base answer", "edited answer", "ok"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["prompt"],
+            " / ".join(row["expected"]),
+            row["base"].split("\n")[0],
+            (row["edited"] or "").split("\n")[0],
+            "yes" if row["ok"] else "NO",
+        )
+    return render(table, False, width)
+
+
+def failure_details(metric: str, record: CaseRecord) -> str:
+    """Why a metric of a case failed: the answers it counted (from the metric table's samples), or the timings."""
+    spec = METRIC_BY_NAME[metric]
+    if spec.samples is None:  # a timing metric: the two timings it divides
+        t = record["timings"]
+        return (
+            f"base {t['base_seconds_per_token'] * 1000:.1f} ms/token, "
+            f"edited {t['edited_seconds_per_token'] * 1000:.1f} ms/token"
+        )
+    evidence = CaseEvidence(
+        tuple(ProbedAnswer.from_record(a) for a in record["answers"]), tuple(record["old"]), tuple(record["new"])
+    )
+    rows = [
+        {
+            "prompt": s.answer.prompt,
+            "expected": s.shown_expected,
+            "base": s.answer.base,
+            "edited": s.answer.edited,
+            "ok": s.hit,
+        }
+        for s in spec.samples(evidence)
+    ]
+    return answers_table(f"{record['case_id']}: {metric}", rows)
+
+
+def many_failure_details(metric: str, many: ManyRecord) -> str:
+    """Why an end-of-run metric failed: for a metric over the edited prompts, the edits no longer (fully) held."""
+    if "prompts" not in METRIC_BY_NAME[metric].reads:
+        return ""
+    lost = [case for case, share in many["retained_by_case"].items() if share < 1.0]
+    return f"\nedits no longer (fully) held: {', '.join(lost)}" if lost else ""
+
+
+def many_line(many_key: str, many: ManyRecord) -> str:
+    """One line on a sequential or batch run: each end-of-run metric against its threshold, and the restore."""
+    parts = [
+        f"{name} {m['value']:.3f} (>= {m['threshold']:g}, {m['samples']} samples)"
+        if m["value"] is not None
+        else f"{name} n/a"
+        for name, m in many["metrics"].items()
+    ]
+    return f"{many_key} of {many['cases']} edits: " + ", ".join(parts) + f"; base restored: {many['base_restored']}"
+
+
+def summary_lines(
+    records: Sequence[CaseRecord],
+    color: bool,
+    width: int,
+    results_file: Path,
+    show_trace: bool = False,
+    many_key: str = "",
+    many: ManyRecord | None = None,
+) -> list[str]:
+    """The terminal summary of a run, line by line: the table, the heatmaps, the many-edit line, the results file."""
+    text = summary_table(records, color, width)
+    if show_trace:
+        text += "".join(
+            render_heatmap(r["localization"], r["case_id"], color, width) for r in records if r.get("localization")
+        )
+    lines = text.splitlines()
+    if many is not None:
+        lines.append(many_line(many_key, many))
+    lines.append(f"results: {results_file}")
+    return lines

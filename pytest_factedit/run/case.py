@@ -1,0 +1,165 @@
+"""The isolated-case protocol: probe the base, choose where the edit goes, edit, probe, undo, verify, measure."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..edit import get_editor
+from ..edit.base import EditHandle, EditRequest, Scope
+from ..errors import RestoreError
+from ..localize import FactPrompts, Localization, LocalizeSettings, localize
+from ..metrics.spec import METRICS
+from ..model.targets import (
+    TargetModules,
+    all_layer_targets,
+    all_weight_targets,
+    explicit_targets,
+    layer_targets,
+    random_layer_targets,
+)
+from ..model.text import first_token_id, render_prompts
+from ..model.weights import verified_restore
+from .outcome import CaseOutcome
+from .probing import DEFAULT_PLAN, BaseAnswerCache, ProbePlan, probe_base, probe_edit
+
+if TYPE_CHECKING:
+    from ..cases.schema import FactCase
+    from ..edit.settings import EditSettings
+    from ..model.load import LoadedModel
+
+
+def localize_case(
+    lm: LoadedModel, case: FactCase, settings: EditSettings, method: str | None = None, precision: str = "auto"
+) -> Localization:
+    """Trace where the case's old answer is stored (`method` defaults to settings.localize)."""
+    fact = FactPrompts(
+        tuple(render_prompts(lm.tokenizer, case.prompts, case.chat)),
+        case.subject,
+        case.old[0],
+        first_token_id(lm.tokenizer, case.old[0], case.chat),
+        add_special_tokens=not case.chat,
+    )
+    how = LocalizeSettings(
+        method=method or settings.localize,
+        mlp_layers=settings.mlp_layers,
+        attention_layers=settings.attention_layers,
+        noise_samples=settings.noise_samples,
+        noise_scale=settings.noise_scale,
+        seed=settings.seed,
+        precision=precision,
+    )
+    return localize(lm.model, lm.tokenizer, fact, how)
+
+
+def choose_targets(
+    lm: LoadedModel, case: FactCase, settings: EditSettings, scope: Scope = "localized"
+) -> tuple[TargetModules, Localization | None]:
+    """The targets: every weight or every layer when the editor's scope says so; else named in YAML,
+    every layer, random layers, or the localized ones."""
+    if scope == "all-weights":
+        return all_weight_targets(lm.model), None
+    if scope == "all-layers":
+        return all_layer_targets(lm.model), None
+    if settings.target_modules:
+        return explicit_targets(lm.model, settings.target_modules, settings.feedforward_modules), None
+    if settings.localize == "none":
+        return all_layer_targets(lm.model), None
+    if settings.localize == "random":  # seeded per case, so that different facts get different layers
+        seed = settings.seed * 1_000_003 + zlib.crc32(case.id.encode())
+        return random_layer_targets(lm.model, settings.mlp_layers, settings.attention_layers, seed), None
+    found = localize_case(lm, case, settings)
+    rule = (
+        f"{found.method}: MLP of layers {list(found.mlp_layers)} (subject's last token), "
+        f"attention of layers {list(found.attention_layers)} (last token)"
+    )
+    return layer_targets(lm.model, found.mlp_layers, found.attention_layers, rule), found
+
+
+def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope) -> TargetModules:
+    """Choose the outcome's targets (localizing when that is the rule) and time it."""
+    started = time.perf_counter()
+    outcome.targets, outcome.localization = choose_targets(lm, outcome.case, outcome.settings, scope)
+    outcome.timings["localize_seconds"] = time.perf_counter() - started
+    return outcome.targets
+
+
+def held_out_texts(case: FactCase) -> tuple[str, ...]:
+    """The texts of `case` an editor must never train on: its paraphrases and controls."""
+    return case.paraphrases + tuple(c.prompt for c in case.controls)
+
+
+def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditRequest:
+    """What the editor is asked to change for `case` (plus texts of other cases it must not train on)."""
+    return EditRequest(
+        subject=case.subject,
+        prompts=case.prompts,
+        old=case.old,
+        new=case.new,
+        anchors=case.anchors,
+        held_out=held_out_texts(case) + tuple(also_held_out),
+        chat=case.chat,
+    )
+
+
+def save_adapters(applied: EditHandle, save_dir: Path) -> dict[str, Any]:
+    """Write the edit's adapters to `save_dir` (peft format); what was written, or why nothing was."""
+    try:
+        return {"dir": str(save_dir), "names": applied.save(save_dir)}
+    except NotImplementedError as exc:
+        return {"dir": None, "names": [], "error": str(exc)}
+
+
+@contextmanager
+def edited(lm: LoadedModel, outcome: CaseOutcome, save_dir: Path | None = None) -> Iterator[EditHandle]:
+    """The placed outcome's edit, applied for the block: how it was made goes into the outcome, and
+    with `save_dir` its adapters are written there. Leaving the block removes it unless it was merged."""
+    assert outcome.targets is not None, "place_edit() chooses the targets first"
+    started = time.perf_counter()
+    editor = get_editor(outcome.settings.name)
+    with editor.apply(lm.model, lm.tokenizer, edit_request(outcome.case), outcome.targets, outcome.settings) as applied:
+        # localization + both stages
+        outcome.timings["edit_seconds"] = outcome.timings["localize_seconds"] + time.perf_counter() - started
+        outcome.stages = [s.as_record() for s in applied.stages]
+        outcome.trainable_parameters = applied.trainable_parameters
+        if save_dir is not None:
+            outcome.adapters = save_adapters(applied, save_dir)
+        yield applied
+
+
+def measure(outcome: CaseOutcome) -> None:
+    """Every gated metric of a probed outcome, from the metric table."""
+    evidence = outcome.evidence()
+    outcome.metrics = {spec.name: spec.measure(evidence) for spec in METRICS}
+
+
+def run_case(
+    lm: LoadedModel,
+    case: FactCase,
+    settings: EditSettings,
+    cache: BaseAnswerCache,
+    save_dir: Path | None = None,
+    plan: ProbePlan = DEFAULT_PLAN,
+) -> CaseOutcome:
+    """Probe, edit, probe again and undo the edit; the edited modules are verified bit-identical afterwards.
+
+    With `save_dir`, the edit's adapters are written there (peft format) before they are removed.
+    """
+    outcome = probe_base(lm, case, settings, cache)
+    if outcome.status != "ran":
+        return outcome
+    targets = place_edit(lm, outcome, get_editor(settings.name).scope)
+    with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, save_dir) as applied:
+        probe_edit(lm, outcome, applied, plan)
+    outcome.base_restored = check.restored
+    if not check.restored:
+        raise RestoreError(
+            f"case {case.id}: the weights of the edited modules changed after removing the edit "
+            "(expected bit-identical weights); later cases would be invalid"
+        )
+    measure(outcome)
+    return outcome

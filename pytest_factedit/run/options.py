@@ -1,0 +1,155 @@
+"""The run's options, defined once for both the pytest plugin (`--factedit-*`, `--model`) and `factedit` CLI.
+
+Each option is one `OptionSpec`. `add_options` registers a group of them on pytest's or argparse's
+`addoption`, with the plugin's `factedit-` prefix or none; `Options.from_values` reads them back.
+Bad values stop at the border: argparse and pytest reject them (choices, types) before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..model.load import DEVICES
+from ..model.spec import DEFAULT_MODEL
+
+LOCALIZE_CHOICES = ("trace", "attribution", "none", "random")
+MODES = ("isolated", "sequential", "batch")
+PLUGIN_PREFIX = "factedit-"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its name (without prefix), its argparse settings, and its help."""
+
+    name: str
+    help: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    unprefixed: bool = False  # `--model` is the mission's own command line: no prefix in the plugin either
+    cli_aliases: tuple[str, ...] = ()  # extra spellings the CLI accepts (e.g. `--save`)
+
+    def dest(self, prefix: str) -> str:
+        return (prefix + self.name).replace("-", "_")
+
+    def flags(self, prefix: str) -> list[str]:
+        main = "--" + (self.name if self.unprefixed else prefix + self.name)
+        return [main] + ([] if prefix else list(self.cli_aliases))
+
+
+OPTIONS: dict[str, OptionSpec] = {
+    spec.name: spec
+    for spec in (
+        OptionSpec(
+            "model",
+            f"model to edit: {DEFAULT_MODEL} (embedded, default), phi3, a Hugging Face id, a local "
+            "folder or a .gguf file",
+            {"default": DEFAULT_MODEL, "metavar": "NAME"},
+            unprefixed=True,
+        ),
+        OptionSpec(
+            "device",
+            "where to run: auto picks CUDA (bf16) when present, else CPU (fp32)",
+            {"default": "auto", "choices": DEVICES},
+        ),
+        OptionSpec(
+            "method",
+            "editing method for every case (overrides method.name in YAML)",
+            {"default": None, "metavar": "NAME"},
+        ),
+        OptionSpec(
+            "localize",
+            "where the edit goes: trace (causal tracing, default), attribution (gradient estimate "
+            "confirmed by real patches), none (every layer) or random (ablation); overrides method.localize "
+            "in YAML",
+            {"default": None, "choices": LOCALIZE_CHOICES},
+        ),
+        OptionSpec(
+            "seed",
+            "seed for every case (overrides method.seed; default 0)",
+            {"default": None, "type": int, "metavar": "N"},
+        ),
+        OptionSpec(
+            "save-adapters",
+            "write each case's adapters (peft format, one folder per stage) and a manifest to DIR/<case-id>/",
+            {"default": None, "metavar": "DIR", "type": Path},
+            cli_aliases=("--save",),
+        ),
+        OptionSpec(
+            "show-trace",
+            "print each case's layer x position localization heatmap in the summary",
+            {"action": "store_true", "default": False},
+        ),
+        OptionSpec(
+            "mode",
+            "isolated (default): every case edits the base model and is undone; sequential: the cases "
+            "are applied one after another to one model (each merged before the next), then every earlier edit "
+            "and every control is checked again; batch: one adapter is trained on all cases at once, and every "
+            "case and control is checked with it",
+            {"default": "isolated", "choices": MODES},
+        ),
+        OptionSpec(
+            "reports",
+            "folder for run reports (default: <rootdir>/reports)",
+            {"default": None, "metavar": "DIR", "type": Path},
+        ),
+        OptionSpec(
+            "run-id",
+            "name of this run's report folder (default: timestamp + random suffix)",
+            {"default": None, "metavar": "ID"},
+        ),
+    )
+}
+
+MODEL_OPTIONS = ("model", "device")
+EDIT_OPTIONS = ("method", "localize", "seed", "save-adapters")
+RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id")
+
+
+def add_options(addoption: Callable[..., Any], names: Sequence[str], prefix: str = "") -> None:
+    """Register the named options on `addoption` (pytest's group.addoption or argparse's add_argument)."""
+    for name in names:
+        spec = OPTIONS[name]
+        addoption(*spec.flags(prefix), dest=spec.dest(prefix), help=spec.help, **spec.settings)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The --model / --factedit-* options, as given."""
+
+    model: str
+    device: str
+    method: str | None
+    seed: int | None
+    reports_dir: Path
+    run_id: str | None
+    localize: str | None = None
+    show_trace: bool = False
+    save_adapters: Path | None = None
+    mode: str = "isolated"
+
+    @classmethod
+    def from_values(cls, get: Callable[[str], Any], reports_default: Path) -> Options:
+        """Options from a getter of option values by spec name (pytest config or an argparse namespace)."""
+        return cls(
+            model=get("model"),
+            device=get("device"),
+            method=get("method"),
+            seed=get("seed"),
+            localize=get("localize"),
+            show_trace=bool(get("show-trace")),
+            mode=get("mode") or "isolated",
+            save_adapters=get("save-adapters"),
+            reports_dir=get("reports") or reports_default,
+            run_id=get("run-id"),
+        )
+
+    @property
+    def many_key(self) -> str:
+        """Where records, items and the summary keep the sequential/batch block: `sequence` or `batch`."""
+        return "sequence" if self.mode == "sequential" else self.mode
+
+    def overrides(self) -> dict[str, Any]:
+        """The method settings these options override for every case."""
+        return {"name": self.method, "seed": self.seed, "localize": self.localize}

@@ -1,0 +1,77 @@
+"""The layout docs/architecture.md describes, kept: faces at the top, one metric table, one error family,
+short functions. (One-way imports are checked by `lint-imports`, style by `ruff`; both run in .ci/run.)"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from pytest_factedit import errors
+from pytest_factedit.metrics.spec import MANY_METRICS, METRICS
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "pytest_factedit"
+FACES = {"__init__.py", "plugin.py", "items.py", "session.py", "cli.py", "errors.py"}
+NOUNS = {"cases", "model", "metrics", "localize", "edit", "run", "report"}
+MAX_FUNCTION_LINES = 60
+
+
+def python_files(*folders: Path) -> list[Path]:
+    return sorted(p for folder in folders for p in folder.rglob("*.py") if "results" not in p.parts)
+
+
+def test_the_top_level_holds_only_the_faces_and_the_nouns() -> None:
+    files = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert files == FACES
+    assert folders == NOUNS
+    assert all((PACKAGE / noun / "__init__.py").is_file() for noun in NOUNS)
+
+
+@pytest.mark.parametrize(
+    "path", python_files(PACKAGE, REPO / "bench", REPO / "tests"), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_no_function_is_longer_than_60_lines(path: Path) -> None:
+    long = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"split these functions (at most {MAX_FUNCTION_LINES} lines): {long}"
+
+
+def test_metric_names_are_spelled_only_in_the_metric_table() -> None:
+    names = {f'"{spec.name}"' for spec in METRICS + MANY_METRICS}
+    spelled = {
+        str(path.relative_to(REPO))
+        for path in python_files(PACKAGE)
+        if any(name in path.read_text(encoding="utf-8") for name in names)
+    }
+    assert spelled == {"pytest_factedit/metrics/spec.py"}
+
+
+def test_every_exception_class_of_the_package_is_in_the_one_family() -> None:
+    defined = []
+    for path in python_files(PACKAGE):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception")) or b.id == "AssertionError")
+                for b in node.bases
+            ):
+                defined.append((path.name, node.name))
+    assert defined and all(file == "errors.py" for file, _ in defined), defined
+    family = [getattr(errors, name) for _, name in defined if name != "FactEditError"]
+    assert all(issubclass(cls, errors.FactEditError) for cls in family)
+
+
+def test_errors_carry_file_and_key_and_print_one_way() -> None:
+    error = errors.MethodError("lr", "expected a positive number, found str 'x'")
+    assert str(error) == "key 'method.lr': expected a positive number, found str 'x'"
+    located = error.at("cases/a.yaml")
+    assert str(located) == "cases/a.yaml: key 'method.lr': expected a positive number, found str 'x'"
+    assert isinstance(located, errors.MethodError) and error.path is None  # the original is unchanged
+    assert str(errors.CaseError("a.yaml", None, "invalid YAML")) == "a.yaml: invalid YAML"
