@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import FactEditError
+
 if TYPE_CHECKING:
     from .records import CaseRecord
 
@@ -78,4 +80,11 @@ def read_results(path: Path) -> list[CaseRecord]:
     """The records of a results.jsonl file (or of the one in a run folder)."""
     if path.is_dir():
         path = path / RESULTS_FILE
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise FactEditError(f"line {number} is not a JSON record: {exc}", path=path) from exc
+    return records
