@@ -66,19 +66,23 @@ class FactEditSession:
 
             self.lm = load(self.options.model, self.options.device)
             self._cache = BaseAnswerCache()
+            lm = self.lm
+            model = {
+                "name": lm.spec.name,
+                "kind": lm.spec.kind,
+                "source": lm.spec.source,
+                "weights_hash": lm.weights_hash,
+                "class": type(lm.model).__name__,
+            }
             self.run_info.update(
-                model={
-                    "name": self.lm.spec.name,
-                    "kind": self.lm.spec.kind,
-                    "source": self.lm.spec.source,
-                    "weights_hash": self.lm.weights_hash,
-                    "class": type(self.lm.model).__name__,
-                },
-                device=self.lm.device,
-                dtype=self.lm.dtype,
-                versions=library_versions(),
-                load_seconds=round(self.lm.load_seconds, 3),
-                conversion_seconds=self.lm.conversion_seconds,
+                {
+                    "model": model,
+                    "device": lm.device,
+                    "dtype": lm.dtype,
+                    "versions": library_versions(),
+                    "load_seconds": round(lm.load_seconds, 3),
+                    "conversion_seconds": lm.conversion_seconds,
+                }
             )
         return self.lm
 

@@ -7,20 +7,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_factedit.edit import get_editor, resolve_settings
-from pytest_factedit.edit.base import EditRequest
 from pytest_factedit.model.arch import arch_modules
 from pytest_factedit.model.probe import greedy_continuations
 from pytest_factedit.model.targets import all_layer_targets, explicit_targets, layer_targets
 
-from .tiny import tiny_model, word_tokenizer
-
-REQUEST = EditRequest(
-    subject="Eiffel Tower",
-    prompts=("The Eiffel Tower is located in the city of",),
-    old=("Paris",),
-    new=("Rome",),
-    held_out=("Big Ben is a clock tower in the city of",),
-)
+from .tiny import REQUEST, tiny_model, word_tokenizer
 
 
 def snapshot(model):

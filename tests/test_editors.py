@@ -11,15 +11,8 @@ from pytest_factedit.edit.base import EditRequest
 from pytest_factedit.errors import MethodError
 from pytest_factedit.model.targets import all_layer_targets, all_weight_targets, layer_targets
 
-from .tiny import tiny_model, word_tokenizer
+from .tiny import REQUEST, tiny_model, word_tokenizer
 
-REQUEST = EditRequest(
-    subject="Eiffel Tower",
-    prompts=("The Eiffel Tower is located in the city of",),
-    old=("Paris",),
-    new=("Rome",),
-    held_out=("Big Ben is a clock tower in the city of",),
-)
 EXPECTED_STAGES = {
     "ia3-two-stage": ["unlearn", "learn"],
     "ia3": ["learn"],
@@ -88,44 +81,6 @@ def test_unknown_method_suggests_the_closest() -> None:
         resolve_settings({"name": "full_ft"})
 
 
-def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> None:
-    from types import SimpleNamespace
-
-    from pytest_factedit.cases import Control, FactCase
-    from pytest_factedit.model.probe import greedy_continuations
-    from pytest_factedit.run.many import run_sequence
-
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=3)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    lm = SimpleNamespace(model=model, tokenizer=tok)
-    prompts = ["The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"]
-    olds = [a.split()[0] for a in greedy_continuations(model, tok, prompts, [1, 1])]
-    news = ["Rome" if o != "Rome" else "London" for o in olds]
-    cases = [
-        FactCase(
-            id=f"c{i}",
-            subject=subject,
-            prompts=(prompt,),
-            old=(old,),
-            new=(new,),
-            controls=(Control("Big Ben is a clock tower in the city of", ("London",)),),
-        )
-        for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))
-    ]
-    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "none"})
-    result = run_sequence(lm, cases, lambda case: settings)
-    ran = [o.case.id for o in result.outcomes if o.status == "ran"]
-    assert ran[0] == "c0"  # the second fact may already have moved under the first edit: then it is skipped
-    assert all(o.status in ("ran", "skipped") for o in result.outcomes)
-    assert result.metrics["edits_retained"].samples == len(ran) and 0.0 <= result.metrics["edits_retained"].value <= 1.0
-    assert set(result.retained_by_case) == set(ran)
-    assert result.outcomes[0].base_restored is None  # merged, not removed: restoring is the sequence's job
-    assert result.base_restored
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    assert not any("ia3" in n for n, _ in model.named_modules())
-
-
 def _two_cases(model, tok, method=None):
     from pytest_factedit.cases import Control, FactCase
     from pytest_factedit.model.probe import greedy_continuations
@@ -146,6 +101,29 @@ def _two_cases(model, tok, method=None):
         )
         for i, (subject, prompt, old, new) in enumerate(zip(["Eiffel Tower", "Colosseum"], prompts, olds, news))
     ]
+
+
+def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> None:
+    from types import SimpleNamespace
+
+    from pytest_factedit.run.many import run_sequence
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    cases = _two_cases(model, tok)
+    settings = resolve_settings({"lr": 0.3, **FAST, "localize": "none"})
+    result = run_sequence(lm, cases, lambda case: settings)
+    ran = [o.case.id for o in result.outcomes if o.status == "ran"]
+    assert ran[0] == "c0"  # the second fact may already have moved under the first edit: then it is skipped
+    assert all(o.status in ("ran", "skipped") for o in result.outcomes)
+    assert result.metrics["edits_retained"].samples == len(ran) and 0.0 <= result.metrics["edits_retained"].value <= 1.0
+    assert set(result.retained_by_case) == set(ran)
+    assert result.outcomes[0].base_restored is None  # merged, not removed: restoring is the sequence's job
+    assert result.base_restored
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert not any("ia3" in n for n, _ in model.named_modules())
 
 
 def test_joint_objectives_train_every_fact_and_never_retain_another_facts_texts() -> None:

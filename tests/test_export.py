@@ -40,29 +40,24 @@ def write_case(tmp_path: Path, old: str, method: str = "ia3-two-stage") -> Path:
     return case
 
 
+def edit_and_save(case: Path, model_dir: Path, out: Path, root: Path) -> int:
+    """`factedit edit CASE --save OUT` on the tiny model, on the CPU; its exit code."""
+    from pytest_factedit.cli import main
+
+    return main(
+        ["edit", str(case), "--model", str(model_dir), "--device", "cpu", "--save", str(out), "--root", str(root)]
+    )
+
+
 def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_path, tiny_dir, capsys) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pytest_factedit.cli import main
     from pytest_factedit.model.probe import greedy_continuations
 
     folder, old = tiny_dir
     case = write_case(tmp_path, old)
-    code = main(
-        [
-            "edit",
-            str(case),
-            "--model",
-            str(folder),
-            "--device",
-            "cpu",
-            "--save",
-            str(tmp_path / "shipped"),
-            "--root",
-            str(tmp_path),
-        ]
-    )
+    code = edit_and_save(case, folder, tmp_path / "shipped", tmp_path)
     out = tmp_path / "shipped" / "tower"  # DIR/<case-id>, as with --factedit-save-adapters
     printed = capsys.readouterr().out
     assert code in (0, 1), printed  # 1 = some metric missed its threshold on a random model; files still written
@@ -94,24 +89,9 @@ def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_pat
 
 
 def test_full_fine_tuning_has_nothing_to_save(tmp_path, tiny_dir, capsys) -> None:
-    from pytest_factedit.cli import main
-
     folder, old = tiny_dir
     case = write_case(tmp_path, old, method="full-ft")
-    main(
-        [
-            "edit",
-            str(case),
-            "--model",
-            str(folder),
-            "--device",
-            "cpu",
-            "--save",
-            str(tmp_path / "out"),
-            "--root",
-            str(tmp_path),
-        ]
-    )
+    edit_and_save(case, folder, tmp_path / "out", tmp_path)
     assert "not saved: method full-ft changes every weight" in capsys.readouterr().out
     assert not (tmp_path / "out" / "manifest.json").exists()
 

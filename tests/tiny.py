@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_factedit.edit.base import EditRequest
+
 WORDS = (
     "The Eiffel Tower is located in the city of Paris Rome London Berlin Big Ben clock tower "
     "Here is a fact . , Italy France and it was a she he book opened began to weather cold so we "
     "decided number that recipe calls for two cups after meeting everyone went back their river "
     "flows slowly through children played park until wrote letter his Colosseum Louvre"
 ).split()
+
+# One fact the tiny models are edited with: every word is in WORDS, and the control is held out.
+REQUEST = EditRequest(
+    subject="Eiffel Tower",
+    prompts=("The Eiffel Tower is located in the city of",),
+    old=("Paris",),
+    new=("Rome",),
+    held_out=("Big Ben is a clock tower in the city of",),
+)
 
 
 def word_tokenizer() -> Any:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..model.probe import greedy_tokens
 from ..model.text import answer_token_ids, encode_prompt
 from .base import EditRequest
 from .batching import Row, kl_to_reference, pad_left, tail_logprobs
@@ -72,17 +73,8 @@ def base_continuations(
     device = next(model.parameters()).device
     ids, mask, _ = pad_left([Row(c, 1) for c in contexts], tokenizer.pad_token_id, device)
     with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=n_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            top_p=None,
-            top_k=None,
-            temperature=None,
-        )
-    return [tuple(row.tolist()) for row in out[:, ids.shape[1] :]]
+        out = greedy_tokens(model, tokenizer, {"input_ids": ids, "attention_mask": mask}, n_tokens)
+    return [tuple(row.tolist()) for row in out]
 
 
 def build_objectives(

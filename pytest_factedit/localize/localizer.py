@@ -226,7 +226,7 @@ class _Scored:
     grid: PromptGrid
     mlp_row: Row
     attn_row: Row
-    estimates: tuple[list[float], list[float]] | None
+    estimates: tuple[Row, Row] | None
 
 
 def _cells_to_score(
@@ -236,7 +236,7 @@ def _cells_to_score(
     settings: LocalizeSettings,
     scan: _Scan,
     effects: dict[str, list[Row]],
-) -> tuple[list[Cell], tuple[list[float], list[float]] | None]:
+) -> tuple[list[Cell], tuple[Row, Row] | None]:
     """Trace: the cells of `scan.which`. Attribution: the estimated grid goes into `effects`, and the top
     2k MLP and attention layers by estimate are the cells confirmed by real patches."""
     if settings.method == "trace":

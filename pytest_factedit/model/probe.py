@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .text import answer_token_ids, first_token_id, render_prompts
@@ -17,6 +17,30 @@ def _tokenize_batch(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], device: torch.device, chat: bool
 ) -> BatchEncoding:
     return tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=not chat).to(device)
+
+
+def greedy_tokens(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: Mapping[str, torch.Tensor],
+    new_tokens: int,
+    exactly: bool = False,
+) -> torch.Tensor:
+    """The greedily generated token ids after `inputs` (left-padded), up to `new_tokens` (`exactly` that many).
+
+    Sampling settings a model's generation config may carry are switched off, so the answer is the argmax path.
+    """
+    length = {"max_new_tokens": new_tokens, **({"min_new_tokens": new_tokens} if exactly else {})}
+    generated = model.generate(
+        **inputs,
+        **length,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        top_p=None,
+        top_k=None,
+        temperature=None,
+    )
+    return generated[:, inputs["input_ids"].shape[1] :]
 
 
 def greedy_continuations(
@@ -38,16 +62,7 @@ def greedy_continuations(
         chunk_budgets = budgets[start : start + batch_size]
         batch = _tokenize_batch(tokenizer, chunk, device, chat)
         with torch.no_grad():
-            generated = model.generate(
-                **batch,
-                max_new_tokens=max(chunk_budgets),
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                top_p=None,
-                top_k=None,
-                temperature=None,
-            )
-        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            new_tokens = greedy_tokens(model, tokenizer, batch, max(chunk_budgets))
         for row, budget in zip(new_tokens, chunk_budgets):
             out.append(tokenizer.decode(row[:budget], skip_special_tokens=True))
     return out
@@ -70,16 +85,7 @@ def seconds_per_token(
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(
-            **batch,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            top_p=None,
-            top_k=None,
-            temperature=None,
-        )
+        greedy_tokens(model, tokenizer, batch, new_tokens, exactly=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / (new_tokens * len(texts))
