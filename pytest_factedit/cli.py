@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .cases.loader import DEFAULTS_FILE, is_case_file, load_case
 from .edit import resolve_settings
 from .errors import FactEditError
-from .report.files import read_results
+from .report.files import RESULTS_FILE, read_results
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table
 from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, Options, add_options
@@ -85,9 +85,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     path = Path(args.results)
-    if not (path / "results.jsonl" if path.is_dir() else path).is_file():
-        raise FactEditError(f"no results file at {path / 'results.jsonl' if path.is_dir() else path}")
-    print(summary_table(read_results(path), color=sys.stdout.isatty()), end="")
+    results = path / RESULTS_FILE if path.is_dir() else path
+    if not results.is_file():
+        raise FactEditError(f"no results file at {results}")
+    print(summary_table(read_results(results), color=sys.stdout.isatty()), end="")
     return 0
 
 

@@ -106,3 +106,18 @@ def test_failure_details_show_prompt_expected_base_and_edited() -> None:
     assert "Big Ben is in" in controls and "London" in controls and "Rome" in controls
     for column in ("prompt", "expected", "base answer", "edited answer"):
         assert column in answers_table("t", [])
+
+
+def test_factedit_show_prints_the_table_and_explains_a_missing_or_broken_file(tmp_path: Path, capsys) -> None:
+    from pytest_factedit.cli import main
+
+    writer = RunWriter(tmp_path, "run-1")
+    writer.add(record("a"))
+    assert main(["show", str(tmp_path / "run-1")]) == 0
+    assert "1.00 ok" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "nope")]) == 2
+    assert "error: no results file at" in capsys.readouterr().err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"case_id": "a"}\nnot json\n')
+    assert main(["show", str(broken)]) == 2
+    assert "broken.jsonl: line 2 is not a JSON record" in capsys.readouterr().err
