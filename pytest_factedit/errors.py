@@ -7,6 +7,28 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+def shown(value: object, limit: int = 80, typed: bool = True) -> str:
+    """A bounded summary of a value for an error message: its type, and a repr cut at `limit` characters.
+
+    Containers are described by their size, never printed: YAML aliases can make a tiny file hold a
+    list whose repr would take gigabytes. The repr escapes what does not print (control, bidi and
+    zero-width characters, lone surrogates), so a name cannot pose as another.
+    """
+    if value is None:
+        return "null"
+    kind = type(value).__name__
+    if isinstance(value, (list, tuple)):
+        return f"{kind} of {len(value)} items"
+    if isinstance(value, dict):
+        return f"mapping of {len(value)} keys"
+    if isinstance(value, str):
+        text = repr(value[:limit]) + (f"... ({len(value)} characters)" if len(value) > limit else "")
+    else:
+        text = repr(value)
+        text = text[:limit] + ("..." if len(text) > limit else "")
+    return f"{kind} {text}" if typed else text
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import CaseError, did_you_mean
+from ..errors import CaseError, did_you_mean, shown
+from ..metrics.answers import matches
 from ..metrics.spec import METRIC_BY_NAME
 
 SCHEMA_VERSION = 1
@@ -43,13 +45,9 @@ DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "method",
 REQUIRED_KEYS: tuple[str, ...] = ("subject", "prompts", "old", "new")
 
 
-def type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _text(path: Path, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise CaseError(path, key, f"expected a non-empty string, found {type_name(value)} {value!r}")
+        raise CaseError(path, key, f"expected a non-empty string, found {shown(value)}")
     return value
 
 
@@ -67,20 +65,18 @@ def _answer_aliases(path: Path, key: str, value: Any) -> tuple[str, ...]:
 
 def _text_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise CaseError(path, key, f"expected a list of strings, found {type_name(value)} {value!r}")
+        raise CaseError(path, key, f"expected a list of strings, found {shown(value)}")
     return tuple(_text(path, f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
 def _controls(path: Path, value: Any) -> tuple[Control, ...]:
     if not isinstance(value, list):
-        raise CaseError(path, "controls", f"expected a list of {{prompt, answer}} mappings, found {type_name(value)}")
+        raise CaseError(path, "controls", f"expected a list of {{prompt, answer}} mappings, found {shown(value)}")
     out = []
     for i, item in enumerate(value):
         key = f"controls[{i}]"
         if not isinstance(item, dict):
-            raise CaseError(
-                path, key, f"expected a mapping with 'prompt' and 'answer', found {type_name(item)} {item!r}"
-            )
+            raise CaseError(path, key, f"expected a mapping with 'prompt' and 'answer', found {shown(item)}")
         for k in item:
             if k not in ("prompt", "answer"):
                 raise CaseError(
@@ -101,7 +97,7 @@ def _controls(path: Path, value: Any) -> tuple[Control, ...]:
 
 def _thresholds(path: Path, value: Any) -> dict[str, float]:
     if not isinstance(value, dict):
-        raise CaseError(path, "thresholds", f"expected a mapping of metric name to number, found {type_name(value)}")
+        raise CaseError(path, "thresholds", f"expected a mapping of metric name to number, found {shown(value)}")
     out = {}
     for name, threshold in value.items():
         key = f"thresholds.{name}"
@@ -113,7 +109,9 @@ def _thresholds(path: Path, value: Any) -> dict[str, float]:
                 + did_you_mean(str(name), METRIC_BY_NAME),
             )
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise CaseError(path, key, f"expected a number, found {type_name(threshold)} {threshold!r}")
+            raise CaseError(path, key, f"expected a number, found {shown(threshold)}")
+        if not math.isfinite(threshold):
+            raise CaseError(path, key, f"expected a finite number, found {shown(threshold)}")
         if METRIC_BY_NAME[name].direction == "higher" and not 0.0 <= threshold <= 1.0:
             raise CaseError(path, key, f"expected a share between 0 and 1, found {threshold}")
         if threshold < 0:
@@ -124,16 +122,16 @@ def _thresholds(path: Path, value: Any) -> dict[str, float]:
 
 def _method(path: Path, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise CaseError(path, "method", f"expected a mapping (name and settings), found {type_name(value)}")
+        raise CaseError(path, "method", f"expected a mapping (name and settings), found {shown(value)}")
     for k in value:
         if not isinstance(k, str):
-            raise CaseError(path, "method", f"expected string keys, found {type_name(k)} {k!r}")
+            raise CaseError(path, "method", f"expected string keys, found {shown(k)}")
     return dict(value)
 
 
 def _chat(path: Path, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise CaseError(path, "chat", f"expected true or false, found {type_name(value)} {value!r}")
+        raise CaseError(path, "chat", f"expected true or false, found {shown(value)}")
     return value
 
 
@@ -166,6 +164,25 @@ class CaseDefaults:
         )
 
 
+def _old_and_new(path: Path, data: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`old` and `new`: different, and no `new` alias that contains an `old` one (it would say both)."""
+    old = _answer_aliases(path, "old", data["old"])
+    new = _answer_aliases(path, "new", data["new"])
+    clash = {a.casefold() for a in old} & {a.casefold() for a in new}
+    if clash:
+        raise CaseError(path, "new", f"expected an answer different from 'old', found {sorted(clash)} in both")
+    for alias in new:
+        if matches(alias, old):
+            raise CaseError(
+                path,
+                "new",
+                f"expected an answer that does not contain the old one, found "
+                f"{shown(alias, typed=False)}: an edited model saying it also says 'old', so "
+                "forget_rate can never pass",
+            )
+    return old, new
+
+
 def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
     """Validate one `_defaults.yaml` mapping."""
     _reject_unknown(path, data, DEFAULTS_KEYS)
@@ -194,12 +211,12 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
     for key, texts in (("prompts", prompts), ("paraphrases", paraphrases)):
         for i, text in enumerate(texts):
             if subject not in text:
-                raise CaseError(path, f"{key}[{i}]", f"expected the subject {subject!r} verbatim, found {text!r}")
-    old = _answer_aliases(path, "old", data["old"])
-    new = _answer_aliases(path, "new", data["new"])
-    clash = {a.casefold() for a in old} & {a.casefold() for a in new}
-    if clash:
-        raise CaseError(path, "new", f"expected an answer different from 'old', found {sorted(clash)} in both")
+                raise CaseError(
+                    path,
+                    f"{key}[{i}]",
+                    f"expected the subject {shown(subject, typed=False)} verbatim, found {shown(text, typed=False)}",
+                )
+    old, new = _old_and_new(path, data)
     controls = _controls(path, data["controls"]) if "controls" in data else ()
     controls = controls + defaults.controls
     if not controls:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from ..errors import MethodError, did_you_mean
+from ..errors import MethodError, did_you_mean, shown
 
 LOCALIZE_MODES = ("trace", "attribution", "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
@@ -25,33 +26,39 @@ class Rule:
             return self._strings(key, value)
         if self.kind in ("text", "choice"):
             if not isinstance(value, str) or not value:
-                raise MethodError(key, f"expected a non-empty string, found {value!r}")
+                raise MethodError(key, f"expected a non-empty string, found {shown(value)}")
             if self.kind == "choice" and value not in self.choices:
                 raise MethodError(
                     key,
-                    f"expected one of {', '.join(self.choices)}, found {value!r}" + did_you_mean(value, self.choices),
+                    f"expected one of {', '.join(self.choices)}, found {shown(value)}"
+                    + did_you_mean(value, self.choices),
                 )
             return value
         if isinstance(value, bool):
-            raise MethodError(key, f"expected a number, found {value!r}")
+            raise MethodError(key, f"expected a number, found {shown(value)}")
         if self.kind == "count":
             if not isinstance(value, int) or value < 0:
-                raise MethodError(key, f"expected a non-negative integer, found {type(value).__name__} {value!r}")
+                raise MethodError(key, f"expected a non-negative integer, found {shown(value)}")
             return value
         positive = self.kind in ("positive", "probability")
-        if not isinstance(value, (int, float)) or value < 0 or (positive and value <= 0):
-            raise MethodError(key, f"expected a positive number, found {type(value).__name__} {value!r}")
+        wanted = "a positive number" if positive else "a non-negative number"
+        if not isinstance(value, (int, float)):
+            raise MethodError(key, f"expected {wanted}, found {shown(value)}")
+        if not math.isfinite(value):
+            raise MethodError(key, f"expected a finite number, found {shown(value)}")
+        if value < 0 or (positive and value <= 0):
+            raise MethodError(key, f"expected {wanted}, found {shown(value)}")
         if self.kind == "probability" and value > 1:
-            raise MethodError(key, f"expected a probability between 0 and 1, found {value!r}")
+            raise MethodError(key, f"expected a probability between 0 and 1, found {shown(value)}")
         return float(value)
 
     def _strings(self, key: str, value: Any) -> tuple[str, ...]:
         """modules: non-empty names; texts: any strings (a context prefix may be ''), at least one."""
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         if self.kind == "modules" and not (ok and all(value)):
-            raise MethodError(key, f"expected a list of module names, found {value!r}")
+            raise MethodError(key, f"expected a list of module names, found {shown(value)}")
         if self.kind == "texts" and not (ok and value):
-            raise MethodError(key, f"expected a non-empty list of strings, found {value!r}")
+            raise MethodError(key, f"expected a non-empty list of strings, found {shown(value)}")
         return tuple(value)
 
 

@@ -1,0 +1,57 @@
+"""Fact case files built to exhaust memory or time: each is refused quickly with a CaseError, in a child
+process bounded to 1 GiB and a few seconds (so a regression fails the test, not the session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .limits import run_limited
+
+LOAD = """
+import time
+from pytest_factedit.cases import load_case
+from pytest_factedit.errors import CaseError
+started = time.perf_counter()
+try:
+    load_case(path)
+    print("LOADED")
+except CaseError as exc:
+    print("CASEERROR", len(str(exc)), str(exc)[:300])
+print("SECONDS", time.perf_counter() - started)
+"""
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """`subject:` as `levels` nested levels of `width` aliases each: a few hundred bytes, width**levels leaves."""
+    lines = ["prompts: [x]", "old: a", "new: b", "controls: [{prompt: p, answer: q}]", "subject:"]
+    lines.append("- &l0 [" + ", ".join(["lol"] * width) + "]")
+    for level in range(1, levels):
+        lines.append(f"- &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def load_limited(path: Path, seconds: int = 20) -> str:
+    done = run_limited(LOAD, seconds=seconds, path=str(path))
+    assert done.returncode == 0, f"the loader died (exit {done.returncode}): {done.stderr[-800:]}"
+    return done.stdout
+
+
+def test_an_alias_bomb_is_refused_fast_with_a_short_message(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    assert path.stat().st_size < 600
+    out = load_limited(path)
+    assert "CASEERROR" in out, out
+    length = int(out.split("CASEERROR ")[1].split()[0])
+    assert length < 500  # a bounded summary of the value, never its expansion
+    assert float(out.split("SECONDS ")[1]) < 2.0
+
+
+@pytest.mark.parametrize("levels", [10, 12])
+def test_deeper_alias_bombs_are_refused_too(tmp_path: Path, levels: int) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(levels).replace("subject:", "paraphrases:") + "subject: x\n")
+    out = load_limited(path)
+    assert "CASEERROR" in out and "alias" in out, out
