@@ -94,7 +94,7 @@ def suite_wall_seconds() -> tuple[float, str]:
             "-p",
             "no:cacheprovider",
             "--factedit-run-id",
-            "benchmark-suite",
+            f"benchmark-suite-{time.strftime('%Y%m%d-%H%M%S')}",
         ],
         cwd=REPO,
         check=False,

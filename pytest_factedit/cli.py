@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cases.ids import inside
 from .cases.loader import DEFAULTS_FILE, is_case_file, load_case
 from .edit import resolve_settings
-from .errors import FactEditError
+from .errors import FactEditError, printable, shown
 from .report.files import RESULTS_FILE, read_results
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table
@@ -63,12 +64,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             case = load_case(path, root=_root(args))
             resolve_settings(case.method)
             print(
-                f"ok     {path}  ({case.id}: {len(case.prompts)} prompts, {len(case.paraphrases)} paraphrases, "
-                f"{len(case.controls)} controls)"
+                f"ok     {printable(str(path))}  ({case.id}: {len(case.prompts)} prompts, "
+                f"{len(case.paraphrases)} paraphrases, {len(case.controls)} controls)"
             )
         except FactEditError as exc:
             bad += 1
             print(f"error  {exc if exc.path else exc.at(path)}")
+        except Exception as exc:  # one file must not stop the others: say what broke, go on
+            bad += 1
+            print(f"error  {printable(str(path))}: unexpected {type(exc).__name__}: {shown(str(exc), 200)}")
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad or not files else 0
 
@@ -104,7 +108,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(record, indent=1), encoding="utf-8")
         print(f"record: {args.json}")
     if args.png != "":
-        png = Path(args.png or f"{case.id}-localization.png")
+        png = Path(args.png) if args.png else inside(Path.cwd(), f"{case.id}-localization.png")
         try:
             from .report.heatmap import write_png
 
@@ -227,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not crash a print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

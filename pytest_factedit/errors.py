@@ -29,6 +29,14 @@ def shown(value: object, limit: int = 80, typed: bool = True) -> str:
     return f"{kind} {text}" if typed else text
 
 
+def printable(text: str) -> str:
+    """`text` safe to print anywhere: bytes of a file name that are not UTF-8 (lone surrogates) as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -49,7 +57,7 @@ class FactEditError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:
-        where = [self.path] if self.path else []
+        where = [printable(self.path)] if self.path else []
         where += [f"key '{self.key}'"] if self.key else []
         return ": ".join(where + [self.message])
 

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from .cases.loader import DEFAULTS_FILE, is_case_file
-from .errors import ModelLoadError
+from .errors import FactEditError
 from .items import RECORD_PROPERTY, SESSION_KEY, CaseFile, MetricItem, cases_in_order, many_items
-from .report.files import RESULTS_FILE
 from .report.tables import summary_lines
 from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, PLUGIN_PREFIX, RUN_OPTIONS, Options, add_options
 from .session import FactEditSession
@@ -74,9 +73,10 @@ class SessionHooks:
             session.config.option.continue_on_collection_errors = True
         wanted = any(isinstance(i, MetricItem) for i in session.items)
         if wanted and not session.config.option.collectonly and not _is_xdist_worker(session.config):
-            try:
+            try:  # what cannot work stops here, in one line, before any case runs
+                self.state.open_reports()
                 self.state.load_model()
-            except ModelLoadError as exc:
+            except FactEditError as exc:
                 pytest.exit(f"pytest-factedit: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
     @pytest.hookimpl(trylast=True)
@@ -103,15 +103,8 @@ class SessionHooks:
         if writer is None or not writer.records:
             return
         terminalreporter.write_sep("=", "pytest-factedit", bold=True)
-        for line in summary_lines(
-            writer.records,
-            config.get_terminal_writer().hasmarkup,
-            terminalreporter._tw.fullwidth,
-            writer.run_dir / RESULTS_FILE,
-            self.state.options.show_trace,
-            self.state.options.many_key,
-            self.state.many,
-        ):
+        markup, width = config.get_terminal_writer().hasmarkup, terminalreporter._tw.fullwidth
+        for line in summary_lines(writer.records, markup, width, self.state.summary_view()):
             terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

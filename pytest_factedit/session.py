@@ -6,10 +6,11 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
+from .cases.ids import inside
 from .edit import resolve_settings
 from .errors import RestoreError
 from .metrics.spec import thresholds_with
-from .report.files import RunWriter, new_run_id
+from .report.files import RESULTS_FILE, RunWriter, new_run_id
 from .report.manifest import write_batch_manifest, write_manifest
 from .report.records import (
     CaseRecord,
@@ -21,6 +22,7 @@ from .report.records import (
     outcome_record,
     summary_record,
 )
+from .report.tables import RunView
 from .run.options import Options
 
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ class FactEditSession:
 
         lm = self.load_model()
         assert self._cache is not None
-        save_dir = self.options.save_adapters / case.id if self.options.save_adapters else None
+        save_dir = inside(self.options.save_adapters, case.id) if self.options.save_adapters else None
         outcome = run_case(lm, case, self.settings_for(case), self._cache, save_dir)
         record = outcome_record(outcome, case_file, self.run_info)
         if save_dir is not None and outcome.status == "ran":
@@ -122,7 +124,7 @@ class FactEditSession:
         lm = self.load_model()
         files = {case.id: case_file for case_file, case in self.many_cases}
         cases = [case for _, case in self.many_cases]
-        batch_dir = self.options.save_adapters / "batch" if self.options.save_adapters else None
+        batch_dir = inside(self.options.save_adapters, "batch") if self.options.save_adapters else None
         if self.options.mode == "batch":
             result = run_batch(lm, cases, self.settings_for, batch_dir)
         else:
@@ -141,6 +143,23 @@ class FactEditSession:
         if not result.base_restored:
             raise RestoreError(f"{self.options.mode} mode: the weights differ from the base after restoring them")
         return self.many
+
+    def open_reports(self) -> None:
+        """Create this run's report folder now (before the model loads); FactEditError says what to fix."""
+        if self.writer is not None:
+            self.writer.open()
+
+    def summary_view(self) -> RunView:
+        """What the terminal summary shows besides the records: where they went, problems, the many-edit block."""
+        writer = self.writer
+        written = writer is not None and "write" not in writer.problems
+        return RunView(
+            writer.run_dir / RESULTS_FILE if written and writer else None,
+            self.options.show_trace,
+            self.options.many_key,
+            self.many,
+            tuple(writer.problems.values()) if writer else (),
+        )
 
     def collect_record(self, record: CaseRecord) -> None:
         """Controller side: keep a record that arrived with a test report (own process or xdist worker)."""

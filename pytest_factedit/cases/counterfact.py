@@ -15,6 +15,7 @@ from ..errors import CaseError, SourceError
 from ..metrics.answers import matches
 from ..model.probe import greedy_continuations
 from ..model.text import answer_token_budget
+from .ids import inside
 from .loader import DEFAULTS_FILE, load_case
 from .schema import FactCase
 
@@ -119,7 +120,7 @@ def write_cases(
     cases, skipped = [], []
     for record in records:
         mapping = case_mapping(record)
-        path = out / f"{mapping['id']}.yaml"
+        path = inside(out, f"{mapping['id']}.yaml")
         path.write_text(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True), encoding="utf-8")
         try:
             cases.append(load_case(path, root=out))

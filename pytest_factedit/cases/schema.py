@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import CaseError, did_you_mean, shown
 from ..metrics.answers import matches
 from ..metrics.spec import METRIC_BY_NAME
+from .ids import name_problem
 
 SCHEMA_VERSION = 1
 
@@ -164,6 +165,19 @@ class CaseDefaults:
         )
 
 
+def _case_id(path: Path, data: Mapping[str, Any]) -> str:
+    """`id`, or the file name without .yaml: a safe name, since it names folders (saved adapters, records)."""
+    if "id" in data:
+        problem = name_problem(data["id"])
+        if problem:
+            raise CaseError(path, "id", problem)
+        return str(data["id"])
+    problem = name_problem(path.stem)
+    if problem:
+        raise CaseError(path, "id", f"the file name gives no safe id ({problem}); set `id:` in the file")
+    return path.stem
+
+
 def _old_and_new(path: Path, data: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """`old` and `new`: different, and no `new` alias that contains an `old` one (it would say both)."""
     old = _answer_aliases(path, "old", data["old"])
@@ -202,7 +216,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
     for key in REQUIRED_KEYS:
         if key not in data:
             raise CaseError(path, key, "missing required key")
-    case_id = _text(path, "id", data["id"]) if "id" in data else path.stem
+    case_id = _case_id(path, data)
     subject = _text(path, "subject", data["subject"]).strip()
     prompts = _text_list(path, "prompts", data["prompts"])
     if not prompts:

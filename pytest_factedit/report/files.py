@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cases.ids import inside
 from ..errors import FactEditError
 
 if TYPE_CHECKING:
@@ -24,6 +25,17 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
+def default_mode(folder: bool = False) -> int:
+    """The mode a new file (0o666) or folder (0o777) gets under the process umask.
+
+    tempfile makes files 0600 and folders 0700; reports and caches get the usual modes instead, so a
+    CI artifact collector running as another user can read them.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` via a temp file in the same folder and a rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +44,7 @@ def write_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), default_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -39,23 +52,58 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def point_latest(reports_dir: Path, run_dir: Path) -> None:
-    """Make reports/latest a symlink to the run folder, replaced atomically."""
+def point_latest(reports_dir: Path, run_dir: Path) -> str | None:
+    """Make reports/latest a symlink to the run folder, replaced atomically; why not, when it was left alone.
+
+    A `latest` that is a real folder or file (what downloading a CI artifact leaves) is never replaced.
+    """
     link = reports_dir / LATEST_LINK
+    if link.exists() and not link.is_symlink():
+        return f"{link} is not a link (a copied artifact?): left as it is"
     tmp = reports_dir / f".{LATEST_LINK}.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     os.symlink(run_dir.name, tmp)
     os.replace(tmp, link)
+    return None
 
 
 class RunWriter:
-    """Keeps reports/<run-id>/results.jsonl valid after every case, and summary.json at the end."""
+    """Keeps reports/<run-id>/results.jsonl valid after every case, and summary.json at the end.
+
+    `open()` creates the run folder before anything runs, and fails with what to fix. After that a
+    failed write never stops the run: it is kept in `problems` (once) for the terminal summary.
+    """
 
     def __init__(self, reports_dir: Path, run_id: str) -> None:
-        self.reports_dir = reports_dir
-        self.run_dir = reports_dir / run_id
+        self.reports_dir = Path(reports_dir)
+        self.run_id = run_id
+        self.run_dir = self.reports_dir / run_id
         self.records: list[CaseRecord] = []
+        self.problems: dict[str, str] = {}  # kind -> the first message of that kind
         self._keys: set[tuple[str, str]] = set()
+        self._opened = False
+
+    def open(self) -> None:
+        """Create reports/<run-id>/, which must not exist yet; raises FactEditError with the fix."""
+        if self._opened:
+            return
+        try:
+            if self.reports_dir.exists() and not self.reports_dir.is_dir():
+                raise NotADirectoryError(20, "not a folder", str(self.reports_dir))
+            self.reports_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir = inside(self.reports_dir, self.run_id)
+            self.run_dir.mkdir(mode=default_mode(folder=True))
+        except FileExistsError as exc:
+            raise FactEditError(
+                f"{self.run_dir} already exists: another run used this run id. Fix: pass "
+                "another --factedit-run-id, or remove that folder"
+            ) from exc
+        except OSError as exc:
+            raise FactEditError(
+                f"cannot write reports to {self.reports_dir}: {exc.strerror or exc}. Fix: "
+                "--factedit-reports DIR naming a folder you can write"
+            ) from exc
+        self._opened = True
 
     def add(self, record: CaseRecord) -> bool:
         """Add a case record (once per case) and rewrite results.jsonl atomically; False if already there."""
@@ -68,12 +116,23 @@ class RunWriter:
         return True
 
     def flush(self) -> None:
-        write_atomic(self.run_dir / RESULTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
-        point_latest(self.reports_dir, self.run_dir)
+        self._write(RESULTS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records))
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.flush()
-        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        self._write(SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    def _write(self, name: str, text: str) -> None:
+        try:
+            self.open()
+            write_atomic(self.run_dir / name, text)
+            skipped = point_latest(self.reports_dir, self.run_dir)
+        except (OSError, FactEditError) as exc:
+            reason = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.problems.setdefault("write", f"could not write reports: {reason}; the run goes on without them")
+            return
+        if skipped:
+            self.problems.setdefault("latest", skipped)
 
 
 def read_results(path: Path) -> list[CaseRecord]:

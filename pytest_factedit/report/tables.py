@@ -4,6 +4,7 @@ lines of the terminal summary. The plugin and the CLI only print what is compose
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,23 +133,28 @@ def many_line(many_key: str, many: ManyRecord) -> str:
     return f"{many_key} of {many['cases']} edits: " + ", ".join(parts) + f"; base restored: {many['base_restored']}"
 
 
-def summary_lines(
-    records: Sequence[CaseRecord],
-    color: bool,
-    width: int,
-    results_file: Path,
-    show_trace: bool = False,
-    many_key: str = "",
-    many: ManyRecord | None = None,
-) -> list[str]:
-    """The terminal summary of a run, line by line: the table, the heatmaps, the many-edit line, the results file."""
+@dataclass(frozen=True)
+class RunView:
+    """What the terminal summary shows besides the case records."""
+
+    results_file: Path | None  # None: the reports could not be written
+    show_trace: bool = False
+    many_key: str = ""
+    many: ManyRecord | None = None
+    problems: tuple[str, ...] = ()
+
+
+def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: RunView) -> list[str]:
+    """The terminal summary, line by line: the table, heatmaps, the many-edit line, problems, the results file."""
     text = summary_table(records, color, width)
-    if show_trace:
+    if view.show_trace:
         text += "".join(
             render_heatmap(r["localization"], r["case_id"], color, width) for r in records if r.get("localization")
         )
     lines = text.splitlines()
-    if many is not None:
-        lines.append(many_line(many_key, many))
-    lines.append(f"results: {results_file}")
+    if view.many is not None:
+        lines.append(many_line(view.many_key, view.many))
+    lines += [f"pytest-factedit: {problem}" for problem in view.problems]
+    if view.results_file is not None:
+        lines.append(f"results: {view.results_file}")
     return lines

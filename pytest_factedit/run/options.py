@@ -7,17 +7,27 @@ Bad values stop at the border: argparse and pytest reject them (choices, types) 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cases.ids import name_problem
 from ..model.load import DEVICES
 from ..model.spec import DEFAULT_MODEL
 
 LOCALIZE_CHOICES = ("trace", "attribution", "none", "random")
 MODES = ("isolated", "sequential", "batch")
 PLUGIN_PREFIX = "factedit-"
+
+
+def safe_name(value: str) -> str:
+    """argparse type of an option that names a folder: a safe name, or a usage error saying which are."""
+    problem = name_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,8 @@ OPTIONS: dict[str, OptionSpec] = {
         ),
         OptionSpec(
             "run-id",
-            "name of this run's report folder (default: timestamp + random suffix)",
-            {"default": None, "metavar": "ID"},
+            "name of this run's report folder, which must not exist yet (default: timestamp + random suffix)",
+            {"default": None, "metavar": "ID", "type": safe_name},
         ),
     )
 }
