@@ -43,7 +43,7 @@ def _root(args: argparse.Namespace) -> Path:
 def _load_model(args: argparse.Namespace) -> LoadedModel:
     from .model.load import load
 
-    return load(args.model, args.device)
+    return load(args.model, args.device, args.trust_remote_code)
 
 
 def _case_and_settings(args: argparse.Namespace) -> tuple[FactCase, EditSettings]:

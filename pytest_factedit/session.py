@@ -66,7 +66,7 @@ class FactEditSession:
             from .model.load import load
             from .run.probing import BaseAnswerCache
 
-            self.lm = load(self.options.model, self.options.device)
+            self.lm = load(self.options.model, self.options.device, self.options.trust_remote_code)
             self._cache = BaseAnswerCache()
             lm = self.lm
             model = {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, shown
 from .embedded import converted_dir
 from .spec import ALIASES, DEFAULT_MODEL, ModelSpec, resolve
 from .weights import weights_fingerprint
@@ -70,8 +71,11 @@ def _hub_error(spec: ModelSpec, exc: Exception) -> ModelLoadError:
     )
 
 
-def load(name: str | None = None, device: str = "auto") -> LoadedModel:
-    """Load the model named by `--model` onto the chosen device; raises ModelLoadError with a fix."""
+def load(name: str | None = None, device: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+    """Load the model named by `--model` onto the chosen device; raises ModelLoadError with a fix.
+
+    A model folder's own Python code (`auto_map`) runs only with `trust_remote_code`.
+    """
     try:
         from transformers.utils import logging as hf_logging
     except ImportError as exc:
@@ -79,47 +83,86 @@ def load(name: str | None = None, device: str = "auto") -> LoadedModel:
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return _load(resolve(name), device)
+        return _load(resolve(name), device, trust_remote_code)
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
 
 
-def _load(spec: ModelSpec, device: str) -> LoadedModel:
+def _source(spec: ModelSpec) -> tuple[str, float | None, str | None]:
+    """(what from_pretrained loads, seconds spent converting or None, a weights hash known without hashing)."""
+    if spec.kind in ("embedded", "gguf"):
+        folder, conversion_seconds, weights_hash = converted_dir(spec)
+        return str(folder), conversion_seconds, weights_hash
+    if spec.kind == "local" and not Path(spec.source).is_dir():
+        raise ModelLoadError(
+            f"--model {spec.name}: tried the local folder {spec.source}, which does not exist. "
+            "Fix: pass a folder holding config.json and safetensors weights, a .gguf file, "
+            f"a Hugging Face id, or use the default {DEFAULT_MODEL}."
+        )
+    return spec.source, None, None
+
+
+def asks_for_its_own_code(source: str) -> bool:
+    """Does a local model folder name Python code of its own (`auto_map`) for its model or tokenizer?"""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in json.loads((Path(source) / name).read_text(encoding="utf-8")):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _from_pretrained(
+    spec: ModelSpec, source: str, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        if spec.kind == "hub":
+            raise _hub_error(spec, exc) from exc
+        own_code = not trust_remote_code and asks_for_own_code_hint(source)
+        raise ModelLoadError(
+            f"--model {spec.name}: loading {source} failed: {type(exc).__name__}: {shown(str(exc), 300, typed=False)}. "
+            + (
+                own_code
+                or "Fix: the folder must hold config.json, safetensors weights and a tokenizer "
+                "of a causal LM that transformers supports."
+            )
+        ) from exc
+    return model, tokenizer
+
+
+def asks_for_own_code_hint(source: str) -> str:
+    """The fix to print when a folder that names its own code failed to load without it ('' otherwise)."""
+    if not asks_for_its_own_code(source):
+        return ""
+    return (
+        "The folder asks to run Python code of its own (auto_map in config.json or tokenizer_config.json), "
+        "which pytest-factedit never runs unless asked. Fix: for a model you trust, pass "
+        "--factedit-trust-remote-code (factedit: --trust-remote-code)."
+    )
+
+
+def _load(spec: ModelSpec, device: str, trust_remote_code: bool) -> LoadedModel:
     try:
         import torch  # noqa: F401
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise ModelLoadError(
             f"pytest-factedit needs torch and transformers: {exc}. Fix: pip install torch==2.13.0 transformers"
         ) from exc
     device_name, dtype = pick_device(device)
     start = time.perf_counter()
-    conversion_seconds = None
-    weights_hash = None
-    if spec.kind in ("embedded", "gguf"):
-        folder, conversion_seconds, weights_hash = converted_dir(spec)
-        source = str(folder)
-    else:
-        source = spec.source
-        if spec.kind == "local" and not Path(source).is_dir():
-            raise ModelLoadError(
-                f"--model {spec.name}: tried the local folder {source}, which does not exist. "
-                "Fix: pass a folder holding config.json and safetensors weights, a .gguf file, "
-                f"a Hugging Face id, or use the default {DEFAULT_MODEL}."
-            )
+    source, conversion_seconds, weights_hash = _source(spec)
     load_start = time.perf_counter()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, trust_remote_code=False)
-    except Exception as exc:
-        if spec.kind == "hub":
-            raise _hub_error(spec, exc) from exc
-        raise ModelLoadError(
-            f"--model {spec.name}: loading {source} failed: {type(exc).__name__}: {exc}. "
-            "Fix: the folder must hold config.json, safetensors weights and a tokenizer "
-            "of a causal LM that transformers supports."
-        ) from exc
+    model, tokenizer = _from_pretrained(spec, source, dtype, trust_remote_code)
     model.to(device_name)
     model.eval()
     for param in model.parameters():
@@ -129,7 +172,6 @@ def _load(spec: ModelSpec, device: str) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     # GGUF-derived weights are named by the file's sha256; other weights by a hash of their bytes
     weights_hash = weights_hash or weights_fingerprint(model)
-    load_seconds = time.perf_counter() - load_start
     return LoadedModel(
         spec=spec,
         model=model,
@@ -137,7 +179,7 @@ def _load(spec: ModelSpec, device: str) -> LoadedModel:
         device=device_name,
         dtype=str(dtype).replace("torch.", ""),
         weights_hash=weights_hash,
-        load_seconds=load_seconds,
+        load_seconds=time.perf_counter() - load_start,
         conversion_seconds=conversion_seconds,
         notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"],
     )

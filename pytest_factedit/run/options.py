@@ -59,6 +59,11 @@ OPTIONS: dict[str, OptionSpec] = {
             unprefixed=True,
         ),
         OptionSpec(
+            "trust-remote-code",
+            "let a model folder run Python code of its own (auto_map): only for a model you trust",
+            {"action": "store_true", "default": False},
+        ),
+        OptionSpec(
             "device",
             "where to run: auto picks CUDA (bf16) when present, else CPU (fp32)",
             {"default": "auto", "choices": DEVICES},
@@ -112,7 +117,7 @@ OPTIONS: dict[str, OptionSpec] = {
     )
 }
 
-MODEL_OPTIONS = ("model", "device")
+MODEL_OPTIONS = ("model", "device", "trust-remote-code")
 EDIT_OPTIONS = ("method", "localize", "seed", "save-adapters")
 RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id")
 
@@ -138,6 +143,7 @@ class Options:
     show_trace: bool = False
     save_adapters: Path | None = None
     mode: str = "isolated"
+    trust_remote_code: bool = False
 
     @classmethod
     def from_values(cls, get: Callable[[str], Any], reports_default: Path) -> Options:
@@ -153,6 +159,7 @@ class Options:
             save_adapters=get("save-adapters"),
             reports_dir=get("reports") or reports_default,
             run_id=get("run-id"),
+            trust_remote_code=bool(get("trust-remote-code")),
         )
 
     @property
