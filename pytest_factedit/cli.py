@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cases.ids import inside
-from .cases.loader import DEFAULTS_FILE, is_case_file, load_case
+from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case
 from .edit import resolve_settings
 from .errors import FactEditError, printable, shown
 from .report.files import RESULTS_FILE, read_results
@@ -59,9 +59,11 @@ def _case_and_settings(args: argparse.Namespace) -> tuple[FactCase, EditSettings
 def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     files = _case_files(args.paths)
+    claimed: dict[str, Path] = {}
     for path in files:
         try:
             case = load_case(path, root=_root(args))
+            claim_id(claimed, case, path)
             resolve_settings(case.method)
             print(
                 f"ok     {printable(str(path))}  ({case.id}: {len(case.prompts)} prompts, "

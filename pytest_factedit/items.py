@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cases.loader import load_case
+from .cases.loader import claim_id, load_case
 from .errors import FactEditError, MetricFailure
 from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRICS
 from .metrics.verdict import judge
@@ -30,7 +30,9 @@ class CaseFile(pytest.File):
     def collect(self) -> Iterator[FactCaseNode]:
         try:
             case = load_case(self.path, root=self.config.rootpath)
-            self.config.stash[SESSION_KEY].settings_for(case)  # an invalid `method:` fails here, at collection
+            state = self.config.stash[SESSION_KEY]
+            claim_id(state.case_ids, case, self.path)  # a second file with the same id fails here
+            state.settings_for(case)  # an invalid `method:` fails here, at collection
         except FactEditError as exc:
             raise self.CollectError(str(exc if exc.path else exc.at(self.path))) from exc
         yield FactCaseNode.from_parent(self, name=case.id, case=case)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cases.ids import inside
@@ -44,6 +45,7 @@ class FactEditSession:
         self._cache: BaseAnswerCache | None = None
         self.writer = writer
         self.case_errors: set[str] = set()
+        self.case_ids: dict[str, Path] = {}  # every collected case id, and the file that holds it
         self.run_info: RunInfo = {
             "run_id": self.run_id,
             "model": {"name": options.model},

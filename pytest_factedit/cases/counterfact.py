@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..errors import CaseError, SourceError
+from ..errors import CaseError, SourceError, shown
 from ..metrics.answers import matches
 from ..model.probe import greedy_continuations
 from ..model.text import answer_token_budget
-from .ids import inside
+from .ids import inside, name_problem
 from .loader import DEFAULTS_FILE, load_case
 from .schema import FactCase
 
@@ -50,7 +50,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def usable(record: dict[str, Any]) -> bool:
-    """Schema v1 can hold it: the subject occurs in prompt and rephrase, and old and new differ."""
+    """Schema v1 can hold it: text fields are strings, the subject occurs in prompt and rephrase, old and new differ."""
+    if not all(isinstance(record[k], str) for k in RECORD_KEYS if k != "case_id"):
+        return False
     subject = record["subject"]
     return (
         bool(subject)
@@ -117,9 +119,15 @@ def write_cases(
     out.mkdir(parents=True, exist_ok=True)
     if defaults_file is not None:
         shutil.copy(defaults_file, out / DEFAULTS_FILE)
-    cases, skipped = [], []
+    cases, skipped, written = [], [], set()
     for record in records:
         mapping = case_mapping(record)
+        problem = name_problem(mapping["id"])
+        if problem or mapping["id"] in written:
+            reason = f"case id {problem}" if problem else f"duplicate case_id {record['case_id']}"
+            skipped.append((shown(record["case_id"], typed=False), reason))
+            continue
+        written.add(mapping["id"])
         path = inside(out, f"{mapping['id']}.yaml")
         path.write_text(yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True), encoding="utf-8")
         try:

@@ -153,6 +153,18 @@ def load_case(path: Path | str, root: Path | str | None = None) -> FactCase:
     return parse_case(path, read_yaml_mapping(path), defaults)
 
 
+def claim_id(claimed: dict[str, Path], case: FactCase, path: Path) -> None:
+    """Record that `path` holds `case.id`; CaseError when another file of the run holds it already."""
+    other = claimed.setdefault(case.id, Path(path).resolve())
+    if other != Path(path).resolve():
+        raise CaseError(
+            path,
+            "id",
+            f"duplicate case id {shown(case.id, typed=False)}: {other} has it too; ids "
+            "name the saved adapters and the records, so each must be unique",
+        )
+
+
 def is_case_file(path: Path) -> bool:
     """YAML files whose name does not start with '_' are fact cases."""
     return path.suffix in CASE_SUFFIXES and not path.name.startswith("_")
