@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadError, shown
-from .embedded import converted_dir
+from .cache import converted_dir
 from .spec import ALIASES, DEFAULT_MODEL, ModelSpec, resolve
 from .weights import weights_fingerprint
 
