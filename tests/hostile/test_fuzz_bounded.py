@@ -38,11 +38,19 @@ trees = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=5
                      st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=15)
 keys = st.one_of(st.sampled_from(CASE_KEYS), st.text(min_size=1, max_size=10))
 
+VALID = {"subject": "Eiffel Tower", "prompts": ["The Eiffel Tower is located in the city of"], "old": "Paris",
+         "new": "Rome", "controls": [{"prompt": "Big Ben is in the city of", "answer": "London"}]}
+
 @st.composite
 def hostile(draw):
-    lines = [f"{flow(k)}: {flow(v)}" for k, v in draw(st.dictionaries(keys, trees, max_size=6)).items()]
+    """A valid case with some keys replaced or added (random trees), then one hostile value under one key:
+    most files get past the key checks, so the hostile value reaches the code that reads it."""
+    case = {**VALID, **draw(st.dictionaries(keys, trees, max_size=3))}
     kind = draw(st.sampled_from(["plain", "bomb", "deep", "huge", "recursive"]))
-    key = draw(keys)
+    key = draw(st.one_of(st.sampled_from(CASE_KEYS), keys))
+    if kind != "plain":
+        case.pop(key, None)
+    lines = [f"{flow(k)}: {flow(v)}" for k, v in case.items()]
     if kind == "bomb":
         levels, width = draw(st.integers(1, 14)), draw(st.integers(1, 12))
         rows = ["- &a0 [" + ", ".join(["x"] * width) + "]"]

@@ -49,9 +49,13 @@ def test_an_alias_bomb_is_refused_fast_with_a_short_message(tmp_path: Path) -> N
     assert float(out.split("SECONDS ")[1]) < 2.0
 
 
-@pytest.mark.parametrize("levels", [10, 12])
-def test_deeper_alias_bombs_are_refused_too(tmp_path: Path, levels: int) -> None:
-    path = tmp_path / "bomb.yaml"
-    path.write_text(alias_bomb(levels).replace("subject:", "paraphrases:") + "subject: x\n")
+@pytest.mark.parametrize(("levels", "key"), [(10, "subject"), (12, "subject"), (10, "prompts"), (12, "old")])
+def test_deeper_alias_bombs_under_any_key_are_refused_too(tmp_path: Path, levels: int, key: str) -> None:
+    text = alias_bomb(levels)
+    if key != "subject":  # the bomb under another key, with a plain subject
+        text = text.replace(f"{key}: ", "unused: ").replace("subject:", f"{key}:") + "subject: x\n"
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("unused:")) + "\n"
+    path = tmp_path / "case.yaml"
+    path.write_text(text)
     out = load_limited(path)
-    assert "CASEERROR" in out and "alias" in out, out
+    assert "CASEERROR" in out and "once its aliases" in out, out
