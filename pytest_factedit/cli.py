@@ -66,8 +66,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             claim_id(claimed, case, path)
             resolve_settings(case.method)
             print(
-                f"ok     {printable(str(path))}  ({case.id}: {len(case.prompts)} prompts, "
-                f"{len(case.paraphrases)} paraphrases, {len(case.controls)} controls)"
+                f"ok     {printable(str(path))}  ({case.id}: {len(case.prompts)} prompts, {len(case.paraphrases)} "
+                f"paraphrases, {len(case.neighbours)} neighbours, {len(case.controls)} controls)"
             )
         except FactEditError as exc:
             bad += 1
@@ -141,16 +141,21 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .cases.counterfact import known_records, read_records, sampled_records, write_cases
+    from .cases.counterfact import known_records, neighbour_records, read_records, sampled_records, write_cases
 
     records = read_records(Path(args.file))
-    if args.known_only:
-        lm = _load_model(args)
+    lm = _load_model(args) if args.known_only or args.neighbours else None
+    if lm is not None and args.known_only:
         chosen = list(known_records(lm.model, lm.tokenizer, records, args.n, args.seed))
     else:
         chosen = sampled_records(records, args.n, args.seed)
+    neighbours = (
+        neighbour_records(lm.model, lm.tokenizer, chosen, records, args.neighbours, args.seed)
+        if lm and args.neighbours
+        else None
+    )
     out = Path(args.out)
-    written, skipped = write_cases(chosen, out, Path(args.defaults) if args.defaults else None)
+    written, skipped = write_cases(chosen, out, Path(args.defaults) if args.defaults else None, neighbours)
     for record_id, reason in skipped:
         print(f"skipped record {record_id}: {reason}")
     known = f" the model answers correctly ({args.model})" if args.known_only else ""
@@ -173,6 +178,26 @@ def _subcommand(
     if root:
         parser.add_argument("--root", help="top folder whose _defaults.yaml files apply (default: cwd)")
     return parser
+
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    imp = _subcommand(sub, "import", "write schema-v1 cases from a public benchmark file", MODEL_OPTIONS)
+    imp.add_argument("source", choices=("counterfact",))
+    imp.add_argument("file", help="CounterFact JSON (a list of records)")
+    imp.add_argument("--out", required=True, metavar="DIR")
+    imp.add_argument("-n", type=int, default=100, help="how many cases (default 100)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the record order")
+    imp.add_argument("--known-only", action="store_true", help="keep only facts the model answers correctly")
+    imp.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add up to K neighbours per case: other records with the same prompt template whose answer "
+        "the model gives, those sharing the old answer first (besides the record's locality prompt)",
+    )
+    imp.add_argument("--defaults", metavar="FILE", help="copy this _defaults.yaml (shared controls) into DIR")
+    imp.set_defaults(func=cmd_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,15 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("case", help="a fact case YAML file")
     edit.set_defaults(func=cmd_edit)
-    imp = _subcommand(sub, "import", "write schema-v1 cases from a public benchmark file", MODEL_OPTIONS)
-    imp.add_argument("source", choices=("counterfact",))
-    imp.add_argument("file", help="CounterFact JSON (a list of records)")
-    imp.add_argument("--out", required=True, metavar="DIR")
-    imp.add_argument("-n", type=int, default=100, help="how many cases (default 100)")
-    imp.add_argument("--seed", type=int, default=0, help="seed of the record order")
-    imp.add_argument("--known-only", action="store_true", help="keep only facts the model answers correctly")
-    imp.add_argument("--defaults", metavar="FILE", help="copy this _defaults.yaml (shared controls) into DIR")
-    imp.set_defaults(func=cmd_import)
+    _import_parser(sub)
     show = sub.add_parser("show", help="print the table of a run (reports/latest by default)")
     show.add_argument("results", nargs="?", default="reports/latest")
     show.set_defaults(func=cmd_show)

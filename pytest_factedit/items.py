@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cases.loader import claim_id, load_case
+from .cases.loader import DEFAULTS_FILE, claim_id, defaults_for, load_case
 from .errors import FactEditError, MetricFailure
-from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRICS
+from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRICS, thresholds_with
 from .metrics.verdict import judge
-from .report.tables import failure_details, many_failure_details
+from .report.tables import failure_details, many_failure_details, suite_details
+from .session import Suite
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -46,8 +47,11 @@ class FactCaseNode(pytest.Collector):
         self.case = case
 
     def collect(self) -> Iterator[MetricItem]:
+        """One item per gated metric: those with a default threshold, and those the case sets one for."""
+        thresholds = thresholds_with(self.case.thresholds)
         for spec in METRICS:
-            yield MetricItem.from_parent(self, name=spec.item, metric=spec.name)
+            if spec.name in thresholds:
+                yield MetricItem.from_parent(self, name=spec.item, metric=spec.name)
 
 
 def case_file_of(item: pytest.Item) -> str:
@@ -66,12 +70,14 @@ class GateItem(pytest.Item):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
-    def judged(self, value: float | None, threshold: float, samples: int, skip_reason: str) -> str | None:
-        """Skip when nothing was measured; the explanation of a missed threshold, or None when it is met."""
-        verdict = judge(self.metric, value, threshold, samples)
+    def judged(
+        self, value: float | None, threshold: float | None, samples: int, where: str, reason: str = ""
+    ) -> str | None:
+        """Skip when nothing was measured (never pass); the explanation of a missed threshold, or None when met."""
+        verdict = judge(self.metric, value, threshold, samples, reason)
         if value is None:
-            pytest.skip(skip_reason + verdict.explanation)
-        return None if verdict.passed else verdict.explanation
+            pytest.skip(where + verdict.explanation)
+        return None if verdict.passed is not False else verdict.explanation
 
 
 class MetricItem(GateItem):
@@ -94,7 +100,9 @@ class MetricItem(GateItem):
         if record["status"] == "skipped":
             pytest.skip(record["reason"])
         metric = record["metrics"][self.metric]
-        missed = self.judged(metric["value"], metric["threshold"], metric["samples"], f"{self.case.id}: ")
+        missed = self.judged(
+            metric["value"], metric["threshold"], metric["samples"], f"{self.case.id}: ", metric.get("reason", "")
+        )
         if missed is not None:
             raise MetricFailure(missed + "\n" + failure_details(self.metric, record))
 
@@ -119,7 +127,7 @@ class ManyItem(GateItem):
     def runtest(self) -> None:
         many = self.config.stash[SESSION_KEY].run_many()
         metric = many["metrics"][self.metric]
-        missed = self.judged(metric["value"], metric["threshold"] or 0.0, metric["samples"], "")
+        missed = self.judged(metric["value"], metric["threshold"], metric["samples"], "")
         if missed is not None:
             raise MetricFailure(missed + many_failure_details(self.metric, many))
 
@@ -140,3 +148,69 @@ def many_items(session: pytest.Session, name: str) -> list[pytest.Item]:
     """The end-of-run items of many edits, under a node named `name` (`sequence` or `batch`)."""
     node = ManyNode.from_parent(session, name=name, nodeid=name)
     return [ManyItem.from_parent(node, name=spec.item, metric=spec.name) for spec in MANY_METRICS]
+
+
+class SuiteNode(pytest.Collector):
+    """Parent of one suite folder's pooled items (node id `<folder>::suite`); added after collection."""
+
+    def __init__(self, *, suite: Suite, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+
+    def collect(self) -> list[pytest.Item]:
+        return []
+
+
+class SuiteItem(GateItem):
+    """One metric pooled over every case of a suite folder, with its Wilson 95% interval, against the
+    folder's `suite_thresholds`."""
+
+    def __init__(self, *, metric: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metric = metric
+
+    def runtest(self) -> None:
+        assert isinstance(self.parent, SuiteNode)
+        suite = self.parent.suite
+        pooled = self.config.stash[SESSION_KEY].suite(suite, self.metric)
+        missed = self.judged(pooled["value"], pooled["threshold"], pooled["samples"], f"{suite.folder}: ")
+        if missed is not None:
+            raise MetricFailure(missed + "\n" + suite_details(pooled))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.parent.name if self.parent else ''}::{self.metric}"
+
+
+def suite_plan(session: pytest.Session, items: list[pytest.Item]) -> list[Suite]:
+    """Every folder holding a `_defaults.yaml` (within the rootdir), with the collected cases below it."""
+    root = session.config.rootpath.resolve()
+    members: dict[Path, list[tuple[str, FactCase]]] = {}
+    for case_file, case in cases_in_order(items):
+        for folder in (root / case_file).resolve().parents:
+            if (folder / DEFAULTS_FILE).is_file():
+                members.setdefault(folder, []).append((case_file, case))
+            if folder == root:
+                break
+    return [
+        Suite(
+            str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder),
+            tuple(cases),
+            dict(defaults_for(folder / DEFAULTS_FILE, root).suite_thresholds),
+        )
+        for folder, cases in members.items()
+    ]
+
+
+def suite_items(session: pytest.Session, suites: list[Suite], items: list[pytest.Item]) -> list[pytest.Item]:
+    """One pooled item per metric a suite's `suite_thresholds` gate and a selected item measures (so
+    `-k forget` keeps the forget rows only)."""
+    selected = {item.metric for item in items if isinstance(item, MetricItem)}
+    out: list[pytest.Item] = []
+    for suite in suites:
+        wanted = [spec for spec in METRICS if spec.name in suite.thresholds and spec.name in selected]
+        if wanted:
+            node = SuiteNode.from_parent(
+                session, name=f"{suite.folder}::suite", nodeid=f"{suite.folder}::suite", suite=suite
+            )
+            out += [SuiteItem.from_parent(node, name=spec.item, metric=spec.name) for spec in wanted]
+    return out

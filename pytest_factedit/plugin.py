@@ -9,7 +9,16 @@ import pytest
 
 from .cases.loader import DEFAULTS_FILE, is_case_file
 from .errors import FactEditError
-from .items import RECORD_PROPERTY, SESSION_KEY, CaseFile, MetricItem, cases_in_order, many_items
+from .items import (
+    RECORD_PROPERTY,
+    SESSION_KEY,
+    CaseFile,
+    MetricItem,
+    cases_in_order,
+    many_items,
+    suite_items,
+    suite_plan,
+)
 from .report.tables import summary_lines
 from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, PLUGIN_PREFIX, RUN_OPTIONS, Options, add_options
 from .session import FactEditSession
@@ -92,6 +101,8 @@ class SessionHooks:
             self.state.many_cases = cases_in_order(items)
             if self.state.many_cases:
                 items.extend(many_items(session, self.state.options.many_key))
+        self.state.suites = suite_plan(session, items)
+        items.extend(suite_items(session, self.state.suites, items))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cases.ids import inside
 from .edit import resolve_settings
 from .errors import FactEditError, RestoreError
-from .metrics.spec import thresholds_with
+from .metrics.spec import METRICS, thresholds_with
 from .model.weights import weights_checksum
 from .report.files import RESULTS_FILE, RunWriter, new_run_id
 from .report.manifest import write_batch_manifest, write_manifest
@@ -18,10 +19,12 @@ from .report.records import (
     CaseRecord,
     ManyRecord,
     RunInfo,
+    SuiteRecord,
     error_record,
     library_versions,
     many_record,
     outcome_record,
+    pooled,
     summary_record,
 )
 from .report.tables import RunView
@@ -32,6 +35,15 @@ if TYPE_CHECKING:
     from .edit.settings import EditSettings
     from .model.load import LoadedModel
     from .run.probing import BaseAnswerCache
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A folder holding a `_defaults.yaml`: the collected cases below it and its `suite_thresholds`."""
+
+    folder: str
+    members: tuple[tuple[str, FactCase], ...]
+    thresholds: dict[str, float]
 
 
 class FactEditSession:
@@ -57,6 +69,7 @@ class FactEditSession:
         }
         self.many_cases: list[tuple[str, FactCase]] = []  # sequential/batch mode: the collected cases, in order
         self.many: ManyRecord | None = None  # sequential/batch mode: the check with every edit in place
+        self.suites: list[Suite] = []  # the folders whose cases are pooled (set after collection)
 
     @classmethod
     def writing_reports(cls, options: Options) -> FactEditSession:
@@ -184,7 +197,27 @@ class FactEditSession:
             self.options.many_key,
             self.many,
             tuple(writer.problems.values()) if writer else (),
+            tuple(self.suite_rows()),
         )
+
+    def suite(self, suite: Suite, metric: str) -> SuiteRecord:
+        """One metric pooled over a suite's cases (each run now if it has not run yet)."""
+        records = [self.record(case_file, case) for case_file, case in suite.members]
+        return pooled(suite.folder, metric, records, suite.thresholds.get(metric))
+
+    def suite_rows(self) -> list[SuiteRecord]:
+        """Every suite's pooled share metrics over the records this run has, for the summary."""
+        have = self.writer.records if self.writer is not None else list(self._records.values())
+        by_case = {(r["case_file"], r["case_id"]): r for r in have}
+        rows = []
+        for suite in self.suites:
+            records = [by_case[(f, case.id)] for f, case in suite.members if (f, case.id) in by_case]
+            rows += [
+                pooled(suite.folder, spec.name, records, suite.thresholds.get(spec.name))
+                for spec in METRICS
+                if spec.samples is not None
+            ]
+        return rows
 
     def collect_record(self, record: CaseRecord) -> None:
         """Controller side: keep a record that arrived with a test report (own process or xdist worker)."""
@@ -211,5 +244,6 @@ class FactEditSession:
                 self.options.mode,
                 self.options.many_key,
                 self.many,
+                self.suite_rows(),
             )
         )

@@ -33,17 +33,17 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     out = result.stdout.str()
     # the broken file is a collection error naming file, key and suggestion; the real case still runs and passes
     result.stdout.fnmatch_lines(["*typo.yaml: key 'paraphrasses': unknown key*did you mean 'paraphrases'?*"])
-    result.assert_outcomes(passed=5, errors=1)
+    result.assert_outcomes(passed=11, errors=1)  # 6 metric items, 5 suite items (fact_cases/_defaults.yaml)
     assert "pytest-factedit: fact edits" in out
 
     records = [json.loads(x) for x in (pytester.path / "reports" / "e2e" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 1
     record = records[0]
-    assert record["schema_version"] == 1 and record["case_id"] == "playstation-maker"
+    assert record["schema_version"] == 2 and record["case_id"] == "playstation-maker"
     assert record["status"] == "ran" and record["base_restored"] is True
     prompts = [a for a in record["answers"] if a["group"] == "prompts"]
     assert all(a["base_correct"] is False and "Sony" in a["base"] for a in prompts)  # the old fact, before
-    assert all(a["edited_correct"] and not a["edited_says_old"] for a in prompts)  # new fact took, old gone
+    assert all(a["edited_correct"] and a["edited_says"] == "new" and a["informative"] for a in prompts)  # took
     assert record["metrics"]["new_fact_accuracy"]["value"] == 1.0
     assert record["metrics"]["forget_rate"]["samples"] == len(prompts) + len(
         yaml.safe_load(CASE.read_text())["paraphrases"]
@@ -61,7 +61,11 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     assert len(loc["grids"]) == len(prompts) and loc["grids"][0]["tokens"][-1].strip("▁") == "by"
     assert "chosen: MLP layers" in out and "MLP output (max" in out  # --factedit-show-trace heatmap
     scores = record["scores"]
-    assert scores["efficacy"] == 1.0 and 0.0 <= scores["specificity_first_token"] <= 1.0
+    metrics = record["metrics"]
+    assert metrics["efficacy"]["value"] == 1.0 and metrics["efficacy"]["protocol"] == "mean_token_logprob"
+    assert 0.0 <= metrics["specificity"]["value"] <= 1.0 and metrics["specificity"]["samples"] == 5  # neighbours
+    walkman = next(a for a in record["answers"] if a["group"] == "neighbours" and a["shares_old"])
+    assert "Walkman" in walkman["prompt"] and walkman["base_correct"]
     assert scores["old_answer_logprob_after"] < scores["old_answer_logprob_before"]  # the old answer went down
     assert scores["fluency_ngram_entropy_after"] > 0
     assert (pytester.path / "reports" / "latest").resolve().name == "e2e"

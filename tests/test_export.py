@@ -188,7 +188,7 @@ def test_batch_mode_trains_one_adapter_for_every_case_and_ships_it(pytester, tin
     )
     out = result.stdout.str()
     result.stdout.fnmatch_lines(["PASSED *batch::edits_retained"])
-    assert "controls_retained: no samples to measure" in out  # the tiny model knows no control
+    assert "controls_retained: not measured" in out  # the tiny model knows no control: skipped, not passed
     assert "FAILED fact_cases/third.yaml::third::new_fact_accuracy" in out and "one method" in out
     assert "batch of 3 edits" in out and "base restored: True" in out
     summary = json.loads((reports / "b" / "summary.json").read_text())

@@ -10,17 +10,31 @@ from pytest_factedit.cases import load_case
 from pytest_factedit.metrics.spec import DEFAULT_THRESHOLDS, MANY_METRICS, METRICS, thresholds_with
 from pytest_factedit.metrics.verdict import judge
 
+GATED = [
+    "new_fact_accuracy",
+    "forget_rate",
+    "paraphrase_accuracy",
+    "neighbour_retention",
+    "control_retention",
+    "latency",
+]
 
-def test_every_metric_has_a_default_threshold() -> None:
-    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS + MANY_METRICS}
+
+def test_gated_metrics_have_default_thresholds_and_recorded_ones_do_not() -> None:
+    assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS + MANY_METRICS if m.default_threshold is not None}
     assert [m.item for m in MANY_METRICS] == ["edits_retained", "controls_retained"]
-    assert [m.item for m in METRICS] == [
-        "new_fact_accuracy",
-        "forget_rate",
-        "paraphrase_accuracy",
-        "control_retention",
-        "latency",
-    ]
+    assert [m.item for m in METRICS if m.gated_by_default] == GATED
+    recorded = {m.name for m in METRICS if not m.gated_by_default}
+    assert {
+        "efficacy",
+        "generalization",
+        "specificity",
+        "control_specificity",
+        "forget_rate_all",
+        "paraphrase_accuracy_all",
+        "neighbour_retention_sharing_old",
+    } <= recorded
+    assert DEFAULT_THRESHOLDS["neighbour_retention"] == 0.8
 
 
 def test_higher_is_better_metrics() -> None:
@@ -34,8 +48,14 @@ def test_lower_is_better_metrics() -> None:
     assert not verdict.passed and "<= 1.5" in verdict.explanation
 
 
-def test_nothing_to_measure_is_not_a_failure() -> None:
-    assert judge("paraphrase_accuracy", None, 0.5, 0).passed
+def test_nothing_to_measure_is_skipped_never_passed() -> None:
+    verdict = judge("paraphrase_accuracy", None, 0.5, 0, "not measured: no paraphrases")
+    assert verdict.passed is None and "not measured: no paraphrases" in verdict.explanation
+
+
+def test_a_recorded_metric_is_not_judged_without_a_threshold() -> None:
+    assert judge("efficacy", 0.4, None, 3).passed is None
+    assert judge("efficacy", 0.4, 0.5, 3).passed is False  # gated once a threshold is set
 
 
 def test_case_overrides_defaults_file_overrides_builtin(tmp_path: Path) -> None:

@@ -61,10 +61,8 @@ def test_records_become_cases_and_unusable_ones_are_left_out(tmp_path: Path, cap
     case = load_case(files[0], root=tmp_path / "cases")
     assert case.prompts == ("The Eiffel Tower is located in the city of",) and case.old == ("Paris",)
     assert case.new == ("Rome",) and case.paraphrases == ("Tourists see the Eiffel Tower in the city of",)
-    assert [c.prompt for c in case.controls] == [
-        "Big Ben is a clock tower in the city of",
-        "The capital of Japan is",
-    ]  # own control + shared from _defaults
+    assert [n.prompt for n in case.neighbours] == ["Big Ben is a clock tower in the city of"]  # locality prompt
+    assert [c.prompt for c in case.controls] == ["The capital of Japan is"]  # shared, from _defaults
     assert yaml.safe_load(files[0].read_text())["id"] == "counterfact-1"
 
 
@@ -108,3 +106,85 @@ def test_known_only_keeps_the_facts_the_model_answers(tmp_path: Path, capsys) ->
         == 0
     )
     assert [f.name for f in (tmp_path / "cases").glob("*.yaml")] == ["counterfact-1.yaml"]
+
+
+TEMPLATE = "The {} is located in the city of"
+SUBJECTS = ["Eiffel Tower", "Colosseum", "Louvre", "Big Ben"]
+
+
+def template_records(folder: Path) -> tuple[dict, list[dict], dict[str, str]]:
+    """A tiny model saved in `folder`; an edited record and three others with its prompt template (the Big Ben
+    one with an answer the model does not give); and the model's answer for each subject."""
+    import torch
+
+    from .tiny import tiny_model, word_tokenizer
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    with torch.no_grad():
+        truths = {
+            s: tok.decode([int(model(**tok([TEMPLATE.format(s)], return_tensors="pt")).logits[0, -1].argmax())]).strip()
+            for s in SUBJECTS
+        }
+    wrong = next(w for w in ("Paris", "London", "Berlin") if w != truths["Big Ben"])
+    old = truths["Eiffel Tower"]
+    edited = record(
+        1,
+        "Eiffel Tower",
+        TEMPLATE.format("Eiffel Tower"),
+        old,
+        "Rome" if old != "Rome" else "Berlin",
+        "Tourists see the Eiffel Tower in the city of",
+    )
+    others = [
+        record(
+            10 + i,
+            s,
+            TEMPLATE.format(s),
+            truths[s] if s != "Big Ben" else wrong,
+            "Rome",
+            f"People visit the {s} in the city of",
+        )
+        for i, s in enumerate(SUBJECTS[1:])
+    ]
+    return edited, others, truths
+
+
+def test_neighbours_come_from_records_with_the_same_template_that_the_model_knows(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    edited, others, truths = template_records(tmp_path / "tiny")
+    source = tmp_path / "cf.json"
+    source.write_text(json.dumps([edited, *others]))
+    assert (
+        main(
+            [
+                "import",
+                "counterfact",
+                str(source),
+                "--out",
+                str(tmp_path / "cases"),
+                "-n",
+                "1",
+                "--seed",
+                "0",
+                "--model",
+                str(tmp_path / "tiny"),
+                "--device",
+                "cpu",
+                "--neighbours",
+                "2",
+            ]
+        )
+        == 0
+    )
+    case = load_case(next((tmp_path / "cases").glob("*.yaml")), root=tmp_path / "cases")
+    if case.id != "counterfact-1":
+        pytest.skip("the seeded order picked another record first")
+    prompts = [n.prompt for n in case.neighbours]
+    assert prompts[0] == edited["locality_prompt"]  # CounterFact's own locality prompt comes first
+    found = prompts[1:]
+    assert 1 <= len(found) <= 2 and TEMPLATE.format("Big Ben") not in found  # Big Ben's record has a wrong answer
+    subject_of = {TEMPLATE.format(s): s for s in SUBJECTS}
+    assert all(n.answer == (truths[subject_of[p]],) for n, p in zip(case.neighbours[1:], found))

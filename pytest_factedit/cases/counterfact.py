@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +62,11 @@ def usable(record: dict[str, Any]) -> bool:
     )
 
 
-def case_mapping(record: dict[str, Any]) -> dict[str, Any]:
-    """The YAML mapping of one record: prompt -> prompts, rephrase -> paraphrases, locality -> a control."""
+def case_mapping(record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The YAML mapping of one record: prompt -> prompts, rephrase -> paraphrases, and its locality prompt
+    (another subject, the same relation) -> the first neighbour, before the `neighbours` found for it."""
+    locality = {"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}
+    found = [{"prompt": n["prompt"], "answer": n["ground_truth"]} for n in neighbours]
     return {
         "id": f"counterfact-{record['case_id']}",
         "subject": record["subject"],
@@ -71,13 +74,49 @@ def case_mapping(record: dict[str, Any]) -> dict[str, Any]:
         "old": record["ground_truth"],
         "new": record["target_new"],
         "paraphrases": [record["rephrase_prompt"]],
-        "controls": [{"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}],
+        "neighbours": [locality] + [n for n in found if n["prompt"] != locality["prompt"]],
     }
 
 
-def _shuffled(records: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+def template(record: dict[str, Any]) -> str:
+    """A record's prompt with its subject cut out: records with one template ask one relation, one way."""
+    return str(record["prompt"]).replace(record["subject"], "{}", 1)
+
+
+def neighbour_records(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    chosen: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    k: int,
+    seed: int,
+    tries: int = 200,
+) -> dict[Any, list[dict[str, Any]]]:
+    """Per chosen record (by case_id): up to `k` other records with its prompt template whose answer the model
+    gives, those sharing its `old` answer first (the hardest neighbours); at most `tries` asked for each."""
+    by_template: dict[str, list[dict[str, Any]]] = {}
+    for record in _shuffled(records, seed):
+        by_template.setdefault(template(record), []).append(record)
+    found: dict[Any, list[dict[str, Any]]] = {}
+    for record in chosen:
+        old = record["ground_truth"].strip().casefold()
+        pool = [
+            r
+            for r in by_template.get(template(record), [])
+            if r["subject"] != record["subject"]
+            and r["subject"] not in record["prompt"]
+            and record["subject"] not in r["prompt"]
+        ]
+        pool.sort(key=lambda r: r["ground_truth"].strip().casefold() != old)  # stable: seeded order within
+        found[record["case_id"]] = list(known_records(model, tokenizer, pool[:tries], k, seed=None))
+    return found
+
+
+def _shuffled(records: Sequence[dict[str, Any]], seed: int | None) -> list[dict[str, Any]]:
+    """The usable records, in a seeded random order (None: in the order given)."""
     order = [r for r in records if usable(r)]
-    random.Random(seed).shuffle(order)
+    if seed is not None:
+        random.Random(seed).shuffle(order)
     return order
 
 
@@ -91,10 +130,11 @@ def known_records(
     tokenizer: PreTrainedTokenizerBase,
     records: Sequence[dict[str, Any]],
     n: int,
-    seed: int,
+    seed: int | None,
     batch_size: int = 64,
 ) -> Iterator[dict[str, Any]]:
-    """Up to `n` records, in a seeded random order, whose prompt the model completes with ground_truth."""
+    """Up to `n` records, in a seeded random order (None: as given), whose prompt the model completes with
+    ground_truth."""
     order = _shuffled(records, seed)
     kept = 0
     for start in range(0, len(order), batch_size):
@@ -110,7 +150,10 @@ def known_records(
 
 
 def write_cases(
-    records: Sequence[dict[str, Any]], out: Path, defaults_file: Path | None = None
+    records: Sequence[dict[str, Any]],
+    out: Path,
+    defaults_file: Path | None = None,
+    neighbours: Mapping[Any, Sequence[dict[str, Any]]] | None = None,
 ) -> tuple[list[FactCase], list[tuple[Any, str]]]:
     """Write each record as `out/<id>.yaml` and load it back (with `defaults_file` copied in as _defaults.yaml).
 
@@ -121,7 +164,7 @@ def write_cases(
         shutil.copy(defaults_file, out / DEFAULTS_FILE)
     cases, skipped, written = [], [], set()
     for record in records:
-        mapping = case_mapping(record)
+        mapping = case_mapping(record, (neighbours or {}).get(record["case_id"], ()))
         problem = name_problem(mapping["id"])
         if problem or mapping["id"] in written:
             reason = f"case id {problem}" if problem else f"duplicate case_id {record['case_id']}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Control:
-    """A held-out fact the edit must leave alone."""
+    """A held-out fact the edit must leave alone: a control (a general fact) or a neighbour (another subject,
+    the same relation)."""
 
     prompt: str
     answer: tuple[str, ...]
@@ -34,6 +35,7 @@ class FactCase:
     old: tuple[str, ...]
     new: tuple[str, ...]
     paraphrases: tuple[str, ...] = ()
+    neighbours: tuple[Control, ...] = ()
     controls: tuple[Control, ...] = ()
     anchors: tuple[str, ...] = ()
     chat: bool = False
@@ -42,7 +44,7 @@ class FactCase:
 
 
 CASE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(FactCase))
-DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "method", "chat")
+DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "suite_thresholds", "method", "chat")
 REQUIRED_KEYS: tuple[str, ...] = ("subject", "prompts", "old", "new")
 
 
@@ -70,12 +72,13 @@ def _text_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
     return tuple(_text(path, f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
-def _controls(path: Path, value: Any) -> tuple[Control, ...]:
+def _controls(path: Path, value: Any, group: str = "controls") -> tuple[Control, ...]:
+    """`controls` or `neighbours`: a list of {prompt, answer} mappings."""
     if not isinstance(value, list):
-        raise CaseError(path, "controls", f"expected a list of {{prompt, answer}} mappings, found {shown(value)}")
+        raise CaseError(path, group, f"expected a list of {{prompt, answer}} mappings, found {shown(value)}")
     out = []
     for i, item in enumerate(value):
-        key = f"controls[{i}]"
+        key = f"{group}[{i}]"
         if not isinstance(item, dict):
             raise CaseError(path, key, f"expected a mapping with 'prompt' and 'answer', found {shown(item)}")
         for k in item:
@@ -96,12 +99,13 @@ def _controls(path: Path, value: Any) -> tuple[Control, ...]:
     return tuple(out)
 
 
-def _thresholds(path: Path, value: Any) -> dict[str, float]:
+def _thresholds(path: Path, value: Any, group: str = "thresholds") -> dict[str, float]:
+    """`thresholds` or `suite_thresholds`: metric name -> number, in the metric's range."""
     if not isinstance(value, dict):
-        raise CaseError(path, "thresholds", f"expected a mapping of metric name to number, found {shown(value)}")
+        raise CaseError(path, group, f"expected a mapping of metric name to number, found {shown(value)}")
     out = {}
     for name, threshold in value.items():
-        key = f"thresholds.{name}"
+        key = f"{group}.{name}"
         if name not in METRIC_BY_NAME:
             raise CaseError(
                 path,
@@ -151,6 +155,7 @@ class CaseDefaults:
     controls: tuple[Control, ...] = ()
     anchors: tuple[str, ...] = ()
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    suite_thresholds: Mapping[str, float] = field(default_factory=dict)  # gate the rates pooled over the folder
     method: Mapping[str, Any] = field(default_factory=dict)
     chat: bool | None = None
 
@@ -160,6 +165,7 @@ class CaseDefaults:
             controls=self.controls + inner.controls,
             anchors=self.anchors + inner.anchors,
             thresholds={**self.thresholds, **inner.thresholds},
+            suite_thresholds={**self.suite_thresholds, **inner.suite_thresholds},
             method={**self.method, **inner.method},
             chat=inner.chat if inner.chat is not None else self.chat,
         )
@@ -197,6 +203,31 @@ def _old_and_new(path: Path, data: Mapping[str, Any]) -> tuple[tuple[str, ...], 
     return old, new
 
 
+def _held_out_facts(
+    path: Path, data: Mapping[str, Any], defaults: CaseDefaults, edited: Sequence[str]
+) -> tuple[tuple[Control, ...], tuple[Control, ...]]:
+    """(neighbours, controls): at least one of them, and none that repeats a prompt or paraphrase."""
+    neighbours = _controls(path, data["neighbours"], "neighbours") if "neighbours" in data else ()
+    controls = (_controls(path, data["controls"]) if "controls" in data else ()) + defaults.controls
+    taken = {text.strip().casefold() for text in edited}
+    for group, facts in (("neighbours", neighbours), ("controls", controls)):
+        for i, fact in enumerate(facts):
+            if fact.prompt.strip().casefold() in taken:
+                raise CaseError(
+                    path,
+                    f"{group}[{i}].prompt",
+                    f"expected a fact the edit must leave alone, found "
+                    f"{shown(fact.prompt, typed=False)}, which is also a prompt or paraphrase of the case",
+                )
+    if not controls and not neighbours:
+        raise CaseError(
+            path,
+            "controls",
+            "expected at least one control or neighbour (in the case, or controls in _defaults.yaml), found none",
+        )
+    return neighbours, controls
+
+
 def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
     """Validate one `_defaults.yaml` mapping."""
     _reject_unknown(path, data, DEFAULTS_KEYS)
@@ -204,6 +235,9 @@ def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
         controls=_controls(path, data["controls"]) if "controls" in data else (),
         anchors=_text_list(path, "anchors", data["anchors"]) if "anchors" in data else (),
         thresholds=_thresholds(path, data["thresholds"]) if "thresholds" in data else {},
+        suite_thresholds=_thresholds(path, data["suite_thresholds"], "suite_thresholds")
+        if "suite_thresholds" in data
+        else {},
         method=_method(path, data["method"]) if "method" in data else {},
         chat=_chat(path, data["chat"]) if "chat" in data else None,
     )
@@ -231,12 +265,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
                     f"expected the subject {shown(subject, typed=False)} verbatim, found {shown(text, typed=False)}",
                 )
     old, new = _old_and_new(path, data)
-    controls = _controls(path, data["controls"]) if "controls" in data else ()
-    controls = controls + defaults.controls
-    if not controls:
-        raise CaseError(
-            path, "controls", "expected at least one control (in the case or in _defaults.yaml), found none"
-        )
+    neighbours, controls = _held_out_facts(path, data, defaults, prompts + paraphrases)
     anchors = (_text_list(path, "anchors", data["anchors"]) if "anchors" in data else ()) + defaults.anchors
     thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}
     method = {**defaults.method, **(_method(path, data["method"]) if "method" in data else {})}
@@ -248,6 +277,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
         old=old,
         new=new,
         paraphrases=paraphrases,
+        neighbours=neighbours,
         controls=controls,
         anchors=anchors,
         chat=chat,

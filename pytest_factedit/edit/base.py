@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ..model.targets import TargetModules
+from ..model.weights import restored_weights
 from .settings import EditSettings
 
 if TYPE_CHECKING:
@@ -80,6 +82,12 @@ class EditHandle:
     def disabled(self) -> AbstractContextManager[None]:
         raise NotImplementedError
 
+    @contextmanager
+    def merged(self) -> Iterator[bool]:
+        """The edit folded into the weights for the block, when it can be (True), to time a shipped, merged
+        edit; the weights are put back bit for bit afterwards. False: this edit has nothing to merge."""
+        yield False
+
     def save(self, out_dir: Path) -> list[str]:
         raise NotImplementedError
 
@@ -108,6 +116,19 @@ class AppliedEdit(EditHandle):
         finally:
             for param in self.peft_model.parameters():
                 param.requires_grad_(False)
+
+    @contextmanager
+    def merged(self) -> Iterator[bool]:
+        """Every stage merged into the targeted weights for the block; the weights are copied back after."""
+        names = [stage.name for stage in self.stages]
+        params = [p for n, p in self.peft_model.named_parameters() if ".base_layer." in n]
+        with restored_weights(params), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unmerge result can be inaccurate")  # the copy-back is exact
+            self.peft_model.merge_adapter(adapter_names=names)
+            try:
+                yield True
+            finally:
+                self.peft_model.unmerge_adapter()
 
     def save(self, out_dir: Path) -> list[str]:
         """Write each stage's adapter in peft's format to out_dir/<stage>/; returns the names in load order."""

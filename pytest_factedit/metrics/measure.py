@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from .answers import ProbedAnswer, matches
+from .answers import ProbedAnswer, matches, said
 
 
 @dataclass(frozen=True)
 class MetricValue:
-    """One measured metric with the protocol and sample count it was measured with."""
+    """One measured metric: its value, how many samples it counted (and how many hit), under which protocol.
+
+    `value` is None when there was nothing to count; `reason` then says why.
+    """
 
     name: str
     value: float | None
     samples: int
     protocol: str
+    hits: int | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,22 @@ class CaseEvidence:
     answers: tuple[ProbedAnswer, ...]
     old: tuple[str, ...]
     new: tuple[str, ...]
-    base_seconds_per_token: float | None = None
-    edited_seconds_per_token: float | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     def group(self, *names: str) -> list[ProbedAnswer]:
         return [a for a in self.answers if a.group in names]
+
+    def says(self, continuation: str | None) -> str | None:
+        """'new', 'old' or None: which side of the edit a prompt's or paraphrase's continuation answers."""
+        return said(continuation or "", {"new": self.new, "old": self.old})
+
+    def base_said_old(self, answer: ProbedAnswer) -> bool:
+        """The base model connected this prompt to the fact: it answered it with `old`."""
+        return said(answer.base, {"old": self.old, "new": self.new}) == "old"
+
+    def right(self, answer: ProbedAnswer, continuation: str | None) -> bool:
+        """A neighbour's or control's continuation names its own answer before the edit's new one."""
+        return said(continuation or "", {"expected": answer.expected, "new": self.new}) == "expected"
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,7 @@ class EditCheck:
 
     case_id: str
     new: tuple[str, ...]
+    old: tuple[str, ...]
     prompts: tuple[str, ...]
     answers_now: tuple[str, ...]
 
@@ -76,60 +93,143 @@ def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def answers_new(evidence: CaseEvidence, group: str) -> list[Sample]:
-    """Every answer of `group`, hit when the edited answer matches `new`."""
-    return [Sample(a, matches(a.edited or "", evidence.new), a.expected) for a in evidence.group(group)]
+# -- greedy generation, prompts and paraphrases: judged against `new` and `old`, the first named wins
+
+
+def _saying_new(evidence: CaseEvidence, answers: Sequence[ProbedAnswer]) -> list[Sample]:
+    return [Sample(a, evidence.says(a.edited) == "new", a.expected) for a in answers]
+
+
+def _not_saying_old(evidence: CaseEvidence, answers: Sequence[ProbedAnswer]) -> list[Sample]:
+    shown = tuple(f"not {a}" for a in evidence.old)
+    return [Sample(a, evidence.says(a.edited) != "old", shown) for a in answers]
+
+
+def _informative(evidence: CaseEvidence, *groups: str) -> list[ProbedAnswer]:
+    return [a for a in evidence.group(*groups) if evidence.base_said_old(a)]
 
 
 def new_fact_samples(evidence: CaseEvidence) -> list[Sample]:
-    return answers_new(evidence, "prompts")
-
-
-def paraphrase_samples(evidence: CaseEvidence) -> list[Sample]:
-    return answers_new(evidence, "paraphrases")
+    return _saying_new(evidence, evidence.group("prompts"))
 
 
 def forget_samples(evidence: CaseEvidence) -> list[Sample]:
-    """Prompts and paraphrases, hit when the edited answer no longer matches `old`."""
-    shown = tuple(f"not {a}" for a in evidence.old)
-    return [
-        Sample(a, not matches(a.edited or "", evidence.old), shown) for a in evidence.group("prompts", "paraphrases")
-    ]
+    """Prompts and paraphrases the base model answered with `old`: hit when the edited model no longer does."""
+    return _not_saying_old(evidence, _informative(evidence, "prompts", "paraphrases"))
 
 
-def retained_samples(controls: Sequence[ProbedAnswer]) -> list[Sample]:
-    """Controls the base model got right, hit when still right after the edit(s)."""
-    return [Sample(a, matches(a.edited or "", a.expected), a.expected) for a in controls if matches(a.base, a.expected)]
+def forget_all_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _not_saying_old(evidence, evidence.group("prompts", "paraphrases"))
+
+
+def paraphrase_samples(evidence: CaseEvidence) -> list[Sample]:
+    """Paraphrases the base model answered with `old`: hit when the edited model answers `new`."""
+    return _saying_new(evidence, _informative(evidence, "paraphrases"))
+
+
+def paraphrase_all_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _saying_new(evidence, evidence.group("paraphrases"))
+
+
+# -- greedy generation, neighbours and controls: right when their own answer is named before `new`
+
+
+def _retained(evidence: CaseEvidence, answers: Sequence[ProbedAnswer]) -> list[Sample]:
+    return [Sample(a, evidence.right(a, a.edited), a.expected) for a in answers if evidence.right(a, a.base)]
+
+
+def neighbour_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _retained(evidence, evidence.group("neighbours"))
+
+
+def neighbour_sharing_old_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _retained(evidence, [a for a in evidence.group("neighbours") if a.shares_old])
+
+
+def neighbour_other_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _retained(evidence, [a for a in evidence.group("neighbours") if not a.shares_old])
 
 
 def control_samples(evidence: CaseEvidence) -> list[Sample]:
-    return retained_samples(evidence.group("controls"))
+    return _retained(evidence, evidence.group("controls"))
+
+
+# -- CounterFact's probability comparisons: mean log-probability per answer token, teacher-forced
+
+
+def _prefers(answers: Sequence[ProbedAnswer], winner: str, loser: str) -> list[Sample]:
+    return [
+        Sample(a, a.logprobs[winner] > a.logprobs[loser], a.expected)
+        for a in answers
+        if winner in a.logprobs and loser in a.logprobs
+    ]
+
+
+def efficacy_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _prefers(evidence.group("prompts"), "new", "old")
+
+
+def generalization_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _prefers(evidence.group("paraphrases"), "new", "old")
+
+
+def specificity_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _prefers(evidence.group("neighbours"), "expected", "new")
+
+
+def control_specificity_samples(evidence: CaseEvidence) -> list[Sample]:
+    return _prefers(evidence.group("controls"), "expected", "new")
+
+
+# -- timing
+
+
+def _ratio(evidence: CaseEvidence, edited_key: str) -> tuple[float | None, int]:
+    base, edited = evidence.timings.get("base_seconds_per_token"), evidence.timings.get(edited_key)
+    ratio = edited / base if base is not None and edited is not None and base > 0 else None
+    return ratio, len(evidence.group("prompts", "controls")) if ratio is not None else 0
 
 
 def latency_ratio(evidence: CaseEvidence) -> tuple[float | None, int]:
-    """(edited / base seconds per token, prompts + controls timed)."""
-    base, edited = evidence.base_seconds_per_token, evidence.edited_seconds_per_token
-    ratio = edited / base if base is not None and edited is not None and base > 0 else None
-    return ratio, len(evidence.group("prompts", "controls"))
+    """(edited / base seconds per token, the minimum of interleaved timings each; prompts + controls timed)."""
+    return _ratio(evidence, "edited_seconds_per_token")
+
+
+def merged_latency_ratio(evidence: CaseEvidence) -> tuple[float | None, int]:
+    """The same with the adapter merged into the weights (None for an edit that has no adapter)."""
+    return _ratio(evidence, "merged_seconds_per_token")
+
+
+# -- many edits on one model
 
 
 def edit_check_samples(evidence: ManyEvidence) -> list[Sample]:
-    """Every edited case's prompts, hit when answered `new` with every edit in place."""
+    """Every edited case's prompts, hit when answered `new` (named before `old`) with every edit in place."""
     return [
-        Sample(ProbedAnswer("prompts", prompt, check.new, "", now), matches(now, check.new), check.new)
+        Sample(
+            ProbedAnswer("prompts", prompt, check.new, "", now),
+            said(now, {"new": check.new, "old": check.old}) == "new",
+            check.new,
+        )
         for check in evidence.edits
         for prompt, now in zip(check.prompts, check.answers_now)
     ]
 
 
 def many_control_samples(evidence: ManyEvidence) -> list[Sample]:
-    return retained_samples(evidence.controls)
+    """Controls right before any edit (their answer named), hit when still right with every edit in place."""
+    return [
+        Sample(a, matches(a.edited or "", a.expected), a.expected)
+        for a in evidence.controls
+        if matches(a.base, a.expected)
+    ]
 
 
 def retained_by_case(evidence: ManyEvidence) -> dict[str, float]:
     """Per edited case: the share of its prompts answering `new` with every edit in place."""
     return {
-        check.case_id: sum(matches(a, check.new) for a in check.answers_now) / len(check.prompts)
+        check.case_id: sum(said(a, {"new": check.new, "old": check.old}) == "new" for a in check.answers_now)
+        / len(check.prompts)
         for check in evidence.edits
     }
 

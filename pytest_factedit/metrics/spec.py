@@ -1,77 +1,98 @@
-"""The metric table: everything about each gated metric, in one row. Every other module iterates over it.
+"""The metric table: everything about each metric, in one row. Every other module iterates over it.
 
 A row says the metric's name (the YAML/record key), its pytest item, its short label in tables, its
-direction and default threshold, the answer groups it reads, how it is measured and under which
-protocol. Share metrics count `samples`; the others `compute` their value.
+direction, its default threshold (None: recorded, gated only when a threshold is set), the answer
+groups it reads, its protocol tag, its definition, and how it is measured. Share metrics count
+`samples` (and say, through `condition` and `remedy`, why they may have none); the others `compute`.
+docs/metrics.md explains each row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .answers import JUDGE_PROTOCOL
-from .measure import (
-    MetricValue,
-    Sample,
-    control_samples,
-    edit_check_samples,
-    forget_samples,
-    latency_ratio,
-    many_control_samples,
-    new_fact_samples,
-    paraphrase_samples,
-    share,
-)
+from . import measure as m
+from .measure import MetricValue, Sample, share
 
 Direction = Literal["higher", "lower"]
+Protocol = Literal["greedy_generation", "mean_token_logprob", "wall_time"]
+GREEDY: Protocol = "greedy_generation"
+LOGPROB: Protocol = "mean_token_logprob"
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A gated metric. Exactly one of `samples` (a share of hits) and `compute` (any value) is given."""
+    """A metric. Exactly one of `samples` (a share of hits) and `compute` (any value) is given."""
 
     name: str
     item: str
     label: str
     direction: Direction
-    default_threshold: float
+    default_threshold: float | None
     reads: tuple[str, ...]
-    protocol: str
-    description: str
+    protocol: Protocol
+    definition: str
     samples: Callable[[Any], Sequence[Sample]] | None = None
     compute: Callable[[Any], tuple[float | None, int]] | None = None
+    condition: str = ""  # which answers of `reads` count, when not all do ("the base model answered `old`")
+    remedy: str = ""  # what the case author can do when none does
+    absent: str = ""  # why a computed metric can have no value
 
     def __post_init__(self) -> None:
         if (self.samples is None) == (self.compute is None):
             raise ValueError(f"metric {self.name}: give exactly one of samples and compute")
 
     def measure(self, evidence: Any) -> MetricValue:
-        """The metric's value over `evidence` (a CaseEvidence, or a ManyEvidence for the end-of-run rows)."""
+        """The metric over `evidence` (a CaseEvidence, or a ManyEvidence for the end-of-run rows)."""
         if self.samples is not None:
             hits = [s.hit for s in self.samples(evidence)]
-            return MetricValue(self.name, share(hits), len(hits), self.protocol)
-        assert self.compute is not None
-        value, count = self.compute(evidence)
-        return MetricValue(self.name, value, count, self.protocol)
+            value = MetricValue(self.name, share(hits), len(hits), self.protocol, sum(hits))
+        else:
+            assert self.compute is not None
+            number, count = self.compute(evidence)
+            value = MetricValue(self.name, number, count, self.protocol)
+        return value if value.value is not None else dataclasses.replace(value, reason=self.why_empty(evidence))
+
+    def why_empty(self, evidence: Any) -> str:
+        """Why there was nothing to count: the case lacks the groups, or none of them met the condition."""
+        if self.absent:
+            return f"not measured: {self.absent}"
+        total = len(evidence.group(*self.reads)) if hasattr(evidence, "group") else 0
+        groups = " or ".join(self.reads)
+        if total == 0 or not self.condition:
+            return f"not measured: there are no {groups} to count"
+        return f"not measured: none of the {total} {groups} qualifies ({self.condition})" + (
+            f"; {self.remedy}" if self.remedy else ""
+        )
 
     @property
     def relation(self) -> str:
         return ">=" if self.direction == "higher" else "<="
 
+    @property
+    def gated_by_default(self) -> bool:
+        return self.default_threshold is not None
+
+
+_OLD = "the base model must answer it with `old`"
+_REWORD = "reword them so that the unedited model gives the old answer, or they measure the model, not the edit"
+_RIGHT = "the base model must get it right"
+_KNOWN = "use facts the unedited model knows"
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "new_fact_accuracy",
         "new_fact_accuracy",
-        "new fact",
+        "new",
         "higher",
         1.0,
         ("prompts",),
-        f"prompts answered `new`; {JUDGE_PROTOCOL}",
-        "share of prompts whose greedy answer matches `new`",
-        samples=new_fact_samples,
+        GREEDY,
+        "share of prompts whose greedy answer names `new` (before `old`)",
+        samples=m.new_fact_samples,
     ),
     MetricSpec(
         "forget_rate",
@@ -80,31 +101,51 @@ METRICS: tuple[MetricSpec, ...] = (
         "higher",
         0.8,
         ("prompts", "paraphrases"),
-        f"prompts + paraphrases no longer answered `old`; {JUDGE_PROTOCOL}",
-        "share of prompts + paraphrases whose answer no longer matches `old`",
-        samples=forget_samples,
+        GREEDY,
+        "share of the prompts and paraphrases the base model answered with `old` whose edited answer no "
+        "longer names `old` first",
+        samples=m.forget_samples,
+        condition=_OLD,
+        remedy=_REWORD,
     ),
     MetricSpec(
         "paraphrase_accuracy",
         "paraphrase_accuracy",
-        "paraphrase",
+        "para",
         "higher",
         0.5,
         ("paraphrases",),
-        f"held-out paraphrases answered `new`; {JUDGE_PROTOCOL}",
-        "share of held-out paraphrases whose answer matches `new`",
-        samples=paraphrase_samples,
+        GREEDY,
+        "share of the held-out paraphrases the base model answered with `old` whose edited answer names `new`",
+        samples=m.paraphrase_samples,
+        condition=_OLD,
+        remedy=_REWORD,
+    ),
+    MetricSpec(
+        "neighbour_retention",
+        "neighbour_retention",
+        "nbrs",
+        "higher",
+        0.8,
+        ("neighbours",),
+        GREEDY,
+        "share of the neighbours (other subjects, same relation) the base model got right that are still right",
+        samples=m.neighbour_samples,
+        condition=_RIGHT,
+        remedy=_KNOWN,
     ),
     MetricSpec(
         "control_retention",
         "control_retention",
-        "controls",
+        "ctrls",
         "higher",
         0.9,
         ("controls",),
-        f"controls right before the edit and still right after; {JUDGE_PROTOCOL}",
-        "share of controls the base model got right that are still right",
-        samples=control_samples,
+        GREEDY,
+        "share of the controls (general facts) the base model got right that are still right",
+        samples=m.control_samples,
+        condition=_RIGHT,
+        remedy=_KNOWN,
     ),
     MetricSpec(
         "latency_overhead",
@@ -112,10 +153,114 @@ METRICS: tuple[MetricSpec, ...] = (
         "latency",
         "lower",
         1.5,
-        (),
-        "edited / base greedy generation seconds per token over prompts + controls (best of repeats)",
-        "edited / base generation seconds per token over prompts + controls",
-        compute=latency_ratio,
+        ("prompts", "controls"),
+        "wall_time",
+        "edited / base seconds per generated token, each the minimum of interleaved timings",
+        compute=m.latency_ratio,
+        absent="nothing was timed",
+    ),
+    # Recorded, and gated only when a case or suite sets a threshold:
+    MetricSpec(
+        "forget_rate_all",
+        "forget_rate_all",
+        "forget (all)",
+        "higher",
+        None,
+        ("prompts", "paraphrases"),
+        GREEDY,
+        "share of all prompts and paraphrases whose edited answer no longer names `old` first",
+        samples=m.forget_all_samples,
+    ),
+    MetricSpec(
+        "paraphrase_accuracy_all",
+        "paraphrase_accuracy_all",
+        "paraphrase (all)",
+        "higher",
+        None,
+        ("paraphrases",),
+        GREEDY,
+        "share of all held-out paraphrases whose edited answer names `new`",
+        samples=m.paraphrase_all_samples,
+    ),
+    MetricSpec(
+        "neighbour_retention_sharing_old",
+        "neighbour_retention_sharing_old",
+        "nbr old",
+        "higher",
+        None,
+        ("neighbours",),
+        GREEDY,
+        "neighbour_retention over the neighbours whose answer is the edited fact's `old` (the hardest kind)",
+        samples=m.neighbour_sharing_old_samples,
+        condition=_RIGHT,
+    ),
+    MetricSpec(
+        "neighbour_retention_other",
+        "neighbour_retention_other",
+        "nbr other",
+        "higher",
+        None,
+        ("neighbours",),
+        GREEDY,
+        "neighbour_retention over the neighbours with another answer",
+        samples=m.neighbour_other_samples,
+        condition=_RIGHT,
+    ),
+    MetricSpec(
+        "efficacy",
+        "efficacy",
+        "efficacy",
+        "higher",
+        None,
+        ("prompts",),
+        LOGPROB,
+        "CounterFact efficacy: share of prompts where P(new) > P(old)",
+        samples=m.efficacy_samples,
+    ),
+    MetricSpec(
+        "generalization",
+        "generalization",
+        "generalization",
+        "higher",
+        None,
+        ("paraphrases",),
+        LOGPROB,
+        "CounterFact generalization: share of paraphrases where P(new) > P(old)",
+        samples=m.generalization_samples,
+    ),
+    MetricSpec(
+        "specificity",
+        "specificity",
+        "specificity",
+        "higher",
+        None,
+        ("neighbours",),
+        LOGPROB,
+        "CounterFact specificity: share of neighbours where P(their answer) > P(new)",
+        samples=m.specificity_samples,
+    ),
+    MetricSpec(
+        "control_specificity",
+        "control_specificity",
+        "control specificity",
+        "higher",
+        None,
+        ("controls",),
+        LOGPROB,
+        "the specificity rule on the controls: share where P(their answer) > P(new)",
+        samples=m.control_specificity_samples,
+    ),
+    MetricSpec(
+        "latency_overhead_merged",
+        "latency_merged",
+        "latency merged",
+        "lower",
+        None,
+        ("prompts", "controls"),
+        "wall_time",
+        "merged / base seconds per generated token, the adapter folded into the weights (peft editors only)",
+        compute=m.merged_latency_ratio,
+        absent="the edit has no adapter to merge",
     ),
 )
 
@@ -128,9 +273,9 @@ MANY_METRICS: tuple[MetricSpec, ...] = (
         "higher",
         0.9,
         ("prompts",),
-        "prompts of every edited case answering new, with every edit in place",
+        GREEDY,
         "share of every edited case's prompts answering `new` with every edit in place",
-        samples=edit_check_samples,
+        samples=m.edit_check_samples,
     ),
     MetricSpec(
         "controls_retained",
@@ -139,15 +284,21 @@ MANY_METRICS: tuple[MetricSpec, ...] = (
         "higher",
         0.9,
         ("controls",),
-        "controls right before any edit, still right with every edit in place",
+        GREEDY,
         "share of all controls (right before any edit) still right with every edit in place",
-        samples=many_control_samples,
+        samples=m.many_control_samples,
     ),
 )
 
-METRIC_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS + MANY_METRICS}
-METRIC_BY_ITEM: dict[str, MetricSpec] = {m.item: m for m in METRICS}
-DEFAULT_THRESHOLDS: dict[str, float] = {m.name: m.default_threshold for m in METRICS + MANY_METRICS}
+# The summary table's columns, one metric (so one protocol) each: the metrics gated by default. The suite
+# table below it shows every share metric pooled, the hardest neighbours among them.
+COLUMNS: tuple[str, ...] = tuple(spec.name for spec in METRICS if spec.gated_by_default)
+
+METRIC_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS + MANY_METRICS}
+METRIC_BY_ITEM: dict[str, MetricSpec] = {spec.item: spec for spec in METRICS}
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    spec.name: spec.default_threshold for spec in METRICS + MANY_METRICS if spec.default_threshold is not None
+}
 
 
 def thresholds_with(overrides: Mapping[str, float]) -> dict[str, float]:

@@ -1,7 +1,8 @@
-"""Thresholds x measured metrics -> verdicts (pure, no torch)."""
+"""Thresholds x measured metrics -> verdicts (pure, no torch); and Wilson intervals for pooled rates."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .spec import METRIC_BY_NAME
@@ -9,20 +10,28 @@ from .spec import METRIC_BY_NAME
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether one metric meets its threshold, with a one-line explanation."""
+    """Whether one metric meets its threshold, with a one-line explanation.
+
+    `passed` is None when nothing was judged: the metric had no samples (it is skipped, never passed)
+    or no threshold (it is recorded only).
+    """
 
     metric: str
     value: float | None
-    threshold: float
-    passed: bool
+    threshold: float | None
+    passed: bool | None
     explanation: str
 
 
-def judge(metric: str, value: float | None, threshold: float, samples: int) -> Verdict:
-    """Compare a value with its threshold in the metric's direction; no samples means nothing to judge."""
+def judge(metric: str, value: float | None, threshold: float | None, samples: int, reason: str = "") -> Verdict:
+    """Compare a value with its threshold in the metric's direction."""
     spec = METRIC_BY_NAME[metric]
     if value is None:
-        return Verdict(metric, None, threshold, True, f"{metric}: no samples to measure")
+        return Verdict(metric, None, threshold, None, f"{metric}: {reason or 'not measured: no samples'}")
+    if threshold is None:
+        return Verdict(
+            metric, value, None, None, f"{metric} = {value:.3f} over {samples} samples (recorded, no threshold)"
+        )
     passed = value >= threshold if spec.direction == "higher" else value <= threshold
     verdict = "meets" if passed else "misses"
     return Verdict(
@@ -32,3 +41,14 @@ def judge(metric: str, value: float | None, threshold: float, samples: int) -> V
         passed,
         f"{metric} = {value:.3f} over {samples} samples {verdict} the threshold ({spec.relation} {threshold:g})",
     )
+
+
+def wilson_interval(hits: int, samples: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default): sound near 0 and 1, unlike the normal one."""
+    if samples <= 0:
+        raise ValueError("a proportion needs at least one sample")
+    p = hits / samples
+    denominator = 1 + z * z / samples
+    centre = (p + z * z / (2 * samples)) / denominator
+    half = z * math.sqrt(p * (1 - p) / samples + z * z / (4 * samples * samples)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .text import answer_token_ids, first_token_id, render_prompts
+from .text import answer_text, answer_token_ids, decoding_sets, encode_prompt, first_token_id, render_prompts
 
 if TYPE_CHECKING:
     import torch
@@ -51,11 +51,12 @@ def greedy_continuations(
     chat: bool = False,
     batch_size: int = 32,
 ) -> list[str]:
-    """Greedy continuation of each prompt, `budgets[i]` new tokens long (batched, left-padded)."""
+    """Greedy continuation of each prompt, at most `budgets[i]` new tokens, up to an end-of-sequence token."""
     import torch
 
     texts = render_prompts(tokenizer, prompts, chat)
     device = next(model.parameters()).device
+    stops, hidden = decoding_sets(model, tokenizer)
     out: list[str] = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
@@ -64,7 +65,7 @@ def greedy_continuations(
         with torch.no_grad():
             new_tokens = greedy_tokens(model, tokenizer, batch, max(chunk_budgets))
         for row, budget in zip(new_tokens, chunk_budgets):
-            out.append(tokenizer.decode(row[:budget], skip_special_tokens=True))
+            out.append(answer_text(tokenizer, row[:budget].tolist(), stops, hidden))
     return out
 
 
@@ -91,34 +92,55 @@ def seconds_per_token(
     return (time.perf_counter() - start) / (new_tokens * len(texts))
 
 
+def pair_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    chat: bool = False,
+    per_token: bool = True,
+    batch_size: int = 64,
+) -> list[float]:
+    """log P(answer | prompt) of each (prompt, answer) pair, teacher-forced: the mean per answer token
+    (CounterFact's comparison, as ROME's code computes it), or the sum with `per_token=False`."""
+    import torch
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        rows = [(encode_prompt(tokenizer, p, chat), tuple(answer_token_ids(tokenizer, a, chat))) for p, a in chunk]
+        ids, mask = _left_padded([p + a for p, a in rows], tokenizer.pad_token_id, device)
+        longest = max(len(a) for _, a in rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=longest + 1)
+        logp = torch.log_softmax(logits.logits[:, :-1].float(), dim=-1)
+        for row, (_, answer) in enumerate(rows):
+            picked = logp[row, longest - len(answer) :].gather(-1, torch.tensor(answer, device=device)[:, None])
+            total = float(picked.sum())
+            out.append(total / len(answer) if per_token else total)
+    return out
+
+
+def _left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        ids[i, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+        mask[i, width - len(sequence) :] = 1
+    return ids.to(device), mask.to(device)
+
+
 def answer_logprobs(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answer: str, chat: bool = False
 ) -> list[float]:
-    """log P(answer tokens | prompt) for each prompt (teacher-forced, answer with a leading space)."""
-    import torch
-
-    texts = render_prompts(tokenizer, prompts, chat)
-    answer_ids = answer_token_ids(tokenizer, answer, chat)
-    device = next(model.parameters()).device
-    batch = _tokenize_batch(tokenizer, texts, device, chat)
-    ids = torch.cat([batch["input_ids"], torch.tensor([answer_ids] * len(texts), device=device)], dim=1)
-    mask = torch.cat(
-        [
-            batch["attention_mask"],
-            torch.ones(len(texts), len(answer_ids), device=device, dtype=batch["attention_mask"].dtype),
-        ],
-        dim=1,
-    )
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        logits = (
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=len(answer_ids) + 1)
-            .logits[:, :-1]
-            .float()
-        )
-    logp = torch.log_softmax(logits, dim=-1)
-    target = torch.tensor(answer_ids, device=device).expand(len(texts), -1)
-    return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).tolist()
+    """log P(answer tokens | prompt) for each prompt (teacher-forced, summed over the answer's tokens)."""
+    return pair_logprobs(model, tokenizer, [(p, answer) for p in prompts], chat, per_token=False)
 
 
 def next_token_logprobs(

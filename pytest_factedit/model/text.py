@@ -5,13 +5,14 @@ The probes and the editors' training rows both go through here, so a prompt is s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EXTRA_ANSWER_TOKENS = 4  # generated past the longest alias, so that "Rome" is not judged on "Romeo"'s first piece
 
@@ -47,3 +48,41 @@ def answer_token_budget(tokenizer: PreTrainedTokenizerBase, aliases: Sequence[st
     """New tokens to generate for an answer: the longest alias (with a leading space) plus a few."""
     longest = max(len(tokenizer(" " + a, add_special_tokens=False).input_ids) for a in aliases)
     return longest + EXTRA_ANSWER_TOKENS
+
+
+_CONTROL_TOKEN = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")  # <start_of_image>, <unused0>, [multimodal]
+_DECODING: dict[tuple[int, int], tuple[frozenset[int], frozenset[int]]] = {}
+
+
+def decoding_sets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[frozenset[int], frozenset[int]]:
+    """(ids that end an answer, ids never shown in one).
+
+    An answer ends at an end-of-sequence token (the tokenizer's and the generation config's). Special
+    tokens are not shown, nor control tokens a tokenizer does not flag as special (the embedded Gemma
+    decodes `<start_of_image>` as text, so a record could read "Paris, France.<start_of_").
+    """
+    key = (id(model), id(tokenizer))
+    if key not in _DECODING:
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stops = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+        hidden = set(tokenizer.all_special_ids)
+        hidden |= {
+            i
+            for i, token in tokenizer.added_tokens_decoder.items()
+            if token.special or _CONTROL_TOKEN.fullmatch(token.content)
+        }
+        _DECODING[key] = (frozenset(i for i in stops if i is not None), frozenset(hidden))
+    return _DECODING[key]
+
+
+def answer_text(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stops: frozenset[int], hidden: frozenset[int]
+) -> str:
+    """The text of generated ids: up to the first end-of-sequence token, without special or control tokens."""
+    kept = []
+    for token in ids:
+        if token in stops:
+            break
+        if token not in hidden:
+            kept.append(token)
+    return tokenizer.decode(kept, skip_special_tokens=True)

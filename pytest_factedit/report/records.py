@@ -4,19 +4,20 @@ the sequential/batch block, and the run summary (summary.json)."""
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from ..metrics.answers import ProbedAnswer, matches
+from ..metrics.answers import FACT_GROUPS, ProbedAnswer, matches
+from ..metrics.measure import CaseEvidence, MetricValue
 from ..metrics.spec import METRIC_BY_NAME
-from ..metrics.verdict import judge
+from ..metrics.verdict import judge, wilson_interval
 
 if TYPE_CHECKING:
     from ..run.many import ManyOutcome
     from ..run.outcome import CaseOutcome
 
-RECORD_SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 2  # 2: neighbours, base-conditioned rates, first-named answers, recorded metrics
 SUMMARY_SCHEMA_VERSION = 1
 _VERSIONED = ("pytest-factedit", "torch", "transformers", "peft", "pytest", "gguf")
 
@@ -33,24 +34,49 @@ class RunInfo(TypedDict, total=False):
     conversion_seconds: float | None
 
 
-class MetricRecord(TypedDict):
+class _MetricBase(TypedDict):
     value: float | None
-    threshold: float
-    passed: bool
+    threshold: float | None  # None: recorded only
+    passed: bool | None  # None: not judged (no threshold, or nothing measured: see `reason`)
     direction: str
-    protocol: str
+    protocol: str  # greedy_generation | mean_token_logprob | wall_time
     samples: int
 
 
+class MetricRecord(_MetricBase, total=False):
+    hits: int  # share metrics: samples that hit
+    reason: str  # why nothing was measured
+
+
+class SuiteRecord(TypedDict):
+    """One metric pooled over the cases of a suite folder, with its Wilson 95% interval."""
+
+    folder: str
+    metric: str
+    cases: int
+    hits: int
+    samples: int
+    value: float | None
+    interval: list[float] | None
+    threshold: float | None
+    passed: bool | None
+
+
 class AnswerRecord(TypedDict, total=False):
-    group: str
+    group: str  # prompts | paraphrases | neighbours | controls
     prompt: str
     expected: list[str]
     base: str
     base_correct: bool
     edited: str | None
     edited_correct: bool  # only once the edited model answered
-    edited_says_old: bool  # only for prompts and paraphrases
+    base_says: str | None  # prompts and paraphrases: which of new/old the answer names first (None: neither)
+    edited_says: str | None
+    edited_mentions_new: bool
+    edited_mentions_old: bool
+    informative: bool  # prompts and paraphrases: the base model answered with `old`, so the rates count it
+    shares_old: bool  # neighbours: the answer is the edited fact's `old` (the hardest kind)
+    logprobs: dict[str, float]  # after the edit, mean log-probability per token of each candidate answer
 
 
 class ManyPosition(TypedDict):
@@ -121,40 +147,63 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def _answer_entry(answer: ProbedAnswer, old: tuple[str, ...]) -> AnswerRecord:
+def _answer_entry(answer: ProbedAnswer, evidence: CaseEvidence) -> AnswerRecord:
     entry: AnswerRecord = {
         "group": answer.group,
         "prompt": answer.prompt,
         "expected": list(answer.expected),
         "base": answer.base,
-        "base_correct": matches(answer.base, answer.expected),
         "edited": answer.edited,
     }
-    if answer.edited is not None:
-        entry["edited_correct"] = matches(answer.edited, answer.expected)
-        if answer.group != "controls":
-            entry["edited_says_old"] = matches(answer.edited, old)
+    if answer.group in FACT_GROUPS:
+        entry.update(
+            base_says=evidence.says(answer.base),
+            base_correct=evidence.says(answer.base) == "new",
+            informative=evidence.base_said_old(answer),
+        )
+        if answer.edited is not None:
+            entry.update(
+                edited_says=evidence.says(answer.edited),
+                edited_correct=evidence.says(answer.edited) == "new",
+                edited_mentions_new=matches(answer.edited, evidence.new),
+                edited_mentions_old=matches(answer.edited, evidence.old),
+            )
+    else:
+        entry["base_correct"] = evidence.right(answer, answer.base)
+        if answer.edited is not None:
+            entry["edited_correct"] = evidence.right(answer, answer.edited)
+        if answer.group == "neighbours":
+            entry["shares_old"] = answer.shares_old
+    if answer.logprobs:
+        entry["logprobs"] = dict(answer.logprobs)
+    return entry
+
+
+def metric_entry(value: MetricValue, threshold: float | None) -> MetricRecord:
+    """A measured metric as a record holds it, judged against its threshold (None: recorded only)."""
+    entry: MetricRecord = {
+        "value": value.value,
+        "threshold": threshold,
+        "passed": judge(value.name, value.value, threshold, value.samples, value.reason).passed,
+        "direction": METRIC_BY_NAME[value.name].direction,
+        "protocol": value.protocol,
+        "samples": value.samples,
+    }
+    if value.hits is not None:
+        entry["hits"] = value.hits
+    if value.reason:
+        entry["reason"] = value.reason
     return entry
 
 
 def _metric_entries(outcome: CaseOutcome) -> dict[str, MetricRecord]:
-    out: dict[str, MetricRecord] = {}
-    for name, value in outcome.metrics.items():
-        threshold = outcome.thresholds[name]
-        out[name] = {
-            "value": value.value,
-            "threshold": threshold,
-            "passed": judge(name, value.value, threshold, value.samples).passed,
-            "direction": METRIC_BY_NAME[name].direction,
-            "protocol": value.protocol,
-            "samples": value.samples,
-        }
-    return out
+    return {name: metric_entry(value, outcome.thresholds.get(name)) for name, value in outcome.metrics.items()}
 
 
 def case_record(outcome: CaseOutcome, case_file: str, run: RunInfo) -> CaseRecord:
     """The JSON record of one case; `run` holds run_id, model, device, dtype and versions."""
     targets = outcome.targets
+    evidence = outcome.evidence()
     return {
         "schema_version": RECORD_SCHEMA_VERSION,
         "run_id": run["run_id"],
@@ -178,7 +227,7 @@ def case_record(outcome: CaseOutcome, case_file: str, run: RunInfo) -> CaseRecor
         "metrics": _metric_entries(outcome),
         "scores": outcome.scores,
         "adapters": outcome.adapters,
-        "answers": [_answer_entry(a, outcome.case.old) for a in outcome.answers],
+        "answers": [_answer_entry(a, evidence) for a in outcome.answers],
         "old": list(outcome.case.old),
         "new": list(outcome.case.new),
         "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
@@ -237,13 +286,41 @@ def many_record(result: ManyOutcome, mode: str, thresholds: Mapping[str, float])
     return block
 
 
+def pooled(folder: str, metric: str, records: Iterable[CaseRecord], threshold: float | None) -> SuiteRecord:
+    """One metric pooled over the ran cases of a suite: hits over samples, with its Wilson 95% interval."""
+    hits = samples = cases = 0
+    for record in records:
+        entry = record.get("metrics", {}).get(metric)
+        if entry is not None and entry.get("hits") is not None and entry["samples"]:
+            hits, samples, cases = hits + entry["hits"], samples + entry["samples"], cases + 1
+    value = hits / samples if samples else None
+    return {
+        "folder": folder,
+        "metric": metric,
+        "cases": cases,
+        "hits": hits,
+        "samples": samples,
+        "value": value,
+        "interval": list(wilson_interval(hits, samples)) if samples else None,
+        "threshold": threshold,
+        "passed": judge(metric, value, threshold, samples).passed,
+    }
+
+
 def summary_record(
-    records: Iterable[CaseRecord], run: RunInfo, wall_seconds: float, mode: str, many_key: str, many: ManyRecord | None
+    records: Iterable[CaseRecord],
+    run: RunInfo,
+    wall_seconds: float,
+    mode: str,
+    many_key: str,
+    many: ManyRecord | None,
+    suites: Sequence[SuiteRecord] = (),
 ) -> dict[str, Any]:
-    """summary.json: counts of the run's cases and failed metrics, where it ran, and the many-edit block."""
+    """summary.json: counts of the run's cases and failed metrics, where it ran, the many-edit block, and
+    every suite's pooled rates with their intervals."""
     records = list(records)
     statuses = [r["status"] for r in records]
-    failed = sum(1 for r in records for v in r.get("metrics", {}).values() if not v["passed"])
+    failed = sum(1 for r in records for v in r.get("metrics", {}).values() if v["passed"] is False)
     summary: dict[str, Any] = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run_id": run["run_id"],
@@ -258,6 +335,7 @@ def summary_record(
         "wall_seconds": round(wall_seconds, 3),
         "versions": run["versions"],
         "mode": mode,
+        "suites": list(suites),
     }
     if many is not None:
         summary[many_key] = many

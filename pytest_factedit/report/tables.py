@@ -10,14 +10,18 @@ from typing import Any
 
 from ..metrics.answers import ProbedAnswer
 from ..metrics.measure import CaseEvidence
-from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec
+from ..metrics.spec import COLUMNS, METRIC_BY_NAME, MetricSpec
 from .console import render
 from .heatmap import render_heatmap
-from .records import CaseRecord, ManyRecord
+from .records import CaseRecord, ManyRecord, SuiteRecord
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: " [green]ok[/]", False: " [bold red]FAIL[/]", None: ""}[passed]
 
 
 def _threshold_label(records: Sequence[CaseRecord], spec: MetricSpec) -> str | None:
@@ -25,49 +29,97 @@ def _threshold_label(records: Sequence[CaseRecord], spec: MetricSpec) -> str | N
     found = {r["metrics"][spec.name]["threshold"] for r in records if spec.name in r.get("metrics", {})}
     if len(found) != 1:
         return None
-    return f"{spec.relation}{found.pop():g}"
+    threshold = found.pop()
+    return f"{spec.relation}{threshold:g}" if threshold is not None else "recorded"
 
 
 def _case_cells(record: CaseRecord, labels: dict[str, str | None]) -> list[str]:
     cells = []
-    for spec in METRICS:
-        metric = record["metrics"].get(spec.name)
+    for name in COLUMNS:
+        metric = record["metrics"].get(name)
         if metric is None:
             cells.append("")
             continue
-        verdict = "[green]ok[/]" if metric["passed"] else "[bold red]FAIL[/]"
-        shown_threshold = "" if labels[spec.name] else f"{spec.relation}{metric['threshold']:g}"
-        cells.append(f"{_fmt(metric['value'])}{shown_threshold} {verdict}")
+        spec = METRIC_BY_NAME[name]
+        threshold = metric["threshold"]
+        shown = "" if labels[name] or threshold is None else f"{spec.relation}{threshold:g}"
+        cells.append(f"{_fmt(metric['value'])}{shown}{_verdict(metric['passed'])}")
     cells.append(f"{record.get('timings', {}).get('edit_seconds', 0):.1f}")
     return cells
 
 
+def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> str:
+    """One suite folder's pooled rates, a row per metric: value, Wilson 95% interval, hits/samples, and the
+    threshold with its verdict (when `suite_thresholds` gates it)."""
+    from rich import box
+    from rich.table import Table
+
+    cases = max(row["cases"] for row in rows)
+    table = Table(
+        title=f"suite {rows[0]['folder']}: {cases} cases pooled",
+        box=box.SIMPLE_HEAD if color else box.SIMPLE,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("metric", "rate", "95% interval", "hits", "gate"):
+        table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=True)
+    for row in rows:
+        if row["value"] is None or row["interval"] is None:
+            continue
+        spec = METRIC_BY_NAME[row["metric"]]
+        low, high = row["interval"]
+        gate = f"{spec.relation}{row['threshold']:g}{_verdict(row['passed'])}" if row["threshold"] is not None else ""
+        table.add_row(
+            row["metric"], f"{row['value']:.3f}", f"{low:.3f}-{high:.3f}", f"{row['hits']}/{row['samples']}", gate
+        )
+    return render(table, color, width)
+
+
 def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) -> str:
-    """Case x metric table: value vs threshold (in the header when all cases share it), ok/FAIL."""
+    """Case x metric table, one metric (so one protocol) per column: value vs threshold (in the header when
+    every case shares it), ok/FAIL."""
     from rich import box
     from rich.table import Table
 
     records = list(records)
-    labels = {spec.name: _threshold_label(records, spec) for spec in METRICS}
+    labels = {name: _threshold_label(records, METRIC_BY_NAME[name]) for name in COLUMNS}
     table = Table(
         title="pytest-factedit: fact edits",
-        box=box.SIMPLE_HEAD if color else box.ASCII2,
+        box=box.SIMPLE_HEAD if color else box.SIMPLE,
         show_edge=False,
         pad_edge=False,
+        collapse_padding=True,
     )
     table.add_column("case", overflow="fold", min_width=12)
-    for spec in METRICS:
-        label = labels[spec.name]
-        table.add_column(spec.label + (f"\n{label}" if label else ""), justify="right", no_wrap=True)
+    for name in COLUMNS:
+        label = labels[name]
+        table.add_column(METRIC_BY_NAME[name].label + (f"\n{label}" if label else ""), justify="right", no_wrap=True)
     table.add_column("edit\nsec", justify="right", no_wrap=True)
     for record in records:
         if record["status"] != "ran":
             label = "SKIPPED" if record["status"] == "skipped" else "ERROR"
             style = "yellow" if record["status"] == "skipped" else "bold red"
-            table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(METRICS))
+            table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(COLUMNS))
             continue
         table.add_row(record["case_id"], *_case_cells(record, labels))
     return render(table, color, width)
+
+
+def uninformative_notes(records: Iterable[CaseRecord]) -> list[str]:
+    """A line per case with paraphrases the base model did not answer with `old`: not counted, to reword."""
+    notes = []
+    for record in records:
+        paraphrases = [a for a in record.get("answers", []) if a["group"] == "paraphrases"]
+        idle = [a for a in paraphrases if not a.get("informative", True)]
+        if idle:
+            example = idle[0]
+            notes.append(
+                f"note: {record['case_id']}: {len(idle)} of {len(paraphrases)} paraphrases are uninformative (the "
+                f"unedited model does not answer them with {' / '.join(record['old'])!r}: {example['prompt']!r} -> "
+                f"{example['base'].strip()!r}); they are not counted: reword them"
+            )
+    return notes
 
 
 def answers_table(title: str, rows: Sequence[dict[str, Any]], width: int = 120) -> str:
@@ -99,7 +151,10 @@ def failure_details(metric: str, record: CaseRecord) -> str:
             f"edited {t['edited_seconds_per_token'] * 1000:.1f} ms/token"
         )
     evidence = CaseEvidence(
-        tuple(ProbedAnswer.from_record(a) for a in record["answers"]), tuple(record["old"]), tuple(record["new"])
+        tuple(ProbedAnswer.from_record(a) for a in record["answers"]),
+        tuple(record["old"]),
+        tuple(record["new"]),
+        record.get("timings", {}),
     )
     rows = [
         {
@@ -142,11 +197,14 @@ class RunView:
     many_key: str = ""
     many: ManyRecord | None = None
     problems: tuple[str, ...] = ()
+    suites: tuple[SuiteRecord, ...] = ()
 
 
 def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: RunView) -> list[str]:
     """The terminal summary, line by line: the table, heatmaps, the many-edit line, problems, the results file."""
     text = summary_table(records, color, width)
+    for folder in dict.fromkeys(row["folder"] for row in view.suites):
+        text += suite_table([row for row in view.suites if row["folder"] == folder], color, width)
     if view.show_trace:
         text += "".join(
             render_heatmap(r["localization"], r["case_id"], color, width) for r in records if r.get("localization")
@@ -154,7 +212,15 @@ def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: 
     lines = text.splitlines()
     if view.many is not None:
         lines.append(many_line(view.many_key, view.many))
+    lines += uninformative_notes(records)
     lines += [f"pytest-factedit: {problem}" for problem in view.problems]
     if view.results_file is not None:
         lines.append(f"results: {view.results_file}")
     return lines
+
+
+def suite_details(row: SuiteRecord) -> str:
+    """The pooled numbers behind a suite verdict."""
+    interval = row["interval"]
+    span = f"; Wilson 95% interval [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+    return f"pooled over {row['cases']} cases of {row['folder']}: {row['hits']} of {row['samples']} samples{span}"

@@ -89,8 +89,8 @@ def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope) -> TargetMod
 
 
 def held_out_texts(case: FactCase) -> tuple[str, ...]:
-    """The texts of `case` an editor must never train on: its paraphrases and controls."""
-    return case.paraphrases + tuple(c.prompt for c in case.controls)
+    """The texts of `case` an editor must never train on: its paraphrases, neighbours and controls."""
+    return case.paraphrases + tuple(n.prompt for n in case.neighbours) + tuple(c.prompt for c in case.controls)
 
 
 def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditRequest:

@@ -106,14 +106,13 @@ def _prompts_answered_now(lm: LoadedModel, outcome: CaseOutcome) -> EditCheck:
     case = outcome.case
     budget = answer_token_budget(lm.tokenizer, case.old + case.new)
     now = greedy_continuations(lm.model, lm.tokenizer, list(case.prompts), [budget] * len(case.prompts), chat=case.chat)
-    return EditCheck(case.id, case.new, case.prompts, tuple(now))
+    return EditCheck(case.id, case.new, case.old, case.prompts, tuple(now))
 
 
 def _prompts_as_probed(outcome: CaseOutcome) -> EditCheck:
     """The edited answers `probe_edit` already recorded (batch: the adapter has not changed since)."""
-    return EditCheck(
-        outcome.case.id, outcome.case.new, outcome.case.prompts, tuple(a.edited or "" for a in outcome.group("prompts"))
-    )
+    case = outcome.case
+    return EditCheck(case.id, case.new, case.old, case.prompts, tuple(a.edited or "" for a in outcome.group("prompts")))
 
 
 def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | str) -> CaseOutcome:

@@ -42,10 +42,4 @@ class CaseOutcome:
 
     def evidence(self) -> CaseEvidence:
         """What the metric table measures this case from."""
-        return CaseEvidence(
-            tuple(self.answers),
-            self.case.old,
-            self.case.new,
-            self.timings.get("base_seconds_per_token"),
-            self.timings.get("edited_seconds_per_token"),
-        )
+        return CaseEvidence(tuple(self.answers), self.case.old, self.case.new, dict(self.timings))

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..metrics.answers import Group, ProbedAnswer, cut_answer, matches
+from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
-from ..model.probe import (
-    answer_logprobs,
-    first_token_rank,
-    greedy_continuations,
-    next_token_logprobs,
-    seconds_per_token,
-)
-from ..model.text import answer_token_budget, first_token_id
+from ..model.probe import answer_logprobs, first_token_rank, greedy_continuations, pair_logprobs, seconds_per_token
+from ..model.text import answer_token_budget
 from .outcome import CaseOutcome
 
 if TYPE_CHECKING:
@@ -33,7 +28,7 @@ if TYPE_CHECKING:
 class ProbePlan:
     """How much probing a case gets beyond its answers: latency timing and the fluency generation."""
 
-    latency_repeats: int = 2  # timed generations of base and edited model each; the best is kept
+    latency_repeats: int = 3  # interleaved timings of the base and the edited model each; the minimum is kept
     latency_tokens: int = 6
     fluency_tokens: int = 16
 
@@ -60,19 +55,36 @@ class BaseAnswerCache:
 
 @dataclass(frozen=True)
 class ProbeRow:
-    """One prompt to probe: its group, the answers expected, and how many tokens to generate."""
+    """One prompt to probe: its group, the answers expected, how many tokens to generate, and (a
+    neighbour) whether its answer is the edited fact's old one."""
 
     group: Group
     prompt: str
     expected: tuple[str, ...]
     budget: int
+    shares_old: bool = False
+
+
+def shares_old(answer: Sequence[str], old: Sequence[str]) -> bool:
+    """A neighbour whose answer is (an alias of) the edited fact's `old` answer."""
+    return bool({a.strip().casefold() for a in answer} & {o.strip().casefold() for o in old})
 
 
 def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[ProbeRow]:
-    """Every prompt of a case in group order: prompts, paraphrases (expecting `new`), then controls."""
+    """Every prompt of a case in group order: prompts, paraphrases (expecting `new`), neighbours, controls."""
     fact_budget = answer_token_budget(tokenizer, case.old + case.new)
     rows = [ProbeRow("prompts", p, case.new, fact_budget) for p in case.prompts]
     rows += [ProbeRow("paraphrases", p, case.new, fact_budget) for p in case.paraphrases]
+    rows += [
+        ProbeRow(
+            "neighbours",
+            n.prompt,
+            n.answer,
+            answer_token_budget(tokenizer, n.answer + case.new),
+            shares_old(n.answer, case.old),
+        )
+        for n in case.neighbours
+    ]
     rows += [ProbeRow("controls", c.prompt, c.answer, answer_token_budget(tokenizer, c.answer)) for c in case.controls]
     return rows
 
@@ -84,8 +96,10 @@ def probe_base(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: B
     started = time.perf_counter()
     base = cache.get(lm, [r.prompt for r in rows], [r.budget for r in rows], case.chat)
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
-    outcome.answers = [ProbedAnswer(r.group, r.prompt, r.expected, b) for r, b in zip(rows, base)]
-    wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not matches(a.base, case.old)]
+    outcome.answers = [
+        ProbedAnswer(r.group, r.prompt, r.expected, b, shares_old=r.shares_old) for r, b in zip(rows, base)
+    ]
+    wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not outcome.evidence().base_said_old(a)]
     if wrong:
         outcome.status = "skipped"
         outcome.reason = (
@@ -97,54 +111,68 @@ def probe_base(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: B
     return outcome
 
 
+def candidate_logprobs(lm: LoadedModel, case: FactCase, answers: Sequence[ProbedAnswer]) -> list[dict[str, float]]:
+    """Per answer, the mean log-probability per token of each candidate: `new` and `old` for prompts and
+    paraphrases, their own answer (`expected`) and `new` for neighbours and controls."""
+    wanted = []
+    for a in answers:
+        other = ("old", case.old[0]) if a.group in FACT_GROUPS else ("expected", a.expected[0])
+        wanted.append((("new", case.new[0]), other))
+    pairs = [(a.prompt, answer) for a, both in zip(answers, wanted) for _, answer in both]
+    values = iter(pair_logprobs(lm.model, lm.tokenizer, pairs, case.chat))
+    return [{name: next(values) for name, _ in both} for both in wanted]
+
+
 def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan: ProbePlan = DEFAULT_PLAN) -> None:
-    """With the edit active: every probe's edited answer, the recorded scores and the latency timings."""
+    """With the edit active: every probe's edited answer and candidate log-probabilities, the recorded
+    scores, and the latency timings."""
     started = time.perf_counter()
     case = outcome.case
     rows = probe_rows(case, lm.tokenizer)
     edited = greedy_continuations(
         lm.model, lm.tokenizer, [r.prompt for r in rows], [r.budget for r in rows], chat=case.chat
     )
-    outcome.answers = [ProbedAnswer(a.group, a.prompt, a.expected, a.base, e) for a, e in zip(outcome.answers, edited)]
-    right = [(a.prompt, a.expected) for a in outcome.group("controls") if matches(a.base, a.expected)]
-    outcome.scores = recorded_scores(lm, case, applied, right, plan)
-    latency_prompts = list(case.prompts) + [c.prompt for c in case.controls]
-    base_spt, edited_spt = [], []
-    for _ in range(plan.latency_repeats):
-        with applied.disabled():
-            base_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, plan.latency_tokens, case.chat))
-        edited_spt.append(seconds_per_token(lm.model, lm.tokenizer, latency_prompts, plan.latency_tokens, case.chat))
-    outcome.timings["base_seconds_per_token"] = min(base_spt)
-    outcome.timings["edited_seconds_per_token"] = min(edited_spt)
+    logprobs = candidate_logprobs(lm, case, outcome.answers)
+    outcome.answers = [
+        dataclasses.replace(a, edited=e, logprobs=lp) for a, e, lp in zip(outcome.answers, edited, logprobs)
+    ]
+    outcome.scores = recorded_scores(lm, case, applied, plan)
+    outcome.timings.update(latency_timings(lm, case, applied, plan))
     outcome.timings["probe_seconds"] = time.perf_counter() - started
 
 
+def latency_timings(lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan) -> dict[str, float]:
+    """Seconds per token of the base and the edited model, timed interleaved (base, edited, base, ...) on the
+    same prompts, the minimum of each (the statistic another process's load cannot lower); and of the
+    merged edit where the adapter can be merged."""
+    prompts = list(case.prompts) + [c.prompt for c in case.controls]
+
+    def timed() -> float:
+        return seconds_per_token(lm.model, lm.tokenizer, prompts, plan.latency_tokens, case.chat)
+
+    base, edited, merged = [], [], []
+    for _ in range(plan.latency_repeats):
+        with applied.disabled():
+            base.append(timed())
+        edited.append(timed())
+    with applied.merged() as mergeable:
+        if mergeable:
+            merged = [timed() for _ in range(plan.latency_repeats)]
+    out = {"base_seconds_per_token": min(base), "edited_seconds_per_token": min(edited)} if base else {}
+    if merged and base:
+        out["merged_seconds_per_token"] = min(merged)
+    return out
+
+
 def recorded_scores(
-    lm: LoadedModel,
-    case: FactCase,
-    applied: EditHandle,
-    controls_base_right: Sequence[tuple[str, tuple[str, ...]]],
-    plan: ProbePlan = DEFAULT_PLAN,
+    lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan = DEFAULT_PLAN
 ) -> dict[str, float]:
-    """Scores recorded but not gated: CounterFact-style probabilities, latent recall of `old`, fluency."""
+    """Diagnostics recorded but not gated: the latent recall of `old` (its log-probability before and after
+    the edit, its rank after) and fluency (the n-gram entropy of a free generation, before and after)."""
     tok, model = lm.tokenizer, lm.model
-    out: dict[str, float] = {}
-    old_logprobs: dict[str, list[float]] = {}
-    for name, texts in (("efficacy", list(case.prompts)), ("generalization", list(case.paraphrases))):
-        if texts:
-            new_lp = answer_logprobs(model, tok, texts, case.new[0], case.chat)
-            old_logprobs[name] = answer_logprobs(model, tok, texts, case.old[0], case.chat)
-            out[name] = sum(n > o for n, o in zip(new_lp, old_logprobs[name])) / len(texts)
-    if controls_base_right:  # first-token probabilities: one batched pass over the controls
-        logp = next_token_logprobs(model, tok, [p for p, _ in controls_base_right], case.chat)
-        new_id = first_token_id(tok, case.new[0], case.chat)
-        kept = [
-            float(row[first_token_id(tok, answer[0], case.chat)]) > float(row[new_id])
-            for row, (_, answer) in zip(logp, controls_base_right)
-        ]
-        out["specificity_first_token"] = sum(kept) / len(kept)
     prompts = list(case.prompts)
-    out["old_answer_logprob_after"] = mean(old_logprobs["efficacy"])  # prompts are never empty
+    out: dict[str, float] = {}
+    out["old_answer_logprob_after"] = mean(answer_logprobs(model, tok, prompts, case.old[0], case.chat))
     out["old_answer_rank_after"] = mean(first_token_rank(model, tok, prompts, case.old[0], case.chat))
     after = greedy_continuations(model, tok, prompts, [plan.fluency_tokens] * len(prompts), chat=case.chat)
     with applied.disabled():

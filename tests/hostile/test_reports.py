@@ -69,7 +69,8 @@ def test_a_write_that_fails_later_warns_and_the_run_goes_on(pytester, suite, mon
     out = result.stdout.str()
     assert "INTERNALERROR" not in out
     counts = result.parseoutcomes()
-    assert sum(counts.get(k, 0) for k in ("passed", "failed", "skipped")) == 5  # every item ran and was judged
+    collected = int(out.split(" items")[0].rsplit("collected ", 1)[1])
+    assert sum(counts.get(k, 0) for k in ("passed", "failed", "skipped")) == collected  # every item ran
     assert "pytest-factedit: fact edits" in out  # the summary still prints
     assert out.count("could not write") == 1 and "No space left on device" in out
 
