@@ -12,17 +12,59 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "counterfact-train.json"
 
 
+NEIGHBOURS = 3  # found per fact, besides its locality prompt (as `factedit import counterfact --neighbours 3`)
+AT_LEAST = 3  # neighbours a benchmark fact must have, its locality prompt included
+
+
 def known_cases(lm: Any, data: Path, n: int, seed: int) -> tuple[list[Any], tempfile.TemporaryDirectory]:
-    """Up to `n` known facts as loaded cases (own locality control + fact_cases/_defaults.yaml controls).
+    """The first `n` known facts (in the seeded order) with at least AT_LEAST neighbours, as loaded cases:
+    their locality prompt and up to NEIGHBOURS more neighbours, and the shared controls of
+    fact_cases/_defaults.yaml.
 
     The cases' files live in the returned temporary folder; keep it alive while they are used.
     """
-    from pytest_factedit.cases.counterfact import known_records, read_records, write_cases
+    from pytest_factedit.cases.counterfact import write_cases
 
-    records = list(known_records(lm.model, lm.tokenizer, read_records(data), n, seed))
+    records, neighbours = chosen_facts(lm, data, n, seed)
     folder = tempfile.TemporaryDirectory()
-    cases, _ = write_cases(records, Path(folder.name) / "cases", REPO / "fact_cases" / "_defaults.yaml")
+    cases, _ = write_cases(records, Path(folder.name) / "cases", REPO / "fact_cases" / "_defaults.yaml", neighbours)
     return cases, folder
+
+
+def chosen_facts(lm: Any, data: Path, n: int, seed: int) -> tuple[list[dict], dict[Any, list[dict]]]:
+    """The facts and their neighbours: read from bench/results/facts-seed<seed>-n<n>.json when it was made
+    with this model's weights and this data file, else searched (minutes) and written there."""
+    import hashlib
+    import json
+
+    from pytest_factedit.cases.counterfact import known_records, neighbour_records, read_records
+
+    key = {
+        "weights_hash": lm.weights_hash,
+        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+        "n": n,
+        "seed": seed,
+        "neighbours": NEIGHBOURS,
+        "at_least": AT_LEAST,
+    }
+    saved = REPO / "bench" / "results" / f"facts-seed{seed}-n{n}.json"
+    if saved.is_file() and json.loads(saved.read_text())["key"] == key:
+        found = json.loads(saved.read_text())
+        return found["records"], {r["case_id"]: found["neighbours"][str(r["case_id"])] for r in found["records"]}
+    every = read_records(data)
+    records, neighbours = [], {}
+    for record in known_records(lm.model, lm.tokenizer, every, len(every), seed):
+        nearby = neighbour_records(lm.model, lm.tokenizer, [record], every, NEIGHBOURS, seed)[record["case_id"]]
+        if 1 + len({r["prompt"] for r in nearby} - {record["locality_prompt"]}) >= AT_LEAST:
+            records.append(record)
+            neighbours[record["case_id"]] = nearby
+        if len(records) == n:
+            break
+    saved.write_text(
+        json.dumps({"key": key, "records": records, "neighbours": {str(k): v for k, v in neighbours.items()}}, indent=1)
+        + "\n"
+    )
+    return records, neighbours
 
 
 def fact_arguments(parser: argparse.ArgumentParser, n: int) -> None:

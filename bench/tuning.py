@@ -7,8 +7,7 @@ Variants: the default (top 2 MLP + 2 attention layers, 2 context prefixes); MLP-
 layers; 4 MLP + 2 attention layers with six context prefixes; the default trained under bf16
 autocast (the AMX speed lever); and learning until P(new) >= 0.9 instead of 0.6, alone or with
 unlearning until P(old) < 0.01 instead of 0.05. Prints per-fact lines and one markdown row per
-variant. `paraphrase_base_knew` is paraphrase accuracy over the paraphrases the base model answered
-with the old answer; `case_controls` and `shared_controls` count the controls the base model got right.
+variant, with the columns of bench/editors.py.
 Every variant is a set of method settings (`context_prefixes`, `train_precision` among them), as a case's
 `method:` would give them.
 """
@@ -20,7 +19,7 @@ import statistics
 import sys
 from typing import Any
 
-from editors import control_samples
+from editors import COLUMNS, POOLED, fact_values, pooled_cell
 from facts import fact_arguments, load_known_cases
 
 SIX_PREFIXES = (
@@ -41,54 +40,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "learn-stop-0.9-unlearn-stop-0.01": {"learn_stop_prob": 0.9, "unlearn_stop_prob": 0.01},
 }
 DEFAULT_VARIANTS = ["default", "mlp4-no-attention", "mlp6-no-attention", "mlp4-attention2-six-prefixes"]
-COLUMNS = (
-    "new_fact_accuracy",
-    "forget_rate",
-    "paraphrase_accuracy",
-    "paraphrase_base_knew",
-    "case_controls",
-    "shared_controls",
-    "generalization",
-    "specificity_first_token",
-    "edit_seconds",
-)
 
 
-def add_row(row: dict[str, list[float]], outcome: Any) -> None:
-    """One variant's samples for each column, from one edited fact."""
-    from pytest_factedit.metrics.answers import matches
-
-    case = outcome.case
-    for metric in COLUMNS[:3]:
-        if outcome.metrics[metric].value is not None:
-            row[metric].append(outcome.metrics[metric].value)
-    row["paraphrase_base_knew"] += [
-        float(matches(a.edited, case.new)) for a in outcome.group("paraphrases") if matches(a.base, case.old)
-    ]
-    row["case_controls"] += control_samples(outcome.answers, shared=False)
-    row["shared_controls"] += control_samples(outcome.answers, shared=True)
-    for key in ("generalization", "specificity_first_token"):
-        if key in outcome.scores:
-            row[key].append(outcome.scores[key])
-    row["edit_seconds"].append(outcome.timings["edit_seconds"])
-
-
-def print_table(table: dict[str, dict[str, list[float]]], facts: int, seed: int) -> None:
+def print_table(table: dict[str, list[dict[str, Any]]], facts: int, seed: int) -> None:
+    """One markdown row per variant: the pooled rates of bench/editors.py, fluency change and edit seconds."""
     print(
-        f"\nembedded model (CPU), {facts} known CounterFact facts (seed {seed}); means over facts, "
-        "edit seconds median\n"
+        f"\nembedded model (CPU), {facts} known CounterFact facts (seed {seed}); rates pooled over facts "
+        "(in brackets: samples), edit seconds median\n"
     )
     print("| variant | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
-    for name, row in table.items():
-        cells = [
-            "n/a"
-            if not row[c]
-            else f"{statistics.median(row[c]):.1f}"
-            if c == "edit_seconds"
-            else f"{statistics.mean(row[c]):.3f}"
-            for c in COLUMNS
-        ]
+    for name, results in table.items():
+        if not results:
+            continue
+        cells = [pooled_cell(results, metric) for _, metric in POOLED]
+        cells.append(f"{statistics.mean(r['values']['fluency change'] for r in results):.3f}")
+        cells.append(f"{statistics.median(r['values']['edit s'] for r in results):.1f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
@@ -106,7 +73,7 @@ def main() -> int:
     plan = ProbePlan(latency_repeats=1)  # no latency column
     lm, cases, folder = load_known_cases(args)
     cache = BaseAnswerCache()
-    table: dict[str, dict[str, list[float]]] = {v: {c: [] for c in COLUMNS} for v in args.variants}
+    table: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     with folder:
         for case in cases:
             for name in args.variants:
@@ -114,7 +81,7 @@ def main() -> int:
                 if outcome.status != "ran":
                     print(f"  {case.id} {name}: {outcome.status}", flush=True)
                     continue
-                add_row(table[name], outcome)
+                table[name].append({"values": fact_values(outcome)})
                 print(
                     f"  {case.id} {name}: paraphrase={outcome.metrics['paraphrase_accuracy'].value} "
                     f"edit={outcome.timings['edit_seconds']:.1f}s",

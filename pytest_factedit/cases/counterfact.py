@@ -67,6 +67,8 @@ def case_mapping(record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = 
     (another subject, the same relation) -> the first neighbour, before the `neighbours` found for it."""
     locality = {"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}
     found = [{"prompt": n["prompt"], "answer": n["ground_truth"]} for n in neighbours]
+    taken = {record["prompt"].casefold(), record["rephrase_prompt"].casefold()}
+    held = [n for n in [locality, *found] if n["prompt"].casefold() not in taken]
     return {
         "id": f"counterfact-{record['case_id']}",
         "subject": record["subject"],
@@ -74,7 +76,7 @@ def case_mapping(record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = 
         "old": record["ground_truth"],
         "new": record["target_new"],
         "paraphrases": [record["rephrase_prompt"]],
-        "neighbours": [locality] + [n for n in found if n["prompt"] != locality["prompt"]],
+        "neighbours": [n for i, n in enumerate(held) if n["prompt"] not in {m["prompt"] for m in held[:i]}],
     }
 
 
