@@ -1,15 +1,23 @@
-"""Performance figures for docs/performance.md, next to the budgets of design.md.
+"""Performance figures for docs/performance.md, against the targets, and revisions compared in one run.
 
-    python bench/benchmark.py                 # everything (about 10-15 minutes on a 2-core CPU)
-    python bench/benchmark.py --skip-conversion --skip-suite
+    python bench/benchmark.py                      # load, every phase of every shipped case, the suite
+    python bench/benchmark.py --skip-suite --skip-conversion
+    python bench/benchmark.py --against HEAD~3     # this checkout and HEAD~3 (a git worktree), interleaved
 
-Prints: first-conversion seconds of the embedded model (into a throw-away cache), cached load
-seconds, edit seconds per shipped case (median, max) and the wall seconds of `pytest fact_cases/`.
+Per case (medians over the shipped cases): probing the base model, localization, both edit stages,
+probing the edited model. Also: the cached load (a fresh process: imports, then `load()`), the first
+conversion into a throw-away cache, and the wall seconds of `pytest fact_cases/`.
+
+With --against REV, one worker process per checkout loads the model once and runs the same cases, in
+the order A B B A A B ..., so that both see the same machine state; the table gives each phase's
+median for both and their ratio. Absolute seconds differ across machines; ratios measured in one run
+do not. The answers of both are compared too (a hash of every base and edited answer per case).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -17,20 +25,81 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-BUDGETS = {
-    "first conversion (s)": 120.0,
-    "cached load (s)": 5.0,
-    "edit per case, median (s)": 10.0,
-    "suite wall (s)": 180.0,
+WORKER = Path(__file__).resolve().parent / "case_worker.py"
+# The targets of issue 13 (2-core CPU without AMX, fp32, warm cache): phase -> seconds.
+TARGETS = {
+    "probe_seconds": 2.0,
+    "localize_seconds": 1.5,
+    "stages_seconds": 5.0,
+    "suite wall": 90.0,
+    "cached load": 3.0,
 }
+PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "probe_seconds", "wall_seconds")
+
+
+class Worker:
+    """bench/case_worker.py running one checkout's code."""
+
+    def __init__(self, checkout: Path, cases: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        self.process = subprocess.Popen(
+            [sys.executable, str(WORKER), str(cases)],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the case worker stopped; run it by hand to see why: python bench/case_worker.py")
+        return json.loads(line)
+
+    def run(self, case: Path) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{case}\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def case_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.y*ml") if not p.name.startswith("_"))
+
+
+def medians(results: list[dict[str, Any]]) -> dict[str, float]:
+    ran = [r for r in results if r["status"] == "ran"]
+    return {phase: statistics.median(r[phase] for r in ran) for phase in PHASES if ran}
+
+
+def cached_load() -> dict[str, float]:
+    """A fresh process: seconds to import torch and transformers, then to load the cached embedded model."""
+    code = (
+        "import time; t = time.perf_counter(); import torch, transformers; i = time.perf_counter(); "
+        "from pytest_factedit.model.load import load; load(None, 'cpu'); "
+        "print(i - t, time.perf_counter() - i)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # the cache exists after this
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    imports, load = (float(x) for x in out.split())
+    return {"imports": imports, "load": load, "cached load": imports + load}
 
 
 def first_conversion_seconds() -> float:
     """Convert the embedded GGUF into an empty cache in a fresh process; returns that process's figure."""
     with tempfile.TemporaryDirectory() as cache:
-        code = "from pytest_factedit.model.load import load; lm = load(None, 'cpu'); print(lm.conversion_seconds)"
+        code = "from pytest_factedit.model.load import load; print(load(None, 'cpu').conversion_seconds)"
         out = subprocess.run(
             [sys.executable, "-c", code],
             env={**os.environ, "FACTEDIT_CACHE": cache},
@@ -41,98 +110,103 @@ def first_conversion_seconds() -> float:
         return float(out.strip().splitlines()[-1])
 
 
-def cached_load_seconds() -> float:
-    """load() from a warm cache, in a fresh process (torch/transformers imports included)."""
-    code = (
-        "import time; t = time.perf_counter(); from pytest_factedit.model.load import load; "
-        "load(None, 'cpu'); print(time.perf_counter() - t)"
-    )
-    subprocess.run(
-        [sys.executable, "-c", "from pytest_factedit.model.load import load; load(None, 'cpu')"],
-        check=True,
-        capture_output=True,
-    )  # make sure the cache exists
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
-
-
-def edit_seconds() -> list[tuple[str, float]]:
-    from pytest_factedit.cases import is_case_file, load_case
-    from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.model.load import load
-    from pytest_factedit.run.case import run_case
-    from pytest_factedit.run.probing import BaseAnswerCache
-
-    lm = load(None, "cpu")
-    cache = BaseAnswerCache()
-    out = []
-    for path in sorted((REPO / "fact_cases").glob("*.yaml")):
-        if not is_case_file(path):
-            continue
-        case = load_case(path, root=REPO)
-        outcome = run_case(lm, case, resolve_settings(case.method), cache)
-        if outcome.status == "ran":
-            out.append((case.id, outcome.timings["edit_seconds"]))
-            print(
-                f"  {case.id}: edit {outcome.timings['edit_seconds']:.1f}s "
-                f"(stages {[s['steps'] for s in outcome.stages]})",
-                flush=True,
-            )
-    return out
-
-
 def suite_wall_seconds() -> tuple[float, str]:
     """Wall seconds of `pytest fact_cases/` in a fresh process, and pytest's closing line."""
-    start = time.perf_counter()
+    started = time.perf_counter()
+    run_id = f"benchmark-suite-{time.strftime('%Y%m%d-%H%M%S')}"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "fact_cases/",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--factedit-run-id",
-            f"benchmark-suite-{time.strftime('%Y%m%d-%H%M%S')}",
-        ],
+        [sys.executable, "-m", "pytest", "fact_cases/", "-q", "-p", "no:cacheprovider", "--factedit-run-id", run_id],
         cwd=REPO,
         check=False,
         capture_output=True,
         text=True,
     )
     closing = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit {done.returncode}"
-    return time.perf_counter() - start, closing
+    return time.perf_counter() - started, closing
+
+
+def print_targets(figures: dict[str, float]) -> None:
+    print("| figure | measured (s) | target (s) | met |")
+    print("|---|---|---|---|")
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        met = "" if target is None else ("yes" if value <= target else f"no ({value / target:.1f}x)")
+        print(f"| {name} | {value:.2f} | {'' if target is None else f'<= {target:g}'} | {met} |")
+
+
+def measure_here(args: argparse.Namespace) -> int:
+    worker = Worker(REPO, args.cases)
+    results = [worker.run(case) for _ in range(args.repeats) for case in case_files(args.cases)]
+    worker.close()
+    for r in results:
+        print(
+            f"  {r['case']}: "
+            + " ".join(f"{p}={r[p]:.2f}" for p in PHASES if r.get(p) is not None)
+            + f" steps={r['steps']}",
+            flush=True,
+        )
+    figures: dict[str, float] = dict(medians(results))
+    if not args.skip_load:
+        figures.update(cached_load())
+    if not args.skip_conversion:
+        figures["first conversion"] = first_conversion_seconds()
+    if not args.skip_suite:
+        figures["suite wall"], closing = suite_wall_seconds()
+        print(f"pytest fact_cases/: {closing}")
+    print(f"\ncases: {len(case_files(args.cases))} x {args.repeats}; cores: {os.cpu_count()}\n")
+    print_targets(figures)
+    return 0
+
+
+def measure_against(args: argparse.Namespace) -> int:
+    """This checkout (A) and REV (B), interleaved A B B A per case, one worker each."""
+    with tempfile.TemporaryDirectory() as folder:
+        other = Path(folder) / "rev"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(other), args.against], cwd=REPO, check=True, capture_output=True
+        )
+        try:
+            workers = {"A": Worker(REPO, args.cases), "B": Worker(other, args.cases)}
+            results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+            order = ["A", "B"]
+            for case in [c for _ in range(args.repeats) for c in case_files(args.cases)]:
+                for side in order:
+                    results[side].append(workers[side].run(case))
+                order.reverse()
+            for worker in workers.values():
+                worker.close()
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
+    print_comparison(args.against, results, {side: w.ready for side, w in workers.items()})
+    return 0
+
+
+def print_comparison(rev: str, results: dict[str, list[dict[str, Any]]], ready: dict[str, dict[str, Any]]) -> None:
+    a, b = medians(results["A"]), medians(results["B"])
+    same = sum(x["answers_sha256"] == y["answers_sha256"] for x, y in zip(results["A"], results["B"]))
+    print(f"\nA = this checkout, B = {rev}; {len(results['A'])} case runs each, interleaved; cores: {os.cpu_count()}\n")
+    print("| phase (median over cases) | A (s) | B (s) | A / B |")
+    print("|---|---|---|---|")
+    for phase in PHASES:
+        print(f"| {phase} | {a[phase]:.2f} | {b[phase]:.2f} | {a[phase] / b[phase]:.2f} |")
+    for key in ("load_seconds",):
+        print(
+            f"| worker {key} | {ready['A'][key]:.2f} | {ready['B'][key]:.2f} | "
+            f"{ready['A'][key] / ready['B'][key]:.2f} |"
+        )
+    print(f"\nanswers identical in {same} of {len(results['A'])} case runs")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=Path, default=REPO / "fact_cases")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over the cases")
+    parser.add_argument("--against", metavar="REV", help="also run REV (a git worktree) and print ratios")
     parser.add_argument("--skip-conversion", action="store_true")
     parser.add_argument("--skip-suite", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args()
-    figures: dict[str, float | None] = {}
-    if not args.skip_conversion:
-        figures["first conversion (s)"] = first_conversion_seconds()
-    figures["cached load (s)"] = cached_load_seconds()
-    edits = edit_seconds()
-    times = [t for _, t in edits]
-    figures["edit per case, median (s)"] = statistics.median(times) if times else None
-    figures["edit per case, max (s)"] = max(times) if times else None
-    suite_result = None
-    if not args.skip_suite:
-        figures["suite wall (s)"], suite_result = suite_wall_seconds()
-    print(f"\ncases edited: {len(edits)}; cores: {os.cpu_count()}")
-    if suite_result:
-        print(f"pytest fact_cases/: {suite_result}")
-    print()
-    print("| figure | measured | budget (design.md) | distance |")
-    print("|---|---|---|---|")
-    for name, value in figures.items():
-        budget = BUDGETS.get(name)
-        shown = "n/a" if value is None else f"{value:.1f}"
-        distance = "" if budget is None or value is None else f"{value / budget:.1f}x budget"
-        print(f"| {name} | {shown} | {'' if budget is None else f'<= {budget:g}'} | {distance} |")
-    return 0
+    return measure_against(args) if args.against else measure_here(args)
 
 
 if __name__ == "__main__":

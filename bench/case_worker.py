@@ -1,0 +1,76 @@
+"""A long-lived worker of bench/benchmark.py: loads the embedded model once, then runs fact cases on request.
+
+    PYTHONPATH=<checkout> python bench/case_worker.py <cases folder>
+
+It prints one JSON line when ready (import and load seconds), then reads case file names on stdin and
+prints one JSON line of timings per case. Run with PYTHONPATH set to another checkout, it measures that
+checkout's code, so that bench/benchmark.py --against can interleave two revisions on one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _imports() -> tuple[Any, Any, Any, Any, Any]:
+    """The functions a case needs, from whichever layout the checkout has."""
+    from pytest_factedit.cases import load_case
+    from pytest_factedit.edit import resolve_settings
+
+    try:
+        from pytest_factedit.model.load import load
+        from pytest_factedit.run.case import run_case
+        from pytest_factedit.run.probing import BaseAnswerCache
+    except ImportError:  # before the layout of issue 10
+        from pytest_factedit.models import load  # type: ignore[no-redef]
+        from pytest_factedit.runner import BaseAnswerCache, run_case  # type: ignore[no-redef]
+    return load_case, resolve_settings, load, run_case, BaseAnswerCache
+
+
+def case_timings(outcome: Any, wall: float) -> dict[str, Any]:
+    """Per phase: base probe, localization, each stage, the edited probe; and a hash of every answer."""
+    timings = dict(outcome.timings)
+    stages = {f"stage_{s['name']}_seconds": s["seconds"] for s in outcome.stages}
+    answers = [(a.group, a.prompt, a.base, a.edited) for a in outcome.answers]
+    return {
+        "case": outcome.case.id,
+        "status": outcome.status,
+        "wall_seconds": wall,
+        **stages,
+        "stages_seconds": sum(stages.values()),
+        "steps": [s["steps"] for s in outcome.stages],
+        **{k: timings.get(k) for k in ("base_probe_seconds", "localize_seconds", "edit_seconds", "probe_seconds")},
+        "answers_sha256": hashlib.sha256(json.dumps(answers).encode()).hexdigest(),
+    }
+
+
+def main() -> int:
+    started = time.perf_counter()
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    imported = time.perf_counter()
+    load_case, resolve_settings, load, run_case, cache_type = _imports()
+    lm = load(None, "cpu")
+    loaded = time.perf_counter()
+    print(
+        json.dumps({"ready": True, "import_seconds": imported - started, "load_seconds": loaded - imported}), flush=True
+    )
+    root = Path(sys.argv[1]).resolve()
+    cache = cache_type()
+    for line in sys.stdin:
+        path = Path(line.strip())
+        case = load_case(path, root=root)
+        began = time.perf_counter()
+        outcome = run_case(lm, case, resolve_settings(case.method), cache)
+        print(json.dumps(case_timings(outcome, time.perf_counter() - began)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
