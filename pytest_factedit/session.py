@@ -81,11 +81,13 @@ class FactEditSession:
         """Load the model (once); raises ModelLoadError with what was tried and the fix."""
         if self.lm is None:
             from .model.load import load
+            from .model.probe_cache import probe_folder
             from .run.probing import BaseAnswerCache
 
             self.lm = load(self.options.model, self.options.device, self.options.trust_remote_code)
             self._base_checksum = weights_checksum(self.lm.model)
-            self._cache = self._cache or BaseAnswerCache()  # a reload gives the same weights: answers stand
+            # a reload gives the same weights: answers stand
+            self._cache = self._cache or BaseAnswerCache(None if self.options.fresh_probes else probe_folder())
             lm = self.lm
             model = {
                 "name": lm.spec.name,

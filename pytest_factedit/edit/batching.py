@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..model.lmhead import logits_from_hidden
+from ..model.lmhead import decoder, logits_from_hidden
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ def tail_logprobs(model: PreTrainedModel, rows: Sequence[Row], pad_id: int) -> l
 
     device = next(model.parameters()).device
     ids, mask, positions = pad_left(rows, pad_id, device)
-    hidden = model.base_model(
+    hidden = decoder(model)(
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
     ).last_hidden_state
     width = ids.shape[1]

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..model.probe import greedy_tokens
+from ..model.decoding import DecodeRow, decode
 from ..model.text import answer_token_ids, encode_prompt
 from .base import EditRequest
-from .batching import Row, kl_to_reference, pad_left, tail_logprobs
+from .batching import Row, kl_to_reference, tail_logprobs
 from .retention import derived_neighbours, fact_texts, neutral_texts, without_held_out
 from .settings import EditSettings
 
@@ -65,16 +65,13 @@ def retention_rows(tokenizer: PreTrainedTokenizerBase, request: EditRequest, set
 def base_continuations(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, contexts: Sequence[tuple[int, ...]], n_tokens: int
 ) -> list[tuple[int, ...]]:
-    """The base model's greedy tokens after each context (what the fluency guard keeps)."""
-    import torch
-
+    """The base model's greedy tokens after each context (what the fluency guard keeps): `n_tokens`, or
+    up to an end-of-sequence token and then padding, as long as the longest row (as `generate` pads)."""
     if n_tokens == 0:
         return [() for _ in contexts]
-    device = next(model.parameters()).device
-    ids, mask, _ = pad_left([Row(c, 1) for c in contexts], tokenizer.pad_token_id, device)
-    with torch.no_grad():
-        out = greedy_tokens(model, tokenizer, {"input_ids": ids, "attention_mask": mask}, n_tokens)
-    return [tuple(row.tolist()) for row in out]
+    found = [d.tokens for d in decode(model, tokenizer, [DecodeRow(c, n_tokens, False) for c in contexts])]
+    width = max(len(t) for t in found)
+    return [t + (tokenizer.pad_token_id,) * (width - len(t)) for t in found]
 
 
 def build_objectives(

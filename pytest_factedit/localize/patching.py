@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
-from ..model.lmhead import logits_from_hidden
+from ..model.lmhead import decoder, logits_from_hidden
 from .hooks import SITES, capture_hook, embedding_noise, forward_hooks, restore_hook, site_module_name
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def answer_probs(
     """P(answer token) at the last position of each row (the LM head runs on that position only)."""
     import torch
 
-    hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+    hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
     return torch.softmax(logits_from_hidden(model, hidden, head_weight).float(), dim=-1)[:, answer_id]
 
 

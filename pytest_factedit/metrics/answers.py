@@ -1,7 +1,8 @@
 """How an answer is judged: the greedy continuation, cut at the first line break, matched against aliases.
 
 When a continuation names several candidate answers ("Sony and Microsoft"), a reader takes it for the
-one named first; `said` decides that way, and `mentions` keeps every name it contains.
+one named first; `said` decides that way. `settled` tells when more text can no longer change that
+choice, so that generation can stop there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _first_match(text: str, aliases: Sequence[str]) -> tuple[int, int] | None:
     for alias in aliases:
         alias = alias.strip()
         if alias:
-            hit = re.search(r"(?<!\w)" + re.escape(alias) + r"(?!\w)", text, re.IGNORECASE)
+            hit = re.search(_alias_pattern(alias), text, re.IGNORECASE)
             if hit:
                 found.append((hit.start(), -len(alias)))
     return min(found) if found else None
@@ -38,6 +39,49 @@ def _first_match(text: str, aliases: Sequence[str]) -> tuple[int, int] | None:
 def matches(continuation: str, aliases: Sequence[str]) -> bool:
     """True when any alias occurs in the judged continuation, case-insensitively, at word boundaries."""
     return _first_match(cut_answer(continuation), aliases) is not None
+
+
+def _alias_pattern(alias: str) -> str:
+    return r"(?<!\w)" + re.escape(alias) + r"(?!\w)"
+
+
+def _first_decided(text: str, aliases: Sequence[str]) -> tuple[int, int] | None:
+    """(start, -length) of the earliest alias match that more text cannot undo: one followed by a character."""
+    found = []
+    for alias in aliases:
+        for hit in re.finditer(_alias_pattern(alias), text, re.IGNORECASE):
+            if hit.end() < len(text):
+                found.append((hit.start(), -len(alias)))
+                break
+    return min(found) if found else None
+
+
+def _could_still_match(text: str, alias: str, start: int) -> bool:
+    """Could `alias` match at `start` once more text follows? (It runs to the end of `text` or beyond.)"""
+    rest = text[start:]
+    if start + len(alias) < len(text) or (start > 0 and re.match(r"\w", text[start - 1])):
+        return False
+    return re.fullmatch(re.escape(rest), alias[: len(rest)], re.IGNORECASE) is not None
+
+
+def settled(continuation: str, aliases: Sequence[str]) -> bool:
+    """True when no text added to `continuation` can change which of `aliases` `said` finds first.
+
+    That is so once the judged part has ended (a line break), or once an alias is named and followed by a
+    character, with no alias able to begin at or before it and still match as the text grows.
+    """
+    if "\n" in continuation:
+        return True
+    text = continuation.strip()
+    names = [a.strip() for a in aliases if a.strip()]
+    best = _first_decided(text, names)
+    if best is None:
+        return False
+    for alias in names:
+        for start in range(max(0, len(text) - len(alias)), best[0] + 1):
+            if (start, -len(alias)) <= best and _could_still_match(text, alias, start):
+                return False
+    return True
 
 
 def said(continuation: str, candidates: Mapping[str, Sequence[str]]) -> str | None:

@@ -187,11 +187,11 @@ def control_specificity_samples(evidence: CaseEvidence) -> list[Sample]:
 def _ratio(evidence: CaseEvidence, edited_key: str) -> tuple[float | None, int]:
     base, edited = evidence.timings.get("base_seconds_per_token"), evidence.timings.get(edited_key)
     ratio = edited / base if base is not None and edited is not None and base > 0 else None
-    return ratio, len(evidence.group("prompts", "controls")) if ratio is not None else 0
+    return ratio, len(evidence.group("prompts")) if ratio is not None else 0
 
 
 def latency_ratio(evidence: CaseEvidence) -> tuple[float | None, int]:
-    """(edited / base seconds per token, the minimum of interleaved timings each; prompts + controls timed)."""
+    """(edited / base seconds per token, the minimum of interleaved timings each; the prompts timed)."""
     return _ratio(evidence, "edited_seconds_per_token")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import ModelLoadError
 from . import embedded
 from .embedded import sha256_file
+from .files import default_mode
 from .spec import EMBEDDED_FILE, ModelSpec, cache_dir
 
 MANIFEST_FILE = "factedit-cache.json"
@@ -29,13 +30,6 @@ LOCK_FILE = ".convert.lock"
 # What a conversion leaves while it runs, and only that: swept by the next conversion (under the lock).
 _STAGING = re.compile(r"\..+-[0-9a-f]{16}\.[A-Za-z0-9_]{8}")  # mkdtemp of ".<folder>."
 _GGUF_TEMPS = re.compile(r"(\d+-.+\.gguf|\..+\.gguf\.\d+\.tmp)")  # per-process assembled GGUFs in gguf/
-
-
-def _default_mode(folder: bool) -> int:
-    """What the umask gives a new folder or file (tempfile and safetensors make them private instead)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if folder else 0o666) & ~mask
 
 
 def _entry(path: Path) -> dict[str, Any]:
@@ -121,9 +115,9 @@ def _convert(gguf_path: Path, out_dir: Path, source_sha256: str) -> None:
     try:
         dequantize(gguf_path, staging)
         for path in staging.iterdir():
-            os.chmod(path, _default_mode(folder=path.is_dir()))
+            os.chmod(path, default_mode(folder=path.is_dir()))
         write_manifest(staging, source_sha256)
-        os.chmod(staging, _default_mode(folder=True))
+        os.chmod(staging, default_mode(folder=True))
         os.rename(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

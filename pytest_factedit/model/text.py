@@ -6,8 +6,9 @@ The probes and the editors' training rows both go through here, so a prompt is s
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 
@@ -51,7 +52,9 @@ def answer_token_budget(tokenizer: PreTrainedTokenizerBase, aliases: Sequence[st
 
 
 _CONTROL_TOKEN = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")  # <start_of_image>, <unused0>, [multimodal]
-_DECODING: dict[tuple[int, int], tuple[frozenset[int], frozenset[int]]] = {}
+# per tokenizer, weakly held (a new tokenizer at a freed one's address is not taken for it)
+_HIDDEN: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
+_LINE_BREAKS: weakref.WeakKeyDictionary[Any, dict[int, bool]] = weakref.WeakKeyDictionary()
 
 
 def decoding_sets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[frozenset[int], frozenset[int]]:
@@ -61,18 +64,17 @@ def decoding_sets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     tokens are not shown, nor control tokens a tokenizer does not flag as special (the embedded Gemma
     decodes `<start_of_image>` as text, so a record could read "Paris, France.<start_of_").
     """
-    key = (id(model), id(tokenizer))
-    if key not in _DECODING:
-        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        stops = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    if tokenizer not in _HIDDEN:
         hidden = set(tokenizer.all_special_ids)
         hidden |= {
             i
             for i, token in tokenizer.added_tokens_decoder.items()
             if token.special or _CONTROL_TOKEN.fullmatch(token.content)
         }
-        _DECODING[key] = (frozenset(i for i in stops if i is not None), frozenset(hidden))
-    return _DECODING[key]
+        _HIDDEN[tokenizer] = frozenset(hidden)
+    return frozenset(i for i in stops if i is not None), _HIDDEN[tokenizer]
 
 
 def answer_text(
@@ -86,3 +88,11 @@ def answer_text(
         if token not in hidden:
             kept.append(token)
     return tokenizer.decode(kept, skip_special_tokens=True)
+
+
+def ends_line(tokenizer: PreTrainedTokenizerBase, token: int) -> bool:
+    """Does this token hold a line break? (The judged part of an answer ends at the first one.)"""
+    known = _LINE_BREAKS.setdefault(tokenizer, {})
+    if token not in known:
+        known[token] = "\n" in tokenizer.decode([token])
+    return known[token]

@@ -72,7 +72,7 @@ class _ControlCheck:
         self.chat = {c.prompt: case.chat for case in cases for c in case.controls}
         self.budgets = [answer_token_budget(lm.tokenizer, a) for a in self.answers.values()]
         base = (
-            self._answered(lambda prompts, budgets, chat: cache.get(lm, prompts, budgets, chat))
+            self._answered(lambda prompts, budgets, chat: cache.answers(lm, prompts, budgets, chat))
             if cache
             else self.current()
         )

@@ -110,6 +110,12 @@ OPTIONS: dict[str, OptionSpec] = {
             {"default": None, "metavar": "DIR", "type": Path},
         ),
         OptionSpec(
+            "fresh-probes",
+            "probe the base model anew instead of reusing its answers from earlier runs (kept in the model "
+            "cache, keyed by weights hash, prompt, dtype, device and library versions)",
+            {"action": "store_true", "default": False},
+        ),
+        OptionSpec(
             "run-id",
             "name of this run's report folder, which must not exist yet (default: timestamp + random suffix)",
             {"default": None, "metavar": "ID", "type": safe_name},
@@ -119,7 +125,7 @@ OPTIONS: dict[str, OptionSpec] = {
 
 MODEL_OPTIONS = ("model", "device", "trust-remote-code")
 EDIT_OPTIONS = ("method", "localize", "seed", "save-adapters")
-RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id")
+RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id", "fresh-probes")
 
 
 def add_options(addoption: Callable[..., Any], names: Sequence[str], prefix: str = "") -> None:
@@ -144,6 +150,7 @@ class Options:
     save_adapters: Path | None = None
     mode: str = "isolated"
     trust_remote_code: bool = False
+    fresh_probes: bool = False
 
     @classmethod
     def from_values(cls, get: Callable[[str], Any], reports_default: Path) -> Options:
@@ -160,6 +167,7 @@ class Options:
             reports_dir=get("reports") or reports_default,
             run_id=get("run-id"),
             trust_remote_code=bool(get("trust-remote-code")),
+            fresh_probes=bool(get("fresh-probes")),
         )
 
     @property

@@ -32,6 +32,7 @@ class CaseOutcome:
     localization: Localization | None = None
     stages: list[dict[str, Any]] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)  # recorded, not gated (CounterFact-style, fluency)
+    base_scores: dict[str, float] = field(default_factory=dict)  # the base probe's part of `scores`
     adapters: dict[str, Any] | None = None  # where the edit's adapters were saved, or why they were not
     timings: dict[str, float] = field(default_factory=dict)
     trainable_parameters: int = 0

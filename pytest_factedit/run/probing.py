@@ -1,18 +1,26 @@
-"""Probing a case on the live model: the base model's answers, and the edited model's answers, scores and speed."""
+"""Probing a case on the live model: the base model's answers, and the edited model's answers, scores and speed.
+
+Every prompt of a case is decoded in one batched pass (model/decoding.py). The prompts run on to the
+fluency length; every other row stops once its answer is decided (`settled`), at a line break, or at
+its token budget. The base model's pass is cached (model/probe_cache.py); the edited model's pass also
+gives the candidates' log-probabilities and the old answer's rank. Latency is a few timed single greedy
+steps over the prompts, base and edited interleaved.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer
+from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, settled
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
-from ..model.probe import answer_logprobs, first_token_rank, greedy_continuations, pair_logprobs, seconds_per_token
-from ..model.text import answer_token_budget
+from ..model.decoding import Decoded, DecodeRow, Prefilled, Tokens, decode_keeping, prefill, step_seconds
+from ..model.probe_cache import BaseAnswerCache
+from ..model.text import answer_text, answer_token_budget, answer_token_ids, decoding_sets, encode_prompt
 from .outcome import CaseOutcome
 
 if TYPE_CHECKING:
@@ -23,40 +31,24 @@ if TYPE_CHECKING:
     from ..edit.settings import EditSettings
     from ..model.load import LoadedModel
 
+__all__ = ["DEFAULT_PLAN", "BaseAnswerCache", "ProbePlan", "probe_base", "probe_edit"]
+
 
 @dataclass(frozen=True)
 class ProbePlan:
     """How much probing a case gets beyond its answers: latency timing and the fluency generation."""
 
-    latency_repeats: int = 3  # interleaved timings of the base and the edited model each; the minimum is kept
-    latency_tokens: int = 6
+    latency_repeats: int = 3  # interleaved timed steps of the base and the edited model each; the minimum is kept
     fluency_tokens: int = 16
 
 
 DEFAULT_PLAN = ProbePlan()
 
 
-class BaseAnswerCache:
-    """Base-model greedy answers keyed by (prompt, budget, chat): shared controls are probed once per run."""
-
-    def __init__(self) -> None:
-        self._answers: dict[tuple[str, int, bool], str] = {}
-
-    def get(self, lm: LoadedModel, prompts: Sequence[str], budgets: Sequence[int], chat: bool) -> list[str]:
-        keys = [(p, b, chat) for p, b in zip(prompts, budgets)]
-        missing = [k for k in dict.fromkeys(keys) if k not in self._answers]
-        if missing:
-            found = greedy_continuations(
-                lm.model, lm.tokenizer, [k[0] for k in missing], [k[1] for k in missing], chat=chat
-            )
-            self._answers.update(zip(missing, found))
-        return [self._answers[k] for k in keys]
-
-
 @dataclass(frozen=True)
 class ProbeRow:
-    """One prompt to probe: its group, the answers expected, how many tokens to generate, and (a
-    neighbour) whether its answer is the edited fact's old one."""
+    """One prompt to probe: its group, the answers expected, how many tokens its answer is judged on, and
+    (a neighbour) whether its answer is the edited fact's old one."""
 
     group: Group
     prompt: str
@@ -89,16 +81,72 @@ def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[Probe
     return rows
 
 
-def probe_base(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache) -> CaseOutcome:
+@dataclass(frozen=True)
+class _Decoding:
+    """How the rows of one case are decoded: the tokenizer's view of them, and the fluency length."""
+
+    case: FactCase
+    tokenizer: PreTrainedTokenizerBase
+    stops: frozenset[int]
+    hidden: frozenset[int]
+    fluency_tokens: int
+
+    def text(self, tokens: Sequence[int]) -> str:
+        return answer_text(self.tokenizer, tokens, self.stops, self.hidden)
+
+    def ids(self, answer: str) -> Tokens:
+        return tuple(answer_token_ids(self.tokenizer, answer, self.case.chat))
+
+    def candidates(self, row: ProbeRow) -> dict[str, Tokens]:
+        """The answers whose log-probability is recorded: `new` and `old` for prompts and paraphrases, `new`
+        and their own (`expected`) for neighbours and controls."""
+        other = ("old", self.case.old[0]) if row.group in FACT_GROUPS else ("expected", row.expected[0])
+        return {"new": self.ids(self.case.new[0]), other[0]: self.ids(other[1])}
+
+    def settle_rule(self, row: ProbeRow) -> Callable[[Tokens], bool]:
+        """Stop once the answer so far decides which of the aliases it is judged against comes first."""
+        case = self.case
+        aliases = case.new + case.old if row.group in FACT_GROUPS else row.expected + case.new
+        return lambda tokens: settled(self.text(tokens), aliases)
+
+    def request(self, row: ProbeRow, candidates: tuple[Tokens, ...]) -> DecodeRow:
+        ids = encode_prompt(self.tokenizer, row.prompt, self.case.chat)
+        if row.group == "prompts":  # run on to the fluency length, never cut: the free generation is scored
+            return DecodeRow(ids, max(row.budget, self.fluency_tokens), False, candidates)
+        return DecodeRow(ids, row.budget, True, candidates, self.settle_rule(row))
+
+    def answer(self, row: ProbeRow, decoded: Decoded) -> str:
+        return self.text(decoded.tokens[: row.budget])
+
+    def fluency(self, decoded: Decoded) -> float:
+        return ngram_entropy(self.text(decoded.tokens[: self.fluency_tokens]))
+
+
+def _decoding(lm: LoadedModel, case: FactCase, plan: ProbePlan) -> _Decoding:
+    stops, hidden = decoding_sets(lm.model, lm.tokenizer)
+    return _Decoding(case, lm.tokenizer, stops, hidden, plan.fluency_tokens)
+
+
+def probe_base(
+    lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache, plan: ProbePlan = DEFAULT_PLAN
+) -> CaseOutcome:
     """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`."""
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_with(case.thresholds))
     rows = probe_rows(case, lm.tokenizer)
+    how = _decoding(lm, case, plan)
+    old = how.ids(case.old[0])
     started = time.perf_counter()
-    base = cache.get(lm, [r.prompt for r in rows], [r.budget for r in rows], case.chat)
+    base = cache.decoded(lm, [how.request(r, (old,) if r.group == "prompts" else ()) for r in rows])
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
     outcome.answers = [
-        ProbedAnswer(r.group, r.prompt, r.expected, b, shares_old=r.shares_old) for r, b in zip(rows, base)
+        ProbedAnswer(r.group, r.prompt, r.expected, how.answer(r, d), shares_old=r.shares_old)
+        for r, d in zip(rows, base)
     ]
+    prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]
+    outcome.base_scores = {
+        "old_answer_logprob_before": mean([d.scores[old].logprob for d in prompts]),
+        "fluency_ngram_entropy_before": mean([how.fluency(d) for d in prompts]),
+    }
     wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not outcome.evidence().base_said_old(a)]
     if wrong:
         outcome.status = "skipped"
@@ -111,73 +159,53 @@ def probe_base(lm: LoadedModel, case: FactCase, settings: EditSettings, cache: B
     return outcome
 
 
-def candidate_logprobs(lm: LoadedModel, case: FactCase, answers: Sequence[ProbedAnswer]) -> list[dict[str, float]]:
-    """Per answer, the mean log-probability per token of each candidate: `new` and `old` for prompts and
-    paraphrases, their own answer (`expected`) and `new` for neighbours and controls."""
-    wanted = []
-    for a in answers:
-        other = ("old", case.old[0]) if a.group in FACT_GROUPS else ("expected", a.expected[0])
-        wanted.append((("new", case.new[0]), other))
-    pairs = [(a.prompt, answer) for a, both in zip(answers, wanted) for _, answer in both]
-    values = iter(pair_logprobs(lm.model, lm.tokenizer, pairs, case.chat))
-    return [{name: next(values) for name, _ in both} for both in wanted]
-
-
 def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan: ProbePlan = DEFAULT_PLAN) -> None:
-    """With the edit active: every probe's edited answer and candidate log-probabilities, the recorded
-    scores, and the latency timings."""
+    """With the edit active: every probe's edited answer and candidate log-probabilities (mean per token),
+    the recorded scores, and the latency timings."""
     started = time.perf_counter()
     case = outcome.case
     rows = probe_rows(case, lm.tokenizer)
-    edited = greedy_continuations(
-        lm.model, lm.tokenizer, [r.prompt for r in rows], [r.budget for r in rows], chat=case.chat
-    )
-    logprobs = candidate_logprobs(lm, case, outcome.answers)
+    how = _decoding(lm, case, plan)
+    wanted = [how.candidates(r) for r in rows]
+    requests = [how.request(r, tuple(w.values())) for r, w in zip(rows, wanted)]
+    prompts_at = [i for i, r in enumerate(rows) if r.group == "prompts"]
+    edited, state = decode_keeping(lm.model, lm.tokenizer, requests, prompts_at)
     outcome.answers = [
-        dataclasses.replace(a, edited=e, logprobs=lp) for a, e, lp in zip(outcome.answers, edited, logprobs)
+        dataclasses.replace(a, edited=how.answer(r, d), logprobs={k: d.scores[c].mean for k, c in w.items()})
+        for a, r, d, w in zip(outcome.answers, rows, edited, wanted)
     ]
-    outcome.scores = recorded_scores(lm, case, applied, plan)
-    outcome.timings.update(latency_timings(lm, case, applied, plan))
+    old = how.ids(case.old[0])
+    prompts = [d for r, d in zip(rows, edited) if r.group == "prompts"]
+    outcome.scores = {
+        "old_answer_logprob_after": mean([d.scores[old].logprob for d in prompts]),
+        "old_answer_rank_after": mean([float(d.scores[old].first_rank) for d in prompts]),
+        **outcome.base_scores,
+        "fluency_ngram_entropy_after": mean([how.fluency(d) for d in prompts]),
+    }
+    outcome.timings.update(latency_timings(lm, case, applied, plan, state))
     outcome.timings["probe_seconds"] = time.perf_counter() - started
 
 
-def latency_timings(lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan) -> dict[str, float]:
-    """Seconds per token of the base and the edited model, timed interleaved (base, edited, base, ...) on the
-    same prompts, the minimum of each (the statistic another process's load cannot lower); and of the
-    merged edit where the adapter can be merged."""
-    prompts = list(case.prompts) + [c.prompt for c in case.controls]
-
-    def timed() -> float:
-        return seconds_per_token(lm.model, lm.tokenizer, prompts, plan.latency_tokens, case.chat)
-
+def latency_timings(
+    lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan, state: Prefilled | None = None
+) -> dict[str, float]:
+    """Seconds per token of one greedy step over the case's prompts (`state`: their prompts run already),
+    base and edited interleaved (base, edited, base, ...), the minimum of each: the statistic another
+    process's load cannot lower; and of the merged edit where the adapter can be merged."""
+    if plan.latency_repeats <= 0:
+        return {}
+    if state is None:
+        ids = [encode_prompt(lm.tokenizer, p, case.chat) for p in case.prompts]
+        state = prefill(lm.model, ids, lm.tokenizer.pad_token_id)
     base, edited, merged = [], [], []
     for _ in range(plan.latency_repeats):
         with applied.disabled():
-            base.append(timed())
-        edited.append(timed())
+            base.append(step_seconds(lm.model, state))
+        edited.append(step_seconds(lm.model, state))
     with applied.merged() as mergeable:
         if mergeable:
-            merged = [timed() for _ in range(plan.latency_repeats)]
-    out = {"base_seconds_per_token": min(base), "edited_seconds_per_token": min(edited)} if base else {}
-    if merged and base:
+            merged = [step_seconds(lm.model, state) for _ in range(plan.latency_repeats)]
+    out = {"base_seconds_per_token": min(base), "edited_seconds_per_token": min(edited)}
+    if merged:
         out["merged_seconds_per_token"] = min(merged)
-    return out
-
-
-def recorded_scores(
-    lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan = DEFAULT_PLAN
-) -> dict[str, float]:
-    """Diagnostics recorded but not gated: the latent recall of `old` (its log-probability before and after
-    the edit, its rank after) and fluency (the n-gram entropy of a free generation, before and after)."""
-    tok, model = lm.tokenizer, lm.model
-    prompts = list(case.prompts)
-    out: dict[str, float] = {}
-    out["old_answer_logprob_after"] = mean(answer_logprobs(model, tok, prompts, case.old[0], case.chat))
-    out["old_answer_rank_after"] = mean(first_token_rank(model, tok, prompts, case.old[0], case.chat))
-    after = greedy_continuations(model, tok, prompts, [plan.fluency_tokens] * len(prompts), chat=case.chat)
-    with applied.disabled():
-        out["old_answer_logprob_before"] = mean(answer_logprobs(model, tok, prompts, case.old[0], case.chat))
-        before = greedy_continuations(model, tok, prompts, [plan.fluency_tokens] * len(prompts), chat=case.chat)
-    out["fluency_ngram_entropy_before"] = mean([ngram_entropy(t) for t in before])
-    out["fluency_ngram_entropy_after"] = mean([ngram_entropy(t) for t in after])
     return out

@@ -1,0 +1,313 @@
+"""Batched greedy decoding over a key-value cache: every prompt of a probe in one pass.
+
+One prefill of the left-padded prompts gives each row's first-token distribution: the first greedy
+token, and the rank and log-probability of each candidate answer's first token. The cache then serves
+the greedy steps (a row leaves the batch once it ends, so late steps cost only the rows still going),
+one teacher-forced pass over the candidates' remaining tokens, and timed single steps for latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .kv import cache_keyword, cache_rows, returned_cache, select_rows
+from .lmhead import decoder, fast_linears, logits_from_hidden
+from .text import decoding_sets, ends_line
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Tokens = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DecodeRow:
+    """One prompt (token ids as the model sees them), the candidate answers to score, and where its greedy
+    tokens stop: at an end-of-sequence token, after `max_tokens`, at a line break (`stop_at_newline`: the
+    judged part of an answer ends there), or once `settled` says the tokens so far decide the answer."""
+
+    ids: Tokens
+    max_tokens: int
+    stop_at_newline: bool = True
+    candidates: tuple[Tokens, ...] = ()
+    settled: Callable[[Tokens], bool] | None = None
+
+    def stops_after(self, tokens: Tokens, stops: frozenset[int], is_line_break: Callable[[int], bool]) -> bool:
+        """Does decoding stop once `tokens` (not empty) are generated?"""
+        last = tokens[-1]
+        return (
+            last in stops
+            or len(tokens) >= self.max_tokens
+            or (self.stop_at_newline and is_line_break(last))
+            or (self.settled is not None and self.settled(tokens))
+        )
+
+    def stop_point(self, tokens: Tokens, stops: frozenset[int], is_line_break: Callable[[int], bool]) -> int | None:
+        """How many of `tokens` (a longer greedy run) this row would have generated; None: more than those."""
+        if self.max_tokens <= 0:
+            return 0
+        for end in range(1, len(tokens) + 1):
+            if self.stops_after(tokens[:end], stops, is_line_break):
+                return end
+        return None
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """A candidate answer, teacher-forced after the prompt: log P summed over its tokens, how many tokens,
+    and the rank of its first token in the first-step distribution (0: the greedy choice)."""
+
+    logprob: float
+    tokens: int
+    first_rank: int
+
+    @property
+    def mean(self) -> float:
+        return self.logprob / self.tokens
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Greedy tokens of one row; `ended` when an end-of-sequence token stopped it (no budget gives more)."""
+
+    tokens: Tokens
+    ended: bool
+    scores: Mapping[Tokens, CandidateScore]
+
+
+@dataclass
+class Prefilled:
+    """Prompts run once: their cache, padded attention mask, lengths, greedy first tokens and
+    first-step log-probabilities [rows, vocab]."""
+
+    cache: Any
+    mask: torch.Tensor
+    lengths: tuple[int, ...]
+    first: torch.Tensor
+    first_logp: torch.Tensor
+
+    def subset(self, rows: Sequence[int]) -> Prefilled:
+        """A copy holding only `rows` (the original cache is left as it is)."""
+        import torch
+
+        index = torch.tensor(list(rows), device=self.mask.device, dtype=torch.long)
+        return Prefilled(
+            cache_rows(self.cache, index),
+            self.mask[index],
+            tuple(self.lengths[r] for r in rows),
+            self.first[index],
+            self.first_logp[index],
+        )
+
+
+def left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every sequence right-aligned."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, sequence in enumerate(sequences):
+        if sequence:
+            ids[i, width - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
+            mask[i, width - len(sequence) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def prefill(model: PreTrainedModel, prompts: Sequence[Tokens], pad_id: int) -> Prefilled:
+    """Run the left-padded prompts once, keeping the cache and the first-step distribution."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = left_padded(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        logits = logits_from_hidden(model, out.last_hidden_state[:, -1])
+    return Prefilled(
+        returned_cache(out),
+        mask,
+        tuple(len(p) for p in prompts),
+        logits.argmax(-1),  # as generate() picks: the argmax of the raw logits
+        torch.log_softmax(logits.float(), dim=-1),
+    )
+
+
+def greedy(
+    model: PreTrainedModel,
+    pre: Prefilled,
+    rows: Sequence[DecodeRow],
+    stops: frozenset[int],
+    is_line_break: Callable[[int], bool],
+) -> list[tuple[Tokens, bool]]:
+    """(tokens, ended) per row: greedy steps on `pre`'s cache, which they extend (use it once)."""
+    import torch
+
+    keyword = cache_keyword(decoder(model))
+    out: list[list[int]] = [[] for _ in rows]
+    ended = [False] * len(rows)
+    lengths = pre.lengths  # by row of `rows`, before any row leaves
+    active = [r for r, row in enumerate(rows) if row.max_tokens > 0]
+    if not active:
+        return [((), False) for _ in rows]
+    if len(active) < len(rows):
+        _keep(pre, active)
+    following, mask, cache = pre.first, pre.mask, pre.cache
+    while active:
+        going = []
+        for k, r in enumerate(active):
+            token = int(following[k])
+            out[r].append(token)
+            ended[r] = token in stops
+            if not rows[r].stops_after(tuple(out[r]), stops, is_line_break):
+                going.append(k)
+        if not going:
+            break
+        if len(going) < len(active):
+            index = torch.tensor(going, device=mask.device, dtype=torch.long)
+            select_rows(cache, index)
+            mask, following, active = mask[index], following[index], [active[k] for k in going]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        positions = torch.tensor([[lengths[r] + len(out[r]) - 1] for r in active], device=mask.device)
+        with torch.no_grad():
+            hidden = decoder(model)(
+                input_ids=following[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{keyword: cache},
+            ).last_hidden_state
+            following = logits_from_hidden(model, hidden[:, -1]).argmax(-1)
+    return [(tuple(tokens), end) for tokens, end in zip(out, ended)]
+
+
+def _keep(pre: Prefilled, rows: Sequence[int]) -> None:
+    """Narrow `pre` to `rows` in place (rows with nothing to generate leave before the first step)."""
+    import torch
+
+    index = torch.tensor(list(rows), device=pre.mask.device, dtype=torch.long)
+    select_rows(pre.cache, index)
+    pre.mask, pre.first, pre.first_logp = pre.mask[index], pre.first[index], pre.first_logp[index]
+    pre.lengths = tuple(pre.lengths[r] for r in rows)
+
+
+def candidate_scores(
+    model: PreTrainedModel, pre: Prefilled, candidates: Sequence[Sequence[Tokens]], pad_id: int, chunk: int = 32
+) -> list[dict[Tokens, CandidateScore]]:
+    """Each row's candidates teacher-forced after its prompt: the first token from the prefill, the rest
+    in one pass over a copy of the cache (rows repeated per candidate of two or more tokens)."""
+
+    out: list[dict[Tokens, CandidateScore]] = []
+    for row, wanted in enumerate(candidates):
+        logp = pre.first_logp[row]
+        out.append({})
+        for c in dict.fromkeys(wanted):
+            first = float(logp[c[0]])
+            out[row][c] = CandidateScore(first, len(c), int((logp > logp[c[0]]).sum()))
+    longer = [(r, c) for r, scores in enumerate(out) for c in scores if len(c) > 1]
+    for start in range(0, len(longer), chunk):
+        part = longer[start : start + chunk]
+        rests = _teacher_forced(model, pre, part, pad_id)
+        for (r, c), rest in zip(part, rests):
+            first = out[r][c]
+            out[r][c] = CandidateScore(first.logprob + rest, first.tokens, first.first_rank)
+    return out
+
+
+def _teacher_forced(
+    model: PreTrainedModel, pre: Prefilled, pairs: Sequence[tuple[int, Tokens]], pad_id: int
+) -> list[float]:
+    """log P(candidate[1:] | prompt, candidate[0]) summed, for each (row, candidate)."""
+    import torch
+
+    device = pre.mask.device
+    rows = torch.tensor([r for r, _ in pairs], device=device, dtype=torch.long)
+    width = max(len(c) for _, c in pairs) - 1
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    extra = torch.zeros((len(pairs), width), dtype=torch.long)
+    for p, (_, c) in enumerate(pairs):
+        ids[p, : len(c) - 1] = torch.tensor(c[:-1])
+        extra[p, : len(c) - 1] = 1
+    lengths = torch.tensor([pre.lengths[r] for r, _ in pairs], device=device)
+    positions = lengths[:, None] + torch.arange(width, device=device)[None, :]
+    with torch.no_grad():
+        hidden = decoder(model)(
+            input_ids=ids.to(device),
+            attention_mask=torch.cat([pre.mask[rows], extra.to(device)], dim=1),
+            position_ids=positions,
+            use_cache=True,
+            **{cache_keyword(decoder(model)): cache_rows(pre.cache, rows)},
+        ).last_hidden_state
+        real = extra.to(device).bool()
+        logp = torch.log_softmax(logits_from_hidden(model, hidden[real]).float(), dim=-1)  # the head where it is read
+    targets = torch.tensor([t for _, c in pairs for t in c[1:]], device=device, dtype=torch.long)
+    picked = logp.gather(-1, targets[:, None])[:, 0]
+    return [float(part.sum()) for part in torch.split(picked, [len(c) - 1 for _, c in pairs])]
+
+
+def step_seconds(model: PreTrainedModel, pre: Prefilled) -> float:
+    """Wall seconds per token of one greedy step of every row of `pre` (on a copy of its cache)."""
+    import torch
+
+    cache = copy.deepcopy(pre.cache)
+    mask = torch.cat([pre.mask, pre.mask.new_ones((pre.mask.shape[0], 1))], dim=1)
+    positions = torch.tensor([[n] for n in pre.lengths], device=mask.device)
+    cuda = pre.mask.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.no_grad(), fast_linears(model):
+        hidden = decoder(model)(
+            input_ids=pre.first[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{cache_keyword(decoder(model)): cache},
+        ).last_hidden_state
+        logits_from_hidden(model, hidden[:, -1]).argmax(-1)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / len(pre.lengths)
+
+
+def decode(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[DecodeRow], chunk: int = 64
+) -> list[Decoded]:
+    """Greedy tokens and candidate scores of every row, `chunk` rows per prefill."""
+    return decode_keeping(model, tokenizer, rows, (), chunk)[0]
+
+
+def decode_keeping(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[DecodeRow],
+    keep: Sequence[int],
+    chunk: int = 64,
+) -> tuple[list[Decoded], Prefilled | None]:
+    """Greedy tokens and candidate scores of every row, `chunk` rows per prefill; and, when every row of
+    `keep` is in the first chunk, a copy of their prefilled state (for timed steps), else None."""
+    stops, _ = decoding_sets(model, tokenizer)
+    pad = tokenizer.pad_token_id
+
+    def is_line_break(token: int) -> bool:
+        return ends_line(tokenizer, token)
+
+    out: list[Decoded] = []
+    kept = None
+    with fast_linears(model):
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            pre = prefill(model, [r.ids for r in part], pad)
+            if start == 0 and keep and max(keep) < len(part):
+                kept = pre.subset(keep)
+            scores = candidate_scores(model, pre, [r.candidates for r in part], pad)
+            generated = greedy(model, pre, part, stops, is_line_break)
+            out += [Decoded(tokens, ended, score) for (tokens, ended), score in zip(generated, scores)]
+    return out, kept

@@ -1,0 +1,44 @@
+"""The key-value cache of a forward pass, across transformers versions: pass it, get it back, copy its rows.
+
+transformers 5 renamed the forward argument `past_key_values` to `cache`; the rest of the Cache API used
+here (`batch_select_indices`) is common to both.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+_KEYWORDS: dict[type, str] = {}
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The name under which this model's forward takes a key-value cache."""
+    kind = type(model)
+    if kind not in _KEYWORDS:
+        names = inspect.signature(model.forward).parameters
+        _KEYWORDS[kind] = "cache" if "cache" in names else "past_key_values"
+    return _KEYWORDS[kind]
+
+
+def returned_cache(output: Any) -> Any:
+    """The key-value cache a forward pass with `use_cache=True` returned."""
+    found = getattr(output, "cache", None)
+    return found if found is not None else output.past_key_values
+
+
+def cache_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A copy of `cache` holding the given batch rows, in that order (a row may repeat)."""
+    copied = copy.deepcopy(cache)
+    copied.batch_select_indices(rows)
+    return copied
+
+
+def select_rows(cache: Any, rows: torch.Tensor) -> None:
+    """Keep only the given batch rows of `cache`, in place (finished rows leave a greedy decode)."""
+    cache.batch_select_indices(rows)

@@ -1,0 +1,180 @@
+"""The base model's decoded probes, computed once: in memory for a run and, given a folder, on disk across runs.
+
+A decoded row depends on the weights, the prompt's token ids, the numerics (dtype, device, torch and
+transformers versions, the CPU's kernels) and on how decoding works here (`PROBE_FORMAT`). Those name the
+file of a model's rows, and the prompt's token ids key each row. A longer greedy run serves every
+request that stops within it: the first tokens of a greedy run are the shorter greedy run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
+from .files import write_atomic
+from .spec import cache_dir
+from .text import answer_text, decoding_sets, encode_prompt, ends_line
+
+if TYPE_CHECKING:
+    from .load import LoadedModel
+
+PROBE_FORMAT = 1  # raise it when decoding changes what a stored row means
+STORE_ROWS = 20_000  # rows kept on disk per model; the oldest go first
+
+
+def probe_folder() -> Path:
+    """Where the base model's decoded probes are kept across runs: beside the converted models."""
+    return cache_dir() / "probes"
+
+
+@dataclass
+class _Row:
+    tokens: Tokens
+    scores: dict[Tokens, CandidateScore]
+
+
+def store_identity(lm: LoadedModel) -> dict[str, str]:
+    """What a stored row depends on besides its prompt."""
+    import torch
+    import transformers
+
+    return {
+        "format": str(PROBE_FORMAT),
+        "weights": lm.weights_hash,
+        "dtype": lm.dtype,
+        "device": lm.device,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _ints(value: Any) -> Tokens:
+    if not isinstance(value, list) or not all(type(v) is int for v in value):
+        raise ValueError("expected a list of token ids")
+    return tuple(value)
+
+
+def _parsed(data: Any, identity: Mapping[str, str]) -> dict[Tokens, _Row]:
+    """The rows of a store file; ValueError when it is not one this identity wrote."""
+    if not isinstance(data, dict) or data.get("identity") != dict(identity) or not isinstance(data.get("rows"), list):
+        raise ValueError("not a probe store of this model and version")
+    rows: dict[Tokens, _Row] = {}
+    for item in data["rows"]:
+        ids, tokens, scores = item
+        parsed = {}
+        for candidate, logprob, count, rank in scores:
+            if not (isinstance(logprob, float) and type(count) is int and type(rank) is int):
+                raise ValueError("a candidate score is not (float, int, int)")
+            parsed[_ints(candidate)] = CandidateScore(logprob, count, rank)
+        rows[_ints(ids)] = _Row(_ints(tokens), parsed)
+    return rows
+
+
+class ProbeStore:
+    """One JSON file per model identity; read whole, merged and replaced atomically under a lock."""
+
+    def __init__(self, folder: Path, identity: Mapping[str, str]) -> None:
+        self.identity = dict(identity)
+        name = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = folder / f"{name}.json"
+
+    def load(self) -> dict[Tokens, _Row]:
+        """The stored rows; none when the file is missing, and none with a note when it cannot be used."""
+        try:
+            return _parsed(json.loads(self.path.read_text(encoding="utf-8")), self.identity)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError) as exc:
+            print(
+                f"pytest-factedit: not using the probe cache {self.path} ({exc}); it is written anew", file=sys.stderr
+            )
+            return {}
+
+    def save(self, rows: Mapping[Tokens, _Row]) -> None:
+        """Add `rows` to what is stored now (another process may have added some), keeping the newest."""
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            merged = {**self.load(), **rows}
+            kept = list(merged.items())[-STORE_ROWS:]
+            data = {
+                "identity": self.identity,
+                "rows": [
+                    [
+                        list(ids),
+                        list(row.tokens),
+                        [[list(c), s.logprob, s.tokens, s.first_rank] for c, s in row.scores.items()],
+                    ]
+                    for ids, row in kept
+                ],
+            }
+            write_atomic(self.path, json.dumps(data, separators=(",", ":")) + "\n")
+
+
+class BaseAnswerCache:
+    """Decoded base-model probes keyed by prompt token ids; with `folder`, kept on disk across runs too."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = folder
+        self._identity: dict[str, str] | None = None
+        self._store: ProbeStore | None = None
+        self._rows: dict[Tokens, _Row] = {}
+
+    def _attach(self, lm: LoadedModel) -> None:
+        """With a folder: the rows stored for this model (read once per model identity)."""
+        if self._folder is None:
+            return
+        identity = store_identity(lm)
+        if identity != self._identity:
+            self._identity, self._store = identity, ProbeStore(self._folder, identity)
+            self._rows = self._store.load()
+
+    def _served(self, lm: LoadedModel, row: DecodeRow) -> Decoded | None:
+        known = self._rows.get(row.ids)
+        if known is None or any(c not in known.scores for c in row.candidates):
+            return None
+        stops, _ = decoding_sets(lm.model, lm.tokenizer)
+        end = row.stop_point(known.tokens, stops, lambda t: ends_line(lm.tokenizer, t))
+        if end is None:
+            return None
+        tokens = known.tokens[:end]
+        return Decoded(tokens, bool(tokens) and tokens[-1] in stops, {c: known.scores[c] for c in row.candidates})
+
+    def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow]) -> list[Decoded]:
+        """Every row decoded by the base model: from the cache where a stored run covers it, else now."""
+        self._attach(lm)
+        out = [self._served(lm, row) for row in rows]
+        missing = [i for i, d in enumerate(out) if d is None]
+        if not missing:
+            return [d for d in out if d is not None]
+        for i, found in zip(missing, decode(lm.model, lm.tokenizer, [rows[i] for i in missing])):
+            out[i] = found
+            self._remember(rows[i].ids, found)
+        if self._store is not None:
+            self._store.save({rows[i].ids: self._rows[rows[i].ids] for i in missing})
+        return [d for d in out if d is not None]
+
+    def _remember(self, ids: Tokens, found: Decoded) -> None:
+        known = self._rows.get(ids)
+        scores = {**(known.scores if known else {}), **found.scores}
+        longer = (
+            known is not None
+            and len(known.tokens) > len(found.tokens)
+            and known.tokens[: len(found.tokens)] == found.tokens
+        )
+        self._rows.pop(ids, None)  # re-inserted last: the newest rows are the ones kept on disk
+        self._rows[ids] = _Row(known.tokens if longer and known else found.tokens, scores)
+
+    def answers(self, lm: LoadedModel, prompts: Sequence[str], budgets: Sequence[int], chat: bool) -> list[str]:
+        """Greedy answers of `budgets[i]` tokens at most, each ending at a line break or end of sequence."""
+        rows = [DecodeRow(encode_prompt(lm.tokenizer, p, chat), b) for p, b in zip(prompts, budgets)]
+        stops, hidden = decoding_sets(lm.model, lm.tokenizer)
+        return [answer_text(lm.tokenizer, d.tokens, stops, hidden) for d in self.decoded(lm, rows)]

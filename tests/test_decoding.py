@@ -1,0 +1,179 @@
+"""The batched greedy decoder: the tokens generate() gives, the log-probabilities a plain forward pass gives,
+where rows stop (budget, end of sequence, line break, a decided answer), the base-probe cache, and the
+matrix products it runs on."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_factedit.metrics.answers import said, settled
+from pytest_factedit.model.decoding import DecodeRow, decode, decode_keeping, step_seconds
+from pytest_factedit.model.text import encode_prompt
+from tests.tiny import tiny_model, word_tokenizer
+
+PROMPTS = (
+    "The Eiffel Tower is located in the city of",
+    "Big Ben is a clock tower in",
+    "The river flows slowly through the park until",
+    "Here is a fact",
+)
+
+
+def _generated(model, ids: tuple[int, ...], budget: int) -> tuple[int, ...]:
+    """What generate() gives for one unpadded prompt, up to and with its first end-of-sequence token."""
+    import torch
+
+    prompt = torch.tensor([ids])
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=budget,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=2,
+    )[0, len(ids) :].tolist()
+    return tuple(out[: out.index(2) + 1] if 2 in out else out)
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3", "gpt2"])
+def test_greedy_tokens_are_the_ones_generate_gives_each_prompt_alone(kind: str) -> None:
+    tok = word_tokenizer()
+    model = tiny_model(kind, len(tok))
+    rows = [DecodeRow(encode_prompt(tok, p, False), n, False) for p, n in zip(PROMPTS, (1, 6, 3, 9))]
+    got = decode(model, tok, rows)
+    assert [d.tokens for d in got] == [_generated(model, r.ids, r.max_tokens) for r in rows]
+    assert [len(d.tokens) for d in got] == [1, 6, 3, 9]  # rows leave the batch at their own budget
+
+
+def test_candidate_scores_are_the_log_probabilities_of_a_plain_forward_pass() -> None:
+    import torch
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    answers = [tuple(tok(" " + a, add_special_tokens=False).input_ids) for a in ("Paris", "Big Ben clock", "Rome")]
+    rows = [DecodeRow(encode_prompt(tok, p, False), 2, candidates=tuple(answers)) for p in PROMPTS]
+    for row, found in zip(rows, decode(model, tok, rows)):
+        for answer in answers:
+            ids = torch.tensor([row.ids + answer])
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            expected = sum(float(logp[len(row.ids) - 1 + i, t]) for i, t in enumerate(answer))
+            first = logp[len(row.ids) - 1]
+            assert found.scores[answer].logprob == pytest.approx(expected, abs=1e-4)
+            assert found.scores[answer].tokens == len(answer)
+            assert found.scores[answer].first_rank == int((first > first[answer[0]]).sum())
+
+
+def test_rows_stop_at_end_of_sequence_line_break_budget_or_a_decided_answer() -> None:
+    stops = frozenset({2})
+
+    def line(token: int) -> bool:
+        return token == 7
+
+    assert DecodeRow((1,), 5).stop_point((4, 2, 9, 9), stops, line) == 2
+    assert DecodeRow((1,), 5).stop_point((4, 7, 9), stops, line) == 2
+    assert DecodeRow((1,), 5, stop_at_newline=False).stop_point((4, 7, 9), stops, line) is None
+    assert DecodeRow((1,), 2, stop_at_newline=False).stop_point((4, 7, 9), stops, line) == 2
+    assert DecodeRow((1,), 9, settled=lambda t: sum(t) >= 10).stop_point((4, 5, 6, 1), stops, line) == 3
+    assert DecodeRow((1,), 0).stop_point((4,), stops, line) == 0
+
+
+def test_a_settled_row_stops_early_and_decoding_keeps_the_prompts_state_for_timing() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ids = encode_prompt(tok, PROMPTS[0], False)
+    full = decode(model, tok, [DecodeRow(ids, 6, False)])[0].tokens
+    rows = [DecodeRow(ids, 6, False, settled=lambda t: len(t) >= 2), DecodeRow(ids, 6, False)]
+    found, state = decode_keeping(model, tok, rows, keep=[1])
+    assert found[0].tokens == full[:2] and found[1].tokens == full
+    assert state is not None and state.lengths == (len(ids),) and step_seconds(model, state) > 0
+
+
+ALIASES = st.sampled_from(["Oslo", "Os", "New York", "New York City", "York", "ab"])
+# texts made of alias pieces, so that aliases are often named, half named, or run into word characters
+PIECES = ["Oslo", "Os", "lo", "w", "New York", "New ", "York", "Ci", "ty", " City", "ab", " ", ",", ".", "\n"]
+TEXT = st.lists(st.sampled_from(PIECES), max_size=5).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(prefix=TEXT, suffix=TEXT, first=st.lists(ALIASES, min_size=1, max_size=2), second=st.lists(ALIASES, max_size=2))
+def test_once_settled_no_continuation_changes_which_answer_is_named_first(
+    prefix: str, suffix: str, first: list[str], second: list[str]
+) -> None:
+    candidates = {"new": first, "old": second}
+    if settled(prefix, first + second):
+        assert said(prefix + suffix, candidates) == said(prefix, candidates)
+
+
+def test_settled_examples() -> None:
+    assert settled(" Oslo.", ["Oslo", "Stockholm"])
+    assert not settled(" Oslo", ["Oslo", "Stockholm"])  # "Oslow" would not name Oslo
+    assert not settled(" New York", ["New York", "New York City"])  # the longer alias may still come
+    assert not settled(" New York C", ["New York", "New York City"])  # "New York City" may be coming
+    assert settled(" New York is", ["New York", "New York City"])
+    assert not settled("Os", ["Os"])
+    assert not settled(" the city of", ["Oslo"])
+    assert settled(" the\nOslo", ["Oslo"])  # the judged part ended at the line break
+
+
+def _lm(model, tok, weights: str = "w1") -> SimpleNamespace:
+    return SimpleNamespace(model=model, tokenizer=tok, weights_hash=weights, dtype="float32", device="cpu")
+
+
+def test_the_base_cache_serves_shorter_requests_from_a_longer_run_and_keeps_rows_on_disk(tmp_path, monkeypatch) -> None:
+    from pytest_factedit.model import probe_cache
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ids = encode_prompt(tok, PROMPTS[0], False)
+    calls = []
+    real = probe_cache.decode
+    monkeypatch.setattr(probe_cache, "decode", lambda m, t, rows: calls.append(len(rows)) or real(m, t, rows))
+    cache = probe_cache.BaseAnswerCache(tmp_path)
+    long = cache.decoded(_lm(model, tok), [DecodeRow(ids, 6, False)])[0]
+    short = cache.decoded(_lm(model, tok), [DecodeRow(ids, 3, False)])[0]
+    assert short.tokens == long.tokens[:3] and calls == [1]
+    again = probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [DecodeRow(ids, 6, False)])[0]
+    assert again == long and calls == [1]  # a new run reads the stored row
+    probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok, "w2"), [DecodeRow(ids, 6, False)])
+    assert calls == [1, 1] and len(list(tmp_path.glob("*.json"))) == 2  # other weights: their own file
+
+
+def test_a_damaged_probe_store_is_reported_and_written_anew(tmp_path, capsys) -> None:
+    from pytest_factedit.model.probe_cache import BaseAnswerCache
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    row = DecodeRow(encode_prompt(tok, PROMPTS[1], False), 4, False)
+    BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])
+    (stored,) = tmp_path.glob("*.json")
+    data = json.loads(stored.read_text())
+    data["rows"][0][1] = ["not", "ids"]
+    stored.write_text(json.dumps(data))
+    found = BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])[0]
+    assert "not using the probe cache" in capsys.readouterr().err
+    assert found.tokens == decode(model, tok, [row])[0].tokens
+    assert json.loads(stored.read_text())["rows"][0][1] == list(found.tokens)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 17])
+def test_fast_products_agree_with_linear_layers_and_are_undone(rows: int) -> None:
+    import torch
+
+    from pytest_factedit.model.lmhead import fast_linears, head_product
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(2, rows, 64)
+    expected = layer(x)
+    assert torch.allclose(
+        head_product(x.reshape(-1, 64), layer.weight) + layer.bias, expected.reshape(-1, 48), atol=1e-5
+    )
+    with pytest.raises(RuntimeError), fast_linears(layer):
+        assert torch.allclose(layer(x), expected, atol=1e-5)
+        raise RuntimeError("the block fails")
+    assert "forward" not in layer.__dict__
