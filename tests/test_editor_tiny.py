@@ -128,3 +128,73 @@ def test_explicit_targets_must_exist() -> None:
     model = tiny_model("llama", len(tok))
     with pytest.raises(UnsupportedArchitecture, match="does not have"):
         explicit_targets(model, ["model.layers.9.mlp.down_proj"], [])
+
+
+@pytest.mark.parametrize("kind", ["phi3", "llama", "gpt2"])
+def test_steps_entering_above_the_lowest_adapter_match_a_full_pass_values_and_gradients(kind: str) -> None:
+    from peft import IA3Config, get_peft_model
+
+    from pytest_factedit.edit.batching import Row, frozen_states, tail_logprobs
+    from pytest_factedit.model.targets import lowest_layer
+
+    tok = word_tokenizer()
+    model = tiny_model(kind, len(tok), layers=4)
+    rows = [
+        Row(tuple(tok(t)["input_ids"]), 2) for t in ("The Eiffel Tower is located in", "Big Ben is a clock", "Rome")
+    ]
+    targets = layer_targets(model, [2, 3], [2], "test")
+    assert lowest_layer(model, targets) == 2
+    with torch.no_grad():
+        reference, frozen = frozen_states(model, rows, 0, 2)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(reference, tail_logprobs(model, rows, 0)))
+    assert frozen is not None and frozen.layer == 2
+    peft = get_peft_model(
+        model, IA3Config(target_modules=list(targets.modules), feedforward_modules=list(targets.feedforward))
+    )
+    inner = peft.get_base_model()
+    vectors = [p for n, p in inner.named_parameters() if "ia3_l" in n]
+    with torch.no_grad():
+        for v in vectors:
+            v.mul_(torch.rand_like(v) + 0.5)  # an adapter that changes the outputs
+
+    def run(with_frozen: bool) -> tuple[list, list]:
+        for v in vectors:
+            v.grad = None
+        out = tail_logprobs(inner, rows, 0, frozen if with_frozen else None)
+        sum(o[:, :5].sum() for o in out).backward()
+        return [o.detach() for o in out], [v.grad.clone() for v in vectors]
+
+    full, full_grads = run(False)
+    skipped, skipped_grads = run(True)
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(full, reference))  # the adapter acts
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full, skipped))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(full_grads, skipped_grads))
+    # the stored states are what the step starts from: change them and the step's output follows
+    frozen.states = {k: v * 2 for k, v in frozen.states.items()}
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(full, run(True)[0]))
+    # the layers below compute again once the block is left
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, run(False)[0]))
+
+
+def test_the_lowest_layer_is_unknown_for_every_weight_or_modules_outside_the_layers() -> None:
+    from pytest_factedit.model.targets import all_weight_targets, lowest_layer
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    assert lowest_layer(model, layer_targets(model, [2], [1], "test")) == 1
+    assert lowest_layer(model, all_weight_targets(model)) == 0
+    assert lowest_layer(model, explicit_targets(model, ["lm_head", "model.layers.2.mlp.down_proj"], [])) == 0
+
+
+@pytest.mark.parametrize("lengths", [[3, 3, 3], [1, 9, 2, 8, 30], [5], list(range(1, 40, 3))])
+def test_length_groups_cover_every_row_once_and_cost_no_more_than_one_pass_or_one_per_row(lengths) -> None:
+    from pytest_factedit.edit.batching import Row, length_groups
+
+    rows = [Row(tuple(range(n)), 1) for n in lengths]
+    groups = length_groups(rows, call_tokens=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+
+    def cost(split):
+        return sum(max(lengths[i] for i in g) * len(g) + 8 for g in split)
+
+    assert cost(groups) <= min(cost([list(range(len(rows)))]), cost([[i] for i in range(len(rows))]))

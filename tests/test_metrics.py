@@ -128,11 +128,13 @@ def test_counterfact_scores_compare_mean_token_logprobs() -> None:
 
 def test_latency_ratio_of_the_minimums() -> None:
     ev = evidence(
-        answer("prompts", "p", " Paris", " Rome"),
+        answer("prompts", "p0", " Paris", " Rome"),
+        answer("prompts", "p1", " Paris", " Rome"),
         answer("controls", "c", " a", " a", expected=("a",)),
         timings={"base_seconds_per_token": 0.01, "edited_seconds_per_token": 0.012},
     )
     value = measured("latency_overhead", ev)
+    # the timed steps run over the prompts only, so the prompts are the samples
     assert value.value == pytest.approx(1.2) and value.samples == 2
     assert measured("latency_overhead_merged", ev).value is None  # no merged timing: not measured
 

@@ -1,12 +1,15 @@
-"""Training rows and the one forward pass per step that computes logits only where a loss needs them."""
+"""Training rows and the forward pass of a step: rows of like length together, logits only where a loss
+needs them, and the layers below the lowest adapter skipped (their hidden states are computed once)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..model.lmhead import decoder, logits_from_hidden
+from ..model.skip import capture_entering, entering_at
 
 if TYPE_CHECKING:
     import torch
@@ -37,22 +40,103 @@ def pad_left(
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def tail_logprobs(model: PreTrainedModel, rows: Sequence[Row], pad_id: int) -> list[torch.Tensor]:
+@dataclass
+class FrozenBelow:
+    """The hidden states entering decoder layer `layer` for each row's tokens, computed once with the base
+    model: no adapter sits below `layer`, so they are the same at every step of an edit."""
+
+    layer: int
+    states: dict[tuple[int, ...], torch.Tensor]  # a row's ids -> [len(ids), d]
+    extras: int = -1  # how the layers return hidden states (see model/skip.py)
+
+    def state(self, ids: tuple[int, ...]) -> torch.Tensor | None:
+        """A row's states: its own, or the first positions of a longer row it begins (causal attention)."""
+        if ids in self.states:
+            return self.states[ids]
+        for longer, state in self.states.items():
+            if longer[: len(ids)] == ids:
+                return state[: len(ids)]
+        return None
+
+
+def length_groups(rows: Sequence[Row], call_tokens: int = 64) -> list[list[int]]:
+    """Row indices in groups of similar length, one forward pass each: the split of the rows (sorted by
+    length) that costs least, counting each group's padded tokens plus `call_tokens` per pass."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+    widths = [len(rows[i].ids) for i in order]
+    best = [0.0] + [float("inf")] * len(order)  # best[k]: least cost of the first k rows
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + widths[end - 1] * (end - start) + call_tokens
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def tail_logprobs(
+    model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None = None
+) -> list[torch.Tensor]:
     """Log-softmax distributions at each row's last `tail` positions: a list of [tail, vocab] tensors.
 
-    One forward pass of the decoder; the LM head runs only on the positions a loss needs.
+    Rows of like length share a forward pass (`length_groups`); with `frozen`, the passes enter at its
+    layer. The LM head runs once, only on the positions a loss needs.
     """
+    return _tail_passes(model, rows, pad_id, frozen, 0)[0]
+
+
+def frozen_states(
+    model: PreTrainedModel, rows: Sequence[Row], pad_id: int, layer: int
+) -> tuple[list[torch.Tensor], FrozenBelow | None]:
+    """`tail_logprobs` of `rows` with the base model, recording the hidden states entering `layer`
+    (None when `layer` is 0, or when the layers return what `entering_at` cannot stand in for)."""
+    return _tail_passes(model, rows, pad_id, None, layer)
+
+
+def _tail_passes(
+    model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None, capture: int
+) -> tuple[list[torch.Tensor], FrozenBelow | None]:
     import torch
 
     device = next(model.parameters()).device
-    ids, mask, positions = pad_left(rows, pad_id, device)
-    hidden = decoder(model)(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-    ).last_hidden_state
-    width = ids.shape[1]
-    picked = torch.cat([hidden[i, width - r.tail :] for i, r in enumerate(rows)])
-    logp = torch.log_softmax(logits_from_hidden(model, picked).float(), dim=-1)
-    return list(torch.split(logp, [r.tail for r in rows]))
+    tails: dict[int, torch.Tensor] = {}
+    states: dict[tuple[int, ...], torch.Tensor] = {}
+    extras: int | None = -1
+    for group in length_groups(rows):
+        part = [rows[i] for i in group]
+        ids, mask, positions = pad_left(part, pad_id, device)
+        store: dict[str, Any] = {}
+        watch = capture_entering(model, capture, store) if capture > 0 else nullcontext()
+        with watch, _entering(model, part, ids.shape[1], frozen):
+            hidden = decoder(model)(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
+        width = ids.shape[1]
+        tails.update({i: hidden[j, width - r.tail :] for j, (i, r) in enumerate(zip(group, part))})
+        if capture > 0:
+            extras = store["extras"] if extras is not None else None
+            states.update({r.ids: store["hidden"][j, width - len(r.ids) :] for j, r in enumerate(part)})
+    logp = torch.log_softmax(logits_from_hidden(model, torch.cat([tails[i] for i in range(len(rows))])).float(), -1)
+    kept = FrozenBelow(capture, states, extras) if capture > 0 and extras is not None else None
+    return list(torch.split(logp, [r.tail for r in rows])), kept
+
+
+def _entering(model: PreTrainedModel, rows: Sequence[Row], width: int, frozen: FrozenBelow | None) -> Any:
+    """`entering_at` frozen.layer with the rows' stored states, left-padded with zeros; or nothing to do."""
+    states = [frozen.state(r.ids) for r in rows] if frozen is not None else []
+    if frozen is None or any(s is None for s in states):
+        return nullcontext()
+    first = states[0]
+    assert first is not None
+    hidden = first.new_zeros((len(rows), width, first.shape[-1]))
+    for j, state in enumerate(states):
+        assert state is not None
+        hidden[j, width - state.shape[0] :] = state
+    return entering_at(model, frozen.layer, hidden, frozen.extras)
 
 
 def kl_to_reference(reference_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:

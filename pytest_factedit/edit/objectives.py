@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..model.decoding import DecodeRow, decode
 from ..model.text import answer_token_ids, encode_prompt
 from .base import EditRequest
-from .batching import Row, kl_to_reference, tail_logprobs
+from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
 from .retention import derived_neighbours, fact_texts, neutral_texts, without_held_out
 from .settings import EditSettings
 
@@ -38,6 +38,7 @@ class Objectives:
     learn_goal: Goal
     pad_id: int
     fact_sizes: tuple[int, ...] = ()  # batch: each fact's number of rows, in order (same in both stages)
+    frozen: FrozenBelow | None = None  # hidden states below the lowest adapted layer, computed once
 
     def stage(self, name: str, settings: EditSettings) -> tuple[list[Row], Goal, int]:
         """(training rows, goal, step cap) of the `unlearn` or `learn` stage."""
@@ -79,11 +80,16 @@ def build_objectives(
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest | Sequence[EditRequest],
     settings: EditSettings,
+    frozen_below: int = 0,
 ) -> Objectives:
-    """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`)."""
+    """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`).
+
+    With `frozen_below` > 0 (the lowest layer the edit changes), the hidden states entering that layer
+    are kept from the base model's reference pass, and training steps start there.
+    """
     if isinstance(request, EditRequest):
-        return fact_objectives(model, tokenizer, request, settings)
-    return joint_objectives([fact_objectives(model, tokenizer, r, settings) for r in request])
+        return fact_objectives(model, tokenizer, request, settings, frozen_below)
+    return joint_objectives([fact_objectives(model, tokenizer, r, settings, frozen_below) for r in request])
 
 
 def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
@@ -103,6 +109,12 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
                 kl_reference.append(reference)
     sizes = tuple(len(p.unlearn_rows) for p in parts)
     assert sizes == tuple(len(p.learn_rows) for p in parts), "a fact has as many learn rows as unlearn rows"
+    frozen = [p.frozen for p in parts]
+    joint_frozen = None
+    if all(f is not None for f in frozen) and len({(f.layer, f.extras) for f in frozen if f is not None}) == 1:
+        first = frozen[0]
+        assert first is not None
+        joint_frozen = FrozenBelow(first.layer, {k: v for f in frozen if f for k, v in f.states.items()}, first.extras)
     return Objectives(
         [r for p in parts for r in p.unlearn_rows],
         [r for p in parts for r in p.learn_rows],
@@ -112,6 +124,7 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
         _joint_goal([p.learn_goal for p in parts], sizes),
         parts[0].pad_id,
         sizes,
+        joint_frozen,
     )
 
 
@@ -133,7 +146,11 @@ def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
 
 
 def fact_objectives(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest,
+    settings: EditSettings,
+    frozen_below: int = 0,
 ) -> Objectives:
     """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
 
@@ -155,7 +172,7 @@ def fact_objectives(
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], settings.guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
     with torch.no_grad():
-        reference = tail_logprobs(model, kl_rows + learn_rows, pad)
+        reference, frozen = frozen_states(model, kl_rows + learn_rows, pad, frozen_below)
     guard_reference = [ref[len(new_ids) :] for ref in reference[len(kl_rows) :]]
     target = torch.tensor(new_ids, device=next(model.parameters()).device)
 
@@ -176,5 +193,12 @@ def fact_objectives(
         return nll + settings.guard_weight * guard, done
 
     return Objectives(
-        [Row(c, 1) for c in contexts], learn_rows, kl_rows, reference[: len(kl_rows)], unlearn_goal, learn_goal, pad
+        [Row(c, 1) for c in contexts],
+        learn_rows,
+        kl_rows,
+        reference[: len(kl_rows)],
+        unlearn_goal,
+        learn_goal,
+        pad,
+        frozen=frozen,
     )

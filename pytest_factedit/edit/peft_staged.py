@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..model.precision import training_precision
-from ..model.targets import TargetModules
+from ..model.targets import TargetModules, lowest_layer
 from .base import AppliedEdit, EditRequest, Scope
 from .objectives import Objectives, build_objectives
 from .settings import EditSettings
@@ -56,7 +56,7 @@ class PeftStagedEditor:
         applied: AppliedEdit | None = None
         try:
             with training_precision(model, settings.train_precision):
-                goals = build_objectives(model, tokenizer, request, settings)
+                goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets))
                 for stage in self.stages:
                     applied = self._add_adapter(model, applied, stage, targets, settings)
                     self._train(applied, stage, goals, settings)

@@ -44,7 +44,7 @@ def train_stage(
         facts = rotating_subset(len(sizes), per_step, steps) if rotate else None
         step_rows = [rows[i] for f in facts for i in range(starts[f], starts[f] + sizes[f])] if facts else rows
         picked = rotating_subset(len(goals.kl_rows), settings.kl_rows_per_step, steps) if weight else []
-        logps = tail_logprobs(model, step_rows + [goals.kl_rows[i] for i in picked], goals.pad_id)
+        logps = tail_logprobs(model, step_rows + [goals.kl_rows[i] for i in picked], goals.pad_id, goals.frozen)
         loss, done = goal(logps[: len(step_rows)], facts)
         if facts:
             for fact in facts:

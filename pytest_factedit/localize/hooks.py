@@ -58,7 +58,10 @@ def embedding_noise(
     """Add `noise` (rows x len(positions) x d) to the token embeddings at `positions` of every row."""
     import torch
 
-    index = torch.tensor(list(positions), device=noise.device)
+    if not positions and not make_leaf:
+        yield
+        return
+    index = torch.tensor(list(positions), dtype=torch.long, device=noise.device)
 
     def hook(_module: Any, _inputs: Any, output: Any) -> Any:
         corrupted = output.detach().clone()

@@ -42,3 +42,12 @@ def cache_rows(cache: Any, rows: torch.Tensor) -> Any:
 def select_rows(cache: Any, rows: torch.Tensor) -> None:
     """Keep only the given batch rows of `cache`, in place (finished rows leave a greedy decode)."""
     cache.batch_select_indices(rows)
+
+
+def cache_prefix(cache: Any, length: int) -> Any:
+    """A copy of `cache` holding its first `length` positions (negative crops: both major versions take them)."""
+    copied = copy.deepcopy(cache)
+    extra = copied.get_seq_length() - length
+    if extra > 0:
+        copied.crop(-extra)
+    return copied

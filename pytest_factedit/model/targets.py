@@ -84,3 +84,21 @@ def merged_targets(targets: Sequence[TargetModules]) -> TargetModules:
     rules = list(dict.fromkeys(t.rule for t in targets))
     rule = rules[0] if len(rules) == 1 else f"union over {len(targets)} cases of: " + "; ".join(rules)
     return TargetModules(modules, feedforward, rule, layers, all_weights=any(t.all_weights for t in targets))
+
+
+def lowest_layer(model: PreTrainedModel, targets: TargetModules) -> int:
+    """The lowest decoder layer an edit of `targets` changes; 0 when that is not known (every weight,
+    or a module outside the decoder layers)."""
+    if targets.all_weights:
+        return 0
+    try:
+        prefix = arch_modules(model).layers + "."
+    except UnsupportedArchitecture:
+        return 0
+    found = []
+    for name in targets.modules:
+        index = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else ""
+        if not index.isdigit():
+            return 0
+        found.append(int(index))
+    return min(found, default=0)

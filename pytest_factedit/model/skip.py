@@ -1,0 +1,70 @@
+"""Running a decoder from layer k on hidden states computed before: the layers below are bypassed for a block.
+
+An edit's adapters sit in a few layers; below the lowest one, every training step would compute the same
+hidden states again. `capture_entering` records them once, and `entering_at` makes the layers below
+return them instead of computing (restored in `finally`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .arch import arch_modules
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The decoder layer list (raises UnsupportedArchitecture for a family without a module table)."""
+    return model.get_submodule(arch_modules(model).layers)
+
+
+def _stub(replacement: torch.Tensor | None, extras: int) -> Callable[..., Any]:
+    """A layer forward that computes nothing: it passes its input on, or returns `replacement`."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        hidden = replacement if replacement is not None else (args[0] if args else kwargs["hidden_states"])
+        return (hidden,) + (None,) * extras if extras >= 0 else hidden
+
+    return forward
+
+
+@contextmanager
+def entering_at(model: PreTrainedModel, layer: int, hidden: torch.Tensor, extras: int = -1) -> Iterator[None]:
+    """For the block, the model's forward enters decoder layer `layer` with `hidden` [rows, width, d]:
+    layers below it return it unchanged (`extras` >= 0: as a tuple with that many Nones, as older
+    transformers layers return)."""
+    layers = decoder_layers(model)
+    patched = []
+    try:
+        for index in range(layer):
+            layers[index].forward = _stub(hidden if index == layer - 1 else None, extras)
+            patched.append(layers[index])
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+@contextmanager
+def capture_entering(model: PreTrainedModel, layer: int, store: dict[str, Any]) -> Iterator[None]:
+    """For the block, record in `store["hidden"]` the hidden states entering decoder layer `layer` (>= 1),
+    and in `store["extras"]` how the layer below returns them (-1: a tensor; n: a tuple with n Nones;
+    None: a tuple holding more, which `entering_at` cannot stand in for)."""
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> None:
+        if isinstance(output, tuple):
+            store["hidden"] = output[0].detach()
+            store["extras"] = len(output) - 1 if all(x is None for x in output[1:]) else None
+        else:
+            store["hidden"], store["extras"] = output.detach(), -1
+
+    handle = decoder_layers(model)[layer - 1].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
