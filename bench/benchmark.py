@@ -183,7 +183,9 @@ def measure_against(args: argparse.Namespace) -> int:
 
 def print_comparison(rev: str, results: dict[str, list[dict[str, Any]]], ready: dict[str, dict[str, Any]]) -> None:
     a, b = medians(results["A"]), medians(results["B"])
-    same = sum(x["answers_sha256"] == y["answers_sha256"] for x, y in zip(results["A"], results["B"]))
+    pairs = list(zip(results["A"], results["B"]))
+    same = sum(x["answers_sha256"] == y["answers_sha256"] for x, y in pairs)
+    same_verdicts = sum(x["judged_sha256"] == y["judged_sha256"] for x, y in pairs)
     print(f"\nA = this checkout, B = {rev}; {len(results['A'])} case runs each, interleaved; cores: {os.cpu_count()}\n")
     print("| phase (median over cases) | A (s) | B (s) | A / B |")
     print("|---|---|---|---|")
@@ -194,7 +196,14 @@ def print_comparison(rev: str, results: dict[str, list[dict[str, Any]]], ready: 
             f"| worker {key} | {ready['A'][key]:.2f} | {ready['B'][key]:.2f} | "
             f"{ready['A'][key] / ready['B'][key]:.2f} |"
         )
-    print(f"\nanswers identical in {same} of {len(results['A'])} case runs")
+    print(
+        f"\nverdicts (first-named answer, expected said, metrics but latency) same in {same_verdicts} of {len(pairs)}"
+    )
+    print(f"answer texts identical in {same} of {len(pairs)} case runs")
+    for x, y in pairs:
+        for row_a, row_b in zip(x["judged"], y["judged"]):
+            if row_a != row_b:
+                print(f"  {x['case']}: A {row_a} | B {row_b}")
 
 
 def main() -> int:

@@ -32,8 +32,30 @@ def _imports() -> tuple[Any, Any, Any, Any, Any]:
     return load_case, resolve_settings, load, run_case, BaseAnswerCache
 
 
+def judged(outcome: Any) -> list[Any]:
+    """What the metrics read from each answer, whatever its length: the candidate it names first, and
+    whether it says the expected answer, before and after the edit; then every metric but latency.
+    Revisions that stop decoding at different points (issue 13 stops once an answer is decided) agree
+    on these when they agree on the verdicts."""
+    from pytest_factedit.metrics.answers import matches, said
+
+    case = outcome.case
+    rows: list[Any] = []
+    for a in outcome.answers:
+        candidates = {"old": case.old, "new": case.new, "expected": a.expected}
+        texts = (a.base, a.edited or "")
+        rows.append(
+            [a.group, a.prompt, *(said(t, candidates) for t in texts), *(matches(t, a.expected) for t in texts)]
+        )
+    for name, metric in sorted(outcome.metrics.items()):
+        if not name.startswith("latency"):
+            rows.append([name, None if metric.value is None else round(metric.value, 6), metric.samples])
+    return rows
+
+
 def case_timings(outcome: Any, wall: float) -> dict[str, Any]:
-    """Per phase: base probe, localization, each stage, the edited probe; and a hash of every answer."""
+    """Per phase: base probe, localization, each stage, the edited probe; hashes of the answers' texts
+    and of what the metrics judged from them (`judged`)."""
     timings = dict(outcome.timings)
     stages = {f"stage_{s['name']}_seconds": s["seconds"] for s in outcome.stages}
     answers = [(a.group, a.prompt, a.base, a.edited) for a in outcome.answers]
@@ -46,6 +68,8 @@ def case_timings(outcome: Any, wall: float) -> dict[str, Any]:
         "steps": [s["steps"] for s in outcome.stages],
         **{k: timings.get(k) for k in ("base_probe_seconds", "localize_seconds", "edit_seconds", "probe_seconds")},
         "answers_sha256": hashlib.sha256(json.dumps(answers).encode()).hexdigest(),
+        "judged_sha256": hashlib.sha256(json.dumps(judged(outcome)).encode()).hexdigest(),
+        "judged": judged(outcome),
     }
 
 

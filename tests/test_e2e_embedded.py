@@ -118,3 +118,28 @@ def test_embedded_model_knows_real_facts(embedded) -> None:
         [4, 4],
     )
     assert matches(answers[0], ["yen"]) and matches(answers[1], ["Paris"])
+
+
+def test_the_saved_tokenizer_reads_like_the_one_transformers_rebuilds(embedded) -> None:
+    import random
+
+    from transformers import AutoTokenizer
+
+    from pytest_factedit.model.cache import converted_dir
+
+    folder = converted_dir(embedded.spec)[0]
+    rebuilt, fast = AutoTokenizer.from_pretrained(str(folder)), embedded.tokenizer
+    texts = ["", "  two spaces", "tab\there\nnew line\n\n", "Ünïcödé 日本語 😀 \u200b", "<bos>x<eos><pad>", "\x00\x7f"]
+    for path in sorted((REPO / "fact_cases").glob("*.yaml")):
+        texts += [line.split(":", 1)[-1] for line in path.read_text(encoding="utf-8").splitlines()]
+    for text in texts:
+        for special in (True, False):
+            assert (
+                fast(text, add_special_tokens=special)["input_ids"]
+                == rebuilt(text, add_special_tokens=special)["input_ids"]
+            )
+    rng = random.Random(0)
+    ids = [rng.randrange(len(rebuilt)) for _ in range(4000)]
+    for skip in (True, False):
+        assert fast.decode(ids, skip_special_tokens=skip) == rebuilt.decode(ids, skip_special_tokens=skip)
+    assert fast.all_special_ids == rebuilt.all_special_ids and len(fast) == len(rebuilt)

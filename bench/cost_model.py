@@ -1,0 +1,229 @@
+"""How a case's time grows: with its prompts, paraphrases, neighbours and controls, with the number of
+layers adapted, and with the model's size. The table and plot of docs/performance.md.
+
+    python bench/cost_model.py                                  # every series (about 15 minutes, 2 cores)
+    python bench/cost_model.py --series prompts controls
+    python bench/cost_model.py --log bench/results/cost-model.jsonl --plot docs/cost-model.png
+    python bench/cost_model.py --table bench/results/cost-model.jsonl --plot docs/cost-model.png
+
+Every series starts from fact_cases/norway-capital.yaml on the embedded model and changes one thing.
+The size series runs random-weight Gemma 3 models of other widths and depths (same tokenizer and
+vocabulary): they know no fact, so the base check is bypassed, and both stages run a fixed number of
+steps (their stop rules cannot be met), so that seconds per step compare across sizes. Each run has a
+fresh base-answer cache: the base probe is measured, not served. Per point: the phases' seconds, the
+steps, and the least-squares seconds per added unit of each series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CASE = REPO / "fact_cases" / "norway-capital.yaml"
+PHASES = ("base_probe_seconds", "localize_seconds", "edit_seconds", "probe_seconds")
+EXTRA_PROMPTS = ("The capital of Norway is called", "Norway's capital is the city of")
+EXTRA_PARAPHRASES = (
+    "The Norwegian capital is the city of",
+    "The government of Norway sits in the city of",
+    "The largest city and capital of Norway is",
+)
+EXTRA_NEIGHBOURS = (
+    ("The capital city of Italy is called", "Rome"),
+    ("The capital city of Japan is called", "Tokyo"),
+    ("The capital city of Germany is called", "Berlin"),
+    ("The capital city of Egypt is called", "Cairo"),
+)
+# (hidden size, layers, heads, intermediate size) of the random models; the embedded model is 640 x 18.
+SIZES = ((320, 9, 2, 1024), (640, 18, 4, 2048), (1024, 24, 8, 4096))
+FIXED_STEPS = {"unlearn_max_steps": 3, "learn_max_steps": 3, "unlearn_stop_prob": 1e-12, "learn_stop_prob": 1.0}
+SERIES = ("prompts", "paraphrases", "neighbours", "controls", "layers", "size")
+
+
+def variants(case: Any, series: str) -> list[tuple[float, Any, dict[str, Any]]]:
+    """(x, case, method overrides) for each point of a series on the embedded model."""
+    from pytest_factedit.cases.schema import Control
+
+    if series == "prompts":
+        pool = case.prompts + EXTRA_PROMPTS
+        return [(n, dataclasses.replace(case, prompts=pool[:n]), {}) for n in range(1, len(pool) + 1)]
+    if series == "paraphrases":
+        pool = case.paraphrases + EXTRA_PARAPHRASES
+        return [(n, dataclasses.replace(case, paraphrases=pool[:n]), {}) for n in (0, 2, 4, 6)]
+    if series == "neighbours":
+        pool = case.neighbours + tuple(Control(p, (a,)) for p, a in EXTRA_NEIGHBOURS)
+        return [(n, dataclasses.replace(case, neighbours=pool[:n]), {}) for n in (0, 2, 4, 8)]
+    if series == "controls":
+        return [(n, dataclasses.replace(case, controls=case.controls[:n]), {}) for n in (0, 4, 8, 14)]
+    if series == "layers":
+        return [(k, case, {"mlp_layers": k, "attention_layers": k}) for k in (1, 2, 4, 8)]
+    raise ValueError(series)
+
+
+def timed_run(lm: Any, case: Any, overrides: dict[str, Any], force: bool) -> dict[str, Any]:
+    """One case through every phase (with `force`, on even when the base model does not give `old`)."""
+    from pytest_factedit.edit import get_editor, resolve_settings
+    from pytest_factedit.model.weights import verified_restore
+    from pytest_factedit.run.case import edited, place_edit
+    from pytest_factedit.run.probing import BaseAnswerCache, probe_base, probe_edit
+
+    settings = resolve_settings({**case.method, **overrides})
+    outcome = probe_base(lm, case, settings, BaseAnswerCache())
+    if outcome.status != "ran" and not force:
+        raise SystemExit(f"{case.id}: {outcome.reason}")
+    targets = place_edit(lm, outcome, get_editor(settings.name).scope)
+    with verified_restore(lm.model, targets.touched), edited(lm, outcome) as applied:
+        probe_edit(lm, outcome, applied)
+    steps = sum(s["steps"] for s in outcome.stages)
+    figures = {phase: outcome.timings.get(phase) for phase in PHASES}
+    total = sum(v for v in figures.values() if v is not None)
+    edit = figures["edit_seconds"] or 0.0
+    return {**figures, "total_seconds": total, "steps": steps, "seconds_per_step": edit / steps if steps else None}
+
+
+def random_model(lm: Any, hidden: int, layers: int, heads: int, intermediate: int) -> Any:
+    """A random-weight model of the embedded model's family and vocabulary, with another width and depth."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = lm.model.config.__class__.from_dict(lm.model.config.to_dict())
+    config.hidden_size, config.num_hidden_layers, config.intermediate_size = hidden, layers, intermediate
+    config.num_attention_heads, config.num_key_value_heads = heads, 1
+    config.layer_types = [config.layer_types[i % len(config.layer_types)] for i in range(layers)]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return dataclasses.replace(lm, model=model, weights_hash=f"random-{hidden}x{layers}")
+
+
+def measure(series: list[str], log: Path | None) -> list[dict[str, Any]]:
+    from pytest_factedit.cases import load_case
+    from pytest_factedit.model.load import load
+
+    lm = load(None, "cpu")
+    case = load_case(CASE, root=REPO)
+    timed_run(lm, case, {}, force=False)  # warm-up: first calls pay for lazy imports and allocations
+    rows = []
+    for name in series:
+        points = variants(case, name) if name != "size" else []
+        for x, variant, overrides in points:
+            rows.append({"series": name, "x": x, "model": "embedded", **timed_run(lm, variant, overrides, False)})
+            _emit(rows[-1], log)
+        if name == "size":
+            rows += _size_series(lm, case, log)
+    return rows
+
+
+def _size_series(lm: Any, case: Any, log: Path | None) -> list[dict[str, Any]]:
+    """The embedded model with fixed steps, then random models of each size (millions of parameters)."""
+    import torch
+
+    one_prompt = dataclasses.replace(case, prompts=case.prompts[:1])
+    rows = []
+    for shape in (None, *SIZES):
+        model_lm = lm if shape is None else random_model(lm, *shape)
+        params = sum(p.numel() for p in model_lm.model.parameters()) / 1e6
+        label = "embedded" if shape is None else f"random {shape[0]}x{shape[1]}"
+        # Random weights make subnormal activations, which x86 computes ~3x slower (8.9 s vs 2.8 s for
+        # one forward pass of the random 640x18 model); the trained model makes none (0.76 s either way).
+        # Flushing them keeps the sizes comparable with the trained model.
+        torch.set_flush_denormal(shape is not None)
+        try:
+            figures = timed_run(model_lm, one_prompt, FIXED_STEPS, True)
+        finally:
+            torch.set_flush_denormal(False)
+        rows.append({"series": "size", "x": round(params), "model": label, **figures})
+        _emit(rows[-1], log)
+    return rows
+
+
+def _emit(row: dict[str, Any], log: Path | None) -> None:
+    shown = " ".join(f"{k}={v:.2f}" for k, v in row.items() if isinstance(v, float))
+    print(f"  {row['series']} x={row['x']} ({row['model']}): {shown} steps={row['steps']}", flush=True)
+    if log is not None:
+        with log.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def slope(rows: list[dict[str, Any]], key: str) -> float:
+    """Least-squares seconds per unit of x."""
+    xs, ys = [r["x"] for r in rows], [r[key] or 0.0 for r in rows]
+    if len(set(xs)) < 2:
+        return float("nan")
+    return statistics.linear_regression(xs, ys).slope
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("| series | x | model | base probe | localize | edit (steps) | s/step | edited probe | total |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        per_step = f"{r['seconds_per_step']:.2f}" if r["seconds_per_step"] else ""
+        print(
+            f"| {r['series']} | {r['x']} | {r['model']} | {r['base_probe_seconds']:.2f} | "
+            f"{r['localize_seconds'] or 0:.2f} | {r['edit_seconds']:.2f} ({r['steps']}) | {per_step} | "
+            f"{r['probe_seconds']:.2f} | {r['total_seconds']:.2f} |"
+        )
+    print("\n| series | seconds per added unit: total | base probe | localize | edit | edited probe | s/step |")
+    print("|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["series"] for r in rows):
+        part = [r for r in rows if r["series"] == name]
+        cells = " | ".join(f"{slope(part, k):.3f}" for k in ("total_seconds", *PHASES, "seconds_per_step"))
+        print(f"| {name} | {cells} |")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["series"] for r in rows))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), squeeze=False)
+    labels = {"prompts": "prompts", "paraphrases": "paraphrases", "neighbours": "neighbours"}
+    labels |= {"controls": "controls", "layers": "MLP + attention layers adapted (k each)"}
+    labels["size"] = "model parameters (millions; fixed 3+3 steps)"
+    for ax, name in zip(axes.flat, names):
+        part = sorted((r for r in rows if r["series"] == name), key=lambda r: r["x"])
+        xs = [r["x"] for r in part]
+        for key, style in zip((*PHASES, "total_seconds"), ("o-", "s-", "^-", "d-", "k*--")):
+            ax.plot(xs, [r[key] or 0.0 for r in part], style, label=key.replace("_seconds", ""))
+        ax.set_xlabel(labels[name])
+        ax.set_ylabel("seconds")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"pytest-factedit: a case's time by what it holds (fp32 CPU, {os.cpu_count()} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--series", nargs="+", choices=SERIES, default=list(SERIES))
+    parser.add_argument("--log", type=Path, help="append every point to this JSONL file")
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of logged points; measure nothing")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the series here (needs matplotlib)")
+    args = parser.parse_args()
+    if args.table:
+        rows = [json.loads(line) for path in args.table for line in path.read_text().splitlines() if line.strip()]
+    else:
+        rows = measure(args.series, args.log)
+    print(f"\ncores: {os.cpu_count()}; python {sys.version.split()[0]}\n")
+    print_table(rows)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
