@@ -25,7 +25,9 @@ def embedded():
 def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> None:
     folder = pytester.mkdir("fact_cases")
     shutil.copy(REPO / "fact_cases" / "_defaults.yaml", folder / "_defaults.yaml")
-    shutil.copy(CASE, folder / CASE.name)
+    # the latency gate times the machine, and a test must not (another process's load could flip it):
+    # this copy of the case gates it loosely; the metric is still measured and recorded
+    (folder / CASE.name).write_text(CASE.read_text() + "thresholds:\n  latency_overhead: 100\n")
     (folder / "typo.yaml").write_text(CASE.read_text().replace("paraphrases:", "paraphrasses:"))
     result = pytester.runpytest_subprocess(
         "fact_cases", "-p", "no:cacheprovider", "--factedit-run-id", "e2e", "--factedit-show-trace", timeout=900
@@ -69,6 +71,8 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     assert scores["old_answer_logprob_after"] < scores["old_answer_logprob_before"]  # the old answer went down
     assert scores["fluency_ngram_entropy_after"] > 0
     assert (pytester.path / "reports" / "latest").resolve().name == "e2e"
+    latency = metrics["latency_overhead"]
+    assert latency["threshold"] == 100 and latency["value"] > 0 and latency["samples"] == len(prompts)
     summary = json.loads((pytester.path / "reports" / "e2e" / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["failed_metrics"] == 0
 
