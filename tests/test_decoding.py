@@ -93,6 +93,27 @@ def test_a_settled_row_stops_early_and_decoding_keeps_the_prompts_state_for_timi
     assert state is not None and state.lengths == (len(ids),) and step_seconds(model, state) > 0
 
 
+def test_a_timed_step_counts_the_cpu_time_of_one_thread_and_gives_the_threads_back(monkeypatch) -> None:
+    import torch
+
+    from pytest_factedit.model import decoding
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ids = encode_prompt(tok, PROMPTS[0], False)
+    state = decode_keeping(model, tok, [DecodeRow(ids, 2, False)], keep=[0])[1]
+    seen = []
+    ticks = iter([10.0, 10.5])
+    monkeypatch.setattr(decoding.time, "thread_time", lambda: next(ticks))
+    model.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    assert step_seconds(model, state) == 0.5  # thread CPU seconds, not wall seconds
+    assert seen == [1] and torch.get_num_threads() == threads
+    with pytest.raises(RuntimeError), decoding.one_thread():
+        raise RuntimeError("a failing step")
+    assert torch.get_num_threads() == threads
+
+
 ALIASES = st.sampled_from(["Oslo", "Os", "New York", "New York City", "York", "ab"])
 # texts made of alias pieces, so that aliases are often named, half named, or run into word characters
 PIECES = ["Oslo", "Os", "lo", "w", "New York", "New ", "York", "Ci", "ty", " City", "ab", " ", ",", ".", "\n"]

@@ -18,7 +18,7 @@ from . import measure as m
 from .measure import MetricValue, Sample, share
 
 Direction = Literal["higher", "lower"]
-Protocol = Literal["greedy_generation", "mean_token_logprob", "wall_time"]
+Protocol = Literal["greedy_generation", "mean_token_logprob", "step_time"]
 GREEDY: Protocol = "greedy_generation"
 LOGPROB: Protocol = "mean_token_logprob"
 
@@ -154,7 +154,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "lower",
         1.5,
         ("prompts",),
-        "wall_time",
+        "step_time",
         "edited / base seconds per generated token (one greedy step over the prompts), each the minimum of "
         "interleaved timings",
         compute=m.latency_ratio,
@@ -258,7 +258,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "lower",
         None,
         ("prompts",),
-        "wall_time",
+        "step_time",
         "merged / base seconds per generated token, the adapter folded into the weights (peft editors only)",
         compute=m.merged_latency_ratio,
         absent="the edit has no adapter to merge",

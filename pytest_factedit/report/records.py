@@ -39,7 +39,7 @@ class _MetricBase(TypedDict):
     threshold: float | None  # None: recorded only
     passed: bool | None  # None: not judged (no threshold, or nothing measured: see `reason`)
     direction: str
-    protocol: str  # greedy_generation | mean_token_logprob | wall_time
+    protocol: str  # greedy_generation | mean_token_logprob | step_time
     samples: int
 
 
