@@ -54,6 +54,8 @@ class Worker:
             stderr=subprocess.DEVNULL,
         )
         self.ready = self._read()
+        if not Path(self.ready["package"]).resolve().is_relative_to(checkout.resolve()):
+            raise RuntimeError(f"the worker for {checkout} imported pytest_factedit from {self.ready['package']}")
 
     def _read(self) -> dict[str, Any]:
         assert self.process.stdout is not None

@@ -82,9 +82,10 @@ def main() -> int:
     load_case, resolve_settings, load, run_case, cache_type = _imports()
     lm = load(None, "cpu")
     loaded = time.perf_counter()
-    print(
-        json.dumps({"ready": True, "import_seconds": imported - started, "load_seconds": loaded - imported}), flush=True
-    )
+    import pytest_factedit
+
+    ready = {"ready": True, "import_seconds": imported - started, "load_seconds": loaded - imported}
+    print(json.dumps({**ready, "package": pytest_factedit.__file__}), flush=True)
     root = Path(sys.argv[1]).resolve()
     cache = cache_type()
     for line in sys.stdin:

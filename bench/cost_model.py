@@ -27,8 +27,14 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CASE = REPO / "fact_cases" / "norway-capital.yaml"
-PHASES = ("base_probe_seconds", "localize_seconds", "edit_seconds", "probe_seconds")
-EXTRA_PROMPTS = ("The capital of Norway is called", "Norway's capital is the city of")
+PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "probe_seconds")
+# more prompts for the prompts series; only those the base model answers with `old` are used
+EXTRA_PROMPTS = (
+    "The capital of Norway is called",
+    "Norway's capital is the city of",
+    "The capital of Norway is the city of",
+    "Norway's capital is called",
+)
 EXTRA_PARAPHRASES = (
     "The Norwegian capital is the city of",
     "The government of Norway sits in the city of",
@@ -46,12 +52,21 @@ FIXED_STEPS = {"unlearn_max_steps": 3, "learn_max_steps": 3, "unlearn_stop_prob"
 SERIES = ("prompts", "paraphrases", "neighbours", "controls", "layers", "size")
 
 
-def variants(case: Any, series: str) -> list[tuple[float, Any, dict[str, Any]]]:
+def known_prompts(lm: Any, case: Any, prompts: tuple[str, ...]) -> tuple[str, ...]:
+    """The prompts the base model answers with the case's `old` answer."""
+    from pytest_factedit.metrics.answers import said
+    from pytest_factedit.model.probe import greedy_continuations
+
+    answers = greedy_continuations(lm.model, lm.tokenizer, list(prompts), [8] * len(prompts))
+    return tuple(p for p, a in zip(prompts, answers) if said(a, {"old": case.old, "new": case.new}) == "old")
+
+
+def variants(lm: Any, case: Any, series: str) -> list[tuple[float, Any, dict[str, Any]]]:
     """(x, case, method overrides) for each point of a series on the embedded model."""
     from pytest_factedit.cases.schema import Control
 
     if series == "prompts":
-        pool = case.prompts + EXTRA_PROMPTS
+        pool = case.prompts + known_prompts(lm, case, EXTRA_PROMPTS)
         return [(n, dataclasses.replace(case, prompts=pool[:n]), {}) for n in range(1, len(pool) + 1)]
     if series == "paraphrases":
         pool = case.paraphrases + EXTRA_PARAPHRASES
@@ -81,10 +96,10 @@ def timed_run(lm: Any, case: Any, overrides: dict[str, Any], force: bool) -> dic
     with verified_restore(lm.model, targets.touched), edited(lm, outcome) as applied:
         probe_edit(lm, outcome, applied)
     steps = sum(s["steps"] for s in outcome.stages)
-    figures = {phase: outcome.timings.get(phase) for phase in PHASES}
+    figures = {phase: outcome.timings.get(phase) for phase in PHASES if phase != "stages_seconds"}
+    figures["stages_seconds"] = stages = sum(s["seconds"] for s in outcome.stages)
     total = sum(v for v in figures.values() if v is not None)
-    edit = figures["edit_seconds"] or 0.0
-    return {**figures, "total_seconds": total, "steps": steps, "seconds_per_step": edit / steps if steps else None}
+    return {**figures, "total_seconds": total, "steps": steps, "seconds_per_step": stages / steps if steps else None}
 
 
 def random_model(lm: Any, hidden: int, layers: int, heads: int, intermediate: int) -> Any:
@@ -112,7 +127,7 @@ def measure(series: list[str], log: Path | None) -> list[dict[str, Any]]:
     timed_run(lm, case, {}, force=False)  # warm-up: first calls pay for lazy imports and allocations
     rows = []
     for name in series:
-        points = variants(case, name) if name != "size" else []
+        points = variants(lm, case, name) if name != "size" else []
         for x, variant, overrides in points:
             rows.append({"series": name, "x": x, "model": "embedded", **timed_run(lm, variant, overrides, False)})
             _emit(rows[-1], log)
@@ -161,16 +176,16 @@ def slope(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("| series | x | model | base probe | localize | edit (steps) | s/step | edited probe | total |")
+    print("| series | x | model | base probe | localize | stages (steps) | s/step | edited probe | total |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         per_step = f"{r['seconds_per_step']:.2f}" if r["seconds_per_step"] else ""
         print(
             f"| {r['series']} | {r['x']} | {r['model']} | {r['base_probe_seconds']:.2f} | "
-            f"{r['localize_seconds'] or 0:.2f} | {r['edit_seconds']:.2f} ({r['steps']}) | {per_step} | "
+            f"{r['localize_seconds'] or 0:.2f} | {r['stages_seconds']:.2f} ({r['steps']}) | {per_step} | "
             f"{r['probe_seconds']:.2f} | {r['total_seconds']:.2f} |"
         )
-    print("\n| series | seconds per added unit: total | base probe | localize | edit | edited probe | s/step |")
+    print("\n| series | seconds per added unit: total | base probe | localize | stages | edited probe | s/step |")
     print("|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["series"] for r in rows):
         part = [r for r in rows if r["series"] == name]
