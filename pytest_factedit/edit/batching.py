@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..model.decoding import left_padded
 from ..model.lmhead import decoder, logits_from_hidden
 from ..model.skip import capture_entering, entering_at
 
@@ -22,22 +23,6 @@ class Row:
 
     ids: tuple[int, ...]
     tail: int
-
-
-def pad_left(
-    rows: Sequence[Row], pad_id: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, position_ids), left-padded so every row's tail is at the end."""
-    import torch
-
-    width = max(len(r.ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row.ids) :] = torch.tensor(row.ids)
-        mask[i, width - len(row.ids) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
 
 
 @dataclass
@@ -108,7 +93,7 @@ def _tail_passes(
     extras: int | None = -1
     for group in length_groups(rows):
         part = [rows[i] for i in group]
-        ids, mask, positions = pad_left(part, pad_id, device)
+        ids, mask, positions = left_padded([r.ids for r in part], pad_id, device)
         store: dict[str, Any] = {}
         watch = capture_entering(model, capture, store) if capture > 0 else nullcontext()
         with watch, _entering(model, part, ids.shape[1], frozen):

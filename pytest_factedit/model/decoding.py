@@ -108,8 +108,8 @@ class Prefilled:
 
 def left_padded(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with every sequence right-aligned."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, position_ids) with every sequence right-aligned, its positions from 0."""
     import torch
 
     width = max(len(s) for s in sequences)
@@ -119,7 +119,8 @@ def left_padded(
         if sequence:
             ids[i, width - len(sequence) :] = torch.tensor(list(sequence), dtype=torch.long)
             mask[i, width - len(sequence) :] = 1
-    return ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
 
 
 def prefill(model: PreTrainedModel, prompts: Sequence[Tokens], pad_id: int) -> Prefilled:
@@ -127,8 +128,7 @@ def prefill(model: PreTrainedModel, prompts: Sequence[Tokens], pad_id: int) -> P
     import torch
 
     device = next(model.parameters()).device
-    ids, mask = left_padded(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = left_padded(prompts, pad_id, device)
     with torch.no_grad():
         out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         logits = logits_from_hidden(model, out.last_hidden_state[:, -1])
@@ -158,8 +158,8 @@ def greedy(
     active = [r for r, row in enumerate(rows) if row.max_tokens > 0]
     if not active:
         return [((), False) for _ in rows]
-    if len(active) < len(rows):
-        _keep(pre, active)
+    if len(active) < len(rows):  # rows with nothing to generate leave before the first step
+        pre = pre.subset(active)
     following, mask, cache = pre.first, pre.mask, pre.cache
     while active:
         going = []
@@ -187,16 +187,6 @@ def greedy(
             ).last_hidden_state
             following = logits_from_hidden(model, hidden[:, -1]).argmax(-1)
     return [(tuple(tokens), end) for tokens, end in zip(out, ended)]
-
-
-def _keep(pre: Prefilled, rows: Sequence[int]) -> None:
-    """Narrow `pre` to `rows` in place (rows with nothing to generate leave before the first step)."""
-    import torch
-
-    index = torch.tensor(list(rows), device=pre.mask.device, dtype=torch.long)
-    select_rows(pre.cache, index)
-    pre.mask, pre.first, pre.first_logp = pre.mask[index], pre.first[index], pre.first_logp[index]
-    pre.lengths = tuple(pre.lengths[r] for r in rows)
 
 
 def candidate_scores(

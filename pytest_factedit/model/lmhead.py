@@ -45,11 +45,7 @@ def logits_from_hidden(
 
     head = model.get_output_embeddings()
     if type(head) is torch.nn.Linear or weight is not None:
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        logits = head_product(flat, head.weight if weight is None else weight)
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias
-        logits = logits.reshape(*hidden.shape[:-1], logits.shape[-1])
+        logits = linear_product(hidden, head.weight if weight is None else weight, getattr(head, "bias", None))
     else:
         logits = head(hidden)
     cap = getattr(model.config, "final_logit_softcapping", None)
@@ -58,12 +54,17 @@ def logits_from_hidden(
     return logits
 
 
+def linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer [..., d] -> [..., out] computed with `head_product`."""
+    out = head_product(x.reshape(-1, x.shape[-1]), weight)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 def _product_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = head_product(x.reshape(-1, x.shape[-1]), module.weight)
-        if module.bias is not None:
-            out = out + module.bias
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return linear_product(x, module.weight, module.bias)
 
     return forward
 

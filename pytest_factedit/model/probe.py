@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .decoding import DecodeRow, decode
+from .decoding import Decoded, DecodeRow, decode
 from .text import answer_text, answer_token_ids, decoding_sets, encode_prompt
 
 if TYPE_CHECKING:
@@ -22,9 +22,27 @@ def greedy_continuations(
 ) -> list[str]:
     """Greedy continuation of each prompt: at most `budgets[i]` new tokens, up to an end-of-sequence token
     and (`stop_at_newline`) the first line break, after which nothing is judged."""
+    rows = continuation_rows(tokenizer, prompts, budgets, chat, stop_at_newline)
+    return continuation_texts(model, tokenizer, decode(model, tokenizer, rows))
+
+
+def continuation_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    budgets: Sequence[int],
+    chat: bool = False,
+    stop_at_newline: bool = True,
+) -> list[DecodeRow]:
+    """The decoding request of each prompt's greedy continuation (see `greedy_continuations`)."""
+    return [DecodeRow(encode_prompt(tokenizer, p, chat), b, stop_at_newline) for p, b in zip(prompts, budgets)]
+
+
+def continuation_texts(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, decoded: Sequence[Decoded]
+) -> list[str]:
+    """The shown text of each decoded continuation: up to end of sequence, without special tokens."""
     stops, hidden = decoding_sets(model, tokenizer)
-    rows = [DecodeRow(encode_prompt(tokenizer, p, chat), b, stop_at_newline) for p, b in zip(prompts, budgets)]
-    return [answer_text(tokenizer, d.tokens, stops, hidden) for d in decode(model, tokenizer, rows)]
+    return [answer_text(tokenizer, d.tokens, stops, hidden) for d in decoded]
 
 
 def pair_logprobs(

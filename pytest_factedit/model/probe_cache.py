@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
 from .files import write_atomic
+from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
-from .text import answer_text, decoding_sets, encode_prompt, ends_line
+from .text import decoding_sets, ends_line
 
 if TYPE_CHECKING:
     from .load import LoadedModel
@@ -174,7 +175,6 @@ class BaseAnswerCache:
         self._rows[ids] = _Row(known.tokens if longer and known else found.tokens, scores)
 
     def answers(self, lm: LoadedModel, prompts: Sequence[str], budgets: Sequence[int], chat: bool) -> list[str]:
-        """Greedy answers of `budgets[i]` tokens at most, each ending at a line break or end of sequence."""
-        rows = [DecodeRow(encode_prompt(lm.tokenizer, p, chat), b) for p, b in zip(prompts, budgets)]
-        stops, hidden = decoding_sets(lm.model, lm.tokenizer)
-        return [answer_text(lm.tokenizer, d.tokens, stops, hidden) for d in self.decoded(lm, rows)]
+        """`greedy_continuations` of the base model, served from the cache where it can be."""
+        rows = continuation_rows(lm.tokenizer, prompts, budgets, chat)
+        return continuation_texts(lm.model, lm.tokenizer, self.decoded(lm, rows))
