@@ -16,7 +16,7 @@ from .cases.ids import inside
 from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case
 from .edit import resolve_settings
 from .errors import FactEditError, printable, shown
-from .report.files import RESULTS_FILE, read_results
+from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table
 from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, Options, add_options
@@ -95,6 +95,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not results.is_file():
         raise FactEditError(f"no results file at {results}")
     print(summary_table(read_results(results), color=sys.stdout.isatty()), end="")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run's self-contained HTML page from its results.jsonl (and summary.json when there is one)."""
+    from .report.html import write_html
+
+    path = Path(args.run_dir)
+    results = path / RESULTS_FILE if path.is_dir() else path
+    if not results.is_file():
+        raise FactEditError(
+            f"no results file at {results}. Fix: name a run folder (reports/<run-id>, or its results.jsonl) "
+            "that a pytest run with the plugin wrote"
+        )
+    summary_file = results.parent / SUMMARY_FILE
+    summary = None
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise FactEditError(f"not JSON: {exc}. Fix: remove it, or rerun the suite", path=summary_file) from exc
+        if not isinstance(summary, dict):
+            raise FactEditError(
+                "not a run summary (a JSON object). Fix: remove it, or rerun the suite", path=summary_file
+            )
+    out = Path(args.html) if args.html else results.parent / "report.html"
+    records = read_results(results)
+    try:
+        print(f"html: {write_html(out, records, summary)}")
+    except OSError as exc:
+        raise FactEditError(
+            f"cannot write {out}: {exc.strerror or exc}. Fix: --html PATH in a folder you can write"
+        ) from exc
     return 0
 
 
@@ -246,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the table of a run (reports/latest by default)")
     show.add_argument("results", nargs="?", default="reports/latest")
     show.set_defaults(func=cmd_show)
+    report = sub.add_parser("report", help="write a run's report as one self-contained HTML page")
+    report.add_argument("run_dir", nargs="?", default="reports/latest", help="run folder (default: reports/latest)")
+    report.add_argument("--html", metavar="OUT.html", help="where to write the page (default: RUN_DIR/report.html)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

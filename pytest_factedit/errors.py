@@ -109,3 +109,7 @@ class RestoreError(FactEditError):
 
 class MetricFailure(FactEditError, AssertionError):
     """A metric missed its threshold; the message is the report (no traceback is shown)."""
+
+
+class BaselineError(FactEditError):
+    """A baseline file cannot be read or compared with (another model's weights, another schema)."""

@@ -10,18 +10,26 @@ import pytest
 
 from .cases.loader import DEFAULTS_FILE, claim_id, defaults_for, load_case
 from .errors import FactEditError, MetricFailure
-from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRICS, thresholds_with
+from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRIC_BY_NAME, METRICS, thresholds_with
 from .metrics.verdict import judge
-from .report.tables import failure_details, many_failure_details, suite_details
+from .report.tables import (
+    baseline_failure,
+    failure_details,
+    many_failure_details,
+    suite_baseline_failure,
+    suite_details,
+)
 from .session import Suite
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
 
     from .cases.schema import FactCase
+    from .report.records import CaseRecord, MetricRecord, SuiteRecord
     from .session import FactEditSession
 
-RECORD_PROPERTY = "factedit_record"
+RECORDS_ATTRIBUTE = "factedit_records"  # the case records ride on the call report to the controller (xdist-safe)
+RECORDS_KEY: pytest.StashKey[list[CaseRecord]] = pytest.StashKey()  # the records an item (or fixture) made
 SESSION_KEY: pytest.StashKey[FactEditSession] = pytest.StashKey()
 
 
@@ -30,8 +38,8 @@ class CaseFile(pytest.File):
 
     def collect(self) -> Iterator[FactCaseNode]:
         try:
-            case = load_case(self.path, root=self.config.rootpath)
             state = self.config.stash[SESSION_KEY]
+            case = state.for_this_run(load_case(self.path, root=self.config.rootpath))
             claim_id(state.case_ids, case, self.path)  # a second file with the same id fails here
             state.settings_for(case)  # an invalid `method:` fails here, at collection
         except FactEditError as exc:
@@ -80,8 +88,23 @@ class GateItem(pytest.Item):
         return None if verdict.passed is not False else verdict.explanation
 
 
+def junit_properties(metric: str, entry: MetricRecord | SuiteRecord) -> list[tuple[str, object]]:
+    """What `--junitxml` shows of a metric item: its name, value, threshold, samples, protocol, baseline, delta."""
+    props: list[tuple[str, object]] = [
+        ("metric", metric),
+        ("value", entry["value"]),
+        ("threshold", entry["threshold"]),
+        ("samples", entry["samples"]),
+        ("protocol", METRIC_BY_NAME[metric].protocol),
+    ]
+    comparison = entry.get("baseline")
+    if comparison:
+        props += [("baseline", comparison["value"]), ("delta", comparison["delta"])]
+    return props
+
+
 class MetricItem(GateItem):
-    """Asserts one metric of one case against its threshold."""
+    """Asserts one metric of one case against its threshold, and against the baseline when one is given."""
 
     def __init__(self, *, metric: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -94,17 +117,22 @@ class MetricItem(GateItem):
 
     def runtest(self) -> None:
         record = self.config.stash[SESSION_KEY].record(case_file_of(self), self.case)
-        self.user_properties.append((RECORD_PROPERTY, record))
+        self.stash.setdefault(RECORDS_KEY, []).append(record)
         if record["status"] == "error":
             raise MetricFailure(f"case {self.case.id} could not run: {record['reason']}")
         if record["status"] == "skipped":
             pytest.skip(record["reason"])
         metric = record["metrics"][self.metric]
+        self.user_properties.extend(junit_properties(self.metric, metric))
         missed = self.judged(
             metric["value"], metric["threshold"], metric["samples"], f"{self.case.id}: ", metric.get("reason", "")
         )
-        if missed is not None:
-            raise MetricFailure(missed + "\n" + failure_details(self.metric, record))
+        problems = [missed, failure_details(self.metric, record)] if missed else []
+        comparison = metric.get("baseline")
+        if comparison and comparison["regressed"]:
+            problems.append(baseline_failure(self.case.id, self.metric, metric["value"], comparison))
+        if problems:
+            raise MetricFailure("\n".join(problems))
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.case.id}::{METRIC_BY_ITEM[self.name].name}"
@@ -171,46 +199,68 @@ class SuiteItem(GateItem):
 
     def runtest(self) -> None:
         assert isinstance(self.parent, SuiteNode)
-        suite = self.parent.suite
-        pooled = self.config.stash[SESSION_KEY].suite(suite, self.metric)
-        missed = self.judged(pooled["value"], pooled["threshold"], pooled["samples"], f"{suite.folder}: ")
-        if missed is not None:
-            raise MetricFailure(missed + "\n" + suite_details(pooled))
+        row = self.config.stash[SESSION_KEY].suite(self.parent.suite, self.metric)
+        self.user_properties.extend(junit_properties(self.metric, row))
+        failure = suite_failure(row)
+        if failure is None and row["value"] is None:
+            pytest.skip(f"{row['folder']}: " + judge(self.metric, None, row["threshold"], 0).explanation)
+        if failure is not None:
+            raise MetricFailure(failure)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.parent.name if self.parent else ''}::{self.metric}"
 
 
-def suite_plan(session: pytest.Session, items: list[pytest.Item]) -> list[Suite]:
-    """Every folder holding a `_defaults.yaml` (within the rootdir), with the collected cases below it."""
-    root = session.config.rootpath.resolve()
-    members: dict[Path, list[tuple[str, FactCase]]] = {}
-    for case_file, case in cases_in_order(items):
+def suite_failure(row: SuiteRecord) -> str | None:
+    """Why a suite row fails: its `suite_thresholds` missed, or worse than the baseline; None when it passes."""
+    verdict = judge(row["metric"], row["value"], row["threshold"], row["samples"])
+    problems = [f"{row['folder']}: {verdict.explanation}\n{suite_details(row)}"] if verdict.passed is False else []
+    comparison = row.get("baseline")
+    if comparison and comparison["regressed"]:
+        problems.append(suite_baseline_failure(row, comparison))
+    return "\n".join(problems) if problems else None
+
+
+def suite_plan(root: Path, case_files: list[tuple[str, str]], state: FactEditSession) -> list[Suite]:
+    """Every folder holding a `_defaults.yaml` (within the rootdir), with the cases (file, id) below it."""
+    root = root.resolve()
+    members: dict[Path, list[tuple[str, str]]] = {}
+    for case_file, case_id in case_files:
         for folder in (root / case_file).resolve().parents:
             if (folder / DEFAULTS_FILE).is_file():
-                members.setdefault(folder, []).append((case_file, case))
+                members.setdefault(folder, []).append((case_file, case_id))
             if folder == root:
                 break
     return [
         Suite(
             str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder),
             tuple(cases),
-            dict(defaults_for(folder / DEFAULTS_FILE, root).suite_thresholds),
+            state.suite_thresholds(dict(defaults_for(folder / DEFAULTS_FILE, root).suite_thresholds)),
         )
         for folder, cases in members.items()
     ]
 
 
+def suite_metrics(suite: Suite, selected: set[str], compared: bool) -> list[str]:
+    """The metrics a suite gates among those a selected item measures (so `-k forget` keeps the forget rows
+    only): those its thresholds name, and with a baseline every share metric."""
+    return [
+        spec.name
+        for spec in METRICS
+        if spec.name in selected and (spec.name in suite.thresholds or (compared and spec.samples is not None))
+    ]
+
+
 def suite_items(session: pytest.Session, suites: list[Suite], items: list[pytest.Item]) -> list[pytest.Item]:
-    """One pooled item per metric a suite's `suite_thresholds` gate and a selected item measures (so
-    `-k forget` keeps the forget rows only)."""
+    """One pooled item per metric each suite gates (`suite_metrics`)."""
     selected = {item.metric for item in items if isinstance(item, MetricItem)}
+    compared = session.config.stash[SESSION_KEY].baseline is not None
     out: list[pytest.Item] = []
     for suite in suites:
-        wanted = [spec for spec in METRICS if spec.name in suite.thresholds and spec.name in selected]
+        wanted = suite_metrics(suite, selected, compared)
         if wanted:
             node = SuiteNode.from_parent(
                 session, name=f"{suite.folder}::suite", nodeid=f"{suite.folder}::suite", suite=suite
             )
-            out += [SuiteItem.from_parent(node, name=spec.item, metric=spec.name) for spec in wanted]
+            out += [SuiteItem.from_parent(node, name=METRIC_BY_NAME[m].item, metric=m) for m in wanted]
     return out

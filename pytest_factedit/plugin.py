@@ -2,50 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from . import fixtures
 from .cases.loader import DEFAULTS_FILE, is_case_file
 from .errors import FactEditError
 from .items import (
-    RECORD_PROPERTY,
+    RECORDS_ATTRIBUTE,
+    RECORDS_KEY,
     SESSION_KEY,
     CaseFile,
     MetricItem,
+    case_file_of,
     cases_in_order,
     many_items,
     suite_items,
     suite_plan,
 )
 from .report.tables import summary_lines
-from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, PLUGIN_PREFIX, RUN_OPTIONS, Options, add_options
+from .run.options import (
+    EDIT_OPTIONS,
+    GATE_OPTIONS,
+    MODEL_OPTIONS,
+    OPTIONS,
+    PLUGIN_PREFIX,
+    RUN_OPTIONS,
+    Options,
+    add_options,
+)
 from .session import FactEditSession
+from .xdist import XdistHooks, controller_suite_reports, is_xdist_controller, is_xdist_worker, worker_of
 
 if TYPE_CHECKING:
     from _pytest.terminal import TerminalReporter
+
+    from .model.load import LoadedModel
+    from .report.progress import BetweenPytestLines
 
 CASE_FOLDER_NAME = "fact_cases"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("factedit", "pytest-factedit: fact edits as tests")
-    add_options(group.addoption, MODEL_OPTIONS + EDIT_OPTIONS + RUN_OPTIONS, PLUGIN_PREFIX)
-
-
-def _is_xdist_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
+    add_options(group.addoption, MODEL_OPTIONS + EDIT_OPTIONS + RUN_OPTIONS + GATE_OPTIONS, PLUGIN_PREFIX)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     options = Options.from_values(
         lambda name: config.getoption(OPTIONS[name].dest(PLUGIN_PREFIX)), config.rootpath / "reports"
     )
-    # xdist workers neither write reports nor print: the controller gathers their records
-    state = FactEditSession(options, None) if _is_xdist_worker(config) else FactEditSession.writing_reports(options)
+    try:  # xdist workers neither write reports nor print: the controller gathers their records
+        state = FactEditSession(options, None) if is_xdist_worker(config) else FactEditSession.writing_reports(options)
+    except FactEditError as exc:  # a baseline that cannot be read stops the run before anything loads
+        raise pytest.UsageError(f"pytest-factedit: {exc}") from exc
     config.stash[SESSION_KEY] = state
-    config.pluginmanager.register(SessionHooks(state), "factedit-session")
+    config.pluginmanager.register(SessionHooks(state, config), "factedit-session")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(state, config), "factedit-xdist")
+    state.worker = worker_of(config)
 
 
 def _is_case_location(file_path: Path, config: pytest.Config) -> bool:
@@ -65,28 +84,80 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile |
     return None
 
 
+@pytest.fixture(scope="session")
+def factedit_model(request: pytest.FixtureRequest) -> LoadedModel:
+    """The run's model (pytest-factedit): `.model`, `.tokenizer`, `.spec`, `.device`, `.dtype`, `.weights_hash`;
+    loaded once per process and shared with the YAML cases."""
+    return fixtures.factedit_model(request)
+
+
+@pytest.fixture
+def fact_edit(request: pytest.FixtureRequest) -> Iterator[fixtures.FactEditor]:
+    """Edit a fact as a YAML case would (pytest-factedit): `fact_edit(case).check()` runs localize, edit, probe
+    and measure on a YAML path, a FactCase or a dict, and fails like the case's items;
+    `with fact_edit.applied(case) as edited: edited.answer(prompt)` probes the edited model. The base weights
+    are checked at teardown, even when the test failed."""
+    yield from fixtures.fact_edit(request)
+
+
 class SessionHooks:
     """Hooks that need the run state; registered per session so the state lives in one object."""
 
-    def __init__(self, state: FactEditSession) -> None:
+    def __init__(self, state: FactEditSession, config: pytest.Config) -> None:
         self.state = state
+        self.config = config
+        self.counted_suite_items = False
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
+        """A case runs (and shows its progress) before its first item starts, so the progress lines sit
+        between pytest's lines; the items then judge the record it left. (Not tryfirst: inside pytest's
+        own wrappers, so warnings are still caught for the item.)"""
+        display = self._display()
+        if isinstance(item, MetricItem) and display and not self.state.has_record(case_file_of(item), item.case):
+            with display.showing(lambda progress: progress.case(item.case.id)):
+                self.state.record(case_file_of(item), item.case)
+        return (yield)
+
+    def _display(self) -> BetweenPytestLines | None:
+        """Where progress goes: between pytest's terminal lines; nowhere with -q or on an xdist worker."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or self.config.get_verbosity() < 0 or is_xdist_worker(self.config):
+            return None
+        from .report.progress import BetweenPytestLines
+
+        return BetweenPytestLines(reporter)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and report.nodeid and is_case_file(Path(report.nodeid.split("::")[0])):
             self.state.case_errors.add(report.nodeid)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtestloop(self, session: pytest.Session) -> None:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Iterator[None]:
         if session.testsfailed and session.testsfailed == len(self.state.case_errors):
             # Only fact case files failed to collect: they stay reported, and every other case runs.
             session.config.option.continue_on_collection_errors = True
-        wanted = any(isinstance(i, MetricItem) for i in session.items)
-        if wanted and not session.config.option.collectonly and not _is_xdist_worker(session.config):
-            try:  # what cannot work stops here, in one line, before any case runs
-                self.state.open_reports()
-                self.state.load_model()
-            except FactEditError as exc:
-                pytest.exit(f"pytest-factedit: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        self._start(session)
+        result = yield
+        if is_xdist_controller(session.config):  # the suites pool every worker's records, here
+            controller_suite_reports(session, self.state)
+        return result
+
+    def _start(self, session: pytest.Session) -> None:
+        """What cannot work stops here, in one line, before any case runs: the reports folder, the model."""
+        config = session.config
+        controller = is_xdist_controller(config)
+        wanted = controller or any(isinstance(i, MetricItem) for i in session.items)
+        if not wanted or config.option.collectonly or is_xdist_worker(config):
+            return
+        try:
+            self.state.open_reports()
+            if not controller:  # under xdist each worker loads its own model
+                display = self._display()
+                with display.showing(lambda p: p.loading(self.state.options.model)) if display else nullcontext():
+                    self.state.load_model()
+        except FactEditError as exc:
+            pytest.exit(f"pytest-factedit: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
@@ -94,20 +165,36 @@ class SessionHooks:
     ) -> None:
         mode = self.state.options.mode
         if mode != "isolated":
-            if _is_xdist_worker(config) or getattr(config.option, "numprocesses", None):
+            if is_xdist_worker(config) or getattr(config.option, "numprocesses", None):
                 raise pytest.UsageError(
                     f"--factedit-mode {mode} edits one model with every case: run it without pytest-xdist (-n 0)"
                 )
             self.state.many_cases = cases_in_order(items)
             if self.state.many_cases:
                 items.extend(many_items(session, self.state.options.many_key))
-        self.state.suites = suite_plan(session, items)
-        items.extend(suite_items(session, self.state.suites, items))
+        cases = cases_in_order(items)
+        self.state.cases = {(case_file, case.id): case for case_file, case in cases}
+        self.state.suites = suite_plan(config.rootpath, list(self.state.cases), self.state)
+        if not is_xdist_worker(config):  # under xdist the controller pools the suites (see xdist.py)
+            items.extend(suite_items(session, self.state.suites, items))
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        report = yield
+        if call.when == "call":
+            setattr(report, RECORDS_ATTRIBUTE, item.stash.get(RECORDS_KEY, []))
+        return report
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == RECORD_PROPERTY:
-                self.state.collect_record(value)
+        if self.state.planned_suite_items and not self.counted_suite_items:
+            self.counted_suite_items = True  # xdist: the suite items the controller adds count in the progress
+            self.session.testscollected += len(self.state.planned_suite_items)
+        for record in getattr(report, RECORDS_ATTRIBUTE, None) or ():
+            self.state.collect_record(record)
 
     def pytest_terminal_summary(self, terminalreporter: TerminalReporter, config: pytest.Config) -> None:
         writer = self.state.writer

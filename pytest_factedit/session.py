@@ -6,13 +6,23 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cases.ids import inside
 from .edit import resolve_settings
-from .errors import FactEditError, RestoreError
-from .metrics.spec import METRICS, thresholds_with
+from .errors import BaselineError, FactEditError, RestoreError
+from .metrics.spec import METRIC_BY_NAME, METRICS, thresholds_with
 from .model.weights import weights_checksum
+from .report.baseline import (
+    compare_case,
+    compare_suite,
+    environment_warnings,
+    missing_cases,
+    read_baseline,
+    tolerance_for,
+    weights_problem,
+    write_baseline,
+)
 from .report.files import RESULTS_FILE, RunWriter, new_run_id
 from .report.manifest import write_batch_manifest, write_manifest
 from .report.records import (
@@ -22,6 +32,7 @@ from .report.records import (
     SuiteRecord,
     error_record,
     library_versions,
+    machine_info,
     many_record,
     outcome_record,
     pooled,
@@ -39,10 +50,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Suite:
-    """A folder holding a `_defaults.yaml`: the collected cases below it and its `suite_thresholds`."""
+    """A folder holding a `_defaults.yaml`: the cases below it, (case file, case id), and its `suite_thresholds`
+    (with --factedit-threshold on top)."""
 
     folder: str
-    members: tuple[tuple[str, FactCase], ...]
+    members: tuple[tuple[str, str], ...]
     thresholds: dict[str, float]
 
 
@@ -70,6 +82,13 @@ class FactEditSession:
         self.many_cases: list[tuple[str, FactCase]] = []  # sequential/batch mode: the collected cases, in order
         self.many: ManyRecord | None = None  # sequential/batch mode: the check with every edit in place
         self.suites: list[Suite] = []  # the folders whose cases are pooled (set after collection)
+        self.cases: dict[tuple[str, str], FactCase] = {}  # (case file, id) -> case, for the suite items
+        self.planned_suite_items: list[tuple[Suite, str]] = []  # xdist controller: suite items it will report
+        self.worker: tuple[int, int] | None = None  # xdist worker: (its number, how many workers)
+        # --factedit-baseline, read at start-up: a bad file stops the run before the model loads
+        self.baseline: dict[str, Any] | None = read_baseline(options.baseline) if options.baseline else None
+        self.extra_problems: list[str] = []  # what the summary must say beyond the writer's problems
+        self.outputs: list[str] = []  # files written at the end besides the reports (baseline, HTML)
 
     @classmethod
     def writing_reports(cls, options: Options) -> FactEditSession:
@@ -80,11 +99,17 @@ class FactEditSession:
     def load_model(self) -> LoadedModel:
         """Load the model (once); raises ModelLoadError with what was tried and the fix."""
         if self.lm is None:
-            from .model.load import load
+            from .model.load import load, share_machine
             from .model.probe_cache import probe_folder
             from .run.probing import BaseAnswerCache
 
-            self.lm = load(self.options.model, self.options.device, self.options.trust_remote_code)
+            if self.worker is not None:
+                self.run_info["worker"] = share_machine(*self.worker)
+            lm = load(self.options.model, self.options.device, self.options.trust_remote_code)
+            problem = weights_problem(self.baseline, lm.weights_hash) if self.baseline else ""
+            if problem:
+                raise BaselineError(problem, path=self.options.baseline)
+            self.lm = lm
             self._base_checksum = weights_checksum(self.lm.model)
             # a reload gives the same weights: answers stand
             self._cache = self._cache or BaseAnswerCache(None if self.options.fresh_probes else probe_folder())
@@ -102,6 +127,7 @@ class FactEditSession:
                     "device": lm.device,
                     "dtype": lm.dtype,
                     "versions": library_versions(),
+                    "machine": machine_info(),
                     "load_seconds": round(lm.load_seconds, 3),
                     "conversion_seconds": lm.conversion_seconds,
                 }
@@ -110,6 +136,25 @@ class FactEditSession:
 
     def settings_for(self, case: FactCase) -> EditSettings:
         return resolve_settings(case.method, self.options.overrides())
+
+    def for_this_run(self, case: FactCase) -> FactCase:
+        """The case with --factedit-threshold over its YAML thresholds."""
+        if not self.options.thresholds:
+            return case
+        return dataclasses.replace(case, thresholds={**case.thresholds, **dict(self.options.thresholds)})
+
+    def suite_thresholds(self, thresholds: dict[str, float]) -> dict[str, float]:
+        """A suite's `suite_thresholds` with --factedit-threshold on top."""
+        return {**thresholds, **dict(self.options.thresholds)}
+
+    def compared(self, record: CaseRecord) -> CaseRecord:
+        """The record with each metric's comparison against --factedit-baseline (when one is given)."""
+        if self.baseline is None:
+            return record
+        return compare_case(record, self.baseline, dict(self.options.tolerances))
+
+    def has_record(self, case_file: str, case: FactCase) -> bool:
+        return (case_file, case.id) in self._records or self.options.mode != "isolated"
 
     def record(self, case_file: str, case: FactCase) -> CaseRecord:
         """Run the case once (later calls reuse it) and return its JSON record; errors become records."""
@@ -123,7 +168,7 @@ class FactEditSession:
             except Exception as exc:  # one broken case must not stop the others
                 record = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}", self.run_info)
                 changed = isinstance(exc, RestoreError)
-            self._records[key] = self._base_checked(record, changed)
+            self._records[key] = self.compared(self._base_checked(record, changed))
         return self._records[key]
 
     def _base_checked(self, record: CaseRecord, changed: bool) -> CaseRecord:
@@ -142,6 +187,14 @@ class FactEditSession:
         record["base_restored"] = False
         record["reason"] = f"{record['reason']}; {note}" if record.get("reason") else note
         return record
+
+    def base_problem(self) -> str:
+        """'' when the loaded model equals the base; else the base is reloaded and the message says so."""
+        if self.lm is None or weights_checksum(self.lm.model) == self._base_checksum:
+            return ""
+        self.lm = None
+        self.load_model()
+        return "the model's weights differed from the base after this test, so the base model was reloaded"
 
     def _run_isolated(self, case_file: str, case: FactCase) -> CaseRecord:
         from .run.case import run_case
@@ -175,7 +228,7 @@ class FactEditSession:
                 "position": position,  # type: ignore[literal-required]
                 "retained_at_end": result.retained_by_case.get(outcome.case.id),
             }
-            self._records[(record["case_file"], outcome.case.id)] = record
+            self._records[(record["case_file"], outcome.case.id)] = self.compared(record)
         thresholds = thresholds_with(self.many_cases[0][1].thresholds) if self.many_cases else {}
         self.many = many_record(result, self.options.mode, thresholds)
         if batch_dir is not None and result.batch.get("adapters", {}).get("names"):
@@ -198,27 +251,35 @@ class FactEditSession:
             self.options.show_trace,
             self.options.many_key,
             self.many,
-            tuple(writer.problems.values()) if writer else (),
+            (tuple(writer.problems.values()) if writer else ()) + tuple(self.extra_problems),
             tuple(self.suite_rows()),
+            tuple(self.outputs),
         )
 
     def suite(self, suite: Suite, metric: str) -> SuiteRecord:
         """One metric pooled over a suite's cases (each run now if it has not run yet)."""
-        records = [self.record(case_file, case) for case_file, case in suite.members]
-        return pooled(suite.folder, metric, records, suite.thresholds.get(metric))
+        records = [self.record(case_file, self.cases[(case_file, case_id)]) for case_file, case_id in suite.members]
+        return self.suite_row(suite, metric, records)
+
+    def suite_row(self, suite: Suite, metric: str, records: list[CaseRecord]) -> SuiteRecord:
+        """`metric` pooled over `records` of `suite`, with its paired comparison against the baseline."""
+        row = pooled(suite.folder, metric, records, suite.thresholds.get(metric))
+        if self.baseline is not None and METRIC_BY_NAME[metric].samples is not None:
+            tolerance = tolerance_for(metric, dict(self.options.tolerances))
+            row["baseline"] = compare_suite(row, records, self.baseline, tolerance, self.options.alpha)
+        return row
+
+    def records(self) -> list[CaseRecord]:
+        """The records this process holds: the writer's (the controller, all workers') or its own."""
+        return list(self.writer.records) if self.writer is not None else list(self._records.values())
 
     def suite_rows(self) -> list[SuiteRecord]:
         """Every suite's pooled share metrics over the records this run has, for the summary."""
-        have = self.writer.records if self.writer is not None else list(self._records.values())
-        by_case = {(r["case_file"], r["case_id"]): r for r in have}
+        by_case = {(r["case_file"], r["case_id"]): r for r in self.records()}
         rows = []
         for suite in self.suites:
-            records = [by_case[(f, case.id)] for f, case in suite.members if (f, case.id) in by_case]
-            rows += [
-                pooled(suite.folder, spec.name, records, suite.thresholds.get(spec.name))
-                for spec in METRICS
-                if spec.samples is not None
-            ]
+            records = [by_case[key] for key in suite.members if key in by_case]
+            rows += [self.suite_row(suite, spec.name, records) for spec in METRICS if spec.samples is not None]
         return rows
 
     def collect_record(self, record: CaseRecord) -> None:
@@ -226,26 +287,68 @@ class FactEditSession:
         if self.writer is not None:
             self.writer.add(record)
 
+    def _run_facts(self) -> RunInfo:
+        first = self.writer.records[0] if self.writer and self.writer.records else None
+        if first is None:
+            return self.run_info
+        # records from xdist workers carry the model facts this process lacks
+        keys = ("model", "device", "dtype", "versions", "machine")
+        return {**self.run_info, **{k: first.get(k) for k in keys}}  # type: ignore[typeddict-item]
+
+    def baseline_block(self, run: RunInfo) -> dict[str, Any] | None:
+        """summary.json's `baseline`: the file, where this machine differs, and the cases one side lacks."""
+        if self.baseline is None:
+            return None
+        in_run, in_baseline = missing_cases(self.baseline, self.records())
+        return {
+            "path": str(self.options.baseline),
+            "warnings": environment_warnings(self.baseline, dict(run)),
+            "missing_in_run": in_run,
+            "missing_in_baseline": in_baseline,
+        }
+
     def finish(self) -> None:
-        """Write summary.json (with a writer, and only when a case ran)."""
+        """Write summary.json, and the baseline and HTML page when asked (with a writer, when a case ran)."""
         if self.writer is None or not self.writer.records:
             return
-        first = self.writer.records[0]  # records from xdist workers carry the model facts this process lacks
-        run: RunInfo = {
-            **self.run_info,
-            "model": first["model"],
-            "device": first["device"],
-            "dtype": first["dtype"],
-            "versions": first["versions"],
-        }
-        self.writer.finish(
-            summary_record(
-                self.writer.records,
-                run,
-                time.perf_counter() - self.started,
-                self.options.mode,
-                self.options.many_key,
-                self.many,
-                self.suite_rows(),
-            )
+        run = self._run_facts()
+        summary = summary_record(
+            self.writer.records,
+            run,
+            time.perf_counter() - self.started,
+            self.options.mode,
+            self.options.many_key,
+            self.many,
+            self.suite_rows(),
         )
+        block = self.baseline_block(run)
+        if block is not None:
+            self.outputs.append(f"compared with the baseline {self.options.baseline}")
+            summary["baseline"] = block
+            self.extra_problems += [f"baseline: {w}" for w in block["warnings"]]
+            self.extra_problems += [f"baseline: {kind}: {', '.join(ids)}" for kind, ids in missing_lines(block) if ids]
+        self.writer.finish(summary)
+        self._write_outputs(run, summary)
+
+    def _write_outputs(self, run: RunInfo, summary: dict[str, Any]) -> None:
+        """--factedit-save-baseline and --factedit-html; a failed write is said in the summary, never raised."""
+        from .report.html import write_html
+
+        assert self.writer is not None
+        jobs = [("baseline saved", self.options.save_baseline, lambda p: write_baseline(p, self.writer.records, run))]
+        jobs.append(("html", self.options.html, lambda p: write_html(p, self.writer.records, summary)))
+        for name, path, write in jobs:
+            if path is None:
+                continue
+            try:
+                self.outputs.append(f"{name}: {write(path)}")
+            except OSError as exc:
+                self.extra_problems.append(f"could not write the {name} to {path}: {exc.strerror or exc}")
+
+
+def missing_lines(block: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The baseline's missing cases as the summary names them."""
+    return [
+        ("cases in the baseline that this run did not run", block["missing_in_run"]),
+        ("cases of this run that the baseline lacks (not compared)", block["missing_in_baseline"]),
+    ]

@@ -30,6 +30,10 @@ PARAPHRASES = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    return saved_tiny(tmp_path_factory)
+
+
+def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A tiny llama saved as a folder, and its greedy one-word answers to the prompts these tests use."""
     from pytest_factedit.model.probe import greedy_continuations
 

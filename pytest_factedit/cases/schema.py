@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from ..errors import CaseError, did_you_mean, shown
 from ..metrics.answers import matches
-from ..metrics.spec import METRIC_BY_NAME
+from ..metrics.spec import METRIC_BY_NAME, threshold_problem
 from .ids import name_problem
 
 SCHEMA_VERSION = 1
@@ -115,12 +114,9 @@ def _thresholds(path: Path, value: Any, group: str = "thresholds") -> dict[str, 
             )
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise CaseError(path, key, f"expected a number, found {shown(threshold)}")
-        if not math.isfinite(threshold):
-            raise CaseError(path, key, f"expected a finite number, found {shown(threshold)}")
-        if METRIC_BY_NAME[name].direction == "higher" and not 0.0 <= threshold <= 1.0:
-            raise CaseError(path, key, f"expected a share between 0 and 1, found {threshold}")
-        if threshold < 0:
-            raise CaseError(path, key, f"expected a non-negative number, found {threshold}")
+        problem = threshold_problem(name, float(threshold))
+        if problem:
+            raise CaseError(path, key, problem)
         out[name] = float(threshold)
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -80,7 +81,9 @@ class PeftStagedEditor:
         from peft import get_peft_model
 
         if applied is None:
-            peft_model = get_peft_model(model, self.config(targets, settings), adapter_name=stage)
+            with warnings.catch_warnings():  # peft asks a deprecated property; nothing for our user to do
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                peft_model = get_peft_model(model, self.config(targets, settings), adapter_name=stage)
             applied = AppliedEdit(method=self.name, peft_model=peft_model, targets=targets, settings=settings)
         else:
             applied.peft_model.add_adapter(stage, self.config(targets, settings))

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..model.events import STAGE_END, STEP, emit
 from .base import StageReport
 from .batching import kl_to_reference, tail_logprobs
 from .objectives import Objectives
@@ -26,6 +27,8 @@ def train_stage(
     off). A batch of facts (`goals.fact_sizes`: each fact's rows, in order) trains
     `batch_facts_per_step` facts per step, rotating through them; the cap is then the stage's step cap
     per fact's turn, and the goal is reached once every fact reached it on its last turn.
+
+    Each optimizer step is told as a STEP event (steps taken of the cap), the stage's end as STAGE_END.
     """
     import torch
 
@@ -62,6 +65,8 @@ def train_stage(
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        emit(STEP, stage, steps + 1, cap)
+    emit(STAGE_END, stage, steps, cap)
     return StageReport(stage, steps, time.perf_counter() - started, done, losses)
 
 

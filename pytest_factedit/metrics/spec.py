@@ -10,6 +10,7 @@ docs/metrics.md explains each row.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +41,9 @@ class MetricSpec:
     condition: str = ""  # which answers of `reads` count, when not all do ("the base model answered `old`")
     remedy: str = ""  # what the case author can do when none does
     absent: str = ""  # why a computed metric can have no value
+    # How much worse than a baseline's value still passes when --factedit-tolerance does not say: 0 for
+    # answers (a run on one machine is deterministic), more for timings (which never are).
+    baseline_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.samples is None) == (self.compute is None):
@@ -159,6 +163,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "interleaved timings",
         compute=m.latency_ratio,
         absent="nothing was timed",
+        baseline_tolerance=0.25,
     ),
     # Recorded, and gated only when a case or suite sets a threshold:
     MetricSpec(
@@ -262,6 +267,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "merged / base seconds per generated token, the adapter folded into the weights (peft editors only)",
         compute=m.merged_latency_ratio,
         absent="the edit has no adapter to merge",
+        baseline_tolerance=0.25,
     ),
 )
 
@@ -300,6 +306,23 @@ METRIC_BY_ITEM: dict[str, MetricSpec] = {spec.item: spec for spec in METRICS}
 DEFAULT_THRESHOLDS: dict[str, float] = {
     spec.name: spec.default_threshold for spec in METRICS + MANY_METRICS if spec.default_threshold is not None
 }
+
+
+def threshold_problem(name: str, value: float) -> str:
+    """Why `value` cannot be the threshold of metric `name` ('' when it can): shares lie in [0, 1], and
+    ratios are not negative. YAML and the command line check thresholds with this one rule."""
+    if not math.isfinite(value):
+        return f"expected a finite number, found {value}"
+    if METRIC_BY_NAME[name].samples is not None and not 0.0 <= value <= 1.0:
+        return f"expected a share between 0 and 1, found {value:g}"
+    if value < 0:
+        return f"expected a non-negative number, found {value:g}"
+    return ""
+
+
+def worse_by(name: str, value: float, baseline: float) -> float:
+    """How much worse `value` is than `baseline` in the metric's direction (negative: better)."""
+    return baseline - value if METRIC_BY_NAME[name].direction == "higher" else value - baseline
 
 
 def thresholds_with(overrides: Mapping[str, float]) -> dict[str, float]:

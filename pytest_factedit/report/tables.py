@@ -24,6 +24,40 @@ def _verdict(passed: bool | None) -> str:
     return {True: " [green]ok[/]", False: " [bold red]FAIL[/]", None: ""}[passed]
 
 
+def arrow(delta: float | None) -> str:
+    """A change as the tables show it: ▲/▼ with its size, '=' when none, '' when nothing was compared."""
+    if delta is None:
+        return ""
+    if abs(delta) < 5e-4:
+        return "="
+    return f"{'▲' if delta > 0 else '▼'}{abs(delta):.2f}"
+
+
+def _delta_markup(metric: str, comparison: dict[str, Any]) -> str:
+    """The arrow, red when it is worse than the baseline beyond its tolerance, green when better."""
+    text = arrow(comparison["delta"])
+    if text in ("", "="):
+        return text
+    better = (comparison["delta"] > 0) == (METRIC_BY_NAME[metric].direction == "higher")
+    style = "bold red" if comparison["regressed"] else ("green" if better else "yellow")
+    return f"[{style}]{text}[/]"
+
+
+def baseline_cell(record: CaseRecord) -> str:
+    """The summary's `vs baseline` cell: '=' when no column's metric moved, else each that did, with its arrow.
+    A timing moves on every run, so it is named only when it regressed beyond its tolerance."""
+    metrics = record.get("metrics", {})
+    compared = [(name, metrics[name]["baseline"]) for name in COLUMNS if metrics.get(name, {}).get("baseline")]
+    if not compared:
+        return "[dim]no baseline[/]" if record["status"] == "ran" else ""
+    moved = [
+        f"{METRIC_BY_NAME[name].label}{_delta_markup(name, c)}"
+        for name, c in compared
+        if arrow(c["delta"]) not in ("", "=") and (METRIC_BY_NAME[name].samples is not None or c["regressed"])
+    ]
+    return " ".join(moved) if moved else "="
+
+
 def _threshold_label(records: Sequence[CaseRecord], spec: MetricSpec) -> str | None:
     """'>=0.9' when every case uses the same threshold for a metric, else None (shown per cell)."""
     found = {r["metrics"][spec.name]["threshold"] for r in records if spec.name in r.get("metrics", {})}
@@ -48,6 +82,16 @@ def _case_cells(record: CaseRecord, labels: dict[str, str | None]) -> list[str]:
     return cells
 
 
+def _compared(records: Sequence[CaseRecord]) -> bool:
+    return any(m.get("baseline") for r in records for m in r.get("metrics", {}).values())
+
+
+def _needed_width(records: Sequence[CaseRecord], compared: bool) -> int:
+    """The narrowest width at which no case id is cut: the id, and about 8 columns per metric cell."""
+    longest = max((len(r["case_id"]) for r in records), default=4)
+    return min(longest, 64) + 9 * (len(COLUMNS) + 1) + (24 if compared else 0)
+
+
 def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> str:
     """One suite folder's pooled rates, a row per metric: value, Wilson 95% interval, hits/samples, and the
     threshold with its verdict (when `suite_thresholds` gates it)."""
@@ -62,7 +106,8 @@ def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> s
         pad_edge=False,
         collapse_padding=True,
     )
-    for column in ("metric", "rate", "95% interval", "hits", "gate"):
+    compared = any(row.get("baseline") for row in rows)
+    for column in ("metric", "rate", "95% interval", "hits", "gate") + (("vs baseline",) if compared else ()):
         table.add_column(column, justify="left" if column == "metric" else "right", no_wrap=True)
     for row in rows:
         if row["value"] is None or row["interval"] is None:
@@ -70,10 +115,21 @@ def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> s
         spec = METRIC_BY_NAME[row["metric"]]
         low, high = row["interval"]
         gate = f"{spec.relation}{row['threshold']:g}{_verdict(row['passed'])}" if row["threshold"] is not None else ""
-        table.add_row(
-            row["metric"], f"{row['value']:.3f}", f"{low:.3f}-{high:.3f}", f"{row['hits']}/{row['samples']}", gate
-        )
-    return render(table, color, width)
+        cells = [row["metric"], f"{row['value']:.3f}", f"{low:.3f}-{high:.3f}", f"{row['hits']}/{row['samples']}", gate]
+        table.add_row(*cells, *([_suite_delta(row)] if compared else []))
+    return render(table, color, max(width, 100 if compared else 70))
+
+
+def _suite_delta(row: SuiteRecord) -> str:
+    """A suite row against the baseline: the arrow over the shared samples and McNemar's p when it moved."""
+    c = row.get("baseline")
+    if not c or not c["shared"]:
+        return ""
+    if not c["right_to_wrong"] and not c["wrong_to_right"]:
+        return "="
+    gated = row["threshold"] is not None or METRIC_BY_NAME[row["metric"]].gated_by_default  # has an item
+    verdict = (" [bold red]FAIL[/]" if gated else " [yellow]worse[/]") if c["regressed"] else ""
+    return f"{_delta_markup(row['metric'], c)} p={c['p_value']:.2g}{verdict}"
 
 
 def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) -> str:
@@ -91,19 +147,24 @@ def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) 
         pad_edge=False,
         collapse_padding=True,
     )
-    table.add_column("case", overflow="fold", min_width=12)
+    longest = max((len(r["case_id"]) for r in records), default=4)
+    table.add_column("case", no_wrap=True, min_width=min(longest, 64), overflow="ellipsis")  # never split an id
     for name in COLUMNS:
         label = labels[name]
         table.add_column(METRIC_BY_NAME[name].label + (f"\n{label}" if label else ""), justify="right", no_wrap=True)
     table.add_column("edit\nsec", justify="right", no_wrap=True)
+    compared = _compared(records)
+    if compared:
+        table.add_column("vs\nbaseline", overflow="fold")
     for record in records:
+        extra = [baseline_cell(record)] if compared else []
         if record["status"] != "ran":
             label = "SKIPPED" if record["status"] == "skipped" else "ERROR"
             style = "yellow" if record["status"] == "skipped" else "bold red"
-            table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(COLUMNS))
+            table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(COLUMNS), *extra)
             continue
-        table.add_row(record["case_id"], *_case_cells(record, labels))
-    return render(table, color, width)
+        table.add_row(record["case_id"], *_case_cells(record, labels), *extra)
+    return render(table, color, max(width, _needed_width(records, compared)))
 
 
 def uninformative_notes(records: Iterable[CaseRecord]) -> list[str]:
@@ -198,6 +259,7 @@ class RunView:
     many: ManyRecord | None = None
     problems: tuple[str, ...] = ()
     suites: tuple[SuiteRecord, ...] = ()
+    outputs: tuple[str, ...] = ()  # "baseline: PATH", "html: PATH"
 
 
 def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: RunView) -> list[str]:
@@ -216,7 +278,7 @@ def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: 
     lines += [f"pytest-factedit: {problem}" for problem in view.problems]
     if view.results_file is not None:
         lines.append(f"results: {view.results_file}")
-    return lines
+    return lines + list(view.outputs)
 
 
 def suite_details(row: SuiteRecord) -> str:
@@ -224,3 +286,39 @@ def suite_details(row: SuiteRecord) -> str:
     interval = row["interval"]
     span = f"; Wilson 95% interval [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
     return f"pooled over {row['cases']} cases of {row['folder']}: {row['hits']} of {row['samples']} samples{span}"
+
+
+def _flip_lines(flipped: Sequence[dict[str, Any]], limit: int = 12) -> list[str]:
+    lines = [
+        f"  {'right -> wrong' if f['before'] else 'wrong -> right'}  [{f['group']}] {f['prompt']!r}"
+        for f in flipped[:limit]
+    ]
+    return lines + ([f"  ... and {len(flipped) - limit} more"] if len(flipped) > limit else [])
+
+
+def baseline_failure(case_id: str, metric: str, value: float | None, comparison: dict[str, Any]) -> str:
+    """Why a case metric fails against the baseline: the values, the tolerance and the flipped prompts."""
+    lines = [
+        f"{case_id}: {metric} = {_fmt(value)}, worse than the baseline's {_fmt(comparison['value'])} "
+        f"({arrow(comparison['delta'])}; tolerance {comparison['tolerance']:g})"
+    ]
+    flipped = comparison["flipped"]
+    if flipped:
+        lines.append(f"flipped prompts ({len(flipped)}):")
+        lines += _flip_lines(flipped)
+    return "\n".join(lines)
+
+
+def suite_baseline_failure(row: SuiteRecord, comparison: dict[str, Any]) -> str:
+    """Why a suite metric fails against the baseline: the paired counts, McNemar's p, the flipped prompts."""
+    lines = [
+        f"{row['folder']}: {row['metric']} is worse than the baseline on the {comparison['shared']} samples both runs "
+        f"share: {_fmt(comparison['value'])} -> {_fmt(comparison['current'])} ({arrow(comparison['delta'])}; "
+        f"tolerance {comparison['tolerance']:g}); right -> wrong {comparison['right_to_wrong']}, wrong -> right "
+        f"{comparison['wrong_to_right']}, one-sided McNemar p = {comparison['p_value']:.3g} "
+        f"(alpha {comparison['alpha']:g})"
+    ]
+    if comparison["flipped"]:
+        lines.append("flipped prompts (case: group):")
+        lines += _flip_lines(comparison["flipped"])
+    return "\n".join(lines)

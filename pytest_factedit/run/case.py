@@ -14,6 +14,7 @@ from ..edit.base import EditHandle, EditRequest, Scope
 from ..errors import RestoreError
 from ..localize import FactPrompts, Localization, LocalizeSettings, localize
 from ..metrics.spec import METRICS
+from ..model.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
 from ..model.targets import (
     TargetModules,
     all_layer_targets,
@@ -81,10 +82,12 @@ def choose_targets(
 
 
 def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope) -> TargetModules:
-    """Choose the outcome's targets (localizing when that is the rule) and time it."""
+    """Choose the outcome's targets (localizing when that is the rule) and time it (told as LOCALIZE events)."""
+    emit(LOCALIZE_START, outcome.settings.localize)
     started = time.perf_counter()
     outcome.targets, outcome.localization = choose_targets(lm, outcome.case, outcome.settings, scope)
     outcome.timings["localize_seconds"] = time.perf_counter() - started
+    emit(LOCALIZE_END, outcome.settings.localize)
     return outcome.targets
 
 
@@ -148,9 +151,11 @@ def run_case(
     """Probe, edit, probe again and undo the edit; the edited modules are verified bit-identical afterwards.
 
     With `save_dir`, the edit's adapters are written there (peft format) before they are removed.
+    A CASE_END event tells the case's status once it is measured (or skipped).
     """
     outcome = probe_base(lm, case, settings, cache)
     if outcome.status != "ran":
+        emit(CASE_END, outcome.status)
         return outcome
     targets = place_edit(lm, outcome, get_editor(settings.name).scope)
     with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, save_dir) as applied:
@@ -162,4 +167,5 @@ def run_case(
             "(expected bit-identical weights); later cases would be invalid"
         )
     measure(outcome)
+    emit(CASE_END, outcome.status)
     return outcome

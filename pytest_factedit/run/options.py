@@ -8,12 +8,15 @@ Bad values stop at the border: argparse and pytest reject them (choices, types) 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..cases.ids import name_problem
+from ..errors import did_you_mean
+from ..metrics.spec import METRIC_BY_NAME, threshold_problem
 from ..model.load import DEVICES
 from ..model.spec import DEFAULT_MODEL
 
@@ -27,6 +30,53 @@ def safe_name(value: str) -> str:
     problem = name_problem(value)
     if problem:
         raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _metric_and_number(text: str) -> tuple[str, float]:
+    """NAME=VALUE with a known metric name and a finite number, or a usage error saying what was expected."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. forget_rate=0.9), found {text!r}")
+    if name not in METRIC_BY_NAME:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric {name!r}{did_you_mean(name, METRIC_BY_NAME)}; expected one of {', '.join(METRIC_BY_NAME)}"
+        )
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected a number after '=', found {raw!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{name}: expected a finite number, found {raw!r}")
+    return name, value
+
+
+def threshold_setting(text: str) -> tuple[str, float]:
+    """argparse type of --factedit-threshold: NAME=VALUE, the value in the metric's range."""
+    name, value = _metric_and_number(text)
+    problem = threshold_problem(name, value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{name}: {problem}")
+    return name, value
+
+
+def tolerance_setting(text: str) -> tuple[str, float]:
+    """argparse type of --factedit-tolerance: NAME=ABS, how much worse than the baseline still passes."""
+    name, value = _metric_and_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{name}: expected a tolerance >= 0, found {value:g}")
+    return name, value
+
+
+def alpha_setting(text: str) -> float:
+    """argparse type of --factedit-alpha: a significance level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, found {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, found {text!r}")
     return value
 
 
@@ -120,12 +170,47 @@ OPTIONS: dict[str, OptionSpec] = {
             "name of this run's report folder, which must not exist yet (default: timestamp + random suffix)",
             {"default": None, "metavar": "ID", "type": safe_name},
         ),
+        OptionSpec(
+            "threshold",
+            "NAME=VALUE: the threshold of metric NAME for every case and suite row of this run, over YAML "
+            "(repeatable; a recorded-only metric becomes gated)",
+            {"default": [], "action": "append", "type": threshold_setting, "metavar": "NAME=VALUE"},
+        ),
+        OptionSpec(
+            "save-baseline",
+            "write this run's metrics, every sample's outcome, the model's weights hash, device, dtype, "
+            "settings and library versions to PATH (JSON), to compare later runs against",
+            {"default": None, "metavar": "PATH", "type": Path},
+        ),
+        OptionSpec(
+            "baseline",
+            "compare against a baseline file: a case metric worse than its baseline by more than its "
+            "tolerance fails, and so does a suite metric that a paired McNemar test finds worse",
+            {"default": None, "metavar": "PATH", "type": Path},
+        ),
+        OptionSpec(
+            "tolerance",
+            "NAME=ABS: how much worse than the baseline metric NAME may be and still pass (repeatable; "
+            "default 0, timings 0.25)",
+            {"default": [], "action": "append", "type": tolerance_setting, "metavar": "NAME=ABS"},
+        ),
+        OptionSpec(
+            "alpha",
+            "significance level of the suite's paired test against the baseline (default 0.05)",
+            {"default": 0.05, "type": alpha_setting, "metavar": "P"},
+        ),
+        OptionSpec(
+            "html",
+            "write a self-contained HTML report of the run to PATH at the end",
+            {"default": None, "metavar": "PATH", "type": Path},
+        ),
     )
 }
 
 MODEL_OPTIONS = ("model", "device", "trust-remote-code")
 EDIT_OPTIONS = ("method", "localize", "seed", "save-adapters")
-RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id", "fresh-probes")
+RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id", "fresh-probes", "html")
+GATE_OPTIONS = ("threshold", "save-baseline", "baseline", "tolerance", "alpha")
 
 
 def add_options(addoption: Callable[..., Any], names: Sequence[str], prefix: str = "") -> None:
@@ -151,6 +236,12 @@ class Options:
     mode: str = "isolated"
     trust_remote_code: bool = False
     fresh_probes: bool = False
+    thresholds: tuple[tuple[str, float], ...] = ()  # --factedit-threshold, over YAML
+    baseline: Path | None = None
+    save_baseline: Path | None = None
+    tolerances: tuple[tuple[str, float], ...] = ()
+    alpha: float = 0.05
+    html: Path | None = None
 
     @classmethod
     def from_values(cls, get: Callable[[str], Any], reports_default: Path) -> Options:
@@ -168,6 +259,12 @@ class Options:
             run_id=get("run-id"),
             trust_remote_code=bool(get("trust-remote-code")),
             fresh_probes=bool(get("fresh-probes")),
+            thresholds=tuple(get("threshold") or ()),
+            baseline=get("baseline"),
+            save_baseline=get("save-baseline"),
+            tolerances=tuple(get("tolerance") or ()),
+            alpha=get("alpha") or 0.05,
+            html=get("html"),
         )
 
     @property

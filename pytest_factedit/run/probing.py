@@ -19,6 +19,7 @@ from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, sett
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
 from ..model.decoding import Decoded, DecodeRow, Prefilled, Tokens, decode_keeping, prefill, step_seconds
+from ..model.events import PROBE_BASE, PROBE_EDITED, PROBE_END, PROBE_START, emit
 from ..model.probe_cache import BaseAnswerCache
 from ..model.text import answer_text, answer_token_budget, answer_token_ids, decoding_sets, encode_prompt
 from .outcome import CaseOutcome
@@ -131,6 +132,7 @@ def probe_base(
     lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache, plan: ProbePlan = DEFAULT_PLAN
 ) -> CaseOutcome:
     """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`."""
+    emit(PROBE_START, PROBE_BASE)
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_with(case.thresholds))
     rows = probe_rows(case, lm.tokenizer)
     how = _decoding(lm, case, plan)
@@ -147,6 +149,7 @@ def probe_base(
         "old_answer_logprob_before": mean([d.scores[old].logprob for d in prompts]),
         "fluency_ngram_entropy_before": mean([how.fluency(d) for d in prompts]),
     }
+    emit(PROBE_END, PROBE_BASE)
     wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not outcome.evidence().base_said_old(a)]
     if wrong:
         outcome.status = "skipped"
@@ -162,6 +165,7 @@ def probe_base(
 def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan: ProbePlan = DEFAULT_PLAN) -> None:
     """With the edit active: every probe's edited answer and candidate log-probabilities (mean per token),
     the recorded scores, and the latency timings."""
+    emit(PROBE_START, PROBE_EDITED)
     started = time.perf_counter()
     case = outcome.case
     rows = probe_rows(case, lm.tokenizer)
@@ -184,6 +188,7 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     }
     outcome.timings.update(latency_timings(lm, case, applied, plan, state))
     outcome.timings["probe_seconds"] = time.perf_counter() - started
+    emit(PROBE_END, PROBE_EDITED)
 
 
 def latency_timings(

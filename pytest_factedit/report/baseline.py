@@ -1,0 +1,321 @@
+"""Baselines: a run's metrics and every sample's outcome saved as JSON, and a later run compared with them.
+
+A case metric regresses when it is worse than its baseline by more than its tolerance; a suite metric
+when a paired McNemar test on the samples both runs share finds it significantly worse, or when its
+rate over those samples drops by more than the tolerance. Better never fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from ..errors import BaselineError
+from ..metrics.answers import ProbedAnswer
+from ..metrics.measure import CaseEvidence
+from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec, worse_by
+from ..metrics.verdict import mcnemar_worse_p
+from ..model.files import write_atomic
+from .records import CaseRecord, RunInfo, SuiteRecord
+
+BASELINE_SCHEMA_VERSION = 1
+BASELINE_KIND = "pytest-factedit baseline"
+FLIPS_SHOWN = 8  # a suite comparison keeps this many flipped prompts: the message names them, the count says all
+_EPSILON = 1e-9  # floating noise in a difference of equal rates is not a regression
+
+
+class SampleOutcome(TypedDict):
+    group: str
+    prompt: str
+    hit: bool
+
+
+class BaselineMetric(TypedDict, total=False):
+    value: float | None
+    samples: int
+    outcomes: list[SampleOutcome]  # share metrics only: each counted answer, right or wrong
+
+
+class BaselineCase(TypedDict):
+    case_file: str
+    status: str
+    method: dict[str, Any]
+    metrics: dict[str, BaselineMetric]
+
+
+class Flip(TypedDict):
+    group: str
+    prompt: str
+    before: bool  # right in the baseline
+    after: bool  # right now
+
+
+class CaseComparison(TypedDict):
+    """`record["metrics"][name]["baseline"]`: this metric against the baseline's value."""
+
+    value: float | None  # the baseline's value
+    delta: float | None  # now - baseline (None when either side has no value)
+    tolerance: float
+    regressed: bool
+    flipped: list[Flip]
+
+
+class SuiteComparison(TypedDict):
+    """`suite row["baseline"]`: a pooled metric against the baseline, paired on the samples both runs share."""
+
+    value: float | None  # the baseline's rate over the shared samples
+    current: float | None  # this run's rate over the same samples
+    delta: float | None
+    shared: int
+    right_to_wrong: int
+    wrong_to_right: int
+    p_value: float
+    alpha: float
+    tolerance: float
+    regressed: bool
+    flipped: list[Flip]  # the first FLIPS_SHOWN right -> wrong, prefixed with their case id
+
+
+def tolerance_for(metric: str, tolerances: Mapping[str, float]) -> float:
+    """--factedit-tolerance for `metric`, else the metric table's default (0 for answers)."""
+    return tolerances.get(metric, METRIC_BY_NAME[metric].baseline_tolerance)
+
+
+def sample_outcomes(record: CaseRecord, spec: MetricSpec) -> list[SampleOutcome]:
+    """Each answer the metric counts in `record`, and whether it hit (share metrics; [] otherwise)."""
+    if spec.samples is None or record["status"] != "ran":
+        return []
+    evidence = CaseEvidence(
+        tuple(ProbedAnswer.from_record(a) for a in record["answers"]),
+        tuple(record.get("old", ())),
+        tuple(record.get("new", ())),
+        record.get("timings", {}),
+    )
+    return [{"group": s.answer.group, "prompt": s.answer.prompt, "hit": s.hit} for s in spec.samples(evidence)]
+
+
+def _baseline_case(record: CaseRecord) -> BaselineCase:
+    metrics: dict[str, BaselineMetric] = {}
+    for spec in METRICS:
+        entry = record["metrics"].get(spec.name)
+        if entry is None:
+            continue
+        metrics[spec.name] = {"value": entry["value"], "samples": entry["samples"]}
+        if spec.samples is not None:
+            metrics[spec.name]["outcomes"] = sample_outcomes(record, spec)
+    return {
+        "case_file": record["case_file"],
+        "status": record["status"],
+        "method": record.get("method", {}),
+        "metrics": metrics,
+    }
+
+
+def baseline_of(records: Iterable[CaseRecord], run: RunInfo) -> dict[str, Any]:
+    """The baseline file's content: where the run ran, and per case every metric with its samples."""
+    return {
+        "schema_version": BASELINE_SCHEMA_VERSION,
+        "kind": BASELINE_KIND,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_id": run.get("run_id"),
+        "model": run.get("model", {}),
+        "device": run.get("device"),
+        "dtype": run.get("dtype"),
+        "versions": run.get("versions", {}),
+        "machine": run.get("machine") or {},
+        "cases": {r["case_id"]: _baseline_case(r) for r in records},
+    }
+
+
+def write_baseline(path: Path, records: Sequence[CaseRecord], run: RunInfo) -> Path:
+    """Write the baseline of `records` to `path` atomically (its folder is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(baseline_of(records, run), indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _check_shape(path: Path, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or data.get("kind") != BASELINE_KIND:
+        raise BaselineError(
+            'not a pytest-factedit baseline (no "kind": "pytest-factedit baseline"). Fix: write one with '
+            "--factedit-save-baseline PATH",
+            path=path,
+        )
+    version = data.get("schema_version")
+    if version != BASELINE_SCHEMA_VERSION:
+        raise BaselineError(
+            f"expected schema_version {BASELINE_SCHEMA_VERSION}, found {version!r}. Fix: save the baseline "
+            "again with this version (--factedit-save-baseline)",
+            path=path,
+            key="schema_version",
+        )
+    for key, kind in (("cases", dict), ("model", dict), ("versions", dict)):
+        if not isinstance(data.get(key), kind):
+            raise BaselineError(f"expected a mapping, found {type(data.get(key)).__name__}", path=path, key=key)
+    for case_id, case in data["cases"].items():
+        if not isinstance(case, dict) or not isinstance(case.get("metrics"), dict):
+            raise BaselineError("expected a mapping with `metrics`", path=path, key=f"cases.{case_id}")
+    return data
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    """A baseline file, checked; BaselineError with the file, the key and the fix otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BaselineError(
+            f"cannot read the baseline: {exc.strerror or exc}. Fix: save one first with --factedit-save-baseline "
+            "PATH (on main), or pass the path of an existing file",
+            path=path,
+        ) from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BaselineError(f"not JSON: {exc}", path=path) from exc
+    return _check_shape(Path(path), data)
+
+
+def _keyed(outcomes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, int], bool]:
+    """Outcomes keyed by (group, prompt, occurrence), so that a prompt given twice pairs with its twin."""
+    seen: Counter[tuple[str, str]] = Counter()
+    keyed = {}
+    for outcome in outcomes:
+        pair = (str(outcome["group"]), str(outcome["prompt"]))
+        keyed[(*pair, seen[pair])] = bool(outcome["hit"])
+        seen[pair] += 1
+    return keyed
+
+
+def flips(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]]) -> list[Flip]:
+    """The shared samples whose outcome changed, right -> wrong first."""
+    old, new = _keyed(before), _keyed(after)
+    changed: list[Flip] = [
+        {"group": key[0], "prompt": key[1], "before": old[key], "after": new[key]}
+        for key in old
+        if key in new and old[key] != new[key]
+    ]
+    return sorted(changed, key=lambda f: f["after"])
+
+
+def compare_metric(
+    name: str, value: float | None, now: Sequence[SampleOutcome], base: BaselineMetric, tolerance: float
+) -> CaseComparison:
+    """One case metric against its baseline; it regresses when worse by more than `tolerance`."""
+    before = base.get("value")
+    delta = None if value is None or before is None else value - before
+    regressed = delta is not None and before is not None and worse_by(name, value, before) > tolerance + _EPSILON
+    return {
+        "value": before,
+        "delta": delta,
+        "tolerance": tolerance,
+        "regressed": bool(regressed),
+        "flipped": flips(base.get("outcomes", []), now),
+    }
+
+
+def compare_case(record: CaseRecord, baseline: Mapping[str, Any], tolerances: Mapping[str, float]) -> CaseRecord:
+    """Add `baseline` to each metric of `record` that its baseline case also holds (in place; returned)."""
+    base_case = baseline["cases"].get(record["case_id"])
+    if base_case is None or record["status"] != "ran":
+        return record
+    for spec in METRICS:
+        entry = record["metrics"].get(spec.name)
+        base = base_case["metrics"].get(spec.name)
+        if entry is not None and base is not None:
+            entry["baseline"] = compare_metric(  # type: ignore[typeddict-unknown-key]
+                spec.name, entry["value"], sample_outcomes(record, spec), base, tolerance_for(spec.name, tolerances)
+            )
+    return record
+
+
+def _suite_pairs(
+    metric: str, records: Iterable[CaseRecord], baseline: Mapping[str, Any]
+) -> tuple[int, int, int, int, list[Flip]]:
+    """(shared samples, right before, right -> wrong, wrong -> right, flips) over the suite's cases."""
+    spec = METRIC_BY_NAME[metric]
+    shared = right_before = 0
+    changed: list[Flip] = []
+    for record in records:
+        base = baseline["cases"].get(record["case_id"], {}).get("metrics", {}).get(metric)
+        if base is None or record["status"] != "ran":
+            continue
+        old, new = _keyed(base.get("outcomes", [])), _keyed(sample_outcomes(record, spec))
+        both = [key for key in old if key in new]
+        shared += len(both)
+        right_before += sum(old[key] for key in both)
+        changed += [
+            {"group": f"{record['case_id']}: {key[0]}", "prompt": key[1], "before": old[key], "after": new[key]}
+            for key in both
+            if old[key] != new[key]
+        ]
+    worse = sum(1 for f in changed if f["before"])
+    return shared, right_before, worse, len(changed) - worse, changed
+
+
+def compare_suite(
+    row: SuiteRecord, records: Iterable[CaseRecord], baseline: Mapping[str, Any], tolerance: float, alpha: float
+) -> SuiteComparison:
+    """A suite's pooled metric against the baseline, on the samples both runs share (McNemar, one-sided)."""
+    shared, right_before, worse, better, changed = _suite_pairs(row["metric"], records, baseline)
+    before = right_before / shared if shared else None
+    current = (right_before - worse + better) / shared if shared else None
+    p_value = mcnemar_worse_p(worse, better)
+    dropped = before is not None and current is not None and before - current > tolerance + _EPSILON
+    return {
+        "value": before,
+        "current": current,
+        "delta": None if before is None or current is None else current - before,
+        "shared": shared,
+        "right_to_wrong": worse,
+        "wrong_to_right": better,
+        "p_value": p_value,
+        "alpha": alpha,
+        "tolerance": tolerance,
+        "regressed": bool(p_value < alpha or dropped),
+        "flipped": sorted(changed, key=lambda f: f["after"])[:FLIPS_SHOWN],
+    }
+
+
+def weights_problem(baseline: Mapping[str, Any], weights_hash: str | None) -> str:
+    """Why this model cannot be compared with the baseline ('' when it can): other weights, other answers."""
+    saved = baseline.get("model", {}).get("weights_hash")
+    if saved and weights_hash and saved != weights_hash:
+        return (
+            f"the baseline was made with other weights ({str(saved)[:16]}, model "
+            f"{baseline['model'].get('name')!r}) than this run's ({weights_hash[:16]}). Fix: compare runs of "
+            "the same model, or save a new baseline with --factedit-save-baseline"
+        )
+    return ""
+
+
+def environment_warnings(baseline: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
+    """Where this run differs from the baseline's machine (device, dtype, library versions): answers are
+    deterministic on one machine, not across them."""
+    warnings = [
+        f"{key} differs from the baseline's: {baseline.get(key)} there, {run.get(key)} here"
+        for key in ("device", "dtype")
+        if run.get(key) and baseline.get(key) and run.get(key) != baseline.get(key)
+    ]
+    here, there = run.get("machine") or {}, baseline.get("machine") or {}
+    warnings += [
+        f"{key} differs from the baseline's: {there[key]} there, {here[key]} here"
+        for key in ("cpu", "cpu_capability")
+        if here.get(key) and there.get(key) and here[key] != there[key]
+    ]
+    versions, saved = run.get("versions") or {}, baseline.get("versions") or {}
+    changed = [
+        f"{name} {saved[name]} -> {versions[name]}" for name in saved if versions.get(name, saved[name]) != saved[name]
+    ]
+    if changed:
+        warnings.append("library versions differ from the baseline's: " + ", ".join(changed))
+    return warnings
+
+
+def missing_cases(baseline: Mapping[str, Any], records: Iterable[CaseRecord]) -> tuple[list[str], list[str]]:
+    """(baseline cases this run lacks, this run's cases the baseline lacks)."""
+    ran = [r["case_id"] for r in records]
+    return [c for c in baseline["cases"] if c not in ran], [c for c in ran if c not in baseline["cases"]]
