@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from pytest_factedit.metrics.spec import COLUMNS, METRIC_BY_NAME
+from pytest_factedit.metrics.spec import COLUMNS, METRIC_BY_NAME, METRICS
 from pytest_factedit.report.files import RunWriter
 from pytest_factedit.report.heatmap import heatmap_svg
 from pytest_factedit.report.html import html_report, write_html
@@ -340,3 +340,14 @@ def test_a_metric_without_a_value_shows_n_a_and_why() -> None:
     row = next(text for cls, text in Page(text).rows if text.startswith("eiffel"))
     assert row.count("n/a") == len(COLUMNS)
     assert text.count('title="why"') == len(COLUMNS)
+
+
+def test_a_recorded_metric_that_got_worse_is_shown_worse_not_as_a_failure() -> None:
+    records = [case("eiffel")]
+    summary = run_summary(records)
+    recorded = next(spec.name for spec in METRICS if spec.samples is not None and not spec.gated_by_default)
+    comparison = {"value": 1.0, "delta": -0.5, "shared": 2, "right_to_wrong": 1, "wrong_to_right": 0}
+    row = {"folder": "f", "metric": recorded, "cases": 1, "hits": 1, "samples": 2, "value": 0.5, "threshold": None}
+    summary["suites"] = [{**row, "interval": [0.1, 0.9], "passed": None, "baseline": {**comparison, "regressed": True}}]
+    page = Page(html_report(records, summary))
+    assert "\u25bc -0.500 worse" in page.text and "regression(s)" not in page.text

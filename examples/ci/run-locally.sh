@@ -83,6 +83,8 @@ job = spec["jobs"][job_name]
 temp = Path(tempfile.mkdtemp(prefix="runner-temp."))
 summary = temp / "step_summary.md"
 env = dict(os.environ)
+if env.get("RUNNER_BIN"):  # first on PATH again: a pyenv shim running this script puts its own bin first
+    env["PATH"] = env["RUNNER_BIN"] + os.pathsep + env["PATH"]
 env.update(
     CI="true", GITHUB_ACTIONS="true", GITHUB_EVENT_NAME=event, GITHUB_WORKSPACE=str(checkout),
     GITHUB_REF="refs/heads/main" if event == "push" else "refs/pull/1/merge", GITHUB_RUN_ID="1",
@@ -294,7 +296,7 @@ checkout() { # $1: run name -> WORK/$1: a copy of the repository, fact_cases/ cu
 run_job() { # $1: run name, $2: event; artifacts downloaded come from the main run
   local name=$1 event=$2
   say "run '$name' (event $event) in $WORK/$name"
-  PATH="$BIN:$PATH" "$RUNNER_PY" "$WORK/runner.py" "$WORKFLOW" fact-edits "$event" "$WORK/$name" \
+  RUNNER_BIN="$BIN" PATH="$BIN:$PATH" "$RUNNER_PY" "$WORK/runner.py" "$WORKFLOW" fact-edits "$event" "$WORK/$name" \
     "$WORK/artifacts/$name" "$WORK/artifacts/main" "$SKIP_STEPS" "$WORK/logs/$name.json" 2>&1 | tee "$WORK/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   [ -f "$WORK/logs/$name.json" ] || fail "the runner stopped before the end of run '$name' (see above)"

@@ -43,7 +43,7 @@ th{background:var(--head);position:sticky;top:0;z-index:1;font-weight:600}
 .badge.skip{background:var(--warnbg);color:var(--warn)}.badge.none{background:var(--head);color:var(--muted)}
 td.failed{background:var(--failbg)}td.skip{background:var(--warnbg)}td.error{background:var(--failbg)}
 .delta{display:block;font-size:11px;color:var(--muted)}.delta.up{color:var(--ok)}
-.delta.regressed{color:var(--fail);font-weight:700}
+.delta.regressed{color:var(--fail);font-weight:700}.delta.worse{color:var(--warn)}
 .banner{border:1px solid var(--line);border-radius:6px;padding:8px 14px;margin:10px 0}
 .banner.warn{background:var(--warnbg);border-color:#d4a72c}.banner.fail{background:var(--failbg);border-color:var(--fail)}
 .banner.ok{background:var(--okbg);border-color:#4ac26b}.banner ul{margin:4px 0;padding-left:20px}
@@ -107,7 +107,24 @@ def _table(head: Sequence[str], rows: Iterable[str], tall: bool = False, cls: st
 # Baseline deltas (written by the baseline comparison when a run is compared with an earlier one).
 
 
-def _delta(name: str, baseline: Mapping[str, Any] | None, direction: str | None = None, digits: int = 2) -> str:
+def _gated(name: str, row: Mapping[str, Any]) -> bool:
+    """Whether a metric row is an item (so a regression fails the run): it has a threshold, or is gated by
+    default. A recorded-only row that got worse is shown as worse, not as a failure."""
+    spec = METRIC_BY_NAME.get(name)
+    return row.get("threshold") is not None or bool(spec and spec.gated_by_default)
+
+
+def _regressed(name: str, row: Mapping[str, Any]) -> bool:
+    return bool((row.get("baseline") or {}).get("regressed")) and _gated(name, row)
+
+
+def _delta(
+    name: str,
+    baseline: Mapping[str, Any] | None,
+    direction: str | None = None,
+    digits: int = 2,
+    gated: bool = True,
+) -> str:
     """'▲ +0.10' (went up), '▼ -0.10' (went down), '=': the arrow is the sign, as in the terminal; the colour
     says better (green) or worse (red when it regressed) in the metric's direction."""
     if not baseline:
@@ -123,7 +140,7 @@ def _delta(name: str, baseline: Mapping[str, Any] | None, direction: str | None 
         arrow = "=" if abs(delta) < 5e-4 else ("\u25b2" if delta > 0 else "\u25bc")
         text, kind = f"{arrow} {delta:+.{digits}f}", ("up" if better else "")
     if baseline.get("regressed"):
-        kind, text = "regressed", text + " regressed"
+        kind, text = ("regressed", text + " regressed") if gated else ("worse", text + " worse")
     return f'<span class="delta {kind}" title="{_e(tip)}">{_e(text)}</span>'
 
 
@@ -163,9 +180,10 @@ def _counts(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | N
 
 
 def _regressions(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> int:
-    """Case metrics and suite rows the baseline comparison marked regressed."""
-    rows = [m for r in records for m in (r.get("metrics") or {}).values()] + list((summary or {}).get("suites") or [])
-    return sum(1 for row in rows if (row.get("baseline") or {}).get("regressed"))
+    """Case metrics and suite rows the baseline comparison marked regressed, among those that are items."""
+    cases = sum(1 for r in records for name, m in (r.get("metrics") or {}).items() if _regressed(name, m))
+    suites = sum(1 for row in (summary or {}).get("suites") or [] if _regressed(str(row.get("metric", "")), row))
+    return cases + suites
 
 
 def _verdict_banner(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> str:
@@ -225,7 +243,7 @@ def _metric_cell(name: str, entry: Mapping[str, Any] | None, shared: str | None)
     threshold = "" if shared else f' <span class="muted">{_e(_threshold(name, entry.get("threshold")))}</span>'
     cls = "num failed" if entry.get("passed") is False else "num"
     tip = f' title="{_e(entry["reason"])}"' if entry.get("reason") else ""
-    delta = _delta(name, entry.get("baseline"), entry.get("direction"))
+    delta = _delta(name, entry.get("baseline"), entry.get("direction"), gated=_gated(name, entry))
     return f'<td class="{cls}"{tip}>{_num(entry.get("value"))}{threshold} {_badge(entry.get("passed"))}{delta}</td>'
 
 
@@ -270,7 +288,7 @@ def _suite_row(row: Mapping[str, Any], with_baseline: bool) -> str:
     name = row.get("metric", "")
     gate = "" if row.get("threshold") is None else f"{_threshold(name, row['threshold'])} {_badge(row.get('passed'))}"
     numbers = [
-        _num(row.get("value"), 3) + _delta(name, row.get("baseline"), digits=3),
+        _num(row.get("value"), 3) + _delta(name, row.get("baseline"), digits=3, gated=_gated(name, row)),
         f"{interval[0]:.3f} \u2013 {interval[1]:.3f}" if interval else "n/a",
         f"{_e(row.get('hits'))}/{_e(row.get('samples'))}",
         _e(row.get("cases")),
@@ -279,11 +297,11 @@ def _suite_row(row: Mapping[str, Any], with_baseline: bool) -> str:
     cells += [f'<td class="num">{c}</td>' for c in numbers]
     cells.append(f'<td class="num{" failed" if row.get("passed") is False else ""}">{gate}</td>')
     if with_baseline:
-        cells.append(f"<td>{_suite_baseline(row.get('baseline'))}</td>")
+        cells.append(f"<td>{_suite_baseline(row.get('baseline'), _gated(name, row))}</td>")
     return "<tr>" + "".join(cells) + "</tr>"
 
 
-def _suite_baseline(baseline: Mapping[str, Any] | None) -> str:
+def _suite_baseline(baseline: Mapping[str, Any] | None, gated: bool = True) -> str:
     """The paired comparison behind a suite delta: shared samples, flips each way, the test's p-value."""
     if not baseline:
         return ""
@@ -293,8 +311,9 @@ def _suite_baseline(baseline: Mapping[str, Any] | None) -> str:
         f"{_e(baseline.get('wrong_to_right'))} wrong\u2192right"
         + ("" if p_value is None else f", p={p_value:.3g} (\u03b1 {_e(baseline.get('alpha'))})")
     )
-    cls = "delta regressed" if baseline.get("regressed") else "muted small"
-    return f'<span class="{cls}">{words}{" regressed" if baseline.get("regressed") else ""}</span>'
+    word = (" regressed" if gated else " worse") if baseline.get("regressed") else ""
+    cls = ("delta regressed" if gated else "delta worse") if baseline.get("regressed") else "muted small"
+    return f'<span class="{cls}">{words}{word}</span>'
 
 
 def _suite_tables(summary: Mapping[str, Any] | None) -> str:
@@ -518,7 +537,8 @@ def _case_metrics(record: Mapping[str, Any]) -> str:
         cls = ' class="failed"' if m.get("passed") is False else ""
         rows.append(
             f"<tr><td>{_e(_label(name))} <span class='muted small'>{_e(name)}</span></td>"
-            f"<td class='num'>{_num(m.get('value'), 3)}{_delta(name, m.get('baseline'), m.get('direction'), 3)}</td>"
+            f"<td class='num'>{_num(m.get('value'), 3)}"
+            f"{_delta(name, m.get('baseline'), m.get('direction'), 3, _gated(name, m))}</td>"
             f"<td class='num'>{_e(_threshold(name, m.get('threshold')))}</td><td{cls}>{_badge(m.get('passed'))}</td>"
             f"<td class='num'>{hits}</td><td class='small'>{_e(m.get('protocol'))}</td>"
             f"<td class='small'>{_e(m.get('reason'))}</td></tr>"
@@ -563,7 +583,7 @@ def _failing(record: Mapping[str, Any]) -> list[str]:
     """The labels of what went wrong in a case: failed metrics and baseline regressions."""
     metrics = record.get("metrics") or {}
     failed = [_label(n) for n, m in metrics.items() if m.get("passed") is False]
-    regressed = [f"{_label(n)} regressed" for n, m in metrics.items() if (m.get("baseline") or {}).get("regressed")]
+    regressed = [f"{_label(n)} regressed" for n, m in metrics.items() if _regressed(n, m)]
     return failed + regressed
 
 
