@@ -121,3 +121,12 @@ def test_factedit_show_prints_the_table_and_explains_a_missing_or_broken_file(tm
     broken.write_text('{"case_id": "a"}\nnot json\n')
     assert main(["show", str(broken)]) == 2
     assert "broken.jsonl: line 2 is not a JSON record" in capsys.readouterr().err
+
+
+def test_at_80_columns_nothing_is_cut_neither_an_id_nor_a_cell() -> None:
+    records = [record("michael-jordan-sport-and-basketball"), record("b")]
+    records[1]["metrics"]["forget_rate"]["threshold"] = 0.5  # thresholds differ: shown in each cell
+    text = summary_table(records, color=False, width=80)
+    assert "…" not in text
+    assert any("michael-jordan-sport-and-basketball " in line for line in text.splitlines())
+    assert "1.00>=0.8 ok" in text and "1.00>=0.5 ok" in text

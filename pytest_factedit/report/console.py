@@ -22,3 +22,12 @@ def render(renderable: Any, color: bool, width: int, color_system: ColorSystem =
     )
     console.print(renderable, end=end)
     return console.file.getvalue()
+
+
+def natural_width(renderable: Any) -> int:
+    """The columns `renderable` takes when nothing is wrapped or cut (a table's widest natural rendering)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(file=io.StringIO(), width=10_000)
+    return Measurement.get(console, console.options, renderable).maximum

@@ -11,7 +11,7 @@ from typing import Any
 from ..metrics.answers import ProbedAnswer
 from ..metrics.measure import CaseEvidence
 from ..metrics.spec import COLUMNS, METRIC_BY_NAME, MetricSpec
-from .console import render
+from .console import natural_width, render
 from .heatmap import render_heatmap
 from .records import CaseRecord, ManyRecord, SuiteRecord
 
@@ -86,12 +86,6 @@ def _compared(records: Sequence[CaseRecord]) -> bool:
     return any(m.get("baseline") for r in records for m in r.get("metrics", {}).values())
 
 
-def _needed_width(records: Sequence[CaseRecord], compared: bool) -> int:
-    """The narrowest width at which no case id is cut: the id, and about 8 columns per metric cell."""
-    longest = max((len(r["case_id"]) for r in records), default=4)
-    return min(longest, 64) + 9 * (len(COLUMNS) + 1) + (24 if compared else 0)
-
-
 def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> str:
     """One suite folder's pooled rates, a row per metric: value, Wilson 95% interval, hits/samples, and the
     threshold with its verdict (when `suite_thresholds` gates it)."""
@@ -117,7 +111,7 @@ def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> s
         gate = f"{spec.relation}{row['threshold']:g}{_verdict(row['passed'])}" if row["threshold"] is not None else ""
         cells = [row["metric"], f"{row['value']:.3f}", f"{low:.3f}-{high:.3f}", f"{row['hits']}/{row['samples']}", gate]
         table.add_row(*cells, *([_suite_delta(row)] if compared else []))
-    return render(table, color, max(width, 100 if compared else 70))
+    return render(table, color, max(width, natural_width(table)))
 
 
 def _suite_delta(row: SuiteRecord) -> str:
@@ -164,7 +158,7 @@ def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) 
             table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(COLUMNS), *extra)
             continue
         table.add_row(record["case_id"], *_case_cells(record, labels), *extra)
-    return render(table, color, max(width, _needed_width(records, compared)))
+    return render(table, color, max(width, natural_width(table)))  # a narrow terminal wraps; nothing is cut
 
 
 def uninformative_notes(records: Iterable[CaseRecord]) -> list[str]:
