@@ -6,6 +6,7 @@ Importing this package does not import torch, transformers, peft or rich; they l
 """
 
 from .cases import Control, FactCase, load_case
+from .edit import register_editor
 from .errors import CaseError, FactEditError
 from .metrics import DEFAULT_THRESHOLDS, METRICS, matches
 from .report.manifest import load_edit
@@ -21,4 +22,5 @@ __all__ = [
     "load_case",
     "load_edit",
     "matches",
+    "register_editor",
 ]

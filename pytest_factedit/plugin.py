@@ -11,6 +11,7 @@ import pytest
 
 from . import fixtures
 from .cases.loader import DEFAULTS_FILE, is_case_file
+from .edit import register_editor
 from .errors import FactEditError
 from .items import (
     RECORDS_ATTRIBUTE,
@@ -47,6 +48,20 @@ if TYPE_CHECKING:
 CASE_FOLDER_NAME = "fact_cases"
 
 
+class Hookspecs:
+    """The hooks pytest-factedit calls: implement them in a `conftest.py` (at the rootdir) or a plugin."""
+
+    @staticmethod
+    @pytest.hookspec
+    def pytest_factedit_editors(config: pytest.Config) -> list[type]:  # type: ignore[empty-body]
+        """Return editor classes to register (the interface of `pytest_factedit.edit.Editor`; peft adapter
+        methods can subclass `pytest_factedit.edit.PeftStagedEditor`); cases name them in `method.name`."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(Hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("factedit", "pytest-factedit: fact edits as tests")
     add_options(group.addoption, MODEL_OPTIONS + EDIT_OPTIONS + RUN_OPTIONS + GATE_OPTIONS, PLUGIN_PREFIX)
@@ -57,8 +72,11 @@ def pytest_configure(config: pytest.Config) -> None:
         lambda name: config.getoption(OPTIONS[name].dest(PLUGIN_PREFIX)), config.rootpath / "reports"
     )
     try:  # xdist workers neither write reports nor print: the controller gathers their records
+        for editors in config.hook.pytest_factedit_editors(config=config):
+            for editor in editors or ():
+                register_editor(editor)
         state = FactEditSession(options, None) if is_xdist_worker(config) else FactEditSession.writing_reports(options)
-    except FactEditError as exc:  # a baseline that cannot be read stops the run before anything loads
+    except FactEditError as exc:  # a bad editor or an unreadable baseline stops the run before anything loads
         raise pytest.UsageError(f"pytest-factedit: {exc}") from exc
     config.stash[SESSION_KEY] = state
     config.pluginmanager.register(SessionHooks(state, config), "factedit-session")
