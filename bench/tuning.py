@@ -6,7 +6,8 @@
 Variants: the default (top 2 MLP + 2 attention layers, 2 context prefixes); MLP-only with 4 or 6
 layers; 4 MLP + 2 attention layers with six context prefixes; the default trained under bf16
 autocast (the AMX speed lever); and learning until P(new) >= 0.9 instead of 0.6, alone or with
-unlearning until P(old) < 0.01 instead of 0.05. Prints per-fact lines and one markdown row per
+unlearning until P(old) < 0.01 instead of 0.05; and three levers on the neighbour leak: kl_weight 30
+instead of 10, twice the retention rows, no attention adapter. Prints per-fact lines and one markdown row per
 variant, with the columns of bench/editors.py.
 Every variant is a set of method settings (`context_prefixes`, `train_precision` among them), as a case's
 `method:` would give them.
@@ -38,6 +39,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16-training": {"train_precision": "bfloat16"},
     "learn-stop-0.9": {"learn_stop_prob": 0.9},
     "learn-stop-0.9-unlearn-stop-0.01": {"learn_stop_prob": 0.9, "unlearn_stop_prob": 0.01},
+    # the neighbour leak (issue 15): more weight on retention, more retention rows, no attention adapter
+    "kl-weight-30": {"kl_weight": 30},
+    "retention-rows-x2": {"neighbours_per_prompt": 8, "kl_rows_per_step": 24},
+    "mlp2-no-attention": {"attention_layers": 0},
 }
 DEFAULT_VARIANTS = ["default", "mlp4-no-attention", "mlp6-no-attention", "mlp4-attention2-six-prefixes"]
 
