@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .report.progress import BetweenPytestLines
 
 CASE_FOLDER_NAME = "fact_cases"
+CASE_SECONDS_KEY: pytest.StashKey[float] = pytest.StashKey()
 
 
 class Hookspecs:
@@ -133,8 +135,10 @@ class SessionHooks:
         own wrappers, so warnings are still caught for the item.)"""
         display = self._display()
         if isinstance(item, MetricItem) and display and not self.state.has_record(case_file_of(item), item.case):
+            started = time.perf_counter()
             with display.showing(lambda progress: progress.case(item.case.id)):
                 self.state.record(case_file_of(item), item.case)
+            item.stash[CASE_SECONDS_KEY] = time.perf_counter() - started  # counted in its call report
         return (yield)
 
     def _display(self) -> BetweenPytestLines | None:
@@ -201,6 +205,9 @@ class SessionHooks:
         report = yield
         if call.when == "call":
             setattr(report, RECORDS_ATTRIBUTE, item.stash.get(RECORDS_KEY, []))
+            # a case run before its first item (for the progress display) still counts in that item's time,
+            # as --durations and junit show it
+            report.duration += item.stash.get(CASE_SECONDS_KEY, 0.0)
         return report
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:

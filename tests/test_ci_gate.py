@@ -143,6 +143,11 @@ def test_junit_carries_each_metric_item_s_numbers(pytester, tiny) -> None:
     assert float(props["value"]) == 1.0 and float(props["threshold"]) == 0.0 and props["samples"] == "1"
     assert float(props["baseline"]) == 1.0 and float(props["delta"]) == 0.0
     assert not any(p.get("name") == "factedit_record" for p in ET.parse(pytester.path / "j.xml").iter("property"))
+    record = json.loads((pytester.path / "reports" / "junit" / "results.jsonl").read_text())
+    ran_before_items = sum(record["timings"][k] for k in ("localize_seconds", "edit_seconds") if k in record["timings"])
+    first = next(tc for tc in ET.parse(pytester.path / "j.xml").iter("testcase") if "a.yaml" in tc.get("classname"))
+    assert float(first.get("time")) >= record["timings"]["edit_seconds"]  # the case ran before it: its time
+    assert ran_before_items > 0
     suite_case = next(tc for tc in ET.parse(pytester.path / "j.xml").iter("testcase") if "suite" in tc.get("classname"))
     suite_props = {p.get("name") for p in suite_case.iter("property")}
     assert {"metric", "value", "threshold", "samples", "protocol", "baseline", "delta"} <= suite_props
