@@ -17,8 +17,7 @@ from .cases.loader import load_case
 from .cases.schema import FactCase, parse_case
 from .errors import FactEditError, MetricFailure, RestoreError
 from .items import RECORDS_KEY, SESSION_KEY
-from .metrics.verdict import judge
-from .report.tables import baseline_failure, failure_details
+from .report.tables import metric_failure
 
 if TYPE_CHECKING:
     from .edit.base import EditHandle
@@ -53,15 +52,8 @@ class EditOutcome:
         """What a YAML case's items would report: each missed threshold or regression, with its answers."""
         if self.status == "error":
             return [f"case {self.record['case_id']} could not run: {self.record['reason']}"]
-        found = []
-        for name, entry in self.record["metrics"].items():
-            verdict = judge(name, entry["value"], entry["threshold"], entry["samples"], entry.get("reason", ""))
-            if verdict.passed is False:
-                found.append(verdict.explanation + "\n" + failure_details(name, self.record))
-            comparison = entry.get("baseline")
-            if comparison and comparison["regressed"]:
-                found.append(baseline_failure(self.record["case_id"], name, entry["value"], comparison))
-        return found
+        found = (metric_failure(self.record, name) for name in self.record["metrics"])
+        return [failure for failure in found if failure]
 
     @property
     def passed(self) -> bool:
@@ -96,13 +88,9 @@ class EditedModel:
 
     def answer(self, prompt: str, max_tokens: int = 8) -> str:
         """The greedy continuation of `prompt` (up to a line break or `max_tokens`), as metrics judge it."""
-        from .model.decoding import DecodeRow, decode
-        from .model.text import answer_text, decoding_sets, encode_prompt
+        from .model.probe import greedy_continuations
 
-        ids = encode_prompt(self.lm.tokenizer, prompt, self.case.chat)
-        (decoded,) = decode(self.lm.model, self.lm.tokenizer, [DecodeRow(ids, max_tokens)])
-        stops, hidden = decoding_sets(self.lm.model, self.lm.tokenizer)
-        return answer_text(self.lm.tokenizer, decoded.tokens, stops, hidden)
+        return greedy_continuations(self.lm.model, self.lm.tokenizer, [prompt], [max_tokens], self.case.chat)[0]
 
 
 class FactEditor:

@@ -12,13 +12,7 @@ from .cases.loader import DEFAULTS_FILE, claim_id, defaults_for, load_case
 from .errors import FactEditError, MetricFailure
 from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRIC_BY_NAME, METRICS, thresholds_with
 from .metrics.verdict import judge
-from .report.tables import (
-    baseline_failure,
-    failure_details,
-    many_failure_details,
-    suite_baseline_failure,
-    suite_details,
-)
+from .report.tables import many_failure_details, metric_failure, suite_baseline_failure, suite_details
 from .session import Suite
 
 if TYPE_CHECKING:
@@ -124,15 +118,11 @@ class MetricItem(GateItem):
             pytest.skip(record["reason"])
         metric = record["metrics"][self.metric]
         self.user_properties.extend(junit_properties(self.metric, metric))
-        missed = self.judged(
-            metric["value"], metric["threshold"], metric["samples"], f"{self.case.id}: ", metric.get("reason", "")
-        )
-        problems = [missed, failure_details(self.metric, record)] if missed else []
-        comparison = metric.get("baseline")
-        if comparison and comparison["regressed"]:
-            problems.append(baseline_failure(self.case.id, self.metric, metric["value"], comparison))
-        if problems:
-            raise MetricFailure("\n".join(problems))
+        if metric["value"] is None:  # nothing measured: skipped with the reason, never passed
+            self.judged(None, metric["threshold"], metric["samples"], f"{self.case.id}: ", metric.get("reason", ""))
+        failure = metric_failure(record, self.metric)
+        if failure:
+            raise MetricFailure(failure)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"{self.case.id}::{METRIC_BY_ITEM[self.name].name}"
@@ -203,7 +193,7 @@ class SuiteItem(GateItem):
         self.user_properties.extend(junit_properties(self.metric, row))
         failure = suite_failure(row)
         if failure is None and row["value"] is None:
-            pytest.skip(f"{row['folder']}: " + judge(self.metric, None, row["threshold"], 0).explanation)
+            pytest.skip(suite_skip_reason(row))
         if failure is not None:
             raise MetricFailure(failure)
 
@@ -219,6 +209,11 @@ def suite_failure(row: SuiteRecord) -> str | None:
     if comparison and comparison["regressed"]:
         problems.append(suite_baseline_failure(row, comparison))
     return "\n".join(problems) if problems else None
+
+
+def suite_skip_reason(row: SuiteRecord) -> str:
+    """Why a suite item with nothing pooled is skipped (never passed)."""
+    return f"{row['folder']}: " + judge(row["metric"], None, row["threshold"], 0).explanation
 
 
 def suite_plan(root: Path, case_files: list[tuple[str, str]], state: FactEditSession) -> list[Suite]:

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .cases.loader import is_case_file
-from .items import junit_properties, suite_failure, suite_metrics, suite_plan
+from .items import junit_properties, suite_failure, suite_metrics, suite_plan, suite_skip_reason
 from .metrics.spec import METRIC_BY_ITEM, METRIC_BY_NAME
-from .metrics.verdict import judge
 
 if TYPE_CHECKING:
     from .report.records import SuiteRecord
@@ -52,7 +51,7 @@ def _report(session: pytest.Session, suite: Suite, metric: str, row: SuiteRecord
     outcome = "failed" if failure else "passed"
     if failure is None and row["value"] is None:
         outcome = "skipped"
-        longrepr = (suite.folder, 0, f"Skipped: {suite.folder}: {judge(metric, None, row['threshold'], 0).explanation}")
+        longrepr = (suite.folder, 0, f"Skipped: {suite_skip_reason(row)}")
     hook = session.config.hook
     hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
     for when in ("setup", "call", "teardown"):

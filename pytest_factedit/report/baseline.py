@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from ..errors import BaselineError
-from ..metrics.answers import ProbedAnswer
 from ..metrics.measure import CaseEvidence
 from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec, worse_by
 from ..metrics.verdict import mcnemar_worse_p
 from ..model.files import write_atomic
-from .records import CaseRecord, RunInfo, SuiteRecord
+from .records import CaseRecord, RunInfo, SuiteRecord, record_evidence
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINE_KIND = "pytest-factedit baseline"
@@ -85,28 +84,31 @@ def tolerance_for(metric: str, tolerances: Mapping[str, float]) -> float:
     return tolerances.get(metric, METRIC_BY_NAME[metric].baseline_tolerance)
 
 
-def sample_outcomes(record: CaseRecord, spec: MetricSpec) -> list[SampleOutcome]:
-    """Each answer the metric counts in `record`, and whether it hit (share metrics; [] otherwise)."""
-    if spec.samples is None or record["status"] != "ran":
+def sample_outcomes(evidence: CaseEvidence, spec: MetricSpec) -> list[SampleOutcome]:
+    """Each answer the metric counts, and whether it hit (share metrics; [] otherwise)."""
+    if spec.samples is None:
         return []
-    evidence = CaseEvidence(
-        tuple(ProbedAnswer.from_record(a) for a in record["answers"]),
-        tuple(record.get("old", ())),
-        tuple(record.get("new", ())),
-        record.get("timings", {}),
-    )
     return [{"group": s.answer.group, "prompt": s.answer.prompt, "hit": s.hit} for s in spec.samples(evidence)]
+
+
+def _outcomes_by_metric(record: CaseRecord) -> dict[str, list[SampleOutcome]]:
+    """Every share metric's sample outcomes in a record that ran (its evidence rebuilt once)."""
+    if record["status"] != "ran":
+        return {}
+    evidence = record_evidence(record)
+    return {spec.name: sample_outcomes(evidence, spec) for spec in METRICS if spec.samples is not None}
 
 
 def _baseline_case(record: CaseRecord) -> BaselineCase:
     metrics: dict[str, BaselineMetric] = {}
+    outcomes = _outcomes_by_metric(record)
     for spec in METRICS:
         entry = record["metrics"].get(spec.name)
         if entry is None:
             continue
         metrics[spec.name] = {"value": entry["value"], "samples": entry["samples"]}
         if spec.samples is not None:
-            metrics[spec.name]["outcomes"] = sample_outcomes(record, spec)
+            metrics[spec.name]["outcomes"] = outcomes.get(spec.name, [])
     return {
         "case_file": record["case_file"],
         "status": record["status"],
@@ -192,7 +194,10 @@ def _keyed(outcomes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, int], 
 
 def flips(before: Iterable[Mapping[str, Any]], after: Iterable[Mapping[str, Any]]) -> list[Flip]:
     """The shared samples whose outcome changed, right -> wrong first."""
-    old, new = _keyed(before), _keyed(after)
+    return _flips(_keyed(before), _keyed(after))
+
+
+def _flips(old: Mapping[tuple[str, str, int], bool], new: Mapping[tuple[str, str, int], bool]) -> list[Flip]:
     changed: list[Flip] = [
         {"group": key[0], "prompt": key[1], "before": old[key], "after": new[key]}
         for key in old
@@ -222,12 +227,13 @@ def compare_case(record: CaseRecord, baseline: Mapping[str, Any], tolerances: Ma
     base_case = baseline["cases"].get(record["case_id"])
     if base_case is None or record["status"] != "ran":
         return record
+    outcomes = _outcomes_by_metric(record)
     for spec in METRICS:
         entry = record["metrics"].get(spec.name)
         base = base_case["metrics"].get(spec.name)
         if entry is not None and base is not None:
             entry["baseline"] = compare_metric(  # type: ignore[typeddict-unknown-key]
-                spec.name, entry["value"], sample_outcomes(record, spec), base, tolerance_for(spec.name, tolerances)
+                spec.name, entry["value"], outcomes.get(spec.name, []), base, tolerance_for(spec.name, tolerances)
             )
     return record
 
@@ -243,15 +249,11 @@ def _suite_pairs(
         base = baseline["cases"].get(record["case_id"], {}).get("metrics", {}).get(metric)
         if base is None or record["status"] != "ran":
             continue
-        old, new = _keyed(base.get("outcomes", [])), _keyed(sample_outcomes(record, spec))
+        old, new = _keyed(base.get("outcomes", [])), _keyed(sample_outcomes(record_evidence(record), spec))
         both = [key for key in old if key in new]
         shared += len(both)
         right_before += sum(old[key] for key in both)
-        changed += [
-            {"group": f"{record['case_id']}: {key[0]}", "prompt": key[1], "before": old[key], "after": new[key]}
-            for key in both
-            if old[key] != new[key]
-        ]
+        changed += [{**f, "group": f"{record['case_id']}: {f['group']}"} for f in _flips(old, new)]
     worse = sum(1 for f in changed if f["before"])
     return shared, right_before, worse, len(changed) - worse, changed
 

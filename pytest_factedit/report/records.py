@@ -172,6 +172,16 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def record_evidence(record: CaseRecord) -> CaseEvidence:
+    """What the metric table measures, rebuilt from a record (its answers, the edited fact, its timings)."""
+    return CaseEvidence(
+        tuple(ProbedAnswer.from_record(a) for a in record["answers"]),
+        tuple(record.get("old", ())),
+        tuple(record.get("new", ())),
+        record.get("timings", {}),
+    )
+
+
 def _answer_entry(answer: ProbedAnswer, evidence: CaseEvidence) -> AnswerRecord:
     entry: AnswerRecord = {
         "group": answer.group,

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..metrics.answers import ProbedAnswer
-from ..metrics.measure import CaseEvidence
 from ..metrics.spec import COLUMNS, METRIC_BY_NAME, MetricSpec
+from ..metrics.verdict import judge
 from .console import natural_width, render
 from .heatmap import render_heatmap
-from .records import CaseRecord, ManyRecord, SuiteRecord
+from .records import CaseRecord, ManyRecord, SuiteRecord, record_evidence
 
 
 def _fmt(value: float | None) -> str:
@@ -205,12 +204,7 @@ def failure_details(metric: str, record: CaseRecord) -> str:
             f"base {t['base_seconds_per_token'] * 1000:.1f} ms/token, "
             f"edited {t['edited_seconds_per_token'] * 1000:.1f} ms/token"
         )
-    evidence = CaseEvidence(
-        tuple(ProbedAnswer.from_record(a) for a in record["answers"]),
-        tuple(record["old"]),
-        tuple(record["new"]),
-        record.get("timings", {}),
-    )
+    evidence = record_evidence(record)
     rows = [
         {
             "prompt": s.answer.prompt,
@@ -316,3 +310,15 @@ def suite_baseline_failure(row: SuiteRecord, comparison: dict[str, Any]) -> str:
         lines.append("flipped prompts (case: group):")
         lines += _flip_lines(comparison["flipped"])
     return "\n".join(lines)
+
+
+def metric_failure(record: CaseRecord, metric: str) -> str | None:
+    """Why a case's metric fails (a missed threshold with the answers it counted, and a regression against
+    the baseline with the flipped prompts), or None when it passes; a metric item and `fact_edit` both say it."""
+    entry = record["metrics"][metric]
+    verdict = judge(metric, entry["value"], entry["threshold"], entry["samples"], entry.get("reason", ""))
+    problems = [verdict.explanation, failure_details(metric, record)] if verdict.passed is False else []
+    comparison = entry.get("baseline")
+    if comparison and comparison["regressed"]:
+        problems.append(baseline_failure(record["case_id"], metric, entry["value"], comparison))
+    return "\n".join(problems) if problems else None
