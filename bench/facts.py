@@ -16,18 +16,28 @@ NEIGHBOURS = 3  # found per fact, besides its locality prompt (as `factedit impo
 AT_LEAST = 3  # neighbours a benchmark fact must have, its locality prompt included
 
 
-def known_cases(lm: Any, data: Path, n: int, seed: int) -> tuple[list[Any], tempfile.TemporaryDirectory]:
+def known_cases(
+    lm: Any, data: Path, n: int, seed: int, anchors: int = 0
+) -> tuple[list[Any], tempfile.TemporaryDirectory]:
     """The first `n` known facts (in the seeded order) with at least AT_LEAST neighbours, as loaded cases:
     their locality prompt and up to NEIGHBOURS more neighbours, and the shared controls of
     fact_cases/_defaults.yaml.
 
+    With `anchors`, each case also gets up to that many anchors: more records of its template the model
+    knows, none of them a neighbour (as `factedit import counterfact --anchors K` writes them).
+
     The cases' files live in the returned temporary folder; keep it alive while they are used.
     """
-    from pytest_factedit.cases.counterfact import write_cases
+    from pytest_factedit.cases.counterfact import neighbour_records, read_records, write_cases
 
     records, neighbours = chosen_facts(lm, data, n, seed)
+    found = None
+    if anchors:
+        every = read_records(data)
+        found = neighbour_records(lm.model, lm.tokenizer, records, every, anchors, seed + 1, taken=neighbours)
     folder = tempfile.TemporaryDirectory()
-    cases, _ = write_cases(records, Path(folder.name) / "cases", REPO / "fact_cases" / "_defaults.yaml", neighbours)
+    defaults = REPO / "fact_cases" / "_defaults.yaml"
+    cases, _ = write_cases(records, Path(folder.name) / "cases", defaults, neighbours, found)
     return cases, folder
 
 
@@ -80,7 +90,7 @@ def load_known_cases(args: argparse.Namespace) -> tuple[Any, list[Any], tempfile
 
     lm = load(None, "cpu")
     started = time.perf_counter()
-    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed)
+    cases, folder = known_cases(lm, Path(args.data), args.n, args.seed, getattr(args, "anchors", 0))
     print(f"{len(cases)} known facts found in {time.perf_counter() - started:.0f}s", flush=True)
     return lm, cases, folder
 

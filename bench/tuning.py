@@ -1,16 +1,17 @@
 """Variants of ia3-two-stage on known facts drawn with another seed than the benchmark's (tuning data).
 
-    python bench/tuning.py                    # 8 facts, seed 3, the four variants (about 15 minutes)
-    python bench/tuning.py --variants default bf16-training -n 2
+    python bench/tuning.py                    # 8 facts, seed 3, four variants (about 25 minutes, 2-core EPYC)
+    python bench/tuning.py --variants default every-token-gains -n 2
+    python bench/tuning.py --anchors 4 --variants every-token-gains   # cases with same-relation anchors
 
-Variants: the default (top 2 MLP + 2 attention layers, 2 context prefixes); MLP-only with 4 or 6
-layers; 4 MLP + 2 attention layers with six context prefixes; the default trained under bf16
-autocast (the AMX speed lever); and learning until P(new) >= 0.9 instead of 0.6, alone or with
-unlearning until P(old) < 0.01 instead of 0.05; and three levers on the neighbour leak: kl_weight 30
-instead of 10, twice the retention rows, no attention adapter. Prints per-fact lines and one markdown row per
-variant, with the columns of bench/editors.py.
-Every variant is a set of method settings (`context_prefixes`, `train_precision` among them), as a case's
-`method:` would give them.
+Variants: the default (IA³ gains on the subject's tokens, top 2 MLP + 2 attention layers, 2 context
+prefixes); `every-token-gains`, the peft IA³ adapter that was the default before, and the variants
+tried on it: MLP-only with 4 or 6 layers; 4 MLP + 2 attention layers with six context prefixes; bf16
+autocast (the AMX speed lever); learning until P(new) >= 0.9 instead of 0.6, alone or with unlearning
+until P(old) < 0.01; kl_weight 30, twice the retention rows, no attention adapter; EOS after the
+answer, 5 prefixes the model wrote itself, the preservation term (weight 10 or 100). Prints per-fact
+lines and one markdown row per variant, with the columns of bench/editors.py.
+Every variant is a set of method settings, as a case's `method:` would give them.
 """
 
 from __future__ import annotations
@@ -31,20 +32,32 @@ SIX_PREFIXES = (
     "The weather was nice yesterday. ",
     "Q: Tell me something true. A: ",
 )
+EVERY = {"gain_positions": "every"}  # the peft IA³ adapter: the default before issue 15, and the variants tried on it
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "mlp4-no-attention": {"mlp_layers": 4, "attention_layers": 0},
-    "mlp6-no-attention": {"mlp_layers": 6, "attention_layers": 0},
-    "mlp4-attention2-six-prefixes": {"mlp_layers": 4, "context_prefixes": list(SIX_PREFIXES)},
-    "bf16-training": {"train_precision": "bfloat16"},
-    "learn-stop-0.9": {"learn_stop_prob": 0.9},
-    "learn-stop-0.9-unlearn-stop-0.01": {"learn_stop_prob": 0.9, "unlearn_stop_prob": 0.01},
+    "every-token-gains": EVERY,
+    "mlp4-no-attention": {**EVERY, "mlp_layers": 4, "attention_layers": 0},
+    "mlp6-no-attention": {**EVERY, "mlp_layers": 6, "attention_layers": 0},
+    "mlp4-attention2-six-prefixes": {**EVERY, "mlp_layers": 4, "context_prefixes": list(SIX_PREFIXES)},
+    "bf16-training": {**EVERY, "train_precision": "bfloat16"},
+    "learn-stop-0.9": {**EVERY, "learn_stop_prob": 0.9},
+    "learn-stop-0.9-unlearn-stop-0.01": {**EVERY, "learn_stop_prob": 0.9, "unlearn_stop_prob": 0.01},
     # the neighbour leak (issue 15): more weight on retention, more retention rows, no attention adapter
-    "kl-weight-30": {"kl_weight": 30},
-    "retention-rows-x2": {"neighbours_per_prompt": 8, "kl_rows_per_step": 24},
-    "mlp2-no-attention": {"attention_layers": 0},
+    "kl-weight-30": {**EVERY, "kl_weight": 30},
+    "retention-rows-x2": {**EVERY, "neighbours_per_prompt": 8, "kl_rows_per_step": 24},
+    "mlp2-no-attention": {**EVERY, "attention_layers": 0},
+    # issue 15's levers, one by one on every-token gains: EOS after the answer, prefixes the model writes
+    # itself, the preservation term; then gains only at the subject's tokens (the default since), alone
+    # and with the generated prefixes
+    "eos": {**EVERY, "append_eos": True},
+    "generated-prefixes-5": {**EVERY, "generated_prefixes": 5},
+    "preservation-10": {**EVERY, "preservation_weight": 10.0},
+    "preservation-100": {**EVERY, "preservation_weight": 100.0},
+    "subject-gains": {"gain_positions": "subject"},
+    "subject-gains-lr-0.1": {"gain_positions": "subject", "lr": 0.1},
+    "subject-gains-generated-prefixes-5": {"gain_positions": "subject", "generated_prefixes": 5},
 }
-DEFAULT_VARIANTS = ["default", "mlp4-no-attention", "mlp6-no-attention", "mlp4-attention2-six-prefixes"]
+DEFAULT_VARIANTS = ["default", "every-token-gains", "eos", "generated-prefixes-5"]
 
 
 def print_table(table: dict[str, list[dict[str, Any]]], facts: int, seed: int) -> None:
@@ -69,6 +82,9 @@ def main() -> int:
     fact_arguments(parser, n=8)
     parser.set_defaults(seed=3)
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument(
+        "--anchors", type=int, default=0, metavar="K", help="give each case K same-relation anchors (importer's)"
+    )
     args = parser.parse_args()
 
     from pytest_factedit.edit import resolve_settings

@@ -177,7 +177,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .cases.counterfact import known_records, neighbour_records, read_records, sampled_records, write_cases
 
     records = read_records(Path(args.file))
-    lm = _load_model(args) if args.known_only or args.neighbours else None
+    lm = _load_model(args) if args.known_only or args.neighbours or args.anchors else None
     if lm is not None and args.known_only:
         chosen = list(known_records(lm.model, lm.tokenizer, records, args.n, args.seed))
     else:
@@ -187,8 +187,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         if lm and args.neighbours
         else None
     )
+    anchors = (
+        neighbour_records(lm.model, lm.tokenizer, chosen, records, args.anchors, args.seed + 1, taken=neighbours)
+        if lm and args.anchors
+        else None
+    )
     out = Path(args.out)
-    written, skipped = write_cases(chosen, out, Path(args.defaults) if args.defaults else None, neighbours)
+    written, skipped = write_cases(chosen, out, Path(args.defaults) if args.defaults else None, neighbours, anchors)
     for record_id, reason in skipped:
         print(f"skipped record {record_id}: {reason}")
     known = f" the model answers correctly ({args.model})" if args.known_only else ""
@@ -228,6 +233,14 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="add up to K neighbours per case: other records with the same prompt template whose answer "
         "the model gives, those sharing the old answer first (besides the record's locality prompt)",
+    )
+    imp.add_argument(
+        "--anchors",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add up to K anchors per case: more records of its relation the model answers correctly (not its "
+        "neighbours), which the edit is trained to leave as they are",
     )
     imp.add_argument("--defaults", metavar="FILE", help="copy this _defaults.yaml (shared controls) into DIR")
     imp.set_defaults(func=cmd_import)

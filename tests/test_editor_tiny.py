@@ -31,7 +31,9 @@ def test_two_stage_edit_trains_and_restores_base_bit_identical(kind: str) -> Non
     model = tiny_model(kind, len(tok), layers=4)
     before = snapshot(model)
     base_answer = greedy_continuations(model, tok, REQUEST.prompts, [2])
-    settings = resolve_settings({"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1})
+    settings = resolve_settings(
+        {"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1, "gain_positions": "every"}
+    )
     applied = get_editor("ia3-two-stage").apply(
         model, tok, REQUEST, layer_targets(model, [1, 2], [3], "test"), settings
     )
@@ -59,7 +61,7 @@ def test_phi3_fused_modules_get_ia3_vectors() -> None:
         "model.layers.0.mlp.down_proj",
     ]
     targets = explicit_targets(model, names, ["model.layers.0.mlp.down_proj"])
-    settings = resolve_settings({"unlearn_max_steps": 2, "learn_max_steps": 2})
+    settings = resolve_settings({"unlearn_max_steps": 2, "learn_max_steps": 2, "gain_positions": "every"})
     applied = get_editor("ia3-two-stage").apply(model, tok, REQUEST, targets, settings)
     try:
         vectors = {n: p.shape for n, p in model.named_parameters() if "ia3_l" in n}
@@ -85,11 +87,17 @@ def test_edit_is_removed_even_when_training_fails(monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("stage failed")
 
+    from pytest_factedit.edit import subject_gains
+
     monkeypatch.setattr(peft_staged, "train_stage", boom)
-    with pytest.raises(RuntimeError, match="stage failed"):
-        get_editor("ia3-two-stage").apply(model, tok, REQUEST, all_layer_targets(model), resolve_settings({}))
-    assert not any("ia3" in name for name, _ in model.named_modules())
-    assert_identical(model, before)
+    monkeypatch.setattr(subject_gains, "train_stage", boom)
+    for gains in ("every", "subject"):
+        with pytest.raises(RuntimeError, match="stage failed"):
+            settings = resolve_settings({"gain_positions": gains})
+            get_editor("ia3-two-stage").apply(model, tok, REQUEST, all_layer_targets(model), settings)
+        assert not any("ia3" in name for name, _ in model.named_modules())
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+        assert_identical(model, before)
 
 
 def test_layer_targets_map_layers_to_each_family_s_modules() -> None:

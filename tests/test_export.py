@@ -28,14 +28,15 @@ def tiny_dir(tmp_path: Path) -> tuple[Path, str]:
     return folder, tok.decode([answer_id]).strip()
 
 
-def write_case(tmp_path: Path, old: str, method: str = "ia3-two-stage") -> Path:
+def write_case(tmp_path: Path, old: str, method: str = "ia3-two-stage", gains: str = "every") -> Path:
     new = "Rome" if old != "Rome" else "London"
     case = tmp_path / "cases" / "tower.yaml"
     case.parent.mkdir()
     case.write_text(
         f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
         "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
-        f"method: {{name: {method}, lr: 0.3, unlearn_max_steps: 4, learn_max_steps: 8, guard_tokens: 1}}\n"
+        f"method: {{name: {method}, lr: 0.3, unlearn_max_steps: 4, learn_max_steps: 8, guard_tokens: 1"
+        + (f", gain_positions: {gains}}}\n" if method.startswith("ia3") else "}\n")
     )
     return case
 
@@ -88,18 +89,50 @@ def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_pat
     assert recorded[0]["edited"] != recorded[0]["base"]
 
 
+def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_dir, capsys) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_factedit.model.probe import greedy_continuations
+    from pytest_factedit.model.text import answer_token_budget
+    from pytest_factedit.report.manifest import load_edit
+
+    folder, old = tiny_dir
+    case = write_case(tmp_path, old, gains="subject")
+    code = edit_and_save(case, folder, tmp_path / "shipped", tmp_path)
+    assert code in (0, 1), capsys.readouterr().out
+    out = tmp_path / "shipped" / "tower"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["adapters"]] == ["subject-gains"]
+    assert "load_subject_gains(base, DIR + '/subject-gains')" in manifest["load"]
+    assert (out / "subject-gains" / "gains.safetensors").is_file() and (out / "subject-gains" / "gate.json").is_file()
+    tok = AutoTokenizer.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    recorded = [a for a in manifest["answers"] if a["group"] == "prompts"]
+    budget = answer_token_budget(tok, [old, manifest["new"][0]])
+    with load_edit(base, out) as edit:
+        assert greedy_continuations(edit.model, tok, [a["prompt"] for a in recorded], [budget]) == [
+            a["edited"] for a in recorded
+        ]
+    assert greedy_continuations(base, tok, [PROMPT], [budget]) == [recorded[0]["base"]]
+
+
 def test_full_fine_tuning_has_nothing_to_save(tmp_path, tiny_dir, capsys) -> None:
     folder, old = tiny_dir
     case = write_case(tmp_path, old, method="full-ft")
     edit_and_save(case, folder, tmp_path / "out", tmp_path)
-    assert "not saved: method full-ft changes every weight" in capsys.readouterr().out
+    assert "not saved: method full-ft changes the weights in place" in capsys.readouterr().out
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pytester, tiny_dir) -> None:
     folder, old = tiny_dir
     cases = pytester.mkdir("fact_cases")
-    method = "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 6, guard_tokens: 1, localize: none}\n"
+    # every-token gains: a tiny random model learns through them in a few steps (tests/test_editors.py runs
+    # the subject-gated default in sequence; its edits stay as hooks until the sequence ends)
+    method = (
+        "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 6, guard_tokens: 1, localize: none, "
+        "gain_positions: every}\n"
+    )
     new = "Rome" if old != "Rome" else "London"
     for name in ("first", "second"):
         (cases / f"{name}.yaml").write_text(
@@ -137,7 +170,10 @@ def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pyte
 
 def write_batch_cases(cases: Path, old: str, second_old: str) -> None:
     """Two cases the batch edits together, and a third that asks for another method (an error record)."""
-    method = "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 8, guard_tokens: 1, localize: none}\n"
+    method = (
+        "method: {lr: 0.3, unlearn_max_steps: 3, learn_max_steps: 8, guard_tokens: 1, localize: none, "
+        "gain_positions: every}\n"
+    )
     for name, subject, prompt, answer in (
         ("first", "Eiffel Tower", PROMPT, old),
         ("second", "Colosseum", SECOND_PROMPT, second_old),
@@ -161,7 +197,8 @@ def assert_the_shipped_batch_gives_the_recorded_answers(base, tok, shipped: Path
 
     manifest = json.loads((shipped / "batch" / "manifest.json").read_text())
     assert manifest["mode"] == "batch" and [c["case_id"] for c in manifest["cases"]] == ["first", "second"]
-    edited = load_edit(base, shipped / "batch")  # peft alone, every stage active
+    loaded = load_edit(base, shipped / "batch")  # every stage active: a PeftModel, or the gated gains' hooks
+    edited = loaded if isinstance(loaded, torch.nn.Module) else loaded.model
     for case in manifest["cases"]:
         answers = [a for a in case["answers"] if a["group"] == "prompts"]
         budget = answer_token_budget(tok, case["old"] + case["new"])

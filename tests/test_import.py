@@ -188,3 +188,22 @@ def test_neighbours_come_from_records_with_the_same_template_that_the_model_know
     assert 1 <= len(found) <= 2 and TEMPLATE.format("Big Ben") not in found  # Big Ben's record has a wrong answer
     subject_of = {TEMPLATE.format(s): s for s in SUBJECTS}
     assert all(n.answer == (truths[subject_of[p]],) for n, p in zip(case.neighbours[1:], found))
+
+
+def test_anchors_are_more_known_records_of_the_relation_never_a_neighbour(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    edited, others, truths = template_records(tmp_path / "tiny")
+    for other in others:  # usable whatever the tiny model answers: the new answer differs from the old
+        other["target_new"] = next(w for w in ("Rome", "Paris", "London") if w != other["ground_truth"])
+    source = tmp_path / "cf.json"
+    source.write_text(json.dumps([edited, *others]))
+    arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "1", "--seed", "0"]
+    arguments += ["--model", str(tmp_path / "tiny"), "--device", "cpu", "--neighbours", "1", "--anchors", "3"]
+    assert main(arguments) == 0
+    case = load_case(next((tmp_path / "cases").glob("*.yaml")), root=tmp_path / "cases")
+    if case.id != "counterfact-1":
+        pytest.skip("the seeded order picked another record first")
+    neighbours = {n.prompt for n in case.neighbours}
+    known = {TEMPLATE.format(s) for s in ("Colosseum", "Louvre")}  # Big Ben's record has a wrong answer
+    assert len(case.neighbours) == 2  # the locality prompt and one found
+    assert set(case.anchors) == known - neighbours and len(case.anchors) == 1

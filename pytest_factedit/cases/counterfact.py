@@ -62,14 +62,17 @@ def usable(record: dict[str, Any]) -> bool:
     )
 
 
-def case_mapping(record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def case_mapping(
+    record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = (), anchors: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
     """The YAML mapping of one record: prompt -> prompts, rephrase -> paraphrases, and its locality prompt
-    (another subject, the same relation) -> the first neighbour, before the `neighbours` found for it."""
+    (another subject, the same relation) -> the first neighbour, before the `neighbours` found for it;
+    `anchors` (other records of its relation) -> anchors, the retention rows the edit holds steady."""
     locality = {"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}
     found = [{"prompt": n["prompt"], "answer": n["ground_truth"]} for n in neighbours]
     taken = {record["prompt"].casefold(), record["rephrase_prompt"].casefold()}
     held = [n for n in [locality, *found] if n["prompt"].casefold() not in taken]
-    return {
+    mapping = {
         "id": f"counterfact-{record['case_id']}",
         "subject": record["subject"],
         "prompts": [record["prompt"]],
@@ -78,6 +81,9 @@ def case_mapping(record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = 
         "paraphrases": [record["rephrase_prompt"]],
         "neighbours": [n for i, n in enumerate(held) if n["prompt"] not in {m["prompt"] for m in held[:i]}],
     }
+    if anchors:
+        mapping["anchors"] = list(dict.fromkeys(a["prompt"] for a in anchors))
+    return mapping
 
 
 def template(record: dict[str, Any]) -> str:
@@ -93,19 +99,26 @@ def neighbour_records(
     k: int,
     seed: int,
     tries: int = 200,
+    taken: Mapping[Any, Sequence[dict[str, Any]]] | None = None,
 ) -> dict[Any, list[dict[str, Any]]]:
     """Per chosen record (by case_id): up to `k` other records with its prompt template whose answer the model
-    gives, those sharing its `old` answer first (the hardest neighbours); at most `tries` asked for each."""
+    gives, those sharing its `old` answer first (the hardest neighbours); at most `tries` asked for each.
+
+    `taken[case_id]` are records already used for it (its neighbours, when anchors are searched) and are
+    never chosen again, nor is its locality prompt.
+    """
     by_template: dict[str, list[dict[str, Any]]] = {}
     for record in _shuffled(records, seed):
         by_template.setdefault(template(record), []).append(record)
     found: dict[Any, list[dict[str, Any]]] = {}
     for record in chosen:
         old = record["ground_truth"].strip().casefold()
+        used = {r["prompt"] for r in (taken or {}).get(record["case_id"], ())} | {record.get("locality_prompt")}
         pool = [
             r
             for r in by_template.get(template(record), [])
             if r["subject"] != record["subject"]
+            and r["prompt"] not in used
             and r["subject"] not in record["prompt"]
             and record["subject"] not in r["prompt"]
         ]
@@ -156,6 +169,7 @@ def write_cases(
     out: Path,
     defaults_file: Path | None = None,
     neighbours: Mapping[Any, Sequence[dict[str, Any]]] | None = None,
+    anchors: Mapping[Any, Sequence[dict[str, Any]]] | None = None,
 ) -> tuple[list[FactCase], list[tuple[Any, str]]]:
     """Write each record as `out/<id>.yaml` and load it back (with `defaults_file` copied in as _defaults.yaml).
 
@@ -166,7 +180,8 @@ def write_cases(
         shutil.copy(defaults_file, out / DEFAULTS_FILE)
     cases, skipped, written = [], [], set()
     for record in records:
-        mapping = case_mapping(record, (neighbours or {}).get(record["case_id"], ()))
+        found = (neighbours or {}).get(record["case_id"], ()), (anchors or {}).get(record["case_id"], ())
+        mapping = case_mapping(record, *found)
         problem = name_problem(mapping["id"])
         if problem or mapping["id"] in written:
             reason = f"case id {problem}" if problem else f"duplicate case_id {record['case_id']}"

@@ -13,15 +13,26 @@ from importlib import metadata
 from typing import Any, get_args
 
 from ..errors import MethodError
+from .alphaedit import AlphaEditEditor
 from .base import EditHandle, Editor, EditRequest, Scope
-from .full_ft import FullFineTuneEditor
+from .full_ft import FullFineTuneEditor, MlpFineTuneEditor
 from .peft_staged import IA3AllLayersEditor, IA3SingleStageEditor, IA3TwoStageEditor, LoraEditor, PeftStagedEditor
+from .rome import RomeEditor
 from .settings import EditSettings, settings_from
 
 ENTRY_POINT_GROUP = "pytest_factedit.editors"
 EDITORS: dict[str, type[Editor]] = {
     cls.name: cls
-    for cls in (IA3TwoStageEditor, IA3SingleStageEditor, IA3AllLayersEditor, LoraEditor, FullFineTuneEditor)
+    for cls in (
+        IA3TwoStageEditor,
+        IA3SingleStageEditor,
+        IA3AllLayersEditor,
+        LoraEditor,
+        FullFineTuneEditor,
+        RomeEditor,
+        AlphaEditEditor,
+        MlpFineTuneEditor,
+    )
 }
 BUILT_IN = frozenset(EDITORS)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -147,6 +148,26 @@ class AppliedEdit(EditHandle):
             return self.peft_model.base_model.model
         self.removed = True
         return self.peft_model.unload()
+
+
+# model -> edits a sequential run keeps as hooks rather than folded weights, until the run releases them
+_KEPT: weakref.WeakKeyDictionary[Any, list[EditHandle]] = weakref.WeakKeyDictionary()
+
+
+def keep_until_released(model: PreTrainedModel, handle: EditHandle) -> None:
+    """A merged edit that cannot live in the weights (a gated one) stays on the model until released."""
+    _KEPT.setdefault(model, []).append(handle)
+
+
+@contextmanager
+def kept_edits_released(model: PreTrainedModel) -> Iterator[None]:
+    """Edits kept during the block by `keep_until_released` are taken off the model when it ends."""
+    try:
+        yield
+    finally:
+        for handle in reversed(_KEPT.pop(model, [])):
+            handle.removed = False
+            handle.remove()
 
 
 class Editor(Protocol):

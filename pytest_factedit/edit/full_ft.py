@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import MethodError
 from ..model.precision import training_precision
-from ..model.targets import TargetModules
+from ..model.targets import TargetModules, lowest_layer
 from ..model.weights import copy_into, restored_weights, snapshot
 from .base import EditHandle, EditRequest, Scope
 from .objectives import build_objectives
@@ -29,6 +30,7 @@ class WeightsEdit(EditHandle):
     model: PreTrainedModel
     params: list[torch.nn.Parameter]
     originals: list[torch.Tensor]
+    on_merge: Callable[[], None] | None = None  # what an editor keeps once the edit is kept (alphaedit's keys)
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -39,7 +41,7 @@ class WeightsEdit(EditHandle):
 
     def save(self, out_dir: Path) -> list[str]:
         raise NotImplementedError(
-            f"method {self.method} changes every weight; it has no adapter to save "
+            f"method {self.method} changes the weights in place; it has no adapter to save "
             "(use an adapter method such as ia3-two-stage or lora to ship an edit)"
         )
 
@@ -47,6 +49,8 @@ class WeightsEdit(EditHandle):
         """Keep the fine-tuned weights (sequential editing) and drop the saved originals."""
         self.removed = True
         self.originals = []
+        if self.on_merge is not None:
+            self.on_merge()
         return self.model
 
     def remove(self) -> PreTrainedModel:
@@ -77,13 +81,13 @@ class FullFineTuneEditor:
 
         torch.manual_seed(settings.seed)
         started = time.perf_counter()
-        params = list(model.parameters())
+        params = self.trained_parameters(model, targets)
         edit = WeightsEdit(
             method=self.name, model=model, params=params, originals=snapshot(params), targets=targets, settings=settings
         )
         try:
             with training_precision(model, settings.train_precision, cast_weights=False):
-                goals = build_objectives(model, tokenizer, request, settings)
+                goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets))
                 for param in params:
                     param.requires_grad_(True)
                 edit.stages.append(train_stage("learn", model, params, goals, settings))
@@ -98,3 +102,29 @@ class FullFineTuneEditor:
         edit.trainable_parameters = sum(p.numel() for p in params)
         edit.seconds = time.perf_counter() - started
         return edit
+
+    def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.nn.Parameter]:
+        return list(model.parameters())
+
+
+class MlpFineTuneEditor(FullFineTuneEditor):
+    """FT-M (LocFT-BF): fine-tune one MLP output projection, the loss on the answer and an end-of-sequence
+    token only; the layer is the one localization ranks first."""
+
+    name = "ft-m"
+    scope = "localized"
+    defaults = {
+        "lr": 5e-4,
+        "mlp_layers": 1,
+        "attention_layers": 0,
+        "kl_weight": 0.0,
+        "guard_weight": 0.0,
+        "append_eos": True,
+        "learn_max_steps": 25,
+        "learn_stop_prob": 0.9,
+    }
+
+    def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.nn.Parameter]:
+        if not targets.feedforward:
+            raise MethodError("mlp_layers", "ft-m fine-tunes an MLP output projection: give mlp_layers >= 1")
+        return [model.get_submodule(targets.feedforward[0]).weight]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model.decoding import DecodeRow, decode
+from ..model.generated import generated_prefixes
 from ..model.text import answer_token_ids, encode_prompt
 from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
@@ -145,6 +146,27 @@ def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
     return goal
 
 
+def answer_row(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+) -> tuple[tuple[int, ...], int]:
+    """(the tokens trained after each prompt, how many base tokens the guard holds after them): the new
+    answer, with `append_eos` followed by end-of-sequence and no guard (nothing follows an ended text)."""
+    new_ids = tuple(answer_token_ids(tokenizer, request.new[0], request.chat))
+    if settings.append_eos and tokenizer.eos_token_id is not None:
+        return new_ids + (tokenizer.eos_token_id,), 0
+    return new_ids, settings.guard_tokens
+
+
+def training_prefixes(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+) -> tuple[str, ...]:
+    """The texts put before each training prompt: `context_prefixes` and `generated_prefixes` the model
+    wrote itself (chat prompts are trained as a fresh conversation only)."""
+    if request.chat:
+        return ("",)
+    return tuple(settings.context_prefixes) + generated_prefixes(model, tokenizer, settings.generated_prefixes)
+
+
 def fact_objectives(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -162,14 +184,14 @@ def fact_objectives(
     import torch
 
     pad = tokenizer.pad_token_id
-    new_ids = tuple(answer_token_ids(tokenizer, request.new[0], request.chat))
+    new_ids, guard_tokens = answer_row(tokenizer, request, settings)
     old_first = sorted({answer_token_ids(tokenizer, a, request.chat)[0] for a in request.old})
-    prefixes = settings.context_prefixes if not request.chat else ("",)
+    prefixes = training_prefixes(model, tokenizer, request, settings)
     contexts = [
         encode_prompt(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes
     ]
     kl_rows = retention_rows(tokenizer, request, settings)
-    guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], settings.guard_tokens)
+    guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
     with torch.no_grad():
         reference, frozen = frozen_states(model, kl_rows + learn_rows, pad, frozen_below)

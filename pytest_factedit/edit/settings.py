@@ -11,7 +11,8 @@ from ..errors import MethodError, did_you_mean, shown
 
 LOCALIZE_MODES = ("trace", "attribution", "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
-RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts"]
+GAIN_POSITIONS = ("every", "subject")
+RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Rule:
     def check(self, key: str, value: Any) -> Any:
         if self.kind in ("modules", "texts"):
             return self._strings(key, value)
+        if self.kind == "flag":
+            return self._flag(key, value)
         if self.kind in ("text", "choice"):
             if not isinstance(value, str) or not value:
                 raise MethodError(key, f"expected a non-empty string, found {shown(value)}")
@@ -34,6 +37,9 @@ class Rule:
                     + did_you_mean(value, self.choices),
                 )
             return value
+        return self._number(key, value)
+
+    def _number(self, key: str, value: Any) -> Any:
         if isinstance(value, bool):
             raise MethodError(key, f"expected a number, found {shown(value)}")
         if self.kind == "count":
@@ -51,6 +57,12 @@ class Rule:
         if self.kind == "probability" and value > 1:
             raise MethodError(key, f"expected a probability between 0 and 1, found {shown(value)}")
         return float(value)
+
+    @staticmethod
+    def _flag(key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise MethodError(key, f"expected true or false, found {shown(value)}")
+        return value
 
     def _strings(self, key: str, value: Any) -> tuple[str, ...]:
         """modules: non-empty names; texts: any strings (a context prefix may be ''), at least one."""
@@ -98,6 +110,25 @@ class EditSettings:
         ("", "Here is a fact. "), "texts", "texts put before each training prompt, so the edit holds after text"
     )
     train_precision: str = setting("model", "choice", "model (its own dtype) | bfloat16 (autocast)", TRAIN_PRECISIONS)
+    generated_prefixes: int = setting(0, "count", "prefixes the model writes itself, added to context_prefixes")
+    append_eos: bool = setting(False, "flag", "train the answer followed by end-of-sequence (no guard tokens then)")
+    gain_positions: str = setting(
+        "every", "choice", "IA³ gains on every token, or only on the subject's tokens", GAIN_POSITIONS
+    )
+    preservation_weight: float = setting(
+        0.0, "non-negative", "IA³ learn stage: weight of the output change on generated text (0: off)"
+    )
+    # the rank-one editors (rome, alphaedit): the value optimisation, and the key statistics
+    value_steps: int = setting(25, "count", "rome/alphaedit: step cap of the value optimisation")
+    value_lr: float = setting(1.0, "positive", "rome/alphaedit: Adam learning rate of the value")
+    essence_weight: float = setting(0.0625, "non-negative", "rome/alphaedit: KL on '<subject> is a' (essence)")
+    value_decay: float = setting(0.05, "non-negative", "rome/alphaedit: weight decay of the value change")
+    clamp_norm: float = setting(4.0, "positive", "rome/alphaedit: value change at most this x the value's norm")
+    key_positions_per_dim: int = setting(10, "count", "rome/alphaedit: generated token positions per key dimension")
+    nullspace_threshold: float = setting(
+        0.02, "probability", "alphaedit: the null space: key directions whose eigenvalue is below this x the largest"
+    )
+    update_ridge: float = setting(1.0, "non-negative", "alphaedit: ridge of the closed-form update")
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -108,6 +139,8 @@ class EditSettings:
             raise MethodError("feedforward_modules", "given without target_modules")
         if self.localize in ("trace", "attribution", "random") and self.mlp_layers + self.attention_layers == 0:
             raise MethodError("mlp_layers", "mlp_layers and attention_layers are both 0: nothing left to edit")
+        if self.key_positions_per_dim == 0:
+            raise MethodError("key_positions_per_dim", "expected at least 1 position per key dimension")
         if self.localize in ("trace", "attribution") and self.noise_samples == 0:
             raise MethodError("noise_samples", f"expected at least 1 noise sample for localize: {self.localize}")
 

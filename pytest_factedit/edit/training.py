@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..model.events import STAGE_END, STEP, emit
@@ -18,7 +18,12 @@ if TYPE_CHECKING:
 
 
 def train_stage(
-    stage: str, model: PreTrainedModel, params: Sequence[torch.nn.Parameter], goals: Objectives, settings: EditSettings
+    stage: str,
+    model: PreTrainedModel,
+    params: Sequence[torch.nn.Parameter],
+    goals: Objectives,
+    settings: EditSettings,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> StageReport:
     """Adam on `params` until the stage's goal reports it is reached or its step cap is hit.
 
@@ -27,6 +32,8 @@ def train_stage(
     off). A batch of facts (`goals.fact_sizes`: each fact's rows, in order) trains
     `batch_facts_per_step` facts per step, rotating through them; the cap is then the stage's step cap
     per fact's turn, and the goal is reached once every fact reached it on its last turn.
+
+    `penalty`, when given, is added to every step's loss (the preservation term).
 
     Each optimizer step is told as a STEP event (steps taken of the cap), the stage's end as STAGE_END.
     """
@@ -61,6 +68,8 @@ def train_stage(
                 [kl_to_reference(goals.kl_reference[i], lp) for i, lp in zip(picked, logps[len(step_rows) :])]
             )
             loss = loss + weight * kl.mean()
+        if penalty is not None:
+            loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..edit.subject_gains import SAVED_FOLDER, SubjectGainEdit, load_subject_gains
 from ..errors import FactEditError
 from .files import write_atomic
 from .records import CaseRecord, ManyRecord
@@ -26,8 +27,18 @@ LOAD_SNIPPET = (
 )
 
 
+GATED_SNIPPET = (
+    "from pytest_factedit.edit.subject_gains import load_subject_gains\n"
+    "from transformers import AutoModelForCausalLM\n"
+    "base = AutoModelForCausalLM.from_pretrained(MODEL)\n"
+    "edit = load_subject_gains(base, DIR + '/{folder}')  # gains on the subject's tokens; edit.remove() undoes\n"
+)
+
+
 def load_snippet(names: list[str]) -> str:
-    """Python that loads the saved stages with peft alone."""
+    """Python that loads the saved stages: with peft alone, or (subject-gated gains) with this package."""
+    if names == [SAVED_FOLDER]:
+        return GATED_SNIPPET.format(folder=SAVED_FOLDER)
     more = "".join(f"edited.load_adapter(DIR + '/{n}', adapter_name='{n}')\n" for n in names[1:])
     return LOAD_SNIPPET.format(first=names[0], more=more, names=names)
 
@@ -99,13 +110,16 @@ def write_batch_manifest(out_dir: Path, block: ManyRecord, records: list[CaseRec
     return path
 
 
-def load_edit(model: PreTrainedModel, out_dir: Path) -> PeftModel:
-    """The base `model` with a saved edit's adapters loaded and all active (a PeftModel)."""
+def load_edit(model: PreTrainedModel, out_dir: Path) -> PeftModel | SubjectGainEdit:
+    """The base `model` with a saved edit's adapters loaded and all active (a PeftModel), or, for
+    subject-gated gains, the model hooked with them (the handle's `remove()` undoes it)."""
     from peft import PeftModel
 
     names = [a["name"] for a in json.loads((Path(out_dir) / MANIFEST_FILE).read_text())["adapters"]]
     if not names:
         raise FactEditError("the manifest lists no adapters", path=Path(out_dir) / MANIFEST_FILE, key="adapters")
+    if names == [SAVED_FOLDER]:
+        return load_subject_gains(model, Path(out_dir) / SAVED_FOLDER)
     edited = PeftModel.from_pretrained(model, str(Path(out_dir) / names[0]), adapter_name=names[0])
     for name in names[1:]:
         edited.load_adapter(str(Path(out_dir) / name), adapter_name=name)

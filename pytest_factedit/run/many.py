@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..edit import get_editor
+from ..edit.base import kept_edits_released
 from ..edit.settings import EditSettings
 from ..errors import RestoreError
 from ..metrics.answers import ProbedAnswer
@@ -140,7 +141,11 @@ def run_sequence(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Setti
     """
     started = time.perf_counter()
     outcomes: list[CaseOutcome] = []
-    with verified_restore(lm.model) as check, restored_weights(list(lm.model.parameters())):
+    with (
+        verified_restore(lm.model) as check,
+        restored_weights(list(lm.model.parameters())),
+        kept_edits_released(lm.model),
+    ):
         controls = _ControlCheck(lm, cases)
         for case in cases:
             settings = None

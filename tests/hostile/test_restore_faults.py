@@ -47,18 +47,23 @@ def flip_the_head(model) -> None:
 
 def test_a_change_outside_the_edited_modules_is_caught_and_the_base_reloaded(pytester, two_cases, monkeypatch):
     clean = records(pytester, two_cases, "clean")
-    from pytest_factedit.edit import base
+    from pytest_factedit.edit import base, subject_gains
 
-    remove = base.AppliedEdit.remove
     faults = [1]  # the first case's edit leaves a change behind; later ones are removed cleanly
 
-    def remove_but_leave_a_change(self):
-        if faults and not self.removed:
-            faults.pop()
-            flip_the_head(self.peft_model.get_base_model())
-        return remove(self)
+    def leaving_a_change(handle_class, model_of):  # peft adapters (every-token gains) and subject-gated gains
+        remove = handle_class.remove
 
-    monkeypatch.setattr(base.AppliedEdit, "remove", remove_but_leave_a_change)
+        def remove_but_leave_a_change(self):
+            if faults and not self.removed:
+                faults.pop()
+                flip_the_head(model_of(self))
+            return remove(self)
+
+        monkeypatch.setattr(handle_class, "remove", remove_but_leave_a_change)
+
+    leaving_a_change(base.AppliedEdit, lambda handle: handle.peft_model.get_base_model())
+    leaving_a_change(subject_gains.SubjectGainEdit, lambda handle: handle.model)
     faulty = records(pytester, two_cases, "faulty")
     assert faulty["a-first"]["base_restored"] is False
     second = faulty["b-second"]
@@ -68,7 +73,7 @@ def test_a_change_outside_the_edited_modules_is_caught_and_the_base_reloaded(pyt
 
 def test_an_edit_that_raised_after_changing_the_model_is_caught_too(pytester, two_cases, monkeypatch):
     clean = records(pytester, two_cases, "clean")
-    from pytest_factedit.edit import peft_staged
+    from pytest_factedit.edit import peft_staged, subject_gains
 
     train = peft_staged.train_stage
     faults = [1]
@@ -81,6 +86,7 @@ def test_an_edit_that_raised_after_changing_the_model_is_caught_too(pytester, tw
         raise RuntimeError("training blew up")
 
     monkeypatch.setattr(peft_staged, "train_stage", train_badly)
+    monkeypatch.setattr(subject_gains, "train_stage", train_badly)
     faulty = records(pytester, two_cases, "faulty")
     first = faulty["a-first"]
     assert first["status"] == "error" and "training blew up" in first["reason"]

@@ -1,0 +1,63 @@
+"""The subject gate: which token positions of a forward pass spell the edited subject.
+
+A forward pre-hook on the input embeddings reads every pass's token ids (a probe, a training step, a
+generation step) and marks the positions where one of the subject's token sequences occurs. Gains
+gated by it act on those positions only, so a prompt that does not name the subject runs the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+class SubjectGate:
+    """The positions of the last pass that hold the subject, as a [batch, tokens, 1] mask (or None)."""
+
+    def __init__(self, patterns: Sequence[Sequence[int]]) -> None:
+        self.patterns = tuple(tuple(p) for p in patterns if p)
+        self.mask: torch.Tensor | None = None
+        self.enabled = True
+
+    def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """A [batch, tokens] bool mask: True on every token of every occurrence of a pattern."""
+        import torch
+
+        found = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        for pattern in self.patterns:
+            size = len(pattern)
+            if size > ids.shape[1]:
+                continue
+            wanted = torch.tensor(pattern, dtype=ids.dtype, device=ids.device)
+            starts = (ids.unfold(1, size, 1) == wanted).all(-1)  # [batch, tokens - size + 1]
+            for offset in range(size):
+                found[:, offset : offset + starts.shape[1]] |= starts
+        return found
+
+    def scale(self, x: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+        """x scaled by `gain` where the subject is, unchanged elsewhere (and when the gate is off or the
+        pass is not the one the mask was read from)."""
+        mask = self.mask
+        if gain is None or not self.enabled or mask is None or tuple(mask.shape[:2]) != tuple(x.shape[:2]):
+            return x
+        return x * (1 + mask.to(x.dtype) * (gain.to(x.dtype) - 1))
+
+    @contextmanager
+    def reading(self, model: PreTrainedModel) -> Iterator[None]:
+        """For the block, every forward pass of `model` sets the mask from its token ids."""
+
+        def hook(_module: Any, args: tuple[Any, ...]) -> None:
+            ids = args[0] if args else None
+            self.mask = self.positions(ids)[..., None] if ids is not None and ids.dim() == 2 else None
+
+        handle = model.get_input_embeddings().register_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.mask = None

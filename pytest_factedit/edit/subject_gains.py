@@ -1,0 +1,210 @@
+"""IA³ gains that act only where the subject is read (`gain_positions: subject`).
+
+The same per-channel gains as peft's IA³ on the same modules (the input of a feed-forward output
+projection, the output of the others), one vector per stage, multiplied; but applied only at the
+positions `SubjectGate` marks. A prompt that does not name the subject runs the base model exactly,
+which is what keeps the other subjects of a relation (the neighbours) as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import FactEditError
+from ..model.files import write_atomic
+from ..model.precision import training_precision
+from ..model.targets import TargetModules, lowest_layer
+from .base import EditHandle, EditRequest, keep_until_released
+from .gate import SubjectGate
+from .keys import is_conv1d
+from .objectives import build_objectives
+from .settings import EditSettings
+from .subject import subject_patterns, subject_span
+from .training import train_stage
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SAVED_FOLDER = "subject-gains"  # what `save` writes, under the edit's folder
+GAINS_FILE = "gains.safetensors"
+GATE_FILE = "gate.json"
+SAVED_FORMAT = 1
+
+
+def gain_width(module: torch.nn.Module, feedforward: bool) -> int:
+    """The input width (feed-forward: its input is scaled) or output width of a Linear or Conv1D."""
+    rows, cols = module.weight.shape
+    if is_conv1d(module):  # stored [in, out]
+        return int(rows if feedforward else cols)
+    return int(cols if feedforward else rows)
+
+
+@dataclass(kw_only=True)
+class SubjectGainEdit(EditHandle):
+    """Gains on the targeted modules behind a subject gate; `remove()` takes every hook off."""
+
+    model: PreTrainedModel
+    gate: SubjectGate
+    gains: dict[str, dict[str, torch.nn.Parameter]] = field(default_factory=dict)  # stage -> module -> gain
+    hooks: ExitStack = field(default_factory=ExitStack)
+
+    def product(self, module: str) -> torch.Tensor | None:
+        """Every stage's gain on `module`, multiplied (None before the first stage exists)."""
+        total = None
+        for stage in self.gains.values():
+            if module in stage:
+                total = stage[module] if total is None else total * stage[module]
+        return total
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        self.gate.enabled = False
+        try:
+            yield
+        finally:
+            self.gate.enabled = True
+
+    def save(self, out_dir: Path) -> list[str]:
+        """Write the gains and the gate to out_dir/subject-gains/ (a peft adapter cannot gate by position);
+        `load_subject_gains` puts them back on a base model."""
+        from safetensors.torch import save_file
+
+        folder = out_dir / SAVED_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"{stage}|{module}": g.detach().cpu().contiguous()
+            for stage, gains in self.gains.items()
+            for module, g in gains.items()
+        }
+        save_file(tensors, str(folder / GAINS_FILE))
+        gate = {
+            "format": SAVED_FORMAT,
+            "method": self.method,
+            "stages": list(self.gains),
+            "modules": list(self.targets.modules),
+            "feedforward": list(self.targets.feedforward),
+            "patterns": [list(p) for p in self.gate.patterns],
+        }
+        write_atomic(folder / GATE_FILE, json.dumps(gate, indent=1) + "\n")
+        return [SAVED_FOLDER]
+
+    def merge(self) -> PreTrainedModel:
+        """Sequential editing: the gains stay on the model, gated by their own subject, until the run
+        that keeps them releases them (`base.kept_edits_released`)."""
+        self.removed = True
+        keep_until_released(self.model, self)
+        return self.model
+
+    def remove(self) -> PreTrainedModel:
+        self.removed = True
+        self.hooks.close()
+        return self.model
+
+
+def _scaling_hooks(edit: SubjectGainEdit, name: str, feedforward: bool) -> Any:
+    module = edit.model.get_submodule(name)
+    if feedforward:
+
+        def scale_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (edit.gate.scale(args[0], edit.product(name)),) + tuple(args[1:])
+
+        return module.register_forward_pre_hook(scale_input)
+
+    def scale_output(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        return edit.gate.scale(output, edit.product(name))
+
+    return module.register_forward_hook(scale_output)
+
+
+def _hooked(edit: SubjectGainEdit) -> SubjectGainEdit:
+    """`edit` with its gate reading every pass and each targeted module scaled; undone by `remove()`."""
+    try:
+        edit.hooks.enter_context(edit.gate.reading(edit.model))
+        feedforward = set(edit.targets.feedforward)
+        for name in edit.targets.modules:
+            edit.hooks.callback(_scaling_hooks(edit, name, name in feedforward).remove)
+    except BaseException:
+        edit.remove()
+        raise
+    return edit
+
+
+def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGainEdit:
+    """A saved subject-gated edit put back on the base `model` (hooks; `remove()` takes them off)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        gate = json.loads((folder / GATE_FILE).read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / GAINS_FILE))
+    except (OSError, ValueError) as exc:
+        raise FactEditError(f"cannot read a saved subject-gated edit: {exc}", path=folder) from exc
+    if not isinstance(gate, dict) or gate.get("format") != SAVED_FORMAT:
+        raise FactEditError(f"expected format {SAVED_FORMAT}", path=folder / GATE_FILE, key="format")
+    targets = TargetModules(tuple(gate["modules"]), tuple(gate["feedforward"]), "saved")
+    edit = SubjectGainEdit(
+        method=gate["method"], model=model, gate=SubjectGate(gate["patterns"]), targets=targets, settings=EditSettings()
+    )
+    device = next(model.parameters()).device
+    for key, value in tensors.items():
+        stage, module = key.split("|", 1)
+        edit.gains.setdefault(stage, {})[module] = torch.nn.Parameter(value.to(device), requires_grad=False)
+    return _hooked(edit)
+
+
+def subject_gate_for(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> SubjectGate:
+    """A gate on every request's subject, as written alone and as found in its training prompts."""
+    patterns: list[tuple[int, ...]] = []
+    for request in requests:
+        spans = [subject_span(tokenizer, p, request.subject, request.chat) for p in request.prompts]
+        patterns += subject_patterns(tokenizer, request.subject, spans)
+    return SubjectGate(list(dict.fromkeys(patterns)))
+
+
+def apply_subject_gains(
+    method: str,
+    stages: Sequence[str],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    request: EditRequest | Sequence[EditRequest],
+    targets: TargetModules,
+    settings: EditSettings,
+) -> SubjectGainEdit:
+    """Train one gain vector per stage and module (earlier stages frozen), behind the subject gate."""
+    import torch
+
+    torch.manual_seed(settings.seed)
+    started = time.perf_counter()
+    requests = [request] if isinstance(request, EditRequest) else list(request)
+    gate = subject_gate_for(tokenizer, requests)
+    edit = _hooked(SubjectGainEdit(method=method, model=model, gate=gate, targets=targets, settings=settings))
+    feedforward = set(targets.feedforward)
+    try:
+        with training_precision(model, settings.train_precision, cast_weights=False):
+            goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets))
+            for stage in stages:
+                edit.gains[stage] = {
+                    name: torch.nn.Parameter(
+                        torch.ones(gain_width(model.get_submodule(name), name in feedforward), device=model.device)
+                    )
+                    for name in targets.modules
+                }
+                params = list(edit.gains[stage].values())
+                edit.stages.append(train_stage(stage, model, params, goals, settings))
+                edit.trainable_parameters += sum(p.numel() for p in params)
+                for param in params:
+                    param.requires_grad_(False)
+        model.eval()
+    except BaseException:
+        edit.remove()
+        raise
+    edit.seconds = time.perf_counter() - started
+    return edit
