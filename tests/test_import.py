@@ -197,12 +197,10 @@ def test_anchors_are_more_known_records_of_the_relation_never_a_neighbour(tmp_pa
         other["target_new"] = next(w for w in ("Rome", "Paris", "London") if w != other["ground_truth"])
     source = tmp_path / "cf.json"
     source.write_text(json.dumps([edited, *others]))
-    arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "1", "--seed", "0"]
+    arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "4", "--seed", "0"]
     arguments += ["--model", str(tmp_path / "tiny"), "--device", "cpu", "--neighbours", "1", "--anchors", "3"]
     assert main(arguments) == 0
-    case = load_case(next((tmp_path / "cases").glob("*.yaml")), root=tmp_path / "cases")
-    if case.id != "counterfact-1":
-        pytest.skip("the seeded order picked another record first")
+    case = load_case(tmp_path / "cases" / "counterfact-1.yaml", root=tmp_path / "cases")  # every record imported
     neighbours = {n.prompt for n in case.neighbours}
     known = {TEMPLATE.format(s) for s in ("Colosseum", "Louvre")}  # Big Ben's record has a wrong answer
     assert len(case.neighbours) == 2  # the locality prompt and one found
