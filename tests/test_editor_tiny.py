@@ -11,18 +11,7 @@ from pytest_factedit.model.arch import arch_modules
 from pytest_factedit.model.probe import greedy_continuations
 from pytest_factedit.model.targets import all_layer_targets, explicit_targets, layer_targets
 
-from .tiny import REQUEST, tiny_model, word_tokenizer
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_identical(model, before) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
+from .tiny import REQUEST, assert_identical, snapshot, tiny_model, word_tokenizer
 
 
 @pytest.mark.parametrize("kind", ["phi3", "llama", "gpt2"])

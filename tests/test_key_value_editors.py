@@ -23,7 +23,7 @@ from pytest_factedit.model.generated import generated_prefixes, sampled_rows
 from pytest_factedit.model.probe import greedy_continuations
 from pytest_factedit.model.targets import layer_targets
 
-from .tiny import REQUEST, tiny_model, word_tokenizer
+from .tiny import REQUEST, assert_identical, snapshot, tiny_model, word_tokenizer
 
 # On a tiny random model a change at an early token barely reaches the last one; a subject that ends the
 # prompt puts the edited position where the answer is read, so the value optimisation has a grip.
@@ -34,17 +34,6 @@ LOOSE = {"clamp_norm": 1000.0, "value_decay": 0.0, "value_lr": 0.05, "generated_
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTEDIT_CACHE", str(tmp_path / "cache"))
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_identical(model, before) -> None:
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for key, value in before.items():
-        assert torch.equal(after[key], value), key
 
 
 def p_first(model, tok, prompt: str, answer: str) -> float:

@@ -78,3 +78,18 @@ def tiny_model(kind: str, vocab_size: int, layers: int = 2) -> Any:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
+
+
+def snapshot(model: Any) -> dict[str, Any]:
+    """Copies of every tensor of the model's state, to compare with after an edit."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(model: Any, before: dict[str, Any]) -> None:
+    """Every tensor of the model's state equals its `snapshot`, bit for bit."""
+    import torch
+
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
