@@ -3,6 +3,9 @@
     python bench/gpu_check.py                 # on a machine with CUDA (exits 2 without one)
     python bench/gpu_check.py --device cpu    # dry run of the script itself, tiny model only
 
+Each model is checked twice: whole on the device, then split as a device map splits a model too big for
+one GPU (accelerate's hooks; the top layers, the final norm and the LM head on the CPU, the rest on the GPU).
+
 Random weights of a tiny Phi-3 and of the true Phi-3-mini shapes (32 layers, 3.8B parameters), built
 on the GPU from a config (no download). The answers mean nothing; this checks the CUDA/bf16 code paths
 (batched tracing over every site and position, attribution, the two-stage IA³ edit and its removal).
@@ -122,14 +125,31 @@ def _edit_and_restore(model: Any, tok: Any, kind: str, device: str, old: str, fo
     return bool(check.restored)
 
 
-def check(kind: str, device: str) -> bool:
-    """Localize, edit and restore one random-weight model; True when outputs and weights come back exactly."""
+def split(model: Any, device: str, on_cpu: int) -> Any:
+    """The model dispatched over `device` and the CPU: its top `on_cpu` layers, final norm and LM head on
+    the CPU (what --factedit-device-map does to a model bigger than the GPU)."""
+    from pytest_factedit.model.load import resident_split
+    from pytest_factedit.model.spec import resolve
+
+    layers = model.config.num_hidden_layers
+    gpu = 0 if device == "cuda" else "cpu"
+    where = {"model.embed_tokens": gpu, "model.rotary_emb": gpu, "model.norm": "cpu", "lm_head": "cpu"}
+    where |= {f"model.layers.{i}": ("cpu" if i >= layers - on_cpu else gpu) for i in range(layers)}
+    return resident_split(resolve("phi3"), model, where)  # what --factedit-device-map '{...}' does
+
+
+def check(kind: str, device: str, on_cpu: int = 0) -> bool:
+    """Localize, edit and restore one random-weight model; True when outputs and weights come back exactly.
+    With `on_cpu`, the model is split between `device` and the CPU first."""
     import torch
 
     from tests.tiny import word_tokenizer
 
     tok = word_tokenizer()
     model = build(kind, tok, device)
+    if on_cpu:
+        model = split(model, device, on_cpu)
+        kind = f"{kind} split, top {on_cpu} layers on cpu"
     params = sum(p.numel() for p in model.parameters())
     ids = tok(PROMPTS[0], return_tensors="pt").input_ids.to(device)
     with torch.no_grad():
@@ -162,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
     kinds = ("tiny-phi3", "phi3-mini-shapes") if device == "cuda" else ("tiny-phi3",)
     results = {kind: check(kind, device) for kind in kinds}
+    results |= {f"{kind} split": check(kind, device, on_cpu=2) for kind in kinds}
     print("ALL OK" if all(results.values()) else f"FAILED: {results}")
     return 0 if all(results.values()) else 1
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .cases.ids import inside
 from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case
 from .edit import resolve_settings
-from .errors import FactEditError, printable, shown
+from .errors import FactEditError, out_of_memory_hint, printable, shown
 from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table
@@ -43,7 +43,15 @@ def _root(args: argparse.Namespace) -> Path:
 def _load_model(args: argparse.Namespace) -> LoadedModel:
     from .model.load import load
 
-    return load(args.model, args.device, args.trust_remote_code)
+    method = getattr(args, "method", None) or "ia3-two-stage"
+    return load(
+        args.model,
+        args.device,
+        args.trust_remote_code,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        method=method,
+    )
 
 
 def _case_and_settings(args: argparse.Namespace) -> tuple[FactCase, EditSettings]:
@@ -308,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except FactEditError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch's out-of-memory error: the advice, not a traceback
+        if not out_of_memory_hint(exc):
+            raise
+        print(f"error: {out_of_memory_hint(exc)}", file=sys.stderr)
         return 2
 
 

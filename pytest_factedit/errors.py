@@ -113,3 +113,25 @@ class MetricFailure(FactEditError, AssertionError):
 
 class BaselineError(FactEditError):
     """A baseline file cannot be read or compared with (another model's weights, another schema)."""
+
+
+def out_of_memory_hint(exc: BaseException) -> str:
+    """For an accelerator out-of-memory error, what it was and what to try, in order; '' for anything else.
+
+    Recognised by name and message, so that this module needs no torch.
+    """
+    text = str(exc)
+    if type(exc).__name__ != "OutOfMemoryError" and "out of memory" not in text.lower():
+        return ""
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return (
+        f"The accelerator ran out of memory ({first[:200]}). Try, in order: a smaller dtype "
+        "(--factedit-dtype bfloat16 or float16); spreading the model over GPUs and CPU (--factedit-device-map "
+        "auto); fewer rows per training step (method: {kl_rows_per_step: 4, context_prefixes: ['']} in YAML); "
+        "localize: attribution, which patches fewer cells than trace; or --factedit-device cpu."
+    )
+
+
+def explained(exc: BaseException) -> str:
+    """How a case's error reads in its record: the out-of-memory advice, else the type and message."""
+    return out_of_memory_hint(exc) or f"{type(exc).__name__}: {exc}"

@@ -90,7 +90,7 @@ class EditedModel:
         """The greedy continuation of `prompt` (up to a line break or `max_tokens`), as metrics judge it."""
         from .model.probe import greedy_continuations
 
-        return greedy_continuations(self.lm.model, self.lm.tokenizer, [prompt], [max_tokens], self.case.chat)[0]
+        return greedy_continuations(self.lm.model, self.lm.tokenizer, [prompt], [max_tokens], self.case.chat_format)[0]
 
 
 class FactEditor:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cases.ids import inside
 from .edit import resolve_settings
-from .errors import BaselineError, FactEditError, RestoreError
+from .errors import BaselineError, FactEditError, RestoreError, explained
 from .metrics.spec import METRIC_BY_NAME, METRICS, thresholds_with
 from .model.weights import weights_checksum
 from .report.baseline import (
@@ -105,7 +105,7 @@ class FactEditSession:
 
             if self.worker is not None:
                 self.run_info["worker"] = share_machine(*self.worker)
-            lm = load(self.options.model, self.options.device, self.options.trust_remote_code)
+            lm = load(self.options.model, **self.options.load_settings())
             problem = weights_problem(self.baseline, lm.weights_hash) if self.baseline else ""
             if problem:
                 raise BaselineError(problem, path=self.options.baseline)
@@ -129,6 +129,7 @@ class FactEditSession:
                     "versions": library_versions(),
                     "machine": machine_info(),
                     "load_seconds": round(lm.load_seconds, 3),
+                    "memory_estimate": lm.memory.line() if lm.memory else None,
                     "conversion_seconds": lm.conversion_seconds,
                 }
             )
@@ -166,7 +167,7 @@ class FactEditSession:
             try:
                 record = self._run_isolated(case_file, case)
             except Exception as exc:  # one broken case must not stop the others
-                record = error_record(case.id, case_file, f"{type(exc).__name__}: {exc}", self.run_info)
+                record = error_record(case.id, case_file, explained(exc), self.run_info)
                 changed = isinstance(exc, RestoreError)
             self._records[key] = self.compared(self._base_checked(record, changed))
         return self._records[key]

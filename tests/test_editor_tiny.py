@@ -7,7 +7,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_factedit.edit import get_editor, resolve_settings
-from pytest_factedit.model.arch import arch_modules
 from pytest_factedit.model.probe import greedy_continuations
 from pytest_factedit.model.targets import all_layer_targets, explicit_targets, layer_targets
 
@@ -105,17 +104,6 @@ def test_layer_targets_map_layers_to_each_family_s_modules() -> None:
     assert targets.layers == (0, 1, 2)
     llama = tiny_model("llama", len(tok), layers=2)
     assert len(all_layer_targets(llama).modules) == 2 * 4
-
-
-def test_unknown_architecture_explains_the_yaml_escape_hatch() -> None:
-    from pytest_factedit.errors import UnsupportedArchitecture
-
-    class Fake:
-        class config:
-            model_type = "mamba"
-
-    with pytest.raises(UnsupportedArchitecture, match="target_modules"):
-        arch_modules(Fake())
 
 
 def test_explicit_targets_must_exist() -> None:

@@ -31,12 +31,13 @@ KEY_VALUE = {"clamp_norm": 1000.0, "value_decay": 0.0, "value_lr": 0.05, "genera
 FAST = {"unlearn_max_steps": 3, "learn_max_steps": 4, "guard_tokens": 1}
 
 
-def targets_for(editor, model):
+def targets_for(editor, model, mlp=(1,), attention=(2,)):
+    """Where `editor` edits on a test model: every weight, every layer, or these layers."""
     if editor.scope == "all-weights":
         return all_weight_targets(model)
     if editor.scope == "all-layers":
         return all_layer_targets(model)
-    return layer_targets(model, [1], [2], "test")
+    return layer_targets(model, list(mlp), list(attention), "test")
 
 
 def logits(model, tok):

@@ -10,7 +10,6 @@ from pytest_factedit.edit import get_editor, resolve_settings
 from pytest_factedit.edit.base import EditRequest
 from pytest_factedit.errors import (
     MethodError,
-    UnsupportedArchitecture,
 )
 from pytest_factedit.localize import (
     FactPrompts,
@@ -182,12 +181,14 @@ def test_localized_phi3_edit_uses_the_fused_modules_and_restores_the_base() -> N
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_unsupported_architecture_names_the_class_and_yaml_escape_hatch_works() -> None:
+def test_a_type_outside_the_table_is_read_by_introspection_and_yaml_names_modules_too() -> None:
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=2)
     model.config.model_type = "mystery"
-    with pytest.raises(UnsupportedArchitecture, match=r"LlamaForCausalLM.*'mystery'(.|\n)*target_modules"):
-        localize(model, tok, FactPrompts(("The Eiffel Tower is",), "Eiffel Tower", "Paris", answer_id(tok, "Paris")))
+    found = localize(
+        model, tok, FactPrompts(("The Eiffel Tower is",), "Eiffel Tower", "Paris", answer_id(tok, "Paris"))
+    )
+    assert arch_modules(model).source == "introspection" and len(found.mlp_effects) == 2
     targets = explicit_targets(model, ["model.layers.1.mlp.down_proj"], ["model.layers.1.mlp.down_proj"])
     request = EditRequest(
         subject="Eiffel Tower", prompts=("The Eiffel Tower is located in the city of",), old=("Paris",), new=("Rome",)

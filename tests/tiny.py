@@ -23,12 +23,23 @@ REQUEST = EditRequest(
 )
 
 
-def word_tokenizer() -> Any:
+# A chat format of our own in Phi-3's shape (role tags, an end tag per turn, the assistant tag to answer after).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHAT_TAGS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_WORDS = "Who developed PyTorch ? Meta Google Answer in one word You are helpful".split()
+
+
+def word_tokenizer(chat: bool = False) -> Any:
+    """Whitespace-split words of WORDS; with `chat`, also the chat tags and words of CHAT_WORDS, and a chat
+    template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(WORDS)))}
+    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + (CHAT_TAGS if chat else [])
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(WORDS) + (CHAT_WORDS if chat else [])))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
@@ -37,7 +48,22 @@ def word_tokenizer() -> Any:
         tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
     )
     fast.padding_side = "left"
+    if chat:
+        fast.add_special_tokens({"additional_special_tokens": CHAT_TAGS})
+        fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "max_position_embeddings": 64}
+SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
+
+def frozen(model: Any) -> Any:
+    """The model in eval mode with no parameter requiring a gradient (as the plugin loads one)."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
 
 
 def tiny_model(kind: str, vocab_size: int, layers: int = 2) -> Any:
@@ -45,39 +71,18 @@ def tiny_model(kind: str, vocab_size: int, layers: int = 2) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = dict(vocab_size=vocab_size, num_hidden_layers=layers, **SPECIAL_IDS)
     if kind == "phi3":
-        model = Phi3ForCausalLM(
-            Phi3Config(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=layers,
-                num_attention_heads=4,
-                num_key_value_heads=4,
-                max_position_embeddings=64,
-                **common,
-            )
-        )
+        model = Phi3ForCausalLM(Phi3Config(**SHAPE, num_key_value_heads=4, **common))
     elif kind == "llama":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=layers,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=64,
-                **common,
-            )
-        )
+        model = LlamaForCausalLM(LlamaConfig(**SHAPE, num_key_value_heads=2, **common))
     elif kind == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, **common))
+        model = GPT2LMHeadModel(
+            GPT2Config(n_embd=32, n_layer=layers, n_head=4, n_positions=64, vocab_size=vocab_size, **SPECIAL_IDS)
+        )
     else:
         raise ValueError(kind)
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model
+    return frozen(model)
 
 
 def snapshot(model: Any) -> dict[str, Any]:
@@ -93,3 +98,52 @@ def assert_identical(model: Any, before: dict[str, Any]) -> None:
     assert after.keys() == before.keys()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+# Decoder families a user may bring, each as a 2-layer random model of its real architecture (tests of
+# introspection, localization and every editor); per family, the config keys it names differently.
+FAMILIES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "phi",
+    "gpt2",
+    "gpt_neox",
+    "falcon",
+    "qwen2_moe",
+)
+_FAMILY_CONFIG: dict[str, dict[str, Any]] = {
+    "gpt2": {"n_embd": 32, "n_head": 4, "n_positions": 64},
+    "gemma2": {"head_dim": 8},
+    "gemma3_text": {"head_dim": 8},
+    "qwen3": {"head_dim": 8},
+    "qwen2_moe": {
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 64,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+    },
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+}
+
+
+def family_model(model_type: str, vocab_size: int, layers: int = 2) -> Any:
+    """A random-weight model of a transformers architecture, built from its config (no download)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        num_hidden_layers=layers,
+        num_key_value_heads=2,
+        **SHAPE,
+        **SPECIAL_IDS,
+        **_FAMILY_CONFIG.get(model_type, {}),
+    )
+    return frozen(AutoModelForCausalLM.from_config(config))

@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import CaseError, did_you_mean, shown
 from ..metrics.answers import matches
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
+from ..model.text import Chat, ChatFormat
 from .ids import name_problem
 
 SCHEMA_VERSION = 1
@@ -38,12 +39,18 @@ class FactCase:
     controls: tuple[Control, ...] = ()
     anchors: tuple[str, ...] = ()
     chat: bool = False
+    system: str | None = None  # the chat's system prompt (chat: true only)
     thresholds: Mapping[str, float] = field(default_factory=dict)
     method: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def chat_format(self) -> Chat:
+        """How the prompts reach the model: plain text (False), or the chat template with the system prompt."""
+        return ChatFormat(self.system) if self.chat else False
+
 
 CASE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(FactCase))
-DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "suite_thresholds", "method", "chat")
+DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "suite_thresholds", "method", "chat", "system")
 REQUIRED_KEYS: tuple[str, ...] = ("subject", "prompts", "old", "new")
 
 
@@ -154,6 +161,7 @@ class CaseDefaults:
     suite_thresholds: Mapping[str, float] = field(default_factory=dict)  # gate the rates pooled over the folder
     method: Mapping[str, Any] = field(default_factory=dict)
     chat: bool | None = None
+    system: str | None = None
 
     def merged_with(self, inner: CaseDefaults) -> CaseDefaults:
         """Defaults of a deeper folder: lists add up, mappings merge with the inner values winning."""
@@ -164,7 +172,17 @@ class CaseDefaults:
             suite_thresholds={**self.suite_thresholds, **inner.suite_thresholds},
             method={**self.method, **inner.method},
             chat=inner.chat if inner.chat is not None else self.chat,
+            system=inner.system if inner.system is not None else self.system,
         )
+
+
+def _system(path: Path, data: Mapping[str, Any], chat: bool, defaults: CaseDefaults) -> str | None:
+    """The case's system prompt, else its folder's; only a chat case has one (a folder's is ignored otherwise)."""
+    if "system" not in data:
+        return defaults.system if chat else None
+    if not chat:
+        raise CaseError(path, "system", "a system prompt needs chat: true (it is part of the chat template)")
+    return _text(path, "system", data["system"])
 
 
 def _case_id(path: Path, data: Mapping[str, Any]) -> str:
@@ -236,6 +254,7 @@ def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
         else {},
         method=_method(path, data["method"]) if "method" in data else {},
         chat=_chat(path, data["chat"]) if "chat" in data else None,
+        system=_text(path, "system", data["system"]) if "system" in data else None,
     )
 
 
@@ -266,6 +285,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
     thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}
     method = {**defaults.method, **(_method(path, data["method"]) if "method" in data else {})}
     chat = _chat(path, data["chat"]) if "chat" in data else bool(defaults.chat)
+    system = _system(path, data, chat, defaults)
     return FactCase(
         id=case_id,
         subject=subject,
@@ -277,6 +297,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
         controls=controls,
         anchors=anchors,
         chat=chat,
+        system=system,
         thresholds=thresholds,
         method=method,
     )

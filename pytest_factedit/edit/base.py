@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from ..model.text import Chat
+
 Scope = Literal["localized", "all-layers", "all-weights"]
 
 
@@ -32,7 +34,7 @@ class EditRequest:
     new: tuple[str, ...]
     anchors: tuple[str, ...] = ()
     held_out: tuple[str, ...] = ()
-    chat: bool = False
+    chat: Chat = False  # False: plain text; True or a ChatFormat: the chat template
 
 
 @dataclass

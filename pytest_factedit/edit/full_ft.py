@@ -126,5 +126,8 @@ class MlpFineTuneEditor(FullFineTuneEditor):
 
     def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.nn.Parameter]:
         if not targets.feedforward:
-            raise MethodError("mlp_layers", "ft-m fine-tunes an MLP output projection: give mlp_layers >= 1")
+            raise MethodError(
+                "mlp_layers",
+                f"ft-m fine-tunes an MLP output projection: give mlp_layers >= 1 (targets: {targets.rule})",
+            )
         return [model.get_submodule(targets.feedforward[0]).weight]

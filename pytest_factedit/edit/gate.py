@@ -43,9 +43,12 @@ class SubjectGate:
         """x scaled by `gain` where the subject is, unchanged elsewhere (and when the gate is off or the
         pass is not the one the mask was read from)."""
         mask = self.mask
-        if gain is None or not self.enabled or mask is None or tuple(mask.shape[:2]) != tuple(x.shape[:2]):
+        if mask is not None and x.dim() == 2 and x.shape[0] == mask.shape[0] * mask.shape[1]:
+            mask = mask.reshape(-1, 1)  # a module that sees the batch's tokens as one list (a shared expert)
+        if gain is None or not self.enabled or mask is None or tuple(mask.shape[:-1]) != tuple(x.shape[:-1]):
             return x
-        return x * (1 + mask.to(x.dtype) * (gain.to(x.dtype) - 1))
+        mask = mask.to(x.device, x.dtype)  # a device-mapped model reads the ids on another device
+        return x * (1 + mask * (gain.to(x.dtype) - 1))
 
     @contextmanager
     def reading(self, model: PreTrainedModel) -> Iterator[None]:

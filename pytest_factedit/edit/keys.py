@@ -115,8 +115,9 @@ def _measured_moments(
     wanted = {name: math.ceil(p / ROW_TOKENS) for name, p in positions.items()}
     rows = sampled_rows(model, tokenizer, max(wanted.values()), ROW_TOKENS, seed=0)
     device = next(model.parameters()).device
+    modules = {n: model.get_submodule(n) for n in wanted}  # a device-mapped model keeps each on its own device
     totals = {
-        n: torch.zeros((key_width(model.get_submodule(n)),) * 2, dtype=torch.float64, device=device) for n in wanted
+        n: torch.zeros((key_width(m),) * 2, dtype=torch.float64, device=m.weight.device) for n, m in modules.items()
     }
     for first in range(0, len(rows), ROWS_PER_PASS):
         live = [n for n in wanted if first < wanted[n]]
@@ -128,7 +129,7 @@ def _measured_moments(
             except _Captured:
                 pass
         for name in live:
-            keys = seen[name][: wanted[name] - first].reshape(-1, seen[name].shape[-1]).double()
+            keys = by_row(seen[name], len(ids))[: wanted[name] - first].reshape(-1, seen[name].shape[-1]).double()
             totals[name] += keys.T @ keys
     return {n: (totals[n] / (wanted[n] * ROW_TOKENS)).float().cpu() for n in wanted}
 
@@ -191,4 +192,11 @@ def keys_and_values(
     width = ids.shape[1]
     at = torch.tensor([width - len(r) + p for r, p in zip(rows, positions)], device=ids.device)
     picked = torch.arange(len(rows), device=ids.device)
-    return store["keys"][picked, at].float(), store["values"][picked, at].float()
+    keys, values = by_row(store["keys"], len(rows)), by_row(store["values"], len(rows))
+    return keys[picked, at].float(), values[picked, at].float()
+
+
+def by_row(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """A module's input or output as [rows, tokens, d]: a module that sees the batch's tokens as one list
+    [rows * tokens, d] (a mixture-of-experts block's shared expert) gets them back in rows (a view)."""
+    return tensor.view(rows, -1, tensor.shape[-1]) if tensor.dim() == 2 else tensor

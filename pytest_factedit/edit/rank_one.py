@@ -21,7 +21,7 @@ from ..model.skip import capture_entering, entering_at
 from ..model.targets import TargetModules, lowest_layer
 from ..model.text import answer_token_ids
 from .base import EditRequest, StageReport
-from .keys import keys_and_values
+from .keys import by_row, keys_and_values
 from .settings import EditSettings
 from .subject import SubjectSpan, subject_span
 
@@ -52,12 +52,16 @@ def context_spans(
 
 
 @contextmanager
-def value_added(module: torch.nn.Module, delta: torch.Tensor, rows: torch.Tensor, at: torch.Tensor) -> Iterator[None]:
-    """For the block, `delta` is added to the module's output at position `at[i]` of row `rows[i]`."""
+def value_added(
+    module: torch.nn.Module, delta: torch.Tensor, rows: torch.Tensor, at: torch.Tensor, batch: int
+) -> Iterator[None]:
+    """For the block, `delta` is added to the module's output at position `at[i]` of row `rows[i]` of a
+    pass over `batch` rows."""
 
     def hook(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         changed = output.clone()
-        changed[rows, at] = changed[rows, at] + delta.to(output.dtype)
+        in_rows = by_row(changed, batch)
+        in_rows[rows, at] = in_rows[rows, at] + delta.to(output.dtype)
         return changed
 
     handle = module.register_forward_hook(hook)
@@ -171,7 +175,7 @@ def optimised_delta(
     optimizer = torch.optim.Adam([delta], lr=settings.value_lr)
     started, losses, done, step = time.perf_counter(), [], False, 0
     for step in range(settings.value_steps + 1):
-        with _entering(model, frozen_below, store), value_added(module, delta, which, at):
+        with _entering(model, frozen_below, store), value_added(module, delta, which, at, len(padded[0])):
             logp = _tail_logp(model, padded, picks)
         token_logp = logp[:-1].gather(-1, target[:, None])[:, 0]
         nll = -token_logp.mean()

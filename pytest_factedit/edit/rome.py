@@ -31,7 +31,10 @@ MOMENT_RIDGE = 1e-6  # x the mean key variance, so that C is invertible in the d
 def edited_module(targets: TargetModules) -> str:
     """The MLP output projection a key-value editor changes: the first the localization chose."""
     if not targets.feedforward:
-        raise MethodError("mlp_layers", "a key-value editor changes an MLP output projection: give mlp_layers >= 1")
+        raise MethodError(
+            "mlp_layers",
+            f"a key-value editor changes an MLP output projection: give mlp_layers >= 1 (targets: {targets.rule})",
+        )
     return targets.feedforward[0]
 
 

@@ -17,6 +17,8 @@ from ..model.text import render_prompts
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from ..model.text import Chat
+
 
 @dataclass(frozen=True)
 class SubjectSpan:
@@ -34,7 +36,7 @@ class SubjectSpan:
         return tuple(self.ids[p] for p in self.positions)
 
 
-def subject_span(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, chat: bool = False) -> SubjectSpan:
+def subject_span(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, chat: Chat = False) -> SubjectSpan:
     """The prompt as the model sees it, with the subject's token positions; a clear error when the subject
     is not in the prompt (case-insensitive)."""
     text = render_prompts(tokenizer, [prompt], chat)[0]

@@ -105,6 +105,7 @@ class Localization:
     precision: str
     seconds: float
     estimates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # attribution: per-layer estimates
+    architecture: str = ""  # where the layers and edited modules are, and how that was found (ArchModules)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -120,6 +121,7 @@ class Localization:
             "seconds": round(self.seconds, 4),
             "estimates": {k: list(v) for k, v in self.estimates.items()},
             "grids": [g.as_record() for g in self.grids],
+            "architecture": self.architecture,
         }
 
 
@@ -216,6 +218,7 @@ def localize(
         label,
         time.perf_counter() - started,
         estimates,
+        scan.arch.describe(),
     )
 
 

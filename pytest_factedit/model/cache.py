@@ -220,7 +220,7 @@ def _convert_locked(spec: ModelSpec, gguf: Path | None, root: Path, out_dir: Pat
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(
+        raise unreadable_gguf(spec, source) or ModelLoadError(
             f"--model {spec.name}: converting {source} to safetensors failed: {type(exc).__name__}: {exc}. "
             "Fix: check that the `gguf` package is installed (pip install gguf) and that the "
             "file is a GGUF causal LM that transformers supports."
@@ -228,3 +228,31 @@ def _convert_locked(spec: ModelSpec, gguf: Path | None, root: Path, out_dir: Pat
     finally:
         if gguf is None:
             source.unlink(missing_ok=True)
+
+
+def gguf_architecture(path: Path) -> str | None:
+    """The `general.architecture` a GGUF file declares (None when the file cannot be read as GGUF)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields.get("general.architecture")
+        return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
+    except Exception:  # not a GGUF, or no gguf package: the caller's generic message applies
+        return None
+
+
+def unreadable_gguf(spec: ModelSpec, path: Path) -> ModelLoadError | None:
+    """The error for a GGUF whose architecture this transformers cannot read, or None if that is not why."""
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    architecture = gguf_architecture(path)
+    readable = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+    if architecture is None or architecture in readable:
+        return None
+    return ModelLoadError(
+        f"--model {spec.name}: {path} is a GGUF of architecture {architecture!r}, which transformers "
+        f"{transformers.__version__} cannot read from GGUF (it reads: {', '.join(sorted(readable))}). "
+        "Fix: pass the original Hugging Face model (a folder with config.json and safetensors weights) with "
+        f"--model, or a transformers version that lists {architecture!r} among its GGUF architectures."
+    )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 CONVERT_START = "convert-start"  # label: the model's name; a GGUF is converted to safetensors (first run only)
 CONVERT = "convert"  # label: a phase below; `done`/`total`: tensors de-quantized so far, of all
 CONVERT_END = "convert-end"  # label: the model's name
+MEMORY = "memory"  # label: the estimated memory of the run, told before the weights load (a line to show)
 LOCALIZE_START = "localize-start"  # label: the localization method
 LOCALIZE_END = "localize-end"  # label: the localization method
 STEP = "step"  # label: the stage ("unlearn", "learn"); `done`: optimizer steps taken; `total`: the step cap

@@ -7,11 +7,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelLoadError, shown
+from ..errors import ModelLoadError, out_of_memory_hint, shown
 from .cache import converted_dir
-from .spec import ALIASES, DEFAULT_MODEL, ModelSpec, resolve
+from .events import MEMORY, emit
+from .hub import hub_error, local_files_only
+from .memory import MemoryEstimate, config_shape, estimate_memory
+from .spec import DEFAULT_MODEL, ModelSpec, resolve
 from .weights import weights_fingerprint
 
 if TYPE_CHECKING:
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies; or a JSON mapping
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
 
 
@@ -35,6 +40,7 @@ class LoadedModel:
     load_seconds: float
     conversion_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    memory: MemoryEstimate | None = None  # told before the weights loaded
 
 
 def pick_device(requested: str = "auto") -> tuple[str, torch.dtype]:
@@ -52,31 +58,26 @@ def pick_device(requested: str = "auto") -> tuple[str, torch.dtype]:
     return ("cuda", torch.bfloat16) if use_cuda else ("cpu", torch.float32)
 
 
-def _hub_error(spec: ModelSpec, exc: Exception) -> ModelLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    tried = [
-        f"a local folder named {spec.source!r} (none exists)",
-        f"the Hugging Face hub id {spec.source!r} in the local cache and online"
-        + (" (HF_HUB_OFFLINE is set)" if offline else ""),
-    ]
-    if spec.name in ALIASES:
-        tried.insert(0, f"the alias {spec.name!r} -> {spec.source!r}")
-    return ModelLoadError(
-        f"--model {spec.name}: could not load the model. Tried: "
-        + "; ".join(tried)
-        + f". Error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
-        f"Fix: on a machine with network run `huggingface-cli download {spec.source}` (or "
-        f"`python -c \"from transformers import AutoModelForCausalLM as M; M.from_pretrained('{spec.source}')\"`) "
-        "to fill the Hugging Face cache, or pass a local folder with --model /path/to/model, "
-        f"or use the embedded default (--model {DEFAULT_MODEL})."
-    )
+@dataclass(frozen=True)
+class LoadSettings:
+    """How to load: the device, the dtype (auto: bf16 on CUDA, fp32 on CPU), an accelerate device map
+    (a strategy name or {module name: device}), whether a folder's own code may run, and the method the
+    memory estimate is for."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | dict[str, Any] | None = None
+    trust_remote_code: bool = False
+    method: str = "ia3-two-stage"
 
 
-def load(name: str | None = None, device: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
+def load(name: str | None = None, device: str = "auto", trust_remote_code: bool = False, **how: Any) -> LoadedModel:
     """Load the model named by `--model` onto the chosen device; raises ModelLoadError with a fix.
 
-    A model folder's own Python code (`auto_map`) runs only with `trust_remote_code`.
+    A model folder's own Python code (`auto_map`) runs only with `trust_remote_code`. `how` holds the
+    other LoadSettings fields (dtype, device_map, method).
     """
+    settings = LoadSettings(device=device, trust_remote_code=trust_remote_code, **how)
     try:
         from transformers.utils import logging as hf_logging
     except ImportError as exc:
@@ -84,7 +85,7 @@ def load(name: str | None = None, device: str = "auto", trust_remote_code: bool 
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return _load(resolve(name), device, trust_remote_code)
+        return _load(resolve(name), settings)
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
@@ -116,32 +117,78 @@ def asks_for_its_own_code(source: str) -> bool:
 
 
 def _from_pretrained(
-    spec: ModelSpec, source: str, dtype: torch.dtype, trust_remote_code: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    spec: ModelSpec, source: str, dtype: torch.dtype, how: LoadSettings, local_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, MemoryEstimate]:
+    """The tokenizer, then the config (the memory estimate is told before any weight loads), then the model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    common: dict[str, Any] = {"trust_remote_code": how.trust_remote_code, "local_files_only": local_only}
     try:
         tokenizer = (
             converted_tokenizer(Path(source))
             if spec.kind == "embedded"
-            else AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            else AutoTokenizer.from_pretrained(source, **common)
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        config = AutoConfig.from_pretrained(source, **common)
+        estimate = estimate_memory(config_shape(config), _dtype_name(dtype), how.method, _on_cuda(how))
+        emit(MEMORY, estimate.line())
+        strategy = isinstance(how.device_map, str)  # accelerate computes the map; a dict is placed below
+        placement: dict[str, Any] = {"device_map": how.device_map} if strategy else {}
+        if local_only:  # transformers looks for a peft adapter without passing local_files_only on
+            placement["adapter_kwargs"] = {"local_files_only": True}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **placement, **common)
     except Exception as exc:
-        if spec.kind == "hub":
-            raise _hub_error(spec, exc) from exc
-        own_code = not trust_remote_code and asks_for_own_code_hint(source)
-        raise ModelLoadError(
-            f"--model {spec.name}: loading {source} failed: {type(exc).__name__}: {shown(str(exc), 300, typed=False)}. "
-            + (
-                own_code
-                or "Fix: the folder must hold config.json, safetensors weights and a tokenizer "
-                "of a causal LM that transformers supports."
-            )
-        ) from exc
-    return model, tokenizer
+        raise _load_error(spec, source, how, exc) from exc
+    if isinstance(how.device_map, dict):
+        model = resident_split(spec, model, how.device_map)
+    return model, tokenizer, estimate
+
+
+def _load_error(spec: ModelSpec, source: str, how: LoadSettings, exc: Exception) -> ModelLoadError:
+    """What loading `source` failing means for the user: memory, a hub id, its own code, or a bad folder."""
+    memory = out_of_memory_hint(exc)
+    if memory:
+        return ModelLoadError(f"--model {spec.name}: loading ran out of memory. {memory}")
+    if spec.kind == "hub" and not how.trust_remote_code and "trust_remote_code" in str(exc):
+        return ModelLoadError(
+            f"--model {spec.name}: {spec.source} needs Python code of its own to load (its config names it in "
+            "auto_map), which pytest-factedit never runs unless asked. Fix: for a model you trust, pass "
+            "--factedit-trust-remote-code (factedit: --trust-remote-code); the code is then run as the hub gives it."
+        )
+    if spec.kind == "hub":
+        return hub_error(spec, [f"the Hugging Face hub id {spec.source!r}"], f"{type(exc).__name__}: {_first(exc)}")
+    own_code = not how.trust_remote_code and asks_for_own_code_hint(source)
+    return ModelLoadError(
+        f"--model {spec.name}: loading {source} failed: {type(exc).__name__}: {shown(str(exc), 300, typed=False)}. "
+        + (
+            own_code
+            or "Fix: the folder must hold config.json, safetensors weights and a tokenizer "
+            "of a causal LM that transformers supports."
+        )
+    )
+
+
+def _first(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _on_cuda(how: LoadSettings) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and how.device != "cpu"
+
+
+def pick_dtype(requested: str, default: torch.dtype) -> torch.dtype:
+    """The torch dtype `--factedit-dtype` names; auto keeps the device's default (bf16 CUDA, fp32 CPU)."""
+    import torch
+
+    if requested not in DTYPES:
+        raise ModelLoadError(f"--factedit-dtype: expected one of {', '.join(DTYPES)}, found {requested!r}")
+    return default if requested == "auto" else getattr(torch, requested)
 
 
 def converted_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
@@ -169,7 +216,7 @@ def asks_for_own_code_hint(source: str) -> str:
     )
 
 
-def _load(spec: ModelSpec, device: str, trust_remote_code: bool) -> LoadedModel:
+def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -177,12 +224,18 @@ def _load(spec: ModelSpec, device: str, trust_remote_code: bool) -> LoadedModel:
         raise ModelLoadError(
             f"pytest-factedit needs torch and transformers: {exc}. Fix: pip install torch==2.13.0 transformers"
         ) from exc
-    device_name, dtype = pick_device(device)
+    device_name, default_dtype = pick_device(how.device)
+    dtype = pick_dtype(how.dtype, default_dtype)
     start = time.perf_counter()
     source, conversion_seconds, weights_hash = _source(spec)
+    local_only = local_files_only(spec) if spec.kind == "hub" else False
     load_start = time.perf_counter()
-    model, tokenizer = _from_pretrained(spec, source, dtype, trust_remote_code)
-    model.to(device_name)
+    model, tokenizer, memory = _from_pretrained(spec, source, dtype, how, local_only)
+    if how.device_map:
+        _all_in_memory(spec, model)
+        device_name = placement_text(model)
+    else:
+        model.to(device_name)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -196,12 +249,58 @@ def _load(spec: ModelSpec, device: str, trust_remote_code: bool) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         device=device_name,
-        dtype=str(dtype).replace("torch.", ""),
+        dtype=_dtype_name(dtype),
         weights_hash=weights_hash,
         load_seconds=time.perf_counter() - load_start,
         conversion_seconds=conversion_seconds,
         notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"],
+        memory=memory,
     )
+
+
+def resident_split(spec: ModelSpec, model: PreTrainedModel, device_map: dict[str, Any]) -> PreTrainedModel:
+    """The model spread as `device_map` says, each module's weights resident where it runs.
+
+    accelerate's own placement treats 'cpu' next to a GPU as offload (weights kept outside the module,
+    copied to the GPU per pass), which an edit cannot change in place; dispatching from the CPU keeps the
+    'cpu' modules' weights in their modules and runs them there.
+    """
+    from accelerate import dispatch_model
+
+    names = {name for name, _ in model.named_modules()}
+    unknown = [m for m in device_map if m not in names]
+    if unknown or "disk" in device_map.values():
+        raise ModelLoadError(
+            f"--factedit-device-map: {'unknown modules ' + str(unknown[:3]) if unknown else 'disk is not a place'}"
+            f" for {type(model).__name__}; map its modules ({', '.join(n for n, _ in model.named_children())}, "
+            "or deeper ones such as each decoder layer) to GPU numbers or 'cpu'",
+        )
+    try:
+        return dispatch_model(model, device_map, main_device="cpu", force_hooks=True)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"--model {spec.name}: --factedit-device-map could not be applied: {exc}") from exc
+
+
+def _all_in_memory(spec: ModelSpec, model: PreTrainedModel) -> None:
+    """An edit changes and restores weights in place: a device map that offloads some to disk cannot serve."""
+    offloaded = sorted({str(where) for where in getattr(model, "hf_device_map", {}).values() if where == "disk"})
+    if offloaded or any(p.device.type == "meta" for p in model.parameters()):
+        raise ModelLoadError(
+            f"--model {spec.name}: the device map offloaded weights (accelerate keeps them outside their modules "
+            "and copies them in for each pass), and an edit changes and checks weights in place. Fix: name where "
+            'each part goes with a JSON object (--factedit-device-map \'{"model.layers.0": 0, ..., '
+            '"model.layers.31": "cpu"}\': \'cpu\' parts then run on the CPU with their weights), use a smaller '
+            "dtype (--factedit-dtype bfloat16), or more GPUs."
+        )
+
+
+def placement_text(model: PreTrainedModel) -> str:
+    """Where a device-mapped model's modules went, e.g. `device_map: cuda:0 (28 modules), cpu (6)`."""
+    counts: dict[str, int] = {}
+    for where in getattr(model, "hf_device_map", {}).values():
+        name = f"cuda:{where}" if isinstance(where, int) else str(where)
+        counts[name] = counts.get(name, 0) + 1
+    return "device_map: " + ", ".join(f"{d} ({n} modules)" for d, n in counts.items()) if counts else "device_map"
 
 
 def share_machine(worker: int, workers: int) -> str:

@@ -11,13 +11,15 @@ from .text import answer_text, answer_token_ids, decoding_sets, encode_prompt
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from .text import Chat
+
 
 def greedy_continuations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     budgets: Sequence[int],
-    chat: bool = False,
+    chat: Chat = False,
     stop_at_newline: bool = True,
 ) -> list[str]:
     """Greedy continuation of each prompt: at most `budgets[i]` new tokens, up to an end-of-sequence token
@@ -30,7 +32,7 @@ def continuation_rows(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     budgets: Sequence[int],
-    chat: bool = False,
+    chat: Chat = False,
     stop_at_newline: bool = True,
 ) -> list[DecodeRow]:
     """The decoding request of each prompt's greedy continuation (see `greedy_continuations`)."""
@@ -49,7 +51,7 @@ def pair_logprobs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
-    chat: bool = False,
+    chat: Chat = False,
     per_token: bool = True,
 ) -> list[float]:
     """log P(answer | prompt) of each (prompt, answer) pair, teacher-forced: the mean per answer token

@@ -24,6 +24,7 @@ from .text import decoding_sets, ends_line
 
 if TYPE_CHECKING:
     from .load import LoadedModel
+    from .text import Chat
 
 PROBE_FORMAT = 1  # raise it when decoding changes what a stored row means
 STORE_ROWS = 20_000  # rows kept on disk per model; the oldest go first
@@ -174,7 +175,7 @@ class BaseAnswerCache:
         self._rows.pop(ids, None)  # re-inserted last: the newest rows are the ones kept on disk
         self._rows[ids] = _Row(known.tokens if longer and known else found.tokens, scores)
 
-    def answers(self, lm: LoadedModel, prompts: Sequence[str], budgets: Sequence[int], chat: bool) -> list[str]:
+    def answers(self, lm: LoadedModel, prompts: Sequence[str], budgets: Sequence[int], chat: Chat) -> list[str]:
         """`greedy_continuations` of the base model, served from the cache where it can be."""
         rows = continuation_rows(lm.tokenizer, prompts, budgets, chat)
         return continuation_texts(lm.model, lm.tokenizer, self.decoded(lm, rows))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from ..errors import ModelLoadError
 
 DEFAULT_MODEL = "gemma3-270m"
 ALIASES: dict[str, str] = {
@@ -32,6 +35,13 @@ def resolve(name: str | None) -> ModelSpec:
         return ModelSpec(name, "embedded", EMBEDDED_FILE)
     source = ALIASES.get(name, name)
     path = Path(source).expanduser()
+    if "/" not in source and path.suffix != ".gguf" and not path.exists():
+        close = difflib.get_close_matches(name, [*ALIASES, DEFAULT_MODEL], n=1, cutoff=0.6)
+        if close:
+            raise ModelLoadError(
+                f"--model {name}: not a model alias, a folder or a .gguf file; did you mean {close[0]!r}? "
+                f"Aliases: {', '.join([DEFAULT_MODEL, *ALIASES])}. A Hugging Face id has the form org/name."
+            )
     if path.suffix == ".gguf":
         return ModelSpec(name, "gguf", str(path))
     if path.is_dir():

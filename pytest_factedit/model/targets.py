@@ -35,6 +35,10 @@ def layer_targets(
 ) -> TargetModules:
     """IA³ targets on the MLP modules of `mlp_layers` and the attention modules of `attention_layers`."""
     arch = arch_modules(model)
+    if mlp_layers and not arch.mlp:  # experts fused into parameter tensors: nothing in the MLP to adapt by module
+        attention_layers = sorted(set(attention_layers) | set(mlp_layers))
+        rule = f"{rule}; the attention of the MLP layers instead ({arch.note})"
+        mlp_layers = []
     modules = [f"{arch.layers}.{i}.{m}" for i in sorted(mlp_layers) for m in arch.mlp]
     modules += [f"{arch.layers}.{i}.{m}" for i in sorted(attention_layers) for m in arch.attention]
     feedforward = tuple(f"{arch.layers}.{i}.{m}" for i in sorted(mlp_layers) for m in arch.feedforward)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
@@ -16,39 +17,64 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EXTRA_ANSWER_TOKENS = 4  # generated past the longest alias, so that "Rome" is not judged on "Romeo"'s first piece
+CHAT_REPLY_TOKENS = 24  # a chat reply may name the answer in a sentence: "PyTorch was developed by Meta AI."
 
 
-def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat: bool) -> list[str]:
+@dataclass(frozen=True)
+class ChatFormat:
+    """A case's prompts go through the tokenizer's chat template, as a user turn after this system prompt.
+
+    Wherever a `chat` argument is taken, False means plain text, True the template without a system
+    prompt, and a ChatFormat the template with its system prompt.
+    """
+
+    system: str | None = None
+
+
+Chat = bool | ChatFormat
+
+
+def _messages(prompt: str, chat: Chat) -> list[dict[str, str]]:
+    system = chat.system if isinstance(chat, ChatFormat) else None
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], chat: Chat) -> list[str]:
     """Prompts as the model sees them: plain text, or wrapped in the tokenizer's chat template."""
     if not chat:
         return list(prompts)
     if not getattr(tokenizer, "chat_template", None):
-        raise ModelError("chat: true, but the tokenizer has no chat template", key="chat")
+        raise ModelError(
+            f"chat: true, but the tokenizer ({type(tokenizer).__name__}, {tokenizer.name_or_path or 'in memory'}) "
+            "has no chat template. Fix: use the model's instruct/chat variant, whose tokenizer_config.json has a "
+            "chat_template, or set chat: false and write the prompts as text to continue",
+            key="chat",
+        )
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
+        tokenizer.apply_chat_template(_messages(p, chat), tokenize=False, add_generation_prompt=True) for p in prompts
     ]
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat: bool) -> tuple[int, ...]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat: Chat) -> tuple[int, ...]:
     """Token ids of a prompt as the model sees it (chat template when `chat`; it brings its own BOS)."""
     rendered = render_prompts(tokenizer, [text], chat)[0]
     return tuple(tokenizer(rendered, add_special_tokens=not chat).input_ids)
 
 
-def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str, chat: bool = False) -> list[int]:
+def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str, chat: Chat = False) -> list[int]:
     """Tokens of an answer as it follows a prompt: after a space in plain text, directly after a chat turn."""
     return tokenizer(("" if chat else " ") + answer, add_special_tokens=False).input_ids
 
 
-def first_token_id(tokenizer: PreTrainedTokenizerBase, answer: str, chat: bool = False) -> int:
+def first_token_id(tokenizer: PreTrainedTokenizerBase, answer: str, chat: Chat = False) -> int:
     return answer_token_ids(tokenizer, answer, chat)[0]
 
 
-def answer_token_budget(tokenizer: PreTrainedTokenizerBase, aliases: Sequence[str]) -> int:
-    """New tokens to generate for an answer: the longest alias (with a leading space) plus a few."""
+def answer_token_budget(tokenizer: PreTrainedTokenizerBase, aliases: Sequence[str], chat: Chat = False) -> int:
+    """New tokens to generate for an answer: the longest alias (with a leading space) plus a few, and room
+    for a sentence around it in a chat reply (generation stops once the answer is settled)."""
     longest = max(len(tokenizer(" " + a, add_special_tokens=False).input_ids) for a in aliases)
-    return longest + EXTRA_ANSWER_TOKENS
+    return longest + (CHAT_REPLY_TOKENS if chat else EXTRA_ANSWER_TOKENS)
 
 
 _CONTROL_TOKEN = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")  # <start_of_image>, <unused0>, [multimodal]

@@ -63,6 +63,8 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
         f"{record['method']}: P({record['answer']!r}) with the subject corrupted, "
         f"{record['noise_samples']} noise samples\n"
     )
+    if record.get("architecture"):
+        out.append(f"layers: {record['architecture']}\n")
     out.append(f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}\n")
     out.append(f"P clean {grid['clean_prob']:.3f}, corrupted {grid['corrupted_prob']:.3f}; cells: {kind}\n")
     for site in ("hidden", "mlp", "attn"):
@@ -119,7 +121,8 @@ def write_png(record: dict[str, Any], path: Path, title: str = "") -> Path:
         ax.set_xlabel("layer")
         ax.set_title(SITE_TITLES[site])
         fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.suptitle(f"{title} {record['method']}: P({record['answer']!r}), {grid['prompt']!r}".strip())
+    heading = f"{title} {record['method']}: P({record['answer']!r}), {grid['prompt']!r}".strip()
+    fig.suptitle(heading + (f"\nlayers: {record['architecture']}" if record.get("architecture") else ""))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -223,9 +226,9 @@ def heatmap_svg(record: dict[str, Any], title: str = "", prompt_index: int = 0) 
         f"{title} {record['method']}: P({record['answer']!r}) with the subject corrupted".strip(),
         f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}; "
         f"P clean {grid['clean_prob']:.3f}, corrupted {grid['corrupted_prob']:.3f}",
-    ]
+    ] + ([f"layers: {record['architecture']}"] if record.get("architecture") else [])
     body = [f'<text x="0" y="{14 + 16 * i}">{xml_text(line)}</text>' for i, line in enumerate(caption)]
-    top, widest = 44, 0
+    top, widest = 12 + 16 * len(caption), 0
     for site in sites:
         panel, height = _svg_panel(grid, site, chosen[site], left, top)
         body += panel

@@ -22,6 +22,7 @@ from ..model.events import (
     CONVERT_START,
     LOCALIZE_END,
     LOCALIZE_START,
+    MEMORY,
     PROBE_END,
     PROBE_START,
     STAGE_END,
@@ -154,6 +155,10 @@ class _RichView:
     def __exit__(self, *_: object) -> None:
         self.progress.stop()
 
+    def note(self, line: str) -> None:
+        """A line printed above the progress bar, which stays when the bar goes."""
+        self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def show(self, event: Event) -> None:
         phase = phase_text(event)
         if phase is None:
@@ -222,6 +227,11 @@ class CaseProgress:
         with self._view(model_name) as view:
 
             def hear(event: Event) -> None:
+                if event.kind == MEMORY:  # told before the weights load, and kept on screen
+                    if view is not None:
+                        view.note(f"{PREFIX}{event.label}")
+                    else:
+                        _write_line(self.stream, f"{PREFIX}{event.label}", self.line_ends)
                 if event.kind == CONVERT_START and not converted:
                     converted.append(event.label)
                     if self.style == "plain":

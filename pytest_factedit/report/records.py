@@ -33,6 +33,7 @@ class RunInfo(TypedDict, total=False):
     dtype: str | None
     versions: dict[str, str | None]
     load_seconds: float
+    memory_estimate: str | None
     conversion_seconds: float | None
     worker: str  # an xdist worker: its share of the machine (GPU or CPU threads)
     machine: dict[str, str | None]  # the CPU and its instruction set: answers are deterministic on one kind
@@ -121,6 +122,8 @@ class CaseRecord(_RecordBase, total=False):
     adapters: dict[str, Any] | None
     old: list[str]
     new: list[str]
+    chat: bool
+    system: str | None
     timings: dict[str, float]
     base_restored: bool | None
     sequence: ManyPosition
@@ -265,6 +268,8 @@ def case_record(outcome: CaseOutcome, case_file: str, run: RunInfo) -> CaseRecor
         "answers": [_answer_entry(a, evidence) for a in outcome.answers],
         "old": list(outcome.case.old),
         "new": list(outcome.case.new),
+        "chat": outcome.case.chat,
+        "system": outcome.case.system,
         "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
         "base_restored": outcome.base_restored,
         "seed": outcome.settings.seed,

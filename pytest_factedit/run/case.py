@@ -39,10 +39,10 @@ def localize_case(
 ) -> Localization:
     """Trace where the case's old answer is stored (`method` defaults to settings.localize)."""
     fact = FactPrompts(
-        tuple(render_prompts(lm.tokenizer, case.prompts, case.chat)),
+        tuple(render_prompts(lm.tokenizer, case.prompts, case.chat_format)),
         case.subject,
         case.old[0],
-        first_token_id(lm.tokenizer, case.old[0], case.chat),
+        first_token_id(lm.tokenizer, case.old[0], case.chat_format),
         add_special_tokens=not case.chat,
     )
     how = LocalizeSettings(
@@ -105,7 +105,7 @@ def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditReque
         new=case.new,
         anchors=case.anchors,
         held_out=held_out_texts(case) + tuple(also_held_out),
-        chat=case.chat,
+        chat=case.chat_format,
     )
 
 

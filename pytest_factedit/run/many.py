@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..edit import get_editor
 from ..edit.base import kept_edits_released
 from ..edit.settings import EditSettings
-from ..errors import RestoreError
+from ..errors import RestoreError, explained
 from ..metrics.answers import ProbedAnswer
 from ..metrics.measure import EditCheck, ManyEvidence, MetricValue, retained_by_case
 from ..metrics.spec import MANY_METRICS
@@ -27,6 +27,7 @@ from .probing import BaseAnswerCache, probe_base, probe_edit
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
     from ..model.load import LoadedModel
+    from ..model.text import Chat
 
 SettingsFor = Callable[["FactCase"], EditSettings]
 
@@ -70,8 +71,8 @@ class _ControlCheck:
     def __init__(self, lm: LoadedModel, cases: Sequence[FactCase], cache: BaseAnswerCache | None = None) -> None:
         self.lm = lm
         self.answers = {c.prompt: c.answer for case in cases for c in case.controls}
-        self.chat = {c.prompt: case.chat for case in cases for c in case.controls}
-        self.budgets = [answer_token_budget(lm.tokenizer, a) for a in self.answers.values()]
+        self.chat = {c.prompt: case.chat_format for case in cases for c in case.controls}
+        self.budgets = [answer_token_budget(lm.tokenizer, a, self.chat[p]) for p, a in self.answers.items()]
         base = (
             self._answered(lambda prompts, budgets, chat: cache.answers(lm, prompts, budgets, chat))
             if cache
@@ -86,10 +87,10 @@ class _ControlCheck:
             )
         )
 
-    def _answered(self, answer: Callable[[list[str], list[int], bool], list[str]]) -> list[str]:
+    def _answered(self, answer: Callable[[list[str], list[int], Chat], list[str]]) -> list[str]:
         prompts = list(self.answers)
         out: dict[int, str] = {}
-        for flag in (False, True):
+        for flag in dict.fromkeys(self.chat.values()):  # plain text, and each chat format (system prompt)
             picked = [i for i, p in enumerate(prompts) if self.chat[p] == flag]
             if picked:
                 out.update(zip(picked, answer([prompts[i] for i in picked], [self.budgets[i] for i in picked], flag)))
@@ -105,8 +106,10 @@ class _ControlCheck:
 def _prompts_answered_now(lm: LoadedModel, outcome: CaseOutcome) -> EditCheck:
     """A case's prompts answered by the model as it is now (after the last sequential edit)."""
     case = outcome.case
-    budget = answer_token_budget(lm.tokenizer, case.old + case.new)
-    now = greedy_continuations(lm.model, lm.tokenizer, list(case.prompts), [budget] * len(case.prompts), chat=case.chat)
+    budget = answer_token_budget(lm.tokenizer, case.old + case.new, case.chat_format)
+    now = greedy_continuations(
+        lm.model, lm.tokenizer, list(case.prompts), [budget] * len(case.prompts), chat=case.chat_format
+    )
     return EditCheck(case.id, case.new, case.old, case.prompts, tuple(now))
 
 
@@ -117,7 +120,7 @@ def _prompts_as_probed(outcome: CaseOutcome) -> EditCheck:
 
 
 def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | str) -> CaseOutcome:
-    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    reason = exc if isinstance(exc, str) else explained(exc)
     return CaseOutcome(case=case, status="error", settings=settings or EditSettings(), reason=reason)
 
 

@@ -8,6 +8,7 @@ Bad values stop at the border: argparse and pytest reject them (choices, types) 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from ..cases.ids import name_problem
 from ..errors import did_you_mean
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
-from ..model.load import DEVICES
+from ..model.load import DEVICE_MAPS, DEVICES, DTYPES
 from ..model.spec import DEFAULT_MODEL
 
 LOCALIZE_CHOICES = ("trace", "attribution", "none", "random")
@@ -69,6 +70,25 @@ def tolerance_setting(text: str) -> tuple[str, float]:
     return name, value
 
 
+def device_map_setting(text: str) -> str | dict[str, Any]:
+    """argparse type of --factedit-device-map: an accelerate strategy, or a JSON object of module -> device."""
+    if text in DEVICE_MAPS:
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(DEVICE_MAPS)} or a JSON object such as "
+            f'\'{{"model.layers.0": 0, "lm_head": "cpu"}}\', found {text!r}'
+        ) from None
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError(f"expected a non-empty JSON object of module name -> device, found {text!r}")
+    bad = [k for k, v in value.items() if not (isinstance(v, int) and v >= 0 or isinstance(v, str) and v)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"devices must be GPU numbers or names such as 'cpu'; see {bad[:3]}")
+    return value
+
+
 def alpha_setting(text: str) -> float:
     """argparse type of --factedit-alpha: a significance level strictly between 0 and 1."""
     try:
@@ -117,6 +137,17 @@ OPTIONS: dict[str, OptionSpec] = {
             "device",
             "where to run: auto picks CUDA (bf16) when present, else CPU (fp32)",
             {"default": "auto", "choices": DEVICES},
+        ),
+        OptionSpec(
+            "dtype",
+            "weights dtype: auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16",
+            {"default": "auto", "choices": DTYPES},
+        ),
+        OptionSpec(
+            "device-map",
+            "spread a model too big for one GPU over several and the CPU (accelerate): auto, balanced, "
+            "sequential, or a JSON object of module name -> device",
+            {"default": None, "metavar": "MAP", "type": device_map_setting},
         ),
         OptionSpec(
             "method",
@@ -207,7 +238,7 @@ OPTIONS: dict[str, OptionSpec] = {
     )
 }
 
-MODEL_OPTIONS = ("model", "device", "trust-remote-code")
+MODEL_OPTIONS = ("model", "device", "dtype", "device-map", "trust-remote-code")
 EDIT_OPTIONS = ("method", "localize", "seed", "save-adapters")
 RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id", "fresh-probes", "html")
 GATE_OPTIONS = ("threshold", "save-baseline", "baseline", "tolerance", "alpha")
@@ -242,6 +273,8 @@ class Options:
     tolerances: tuple[tuple[str, float], ...] = ()
     alpha: float = 0.05
     html: Path | None = None
+    dtype: str = "auto"
+    device_map: str | dict[str, Any] | None = None
 
     @classmethod
     def from_values(cls, get: Callable[[str], Any], reports_default: Path) -> Options:
@@ -265,12 +298,24 @@ class Options:
             tolerances=tuple(get("tolerance") or ()),
             alpha=get("alpha") or 0.05,
             html=get("html"),
+            dtype=get("dtype") or "auto",
+            device_map=get("device-map"),
         )
 
     @property
     def many_key(self) -> str:
         """Where records, items and the summary keep the sequential/batch block: `sequence` or `batch`."""
         return "sequence" if self.mode == "sequential" else self.mode
+
+    def load_settings(self) -> dict[str, Any]:
+        """How the model loads, for `load(model, **options.load_settings())`."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "device_map": self.device_map,
+            "trust_remote_code": self.trust_remote_code,
+            "method": self.method or "ia3-two-stage",
+        }
 
     def overrides(self) -> dict[str, Any]:
         """The method settings these options override for every case."""

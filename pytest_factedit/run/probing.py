@@ -65,7 +65,7 @@ def shares_old(answer: Sequence[str], old: Sequence[str]) -> bool:
 
 def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[ProbeRow]:
     """Every prompt of a case in group order: prompts, paraphrases (expecting `new`), neighbours, controls."""
-    fact_budget = answer_token_budget(tokenizer, case.old + case.new)
+    fact_budget = answer_token_budget(tokenizer, case.old + case.new, case.chat_format)
     rows = [ProbeRow("prompts", p, case.new, fact_budget) for p in case.prompts]
     rows += [ProbeRow("paraphrases", p, case.new, fact_budget) for p in case.paraphrases]
     rows += [
@@ -73,12 +73,15 @@ def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[Probe
             "neighbours",
             n.prompt,
             n.answer,
-            answer_token_budget(tokenizer, n.answer + case.new),
+            answer_token_budget(tokenizer, n.answer + case.new, case.chat_format),
             shares_old(n.answer, case.old),
         )
         for n in case.neighbours
     ]
-    rows += [ProbeRow("controls", c.prompt, c.answer, answer_token_budget(tokenizer, c.answer)) for c in case.controls]
+    rows += [
+        ProbeRow("controls", c.prompt, c.answer, answer_token_budget(tokenizer, c.answer, case.chat_format))
+        for c in case.controls
+    ]
     return rows
 
 
@@ -96,7 +99,7 @@ class _Decoding:
         return answer_text(self.tokenizer, tokens, self.stops, self.hidden)
 
     def ids(self, answer: str) -> Tokens:
-        return tuple(answer_token_ids(self.tokenizer, answer, self.case.chat))
+        return tuple(answer_token_ids(self.tokenizer, answer, self.case.chat_format))
 
     def candidates(self, row: ProbeRow) -> dict[str, Tokens]:
         """The answers whose log-probability is recorded: `new` and `old` for prompts and paraphrases, `new`
@@ -111,7 +114,7 @@ class _Decoding:
         return lambda tokens: settled(self.text(tokens), aliases)
 
     def request(self, row: ProbeRow, candidates: tuple[Tokens, ...]) -> DecodeRow:
-        ids = encode_prompt(self.tokenizer, row.prompt, self.case.chat)
+        ids = encode_prompt(self.tokenizer, row.prompt, self.case.chat_format)
         if row.group == "prompts":  # run on to the fluency length, never cut: the free generation is scored
             return DecodeRow(ids, max(row.budget, self.fluency_tokens), False, candidates)
         return DecodeRow(ids, row.budget, True, candidates, self.settle_rule(row))
@@ -200,7 +203,7 @@ def latency_timings(
     if plan.latency_repeats <= 0:
         return {}
     if state is None:
-        ids = [encode_prompt(lm.tokenizer, p, case.chat) for p in case.prompts]
+        ids = [encode_prompt(lm.tokenizer, p, case.chat_format) for p in case.prompts]
         state = prefill(lm.model, ids, lm.tokenizer.pad_token_id)
     base, edited, merged = [], [], []
     for _ in range(plan.latency_repeats):
