@@ -9,7 +9,8 @@ prefixes); `every-token-gains`, the peft IA³ adapter that was the default befor
 tried on it: MLP-only with 4 or 6 layers; 4 MLP + 2 attention layers with six context prefixes; bf16
 autocast (the AMX speed lever); learning until P(new) >= 0.9 instead of 0.6, alone or with unlearning
 until P(old) < 0.01; kl_weight 30, twice the retention rows, no attention adapter; EOS after the
-answer, 5 prefixes the model wrote itself, the preservation term (weight 10 or 100). Prints per-fact
+answer, 5 prefixes the model wrote itself, the preservation term (weight 10 or 100); with the subject
+gate: lr 0.1, learning until P(new) >= 0.9, 5 generated prefixes. Prints per-fact
 lines and one markdown row per variant, with the columns of bench/editors.py.
 Every variant is a set of method settings, as a case's `method:` would give them.
 """
@@ -55,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "preservation-100": {**EVERY, "preservation_weight": 100.0},
     "subject-gains": {"gain_positions": "subject"},
     "subject-gains-lr-0.1": {"gain_positions": "subject", "lr": 0.1},
+    "subject-gains-learn-stop-0.9": {"gain_positions": "subject", "learn_stop_prob": 0.9},
     "subject-gains-generated-prefixes-5": {"gain_positions": "subject", "generated_prefixes": 5},
 }
 DEFAULT_VARIANTS = ["default", "every-token-gains", "eos", "generated-prefixes-5"]

@@ -212,3 +212,16 @@ def test_out_of_memory_becomes_advice_in_a_case_s_reason_and_at_load(folder, mon
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", too_big)
     with pytest.raises(ModelLoadError, match="loading ran out of memory.*--factedit-device-map auto"):
         load(str(folder), "cpu")
+
+
+def test_the_load_options_are_shared_and_bad_values_stop_at_the_border(capsys) -> None:
+    from pytest_factedit.cli import build_parser
+
+    args = build_parser().parse_args(["prepare", "--dtype", "bfloat16", "--device-map", '{"model.layers.0": 0}'])
+    assert (args.dtype, args.device_map) == ("bfloat16", {"model.layers.0": 0})
+    assert build_parser().parse_args(["prepare", "--device-map", "auto"]).device_map == "auto"
+    for bad in (["--dtype", "float8"], ["--device-map", "everywhere"], ["--device-map", '{"x": -1}']):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["prepare", *bad])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'float8'" in err and "a JSON object such as" in err and "GPU numbers or names" in err
