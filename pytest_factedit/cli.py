@@ -40,18 +40,15 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(args.root) if args.root else Path.cwd()
 
 
+def _options(args: argparse.Namespace) -> Options:
+    """The shared options as this command was given them (those it does not take are None)."""
+    return Options.from_values(lambda name: getattr(args, OPTIONS[name].dest(""), None), Path("reports"))
+
+
 def _load_model(args: argparse.Namespace) -> LoadedModel:
     from .model.load import load
 
-    method = getattr(args, "method", None) or "ia3-two-stage"
-    return load(
-        args.model,
-        args.device,
-        args.trust_remote_code,
-        dtype=args.dtype,
-        device_map=args.device_map,
-        method=method,
-    )
+    return load(args.model, **_options(args).load_settings())
 
 
 def _case_and_settings(args: argparse.Namespace) -> tuple[FactCase, EditSettings]:
@@ -163,8 +160,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     case, _ = _case_and_settings(args)
-    options = Options.from_values(lambda name: getattr(args, OPTIONS[name].dest(""), None), Path("reports"))
-    session = FactEditSession(options, None)  # no report folder: the record is printed instead
+    session = FactEditSession(_options(args), None)  # no report folder: the record is printed instead
     session.load_model()
     record = session.record(args.case, case)
     print(summary_table([record], color=sys.stdout.isatty()), end="")

@@ -153,13 +153,20 @@ def test_the_real_probe_of_an_unreachable_hub_fails_in_seconds(empty_hub_cache, 
     assert time.perf_counter() - started < 60  # not the hub client's minute of retries (a bound, not a budget)
 
 
-def test_a_hub_model_in_the_local_cache_loads_without_any_network(empty_hub_cache, folder, monkeypatch) -> None:
-    snapshot_dir = empty_hub_cache / "models--tiny-org--tiny-llama" / "snapshots" / "0123abc"
+def in_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """`folder`'s files as the hub cache holds a downloaded `repo_id` (one snapshot, `main` pointing at it)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot_dir = repo / "snapshots" / "0123abc"
     snapshot_dir.mkdir(parents=True)
     for path in folder.iterdir():
         (snapshot_dir / path.name).write_bytes(path.read_bytes())
-    (empty_hub_cache / "models--tiny-org--tiny-llama" / "refs").mkdir()
-    (empty_hub_cache / "models--tiny-org--tiny-llama" / "refs" / "main").write_text("0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    return snapshot_dir
+
+
+def test_a_hub_model_in_the_local_cache_loads_without_any_network(empty_hub_cache, folder, monkeypatch) -> None:
+    in_hub_cache(empty_hub_cache, "tiny-org/tiny-llama", folder)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=0: pytest.fail("the hub was asked"))
     lm = load("tiny-org/tiny-llama", "cpu")
     assert lm.spec.kind == "hub" and type(lm.model).__name__ == "LlamaForCausalLM"
@@ -168,16 +175,11 @@ def test_a_hub_model_in_the_local_cache_loads_without_any_network(empty_hub_cach
 def test_a_cached_hub_model_that_needs_its_own_code_is_refused_with_the_reason(empty_hub_cache, folder) -> None:
     import json
 
-    snapshot_dir = empty_hub_cache / "models--tiny-org--custom" / "snapshots" / "0123abc"
-    snapshot_dir.mkdir(parents=True)
-    for path in folder.iterdir():
-        (snapshot_dir / path.name).write_bytes(path.read_bytes())
+    snapshot_dir = in_hub_cache(empty_hub_cache, "tiny-org/custom", folder)
     config = json.loads((snapshot_dir / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "custom.Config", "AutoModelForCausalLM": "custom.Model"}
     config["model_type"] = "tiny-custom"  # a type transformers has no class for: only its own code can load it
     (snapshot_dir / "config.json").write_text(json.dumps(config))
-    (empty_hub_cache / "models--tiny-org--custom" / "refs").mkdir()
-    (empty_hub_cache / "models--tiny-org--custom" / "refs" / "main").write_text("0123abc")
     with pytest.raises(ModelLoadError, match=r"needs Python code of its own(.|\n)*--factedit-trust-remote-code"):
         load("tiny-org/custom", "cpu")
 

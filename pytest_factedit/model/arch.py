@@ -35,7 +35,7 @@ _LLAMA_LIKE = ArchModules(
     "model.layers", ("mlp.up_proj", "mlp.down_proj"), ("self_attn.v_proj", "self_attn.o_proj"), ("mlp.down_proj",)
 )
 # Overrides: families whose layout is pinned here rather than read. Introspection gives the same answer for
-# every entry (tests/test_architectures.py checks it); an entry is for a family it would read wrongly.
+# every entry (tests/test_model_families.py checks it); an entry is for a family it would read wrongly.
 ARCHITECTURES: dict[str, ArchModules] = {
     **{
         name: _LLAMA_LIKE for name in ("gemma", "gemma2", "gemma3", "gemma3_text", "llama", "mistral", "qwen2", "qwen3")

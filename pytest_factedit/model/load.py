@@ -117,7 +117,7 @@ def asks_for_its_own_code(source: str) -> bool:
 
 
 def _from_pretrained(
-    spec: ModelSpec, source: str, dtype: torch.dtype, how: LoadSettings, local_only: bool
+    spec: ModelSpec, source: str, dtype: torch.dtype, how: LoadSettings, local_only: bool, device: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, MemoryEstimate]:
     """The tokenizer, then the config (the memory estimate is told before any weight loads), then the model."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -130,7 +130,7 @@ def _from_pretrained(
             else AutoTokenizer.from_pretrained(source, **common)
         )
         config = AutoConfig.from_pretrained(source, **common)
-        estimate = estimate_memory(config_shape(config), _dtype_name(dtype), how.method, _on_cuda(how))
+        estimate = estimate_memory(config_shape(config), _dtype_name(dtype), how.method, device == "cuda")
         emit(MEMORY, estimate.line())
         strategy = isinstance(how.device_map, str)  # accelerate computes the map; a dict is placed below
         placement: dict[str, Any] = {"device_map": how.device_map} if strategy else {}
@@ -174,12 +174,6 @@ def _first(exc: Exception) -> str:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
-
-
-def _on_cuda(how: LoadSettings) -> bool:
-    import torch
-
-    return torch.cuda.is_available() and how.device != "cpu"
 
 
 def pick_dtype(requested: str, default: torch.dtype) -> torch.dtype:
@@ -230,7 +224,7 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
     source, conversion_seconds, weights_hash = _source(spec)
     local_only = local_files_only(spec) if spec.kind == "hub" else False
     load_start = time.perf_counter()
-    model, tokenizer, memory = _from_pretrained(spec, source, dtype, how, local_only)
+    model, tokenizer, memory = _from_pretrained(spec, source, dtype, how, local_only, device_name)
     if how.device_map:
         _all_in_memory(spec, model)
         device_name = placement_text(model)

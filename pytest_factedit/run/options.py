@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cases.ids import name_problem
+from ..edit.settings import EditSettings
 from ..errors import did_you_mean
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
 from ..model.load import DEVICE_MAPS, DEVICES, DTYPES
@@ -314,7 +315,7 @@ class Options:
             "dtype": self.dtype,
             "device_map": self.device_map,
             "trust_remote_code": self.trust_remote_code,
-            "method": self.method or "ia3-two-stage",
+            "method": self.method or EditSettings().name,
         }
 
     def overrides(self) -> dict[str, Any]:
