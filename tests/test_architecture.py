@@ -54,21 +54,39 @@ def test_metric_names_are_spelled_only_in_the_metric_table() -> None:
     assert spelled == {"pytest_factedit/metrics/spec.py"}
 
 
+def _exception_classes(tree: ast.AST) -> list[str]:
+    return [
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        and any(
+            isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception")) or b.id == "AssertionError")
+            for b in node.bases
+        )
+    ]
+
+
+def _caught_names(tree: ast.AST) -> set[str]:
+    caught = set()
+    for handler in (n for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler) and n.type is not None):
+        types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        caught |= {t.id for t in types if isinstance(t, ast.Name)}
+    return caught
+
+
 def test_every_exception_class_of_the_package_is_in_the_one_family() -> None:
-    """Public exception classes live in errors.py; private ones (`_Name`) are signals caught where raised."""
-    defined = []
+    """Public exception classes live in errors.py; private ones (`_Name`) are signals, caught in the module
+    that raises them, so only the family reaches a user."""
+    defined, uncaught = [], []
     for path in python_files(PACKAGE):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (
-                isinstance(node, ast.ClassDef)
-                and any(
-                    isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception")) or b.id == "AssertionError")
-                    for b in node.bases
-                )
-                and not node.name.startswith("_")
-            ):
-                defined.append((path.name, node.name))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for name in _exception_classes(tree):
+            if not name.startswith("_"):
+                defined.append((path.name, name))
+            elif name not in _caught_names(tree):
+                uncaught.append((path.name, name))
     assert defined and all(file == "errors.py" for file, _ in defined), defined
+    assert not uncaught, f"private exceptions never caught where they are raised: {uncaught}"
     family = [getattr(errors, name) for _, name in defined if name != "FactEditError"]
     assert all(issubclass(cls, errors.FactEditError) for cls in family)
 

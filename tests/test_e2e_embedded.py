@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_factedit.report.files import read_results
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 CASE = REPO / "fact_cases" / "playstation-maker.yaml"
@@ -38,7 +40,7 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     result.assert_outcomes(passed=11, errors=1)  # 6 metric items, 5 suite items (fact_cases/_defaults.yaml)
     assert "pytest-factedit: fact edits" in out
 
-    records = [json.loads(x) for x in (pytester.path / "reports" / "e2e" / "results.jsonl").read_text().splitlines()]
+    records = read_results(pytester.path / "reports" / "e2e")  # checked against the record's declared shape
     assert len(records) == 1
     record = records[0]
     assert record["schema_version"] == 2 and record["case_id"] == "playstation-maker"

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_factedit.metrics.answers import matches  # noqa: E402
 from pytest_factedit.metrics.verdict import wilson_interval  # noqa: E402
+from pytest_factedit.report.files import read_results  # noqa: E402
 
 from .tiny import tiny_model, word_tokenizer  # noqa: E402
 
@@ -75,8 +76,8 @@ def run(pytester: pytest.Pytester, folder: Path, run_id: str, *args: str) -> tup
         run_id,
         *args,
     )
-    lines = (reports / run_id / "results.jsonl").read_text().splitlines() if (reports / run_id).exists() else []
-    return result, [json.loads(line) for line in lines]
+    # read back as `factedit show` reads them: every record the plugin writes fits its declared shape
+    return result, list(read_results(reports / run_id)) if (reports / run_id).exists() else []
 
 
 def test_a_recorded_metric_becomes_an_item_when_a_threshold_is_set(pytester, tiny) -> None:

@@ -118,7 +118,7 @@ def test_factedit_show_prints_the_table_and_explains_a_missing_or_broken_file(tm
     assert main(["show", str(tmp_path / "nope")]) == 2
     assert "error: no results file at" in capsys.readouterr().err
     broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"case_id": "a"}\nnot json\n')
+    broken.write_text(json.dumps(record("a")) + "\nnot json\n")
     assert main(["show", str(broken)]) == 2
     assert "broken.jsonl: line 2 is not a JSON record" in capsys.readouterr().err
 

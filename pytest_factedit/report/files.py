@@ -109,14 +109,24 @@ class RunWriter:
 
 
 def read_results(path: Path) -> list[CaseRecord]:
-    """The records of a results.jsonl file (or of the one in a run folder)."""
+    """The records of a results.jsonl file (or of the one in a run folder), each checked against its shape."""
+    from .records import case_record_problem
+
     if path.is_dir():
         path = path / RESULTS_FILE
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError as exc:
                 raise FactEditError(f"line {number} is not a JSON record: {exc}", path=path) from exc
+            problem = case_record_problem(record)
+            if problem:
+                raise FactEditError(
+                    f"line {number} is not a case record of pytest-factedit: {problem}. Fix: name the "
+                    "results.jsonl a pytest run with the plugin wrote, or rerun the suite",
+                    path=path,
+                )
+            records.append(record)
     return records

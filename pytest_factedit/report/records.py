@@ -10,10 +10,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from ..errors import shown
 from ..metrics.answers import FACT_GROUPS, ProbedAnswer, matches
 from ..metrics.measure import CaseEvidence, MetricValue
 from ..metrics.spec import METRIC_BY_NAME
 from ..metrics.verdict import judge, wilson_interval
+from .shape import shape_problem
 
 if TYPE_CHECKING:
     from ..run.many import ManyOutcome
@@ -148,6 +150,25 @@ class ManyRecord(TypedDict, total=False):
     retained_by_case: dict[str, float]
     metrics: dict[str, ManyMetricRecord]
     adapter: dict[str, Any]  # batch: the one adapter, the cases it holds, its modules and stages
+
+
+RECORD_STATUSES = ("ran", "skipped", "error")
+_READ_KEYS = ("schema_version", "case_id", "status", "metrics")  # what every reader of a record needs
+
+
+def case_record_problem(data: Any) -> str | None:
+    """Why a line read back from results.jsonl is no case record this version can read (None: it is one)."""
+    found = shape_problem(data, CaseRecord, "record", required=_READ_KEYS)
+    if found:
+        return found
+    if data["schema_version"] > RECORD_SCHEMA_VERSION:
+        return (
+            f"record.schema_version: {data['schema_version']} is from a newer pytest-factedit (this one reads up "
+            f"to {RECORD_SCHEMA_VERSION}: upgrade it to read this file)"
+        )
+    if data["status"] not in RECORD_STATUSES:
+        return f"record.status: expected one of {', '.join(RECORD_STATUSES)}, found {shown(data['status'])}"
+    return None
 
 
 def machine_info() -> dict[str, str | None]:

@@ -101,3 +101,39 @@ def test_validate_goes_on_after_a_file_that_cannot_be_printed(tmp_path: Path) ->
     assert (
         "bad\\xffid.yaml: key 'id'" in done.stdout and "ok     " in done.stdout and "1 valid, 1 invalid" in done.stdout
     )
+
+
+def test_the_plugin_refuses_an_escaping_id_before_saving_adapters(pytester: pytest.Pytester, tiny_model_dir) -> None:
+    """`--factedit-save-adapters DIR` with a case whose id climbs out: a collection error on `id`, the other
+    case still runs and saves its adapters inside DIR, and nothing lands outside."""
+    from .conftest import case_text
+
+    folder, old = tiny_model_dir
+    cases = pytester.mkdir("fact_cases")
+    (cases / "escape.yaml").write_text(case_text(old, "../../escaped"))
+    (cases / "fine.yaml").write_text(case_text(old))
+    saved = pytester.path / "adapters"
+    result = pytester.runpytest_subprocess(
+        "fact_cases", "--model", str(folder), "-p", "no:cacheprovider", "--factedit-device", "cpu",
+        "--factedit-save-adapters", str(saved), "--factedit-reports", str(pytester.path / "reports"),
+    )  # fmt: skip
+    out = result.stdout.str()
+    assert "escape.yaml: key 'id'" in out and result.parseoutcomes().get("errors") == 1, out
+    assert (saved / "fine" / "manifest.json").is_file()
+    assert sorted(p.name for p in saved.iterdir()) == ["fine"]
+    assert not (pytester.path.parent / "escaped").exists() and not (pytester.path / "escaped").exists()
+
+
+def test_factedit_localize_refuses_an_escaping_id_before_drawing(tmp_path: Path) -> None:
+    """Its default PNG path is built from the case id: the id is refused first, and no picture is written."""
+    case = tmp_path / "cases" / "x.yaml"
+    case.parent.mkdir()
+    case.write_text("id: ../../drawn\n" + GOOD)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_factedit.cli", "localize", str(case), "--model", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "cases",
+    )
+    assert done.returncode == 2 and "key 'id'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not list(tmp_path.rglob("*.png"))

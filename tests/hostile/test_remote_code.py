@@ -57,3 +57,28 @@ def test_trust_remote_code_is_an_explicit_choice(evil_model) -> None:
     done = prepare(folder, "--trust-remote-code")
     assert done.returncode == 0, done.stderr
     assert marker.exists()
+
+
+@pytest.mark.parametrize("only_config", [False, True], ids=["tokenizer-and-config", "config-only"])
+def test_the_plugin_runs_a_folders_code_only_with_its_flag(pytester: pytest.Pytester, evil_model, only_config) -> None:
+    """Through pytest as through the CLI: the folder's code never imported, and with
+    `--factedit-trust-remote-code` it runs. A tokenizer that needs its code is refused with the flag named;
+    when only config.json asks (`config-only`) and transformers has the architecture, its own class loads."""
+    from .conftest import case_text
+
+    folder, marker = evil_model
+    if only_config:
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        tokenizer_config.pop("auto_map")
+        tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (pytester.mkdir("fact_cases") / "tower.yaml").write_text(case_text("Paris"))
+    args = ["fact_cases", "--model", str(folder), "-p", "no:cacheprovider", "--factedit-device", "cpu"]
+    refused = pytester.runpytest_subprocess(*args, "--factedit-reports", str(pytester.path / "r1"))
+    out = refused.stdout.str() + refused.stderr.str()
+    assert not marker.exists(), "the model folder's own code ran"
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out
+    assert ("--factedit-trust-remote-code" in out) != only_config, out
+    trust = ("--factedit-reports", str(pytester.path / "r2"), "--factedit-trust-remote-code")
+    trusted = pytester.runpytest_subprocess(*args, *trust)
+    assert marker.exists(), trusted.stdout.str() + trusted.stderr.str()

@@ -59,3 +59,26 @@ def test_deeper_alias_bombs_under_any_key_are_refused_too(tmp_path: Path, levels
     path.write_text(text)
     out = load_limited(path)
     assert "CASEERROR" in out and "once its aliases" in out, out
+
+
+def test_a_file_over_the_size_cap_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """A valid case padded past 1 MB with a comment: without the cap it would load; with it, refused unread."""
+    from pytest_factedit.cases.loader import MAX_FILE_BYTES
+
+    valid = "subject: Big Ben\nprompts: [Big Ben is in]\nold: London\nnew: Rome\ncontrols: [{prompt: q, answer: r}]\n"
+    path = tmp_path / "padded.yaml"
+    path.write_text(valid + "# " + "x" * MAX_FILE_BYTES + "\n")
+    out = load_limited(path)
+    assert "CASEERROR" in out and f"larger than {MAX_FILE_BYTES:,} bytes" in out, out
+    path.write_text(valid + "# " + "x" * (MAX_FILE_BYTES // 2) + "\n")  # under the cap: the same case loads
+    assert "LOADED" in load_limited(path)
+
+
+def test_the_loader_is_libyamls_where_it_is_installed() -> None:
+    import yaml
+
+    from pytest_factedit.cases.loader import _CaseLoader
+
+    if not getattr(yaml, "__with_libyaml__", False):
+        pytest.skip("PyYAML without libyaml here: the pure-Python safe loader is the fallback")
+    assert issubclass(_CaseLoader, yaml.CSafeLoader)
