@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "subject-gains-lr-0.1": {"gain_positions": "subject", "lr": 0.1},
     "subject-gains-learn-stop-0.9": {"gain_positions": "subject", "learn_stop_prob": 0.9},
     "subject-gains-generated-prefixes-5": {"gain_positions": "subject", "generated_prefixes": 5},
+    # the fluency price of lr 0.1 (a subject gain pushed until the answer repeats): a stronger guard
+    "lr-0.1-guard-5": {"lr": 0.1, "guard_weight": 5.0},
+    "lr-0.1-guard-20": {"lr": 0.1, "guard_weight": 20.0},
 }
 DEFAULT_VARIANTS = ["default", "every-token-gains", "eos", "generated-prefixes-5"]
 
