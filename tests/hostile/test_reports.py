@@ -141,8 +141,8 @@ def test_two_runs_racing_for_one_run_id_one_wins_and_the_other_is_told(tmp_path:
     racers = [context.Process(target=_claim, args=(str(tmp_path), start, won)) for _ in range(4)]
     for racer in racers:
         racer.start()
+    results = sorted(won.get(timeout=60) for _ in racers)  # read before join: a queued put holds its process
     for racer in racers:
-        racer.join(60)
-    results = sorted(won.get(timeout=5) for _ in racers)
+        racer.join(10)
     assert results.count("opened") == 1, results
     assert all("already exists: another run used this run id" in r for r in results if r != "opened")
