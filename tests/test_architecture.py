@@ -80,11 +80,9 @@ def test_every_exception_class_of_the_package_is_in_the_one_family() -> None:
     defined, uncaught = [], []
     for path in python_files(PACKAGE):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        for name in _exception_classes(tree):
-            if not name.startswith("_"):
-                defined.append((path.name, name))
-            elif name not in _caught_names(tree):
-                uncaught.append((path.name, name))
+        classes, caught = _exception_classes(tree), _caught_names(tree)
+        defined += [(path.name, name) for name in classes if not name.startswith("_")]
+        uncaught += [(path.name, name) for name in classes if name.startswith("_") and name not in caught]
     assert defined and all(file == "errors.py" for file, _ in defined), defined
     assert not uncaught, f"private exceptions never caught where they are raised: {uncaught}"
     family = [getattr(errors, name) for _, name in defined if name != "FactEditError"]

@@ -38,8 +38,8 @@ def weights_checksum(model: torch.nn.Module) -> tuple[tuple[object, ...], ...]:
     About 15x faster than `weights_fingerprint` over every weight (46 ms against 0.68 s for the embedded
     model's 1.07 GB, one thread of a 2-core AVX2 EPYC: bench/restore_check.py), so it can run after every
     case. A change that keeps every tensor's exact sum goes unseen; the modules an edit targets are hashed
-    exactly instead. (Storage addresses
-    are left out: merging an adapter for a timing, then putting the weights back, moves them.)
+    exactly instead. (Storage addresses are left out: merging an adapter for a timing, then putting the
+    weights back, moves them.)
     """
     import torch
 

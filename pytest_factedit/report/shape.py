@@ -7,9 +7,10 @@ traceback deep in a table. The TypedDicts are the one description of the shape, 
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import shown
 
@@ -29,6 +30,8 @@ def shape_problem(value: Any, hint: Any, where: str, required: tuple[str, ...] |
         return _container_problem(value, origin, get_args(hint), where)
     if origin in (Union, types.UnionType):
         fits = any(shape_problem(value, option, where) is None for option in get_args(hint))
+    elif origin is Literal:
+        fits = value in get_args(hint)
     else:
         fits = _is_instance(value, hint)
     return None if fits else f"{where}: expected {_describe(hint)}, found {shown(value)}"
@@ -41,12 +44,18 @@ def _typed_dict_problem(value: Any, hint: Any, where: str, required: tuple[str, 
     missing = [key for key in sorted(needed) if key not in value]
     if missing:
         return f"{where}: the key {missing[0]!r} is missing"
-    for key, sub in get_type_hints(hint).items():
+    for key, sub in _declared(hint).items():
         if key in value:
             found = shape_problem(value[key], sub, f"{where}.{key}")
             if found:
                 return found
     return None
+
+
+@functools.cache
+def _declared(hint: Any) -> dict[str, Any]:
+    """A TypedDict's resolved field types, once per TypedDict (a results.jsonl repeats them per record)."""
+    return get_type_hints(hint)
 
 
 def _container_problem(value: Any, origin: type, args: tuple[Any, ...], where: str) -> str | None:
@@ -78,6 +87,8 @@ def _is_instance(value: Any, hint: Any) -> bool:
 def _describe(hint: Any) -> str:
     if get_origin(hint) in (Union, types.UnionType):
         return " or ".join(_describe(option) for option in get_args(hint))
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(str(option) for option in get_args(hint))
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
     if get_origin(hint) is dict or typing.is_typeddict(hint):
         return "an object"
