@@ -8,12 +8,15 @@
     python bench/editors.py --table a.jsonl b.jsonl
     OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl --resume   # go on where a.jsonl stops
     python bench/editors.py --methods ia3-two-stage --set learn_stop_prob=0.9   # a row for other settings
+    python bench/editors.py --cases same_subject --methods ia3-two-stage   # the same-subject benchmark
 
 Facts: a seeded sample of ../shared/data/counterfact-train.json (or --data) that the embedded model
 answers correctly; each is a case with its prompt and paraphrase, its locality prompt and up to 3 more
 neighbours (records of the same template the model answers, those sharing the old answer first: see
 `factedit import counterfact --neighbours`), and the shared controls of fact_cases/_defaults.yaml.
-Prints per-fact lines and one markdown row per editor. With --log, every (fact, editor) result is
+With --cases, the facts are the case files of a folder instead (bench/same_subject: edits whose subject
+the model knows other facts about). Prints per-fact lines and one markdown row per editor, each rate with
+its Wilson 95% interval. With --log, every (fact, editor) result is
 appended to a JSONL file as it is measured, so an interrupted run still gives a table (--table) of the
 facts it finished. With --set, every method runs with those settings on top of its defaults, and its
 rows are named after them ("ia3-two-stage learn_stop_prob=0.9").
@@ -30,6 +33,8 @@ from typing import Any
 
 from facts import fact_arguments, load_known_cases, setting_overrides
 
+from pytest_factedit.metrics.verdict import wilson_interval
+
 # (column, metric): share metrics pooled over every fact's samples; one metric, so one protocol, per column.
 POOLED = (
     ("new-fact", "new_fact_accuracy"),
@@ -40,6 +45,9 @@ POOLED = (
     ("nbr, shares old", "neighbour_retention_sharing_old"),
     ("nbr, other answer", "neighbour_retention_other"),
     ("controls", "control_retention"),
+    ("same subject", "relation_specificity"),
+    ("context", "context_retention"),
+    ("aliases", "alias_accuracy"),
     ("efficacy", "efficacy"),
     ("generalization", "generalization"),
     ("specificity", "specificity"),
@@ -57,6 +65,7 @@ def fact_values(outcome: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         metric: [outcome.metrics[metric].hits or 0, outcome.metrics[metric].samples] for _, metric in POOLED
     }
+    values["answers"] = [[a.group, a.prompt, a.base, a.edited] for a in outcome.answers if a.group != "controls"]
     scores = outcome.scores
     values["fluency change"] = scores["fluency_ngram_entropy_after"] - scores["fluency_ngram_entropy_before"]
     values["edit s"] = outcome.timings["edit_seconds"]
@@ -64,10 +73,14 @@ def fact_values(outcome: Any) -> dict[str, Any]:
 
 
 def pooled_cell(results: list[dict[str, Any]], metric: str) -> str:
-    """hits / samples over every fact, with the sample count."""
-    hits = sum(r["values"][metric][0] for r in results)
-    samples = sum(r["values"][metric][1] for r in results)
-    return f"{hits / samples:.3f} ({samples})" if samples else "n/a"
+    """hits / samples over every fact, with the sample count (a log written before a metric existed has
+    none of it)."""
+    hits = sum(r["values"].get(metric, [0, 0])[0] for r in results)
+    samples = sum(r["values"].get(metric, [0, 0])[1] for r in results)
+    if not samples:
+        return "n/a"
+    low, high = wilson_interval(hits, samples)
+    return f"{hits / samples:.3f} [{low:.2f}, {high:.2f}] ({samples})"
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -108,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", type=Path, help="append each (fact, method) result to this JSONL file")
     parser.add_argument("--resume", action="store_true", help="skip the (fact, method) pairs already in --log")
     parser.add_argument(
+        "--cases", type=Path, help="a folder of fact case files (e.g. bench/same_subject) instead of CounterFact facts"
+    )
+    parser.add_argument(
         "--set",
         nargs="+",
         default=[],
@@ -136,6 +152,17 @@ def _log_result(result: dict[str, Any], outcome: Any, log: Path | None) -> None:
     )
 
 
+def case_folder(folder: Path) -> tuple[Any, list[Any], Any]:
+    """The embedded model on CPU and every case file of `folder` (with its _defaults.yaml), in name order."""
+    from contextlib import nullcontext
+
+    from pytest_factedit.cases import is_case_file, load_case
+    from pytest_factedit.model.load import load
+
+    paths = sorted(p for p in folder.glob("*.y*ml") if is_case_file(p))
+    return load(None, "cpu"), [load_case(p, root=folder) for p in paths], nullcontext()
+
+
 def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: list[dict[str, Any]]) -> list[dict]:
     """Every (fact of this shard, method) not logged yet: edited, measured, logged; all results so far."""
     from pytest_factedit.edit import resolve_settings
@@ -145,7 +172,7 @@ def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: lis
     shard, shards = (int(x) for x in args.shard.split("/"))
     done = {(r["fact"], r["method"]) for r in logged}
     plan = ProbePlan(latency_repeats=1)  # the table reports no latency: one timing pass is enough
-    lm, cases, folder = load_known_cases(args)
+    lm, cases, folder = case_folder(args.cases) if args.cases else load_known_cases(args)
     cache = BaseAnswerCache()
     results: list[dict[str, Any]] = list(logged)
     with folder:

@@ -16,6 +16,8 @@ GATED = [
     "paraphrase_accuracy",
     "neighbour_retention",
     "control_retention",
+    "relation_specificity",
+    "context_retention",
     "latency",
 ]
 
@@ -33,6 +35,8 @@ def test_gated_metrics_have_default_thresholds_and_recorded_ones_do_not() -> Non
         "forget_rate_all",
         "paraphrase_accuracy_all",
         "neighbour_retention_sharing_old",
+        "alias_accuracy",
+        "portability",
     } <= recorded
     assert DEFAULT_THRESHOLDS["neighbour_retention"] == 0.8
 

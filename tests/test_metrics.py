@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_factedit.metrics.answers import ProbedAnswer, matches, said
+from pytest_factedit.metrics.answers import GROUPS, ProbedAnswer, matches, said
 from pytest_factedit.metrics.measure import CaseEvidence, EditCheck, ManyEvidence, ngram_entropy, retained_by_case
 from pytest_factedit.metrics.spec import MANY_METRICS, METRIC_BY_NAME, METRICS, MetricSpec
 from pytest_factedit.metrics.verdict import wilson_interval
@@ -165,7 +165,7 @@ def test_many_edit_metrics_count_every_prompt_and_the_controls_right_before() ->
 def test_every_metric_row_is_complete() -> None:
     for spec in METRICS + MANY_METRICS:
         assert spec.label and spec.protocol and spec.definition and spec.direction in ("higher", "lower")
-        assert set(spec.reads) <= {"prompts", "paraphrases", "neighbours", "controls"}
+        assert set(spec.reads) <= set(GROUPS)
     with pytest.raises(ValueError, match="exactly one"):
         MetricSpec("x", "x", "x", "higher", 0.5, (), "greedy_generation", "d")
 

@@ -39,8 +39,10 @@ def test_items_are_file_case_metric(pytester: pytest.Pytester, suite) -> None:
             "fact_cases/eiffel.yaml::eiffel::paraphrase_accuracy",
             "fact_cases/eiffel.yaml::eiffel::neighbour_retention",
             "fact_cases/eiffel.yaml::eiffel::control_retention",
+            "fact_cases/eiffel.yaml::eiffel::relation_specificity",
+            "fact_cases/eiffel.yaml::eiffel::context_retention",
             "fact_cases/eiffel.yaml::eiffel::latency",
-            "*6 tests collected*",
+            "*8 tests collected*",
         ]
     )
 
@@ -60,7 +62,7 @@ def test_unknown_method_fails_collection(pytester, suite) -> None:
 def test_keyword_selects_one_metric(pytester, suite) -> None:
     (suite / "broken.yaml").unlink()
     result = pytester.runpytest("fact_cases", "--collect-only", "-q", "-k", "forget")
-    result.stdout.fnmatch_lines(["fact_cases/eiffel.yaml::eiffel::forget_rate", "*1/6 tests collected*"])
+    result.stdout.fnmatch_lines(["fact_cases/eiffel.yaml::eiffel::forget_rate", "*1/8 tests collected*"])
 
 
 def test_yaml_outside_case_folders_is_not_collected(pytester) -> None:

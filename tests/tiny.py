@@ -147,3 +147,32 @@ def family_model(model_type: str, vocab_size: int, layers: int = 2) -> Any:
         **_FAMILY_CONFIG.get(model_type, {}),
     )
     return frozen(AutoModelForCausalLM.from_config(config))
+
+
+PIECE_TEXTS = (
+    "The capital of Japan is Tokyo . Japan's capital is Tokyo . japan , JAPAN , the Japanese language",
+    "Nippon is another name of Japan . I love New York . York is a city in England . In York , we met",
+    "The official language of Japan is Japanese . Speaking of Japan , here is another question .",
+    "The United States and the U.S. and America ; Seoul , Korea , Korean , French , Paris , France",
+    " ".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+)
+
+
+def piece_tokenizer(extra: tuple[str, ...] = ()) -> Any:
+    """A small BPE tokenizer that marks the space before a word ('▁Japan'), as SentencePiece and Gemma's do,
+    trained on PIECE_TEXTS and `extra` with few merges: 'Japanese' is '▁Japan' + 'es' + 'e', 'Japan's' is
+    '▁Japan' + "'" + 's', as Gemma's tokenizer splits them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=110 + 10 * len(extra), special_tokens=["[PAD]", "[BOS]", "[EOS]", "[UNK]"])
+    names = "Japan York New Nippon capital Tokyo Seoul official language United States"
+    tok.train_from_iterator(list(PIECE_TEXTS + extra) * 3 + [names] * 20, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+    fast.padding_side = "left"
+    return fast

@@ -11,6 +11,7 @@ from ..errors import CaseError, did_you_mean, shown
 from ..metrics.answers import matches
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
 from ..model.text import Chat, ChatFormat
+from .derived import alias_prompts
 from .ids import name_problem
 
 SCHEMA_VERSION = 1
@@ -18,8 +19,10 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Control:
-    """A held-out fact the edit must leave alone: a control (a general fact) or a neighbour (another subject,
-    the same relation)."""
+    """A held-out fact: a control (a general fact), a neighbour (another subject, the same relation), a
+    same-subject fact (the subject, another relation) or an implication (what should change with the edit).
+
+    An empty `answer` (a same-subject fact only) means "as the unedited model answers it"."""
 
     prompt: str
     answer: tuple[str, ...]
@@ -36,6 +39,9 @@ class FactCase:
     new: tuple[str, ...]
     paraphrases: tuple[str, ...] = ()
     neighbours: tuple[Control, ...] = ()
+    same_subject: tuple[Control, ...] = ()
+    aliases: tuple[str, ...] = ()
+    implications: tuple[Control, ...] = ()
     controls: tuple[Control, ...] = ()
     anchors: tuple[str, ...] = ()
     chat: bool = False
@@ -78,8 +84,11 @@ def _text_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
     return tuple(_text(path, f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
+ANSWER_OPTIONAL = ("same_subject",)  # groups whose entries may leave out `answer:` (kept as the base says it)
+
+
 def _controls(path: Path, value: Any, group: str = "controls") -> tuple[Control, ...]:
-    """`controls` or `neighbours`: a list of {prompt, answer} mappings."""
+    """`controls`, `neighbours`, `same_subject` or `implications`: a list of {prompt, answer} mappings."""
     if not isinstance(value, list):
         raise CaseError(path, group, f"expected a list of {{prompt, answer}} mappings, found {shown(value)}")
     out = []
@@ -94,14 +103,12 @@ def _controls(path: Path, value: Any, group: str = "controls") -> tuple[Control,
                     f"{key}.{k}",
                     "unknown key, expected 'prompt' or 'answer'" + did_you_mean(str(k), ("prompt", "answer")),
                 )
-        for k in ("prompt", "answer"):
+        required = ("prompt",) if group in ANSWER_OPTIONAL else ("prompt", "answer")
+        for k in required:
             if k not in item:
                 raise CaseError(path, f"{key}.{k}", "missing required key")
-        out.append(
-            Control(
-                _text(path, f"{key}.prompt", item["prompt"]), _answer_aliases(path, f"{key}.answer", item["answer"])
-            )
-        )
+        answer = _answer_aliases(path, f"{key}.answer", item["answer"]) if "answer" in item else ()
+        out.append(Control(_text(path, f"{key}.prompt", item["prompt"]), answer))
     return tuple(out)
 
 
@@ -217,20 +224,25 @@ def _old_and_new(path: Path, data: Mapping[str, Any]) -> tuple[tuple[str, ...], 
     return old, new
 
 
+HELD_OUT_GROUPS = ("neighbours", "same_subject", "implications", "controls")
+
+
 def _held_out_facts(
     path: Path, data: Mapping[str, Any], defaults: CaseDefaults, edited: Sequence[str]
-) -> tuple[tuple[Control, ...], tuple[Control, ...]]:
-    """(neighbours, controls): at least one of them, and none that repeats a prompt or paraphrase."""
-    neighbours = _controls(path, data["neighbours"], "neighbours") if "neighbours" in data else ()
-    controls = (_controls(path, data["controls"]) if "controls" in data else ()) + defaults.controls
+) -> dict[str, tuple[Control, ...]]:
+    """neighbours, same_subject, implications and controls: at least one neighbour or control, and none that
+    repeats a prompt or paraphrase."""
+    found = {group: _controls(path, data[group], group) if group in data else () for group in HELD_OUT_GROUPS}
+    found["controls"] += defaults.controls
+    neighbours, controls = found["neighbours"], found["controls"]
     taken = {text.strip().casefold() for text in edited}
-    for group, facts in (("neighbours", neighbours), ("controls", controls)):
+    for group, facts in found.items():
         for i, fact in enumerate(facts):
             if fact.prompt.strip().casefold() in taken:
                 raise CaseError(
                     path,
                     f"{group}[{i}].prompt",
-                    f"expected a fact the edit must leave alone, found "
+                    f"expected a held-out fact, found "
                     f"{shown(fact.prompt, typed=False)}, which is also a prompt or paraphrase of the case",
                 )
     if not controls and not neighbours:
@@ -239,7 +251,38 @@ def _held_out_facts(
             "controls",
             "expected at least one control or neighbour (in the case, or controls in _defaults.yaml), found none",
         )
-    return neighbours, controls
+    return found
+
+
+def _aliases(path: Path, data: Mapping[str, Any], subject: str) -> tuple[str, ...]:
+    """`aliases`: other names of the subject, each different from it and from the others."""
+    if "aliases" not in data:
+        return ()
+    aliases = tuple(a.strip() for a in _text_list(path, "aliases", data["aliases"]))
+    seen = [subject.casefold()]
+    for i, alias in enumerate(aliases):
+        if alias.casefold() in seen:
+            again = "the subject itself" if alias.casefold() == seen[0] else "a name given twice"
+            raise CaseError(
+                path,
+                f"aliases[{i}]",
+                f"expected another name of the subject, found {shown(alias, typed=False)}: {again} "
+                "(every spelling of a name counts already)",
+            )
+        seen.append(alias.casefold())
+    return aliases
+
+
+def _name_the_subject(path: Path, facts: Sequence[Control], names: Sequence[str]) -> None:
+    """A same-subject fact names the subject (or an alias): else it is a control, and belongs there."""
+    for i, fact in enumerate(facts):
+        if not any(name.casefold() in fact.prompt.casefold() for name in names):
+            raise CaseError(
+                path,
+                f"same_subject[{i}].prompt",
+                f"expected a fact about the subject {shown(names[0], typed=False)} (named in the prompt), found "
+                f"{shown(fact.prompt, typed=False)}; a fact about something else is a control",
+            )
 
 
 def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
@@ -280,7 +323,11 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
                     f"expected the subject {shown(subject, typed=False)} verbatim, found {shown(text, typed=False)}",
                 )
     old, new = _old_and_new(path, data)
-    neighbours, controls = _held_out_facts(path, data, defaults, prompts + paraphrases)
+    aliases = _aliases(path, data, subject)
+    held = _held_out_facts(
+        path, data, defaults, prompts + paraphrases + alias_prompts(prompts + paraphrases, subject, aliases)
+    )
+    _name_the_subject(path, held["same_subject"], (subject, *aliases))
     anchors = (_text_list(path, "anchors", data["anchors"]) if "anchors" in data else ()) + defaults.anchors
     thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}
     method = {**defaults.method, **(_method(path, data["method"]) if "method" in data else {})}
@@ -293,8 +340,11 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
         old=old,
         new=new,
         paraphrases=paraphrases,
-        neighbours=neighbours,
-        controls=controls,
+        neighbours=held["neighbours"],
+        same_subject=held["same_subject"],
+        aliases=aliases,
+        implications=held["implications"],
+        controls=held["controls"],
         anchors=anchors,
         chat=chat,
         system=system,

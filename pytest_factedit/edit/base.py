@@ -35,6 +35,7 @@ class EditRequest:
     anchors: tuple[str, ...] = ()
     held_out: tuple[str, ...] = ()
     chat: Chat = False  # False: plain text; True or a ChatFormat: the chat template
+    aliases: tuple[str, ...] = ()  # other names of the subject (a gate keyed on the subject also reads them)
 
 
 @dataclass

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .words import whole_name
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -19,8 +21,10 @@ if TYPE_CHECKING:
 class SubjectGate:
     """The positions of the last pass that hold the subject, as a [batch, tokens, 1] mask (or None)."""
 
-    def __init__(self, patterns: Sequence[Sequence[int]]) -> None:
+    def __init__(self, patterns: Sequence[Sequence[int]], reach: str = "subject", word_flags: bytes = b"") -> None:
         self.patterns = tuple(tuple(p) for p in patterns if p)
+        self.reach = reach  # "subject": its tokens; "after-subject": its tokens and every later one in the pass
+        self.word_flags = word_flags  # edit/words.py: with them, only whole names count ("Japan", not "Japanese")
         self.mask: torch.Tensor | None = None
         self.enabled = True
 
@@ -29,14 +33,21 @@ class SubjectGate:
         import torch
 
         found = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        rows: list[list[int]] | None = None
         for pattern in self.patterns:
             size = len(pattern)
             if size > ids.shape[1]:
                 continue
             wanted = torch.tensor(pattern, dtype=ids.dtype, device=ids.device)
             starts = (ids.unfold(1, size, 1) == wanted).all(-1)  # [batch, tokens - size + 1]
+            if self.word_flags and bool(starts.any()):
+                rows = ids.tolist() if rows is None else rows
+                for b, s in starts.nonzero().tolist():
+                    starts[b, s] = whole_name(rows[b], s, s + size, self.word_flags)
             for offset in range(size):
                 found[:, offset : offset + starts.shape[1]] |= starts
+        if self.reach == "after-subject":
+            found = found.to(torch.int8).cummax(dim=1).values.bool()
         return found
 
     def scale(self, x: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:

@@ -9,12 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..metrics.answers import matches
 from ..model.decoding import DecodeRow, decode
 from ..model.generated import generated_prefixes
 from ..model.text import answer_token_ids, encode_prompt
 from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
-from .retention import derived_neighbours, fact_texts, neutral_texts, without_held_out
+from .retention import derived_neighbours, fact_texts, neutral_texts, subject_texts, without_held_out
 from .settings import EditSettings
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Objectives:
     pad_id: int
     fact_sizes: tuple[int, ...] = ()  # batch: each fact's number of rows, in order (same in both stages)
     frozen: FrozenBelow | None = None  # hidden states below the lowest adapted layer, computed once
+    pinned: int = 0  # the first `pinned` KL rows (about the subject) are held at every step; the rest rotate
 
     def stage(self, name: str, settings: EditSettings) -> tuple[list[Row], Goal, int]:
         """(training rows, goal, step cap) of the `unlearn` or `learn` stage."""
@@ -48,6 +50,29 @@ class Objectives:
         if name == "learn":
             return self.learn_rows, self.learn_goal, settings.learn_max_steps
         raise ValueError(f"unknown stage {name!r}; expected unlearn or learn")
+
+
+SUBJECT_ROW_TOKENS = 3  # base tokens of a subject row's continuation whose distributions are held
+
+
+def subject_rows(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+) -> list[Row]:
+    """KL rows about the subject (`subject_rows` of them): each text with the base model's continuation,
+    held on every token of it; a text whose continuation names the old answer is the edited fact itself
+    and is dropped (holding it would fight the edit)."""
+    if settings.subject_rows == 0:
+        return []
+    avoid = request.held_out + request.prompts
+    texts = subject_texts(request.subject, avoid, settings.subject_rows)
+    contexts = [encode_prompt(tokenizer, t, request.chat) for t in texts]
+    decoded = decode(model, tokenizer, [DecodeRow(c, 2 * SUBJECT_ROW_TOKENS, True) for c in contexts])
+    rows = []
+    for context, found in zip(contexts, decoded):
+        tokens = found.tokens[:SUBJECT_ROW_TOKENS]
+        if tokens and not matches(tokenizer.decode(found.tokens), request.old):
+            rows.append(Row(context + tuple(tokens), len(tokens)))
+    return rows
 
 
 def retention_rows(tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings) -> list[Row]:
@@ -102,12 +127,16 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
     kl_rows: list[Row] = []
     kl_reference: list[torch.Tensor] = []
     seen: set[Row] = set()
-    for part in parts:
-        for row, reference in zip(part.kl_rows, part.kl_reference):
+    pinned = [(p.kl_rows[: p.pinned], p.kl_reference[: p.pinned]) for p in parts]
+    rotating = [(p.kl_rows[p.pinned :], p.kl_reference[p.pinned :]) for p in parts]
+    pinned_count = 0
+    for k, (rows, references) in enumerate(pinned + rotating):  # every fact's pinned rows first
+        for row, reference in zip(rows, references):
             if row not in seen:
                 seen.add(row)
                 kl_rows.append(row)
                 kl_reference.append(reference)
+        pinned_count = len(kl_rows) if k < len(pinned) else pinned_count
     sizes = tuple(len(p.unlearn_rows) for p in parts)
     assert sizes == tuple(len(p.learn_rows) for p in parts), "a fact has as many learn rows as unlearn rows"
     frozen = [p.frozen for p in parts]
@@ -126,6 +155,7 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
         parts[0].pad_id,
         sizes,
         joint_frozen,
+        pinned_count,
     )
 
 
@@ -190,7 +220,8 @@ def fact_objectives(
     contexts = [
         encode_prompt(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes
     ]
-    kl_rows = retention_rows(tokenizer, request, settings)
+    pinned = subject_rows(model, tokenizer, request, settings)
+    kl_rows = pinned + retention_rows(tokenizer, request, settings)
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
     with torch.no_grad():
@@ -223,4 +254,5 @@ def fact_objectives(
         learn_goal,
         pad,
         frozen=frozen,
+        pinned=len(pinned),
     )

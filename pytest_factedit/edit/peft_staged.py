@@ -56,7 +56,7 @@ class PeftStagedEditor:
     ) -> EditHandle:
         import torch
 
-        if settings.gain_positions == "subject":
+        if settings.gain_positions != "every":
             if not self.gated:
                 raise MethodError("gain_positions", f"method {self.name} has no gains to gate; only IA³ methods do")
             return apply_subject_gains(self.name, self.stages, model, tokenizer, request, targets, settings)

@@ -70,6 +70,34 @@ ENTITY_BANK: tuple[str, ...] = (
 )
 
 
+# Texts about the subject whose base continuations the edit must keep: what else the model says of the
+# subject (ROME's "essence"), and unrelated questions asked after the subject was named. The evaluation's
+# context sentences (cases/derived.py) are other sentences, so the context rows it probes stay unseen.
+SUBJECT_TEMPLATES: tuple[str, ...] = (
+    "{subject} is",
+    "{subject} is known for",
+    "The most famous thing about {subject} is",
+    "Many people associate {subject} with",
+    "Here is a short description of {subject}:",
+    "The history of {subject} began",
+)
+CONTEXT_LEADS: tuple[str, ...] = (
+    "We talked about {subject} for a while.",
+    "{subject} was in the news today.",
+    "My friend asked me about {subject}.",
+)
+
+
+def subject_texts(subject: str, held_out: Sequence[str], count: int) -> list[str]:
+    """Up to `count` texts naming the subject, alternating what the model says of it and unrelated general
+    questions behind a sentence that names it; none equal to a held-out text."""
+    about = [t.format(subject=subject) for t in SUBJECT_TEMPLATES]
+    facts = fact_texts(held_out)
+    after = [lead.format(subject=subject) + " " + fact for lead, fact in zip(CONTEXT_LEADS * 4, facts)]
+    mixed = [t for pair in zip(about, after) for t in pair] + about[len(after) :] + after[len(about) :]
+    return without_held_out(mixed, held_out)[:count]
+
+
 def _mentions_any(text: str, needles: Iterable[str]) -> bool:
     folded = text.casefold()
     return any(n.casefold() in folded for n in needles if n)

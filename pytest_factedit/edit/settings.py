@@ -11,7 +11,7 @@ from ..errors import MethodError, did_you_mean, shown
 
 LOCALIZE_MODES = ("trace", "attribution", "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
-GAIN_POSITIONS = ("every", "subject")
+GAIN_POSITIONS = ("every", "subject", "after-subject")
 RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]
 
 
@@ -113,7 +113,13 @@ class EditSettings:
     generated_prefixes: int = setting(0, "count", "prefixes the model writes itself, added to context_prefixes")
     append_eos: bool = setting(False, "flag", "train the answer followed by end-of-sequence (no guard tokens then)")
     gain_positions: str = setting(
-        "every", "choice", "IA³ gains on every token, or only on the subject's tokens", GAIN_POSITIONS
+        "every",
+        "choice",
+        "IA³ gains on every token, only on the subject's tokens, or on the subject's and every later token",
+        GAIN_POSITIONS,
+    )
+    subject_rows: int = setting(
+        0, "count", "retention rows about the subject (other relations, unrelated questions after it), held every step"
     )
     preservation_weight: float = setting(
         0.0, "non-negative", "IA³ learn stage: weight of the output change on generated text (0: off)"

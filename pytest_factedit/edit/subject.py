@@ -57,10 +57,21 @@ def subject_span(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, 
     return SubjectSpan(tuple(encoded["input_ids"]), positions)
 
 
+def spellings(name: str) -> tuple[str, ...]:
+    """How a user may write a name: as given, lower case, capitalized, upper case; without a leading "the"."""
+    name = name.strip()
+    if name.casefold().startswith("the ") and len(name) > 4:
+        name = name[4:].strip()
+    forms = (name, name.lower(), name[:1].upper() + name[1:], name.upper())
+    return tuple(dict.fromkeys(f for f in forms if f))
+
+
 def subject_patterns(
-    tokenizer: PreTrainedTokenizerBase, subject: str, spans: Sequence[SubjectSpan] = ()
+    tokenizer: PreTrainedTokenizerBase, subject: str, spans: Sequence[SubjectSpan] = (), aliases: Sequence[str] = ()
 ) -> tuple[tuple[int, ...], ...]:
-    """The token sequences the subject is written as: alone, after a space, and as found in `spans`."""
-    found = [tuple(tokenizer(text, add_special_tokens=False).input_ids) for text in (subject, " " + subject)]
+    """The token sequences the subject (and each alias) is written as: each spelling alone and after a
+    space, and as found in `spans`."""
+    texts = [form for name in (subject, *aliases) for form in spellings(name)]
+    found = [tuple(tokenizer(t, add_special_tokens=False).input_ids) for text in texts for t in (text, " " + text)]
     found += [span.tokens for span in spans]
     return tuple(dict.fromkeys(p for p in found if p))

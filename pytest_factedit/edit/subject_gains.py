@@ -27,6 +27,7 @@ from .objectives import build_objectives
 from .settings import EditSettings
 from .subject import subject_patterns, subject_span
 from .training import train_stage
+from .words import word_flags
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +37,7 @@ SAVED_FOLDER = "subject-gains"  # what `save` writes, under the edit's folder
 GAINS_FILE = "gains.safetensors"
 GATE_FILE = "gate.json"
 SAVED_FORMAT = 1
+WORD_FLAGS_KEY = "gate|word_flags"  # edit/words.py flags of the tokenizer's vocabulary, one byte per token id
 
 
 def gain_width(module: torch.nn.Module, feedforward: bool) -> int:
@@ -74,6 +76,7 @@ class SubjectGainEdit(EditHandle):
     def save(self, out_dir: Path) -> list[str]:
         """Write the gains and the gate to out_dir/subject-gains/ (a peft adapter cannot gate by position);
         `load_subject_gains` puts them back on a base model."""
+        import torch
         from safetensors.torch import save_file
 
         folder = out_dir / SAVED_FOLDER
@@ -83,6 +86,8 @@ class SubjectGainEdit(EditHandle):
             for stage, gains in self.gains.items()
             for module, g in gains.items()
         }
+        if self.gate.word_flags:
+            tensors[WORD_FLAGS_KEY] = torch.frombuffer(bytearray(self.gate.word_flags), dtype=torch.uint8)
         save_file(tensors, str(folder / GAINS_FILE))
         gate = {
             "format": SAVED_FORMAT,
@@ -91,6 +96,7 @@ class SubjectGainEdit(EditHandle):
             "modules": list(self.targets.modules),
             "feedforward": list(self.targets.feedforward),
             "patterns": [list(p) for p in self.gate.patterns],
+            "reach": self.gate.reach,
         }
         write_atomic(folder / GATE_FILE, json.dumps(gate, indent=1) + "\n")
         return [SAVED_FOLDER]
@@ -150,8 +156,12 @@ def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGai
     if not isinstance(gate, dict) or gate.get("format") != SAVED_FORMAT:
         raise FactEditError(f"expected format {SAVED_FORMAT}", path=folder / GATE_FILE, key="format")
     targets = TargetModules(tuple(gate["modules"]), tuple(gate["feedforward"]), "saved")
+    flags = tensors.pop(WORD_FLAGS_KEY, None)
+    subject_gate = SubjectGate(
+        gate["patterns"], gate.get("reach", "subject"), bytes(flags.tolist()) if flags is not None else b""
+    )
     edit = SubjectGainEdit(
-        method=gate["method"], model=model, gate=SubjectGate(gate["patterns"]), targets=targets, settings=EditSettings()
+        method=gate["method"], model=model, gate=subject_gate, targets=targets, settings=EditSettings()
     )
     device = next(model.parameters()).device
     for key, value in tensors.items():
@@ -160,13 +170,15 @@ def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGai
     return _hooked(edit)
 
 
-def subject_gate_for(tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> SubjectGate:
-    """A gate on every request's subject, as written alone and as found in its training prompts."""
+def subject_gate_for(
+    tokenizer: PreTrainedTokenizerBase, requests: Sequence[EditRequest], reach: str = "subject"
+) -> SubjectGate:
+    """A gate on every request's subject and aliases, in every spelling (edit/subject.py), as whole names."""
     patterns: list[tuple[int, ...]] = []
     for request in requests:
         spans = [subject_span(tokenizer, p, request.subject, request.chat) for p in request.prompts]
-        patterns += subject_patterns(tokenizer, request.subject, spans)
-    return SubjectGate(list(dict.fromkeys(patterns)))
+        patterns += subject_patterns(tokenizer, request.subject, spans, request.aliases)
+    return SubjectGate(list(dict.fromkeys(patterns)), reach, word_flags(tokenizer))
 
 
 def apply_subject_gains(
@@ -184,7 +196,7 @@ def apply_subject_gains(
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     requests = [request] if isinstance(request, EditRequest) else list(request)
-    gate = subject_gate_for(tokenizer, requests)
+    gate = subject_gate_for(tokenizer, requests, settings.gain_positions)
     edit = _hooked(SubjectGainEdit(method=method, model=model, gate=gate, targets=targets, settings=settings))
     feedforward = set(targets.feedforward)
     try:

@@ -53,7 +53,7 @@ def train_stage(
     for steps in range(cap + 1):
         facts = rotating_subset(len(sizes), per_step, steps) if rotate else None
         step_rows = [rows[i] for f in facts for i in range(starts[f], starts[f] + sizes[f])] if facts else rows
-        picked = rotating_subset(len(goals.kl_rows), settings.kl_rows_per_step, steps) if weight else []
+        picked = kl_picked(goals, settings.kl_rows_per_step, steps) if weight else []
         logps = tail_logprobs(model, step_rows + [goals.kl_rows[i] for i in picked], goals.pad_id, goals.frozen)
         loss, done = goal(logps[: len(step_rows)], facts)
         if facts:
@@ -77,6 +77,12 @@ def train_stage(
         emit(STEP, stage, steps + 1, cap)
     emit(STAGE_END, stage, steps, cap)
     return StageReport(stage, steps, time.perf_counter() - started, done, losses)
+
+
+def kl_picked(goals: Objectives, per_step: int, step: int) -> list[int]:
+    """The KL rows of a step: the pinned ones (about the subject) and a rotating window of the others."""
+    rest = rotating_subset(len(goals.kl_rows) - goals.pinned, per_step, step)
+    return list(range(goals.pinned)) + [goals.pinned + i for i in rest]
 
 
 def rotating_subset(total: int, per_step: int, step: int) -> list[int]:

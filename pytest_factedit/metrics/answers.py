@@ -10,13 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 JUDGE_PROTOCOL = "greedy continuation, cut at the first line break, case-insensitive alias match at word boundaries"
-Group = Literal["prompts", "paraphrases", "neighbours", "controls"]
-GROUPS: tuple[Group, ...] = ("prompts", "paraphrases", "neighbours", "controls")
-FACT_GROUPS: tuple[Group, ...] = ("prompts", "paraphrases")  # judged against `new` and `old`
-HELD_FACT_GROUPS: tuple[Group, ...] = ("neighbours", "controls")  # judged against their answer and `new`
+Group = Literal[
+    "prompts", "paraphrases", "aliases", "neighbours", "controls", "same_subject", "context", "implications"
+]
+GROUPS: tuple[Group, ...] = get_args(Group)
+# judged against `new` and `old`: the edited fact as the case words it, and with an alias for the subject
+FACT_GROUPS: tuple[Group, ...] = ("prompts", "paraphrases", "aliases")
+# judged against their own answer and `new`: facts the edit must leave alone, and (implications) what it implies
+HELD_FACT_GROUPS: tuple[Group, ...] = ("neighbours", "controls", "same_subject", "context", "implications")
+UNCHANGED_WORDS = 3  # a same-subject fact without `answer:` keeps the base model's first this many words
 
 
 def cut_answer(continuation: str) -> str:
@@ -84,6 +89,12 @@ def settled(continuation: str, aliases: Sequence[str]) -> bool:
     return True
 
 
+def first_words(continuation: str, count: int = UNCHANGED_WORDS) -> str:
+    """The first `count` words of the judged answer, lower-cased, without punctuation: what a same-subject
+    fact given without `answer:` must keep ("Wrought iron, and" -> "wrought iron and")."""
+    return " ".join(re.findall(r"\w+", cut_answer(continuation).casefold())[:count])
+
+
 def said(continuation: str, candidates: Mapping[str, Sequence[str]]) -> str | None:
     """Which candidate the continuation answers with: the one an alias of which comes first.
 
@@ -110,6 +121,7 @@ class ProbedAnswer:
     base: str
     edited: str | None = None
     shares_old: bool = False  # a neighbour whose answer is the edited fact's old answer (the hardest kind)
+    unchanged: bool = False  # a same-subject fact without `answer:`: `expected` is the base model's first words
     logprobs: Mapping[str, float] = field(default_factory=dict)  # after the edit: {"new": .., "old"|"expected": ..}
 
     @classmethod
@@ -122,5 +134,6 @@ class ProbedAnswer:
             entry["base"],
             entry.get("edited"),
             bool(entry.get("shares_old", False)),
+            bool(entry.get("unchanged", False)),
             dict(entry.get("logprobs") or {}),
         )

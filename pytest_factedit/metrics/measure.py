@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .answers import ProbedAnswer, matches, said
+from .answers import ProbedAnswer, first_words, matches, said
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,12 @@ class CaseEvidence:
         return said(answer.base, {"old": self.old, "new": self.new}) == "old"
 
     def right(self, answer: ProbedAnswer, continuation: str | None) -> bool:
-        """A neighbour's or control's continuation names its own answer before the edit's new one."""
+        """A held fact's continuation names its own answer before the edit's new one; one given without an
+        answer (`unchanged`) starts with the base model's first words."""
+        if answer.unchanged:
+            return (
+                bool(answer.expected and answer.expected[0]) and first_words(continuation or "") == answer.expected[0]
+            )
         return said(continuation or "", {"expected": answer.expected, "new": self.new}) == "expected"
 
 
@@ -152,6 +157,27 @@ def neighbour_other_samples(evidence: CaseEvidence) -> list[Sample]:
 
 def control_samples(evidence: CaseEvidence) -> list[Sample]:
     return _retained(evidence, evidence.group("controls"))
+
+
+def same_subject_samples(evidence: CaseEvidence) -> list[Sample]:
+    """Other facts about the edited subject the base model got right (or, without `answer:`, any)."""
+    return _retained(evidence, evidence.group("same_subject"))
+
+
+def context_samples(evidence: CaseEvidence) -> list[Sample]:
+    """Neighbours and controls behind a sentence naming the subject, right before the edit."""
+    return _retained(evidence, evidence.group("context"))
+
+
+def alias_samples(evidence: CaseEvidence) -> list[Sample]:
+    """Prompts and paraphrases with an alias for the subject that the base model answered with `old`: hit
+    when the edited model answers `new`."""
+    return _saying_new(evidence, _informative(evidence, "aliases"))
+
+
+def implication_samples(evidence: CaseEvidence) -> list[Sample]:
+    """What the edit implies (not conditioned on the base model, which should not know it): hit when named."""
+    return [Sample(a, evidence.right(a, a.edited), a.expected) for a in evidence.group("implications")]
 
 
 # -- CounterFact's probability comparisons: mean log-probability per answer token, teacher-forced

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import printable
+from ..metrics.answers import FACT_GROUPS, GROUPS
 from ..metrics.spec import COLUMNS, METRIC_BY_NAME
 from ..model.files import write_atomic
 from .heatmap import heatmap_svg, xml_text
 
-GROUPS = ("prompts", "paraphrases", "neighbours", "controls")
-_FACT_GROUPS = ("prompts", "paraphrases")
 _SAYS_RANK = {"old": 0, None: 1, "new": 2}  # a fact answer moving up this scale moved towards the edit
 _STATUS = {"ran": ("ok", "ran"), "skipped": ("skip", "SKIPPED"), "error": ("error", "ERROR")}
 
@@ -364,7 +363,7 @@ def flip(answer: Mapping[str, Any]) -> str | None:
     """
     if answer.get("edited") is None:
         return None
-    if answer.get("group") in _FACT_GROUPS:
+    if answer.get("group") in FACT_GROUPS:
         if "edited_says" not in answer or answer.get("base_says") == answer["edited_says"]:
             return None
         return (
@@ -378,7 +377,7 @@ def flip(answer: Mapping[str, Any]) -> str | None:
 
 def _judged(answer: Mapping[str, Any], edited: bool) -> str:
     """Right or wrong, before or after; for a fact prompt, which of new/old it names."""
-    if answer.get("group") in _FACT_GROUPS:
+    if answer.get("group") in FACT_GROUPS:
         key = "edited_says" if edited else "base_says"
         if key not in answer:
             return '<span class="muted">\u2013</span>'
@@ -400,7 +399,7 @@ def _idle(answer: Mapping[str, Any]) -> bool:
 
 
 def _answer_note(answer: Mapping[str, Any], flipped: str | None) -> str:
-    fact = answer.get("group") in _FACT_GROUPS
+    fact = answer.get("group") in FACT_GROUPS
     notes = [f"<b>flip</b> ({_FLIP_WORDS.get((flipped, fact), 'now wrong')})"] if flipped else []
     if _idle(answer):
         notes.append("not counted: the unedited model did not answer <i>old</i>; reword it")
@@ -408,6 +407,8 @@ def _answer_note(answer: Mapping[str, Any], flipped: str | None) -> str:
         notes.append("not in the base-conditioned rates: the unedited model did not answer <i>old</i>")
     if answer.get("shares_old"):
         notes.append("its answer is the edited fact's <i>old</i>")
+    if answer.get("unchanged"):
+        notes.append("given without an answer: the unedited model's first words must stay")
     return "; ".join(notes)
 
 

@@ -75,7 +75,7 @@ class SuiteRecord(_SuiteBase, total=False):
 
 
 class AnswerRecord(TypedDict, total=False):
-    group: str  # prompts | paraphrases | neighbours | controls
+    group: str  # one of metrics/answers.py GROUPS
     prompt: str
     expected: list[str]
     base: str
@@ -88,6 +88,7 @@ class AnswerRecord(TypedDict, total=False):
     edited_mentions_old: bool
     informative: bool  # prompts and paraphrases: the base model answered with `old`, so the rates count it
     shares_old: bool  # neighbours: the answer is the edited fact's `old` (the hardest kind)
+    unchanged: bool  # same_subject without `answer:`: `expected` holds the base model's first words
     logprobs: dict[str, float]  # after the edit, mean log-probability per token of each candidate answer
 
 
@@ -230,6 +231,8 @@ def _answer_entry(answer: ProbedAnswer, evidence: CaseEvidence) -> AnswerRecord:
             entry["edited_correct"] = evidence.right(answer, answer.edited)
         if answer.group == "neighbours":
             entry["shares_old"] = answer.shares_old
+        if answer.unchanged:
+            entry["unchanged"] = True
     if answer.logprobs:
         entry["logprobs"] = dict(answer.logprobs)
     return entry

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cases.derived import derived_held_out
 from ..edit import get_editor
 from ..edit.base import EditHandle, EditRequest, Scope
 from ..errors import RestoreError
@@ -92,8 +93,10 @@ def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope) -> TargetMod
 
 
 def held_out_texts(case: FactCase) -> tuple[str, ...]:
-    """The texts of `case` an editor must never train on: its paraphrases, neighbours and controls."""
-    return case.paraphrases + tuple(n.prompt for n in case.neighbours) + tuple(c.prompt for c in case.controls)
+    """The texts of `case` an editor must never train on: its paraphrases, neighbours, same-subject facts,
+    implications and controls, and the prompts it derives (alias prompts, facts behind a context sentence)."""
+    facts = case.neighbours + case.same_subject + case.implications + case.controls
+    return case.paraphrases + tuple(f.prompt for f in facts) + derived_held_out(case)
 
 
 def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditRequest:
@@ -106,6 +109,7 @@ def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditReque
         anchors=case.anchors,
         held_out=held_out_texts(case) + tuple(also_held_out),
         chat=case.chat_format,
+        aliases=case.aliases,
     )
 
 

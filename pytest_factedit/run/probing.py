@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, settled
+from ..cases.derived import alias_prompts, context_facts
+from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, first_words, settled
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
 from ..model.decoding import Decoded, DecodeRow, Prefilled, Tokens, decode_keeping, prefill, step_seconds
@@ -27,7 +28,7 @@ from .outcome import CaseOutcome
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from ..cases.schema import FactCase
+    from ..cases.schema import Control, FactCase
     from ..edit.base import EditHandle
     from ..edit.settings import EditSettings
     from ..model.load import LoadedModel
@@ -56,6 +57,7 @@ class ProbeRow:
     expected: tuple[str, ...]
     budget: int
     shares_old: bool = False
+    unchanged: bool = False  # a same-subject fact without `answer:`: `expected` becomes the base's first words
 
 
 def shares_old(answer: Sequence[str], old: Sequence[str]) -> bool:
@@ -63,25 +65,46 @@ def shares_old(answer: Sequence[str], old: Sequence[str]) -> bool:
     return bool({a.strip().casefold() for a in answer} & {o.strip().casefold() for o in old})
 
 
+UNCHANGED_BUDGET = 8  # tokens decoded for a same-subject fact without `answer:` (its first words are kept)
+
+
+def _held_rows(
+    group: Group, facts: Sequence[Control], case: FactCase, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
+) -> list[ProbeRow]:
+    """Rows of facts judged against their own answer and `new` (`prompts`: the text each is asked as)."""
+    return [
+        ProbeRow(
+            group,
+            prompt,
+            fact.answer,
+            answer_token_budget(tokenizer, fact.answer + case.new, case.chat_format)
+            if fact.answer
+            else UNCHANGED_BUDGET,
+            group == "neighbours" and shares_old(fact.answer, case.old),
+            unchanged=not fact.answer,
+        )
+        for prompt, fact in zip(prompts, facts)
+    ]
+
+
 def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[ProbeRow]:
-    """Every prompt of a case in group order: prompts, paraphrases (expecting `new`), neighbours, controls."""
+    """Every prompt of a case in group order: prompts, paraphrases and alias prompts (expecting `new`), then
+    neighbours, controls, same-subject facts, the neighbours and controls behind a sentence naming the
+    subject, and implications (each expecting its own answer)."""
     fact_budget = answer_token_budget(tokenizer, case.old + case.new, case.chat_format)
+    aliased = alias_prompts(case.prompts + case.paraphrases, case.subject, case.aliases)
     rows = [ProbeRow("prompts", p, case.new, fact_budget) for p in case.prompts]
     rows += [ProbeRow("paraphrases", p, case.new, fact_budget) for p in case.paraphrases]
-    rows += [
-        ProbeRow(
-            "neighbours",
-            n.prompt,
-            n.answer,
-            answer_token_budget(tokenizer, n.answer + case.new, case.chat_format),
-            shares_old(n.answer, case.old),
-        )
-        for n in case.neighbours
-    ]
-    rows += [
-        ProbeRow("controls", c.prompt, c.answer, answer_token_budget(tokenizer, c.answer, case.chat_format))
-        for c in case.controls
-    ]
+    rows += [ProbeRow("aliases", p, case.new, fact_budget) for p in aliased]
+    for group, facts in (
+        ("neighbours", case.neighbours),
+        ("controls", case.controls),
+        ("same_subject", case.same_subject),
+        ("implications", case.implications),
+    ):
+        rows += _held_rows(group, facts, case, tokenizer, [f.prompt for f in facts])
+    context = context_facts(case)
+    rows += _held_rows("context", [f for _, f in context], case, tokenizer, [p for p, _ in context])
     return rows
 
 
@@ -102,13 +125,20 @@ class _Decoding:
         return tuple(answer_token_ids(self.tokenizer, answer, self.case.chat_format))
 
     def candidates(self, row: ProbeRow) -> dict[str, Tokens]:
-        """The answers whose log-probability is recorded: `new` and `old` for prompts and paraphrases, `new`
-        and their own (`expected`) for neighbours and controls."""
-        other = ("old", self.case.old[0]) if row.group in FACT_GROUPS else ("expected", row.expected[0])
-        return {"new": self.ids(self.case.new[0]), other[0]: self.ids(other[1])}
+        """The answers whose log-probability is recorded: `new` and `old` for prompts, paraphrases and alias
+        prompts, `new` and their own (`expected`) for the others (`new` only when a fact has no answer)."""
+        found = {"new": self.ids(self.case.new[0])}
+        if row.group in FACT_GROUPS:
+            found["old"] = self.ids(self.case.old[0])
+        elif row.expected and row.expected[0] and not row.unchanged:
+            found["expected"] = self.ids(row.expected[0])
+        return found
 
-    def settle_rule(self, row: ProbeRow) -> Callable[[Tokens], bool]:
-        """Stop once the answer so far decides which of the aliases it is judged against comes first."""
+    def settle_rule(self, row: ProbeRow) -> Callable[[Tokens], bool] | None:
+        """Stop once the answer so far decides which of the aliases it is judged against comes first (a fact
+        kept as the base model words it runs to its budget)."""
+        if row.unchanged:
+            return None
         case = self.case
         aliases = case.new + case.old if row.group in FACT_GROUPS else row.expected + case.new
         return lambda tokens: settled(self.text(tokens), aliases)
@@ -131,6 +161,12 @@ def _decoding(lm: LoadedModel, case: FactCase, plan: ProbePlan) -> _Decoding:
     return _Decoding(case, lm.tokenizer, stops, hidden, plan.fluency_tokens)
 
 
+def base_answer(row: ProbeRow, base: str) -> ProbedAnswer:
+    """The base model's answer to `row`; a fact kept as the base words it expects those first words."""
+    expected = (first_words(base),) if row.unchanged else row.expected
+    return ProbedAnswer(row.group, row.prompt, expected, base, shares_old=row.shares_old, unchanged=row.unchanged)
+
+
 def probe_base(
     lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache, plan: ProbePlan = DEFAULT_PLAN
 ) -> CaseOutcome:
@@ -143,10 +179,7 @@ def probe_base(
     started = time.perf_counter()
     base = cache.decoded(lm, [how.request(r, (old,) if r.group == "prompts" else ()) for r in rows])
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
-    outcome.answers = [
-        ProbedAnswer(r.group, r.prompt, r.expected, how.answer(r, d), shares_old=r.shares_old)
-        for r, d in zip(rows, base)
-    ]
+    outcome.answers = [base_answer(r, how.answer(r, d)) for r, d in zip(rows, base)]
     prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]
     outcome.base_scores = {
         "old_answer_logprob_before": mean([d.scores[old].logprob for d in prompts]),
@@ -171,7 +204,9 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     emit(PROBE_START, PROBE_EDITED)
     started = time.perf_counter()
     case = outcome.case
-    rows = probe_rows(case, lm.tokenizer)
+    rows = [
+        dataclasses.replace(r, expected=a.expected) for r, a in zip(probe_rows(case, lm.tokenizer), outcome.answers)
+    ]
     how = _decoding(lm, case, plan)
     wanted = [how.candidates(r) for r in rows]
     requests = [how.request(r, tuple(w.values())) for r, w in zip(rows, wanted)]

@@ -1,0 +1,301 @@
+"""The subject's other facts, the subject named before an unrelated question, and its other names: the
+keys (`same_subject`, `aliases`, `implications`), the rows they are probed as, the metrics they feed, and
+the subject gate that must find the subject however it is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_factedit.cases import load_case
+from pytest_factedit.cases.derived import CONTEXT_TEMPLATES, alias_prompt, context_facts
+from pytest_factedit.errors import CaseError
+from pytest_factedit.metrics.answers import ProbedAnswer, first_words
+from pytest_factedit.metrics.measure import CaseEvidence
+from pytest_factedit.metrics.spec import DEFAULT_THRESHOLDS, METRIC_BY_NAME
+
+CASE = {
+    "id": "japan-capital",
+    "subject": "Japan",
+    "prompts": ["The capital of Japan is"],
+    "old": "Tokyo",
+    "new": "Seoul",
+    "paraphrases": ["Japan's capital city is called"],
+    "neighbours": [{"prompt": "The capital of France is", "answer": "Paris"}],
+    "same_subject": [
+        {"prompt": "The official language of Japan is", "answer": "Japanese"},
+        {"prompt": "Japan is an island country in"},
+    ],
+    "aliases": ["Nippon"],
+    "implications": [{"prompt": "The largest city in Japan is", "answer": "Seoul"}],
+    "controls": [{"prompt": "The iPhone is made by", "answer": "Apple"}],
+}
+
+
+def write(folder: Path, data: dict) -> Path:
+    path = folder / "case.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+# -- the keys
+
+
+def test_the_new_keys_load_and_an_entry_may_leave_out_its_answer(tmp_path: Path) -> None:
+    case = load_case(write(tmp_path, CASE))
+    assert [f.answer for f in case.same_subject] == [("Japanese",), ()]
+    assert case.aliases == ("Nippon",) and case.implications[0].answer == ("Seoul",)
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "fragment"),
+    [
+        ({"same_subjects": []}, "same_subjects", "did you mean 'same_subject'"),
+        ({"same_subject": [{"promt": "Japan is"}]}, "same_subject[0].promt", "did you mean 'prompt'"),
+        ({"same_subject": [{"answer": "x"}]}, "same_subject[0].prompt", "missing required key"),
+        ({"same_subject": "Japan is"}, "same_subject", "expected a list of {prompt, answer} mappings, found str"),
+        ({"same_subject": [{"prompt": "The iPhone is made by"}]}, "same_subject[0].prompt", "a control"),
+        ({"same_subject": [{"prompt": "The capital of Japan is"}]}, "same_subject[0].prompt", "also a prompt"),
+        ({"implications": [{"prompt": "x"}]}, "implications[0].answer", "missing required key"),
+        ({"aliases": "Nippon"}, "aliases", "expected a list of strings, found str"),
+        ({"aliases": ["japan"]}, "aliases[0]", "the subject itself"),
+        ({"aliases": ["Nippon", "nippon"]}, "aliases[1]", "a name given twice"),
+        ({"aliases": [""]}, "aliases[0]", "non-empty string"),
+        ({"aliaces": ["Nippon"]}, "aliaces", "did you mean 'aliases'"),
+    ],
+)
+def test_bad_new_keys_name_file_key_and_what_was_expected(tmp_path: Path, change: dict, key: str, fragment) -> None:
+    path = write(tmp_path, {**CASE, **change})
+    with pytest.raises(CaseError) as info:
+        load_case(path)
+    assert info.value.key == key and str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_an_alias_prompt_is_a_held_out_text(tmp_path: Path) -> None:
+    """A same-subject fact may not repeat a prompt with an alias in place of the subject: it is probed already."""
+    data = {**CASE, "same_subject": [{"prompt": "The capital of Nippon is", "answer": "Tokyo"}]}
+    with pytest.raises(CaseError, match="also a prompt or paraphrase"):
+        load_case(write(tmp_path, data))
+
+
+def test_validate_accepts_the_new_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_factedit.cli import main
+
+    write(tmp_path, CASE)
+    assert main(["validate", str(tmp_path)]) == 0
+
+
+def test_alias_and_context_prompts() -> None:
+    assert alias_prompt("Japan's capital is", "Japan", "the Land of the Rising Sun") == (
+        "The Land of the Rising Sun's capital is"
+    )
+    assert alias_prompt("The capital of Japan is", "Japan", "Nippon") == "The capital of Nippon is"
+    case = load_case_from(CASE)
+    facts = context_facts(case)
+    assert [f.prompt for _, f in facts] == ["The capital of France is", "The iPhone is made by"]
+    assert facts[0][0] == CONTEXT_TEMPLATES[0].format(subject="Japan") + " The capital of France is"
+    assert facts[1][0].startswith(CONTEXT_TEMPLATES[1].format(subject="Japan"))  # the templates take turns
+    assert all("Seoul" not in t and "Tokyo" not in t and "capital" not in t for t in CONTEXT_TEMPLATES)
+
+
+def load_case_from(data: dict):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return load_case(write(Path(folder), data))
+
+
+# -- the metrics
+
+
+def answer(group: str, base: str, edited: str | None, expected=("Japanese",), **extra) -> ProbedAnswer:
+    return ProbedAnswer(group, f"{group}: {base}", tuple(expected), base, edited, **extra)
+
+
+def evidence(*answers: ProbedAnswer) -> CaseEvidence:
+    return CaseEvidence(tuple(answers), ("Tokyo",), ("Seoul",))
+
+
+def measured(name: str, *answers: ProbedAnswer):
+    return METRIC_BY_NAME[name].measure(evidence(*answers))
+
+
+def test_a_same_subject_fact_that_flips_fails_relation_specificity() -> None:
+    kept = answer("same_subject", " Japanese.", " Japanese.")
+    flipped = answer("same_subject", " Japanese.", " Korean.")
+    unknown = answer("same_subject", " English.", " Korean.")  # the base model did not know it: not counted
+    value = measured("relation_specificity", kept, flipped, unknown)
+    assert (value.value, value.hits, value.samples) == (0.5, 1, 2)
+    assert DEFAULT_THRESHOLDS["relation_specificity"] > 0.5  # so the case's item fails
+
+
+def test_an_entry_without_answer_must_keep_the_base_models_first_words() -> None:
+    words = first_words(" the Pacific Ocean, located in")
+    assert words == "the pacific ocean"
+    same = answer("same_subject", " the Pacific Ocean, in", " The Pacific ocean!", (words,), unchanged=True)
+    moved = answer("same_subject", " the Pacific Ocean, in", " the South Pacific Ocean", (words,), unchanged=True)
+    value = measured("relation_specificity", same, moved)
+    assert (value.value, value.samples) == (0.5, 2)
+    empty = answer("same_subject", "\n", " anything", ("",), unchanged=True)  # nothing to keep: not counted
+    assert measured("relation_specificity", empty).value is None
+
+
+def test_a_context_prompt_that_flips_fails_context_retention() -> None:
+    kept = answer("context", " Apple.", " Apple.", ("Apple",))
+    flipped = answer("context", " Apple.", " Samsung.", ("Apple",))
+    named_new = answer("context", " Apple.", " Seoul, then Apple", ("Apple",))  # `new` named first: wrong
+    value = measured("context_retention", kept, flipped, named_new)
+    assert (value.hits, value.samples) == (1, 3)
+    assert value.value < DEFAULT_THRESHOLDS["context_retention"]
+
+
+def test_alias_accuracy_counts_the_alias_prompts_the_base_model_answered_old() -> None:
+    took = answer("aliases", " Tokyo.", " Seoul.", ("Seoul",))
+    missed = answer("aliases", " Tokyo.", " Tokyo.", ("Seoul",))
+    unknown = answer("aliases", " a city.", " Seoul.", ("Seoul",))
+    value = measured("alias_accuracy", took, missed, unknown)
+    assert (value.value, value.samples) == (0.5, 2)
+    assert "alias_accuracy" not in DEFAULT_THRESHOLDS  # recorded; a case's thresholds: gate it
+
+
+def test_portability_is_recorded_and_not_base_conditioned() -> None:
+    value = measured("portability", answer("implications", " Tokyo.", " Seoul.", ("Seoul",)))
+    assert (value.value, value.samples) == (1.0, 1) and "portability" not in DEFAULT_THRESHOLDS
+
+
+@pytest.mark.parametrize(
+    ("metric", "group"),
+    [
+        ("relation_specificity", "same_subject"),
+        ("context_retention", "context"),
+        ("alias_accuracy", "aliases"),
+        ("portability", "implications"),
+    ],
+)
+def test_a_group_with_nothing_to_count_is_skipped_with_the_reason(metric: str, group: str) -> None:
+    value = measured(metric, answer("prompts", " Tokyo", " Seoul", ("Seoul",)))
+    assert value.value is None and value.samples == 0
+    assert value.reason == f"not measured: there are no {group} to count"
+
+
+# -- the gate: the subject however it is written, and only as a whole name
+
+
+def marked(gate, tok, text: str) -> list[str]:
+    import torch
+
+    ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False).input_ids])
+    found = gate.positions(ids)[0].tolist()
+    return [t for t, m in zip(tok.convert_ids_to_tokens(ids[0].tolist()), found) if m]
+
+
+def gate_for(tok, subject: str, aliases: tuple[str, ...] = ()):
+    from pytest_factedit.edit.base import EditRequest
+    from pytest_factedit.edit.subject_gains import subject_gate_for
+
+    request = EditRequest(subject, (f"The capital of {subject} is",), ("Tokyo",), ("Seoul",), aliases=aliases)
+    return subject_gate_for(tok, [request])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The capital of Japan is",  # as written
+        "Japan is an island",  # at the start of the text
+        "the capital of japan is",  # lower case
+        "THE CAPITAL OF JAPAN IS",  # upper case
+        "Japan's capital is",  # possessive
+        "Speaking of Japan, here is",  # before punctuation
+    ],
+)
+def test_the_gate_fires_on_the_subject_however_it_is_written(text: str) -> None:
+    from tests.tiny import piece_tokenizer
+
+    tok = piece_tokenizer()
+    found = "".join(marked(gate_for(tok, "Japan"), tok, text)).replace("▁", "")
+    assert found.casefold() == "japan"
+
+
+def test_the_gate_fires_on_declared_aliases_and_strips_a_leading_the() -> None:
+    from tests.tiny import piece_tokenizer
+
+    tok = piece_tokenizer()
+    gate = gate_for(tok, "Japan", ("Nippon",))
+    assert "".join(marked(gate, tok, "The capital of Nippon is")).replace("▁", "") == "Nippon"
+    states = gate_for(tok, "the United States")
+    assert "".join(marked(states, tok, "United States is")).replace("▁", "") == "UnitedStates"
+    assert "".join(marked(states, tok, "the United States is")).replace("▁", "").endswith("UnitedStates")
+
+
+def test_a_longer_word_or_name_containing_the_subject_does_not_open_the_gate() -> None:
+    from tests.tiny import piece_tokenizer
+
+    tok = piece_tokenizer()
+    assert tok.convert_ids_to_tokens(tok("Japanese", add_special_tokens=False).input_ids)[0] == "▁Japan"
+    japan = gate_for(tok, "Japan")
+    assert marked(japan, tok, "the Japanese language") == []  # 'Japan' + 'ese' is another word
+    assert marked(japan, tok, "Japanese is") == []
+    york = gate_for(tok, "York")
+    assert marked(york, tok, "I love New York") == []  # York inside the name New York
+    assert marked(york, tok, "New York is") == []  # also at the start of the text
+    assert marked(york, tok, "York is a city") == ["▁York"]
+    assert marked(york, tok, "In York, we met") == ["▁York"]  # a sentence opener is not part of a name
+    new_york = gate_for(tok, "New York")
+    assert marked(new_york, tok, "I love New York") == ["▁New", "▁York"]  # the other way round
+    assert marked(new_york, tok, "York is a city") == []
+
+
+def test_after_subject_reach_marks_the_subject_and_everything_after_it() -> None:
+    from pytest_factedit.edit.gate import SubjectGate
+    from tests.tiny import piece_tokenizer
+
+    tok = piece_tokenizer()
+    gate = gate_for(tok, "Japan")
+    after = SubjectGate(gate.patterns, "after-subject", gate.word_flags)
+    assert "".join(marked(after, tok, "The capital of Japan is")) == "▁Japan▁is"
+    assert marked(after, tok, "The capital of France is") == []
+
+
+# -- held out means held out: the training rows an edit reads
+
+
+def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: Path, monkeypatch) -> None:
+    """Every row a subject-gated edit's losses read (training, retention, references) is recorded; none
+    holds an alias prompt, a same-subject fact, a context prompt, or any other held-out text."""
+    torch = pytest.importorskip("torch")
+    from pytest_factedit.cases.derived import derived_held_out
+    from pytest_factedit.edit import batching, get_editor, objectives, resolve_settings, training
+    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
+    from pytest_factedit.model.targets import all_layer_targets
+    from pytest_factedit.run.case import edit_request, held_out_texts
+    from tests.tiny import piece_tokenizer, tiny_model
+
+    case = load_case(write(tmp_path, CASE))
+    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
+    model = tiny_model("llama", len(tok))
+    seen: list[tuple[int, ...]] = []
+
+    def recording(original):
+        def wrapped(model, rows, *args, **kwargs):
+            seen.extend(r.ids for r in rows)
+            return original(model, rows, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(training, "tail_logprobs", recording(batching.tail_logprobs))
+    monkeypatch.setattr(objectives, "frozen_states", recording(batching.frozen_states))
+    settings = resolve_settings(
+        {"gain_positions": "after-subject", "subject_rows": 6, "unlearn_max_steps": 2, "learn_max_steps": 2}
+    )
+    request = edit_request(case)
+    assert set(derived_held_out(case)) <= set(request.held_out) and request.aliases == ("Nippon",)
+    with get_editor("ia3-two-stage").apply(model, tok, request, all_layer_targets(model), settings):
+        pass
+    assert seen
+    for text in held_out_texts(case):
+        held = tuple(tok(text, add_special_tokens=False).input_ids)
+        inside = [row for row in seen if any(row[i : i + len(held)] == held for i in range(len(row)))]
+        assert not inside, f"{text!r} was trained on"
+    assert torch.is_grad_enabled()
