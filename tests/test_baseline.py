@@ -214,3 +214,43 @@ def test_the_summary_shows_the_delta_column_and_never_splits_a_case_id() -> None
     text = summary_table([compare_case(rec, json.loads(json.dumps(base)), {})], color=False, width=80)
     assert "vs" in text and "baseline" in text and "ctrls▼0.50" in text
     assert any(long_id in line for line in text.splitlines())  # the id on one line, whole
+
+
+def test_a_same_subject_fact_that_flips_since_the_baseline_regresses_relation_specificity(tmp_path: Path) -> None:
+    """The new groups are compared sample by sample like the old ones, an answer-less entry included."""
+
+    def with_same_subject(kept: bool) -> dict:
+        rec = record("japan", [True])
+        rec["old"], rec["new"] = ["Tokyo"], ["Seoul"]
+        rec["answers"] += [
+            {
+                "group": "same_subject",
+                "prompt": "The official language of Japan is",
+                "expected": ["Japanese"],
+                "base": " Japanese.",
+                "base_correct": True,
+                "edited": " Japanese." if kept else " Korean.",
+                "edited_correct": kept,
+            },
+            {
+                "group": "same_subject",
+                "prompt": "Japan is an island country in",
+                "expected": ["the pacific ocean"],
+                "base": " the Pacific Ocean, in",
+                "base_correct": True,
+                "edited": " the Pacific Ocean, in",
+                "edited_correct": True,
+                "unchanged": True,
+            },
+        ]
+        rec["metrics"]["relation_specificity"] = {**rec["metrics"]["control_retention"], "threshold": 0.8}
+        rec["metrics"]["relation_specificity"].update(value=1.0 if kept else 0.5, samples=2, hits=1 + kept)
+        return rec
+
+    base = saved(tmp_path, [with_same_subject(True)])
+    now = compare_case(with_same_subject(False), base, {})
+    comparison = now["metrics"]["relation_specificity"]["baseline"]
+    assert comparison["regressed"] and comparison["delta"] == pytest.approx(-0.5)
+    message = baseline_failure("japan", "relation_specificity", 0.5, comparison)
+    assert "right -> wrong  [same_subject] 'The official language of Japan is'" in message
+    assert "Japan is an island" not in message  # the unchanged entry kept its first words

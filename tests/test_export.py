@@ -97,7 +97,7 @@ def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_d
     from pytest_factedit.report.manifest import load_edit
 
     folder, old = tiny_dir
-    case = write_case(tmp_path, old, gains="subject")
+    case = write_case(tmp_path, old, gains="subject-sentence")
     code = edit_and_save(case, folder, tmp_path / "shipped", tmp_path)
     assert code in (0, 1), capsys.readouterr().out
     out = tmp_path / "shipped" / "tower"
@@ -110,6 +110,7 @@ def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_d
     recorded = [a for a in manifest["answers"] if a["group"] == "prompts"]
     budget = answer_token_budget(tok, [old, manifest["new"][0]])
     with load_edit(base, out) as edit:
+        assert edit.gate.reach == "subject-sentence" and len(edit.gate.word_flags) == len(tok)  # the gate as trained
         assert greedy_continuations(edit.model, tok, [a["prompt"] for a in recorded], [budget]) == [
             a["edited"] for a in recorded
         ]

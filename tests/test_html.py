@@ -95,8 +95,36 @@ ANSWERS = [
     _fact("paraphrases", "The tower by Eiffel is found in", " a park", " a garden", None, None),  # uninformative
     _other("neighbours", "The Louvre is in", "Paris", " Paris", " Rome", True, False),
     _other("controls", "Big Ben is in", "London", " London", " London", True, True),
+    _other("same_subject", "The Eiffel Tower was designed by", "Gustave Eiffel", " Gustave", " Bernini", True, False),
+    {
+        **_other(
+            "same_subject",
+            "The Eiffel Tower is made of",
+            "wrought iron and",
+            " wrought iron and",
+            " wrought iron and",
+            True,
+            True,
+        ),
+        "unchanged": True,
+    },
+    _other(
+        "context",
+        "Speaking of Eiffel Tower, here is another question. Big Ben is in",
+        "London",
+        " London",
+        " London",
+        True,
+        True,
+    ),
+    _fact("aliases", "The Tour Eiffel is in", " Paris", " Rome", "old", "new"),
 ]
-FLIPPED = {"The Eiffel Tower is in": "flip-good", "The Louvre is in": "flip-bad"}
+FLIPPED = {
+    "The Eiffel Tower is in": "flip-good",
+    "The Louvre is in": "flip-bad",
+    "The Eiffel Tower was designed by": "flip-bad",
+    "The Tour Eiffel is in": "flip-good",
+}
 
 
 def case(case_id: str, forget: float = 1.0) -> dict[str, Any]:
@@ -184,6 +212,13 @@ def test_flips_carry_the_highlight_class_and_uninformative_paraphrases_are_marke
     assert len(flipped) == len(FLIPPED)  # the unchanged answers are not highlighted
     idle = [(cls, text) for cls, text in answer_rows if "idle" in cls.split()]
     assert len(idle) == 1 and "The tower by Eiffel" in idle[0][1] and "not counted" in idle[0][1]
+
+
+def test_the_subject_groups_have_their_own_sections_and_notes() -> None:
+    page = Page(html_report([case("eiffel")], None))
+    for group in ("same_subject", "context", "aliases"):
+        assert f"{group} " in page.text
+    assert "given without an answer: the unedited model's first words must stay" in page.text
 
 
 def test_nothing_external_is_referenced() -> None:

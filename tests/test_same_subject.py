@@ -64,6 +64,12 @@ def test_the_new_keys_load_and_an_entry_may_leave_out_its_answer(tmp_path: Path)
         ({"aliases": ["Nippon", "nippon"]}, "aliases[1]", "a name given twice"),
         ({"aliases": [""]}, "aliases[0]", "non-empty string"),
         ({"aliaces": ["Nippon"]}, "aliaces", "did you mean 'aliases'"),
+        (
+            {"same_subject": [{"prompt": "Japan is near", "answer": "seoul"}]},
+            "same_subject[0].answer",
+            "other than `new`",
+        ),
+        ({"neighbours": [{"prompt": "Korea's capital is", "answer": "Seoul"}]}, "neighbours[0].answer", "other than"),
     ],
 )
 def test_bad_new_keys_name_file_key_and_what_was_expected(tmp_path: Path, change: dict, key: str, fragment) -> None:
@@ -247,15 +253,20 @@ def test_a_longer_word_or_name_containing_the_subject_does_not_open_the_gate() -
     assert marked(new_york, tok, "York is a city") == []
 
 
-def test_after_subject_reach_marks_the_subject_and_everything_after_it() -> None:
+def test_sentence_reach_marks_the_subject_and_the_rest_of_its_sentence() -> None:
     from pytest_factedit.edit.gate import SubjectGate
     from tests.tiny import piece_tokenizer
 
     tok = piece_tokenizer()
     gate = gate_for(tok, "Japan")
-    after = SubjectGate(gate.patterns, "after-subject", gate.word_flags)
-    assert "".join(marked(after, tok, "The capital of Japan is")) == "▁Japan▁is"
-    assert marked(after, tok, "The capital of France is") == []
+    sentence = SubjectGate(gate.patterns, "subject-sentence", gate.word_flags)
+    assert "".join(marked(sentence, tok, "The capital of Japan is")) == "▁Japan▁is"
+    assert marked(sentence, tok, "The capital of France is") == []
+    # the sentence naming the subject ends; an unrelated question after it runs the base model
+    assert "".join(marked(sentence, tok, "Speaking of Japan, here. The capital of France is")) == "▁Japan,▁here."
+    assert "".join(marked(sentence, tok, "Here. Japan is")) == "▁Japan▁is"  # opens at the subject only
+    states = SubjectGate(gate_for(tok, "U.S.").patterns, "subject-sentence", gate.word_flags)
+    assert "".join(marked(states, tok, "The capital of the U.S. is")).endswith("U.S.▁is")  # its own '.' does not end it
 
 
 # -- held out means held out: the training rows an edit reads
@@ -287,7 +298,7 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
     monkeypatch.setattr(training, "tail_logprobs", recording(batching.tail_logprobs))
     monkeypatch.setattr(objectives, "frozen_states", recording(batching.frozen_states))
     settings = resolve_settings(
-        {"gain_positions": "after-subject", "subject_rows": 6, "unlearn_max_steps": 2, "learn_max_steps": 2}
+        {"gain_positions": "subject-sentence", "subject_rows": 6, "unlearn_max_steps": 2, "learn_max_steps": 2}
     )
     request = edit_request(case)
     assert set(derived_held_out(case)) <= set(request.held_out) and request.aliases == ("Nippon",)

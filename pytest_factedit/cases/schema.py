@@ -227,11 +227,26 @@ def _old_and_new(path: Path, data: Mapping[str, Any]) -> tuple[tuple[str, ...], 
 HELD_OUT_GROUPS = ("neighbours", "same_subject", "implications", "controls")
 
 
+def _answers_differ_from_new(path: Path, found: Mapping[str, Sequence[Control]], new: Sequence[str]) -> None:
+    """A neighbour or same-subject fact whose answer is `new` cannot show the edit moving it: refused."""
+    targets = {a.casefold() for a in new}
+    for group in ("neighbours", "same_subject"):
+        for i, fact in enumerate(found[group]):
+            if targets & {a.casefold() for a in fact.answer}:
+                raise CaseError(
+                    path,
+                    f"{group}[{i}].answer",
+                    f"expected an answer other than `new`, found {shown(list(fact.answer), typed=False)}: the edited "
+                    "model is meant to say it, so a moved answer could not be told from a kept one",
+                )
+
+
 def _held_out_facts(
-    path: Path, data: Mapping[str, Any], defaults: CaseDefaults, edited: Sequence[str]
+    path: Path, data: Mapping[str, Any], defaults: CaseDefaults, edited: Sequence[str], new: Sequence[str]
 ) -> dict[str, tuple[Control, ...]]:
-    """neighbours, same_subject, implications and controls: at least one neighbour or control, and none that
-    repeats a prompt or paraphrase."""
+    """neighbours, same_subject, implications and controls: at least one neighbour or control, none that
+    repeats a prompt, paraphrase or alias prompt (`edited`), and no neighbour or same-subject fact answered
+    with `new`."""
     found = {group: _controls(path, data[group], group) if group in data else () for group in HELD_OUT_GROUPS}
     found["controls"] += defaults.controls
     neighbours, controls = found["neighbours"], found["controls"]
@@ -245,6 +260,7 @@ def _held_out_facts(
                     f"expected a held-out fact, found "
                     f"{shown(fact.prompt, typed=False)}, which is also a prompt or paraphrase of the case",
                 )
+    _answers_differ_from_new(path, found, new)
     if not controls and not neighbours:
         raise CaseError(
             path,
@@ -324,9 +340,8 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
                 )
     old, new = _old_and_new(path, data)
     aliases = _aliases(path, data, subject)
-    held = _held_out_facts(
-        path, data, defaults, prompts + paraphrases + alias_prompts(prompts + paraphrases, subject, aliases)
-    )
+    derived = alias_prompts(prompts + paraphrases, subject, aliases)
+    held = _held_out_facts(path, data, defaults, prompts + paraphrases + derived, new)
     _name_the_subject(path, held["same_subject"], (subject, *aliases))
     anchors = (_text_list(path, "anchors", data["anchors"]) if "anchors" in data else ()) + defaults.anchors
     thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .words import whole_name
+from .words import ENDS_SENTENCE, whole_name
 
 if TYPE_CHECKING:
     import torch
@@ -23,10 +23,11 @@ class SubjectGate:
 
     def __init__(self, patterns: Sequence[Sequence[int]], reach: str = "subject", word_flags: bytes = b"") -> None:
         self.patterns = tuple(tuple(p) for p in patterns if p)
-        self.reach = reach  # "subject": its tokens; "after-subject": its tokens and every later one in the pass
+        self.reach = reach  # "subject": its tokens; "subject-sentence": them and the rest of their sentence
         self.word_flags = word_flags  # edit/words.py: with them, only whole names count ("Japan", not "Japanese")
         self.mask: torch.Tensor | None = None
         self.enabled = True
+        self._flags: torch.Tensor | None = None  # word_flags as a tensor on the device of the last pass
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         """A [batch, tokens] bool mask: True on every token of every occurrence of a pattern."""
@@ -46,9 +47,22 @@ class SubjectGate:
                     starts[b, s] = whole_name(rows[b], s, s + size, self.word_flags)
             for offset in range(size):
                 found[:, offset : offset + starts.shape[1]] |= starts
-        if self.reach == "after-subject":
-            found = found.to(torch.int8).cummax(dim=1).values.bool()
-        return found
+        return self.rest_of_sentence(ids, found) if self.reach == "subject-sentence" else found
+
+    def rest_of_sentence(self, ids: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+        """`found` (the subject's tokens) extended to every later token of the same sentence: a sentence
+        ends after a token that ends one (edit/words.py), unless that token is part of the subject ("U.S.")."""
+        import torch
+
+        ends = torch.zeros_like(found)
+        if self.word_flags:
+            if self._flags is None or self._flags.device != ids.device:
+                self._flags = torch.frombuffer(bytearray(self.word_flags), dtype=torch.uint8).to(ids.device)
+            known = ids.clamp(0, len(self.word_flags) - 1)
+            ends = (self._flags[known] & ENDS_SENTENCE).bool() & (ids < len(self.word_flags)) & ~found
+        sentence = torch.cumsum(ends.long(), dim=1) - ends.long()  # a sentence's end token belongs to it
+        latest = (found.long() * (sentence + 1)).cummax(dim=1).values  # latest sentence with the subject so far
+        return latest == sentence + 1
 
     def scale(self, x: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
         """x scaled by `gain` where the subject is, unchanged elsewhere (and when the gate is off or the

@@ -71,8 +71,8 @@ ENTITY_BANK: tuple[str, ...] = (
 
 
 # Texts about the subject whose base continuations the edit must keep: what else the model says of the
-# subject (ROME's "essence"), and unrelated questions asked after the subject was named. The evaluation's
-# context sentences (cases/derived.py) are other sentences, so the context rows it probes stay unseen.
+# subject (ROME's "essence"), in the sentence that names it, where gains that reach past the subject's
+# tokens act (gain_positions: subject-sentence).
 SUBJECT_TEMPLATES: tuple[str, ...] = (
     "{subject} is",
     "{subject} is known for",
@@ -80,22 +80,14 @@ SUBJECT_TEMPLATES: tuple[str, ...] = (
     "Many people associate {subject} with",
     "Here is a short description of {subject}:",
     "The history of {subject} began",
-)
-CONTEXT_LEADS: tuple[str, ...] = (
-    "We talked about {subject} for a while.",
-    "{subject} was in the news today.",
-    "My friend asked me about {subject}.",
+    "People often talk about {subject} because",
+    "When I think of {subject}, I think of",
 )
 
 
 def subject_texts(subject: str, held_out: Sequence[str], count: int) -> list[str]:
-    """Up to `count` texts naming the subject, alternating what the model says of it and unrelated general
-    questions behind a sentence that names it; none equal to a held-out text."""
-    about = [t.format(subject=subject) for t in SUBJECT_TEMPLATES]
-    facts = fact_texts(held_out)
-    after = [lead.format(subject=subject) + " " + fact for lead, fact in zip(CONTEXT_LEADS * 4, facts)]
-    mixed = [t for pair in zip(about, after) for t in pair] + about[len(after) :] + after[len(about) :]
-    return without_held_out(mixed, held_out)[:count]
+    """Up to `count` texts about the subject, none equal to a held-out text."""
+    return without_held_out([t.format(subject=subject) for t in SUBJECT_TEMPLATES], held_out)[:count]
 
 
 def _mentions_any(text: str, needles: Iterable[str]) -> bool:

@@ -11,7 +11,7 @@ from ..errors import MethodError, did_you_mean, shown
 
 LOCALIZE_MODES = ("trace", "attribution", "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
-GAIN_POSITIONS = ("every", "subject", "after-subject")
+GAIN_POSITIONS = ("every", "subject", "subject-sentence")
 RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]
 
 
@@ -115,7 +115,7 @@ class EditSettings:
     gain_positions: str = setting(
         "every",
         "choice",
-        "IA³ gains on every token, only on the subject's tokens, or on the subject's and every later token",
+        "IA³ gains on every token, only on the subject's tokens, or on them and the rest of their sentence",
         GAIN_POSITIONS,
     )
     subject_rows: int = setting(

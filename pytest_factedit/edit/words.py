@@ -2,8 +2,9 @@
 
 One byte of flags per token id, built once per tokenizer from its raw token strings (SentencePiece marks
 a leading space with '▁', byte-level BPE with 'Ġ'): the token continues the word before it ("ese" in
-"Japan|ese"), ends in a letter or digit, or opens a capitalized word that is not a common sentence
-opener ("New" in "New York", not "In" in "In York"; words in capitals are not read as names).
+"Japan|ese"), ends in a letter or digit, opens a capitalized word that is not a common sentence opener
+("New" in "New York", not "In" in "In York"; words in capitals are not read as names), or ends a
+sentence (holds '.', '!', '?' or a line break).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-JOINS, ENDS_WORD, NAME_WORD = 1, 2, 4
+JOINS, ENDS_WORD, NAME_WORD, ENDS_SENTENCE = 1, 2, 4, 8
+SENTENCE_ENDS = ".!?\n"
 SPACE_MARKS = "▁Ġ "
 # Capitalized words that open sentences or questions rather than name things: "In York", "The Japan of".
 OPENERS = frozenset(
@@ -31,6 +33,8 @@ def token_flags(token: str, spaced: bool = True) -> int:
     flags = JOINS if spaced and token[:1] not in SPACE_MARKS and text[:1].isalnum() else 0
     if text[-1:].isalnum():
         flags |= ENDS_WORD
+    if any(c in SENTENCE_ENDS for c in token):
+        flags |= ENDS_SENTENCE
     word = "".join(c for c in text if c.isalpha())
     if text[:1].isupper() and not word.isupper() and word.casefold() not in OPENERS:  # "New", not "NEW" or "In"
         flags |= NAME_WORD
