@@ -9,6 +9,7 @@
     OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl --resume   # go on where a.jsonl stops
     python bench/editors.py --methods ia3-two-stage --set learn_stop_prob=0.9   # a row for other settings
     python bench/editors.py --cases same_subject --methods ia3-two-stage   # the same-subject benchmark
+    python bench/editors.py --methods ia3-two-stage ia3-two-stage:gain_positions=subject:subject_rows=0
 
 Facts: a seeded sample of ../shared/data/counterfact-train.json (or --data) that the embedded model
 answers correctly; each is a case with its prompt and paraphrase, its locality prompt and up to 3 more
@@ -106,6 +107,16 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(f"| {name} | {len(ran)} | " + " | ".join(cells) + " |")
 
 
+def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'NAME:KEY=VALUE:...' -> (editor name, its own settings)."""
+    from pytest_factedit.edit import method_names
+
+    name, *pairs = spec.split(":")
+    if name not in method_names():
+        raise SystemExit(f"--methods: unknown editor {name!r}; known: {', '.join(method_names())}")
+    return name, setting_overrides(pairs)
+
+
 def row_name(method: str, overrides: dict[str, Any]) -> str:
     """The table row of a method run with `overrides`: its name, then the settings that differ."""
     return " ".join([method] + [f"{k}={v}" for k, v in overrides.items()])
@@ -116,10 +127,18 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fact_arguments(parser, n=100)
-    parser.add_argument("--methods", nargs="+", default=list(method_names()), choices=method_names())
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(method_names()),
+        metavar="NAME[:KEY=VALUE...]",
+        help="editors to run, each with its own settings after colons (ia3-two-stage:gain_positions=subject); "
+        "they take turns on each fact, so their times are measured under the same load",
+    )
     parser.add_argument("--shard", default="0/1", help="K/N: run the facts whose index is K modulo N")
     parser.add_argument("--log", type=Path, help="append each (fact, method) result to this JSONL file")
     parser.add_argument("--resume", action="store_true", help="skip the (fact, method) pairs already in --log")
+    parser.add_argument("--only", nargs="+", default=[], metavar="ID", help="run only these facts (case ids)")
     parser.add_argument(
         "--cases", type=Path, help="a folder of fact case files (e.g. bench/same_subject) instead of CounterFact facts"
     )
@@ -176,12 +195,13 @@ def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: lis
     cache = BaseAnswerCache()
     results: list[dict[str, Any]] = list(logged)
     with folder:
-        for case in cases[shard::shards]:
-            for name in args.methods:
-                row = row_name(name, overrides)
+        for case in [c for c in cases if not args.only or c.id in args.only][shard::shards]:
+            for spec in args.methods:
+                name, own = method_spec(spec)
+                row = row_name(name, {**overrides, **own})
                 if (case.id, row) in done:
                     continue
-                settings = resolve_settings(case.method, {**overrides, "name": name})
+                settings = resolve_settings(case.method, {**overrides, **own, "name": name})
                 outcome = run_case(lm, case, settings, cache, plan=plan)
                 result = {
                     "fact": case.id,

@@ -18,6 +18,7 @@ from .tiny import tiny_model, word_tokenizer  # noqa: E402
 
 PROMPT = "The Eiffel Tower is located in the city of"
 NEIGHBOUR = "The Colosseum is located in the city of"
+CONTROL = "Big Ben is a clock tower in the city of"
 ARGS = ("-p", "no:cacheprovider", "--factedit-device", "cpu", "-rA")
 PARAPHRASES = [
     "The Eiffel Tower is in the city of",
@@ -175,3 +176,27 @@ def test_answers_stop_at_the_end_of_sequence_and_hide_control_tokens() -> None:
     rome, paris = ids
     assert answer_text(tok, [rome, tok.eos_token_id, paris], frozenset({tok.eos_token_id}), frozenset()) == "Rome"
     assert answer_text(tok, [rome, paris], frozenset(), frozenset({paris})) == "Rome"
+
+
+def test_same_subject_facts_and_context_rows_are_items_that_fail_or_skip_with_the_reason(pytester, tiny) -> None:
+    """A same-subject fact given without an answer that the edit moves fails relation_specificity; a case
+    with no same-subject facts has the item skipped, saying why; the context rows are probed and counted."""
+    folder, answers = tiny
+    old = answers[PROMPT]
+    new = other(old)
+    cases = pytester.mkdir("fact_cases")
+    method = "lr: 0.5, unlearn_max_steps: 2, learn_max_steps: 30, learn_stop_prob: 0.99, kl_weight: 0, localize: none"
+    same = "same_subject: [{prompt: The Eiffel Tower went back to}, {prompt: 'Here is a fact . The Eiffel Tower'}]\n"
+    (cases / "a.yaml").write_text(case_yaml(old, new, same, method + ", gain_positions: every"))
+    (cases / "b.yaml").write_text(case_yaml(old, new).replace("subject", "id: b\nsubject"))
+    result, records = run(pytester, folder, "same")
+    result.stdout.fnmatch_lines(["SKIPPED*b: relation_specificity: not measured: there are no same_subject to count*"])
+    a = next(r for r in records if r["case_id"] == "a")
+    kept = [x for x in a["answers"] if x["group"] == "same_subject"]
+    assert len(kept) == 2 and all(x["unchanged"] and x["base_correct"] for x in kept)
+    context = [x for x in a["answers"] if x["group"] == "context"]
+    assert [x["prompt"] for x in context] == ["Speaking of Eiffel Tower, here is another question. " + CONTROL]
+    assert a["metrics"]["context_retention"]["samples"] == sum(x["base_correct"] for x in context)
+    if all(x["edited_correct"] for x in kept):
+        pytest.skip("the edit did not move the subject's other continuations on this tiny model")
+    result.stdout.fnmatch_lines(["FAILED fact_cases/a.yaml::a::relation_specificity*"])
