@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,24 @@ def embedded():
     return load(None, "cpu")
 
 
-def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> None:
+def one_case_suite(pytester: pytest.Pytester) -> Path:
+    """fact_cases/ with the shipped defaults (less the suite gates set for the nine shipped cases' pool) and
+    a copy of CASE."""
     folder = pytester.mkdir("fact_cases")
-    shutil.copy(REPO / "fact_cases" / "_defaults.yaml", folder / "_defaults.yaml")
+    defaults = yaml.safe_load((REPO / "fact_cases" / "_defaults.yaml").read_text())
+    for pooled_over_the_nine in ("relation_specificity", "context_retention"):  # one case is not that pool
+        del defaults["suite_thresholds"][pooled_over_the_nine]
+    (folder / "_defaults.yaml").write_text(yaml.safe_dump(defaults, sort_keys=False))
     # the latency gate times the machine, and a test must not (another process's load could flip it):
     # this copy of the case gates it loosely; the metric is still measured and recorded
-    (folder / CASE.name).write_text(CASE.read_text() + "thresholds:\n  latency_overhead: 100\n")
+    data = yaml.safe_load(CASE.read_text())
+    data["thresholds"] = {**data.get("thresholds", {}), "latency_overhead": 100}
+    (folder / CASE.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> None:
+    folder = one_case_suite(pytester)
     (folder / "typo.yaml").write_text(CASE.read_text().replace("paraphrases:", "paraphrasses:"))
     result = pytester.runpytest_subprocess(
         "fact_cases", "-p", "no:cacheprovider", "--factedit-run-id", "e2e", "--factedit-show-trace", timeout=900
@@ -37,7 +48,7 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
     out = result.stdout.str()
     # the broken file is a collection error naming file, key and suggestion; the real case still runs and passes
     result.stdout.fnmatch_lines(["*typo.yaml: key 'paraphrasses': unknown key*did you mean 'paraphrases'?*"])
-    result.assert_outcomes(passed=11, errors=1)  # 6 metric items, 5 suite items (fact_cases/_defaults.yaml)
+    result.assert_outcomes(passed=13, errors=1)  # 8 metric items, 5 suite items (fact_cases/_defaults.yaml)
     assert "pytest-factedit: fact edits" in out
 
     records = read_results(pytester.path / "reports" / "e2e")  # checked against the record's declared shape
@@ -53,6 +64,10 @@ def test_plugin_edits_a_real_fact_and_reports_it(pytester: pytest.Pytester) -> N
         yaml.safe_load(CASE.read_text())["paraphrases"]
     )
     assert record["target_modules"] and record["model"]["weights_hash"]
+    same = [a for a in record["answers"] if a["group"] == "same_subject"]  # the subject's other facts, kept
+    assert len(same) == 2 and record["metrics"]["relation_specificity"]["samples"] == 2
+    context = [a for a in record["answers"] if a["group"] == "context"]  # every neighbour and control, prefixed
+    assert len(context) == len([a for a in record["answers"] if a["group"] in ("neighbours", "controls")])
     # localization chose the edited layers: MLP at the subject's last token, attention at the last token
     loc = record["localization"]
     assert loc["method"] == "trace" and len(loc["mlp_layers"]) == 2 and len(loc["attention_layers"]) == 2

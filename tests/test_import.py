@@ -64,6 +64,8 @@ def test_records_become_cases_and_unusable_ones_are_left_out(tmp_path: Path, cap
     assert [n.prompt for n in case.neighbours] == ["Big Ben is a clock tower in the city of"]  # locality prompt
     assert [c.prompt for c in case.controls] == ["The capital of Japan is"]  # shared, from _defaults
     assert yaml.safe_load(files[0].read_text())["id"] == "counterfact-1"
+    # the Colosseum's locality answer is its new answer (London): such a neighbour could never show a leak
+    assert load_case(files[1], root=tmp_path / "cases").neighbours == ()
 
 
 def test_bad_source_file_is_explained(tmp_path: Path, capsys) -> None:

@@ -66,12 +66,14 @@ def case_mapping(
     record: dict[str, Any], neighbours: Sequence[dict[str, Any]] = (), anchors: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any]:
     """The YAML mapping of one record: prompt -> prompts, rephrase -> paraphrases, and its locality prompt
-    (another subject, the same relation) -> the first neighbour, before the `neighbours` found for it;
+    (another subject, the same relation) -> the first neighbour, before the `neighbours` found for it (a
+    neighbour whose answer is the record's `target_new` is left out: it could not show the edit leaking);
     `anchors` (other records of its relation) -> anchors, the retention rows the edit holds steady."""
     locality = {"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]}
     found = [{"prompt": n["prompt"], "answer": n["ground_truth"]} for n in neighbours]
     taken = {record["prompt"].casefold(), record["rephrase_prompt"].casefold()}
-    held = [n for n in [locality, *found] if n["prompt"].casefold() not in taken]
+    new = record["target_new"].strip().casefold()  # a neighbour answered with `new` could never show a leak
+    held = [n for n in [locality, *found] if n["prompt"].casefold() not in taken and n["answer"].casefold() != new]
     mapping = {
         "id": f"counterfact-{record['case_id']}",
         "subject": record["subject"],
