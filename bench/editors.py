@@ -194,10 +194,10 @@ def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: lis
     lm, cases, folder = case_folder(args.cases) if args.cases else load_known_cases(args)
     cache = BaseAnswerCache()
     results: list[dict[str, Any]] = list(logged)
+    methods = [method_spec(spec) for spec in args.methods]
     with folder:
         for case in [c for c in cases if not args.only or c.id in args.only][shard::shards]:
-            for spec in args.methods:
-                name, own = method_spec(spec)
+            for name, own in methods:
                 row = row_name(name, {**overrides, **own})
                 if (case.id, row) in done:
                     continue

@@ -31,6 +31,11 @@ def alias_prompts(texts: Sequence[str], subject: str, aliases: Sequence[str]) ->
     return tuple(alias_prompt(text, subject, alias) for alias in aliases for text in texts)
 
 
+def case_alias_prompts(case: FactCase) -> tuple[str, ...]:
+    """The case's prompts and paraphrases with each of its aliases in place of the subject."""
+    return alias_prompts(case.prompts + case.paraphrases, case.subject, case.aliases)
+
+
 def context_prompt(subject: str, prompt: str, index: int) -> str:
     """`prompt` behind the `index`-th context sentence (in turn) naming `subject`."""
     template = CONTEXT_TEMPLATES[index % len(CONTEXT_TEMPLATES)]
@@ -45,5 +50,4 @@ def context_facts(case: FactCase) -> list[tuple[str, Control]]:
 
 def derived_held_out(case: FactCase) -> tuple[str, ...]:
     """Every prompt a case derives (alias and context prompts): held out like its own held-out texts."""
-    aliased = alias_prompts(case.prompts + case.paraphrases, case.subject, case.aliases)
-    return aliased + tuple(prompt for prompt, _ in context_facts(case))
+    return case_alias_prompts(case) + tuple(prompt for prompt, _ in context_facts(case))

@@ -127,16 +127,14 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
     kl_rows: list[Row] = []
     kl_reference: list[torch.Tensor] = []
     seen: set[Row] = set()
-    pinned = [(p.kl_rows[: p.pinned], p.kl_reference[: p.pinned]) for p in parts]
-    rotating = [(p.kl_rows[p.pinned :], p.kl_reference[p.pinned :]) for p in parts]
-    pinned_count = 0
-    for k, (rows, references) in enumerate(pinned + rotating):  # every fact's pinned rows first
-        for row, reference in zip(rows, references):
-            if row not in seen:
-                seen.add(row)
-                kl_rows.append(row)
-                kl_reference.append(reference)
-        pinned_count = len(kl_rows) if k < len(pinned) else pinned_count
+    pinned = [(p.kl_rows[i], p.kl_reference[i]) for p in parts for i in range(p.pinned)]
+    rotating = [(p.kl_rows[i], p.kl_reference[i]) for p in parts for i in range(p.pinned, len(p.kl_rows))]
+    for row, reference in pinned + rotating:  # every fact's pinned rows first
+        if row not in seen:
+            seen.add(row)
+            kl_rows.append(row)
+            kl_reference.append(reference)
+    pinned_count = len({row for row, _ in pinned})
     sizes = tuple(len(p.unlearn_rows) for p in parts)
     assert sizes == tuple(len(p.learn_rows) for p in parts), "a fact has as many learn rows as unlearn rows"
     frozen = [p.frozen for p in parts]

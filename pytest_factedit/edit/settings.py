@@ -119,7 +119,7 @@ class EditSettings:
         GAIN_POSITIONS,
     )
     subject_rows: int = setting(
-        0, "count", "retention rows about the subject (other relations, unrelated questions after it), held every step"
+        0, "count", "retention rows: texts about the subject with the base model's continuation, held at every step"
     )
     preservation_weight: float = setting(
         0.0, "non-negative", "IA³ learn stage: weight of the output change on generated text (0: off)"

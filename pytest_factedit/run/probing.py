@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..cases.derived import alias_prompts, context_facts
+from ..cases.derived import case_alias_prompts, context_facts
 from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, first_words, settled
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
@@ -92,10 +92,9 @@ def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[Probe
     neighbours, controls, same-subject facts, the neighbours and controls behind a sentence naming the
     subject, and implications (each expecting its own answer)."""
     fact_budget = answer_token_budget(tokenizer, case.old + case.new, case.chat_format)
-    aliased = alias_prompts(case.prompts + case.paraphrases, case.subject, case.aliases)
     rows = [ProbeRow("prompts", p, case.new, fact_budget) for p in case.prompts]
     rows += [ProbeRow("paraphrases", p, case.new, fact_budget) for p in case.paraphrases]
-    rows += [ProbeRow("aliases", p, case.new, fact_budget) for p in aliased]
+    rows += [ProbeRow("aliases", p, case.new, fact_budget) for p in case_alias_prompts(case)]
     for group, facts in (
         ("neighbours", case.neighbours),
         ("controls", case.controls),
