@@ -88,12 +88,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
     """One markdown row per method over every logged result that ran."""
     methods = list(dict.fromkeys(r["method"] for r in results))
     facts = {r["fact"] for r in results if r["status"] == "ran"}
+    source = "CounterFact facts it knows" if all(f.startswith("counterfact-") for f in facts) else "facts (case files)"
     print(
-        f"\nembedded model (CPU), {len(facts)} CounterFact facts it knows, isolated edits, each method with its "
-        "default settings. Rates pool every fact's samples (in brackets: how many); forget and paraphrase count "
-        "what the unedited model answered with `old`, neighbours and controls what it got right (greedy "
-        "generation); efficacy, generalization and specificity compare mean log-probabilities per answer token "
-        "(CounterFact's ES, PS, NS); fluency change = n-gram entropy after - before, mean over facts\n"
+        f"\nembedded model (CPU), {len(facts)} {source}, isolated edits, each method with its default settings "
+        "unless its row names others. Rates pool every fact's samples (in brackets: how many); forget and "
+        "paraphrase count what the unedited model answered with `old`, neighbours and controls what it got "
+        "right (greedy generation); efficacy, generalization and specificity compare mean log-probabilities "
+        "per answer token (CounterFact's ES, PS, NS); fluency change = n-gram entropy after - before, mean "
+        "over facts\n"
     )
     print("| method | facts | " + " | ".join(COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))

@@ -243,3 +243,39 @@ def test_a_batch_stage_rotates_through_the_facts_and_caps_steps_per_turn(reach) 
         assert seen == [[0], [1], [2]] and report.reached_goal
     else:  # the cap is 2 steps per fact's turn: 6 steps, then the final check
         assert seen == [[0], [1], [2]] * 2 + [[0]] and report.steps == 6 and not report.reached_goal
+
+
+def test_unlearn_pushes_each_old_alias_down_where_it_departs_from_new() -> None:
+    """Old "Paris London" and new "Paris Rome" begin alike: the unlearn stage must not push down "Paris",
+    which the learn stage then has to teach back (google-founder: "Larry Page" -> "Larry Ellison")."""
+    from pytest_factedit.edit.objectives import build_objectives, unlearn_targets
+    from pytest_factedit.model.text import answer_token_ids
+
+    tok = word_tokenizer()
+    word = {w: answer_token_ids(tok, w)[0] for w in ("Paris", "London", "Rome")}
+    shared = EditRequest(**{**REQUEST.__dict__, "old": ("Paris London", "London", "Paris"), "new": ("Paris Rome",)})
+    new_ids = answer_token_ids(tok, "Paris Rome")
+    assert unlearn_targets(tok, shared, new_ids) == (1, {0: [word["London"]], 1: [word["London"]]})
+    assert unlearn_targets(tok, REQUEST, answer_token_ids(tok, "Rome")) == (0, {0: [word["Paris"]]})
+    prefix_only = EditRequest(**{**shared.__dict__, "old": ("Paris",)})  # old is where new begins: nothing to push
+    assert unlearn_targets(tok, prefix_only, new_ids) == (0, {})
+
+    model = tiny_model("llama", len(tok), layers=2)
+    objectives = build_objectives(model, tok, shared, resolve_settings({**FAST}))
+    assert all(r.ids[-1] == word["Paris"] and r.tail == 2 for r in objectives.unlearn_rows)
+    plain = build_objectives(model, tok, REQUEST, resolve_settings({**FAST}))
+    assert all(r.ids[-1] != word["Paris"] and r.tail == 1 for r in plain.unlearn_rows)
+
+    def rows(p_london_after_paris: float) -> list[torch.Tensor]:
+        probs = torch.full((2, len(tok)), 1e-4)
+        probs[0, word["Paris"]] = 0.9  # "Paris" first is the new answer's own start: free to stay likely
+        probs[1, word["Rome"]] = 0.9
+        probs[1, word["London"]] = p_london_after_paris
+        return [(probs / probs.sum(-1, keepdim=True)).log() for _ in objectives.unlearn_rows]
+
+    high_loss, reached = objectives.unlearn_goal(rows(0.9), None)
+    assert not reached
+    low_loss, reached = objectives.unlearn_goal(rows(0.001), None)
+    assert reached and low_loss < high_loss
+    nothing = build_objectives(model, tok, prefix_only, resolve_settings({**FAST}))
+    assert nothing.unlearn_goal(rows(0.9)[:1] * len(nothing.unlearn_rows), None)[1]

@@ -269,6 +269,53 @@ def test_sentence_reach_marks_the_subject_and_the_rest_of_its_sentence() -> None
     assert "".join(marked(states, tok, "The capital of the U.S. is")).endswith("U.S.▁is")  # its own '.' does not end it
 
 
+def test_a_generated_answer_is_gated_as_the_same_text_in_one_pass() -> None:
+    """A cached generation step sees only its new token: the gate keeps the subject's open sentence with
+    the cache, so greedy decoding under a subject-sentence edit gives the tokens that full passes over the
+    same text give, for rows that leave the batch early too (google-founder generated "Larry Page" where
+    it had learned "Larry Ellison" while generated tokens ran ungated)."""
+    torch = pytest.importorskip("torch")
+    from pytest_factedit.edit.gate import SubjectGate
+    from pytest_factedit.edit.settings import EditSettings
+    from pytest_factedit.edit.subject_gains import SubjectGainEdit, _hooked, gain_width
+    from pytest_factedit.model.decoding import DecodeRow, decode
+    from pytest_factedit.model.targets import all_layer_targets
+    from pytest_factedit.model.text import encode_prompt
+    from tests.tiny import frozen, piece_tokenizer, tiny_model
+
+    tok = piece_tokenizer()
+    model = frozen(tiny_model("llama", len(tok)))
+    plain = gate_for(tok, "Japan")
+    targets = all_layer_targets(model)
+    edit = SubjectGainEdit(
+        method="test",
+        model=model,
+        gate=SubjectGate(plain.patterns, "subject-sentence", plain.word_flags),
+        targets=targets,
+        settings=EditSettings(),
+    )
+    noise = torch.Generator().manual_seed(0)
+    edit.gains["learn"] = {
+        name: torch.nn.Parameter(
+            1 + 4 * torch.randn(gain_width(model.get_submodule(name), name in targets.feedforward), generator=noise),
+            requires_grad=False,
+        )
+        for name in targets.modules
+    }
+    prompts = ["The capital of Japan is", "Speaking of Japan, here. The capital of", "Japan is the"]
+    rows = [DecodeRow(encode_prompt(tok, p, False), n, False) for p, n in zip(prompts, (8, 2, 6))]
+    with _hooked(edit), torch.no_grad():
+        generated = [d.tokens for d in decode(model, tok, rows)]
+        assert sum(len(t) for t in generated) >= 8
+        for row, tokens in zip(rows, generated):
+            for k, token in enumerate(tokens):
+                full = torch.tensor([list(row.ids) + list(tokens[:k])])
+                assert int(model(input_ids=full).logits[0, -1].argmax()) == token, (tok.decode(list(row.ids)), k)
+        with edit.disabled():
+            base = [d.tokens for d in decode(model, tok, rows)]
+    assert base != generated  # the gains change what is generated: the comparison above can fail
+
+
 # -- held out means held out: the training rows an edit reads
 
 

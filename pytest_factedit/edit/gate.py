@@ -1,21 +1,29 @@
 """The subject gate: which token positions of a forward pass spell the edited subject.
 
-A forward pre-hook on the input embeddings reads every pass's token ids (a probe, a training step, a
+A forward pre-hook on the model's decoder reads every pass's token ids (a probe, a training step, a
 generation step) and marks the positions where one of the subject's token sequences occurs. Gains
 gated by it act on those positions only, so a prompt that does not name the subject runs the base model.
+A pass that continues a key-value cache (a generation step) sees only its new tokens: the gate keeps
+what it needs of the text before (its last tokens, whether the subject's sentence is still open) with
+the cache (`model/kv.py: row_state`), so a generated answer is gated as the same text in one pass is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ..model.kv import cache_keyword, returned_cache, row_state
+from ..model.lmhead import decoder
 from .words import ENDS_SENTENCE, whole_name
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
+
+
+LOOK_BACK = 8  # tokens kept before a continued pass, beyond the longest pattern (whole_name reads the word before)
 
 
 class SubjectGate:
@@ -30,6 +38,30 @@ class SubjectGate:
         self._flags: torch.Tensor | None = None  # word_flags as a tensor on the device of the last pass
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """A [batch, tokens] bool mask of the positions gains act on, for a pass that starts the text."""
+        return self.continued(ids, None)[0]
+
+    def continued(
+        self, ids: torch.Tensor, before: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(the mask of `ids`, the state to continue from): `before` is the state the pass that ended
+        where these ids begin left (its last tokens, and whether the subject's sentence was still open)."""
+        import torch
+
+        tail, still_open = before if before is not None else (ids[:, :0], None)
+        joined = torch.cat([tail, ids], dim=1)
+        found = self.found(joined)[:, tail.shape[1] :]
+        if self.reach == "subject-sentence":
+            mask, ends = self.rest_of_sentence(ids, found, still_open)
+            open_after = mask[:, -1] & ~ends[:, -1] if ids.shape[1] else still_open
+        else:
+            mask, open_after = found, torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        keep = max((len(p) for p in self.patterns), default=0) + LOOK_BACK
+        if open_after is None:
+            open_after = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        return mask, (joined[:, -keep:], open_after)
+
+    def found(self, ids: torch.Tensor) -> torch.Tensor:
         """A [batch, tokens] bool mask: True on every token of every occurrence of a pattern."""
         import torch
 
@@ -47,11 +79,15 @@ class SubjectGate:
                     starts[b, s] = whole_name(rows[b], s, s + size, self.word_flags)
             for offset in range(size):
                 found[:, offset : offset + starts.shape[1]] |= starts
-        return self.rest_of_sentence(ids, found) if self.reach == "subject-sentence" else found
+        return found
 
-    def rest_of_sentence(self, ids: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
-        """`found` (the subject's tokens) extended to every later token of the same sentence: a sentence
-        ends after a token that ends one (edit/words.py), unless that token is part of the subject ("U.S.")."""
+    def rest_of_sentence(
+        self, ids: torch.Tensor, found: torch.Tensor, still_open: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`found` (the subject's tokens) extended to every later token of the same sentence, the tokens
+        that end a sentence): a sentence ends after a token that ends one (edit/words.py), unless that
+        token is part of the subject ("U.S."). `still_open`: rows whose text before `ids` is inside a
+        sentence that names the subject."""
         import torch
 
         ends = torch.zeros_like(found)
@@ -62,7 +98,9 @@ class SubjectGate:
             ends = (self._flags[known] & ENDS_SENTENCE).bool() & (ids < len(self.word_flags)) & ~found
         sentence = torch.cumsum(ends.long(), dim=1) - ends.long()  # a sentence's end token belongs to it
         latest = (found.long() * (sentence + 1)).cummax(dim=1).values  # latest sentence with the subject so far
-        return latest == sentence + 1
+        if still_open is not None:  # the first sentence began before these ids, with the subject in it
+            latest = torch.maximum(latest, still_open.long()[:, None])
+        return latest == sentence + 1, ends
 
     def scale(self, x: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
         """x scaled by `gain` where the subject is, unchanged elsewhere (and when the gate is off or the
@@ -77,15 +115,36 @@ class SubjectGate:
 
     @contextmanager
     def reading(self, model: PreTrainedModel) -> Iterator[None]:
-        """For the block, every forward pass of `model` sets the mask from its token ids."""
+        """For the block, every forward pass of `model` sets the mask from its token ids (and, when it
+        continues a key-value cache, from the state the gate kept with that cache)."""
+        body = decoder(model)
+        keyword = cache_keyword(body)
+        state_name = f"subject-gate-{id(self)}"
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            ids = args[0] if args else None
-            self.mask = self.positions(ids)[..., None] if ids is not None and ids.dim() == 2 else None
+        def before_pass(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            pending.clear()
+            if ids is None or ids.dim() != 2:
+                self.mask = None
+                return
+            cache = kwargs.get(keyword)
+            continues = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+            kept = row_state(cache).get(state_name) if continues else None
+            usable = kept is not None and len(kept) == 2 and kept[0].shape[0] == ids.shape[0]
+            mask, after = self.continued(ids, (kept[0], kept[1]) if usable and kept else None)
+            self.mask = mask[..., None]
+            pending.append(after)
 
-        handle = model.get_input_embeddings().register_forward_pre_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-            self.mask = None
+        def after_pass(_module: Any, _args: Any, output: Any) -> None:
+            cache = returned_cache(output) if pending else None
+            if cache is not None and hasattr(cache, "get_seq_length"):
+                row_state(cache)[state_name] = pending[0]
+
+        with ExitStack() as hooks:
+            hooks.callback(body.register_forward_pre_hook(before_pass, with_kwargs=True).remove)
+            hooks.callback(body.register_forward_hook(after_pass).remove)
+            try:
+                yield
+            finally:
+                self.mask = None

@@ -174,6 +174,28 @@ def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
     return goal
 
 
+def unlearn_targets(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, new_ids: Sequence[int]
+) -> tuple[int, dict[int, list[int]]]:
+    """(how many tokens of `new` the unlearn rows carry, position -> tokens of `old` to push down there).
+
+    Each alias of `old` is pushed down where it departs from `new`: on its first token, or, when the two
+    begin alike ("Larry Page" -> "Larry Ellison"), on its first token after the shared ones, so the stage
+    never unlearns what the learn stage must then teach. An alias that is a prefix of `new` (old "Larry",
+    new "Larry Ellison") cannot be unlearned without the new answer and is left to the learn stage.
+    """
+    targets: dict[int, set[int]] = {}
+    for alias in request.old:
+        ids = answer_token_ids(tokenizer, alias, request.chat)
+        shared = 0
+        while shared < min(len(ids), len(new_ids)) and ids[shared] == new_ids[shared]:
+            shared += 1
+        if shared < len(ids):
+            targets.setdefault(shared, set()).add(ids[shared])
+    carried = max(targets, default=0)
+    return carried, {position: sorted(tokens) for position, tokens in sorted(targets.items())}
+
+
 def answer_row(
     tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
 ) -> tuple[tuple[int, ...], int]:
@@ -204,16 +226,16 @@ def fact_objectives(
 ) -> Objectives:
     """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
 
-    Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old`; reached when
-    P(old) < unlearn_stop_prob on every row. Learn: NLL of the first alias of `new` plus a KL guard on
-    the `guard_tokens` the base model continues with; reached when every answer token is the argmax
-    and P(first token) >= learn_stop_prob on every row.
+    Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old` (after the tokens
+    it shares with `new`: `unlearn_targets`); reached when P(old) < unlearn_stop_prob on every row.
+    Learn: NLL of the first alias of `new` plus a KL guard on the `guard_tokens` the base model continues
+    with; reached when every answer token is the argmax and P(first token) >= learn_stop_prob on every row.
     """
     import torch
 
     pad = tokenizer.pad_token_id
     new_ids, guard_tokens = answer_row(tokenizer, request, settings)
-    old_first = sorted({answer_token_ids(tokenizer, a, request.chat)[0] for a in request.old})
+    carried, old_targets = unlearn_targets(tokenizer, request, new_ids)
     prefixes = training_prefixes(model, tokenizer, request, settings)
     contexts = [
         encode_prompt(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes
@@ -228,7 +250,9 @@ def fact_objectives(
     target = torch.tensor(new_ids, device=next(model.parameters()).device)
 
     def unlearn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
-        p_old = torch.stack([lp[0, old_first].exp().sum() for lp in logps])
+        if not old_targets:
+            return logps[0].sum() * 0.0, True
+        p_old = torch.stack([lp[at, tokens].exp().sum() for lp in logps for at, tokens in old_targets.items()])
         loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
         return loss, bool((p_old < settings.unlearn_stop_prob).all())
 
@@ -244,7 +268,7 @@ def fact_objectives(
         return nll + settings.guard_weight * guard, done
 
     return Objectives(
-        [Row(c, 1) for c in contexts],
+        [Row(c + new_ids[:carried], carried + 1) for c in contexts],
         learn_rows,
         kl_rows,
         reference[: len(kl_rows)],
