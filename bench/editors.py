@@ -142,6 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="skip the (fact, method) pairs already in --log")
     parser.add_argument("--only", nargs="+", default=[], metavar="ID", help="run only these facts (case ids)")
     parser.add_argument(
+        "--facts-of",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="JSONL",
+        help="with --table: only the facts these logs hold (an older run's row on the facts a stopped run reached)",
+    )
+    parser.add_argument(
         "--cases", type=Path, help="a folder of fact case files (e.g. bench/same_subject) instead of CounterFact facts"
     )
     parser.add_argument(
@@ -221,6 +229,9 @@ def main() -> int:
     args = _parser().parse_args()
     if args.table:
         logged = read_logs(args.table)
+        if args.facts_of:
+            kept = {r["fact"] for r in read_logs(args.facts_of)}
+            logged = [r for r in logged if r["fact"] in kept]
         print_table(logged)
         return 0
     overrides = setting_overrides(args.set)
