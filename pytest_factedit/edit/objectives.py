@@ -196,6 +196,22 @@ def unlearn_targets(
     return carried, {position: sorted(tokens) for position, tokens in sorted(targets.items())}
 
 
+def unlearn_goal(old_targets: dict[int, list[int]], stop_prob: float) -> Goal:
+    """Unlikelihood of the old answer's tokens at their positions (`unlearn_targets`); reached when each
+    is below `stop_prob` on every row (at once when nothing is left to unlearn)."""
+
+    def goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
+        import torch
+
+        if not old_targets:
+            return logps[0].sum() * 0.0, True
+        p_old = torch.stack([lp[at, tokens].exp().sum() for lp in logps for at, tokens in old_targets.items()])
+        loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+        return loss, bool((p_old < stop_prob).all())
+
+    return goal
+
+
 def answer_row(
     tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
 ) -> tuple[tuple[int, ...], int]:
@@ -249,13 +265,6 @@ def fact_objectives(
     guard_reference = [ref[len(new_ids) :] for ref in reference[len(kl_rows) :]]
     target = torch.tensor(new_ids, device=next(model.parameters()).device)
 
-    def unlearn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
-        if not old_targets:
-            return logps[0].sum() * 0.0, True
-        p_old = torch.stack([lp[at, tokens].exp().sum() for lp in logps for at, tokens in old_targets.items()])
-        loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
-        return loss, bool((p_old < settings.unlearn_stop_prob).all())
-
     def learn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
         n = len(new_ids)
         nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
@@ -272,7 +281,7 @@ def fact_objectives(
         learn_rows,
         kl_rows,
         reference[: len(kl_rows)],
-        unlearn_goal,
+        unlearn_goal(old_targets, settings.unlearn_stop_prob),
         learn_goal,
         pad,
         frozen=frozen,
