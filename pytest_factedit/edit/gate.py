@@ -36,6 +36,7 @@ class SubjectGate:
         self.mask: torch.Tensor | None = None
         self.enabled = True
         self._flags: torch.Tensor | None = None  # word_flags as a tensor on the device of the last pass
+        self.kept_tokens = max((len(p) for p in self.patterns), default=0) + LOOK_BACK  # carried to a continued pass
 
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         """A [batch, tokens] bool mask of the positions gains act on, for a pass that starts the text."""
@@ -51,15 +52,13 @@ class SubjectGate:
         tail, still_open = before if before is not None else (ids[:, :0], None)
         joined = torch.cat([tail, ids], dim=1)
         found = self.found(joined)[:, tail.shape[1] :]
+        mask, open_after = found, None
         if self.reach == "subject-sentence":
             mask, ends = self.rest_of_sentence(ids, found, still_open)
             open_after = mask[:, -1] & ~ends[:, -1] if ids.shape[1] else still_open
-        else:
-            mask, open_after = found, torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        keep = max((len(p) for p in self.patterns), default=0) + LOOK_BACK
         if open_after is None:
             open_after = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        return mask, (joined[:, -keep:], open_after)
+        return mask, (joined[:, -self.kept_tokens :], open_after)
 
     def found(self, ids: torch.Tensor) -> torch.Tensor:
         """A [batch, tokens] bool mask: True on every token of every occurrence of a pattern."""
@@ -131,8 +130,9 @@ class SubjectGate:
             cache = kwargs.get(keyword)
             continues = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
             kept = row_state(cache).get(state_name) if continues else None
-            usable = kept is not None and len(kept) == 2 and kept[0].shape[0] == ids.shape[0]
-            mask, after = self.continued(ids, (kept[0], kept[1]) if usable and kept else None)
+            if kept is not None and kept[0].shape[0] != ids.shape[0]:  # rows selected by code that does not carry it
+                kept = None
+            mask, after = self.continued(ids, (kept[0], kept[1]) if kept is not None else None)
             self.mask = mask[..., None]
             pending.append(after)
 
