@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cases.ids import inside
-from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case
+from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case, load_defaults
 from .edit import resolve_settings
-from .errors import FactEditError, out_of_memory_hint, printable, shown
-from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results
+from .errors import FactEditError, out_of_memory_hint, shown, terminal_text
+from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results, read_summary
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table
 from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, Options, add_options
@@ -28,11 +28,16 @@ if TYPE_CHECKING:
     from .model.load import LoadedModel
 
 
-def _case_files(paths: Sequence[str]) -> list[Path]:
-    found: list[Path] = []
+def _case_files(paths: Sequence[str]) -> list[tuple[Path, Path]]:
+    """(case file, the case folder it must lie in): a folder named on the command line holds the files
+    found under it; a file named alone, its own folder."""
+    found: list[tuple[Path, Path]] = []
     for raw in paths:
         path = Path(raw)
-        found.extend(sorted(p for p in path.rglob("*") if is_case_file(p)) if path.is_dir() else [path])
+        if path.is_dir():
+            found.extend((p, path) for p in sorted(path.rglob("*")) if is_case_file(p))
+        else:
+            found.append((path, path.parent))
     return found
 
 
@@ -65,13 +70,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     files = _case_files(args.paths)
     claimed: dict[str, Path] = {}
-    for path in files:
+    for path, folder in files:
         try:
-            case = load_case(path, root=_root(args))
+            case = load_case(path, root=_root(args), folder=folder)
             claim_id(claimed, case, path)
             resolve_settings(case.method)
             print(
-                f"ok     {printable(str(path))}  ({case.id}: {len(case.prompts)} prompts, {len(case.paraphrases)} "
+                f"ok     {terminal_text(str(path))}  ({case.id}: {len(case.prompts)} prompts, {len(case.paraphrases)} "
                 f"paraphrases, {len(case.neighbours)} neighbours, {len(case.controls)} controls)"
             )
         except FactEditError as exc:
@@ -79,7 +84,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"error  {exc if exc.path else exc.at(path)}")
         except Exception as exc:  # one file must not stop the others: say what broke, go on
             bad += 1
-            print(f"error  {printable(str(path))}: unexpected {type(exc).__name__}: {shown(str(exc), 200)}")
+            print(f"error  {terminal_text(str(path))}: unexpected {type(exc).__name__}: {shown(str(exc), 200)}")
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad or not files else 0
 
@@ -115,16 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "that a pytest run with the plugin wrote"
         )
     summary_file = results.parent / SUMMARY_FILE
-    summary = None
-    if summary_file.is_file():
-        try:
-            summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise FactEditError(f"not JSON: {exc}. Fix: remove it, or rerun the suite", path=summary_file) from exc
-        if not isinstance(summary, dict):
-            raise FactEditError(
-                "not a run summary (a JSON object). Fix: remove it, or rerun the suite", path=summary_file
-            )
+    summary = read_summary(summary_file) if summary_file.is_file() else None
     out = Path(args.html) if args.html else results.parent / "report.html"
     records = read_results(results)
     try:
@@ -165,7 +161,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     record = session.record(args.case, case)
     print(summary_table([record], color=sys.stdout.isatty()), end="")
     if record["status"] != "ran":
-        print(f"{record['status']}: {record['reason']}")
+        print(terminal_text(f"{record['status']}: {record['reason']}"))
         return 1
     adapters = record.get("adapters") or {}
     if args.save_adapters:
@@ -177,9 +173,34 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0 if all(m["passed"] for m in record["metrics"].values()) else 1
 
 
+def _check_import_options(args: argparse.Namespace) -> None:
+    """Refuse what `factedit import` could not finish, before anything is read, loaded or written: counts
+    below their minimum (a negative -n would slice the records), an --out that is a file, a --defaults
+    file that is missing or no valid _defaults.yaml."""
+    counts = (("-n", args.n, 1, 100), ("--neighbours", args.neighbours, 0, 5), ("--anchors", args.anchors, 0, 5))
+    for flag, value, least, example in counts:
+        if value < least:
+            raise FactEditError(f"{flag}: expected a whole number >= {least}, found {value}. Fix: {flag} {example}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FactEditError(
+            f"--out {out}: expected a folder to write the cases in, found a file. "
+            "Fix: name a new folder, or one that holds cases"
+        )
+    if args.defaults:
+        defaults = Path(args.defaults)
+        if not defaults.is_file():
+            raise FactEditError(
+                f"--defaults {defaults}: expected a {DEFAULTS_FILE} file to copy into --out, found "
+                f"{'a folder' if defaults.is_dir() else 'nothing'}. Fix: name an existing file, or leave --defaults out"
+            )
+        load_defaults(defaults)  # one that every case would fail on fails here, once
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from .cases.counterfact import known_records, neighbour_records, read_records, sampled_records, write_cases
 
+    _check_import_options(args)
     records = read_records(Path(args.file))
     lm = _load_model(args) if args.known_only or args.neighbours or args.anchors else None
     if lm is not None and args.known_only:
@@ -199,7 +220,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = Path(args.out)
     written, skipped = write_cases(chosen, out, Path(args.defaults) if args.defaults else None, neighbours, anchors)
     for record_id, reason in skipped:
-        print(f"skipped record {record_id}: {reason}")
+        print(terminal_text(f"skipped record {record_id}: {reason}", newlines=False))
     known = f" the model answers correctly ({args.model})" if args.known_only else ""
     print(
         f"wrote {len(written)} cases{known} to {out}"

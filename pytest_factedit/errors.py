@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,6 +38,30 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# What a terminal acts on rather than shows: CSI sequences (colours, cursor moves, a cleared screen), OSC,
+# DCS, SOS, PM and APC strings (links, titles, clipboard writes) up to their BEL or ST, other ESC sequences,
+# and the one-character C1 forms of each; then the control characters left, and the bidi controls that
+# reorder what is shown.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str, newlines: bool = True) -> str:
+    """Text from data (a prompt, an answer, a name, a model's output) as inert characters for a terminal.
+
+    Escape sequences and control characters are removed, so a case cannot colour, clear, link or rewrite
+    the CI log; tabs become spaces; newlines stay only where the caller lays out lines (`newlines`).
+    """
+    text = _ESCAPE_SEQUENCE.sub("", text).replace("\t", " ")
+    if not newlines:
+        text = text.replace("\r\n", " ").replace("\n", " ")
+    return printable(_CONTROL.sub("", text))
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
@@ -59,7 +84,7 @@ class FactEditError(Exception):
     def __str__(self) -> str:
         where = [printable(self.path)] if self.path else []
         where += [f"key '{self.key}'"] if self.key else []
-        return ": ".join(where + [self.message])
+        return terminal_text(": ".join(where + [self.message]))  # names and values may come from data
 
     def at(self, path: Path | str) -> FactEditError:
         """The same error, located in `path` (for errors found before the file was known)."""
@@ -113,6 +138,10 @@ class MetricFailure(FactEditError, AssertionError):
 
 class BaselineError(FactEditError):
     """A baseline file cannot be read or compared with (another model's weights, another schema)."""
+
+
+class SavedEditError(FactEditError):
+    """A saved edit (manifest.json, its adapters, gate.json, gains) cannot be put on this model as it is."""
 
 
 def out_of_memory_hint(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from .cases.loader import load_case
 from .cases.schema import FactCase, parse_case
-from .errors import FactEditError, MetricFailure, RestoreError
+from .errors import FactEditError, MetricFailure, RestoreError, terminal_text
 from .items import RECORDS_KEY, SESSION_KEY
 from .report.tables import metric_failure
 
@@ -51,7 +51,7 @@ class EditOutcome:
     def failures(self) -> list[str]:
         """What a YAML case's items would report: each missed threshold or regression, with its answers."""
         if self.status == "error":
-            return [f"case {self.record['case_id']} could not run: {self.record['reason']}"]
+            return [terminal_text(f"case {self.record['case_id']} could not run: {self.record['reason']}")]
         found = (metric_failure(self.record, name) for name in self.record["metrics"])
         return [failure for failure in found if failure]
 
@@ -62,7 +62,7 @@ class EditOutcome:
     def check(self) -> EditOutcome:
         """Fail the test the way a YAML case's item fails (skip when the model does not know the fact)."""
         if self.status == "skipped":
-            pytest.skip(self.record["reason"])
+            pytest.skip(terminal_text(self.record["reason"]))
         failures = self.failures()
         if failures:
             raise MetricFailure("\n\n".join(failures))

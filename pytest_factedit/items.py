@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .cases.loader import DEFAULTS_FILE, claim_id, defaults_for, load_case
-from .errors import FactEditError, MetricFailure
+from .errors import FactEditError, MetricFailure, terminal_text
 from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRIC_BY_NAME, METRICS, thresholds_with
 from .metrics.verdict import judge
 from .report.tables import many_failure_details, metric_failure, suite_baseline_failure, suite_details
@@ -28,12 +28,16 @@ SESSION_KEY: pytest.StashKey[FactEditSession] = pytest.StashKey()
 
 
 class CaseFile(pytest.File):
-    """One fact case YAML file."""
+    """One fact case YAML file, read only from inside `folder`, the case folder it was found in."""
+
+    def __init__(self, *, folder: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = folder
 
     def collect(self) -> Iterator[FactCaseNode]:
         try:
             state = self.config.stash[SESSION_KEY]
-            case = state.for_this_run(load_case(self.path, root=self.config.rootpath))
+            case = state.for_this_run(load_case(self.path, root=self.config.rootpath, folder=self.folder))
             claim_id(state.case_ids, case, self.path)  # a second file with the same id fails here
             state.settings_for(case)  # an invalid `method:` fails here, at collection
         except FactEditError as exc:
@@ -78,7 +82,7 @@ class GateItem(pytest.Item):
         """Skip when nothing was measured (never pass); the explanation of a missed threshold, or None when met."""
         verdict = judge(self.metric, value, threshold, samples, reason)
         if value is None:
-            pytest.skip(where + verdict.explanation)
+            pytest.skip(terminal_text(where + verdict.explanation))
         return None if verdict.passed is not False else verdict.explanation
 
 
@@ -115,7 +119,7 @@ class MetricItem(GateItem):
         if record["status"] == "error":
             raise MetricFailure(f"case {self.case.id} could not run: {record['reason']}")
         if record["status"] == "skipped":
-            pytest.skip(record["reason"])
+            pytest.skip(terminal_text(record["reason"]))
         metric = record["metrics"][self.metric]
         self.user_properties.extend(junit_properties(self.metric, metric))
         if metric["value"] is None:  # nothing measured: skipped with the reason, never passed
@@ -193,7 +197,7 @@ class SuiteItem(GateItem):
         self.user_properties.extend(junit_properties(self.metric, row))
         failure = suite_failure(row)
         if failure is None and row["value"] is None:
-            pytest.skip(suite_skip_reason(row))
+            pytest.skip(terminal_text(suite_skip_reason(row)))
         if failure is not None:
             raise MetricFailure(failure)
 

@@ -12,7 +12,7 @@ import pytest
 
 from . import fixtures
 from .cases.loader import DEFAULTS_FILE, is_case_file
-from .edit import register_editor
+from .edit import installed_editor_problems, register_hook_editors
 from .errors import FactEditError
 from .items import (
     RECORDS_ATTRIBUTE,
@@ -74,12 +74,12 @@ def pytest_configure(config: pytest.Config) -> None:
         lambda name: config.getoption(OPTIONS[name].dest(PLUGIN_PREFIX)), config.rootpath / "reports"
     )
     try:  # xdist workers neither write reports nor print: the controller gathers their records
-        for editors in config.hook.pytest_factedit_editors(config=config):
-            for editor in editors or ():
-                register_editor(editor)
+        _register_hook_editors(config)
         state = FactEditSession(options, None) if is_xdist_worker(config) else FactEditSession.writing_reports(options)
     except FactEditError as exc:  # a bad editor or an unreadable baseline stops the run before anything loads
         raise pytest.UsageError(f"pytest-factedit: {exc}") from exc
+    for problem in [] if is_xdist_worker(config) else installed_editor_problems():  # said once, at start-up
+        config.issue_config_time_warning(pytest.PytestConfigWarning(f"pytest-factedit: {problem}"), stacklevel=2)
     config.stash[SESSION_KEY] = state
     config.pluginmanager.register(SessionHooks(state, config), "factedit-session")
     if config.pluginmanager.hasplugin("xdist"):
@@ -87,21 +87,32 @@ def pytest_configure(config: pytest.Config) -> None:
     state.worker = worker_of(config)
 
 
-def _is_case_location(file_path: Path, config: pytest.Config) -> bool:
-    if any(Path(arg.split("::")[0]).resolve() == file_path.resolve() for arg in config.args):
-        return True
-    for folder in file_path.resolve().parents:
+def _register_hook_editors(config: pytest.Config) -> None:
+    """Each plugin's `pytest_factedit_editors` is called on its own (in pluggy's order), so what one returns
+    is checked, and an error names that plugin."""
+    for impl in reversed(config.hook.pytest_factedit_editors.get_hookimpls()):
+        if not (impl.hookwrapper or impl.wrapper):
+            returned = impl.function(**({"config": config} if "config" in impl.argnames else {}))
+            register_hook_editors(returned, impl.plugin_name)
+
+
+def _case_folder(file_path: Path, config: pytest.Config) -> Path | None:
+    """The case folder `file_path` lies in, as named (links not followed): the nearest `fact_cases` folder
+    or folder with a `_defaults.yaml` up to the rootdir, else its own folder when the command line names
+    it; None when it is no case. The file, or what a symlink leads to, must lie inside that folder."""
+    for folder in file_path.parents:
         if folder.name == CASE_FOLDER_NAME or (folder / DEFAULTS_FILE).is_file():
-            return True
+            return folder
         if folder == config.rootpath:
             break
-    return False
+    if any(Path(arg.split("::")[0]).resolve() == file_path.resolve() for arg in config.args):
+        return file_path.parent
+    return None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CaseFile | None:
-    if is_case_file(file_path) and _is_case_location(file_path, parent.config):
-        return CaseFile.from_parent(parent, path=file_path)
-    return None
+    folder = _case_folder(file_path, parent.config) if is_case_file(file_path) else None
+    return CaseFile.from_parent(parent, path=file_path, folder=folder) if folder is not None else None
 
 
 @pytest.fixture(scope="session")

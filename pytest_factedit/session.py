@@ -14,6 +14,8 @@ from .errors import BaselineError, FactEditError, RestoreError, explained
 from .metrics.spec import METRIC_BY_NAME, METRICS, thresholds_with
 from .model.weights import weights_checksum
 from .report.baseline import (
+    ANY_MODEL,
+    WEIGHTS_FIX,
     compare_case,
     compare_suite,
     environment_warnings,
@@ -68,7 +70,7 @@ class FactEditSession:
         self.lm: LoadedModel | None = None
         self._records: dict[tuple[str, str], CaseRecord] = {}
         self._cache: BaseAnswerCache | None = None
-        self._base_checksum: tuple[tuple[object, ...], ...] = ()
+        self._base_checksum = ""
         self.writer = writer
         self.case_errors: set[str] = set()
         self.case_ids: dict[str, Path] = {}  # every collected case id, and the file that holds it
@@ -87,6 +89,7 @@ class FactEditSession:
         self.worker: tuple[int, int] | None = None  # xdist worker: (its number, how many workers)
         # --factedit-baseline, read at start-up: a bad file stops the run before the model loads
         self.baseline: dict[str, Any] | None = read_baseline(options.baseline) if options.baseline else None
+        self.check_baseline_weights(None)  # a baseline with no weights hash stops the run here
         self.extra_problems: list[str] = []  # what the summary must say beyond the writer's problems
         self.outputs: list[str] = []  # files written at the end besides the reports (baseline, HTML)
 
@@ -106,9 +109,7 @@ class FactEditSession:
             if self.worker is not None:
                 self.run_info["worker"] = share_machine(*self.worker)
             lm = load(self.options.model, **self.options.load_settings())
-            problem = weights_problem(self.baseline, lm.weights_hash) if self.baseline else ""
-            if problem:
-                raise BaselineError(problem, path=self.options.baseline)
+            self.check_baseline_weights(lm.weights_hash)
             self.lm = lm
             self._base_checksum = weights_checksum(self.lm.model)
             # a reload gives the same weights: answers stand
@@ -135,6 +136,13 @@ class FactEditSession:
             )
         return self.lm
 
+    def check_baseline_weights(self, weights_hash: str | None) -> None:
+        """Refuse a baseline of other weights, or of none recorded (None: before the model loads), unless
+        --factedit-baseline-any-model says to compare anyway (the summary then warns: `baseline_block`)."""
+        problem = weights_problem(self.baseline, weights_hash) if self.baseline is not None else ""
+        if problem and not self.options.baseline_any_model:
+            raise BaselineError(f"{problem}. {WEIGHTS_FIX}", path=self.options.baseline, key="model.weights_hash")
+
     def settings_for(self, case: FactCase) -> EditSettings:
         return resolve_settings(case.method, self.options.overrides())
 
@@ -149,10 +157,21 @@ class FactEditSession:
         return {**thresholds, **dict(self.options.thresholds)}
 
     def compared(self, record: CaseRecord) -> CaseRecord:
-        """The record with each metric's comparison against --factedit-baseline (when one is given)."""
+        """The record with each metric's comparison against --factedit-baseline (when one is given).
+
+        A comparison that fails becomes the case's error: the case stays run once, and its record and the
+        summary are still written.
+        """
         if self.baseline is None:
             return record
-        return compare_case(record, self.baseline, dict(self.options.tolerances))
+        try:
+            return compare_case(record, self.baseline, dict(self.options.tolerances))
+        except Exception as exc:  # the baseline was checked at start-up: this is a bug, kept in the record
+            message = f"comparing it with the baseline {self.options.baseline} failed: {explained(exc)}"
+            failed = error_record(record["case_id"], record["case_file"], message, self.run_info)
+            if "base_restored" in record:
+                failed["base_restored"] = record["base_restored"]
+            return failed
 
     def has_record(self, case_file: str, case: FactCase) -> bool:
         return (case_file, case.id) in self._records or self.options.mode != "isolated"
@@ -303,10 +322,17 @@ class FactEditSession:
         in_run, in_baseline = missing_cases(self.baseline, self.records())
         return {
             "path": str(self.options.baseline),
-            "warnings": environment_warnings(self.baseline, dict(run)),
+            "warnings": self._weights_notes(run) + environment_warnings(self.baseline, dict(run)),
             "missing_in_run": in_run,
             "missing_in_baseline": in_baseline,
         }
+
+    def _weights_notes(self, run: RunInfo) -> list[str]:
+        """The summary's warning when the baseline was compared with other weights, or with none recorded
+        (the run got here only with --factedit-baseline-any-model)."""
+        assert self.baseline is not None
+        problem = weights_problem(self.baseline, (run.get("model") or {}).get("weights_hash"))
+        return [f"compared with it anyway ({ANY_MODEL}): {problem}"] if problem else []
 
     def finish(self) -> None:
         """Write summary.json, and the baseline and HTML page when asked (with a writer, when a case ran)."""
@@ -345,6 +371,8 @@ class FactEditSession:
                 self.outputs.append(f"{name}: {write(path)}")
             except OSError as exc:
                 self.extra_problems.append(f"could not write the {name} to {path}: {exc.strerror or exc}")
+            except Exception as exc:  # a writer's bug: said, never a failed run when every test passed
+                self.extra_problems.append(f"could not write the {name} to {path}: {explained(exc)}")
 
 
 def missing_lines(block: dict[str, Any]) -> list[tuple[str, list[str]]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ pytest.importorskip("torch")
 from pytest_factedit import edit  # noqa: E402
 from pytest_factedit.errors import MethodError  # noqa: E402
 
+from .packages import installed_package  # noqa: E402
 from .test_metrics_plugin import PROMPT, case_yaml, other, saved_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,17 +81,12 @@ def test_registration_checks_the_interface(registry: dict, body: str, message: s
 def test_an_installed_package_declares_editors_by_entry_point(
     registry: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "my_editors.py").write_text(
+    gentle = (
         "from pytest_factedit.edit import IA3TwoStageEditor\n\n"
         "class Gentle(IA3TwoStageEditor):\n    name = 'ia3-gentle'\n    defaults = {'lr': 0.01}\n"
     )
-    info = tmp_path / "my_editors-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-editors\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[pytest_factedit.editors]\nia3-gentle = my_editors:Gentle\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    installed_package(tmp_path, monkeypatch, {"my_editors": gentle}, {"ia3-gentle": "my_editors:Gentle"})
     monkeypatch.setattr(edit, "_installed", [])
     assert "ia3-gentle" in edit.method_names()
     settings = edit.resolve_settings({"name": "ia3-gentle"})
     assert settings.lr == 0.01 and edit.get_editor("ia3-gentle").stages == ("unlearn", "learn")
-    sys.modules.pop("my_editors", None)

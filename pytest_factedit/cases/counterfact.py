@@ -35,17 +35,32 @@ RECORD_KEYS = (
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a CounterFact JSON file (a list of objects with RECORD_KEYS)."""
+    """The records of a CounterFact JSON file (a list of objects with RECORD_KEYS, each case_id a number or a
+    name: it keys the record's neighbours and names its case)."""
     try:
         records = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise SourceError(f"cannot read a JSON file: {exc}", path=path) from exc
+    except RecursionError as exc:
+        raise SourceError(
+            "expected a JSON list of CounterFact records, found JSON nested deeper than Python can read. "
+            "Fix: pass the CounterFact file itself (a list of flat records)",
+            path=path,
+        ) from exc
     if not isinstance(records, list):
         raise SourceError(f"expected a JSON list of CounterFact records, found {type(records).__name__}", path=path)
     for index, record in enumerate(records):
         missing = [k for k in RECORD_KEYS if not isinstance(record, dict) or k not in record]
         if missing:
             raise SourceError(f"record {index} lacks {missing}; expected keys {list(RECORD_KEYS)}", path=path)
+        case_id = record["case_id"]
+        if isinstance(case_id, bool) or not isinstance(case_id, (int, str)):
+            raise SourceError(
+                f"expected a number or a string, found {shown(case_id)}. Fix: give record {index} a case_id "
+                "that is a number or a name",
+                path=path,
+                key=f"[{index}].case_id",
+            )
     return records
 
 
@@ -178,7 +193,7 @@ def write_cases(
     Returns the loaded cases and, for each record schema v1 cannot hold, its case_id and why (its file is removed).
     """
     out.mkdir(parents=True, exist_ok=True)
-    if defaults_file is not None:
+    if defaults_file is not None and defaults_file.resolve() != (out / DEFAULTS_FILE).resolve():
         shutil.copy(defaults_file, out / DEFAULTS_FILE)
     cases, skipped, written = [], [], set()
     for record in records:

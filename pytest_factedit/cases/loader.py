@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from ..errors import CaseError, shown
+from ..errors import CaseError, printable, shown
 from .schema import CaseDefaults, FactCase, parse_case, parse_defaults
 
 DEFAULTS_FILE = "_defaults.yaml"
@@ -68,13 +70,62 @@ class _RecursiveAlias(Exception):
     pass
 
 
-def _read_text(path: Path) -> str:
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def _regular_file_inside(path: Path, folder: Path) -> Path:
+    """Where `path` leads, refused unless it is a regular file inside `folder` (links followed).
+
+    Checked with stat before anything is opened: opening a FIFO blocks, and a device can be endless or
+    act on open. A link out of the folder could show a file of the CI runner (a token) in an error.
+    """
     try:
-        if Path(path).stat().st_size > MAX_FILE_BYTES:
-            raise CaseError(path, None, f"the file is larger than {MAX_FILE_BYTES:,} bytes: not a fact case")
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        target, base = Path(path).resolve(), Path(folder).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
         raise CaseError(path, None, f"cannot read file: {exc}") from exc
+    if not target.is_relative_to(base):
+        raise CaseError(
+            path,
+            None,
+            f"expected a file inside the case folder {printable(str(base))}, found a symlink that leads out "
+            "of it: a case file is read from its folder only; copy the file in instead",
+        )
+    try:
+        mode = target.stat().st_mode
+    except OSError as exc:
+        raise CaseError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise CaseError(path, None, f"expected a regular file, found {_kind(mode)}: a case file is YAML text")
+    return target
+
+
+def _read_text(path: Path, folder: Path) -> str:
+    """The file's text, from at most MAX_FILE_BYTES + 1 bytes read (the size on disk is not trusted)."""
+    target = _regular_file_inside(path, folder)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        with os.fdopen(os.open(target, flags), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the check
+                raise CaseError(path, None, "expected a regular file, found another kind: a case file is YAML text")
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise CaseError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise CaseError(path, None, f"the file is larger than {MAX_FILE_BYTES:,} bytes: not a fact case")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CaseError(
+            path,
+            None,
+            f"expected UTF-8 text, found byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}: save the file as UTF-8",
+        ) from exc
 
 
 def _parse(path: Path, text: str) -> Any:
@@ -104,35 +155,49 @@ def _parse(path: Path, text: str) -> Any:
         loader.dispose()
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with the YAML and where, without the line itself (yaml quotes it: it may be a secret)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    mark = exc.problem_mark or exc.context_mark
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return printable(" ".join(filter(None, (exc.context, exc.problem))))[:200] + where
+
+
+def read_yaml_mapping(path: Path, folder: Path | None = None) -> dict[str, Any]:
     """Parse a YAML file with the safe loader; it must hold a mapping with string keys.
 
-    Bounded: at most MAX_FILE_BYTES, at most MAX_NODES values with aliases expanded, no duplicate keys.
+    Bounded: a regular file inside `folder` (default: its own folder), at most MAX_FILE_BYTES, at most
+    MAX_NODES values with aliases expanded, no duplicate keys. A file that is no mapping is shown by the
+    type of what it holds only: it may be another file than a case (a symlinked secret).
     """
-    text = _read_text(path)
+    text = _read_text(path, Path(path).parent if folder is None else folder)
     try:
         data = _parse(path, text)
     except yaml.YAMLError as exc:
-        raise CaseError(path, None, f"invalid YAML: {exc}") from exc
+        raise CaseError(path, None, f"invalid YAML: {_yaml_problem(exc)}") from exc
     except (RecursionError, ValueError, OverflowError) as exc:
-        raise CaseError(path, None, f"invalid YAML: {type(exc).__name__}: {shown(str(exc), 200)}") from exc
+        raise CaseError(path, None, f"invalid YAML: {type(exc).__name__}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise CaseError(path, None, f"expected a mapping of keys at the top level, found {shown(data)}")
+        raise CaseError(path, None, f"expected a mapping of case keys, found {type(data).__name__}")
     for key in data:
         if not isinstance(key, str):
-            raise CaseError(path, shown(key, typed=False), f"expected string keys, found {shown(key)}")
+            raise CaseError(path, None, f"expected string keys, found a key of type {type(key).__name__}")
     return data
 
 
-def load_defaults(path: Path) -> CaseDefaults:
-    """Load and validate one `_defaults.yaml`."""
-    return parse_defaults(path, read_yaml_mapping(path))
+def load_defaults(path: Path, folder: Path | None = None) -> CaseDefaults:
+    """Load and validate one `_defaults.yaml` (a regular file inside `folder`, default: its own)."""
+    return parse_defaults(path, read_yaml_mapping(path, folder))
 
 
 def defaults_for(case_path: Path, root: Path | None = None) -> CaseDefaults:
-    """Merge every `_defaults.yaml` from `root` (or the filesystem root) down to the case's folder."""
+    """Merge every `_defaults.yaml` from `root` (or the filesystem root) down to the case's folder.
+
+    Each is read only from inside `root` (its own folder without one): anything of that name is
+    checked, so a link out of the folder is refused, not skipped."""
     folder = Path(case_path).resolve().parent
     top = Path(root).resolve() if root is not None else None
     chain = [folder]
@@ -141,27 +206,46 @@ def defaults_for(case_path: Path, root: Path | None = None) -> CaseDefaults:
     merged = CaseDefaults()
     for directory in reversed(chain):
         candidate = directory / DEFAULTS_FILE
-        if candidate.is_file():
-            merged = merged.merged_with(load_defaults(candidate))
+        if os.path.lexists(candidate):
+            within = top if top is not None and directory.is_relative_to(top) else directory
+            merged = merged.merged_with(load_defaults(candidate, within))
     return merged
 
 
-def load_case(path: Path | str, root: Path | str | None = None) -> FactCase:
-    """Load one case file, with the `_defaults.yaml` files between `root` and its folder."""
+def load_case(path: Path | str, root: Path | str | None = None, folder: Path | str | None = None) -> FactCase:
+    """Load one case file, with the `_defaults.yaml` files between `root` and its folder.
+
+    `folder` is the case folder it was found in (default: the one it lies in): the file, or what a
+    symlink leads to, must be a regular file inside it."""
     path = Path(path)
     defaults = defaults_for(path, Path(root) if root is not None else path.resolve().parent)
-    return parse_case(path, read_yaml_mapping(path), defaults)
+    return parse_case(path, read_yaml_mapping(path, Path(folder) if folder is not None else None), defaults)
 
 
 def claim_id(claimed: dict[str, Path], case: FactCase, path: Path) -> None:
-    """Record that `path` holds `case.id`; CaseError when another file of the run holds it already."""
-    other = claimed.setdefault(case.id, Path(path).resolve())
-    if other != Path(path).resolve():
+    """Record that `path` holds `case.id`; CaseError when another file of the run holds it already.
+
+    Files are told apart by their absolute path, links not followed, and also claimed by the file they
+    resolve to (a key no id can be: ids hold no '/'), so a symlink to another case of the run is a
+    duplicate, not the same case run twice.
+    """
+    here = Path(os.path.abspath(path))
+    other = claimed.setdefault(case.id, here)
+    if other != here:
+        link = " (one is a symlink to the other)" if other.resolve() == here.resolve() else ""
         raise CaseError(
             path,
             "id",
-            f"duplicate case id {shown(case.id, typed=False)}: {other} has it too; ids "
-            "name the saved adapters and the records, so each must be unique",
+            f"duplicate case id {shown(case.id, typed=False)}: {printable(str(other))} has it too{link}; "
+            "ids name the saved adapters and the records, so each must be unique",
+        )
+    other = claimed.setdefault(str(here.resolve()), here)
+    if other != here:
+        raise CaseError(
+            path,
+            None,
+            f"expected one file per case, found the file {printable(str(other))} holds (one is a symlink "
+            "to the other), which this run has already: a case runs once; remove the link",
         )
 
 

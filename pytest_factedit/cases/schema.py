@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -59,6 +60,55 @@ CASE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(FactCase))
 DEFAULTS_KEYS: tuple[str, ...] = ("controls", "anchors", "thresholds", "suite_thresholds", "method", "chat", "system")
 REQUIRED_KEYS: tuple[str, ...] = ("subject", "prompts", "old", "new")
 
+# Bounds on the work one case asks for, far above real cases (the shipped ones have at most 3 prompts,
+# 3 paraphrases, 5 neighbours, 14 controls with their folder's, 3 same-subject facts, 2 aliases, 5
+# spellings of an answer, and no text over 700 characters).
+MAX_TEXT_CHARS = 2_000  # any text of a case or _defaults.yaml: prompts, answers, subject, system, settings
+MAX_ITEMS: Mapping[str, int] = {
+    "prompts": 64,
+    "paraphrases": 64,
+    "aliases": 16,  # each alias asks every prompt and paraphrase again
+    "neighbours": 64,
+    "controls": 64,  # with the controls of the _defaults.yaml files above the case
+    "same_subject": 64,
+    "implications": 64,
+    "anchors": 64,  # with the anchors of the _defaults.yaml files above the case
+}
+MAX_ANSWER_SPELLINGS = 16  # entries of one answer list (`old`, `new`, a held-out fact's `answer`)
+
+
+def _at_most(path: Path, key: str, count: int, cap: int, what: str) -> None:
+    """Refuse a list longer than its bound: a case is one fact, and every entry is model work."""
+    if count > cap:
+        raise CaseError(
+            path, key, f"expected at most {cap} {what}, found {count:,}: split the fact's probes over several cases"
+        )
+
+
+def _key_part(key: object) -> str:
+    return key if isinstance(key, str) and len(key) <= 80 and key.isprintable() else shown(key, typed=False)
+
+
+def _bounded_values(path: Path, data: Mapping[str, Any]) -> None:
+    """Every text at most MAX_TEXT_CHARS and every number finite, wherever it sits (`method`'s numbers are
+    checked by its settings, with their own key): a `.nan` answer would become the answer "nan"."""
+    pending: list[tuple[str, Any]] = [(key, data[key]) for key in reversed(list(data))]
+    while pending:
+        key, value = pending.pop()
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise CaseError(
+                path,
+                key,
+                f"expected at most {MAX_TEXT_CHARS:,} characters, found {len(value):,}: a fact case's texts "
+                "are short prompts and answers",
+            )
+        if isinstance(value, float) and not math.isfinite(value) and not key.startswith("method"):
+            raise CaseError(path, key, f"expected a finite number, found {shown(value)}")
+        if isinstance(value, dict):
+            pending += [(f"{key}.{_key_part(k)}", v) for k, v in reversed(list(value.items()))]
+        elif isinstance(value, list):
+            pending += [(f"{key}[{i}]", v) for i, v in reversed(list(enumerate(value)))]
+
 
 def _text(path: Path, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
@@ -70,6 +120,7 @@ def _answer_aliases(path: Path, key: str, value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise CaseError(path, key, "expected a string or a non-empty list of strings, found []")
+    _at_most(path, key, len(items), MAX_ANSWER_SPELLINGS, "spellings of one answer")
     aliases = []
     for i, item in enumerate(items):
         if isinstance(item, (int, float)) and not isinstance(item, bool):
@@ -81,6 +132,7 @@ def _answer_aliases(path: Path, key: str, value: Any) -> tuple[str, ...]:
 def _text_list(path: Path, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise CaseError(path, key, f"expected a list of strings, found {shown(value)}")
+    _at_most(path, key, len(value), MAX_ITEMS[key], "entries")
     return tuple(_text(path, f"{key}[{i}]", item) for i, item in enumerate(value))
 
 
@@ -91,6 +143,7 @@ def _controls(path: Path, value: Any, group: str = "controls") -> tuple[Control,
     """`controls`, `neighbours`, `same_subject` or `implications`: a list of {prompt, answer} mappings."""
     if not isinstance(value, list):
         raise CaseError(path, group, f"expected a list of {{prompt, answer}} mappings, found {shown(value)}")
+    _at_most(path, group, len(value), MAX_ITEMS[group], "entries")
     out = []
     for i, item in enumerate(value):
         key = f"{group}[{i}]"
@@ -249,6 +302,7 @@ def _held_out_facts(
     with `new`."""
     found = {group: _controls(path, data[group], group) if group in data else () for group in HELD_OUT_GROUPS}
     found["controls"] += defaults.controls
+    _at_most(path, "controls", len(found["controls"]), MAX_ITEMS["controls"], "controls with _defaults.yaml's")
     neighbours, controls = found["neighbours"], found["controls"]
     taken = {text.strip().casefold() for text in edited}
     for group, facts in found.items():
@@ -304,6 +358,7 @@ def _name_the_subject(path: Path, facts: Sequence[Control], names: Sequence[str]
 def parse_defaults(path: Path, data: Mapping[str, Any]) -> CaseDefaults:
     """Validate one `_defaults.yaml` mapping."""
     _reject_unknown(path, data, DEFAULTS_KEYS)
+    _bounded_values(path, data)
     return CaseDefaults(
         controls=_controls(path, data["controls"]) if "controls" in data else (),
         anchors=_text_list(path, "anchors", data["anchors"]) if "anchors" in data else (),
@@ -324,6 +379,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
     for key in REQUIRED_KEYS:
         if key not in data:
             raise CaseError(path, key, "missing required key")
+    _bounded_values(path, data)
     case_id = _case_id(path, data)
     subject = _text(path, "subject", data["subject"]).strip()
     prompts = _text_list(path, "prompts", data["prompts"])
@@ -344,6 +400,7 @@ def parse_case(path: Path, data: Mapping[str, Any], defaults: CaseDefaults = Cas
     held = _held_out_facts(path, data, defaults, prompts + paraphrases + derived, new)
     _name_the_subject(path, held["same_subject"], (subject, *aliases))
     anchors = (_text_list(path, "anchors", data["anchors"]) if "anchors" in data else ()) + defaults.anchors
+    _at_most(path, "anchors", len(anchors), MAX_ITEMS["anchors"], "anchors with _defaults.yaml's")
     thresholds = {**defaults.thresholds, **(_thresholds(path, data["thresholds"]) if "thresholds" in data else {})}
     method = {**defaults.method, **(_method(path, data["method"]) if "method" in data else {})}
     chat = _chat(path, data["chat"]) if "chat" in data else bool(defaults.chat)

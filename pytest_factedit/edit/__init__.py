@@ -8,11 +8,11 @@ Importing this package does not import torch or peft: the editors import them wh
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any, get_args
 
-from ..errors import MethodError
+from ..errors import FactEditError, MethodError, shown
 from .alphaedit import AlphaEditEditor
 from .base import EditHandle, Editor, EditRequest, Scope
 from .full_ft import FullFineTuneEditor, MlpFineTuneEditor
@@ -37,10 +37,13 @@ EDITORS: dict[str, type[Editor]] = {
 BUILT_IN = frozenset(EDITORS)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _installed: list[bool] = []  # the entry point group was read (once per process)
+_broken: dict[str, str] = {}  # entry point name -> why it could not be loaded (the others are registered)
 
 
 def _problem(cls: Any) -> str:
-    """Why `cls` cannot be an editor ('' when it can): the interface of `base.Editor`."""
+    """Why `cls` cannot be an editor ('' when it can): a class with the interface of `base.Editor`."""
+    if not isinstance(cls, type):
+        return f"expected the editor class itself, found {shown(cls)} (an instance or another value)"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         return f"`name` must be a lower-case name (letters, digits, '.', '_', '-'), found {name!r}"
@@ -68,20 +71,43 @@ def register_editor(cls: type[Editor]) -> type[Editor]:
     return cls
 
 
+def register_hook_editors(returned: object, plugin: str) -> None:
+    """Register what one plugin's `pytest_factedit_editors` returned: None, or a list of editor classes.
+    Anything else stops the run at start-up naming the plugin, not later inside a case."""
+    if returned is None:
+        return
+    if isinstance(returned, (str, bytes, Mapping, type)) or not isinstance(returned, Iterable):
+        raise FactEditError(
+            f"pytest_factedit_editors hook: expected a list of editor classes, found {shown(returned)}. "
+            "Fix: return [MyEditor] (or None)",
+            path=plugin,
+        )
+    for cls in list(returned):
+        try:
+            register_editor(cls)
+        except MethodError as exc:
+            raise FactEditError(f"pytest_factedit_editors hook: {exc.message}", path=plugin) from exc
+
+
 def _load_installed() -> None:
-    """Register the editors installed packages declare (entry point group `pytest_factedit.editors`)."""
+    """Register the editors installed packages declare (entry point group `pytest_factedit.editors`), each on
+    its own: a broken one is kept in `_broken` with its name and error, and the others still register."""
     if _installed:
         return
     _installed.append(True)
+    _broken.clear()
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             register_editor(entry.load())
-        except MethodError:
-            raise
         except Exception as exc:  # a broken package names itself, not a traceback from deep inside
-            raise MethodError(
-                "name", f"the editor entry point {entry.name!r} ({entry.value}) cannot be loaded: {exc}"
-            ) from exc
+            why = exc.message if isinstance(exc, MethodError) else f"{type(exc).__name__}: {exc}"
+            _broken[entry.name] = f"the editor entry point {entry.name!r} ({entry.value}) cannot be loaded: {why}"
+
+
+def installed_editor_problems() -> list[str]:
+    """One line per installed editor entry point that could not be loaded (reading the group once)."""
+    _load_installed()
+    return list(_broken.values())
 
 
 def method_names() -> tuple[str, ...]:
@@ -100,7 +126,12 @@ def get_editor(name: str) -> Editor:
 def resolve_settings(method: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> EditSettings:
     """Validated settings for a case's `method:` mapping and command-line overrides (method defaults first)."""
     names = method_names()
-    return settings_from(method, names, overrides, {name: cls.defaults for name, cls in EDITORS.items()})
+    try:
+        return settings_from(method, names, overrides, {name: cls.defaults for name, cls in EDITORS.items()})
+    except MethodError as exc:  # an unknown method may be a broken entry point's: say why it is missing
+        if exc.key != "method.name" or not _broken or "unknown method" not in exc.message:
+            raise
+        raise MethodError("name", f"{exc.message}; {'; '.join(_broken.values())}") from exc
 
 
 __all__ = [
@@ -115,6 +146,8 @@ __all__ = [
     "IA3TwoStageEditor",
     "MethodError",
     "get_editor",
+    "installed_editor_problems",
     "method_names",
+    "register_hook_editors",
     "resolve_settings",
 ]

@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FactEditError
 from ..model.files import write_atomic
 from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from .base import EditHandle, EditRequest, keep_until_released
 from .gate import SubjectGate
-from .keys import is_conv1d
 from .objectives import build_objectives
+from .saved_gains import (
+    GAINS_FILE,
+    GATE_FILE,
+    SAVED_FOLDER,
+    SAVED_FORMAT,
+    WORD_FLAGS_KEY,
+    checked_gains,
+    checked_gate,
+    gain_width,
+)
 from .settings import EditSettings
 from .subject import subject_patterns, subject_span
 from .training import train_stage
@@ -32,20 +40,6 @@ from .words import word_flags
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-SAVED_FOLDER = "subject-gains"  # what `save` writes, under the edit's folder
-GAINS_FILE = "gains.safetensors"
-GATE_FILE = "gate.json"
-SAVED_FORMAT = 1
-WORD_FLAGS_KEY = "gate|word_flags"  # edit/words.py flags of the tokenizer's vocabulary, one byte per token id
-
-
-def gain_width(module: torch.nn.Module, feedforward: bool) -> int:
-    """The input width (feed-forward: its input is scaled) or output width of a Linear or Conv1D."""
-    rows, cols = module.weight.shape
-    if is_conv1d(module):  # stored [in, out]
-        return int(rows if feedforward else cols)
-    return int(cols if feedforward else rows)
 
 
 @dataclass(kw_only=True)
@@ -143,30 +137,28 @@ def _hooked(edit: SubjectGainEdit) -> SubjectGainEdit:
 
 
 def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGainEdit:
-    """A saved subject-gated edit put back on the base `model` (hooks; `remove()` takes them off)."""
+    """A saved subject-gated edit put back on the base `model` (hooks; `remove()` takes them off).
+
+    gate.json and gains.safetensors are checked whole against `model` first (edit/saved_gains.py): a
+    tampered file raises SavedEditError and no hook goes on.
+    """
     import torch
-    from safetensors.torch import load_file
 
     folder = Path(folder)
-    try:
-        gate = json.loads((folder / GATE_FILE).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / GAINS_FILE))
-    except (OSError, ValueError) as exc:
-        raise FactEditError(f"cannot read a saved subject-gated edit: {exc}", path=folder) from exc
-    if not isinstance(gate, dict) or gate.get("format") != SAVED_FORMAT:
-        raise FactEditError(f"expected format {SAVED_FORMAT}", path=folder / GATE_FILE, key="format")
-    targets = TargetModules(tuple(gate["modules"]), tuple(gate["feedforward"]), "saved")
+    gate = checked_gate(folder / GATE_FILE, model)
+    tensors = checked_gains(folder / GAINS_FILE, gate, model)
     flags = tensors.pop(WORD_FLAGS_KEY, None)
-    subject_gate = SubjectGate(
-        gate["patterns"], gate.get("reach", "subject"), bytes(flags.tolist()) if flags is not None else b""
-    )
+    subject_gate = SubjectGate(gate["patterns"], gate["reach"], bytes(flags.tolist()) if flags is not None else b"")
+    targets = TargetModules(tuple(gate["modules"]), tuple(gate["feedforward"]), "saved")
     edit = SubjectGainEdit(
         method=gate["method"], model=model, gate=subject_gate, targets=targets, settings=EditSettings()
     )
     device = next(model.parameters()).device
-    for key, value in tensors.items():
-        stage, module = key.split("|", 1)
-        edit.gains.setdefault(stage, {})[module] = torch.nn.Parameter(value.to(device), requires_grad=False)
+    for stage in gate["stages"]:  # in training order, so the product is the one the edit was measured with
+        edit.gains[stage] = {
+            module: torch.nn.Parameter(tensors[f"{stage}|{module}"].to(device), requires_grad=False)
+            for module in gate["modules"]
+        }
     return _hooked(edit)
 
 

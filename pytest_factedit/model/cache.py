@@ -32,7 +32,9 @@ MANIFEST_VERSION = 1
 LOCK_FILE = ".convert.lock"
 # What a conversion leaves while it runs, and only that: swept by the next conversion (under the lock).
 _STAGING = re.compile(r"\..+-[0-9a-f]{16}\.[A-Za-z0-9_]{8}")  # mkdtemp of ".<folder>."
-_GGUF_TEMPS = re.compile(r"(\d+-.+\.gguf|\..+\.gguf\.\d+\.tmp)")  # per-process assembled GGUFs in gguf/
+# In gguf/, only what `_convert_locked` assembles (`<pid>-<embedded file name>`) and the temp files of
+# `embedded.assemble_embedded_gguf` (`.<name>.<pid>.tmp`): a GGUF of the user's own there is never swept.
+_GGUF_TEMPS = re.compile(rf"\d+-{re.escape(EMBEDDED_FILE)}|\..+\.gguf\.\d+\.tmp")
 
 
 def _entry(path: Path) -> dict[str, Any]:

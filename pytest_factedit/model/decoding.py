@@ -25,6 +25,41 @@ if TYPE_CHECKING:
 
 Tokens = tuple[int, ...]
 
+# One forward pass of a probe holds at most this many tokens, rows x padded length (prompt, then the
+# answer tokens generated or teacher-forced after it), and at most MAX_BATCH_ROWS rows: activations
+# and key-value cache of an 8,192-token sequence, whatever the case. A row longer than that runs alone
+# (the run-time cap keeps it within the model's context).
+MAX_BATCH_TOKENS = 8_192
+MAX_BATCH_ROWS = 64
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_positions(model: PreTrainedModel) -> int | None:
+    """How many positions the model was built for (its config's context length); None when it says none."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in CONTEXT_KEYS:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def token_batches(shapes: Sequence[tuple[int, int]], max_rows: int, max_tokens: int = MAX_BATCH_TOKENS) -> list[range]:
+    """Consecutive runs of rows (`shapes`: each row's prompt and answer tokens), each at most `max_rows`
+    rows and `max_tokens` rows x (longest prompt + longest answer), the padded size the pass reaches; a
+    row larger than that alone. The batches that keep a pass's memory bounded."""
+    out: list[range] = []
+    start, head, tail = 0, 0, 0
+    for end, (prompt, answer) in enumerate(shapes):
+        head, tail = max(head, prompt), max(tail, answer)
+        if end > start and ((end - start + 1) * (head + tail) > max_tokens or end - start >= max_rows):
+            out.append(range(start, end))
+            start, head, tail = end, prompt, answer
+    if shapes:
+        out.append(range(start, len(shapes)))
+    return out
+
 
 @dataclass(frozen=True)
 class DecodeRow:
@@ -203,8 +238,8 @@ def candidate_scores(
             first = float(logp[c[0]])
             out[row][c] = CandidateScore(first, len(c), int((logp > logp[c[0]]).sum()))
     longer = [(r, c) for r, scores in enumerate(out) for c in scores if len(c) > 1]
-    for start in range(0, len(longer), chunk):
-        part = longer[start : start + chunk]
+    for batch in token_batches([(pre.mask.shape[1], len(c)) for _, c in longer], chunk):
+        part = longer[batch.start : batch.stop]
         rests = _teacher_forced(model, pre, part, pad_id)
         for (r, c), rest in zip(part, rests):
             first = out[r][c]
@@ -287,10 +322,18 @@ def step_seconds(model: PreTrainedModel, pre: Prefilled) -> float:
     return (clock() - started) / len(pre.lengths)
 
 
+def row_shape(row: DecodeRow) -> tuple[int, int]:
+    """A row's prompt tokens, and the most tokens that follow it: its greedy budget or its longest candidate."""
+    return len(row.ids), max([row.max_tokens, *map(len, row.candidates)])
+
+
 def decode(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[DecodeRow], chunk: int = 64
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[DecodeRow],
+    chunk: int = MAX_BATCH_ROWS,
 ) -> list[Decoded]:
-    """Greedy tokens and candidate scores of every row, `chunk` rows per prefill."""
+    """Greedy tokens and candidate scores of every row, at most `chunk` rows and MAX_BATCH_TOKENS per prefill."""
     return decode_keeping(model, tokenizer, rows, (), chunk)[0]
 
 
@@ -299,10 +342,11 @@ def decode_keeping(
     tokenizer: PreTrainedTokenizerBase,
     rows: Sequence[DecodeRow],
     keep: Sequence[int],
-    chunk: int = 64,
+    chunk: int = MAX_BATCH_ROWS,
 ) -> tuple[list[Decoded], Prefilled | None]:
-    """Greedy tokens and candidate scores of every row, `chunk` rows per prefill; and, when every row of
-    `keep` is in the first chunk, a copy of their prefilled state (for timed steps), else None."""
+    """Greedy tokens and candidate scores of every row, at most `chunk` rows and MAX_BATCH_TOKENS per prefill
+    (a row's width: its prompt and the longest answer it generates or scores); and, when every row of
+    `keep` is in the first batch, a copy of their prefilled state (for timed steps), else None."""
     stops, _ = decoding_sets(model, tokenizer)
     pad = tokenizer.pad_token_id
 
@@ -312,10 +356,10 @@ def decode_keeping(
     out: list[Decoded] = []
     kept = None
     with fast_linears(model):
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
+        for batch in token_batches([row_shape(r) for r in rows], chunk):
+            part = rows[batch.start : batch.stop]
             pre = prefill(model, [r.ids for r in part], pad)
-            if start == 0 and keep and max(keep) < len(part):
+            if batch.start == 0 and keep and max(keep) < len(part):
                 kept = pre.subset(keep)
             scores = candidate_scores(model, pre, [r.candidates for r in part], pad)
             generated = greedy(model, pre, part, stops, is_line_break)

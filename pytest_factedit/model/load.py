@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies; or a JSON mapping
+DEVICE_NAME = re.compile(r"cpu|disk|mps|cuda(?::\d{1,4})?")  # a device a JSON map may name (or a GPU number)
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
 
 
@@ -210,6 +212,26 @@ def asks_for_own_code_hint(source: str) -> str:
     )
 
 
+def check_device_map(device_map: str | dict[str, Any] | None) -> None:
+    """A JSON device map names only devices this machine has: 'cpu', 'disk', and CUDA devices (a number,
+    'cuda' or 'cuda:N') below torch's count; checked before any weight loads, not by a failed move later."""
+    if not isinstance(device_map, dict):
+        return
+    import torch
+
+    count = torch.cuda.device_count()
+    for module, where in device_map.items():
+        name = f"cuda:{where}" if isinstance(where, int) and not isinstance(where, bool) else str(where)
+        index = 0 if name == "cuda" else int(name[5:]) if name.startswith("cuda:") and name[5:].isdigit() else None
+        missing = index is not None and index >= count
+        if missing or (name == "mps" and not torch.backends.mps.is_available()) or not DEVICE_NAME.fullmatch(name):
+            gpus = f" or a CUDA device from 0 to {count - 1}" if count else ""
+            raise ModelLoadError(
+                f"--factedit-device-map: module {module!r}: expected 'cpu', 'disk'{gpus} (this machine has {count} "
+                f"CUDA devices), found {where!r}. Fix: map it to a device this machine has, or leave the map out"
+            )
+
+
 def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
     try:
         import torch  # noqa: F401
@@ -218,6 +240,7 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
         raise ModelLoadError(
             f"pytest-factedit needs torch and transformers: {exc}. Fix: pip install torch==2.13.0 transformers"
         ) from exc
+    check_device_map(how.device_map)
     device_name, default_dtype = pick_device(how.device)
     dtype = pick_dtype(how.dtype, default_dtype)
     start = time.perf_counter()

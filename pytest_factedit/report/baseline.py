@@ -8,18 +8,20 @@ rate over those samples drops by more than the tolerance. Better never fails.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from ..errors import BaselineError
+from ..errors import BaselineError, shown
 from ..metrics.measure import CaseEvidence
-from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec, worse_by
+from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec, threshold_problem, worse_by
 from ..metrics.verdict import mcnemar_worse_p
 from ..model.files import write_atomic
 from .records import CaseRecord, RunInfo, SuiteRecord, record_evidence
+from .shape import Misfit, described, json_value, misfit, utf8_text
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINE_KIND = "pytest-factedit baseline"
@@ -39,11 +41,36 @@ class BaselineMetric(TypedDict, total=False):
     outcomes: list[SampleOutcome]  # share metrics only: each counted answer, right or wrong
 
 
-class BaselineCase(TypedDict):
+class _BaselineCaseBase(TypedDict):
+    metrics: dict[str, BaselineMetric]
+
+
+class BaselineCase(_BaselineCaseBase, total=False):
     case_file: str
     status: str
     method: dict[str, Any]
-    metrics: dict[str, BaselineMetric]
+
+
+class BaselineModel(TypedDict, total=False):
+    name: str | None
+    kind: str | None
+    source: str | None
+    weights_hash: str | None
+
+
+class BaselineFile(TypedDict, total=False):
+    """The baseline file, as read back: every key a comparison or a warning reads has its type."""
+
+    schema_version: int
+    kind: str
+    created: str
+    run_id: str | None
+    model: BaselineModel
+    device: str | None
+    dtype: str | None
+    versions: dict[str, str | None]
+    machine: dict[str, str | None]
+    cases: dict[str, BaselineCase]
 
 
 class Flip(TypedDict):
@@ -140,7 +167,13 @@ def write_baseline(path: Path, records: Sequence[CaseRecord], run: RunInfo) -> P
     return path
 
 
+_FIX = "save the baseline again with --factedit-save-baseline PATH (on main) rather than editing it"
+_REQUIRED = ("schema_version", "kind", "cases", "model", "versions")
+
+
 def _check_shape(path: Path, data: Any) -> dict[str, Any]:
+    """The baseline whole against BaselineFile, then every metric value in its metric's range: a value a
+    comparison cannot read must stop the run at start-up, and a NaN would never regress."""
     if not isinstance(data, dict) or data.get("kind") != BASELINE_KIND:
         raise BaselineError(
             'not a pytest-factedit baseline (no "kind": "pytest-factedit baseline"). Fix: write one with '
@@ -150,35 +183,55 @@ def _check_shape(path: Path, data: Any) -> dict[str, Any]:
     version = data.get("schema_version")
     if version != BASELINE_SCHEMA_VERSION:
         raise BaselineError(
-            f"expected schema_version {BASELINE_SCHEMA_VERSION}, found {version!r}. Fix: save the baseline "
-            "again with this version (--factedit-save-baseline)",
+            f"expected schema_version {BASELINE_SCHEMA_VERSION}, found {described(version, type(version) is int)}. "
+            "Fix: save the baseline again with this version (--factedit-save-baseline)",
             path=path,
             key="schema_version",
         )
-    for key, kind in (("cases", dict), ("model", dict), ("versions", dict)):
-        if not isinstance(data.get(key), kind):
-            raise BaselineError(f"expected a mapping, found {type(data.get(key)).__name__}", path=path, key=key)
-    for case_id, case in data["cases"].items():
-        if not isinstance(case, dict) or not isinstance(case.get("metrics"), dict):
-            raise BaselineError("expected a mapping with `metrics`", path=path, key=f"cases.{case_id}")
+    found = misfit(data, BaselineFile, required=_REQUIRED, values=False) or _value_misfit(data["cases"])
+    if found is not None:
+        raise BaselineError(f"{found.message}. Fix: {_FIX}", path=path, key=found.key or None)
     return data
 
 
-def read_baseline(path: Path) -> dict[str, Any]:
-    """A baseline file, checked; BaselineError with the file, the key and the fix otherwise."""
+def _value_misfit(cases: Mapping[str, BaselineCase]) -> Misfit | None:
+    """The first metric value out of its metric's range (a share in [0, 1], a ratio >= 0, always finite),
+    or sample count below 0."""
+    for case_id, case in cases.items():
+        for name, metric in case["metrics"].items():
+            where = f"cases.{case_id}.metrics.{name}"
+            problem = _value_problem(name, metric.get("value"))
+            if problem:
+                return Misfit(f"{where}.value", problem)
+            if metric.get("samples", 0) < 0:
+                return Misfit(f"{where}.samples", "expected a count of 0 or more, found a negative one")
+    return None
+
+
+def _value_problem(name: str, value: float | None) -> str:
+    if value is None:
+        return ""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        return "expected a finite number, found NaN, infinity or a number too large for a float"
+    return threshold_problem(name, value) if name in METRIC_BY_NAME else ""
+
+
+def read_baseline(path: Path) -> dict[str, Any]:
+    """A baseline file, checked whole; BaselineError with the file, the key and the fix otherwise."""
+    try:
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise BaselineError(
             f"cannot read the baseline: {exc.strerror or exc}. Fix: save one first with --factedit-save-baseline "
             "PATH (on main), or pass the path of an existing file",
             path=path,
         ) from exc
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise BaselineError(f"not JSON: {exc}", path=path) from exc
-    return _check_shape(Path(path), data)
+    text = utf8_text(data, path, BaselineError, _FIX)
+    return _check_shape(Path(path), json_value(text, path, BaselineError, _FIX))
 
 
 def _keyed(outcomes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, int], bool]:
@@ -282,14 +335,25 @@ def compare_suite(
     }
 
 
+ANY_MODEL = "--factedit-baseline-any-model"
+WEIGHTS_FIX = (
+    f"Fix: compare runs of the same model, save a new baseline with --factedit-save-baseline, or pass {ANY_MODEL} "
+    "to compare with it anyway"
+)
+
+
 def weights_problem(baseline: Mapping[str, Any], weights_hash: str | None) -> str:
-    """Why this model cannot be compared with the baseline ('' when it can): other weights, other answers."""
-    saved = baseline.get("model", {}).get("weights_hash")
-    if saved and weights_hash and saved != weights_hash:
+    """Why this model cannot be compared with the baseline ('' when it can): other weights give other
+    answers, and a baseline without a weights hash cannot say which weights it was made with. With
+    `weights_hash` None only the second is known (at start-up, before the model loads)."""
+    saved = baseline["model"].get("weights_hash")
+    if not saved:
+        return "expected the weights hash of the model the baseline was made with, found none"
+    if weights_hash and saved != weights_hash:
+        name = shown(baseline["model"].get("name"), 40, typed=False)
         return (
-            f"the baseline was made with other weights ({str(saved)[:16]}, model "
-            f"{baseline['model'].get('name')!r}) than this run's ({weights_hash[:16]}). Fix: compare runs of "
-            "the same model, or save a new baseline with --factedit-save-baseline"
+            f"the baseline was made with other weights ({saved[:16]}, model {name}) than this run's "
+            f"({weights_hash[:16]})"
         )
     return ""
 

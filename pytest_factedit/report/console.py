@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any, Literal
 
+from ..errors import terminal_text
+
 ColorSystem = Literal["standard", "truecolor"]
 
 
@@ -31,3 +33,12 @@ def natural_width(renderable: Any) -> int:
 
     console = Console(file=io.StringIO(), width=10_000)
     return Measurement.get(console, console.options, renderable).maximum
+
+
+def literal(text: str) -> str:
+    """Text from data for a rich cell or title: inert for the terminal (`terminal_text`) and shown as written,
+    where rich would read `[bold]` as a style, refuse `[/]`, and drop `[/INST]` or fail on it."""
+    from rich.markup import escape
+
+    # escape() doubles a trailing backslash (for text a tag follows), which a cell then shows doubled
+    return escape(terminal_text(text) + " ")[:-1]

@@ -109,24 +109,46 @@ class RunWriter:
 
 
 def read_results(path: Path) -> list[CaseRecord]:
-    """The records of a results.jsonl file (or of the one in a run folder), each checked against its shape."""
+    """The records of a results.jsonl file (or of the one in a run folder), each checked against its shape:
+    FactEditError naming the file and line of the first that is not UTF-8, not JSON, or not a record."""
     from .records import case_record_problem
+    from .shape import json_value, utf8_text
 
     if path.is_dir():
         path = path / RESULTS_FILE
+    fix = "name the results.jsonl a pytest run with the plugin wrote, or rerun the suite"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FactEditError(f"cannot read it: {exc.strerror or exc}. Fix: {fix}", path=path) from None
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        line = utf8_text(raw, path, FactEditError, fix, line=number)
         if line.strip():
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise FactEditError(f"line {number} is not a JSON record: {exc}", path=path) from exc
+            record = json_value(line, path, FactEditError, fix, line=number)
             problem = case_record_problem(record)
             if problem:
                 raise FactEditError(
-                    f"line {number} is not a case record of pytest-factedit: {problem}. Fix: name the "
-                    "results.jsonl a pytest run with the plugin wrote, or rerun the suite",
-                    path=path,
+                    f"line {number} is not a case record of pytest-factedit: {problem}. Fix: {fix}", path=path
                 )
             records.append(record)
     return records
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json, checked whole against its shape; FactEditError with the file, the key and the fix."""
+    from .records import summary_misfit
+    from .shape import json_value, utf8_text
+
+    fix = "remove it, or rerun the suite"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FactEditError(f"cannot read it: {exc.strerror or exc}. Fix: {fix}", path=path) from None
+    summary = json_value(utf8_text(data, path, FactEditError, fix), path, FactEditError, fix)
+    found = summary_misfit(summary)
+    if found is not None:
+        raise FactEditError(
+            f"not a run summary of pytest-factedit: {found.message}. Fix: {fix}", path=path, key=found.key or None
+        )
+    return summary

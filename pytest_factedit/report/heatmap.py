@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import terminal_text
 from .console import render
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def _readable(token: str) -> str:
 
 
 def _token_label(token: str, width: int) -> str:
-    label = _readable(token)
+    label = terminal_text(_readable(token))
     return (label[: width - 1] + "…") if len(label) > width else label.ljust(width)
 
 
@@ -58,13 +59,13 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
     label_width = min(16, max(len(t) for t in grid["tokens"]) + 2)
     kind = "real restorations" if grid["kind"] == "patched" else "attribution estimates"
     out = Text()
-    out.append(f"{title} " if title else "", style="bold")
+    out.append(f"{terminal_text(title, newlines=False)} " if title else "", style="bold")
     out.append(
         f"{record['method']}: P({record['answer']!r}) with the subject corrupted, "
         f"{record['noise_samples']} noise samples\n"
     )
     if record.get("architecture"):
-        out.append(f"layers: {record['architecture']}\n")
+        out.append(f"layers: {terminal_text(record['architecture'], newlines=False)}\n")
     out.append(f"prompt {prompt_index + 1}/{len(record['grids'])}: {grid['prompt']!r}\n")
     out.append(f"P clean {grid['clean_prob']:.3f}, corrupted {grid['corrupted_prob']:.3f}; cells: {kind}\n")
     for site in ("hidden", "mlp", "attn"):

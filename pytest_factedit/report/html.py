@@ -7,7 +7,7 @@ without JavaScript, and prints. Case files are untrusted input: every value from
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,21 @@ def _e(value: object) -> str:
     return "" if value is None else xml_text(value)
 
 
-def _num(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _real(value: object) -> bool:
+    """A number a format spec can take (true and false are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num(value: object, digits: int = 2) -> str:
+    """A number rounded; anything else a record may hold (read back from disk) as escaped text."""
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if _real(value) else _e(value)
+
+
+def _thousands(value: object) -> str:
+    """A count with thousands separators, or (not a number) escaped text."""
+    return f"{value:,}" if _real(value) else _e(value)
 
 
 def _label(name: str) -> str:
@@ -82,14 +95,17 @@ def _label(name: str) -> str:
     return spec.label if spec else name
 
 
-def _threshold(name: str, threshold: float | None) -> str:
-    """'≥0.8' / '≤1.5' in the metric's direction; 'recorded' when nothing gates it."""
+def _threshold(name: str, threshold: object) -> str:
+    """'≥0.8' / '≤1.5' in the metric's direction; 'recorded' when nothing gates it (plain text: escape it)."""
     spec = METRIC_BY_NAME.get(name)
     relation = "\u2264" if spec and spec.direction == "lower" else "\u2265"
-    return "recorded" if threshold is None else f"{relation}{threshold:g}"
+    if threshold is None:
+        return "recorded"
+    return f"{relation}{threshold:g}" if _real(threshold) else f"{relation}{threshold}"
 
 
-def _badge(passed: bool | None) -> str:
+def _badge(passed: object) -> str:
+    passed = passed if isinstance(passed, bool) else None
     kind, text = {True: ("ok", "ok"), False: ("fail", "FAIL"), None: ("none", "\u2013")}[passed]
     title = ' title="not judged: no threshold, or nothing measured"' if passed is None else ""
     return f'<span class="badge {kind}"{title}>{text}</span>'
@@ -128,7 +144,7 @@ def _delta(
     says better (green) or worse (red when it regressed) in the metric's direction."""
     if not baseline:
         return ""
-    delta, before = baseline.get("delta"), baseline.get("value")
+    delta, before = baseline.get("delta") if _real(baseline.get("delta")) else None, baseline.get("value")
     spec = METRIC_BY_NAME.get(name)
     direction = spec.direction if spec else (direction or "higher")
     tip = f"baseline {_num(before, 3)}, tolerance {baseline.get('tolerance', 'n/a')}"
@@ -175,7 +191,8 @@ def _counts(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | N
         "errors": statuses.count("error"),
         "failed_metrics": sum(1 for r in records for m in r.get("metrics", {}).values() if m.get("passed") is False),
     }
-    return {key: int((summary or {}).get(key, value)) for key, value in counted.items()}
+    given = {key: (summary or {}).get(key) for key in counted}
+    return {key: number if type(number) is int else counted[key] for key, number in given.items()}
 
 
 def _regressions(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> int:
@@ -215,7 +232,7 @@ def _header(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | N
         + (f" <span class='muted'>({_e(model.get('source'))})</span>" if model.get("source") else ""),
         "device": f"{_e(info.get('device'))} / {_e(info.get('dtype'))}"
         + (f", mode {_e(summary.get('mode'))}" if summary and summary.get("mode") else ""),
-        "wall time": "n/a (no summary.json)" if wall is None else f"{wall:.1f} s",
+        "wall time": "n/a (no summary.json)" if wall is None else f"{_num(wall, 1)} s",
         "cases": f"{counts['cases']}: {counts['ran']} ran, {counts['skipped']} skipped, {counts['errors']} errors; "
         f"{counts['failed_metrics']} failed metrics",
         "versions": ", ".join(f"{_e(k)} <code>{_e(v)}</code>" for k, v in versions.items() if v),
@@ -285,10 +302,13 @@ def _suite_row(row: Mapping[str, Any], with_baseline: bool) -> str:
     """Folder, metric, pooled value (and its delta), Wilson interval, hits/samples, threshold and verdict."""
     interval = row.get("interval")
     name = row.get("metric", "")
-    gate = "" if row.get("threshold") is None else f"{_threshold(name, row['threshold'])} {_badge(row.get('passed'))}"
+    gate = (
+        "" if row.get("threshold") is None else f"{_e(_threshold(name, row['threshold']))} {_badge(row.get('passed'))}"
+    )
+    pair = isinstance(interval, list) and len(interval) == 2
     numbers = [
         _num(row.get("value"), 3) + _delta(name, row.get("baseline"), digits=3, gated=_gated(name, row)),
-        f"{interval[0]:.3f} \u2013 {interval[1]:.3f}" if interval else "n/a",
+        f"{_num(interval[0], 3)} \u2013 {_num(interval[1], 3)}" if pair else "n/a",
         f"{_e(row.get('hits'))}/{_e(row.get('samples'))}",
         _e(row.get("cases")),
     ]
@@ -308,7 +328,7 @@ def _suite_baseline(baseline: Mapping[str, Any] | None, gated: bool = True) -> s
     words = (
         f"{_e(baseline.get('shared'))} shared, {_e(baseline.get('right_to_wrong'))} right\u2192wrong, "
         f"{_e(baseline.get('wrong_to_right'))} wrong\u2192right"
-        + ("" if p_value is None else f", p={p_value:.3g} (\u03b1 {_e(baseline.get('alpha'))})")
+        + (f", p={p_value:.3g} (\u03b1 {_e(baseline.get('alpha'))})" if _real(p_value) else "")
     )
     word = (" regressed" if gated else " worse") if baseline.get("regressed") else ""
     cls = ("delta regressed" if gated else "delta worse") if baseline.get("regressed") else "muted small"
@@ -507,7 +527,11 @@ def _case_meta(record: Mapping[str, Any]) -> str:
         "fact": _fact(record),
         "case file": f"<code>{_e(record.get('case_file'))}</code>",
         "method": f"<b>{_e(method.get('name'))}</b>"
-        + (f", {method['trainable_parameters']:,} trainable parameters" if method.get("trainable_parameters") else "")
+        + (
+            f", {_thousands(method['trainable_parameters'])} trainable parameters"
+            if method.get("trainable_parameters")
+            else ""
+        )
         + (f", seed {_e(record.get('seed'))}" if record.get("seed") is not None else "")
         + _settings(method),
         "stages": _stages(method),
@@ -613,18 +637,29 @@ def _case_section(index: int, record: Mapping[str, Any]) -> str:
     )
 
 
+def _drawn(part: str, draw: Callable[..., str], *args: Any) -> str:
+    """One part of the page. A value it cannot draw (a record changed by hand) costs that part, said in its
+    place, not the page: a report writer never fails a green run or `factedit report`."""
+    try:
+        return draw(*args)
+    except Exception as exc:
+        why = f"{part} could not be drawn: {type(exc).__name__}: {str(exc)[:200]}"
+        return f'<div class="banner fail">{_e(why)}</div>'
+
+
 def html_report(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> str:
     """The whole page of a run (results.jsonl records, and summary.json when there is one) as one string."""
     records = list(records)
     run_id = (summary or (records[0] if records else {})).get("run_id")
     body = (
-        _header(records, summary)
-        + _baseline_banner(summary)
-        + (_summary_table(records) if records else "<p>No case records.</p>")
-        + _suite_tables(summary)
-        + _many_block(summary)
+        _drawn("the header", _header, records, summary)
+        + _drawn("the baseline banner", _baseline_banner, summary)
+        + (_drawn("the case table", _summary_table, records) if records else "<p>No case records.</p>")
+        + _drawn("the suite tables", _suite_tables, summary)
+        + _drawn("the sequential/batch block", _many_block, summary)
         + (
-            "<h2>Case details</h2>" + "".join(_case_section(i, r) for i, r in enumerate(records, start=1))
+            "<h2>Case details</h2>"
+            + "".join(_drawn(f"case {i}", _case_section, i, r) for i, r in enumerate(records, start=1))
             if records
             else ""
         )

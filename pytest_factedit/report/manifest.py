@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..edit.saved_gains import file_inside, kind_of, read_saved_json, refused
 from ..edit.subject_gains import SAVED_FOLDER, SubjectGainEdit, load_subject_gains
-from ..errors import FactEditError
 from .files import write_atomic
 from .records import CaseRecord, ManyRecord
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 MANIFEST_FILE = "manifest.json"
+PEFT_CONFIG = "adapter_config.json"  # what peft writes in each adapter's folder
 MANIFEST_VERSION = 1
 LOAD_SNIPPET = (
     "from peft import PeftModel\n"
@@ -110,19 +111,85 @@ def write_batch_manifest(out_dir: Path, block: ManyRecord, records: list[CaseRec
     return path
 
 
-def load_edit(model: PreTrainedModel, out_dir: Path) -> PeftModel | SubjectGainEdit:
-    """The base `model` with a saved edit's adapters loaded and all active (a PeftModel), or, for
-    subject-gated gains, the model hooked with them (the handle's `remove()` undoes it)."""
+def adapter_names(out_dir: Path) -> list[str]:
+    """The adapters manifest.json lists, each checked to name a folder inside `out_dir` (no absolute path,
+    no '..', no link that leads out), so loading an edit reads nothing from elsewhere."""
+    path, base = out_dir / MANIFEST_FILE, out_dir.resolve()
+    manifest = read_saved_json(path)
+    if not isinstance(manifest, dict):
+        raise refused(path, None, "a mapping (the manifest of a saved edit)", kind_of(manifest))
+    entries = manifest.get("adapters")
+    if not isinstance(entries, list) or not entries:
+        raise refused(path, "adapters", "a list of one or more {name: FOLDER} entries", kind_of(entries))
+    names: list[str] = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        key = f"adapters[{index}].name"
+        if not isinstance(name, str) or not name or name in names:
+            found = "a repeated name" if name in names else "an empty str" if name == "" else kind_of(name)
+            raise refused(path, key, "a distinct folder name", found)
+        target = (out_dir / name).resolve()
+        if Path(name).name != name or name == ".." or not target.is_relative_to(base) or target == base:
+            found = "a str that leads outside the edit's folder (an absolute path, '..', a '/' or a link)"
+            raise refused(path, key, f"the name of a folder inside {base}", found, "list only the adapter folders")
+        if not target.is_dir():
+            raise refused(path, key, f"a folder of that name in {base}", "nothing there", "copy the whole edit folder")
+        names.append(name)
+    return names
+
+
+def _checked_adapter_folder(folder: Path) -> None:
+    """A peft adapter folder: its adapter_config.json there, and no file in it a link that leads out."""
+    if not (folder / PEFT_CONFIG).is_file():
+        raise refused(folder / PEFT_CONFIG, None, "peft's adapter config", "nothing", "copy the whole edit folder")
+    for path in folder.iterdir():
+        file_inside(path)
+
+
+def _without_adapters(model: PreTrainedModel, trainable: dict[str, bool], had_config: bool) -> None:
+    """Undo a peft load that failed half-way: every wrapped module back as it was, and the flags peft set."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable.get(name, param.requires_grad))
+    if not had_config and hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def _peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> PeftModel:
+    """Every adapter loaded and active; on any error the model is left as it was, and the error is one line."""
     from peft import PeftModel
 
-    names = [a["name"] for a in json.loads((Path(out_dir) / MANIFEST_FILE).read_text())["adapters"]]
-    if not names:
-        raise FactEditError("the manifest lists no adapters", path=Path(out_dir) / MANIFEST_FILE, key="adapters")
-    if names == [SAVED_FOLDER]:
-        return load_subject_gains(model, Path(out_dir) / SAVED_FOLDER)
-    edited = PeftModel.from_pretrained(model, str(Path(out_dir) / names[0]), adapter_name=names[0])
-    for name in names[1:]:
-        edited.load_adapter(str(Path(out_dir) / name), adapter_name=name)
-    edited.base_model.set_adapter(names)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    had_config = hasattr(model, "peft_config")
+    for name in names:
+        _checked_adapter_folder(out_dir / name)
+    folder = out_dir / names[0]
+    try:
+        edited = PeftModel.from_pretrained(model, str(folder), adapter_name=names[0])
+        for name in names[1:]:
+            folder = out_dir / name
+            edited.load_adapter(str(folder), adapter_name=name)
+        edited.base_model.set_adapter(names)
+    except Exception as exc:
+        _without_adapters(model, trainable, had_config)
+        found = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        raise refused(folder, None, "a peft adapter saved for this model", found) from exc
     edited.eval()
     return edited
+
+
+def load_edit(model: PreTrainedModel, out_dir: Path) -> PeftModel | SubjectGainEdit:
+    """The base `model` with a saved edit's adapters loaded and all active (a PeftModel), or, for
+    subject-gated gains, the model hooked with them (the handle's `remove()` undoes it).
+
+    Every file is checked first (SavedEditError, one line); on an error the model is left as it was."""
+    out_dir = Path(out_dir)
+    names = adapter_names(out_dir)
+    if names == [SAVED_FOLDER]:
+        return load_subject_gains(model, out_dir / SAVED_FOLDER)
+    return _peft_loaded(model, out_dir, names)

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
+from ..errors import terminal_text
 from ..model.events import (
     CASE_END,
     CONVERT,
@@ -113,7 +114,8 @@ def phase_text(event: Event) -> str | None:
 def _write_line(stream: TextIO, line: str, ends: tuple[str, str] = ("", "\n")) -> None:
     """Write `line` between `ends` (by default: then a newline), flushed. Characters the stream cannot
     encode become ASCII, and a stream that cannot be written (closed) is left alone: a display never fails
-    the run."""
+    the run. Names from data (a case id, a model path) cannot drive the terminal: see `terminal_text`."""
+    line = terminal_text(line, newlines=False)
     encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
         line.encode(encoding)
@@ -134,6 +136,7 @@ class _RichView:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         console = Console(file=stream, force_terminal=True, width=width, highlight=False)
+        title = terminal_text(title, newlines=False)
         self.progress = Progress(
             TextColumn("{task.description}", markup=False),
             TextColumn("{task.fields[phase]}", markup=False),
@@ -157,7 +160,7 @@ class _RichView:
 
     def note(self, line: str) -> None:
         """A line printed above the progress bar, which stays when the bar goes."""
-        self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self.progress.console.print(terminal_text(line, newlines=False), markup=False, highlight=False, soft_wrap=True)
 
     def show(self, event: Event) -> None:
         phase = phase_text(event)

@@ -15,7 +15,7 @@ from ..metrics.measure import CaseEvidence, MetricValue
 from ..metrics.spec import METRIC_BY_NAME
 from ..metrics.verdict import judge, wilson_interval
 from ..run.outcome import Status
-from .shape import shape_problem
+from .shape import Misfit, misfit, shape_problem
 
 if TYPE_CHECKING:
     from ..run.many import ManyOutcome
@@ -153,6 +153,37 @@ class ManyRecord(TypedDict, total=False):
     adapter: dict[str, Any]  # batch: the one adapter, the cases it holds, its modules and stages
 
 
+class BaselineBlock(TypedDict):
+    """summary.json `baseline`: the file compared with, its warnings, and the cases one side lacks."""
+
+    path: str
+    warnings: list[str]
+    missing_in_run: list[str]
+    missing_in_baseline: list[str]
+
+
+class RunSummary(TypedDict, total=False):
+    """summary.json, as `factedit report` reads it back (summary_record writes it)."""
+
+    schema_version: int
+    run_id: str
+    model: dict[str, Any]
+    device: str | None
+    dtype: str | None
+    cases: int
+    ran: int
+    skipped: int
+    errors: int
+    failed_metrics: int
+    wall_seconds: float
+    versions: dict[str, str | None]
+    mode: str
+    suites: list[SuiteRecord]
+    sequence: ManyRecord
+    batch: ManyRecord
+    baseline: BaselineBlock
+
+
 _READ_KEYS = ("schema_version", "case_id", "status", "metrics")  # what every reader of a record needs
 
 
@@ -167,6 +198,11 @@ def case_record_problem(data: Any) -> str | None:
             f"to {RECORD_SCHEMA_VERSION}: upgrade it to read this file)"
         )
     return None
+
+
+def summary_misfit(data: Any) -> Misfit | None:
+    """Where a summary.json read back does not fit RunSummary (None: it does); values are not echoed."""
+    return misfit(data, RunSummary, "", required=("schema_version",), values=False)
 
 
 def machine_info() -> dict[str, str | None]:

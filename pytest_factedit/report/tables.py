@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import terminal_text
 from ..metrics.spec import COLUMNS, METRIC_BY_NAME, MetricSpec
 from ..metrics.verdict import judge
-from .console import natural_width, render
+from .console import literal, natural_width, render
 from .heatmap import render_heatmap
 from .records import CaseRecord, ManyRecord, SuiteRecord, record_evidence
 
@@ -93,7 +94,7 @@ def suite_table(rows: Sequence[SuiteRecord], color: bool, width: int = 120) -> s
 
     cases = max(row["cases"] for row in rows)
     table = Table(
-        title=f"suite {rows[0]['folder']}: {cases} cases pooled",
+        title=f"suite {literal(rows[0]['folder'])}: {cases} cases pooled",
         box=box.SIMPLE_HEAD if color else box.SIMPLE,
         show_edge=False,
         pad_edge=False,
@@ -140,7 +141,7 @@ def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) 
         pad_edge=False,
         collapse_padding=True,
     )
-    longest = max((len(r["case_id"]) for r in records), default=4)
+    longest = max((len(terminal_text(r["case_id"])) for r in records), default=4)
     table.add_column("case", no_wrap=True, min_width=min(longest, 64), overflow="ellipsis")  # never split an id
     for name in COLUMNS:
         label = labels[name]
@@ -154,9 +155,9 @@ def summary_table(records: Iterable[CaseRecord], color: bool, width: int = 120) 
         if record["status"] != "ran":
             label = "SKIPPED" if record["status"] == "skipped" else "ERROR"
             style = "yellow" if record["status"] == "skipped" else "bold red"
-            table.add_row(record["case_id"], f"[{style}]{label}[/]", *[""] * len(COLUMNS), *extra)
+            table.add_row(literal(record["case_id"]), f"[{style}]{label}[/]", *[""] * len(COLUMNS), *extra)
             continue
-        table.add_row(record["case_id"], *_case_cells(record, labels), *extra)
+        table.add_row(literal(record["case_id"]), *_case_cells(record, labels), *extra)
     return render(table, color, max(width, natural_width(table)))  # a narrow terminal wraps; nothing is cut
 
 
@@ -177,19 +178,19 @@ def uninformative_notes(records: Iterable[CaseRecord]) -> list[str]:
 
 
 def answers_table(title: str, rows: Sequence[dict[str, Any]], width: int = 120) -> str:
-    """Plain-text table for a failing item: prompt, expected, base answer, edited answer."""
+    """Plain-text table for a failing item: prompt, expected, base answer, edited answer, each as written."""
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, box=box.ASCII, show_lines=False)
+    table = Table(title=literal(title), box=box.ASCII, show_lines=False)
     for column in ("prompt", "expected", "base answer", "edited answer", "ok"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
-            row["prompt"],
-            " / ".join(row["expected"]),
-            row["base"].split("\n")[0],
-            (row["edited"] or "").split("\n")[0],
+            literal(row["prompt"]),
+            literal(" / ".join(row["expected"])),
+            literal(row["base"].split("\n")[0]),
+            literal((row["edited"] or "").split("\n")[0]),
             "yes" if row["ok"] else "NO",
         )
     return render(table, False, width)
@@ -259,14 +260,12 @@ def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: 
         text += "".join(
             render_heatmap(r["localization"], r["case_id"], color, width) for r in records if r.get("localization")
         )
-    lines = text.splitlines()
-    if view.many is not None:
-        lines.append(many_line(view.many_key, view.many))
+    lines = [many_line(view.many_key, view.many)] if view.many is not None else []
     lines += uninformative_notes(records)
     lines += [f"pytest-factedit: {problem}" for problem in view.problems]
     if view.results_file is not None:
         lines.append(f"results: {view.results_file}")
-    return lines + list(view.outputs)
+    return text.splitlines() + [terminal_text(line, newlines=False) for line in lines + list(view.outputs)]
 
 
 def suite_details(row: SuiteRecord) -> str:
@@ -321,4 +320,4 @@ def metric_failure(record: CaseRecord, metric: str) -> str | None:
     comparison = entry.get("baseline")
     if comparison and comparison["regressed"]:
         problems.append(baseline_failure(record["case_id"], metric, entry["value"], comparison))
-    return "\n".join(problems) if problems else None
+    return terminal_text("\n".join(problems)) if problems else None

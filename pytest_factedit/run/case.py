@@ -16,6 +16,7 @@ from ..errors import RestoreError
 from ..localize import FactPrompts, Localization, LocalizeSettings, localize
 from ..metrics.spec import METRICS
 from ..model.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
+from ..model.files import umask_modes
 from ..model.targets import (
     TargetModules,
     all_layer_targets,
@@ -114,9 +115,11 @@ def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditReque
 
 
 def save_adapters(applied: EditHandle, save_dir: Path) -> dict[str, Any]:
-    """Write the edit's adapters to `save_dir` (peft format); what was written, or why nothing was."""
+    """Write the edit's adapters to `save_dir` (peft format), with the modes the umask gives; what was
+    written, or why nothing was."""
     try:
-        return {"dir": str(save_dir), "names": applied.save(save_dir)}
+        with umask_modes(save_dir):
+            return {"dir": str(save_dir), "names": applied.save(save_dir)}
     except NotImplementedError as exc:
         return {"dir": None, "names": [], "error": str(exc)}
 

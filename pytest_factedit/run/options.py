@@ -17,9 +17,9 @@ from typing import Any
 
 from ..cases.ids import name_problem
 from ..edit.settings import EditSettings
-from ..errors import did_you_mean
+from ..errors import did_you_mean, shown
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
-from ..model.load import DEVICE_MAPS, DEVICES, DTYPES
+from ..model.load import DEVICE_MAPS, DEVICE_NAME, DEVICES, DTYPES
 from ..model.spec import DEFAULT_MODEL
 
 LOCALIZE_CHOICES = ("trace", "attribution", "none", "random")
@@ -72,7 +72,9 @@ def tolerance_setting(text: str) -> tuple[str, float]:
 
 
 def device_map_setting(text: str) -> str | dict[str, Any]:
-    """argparse type of --factedit-device-map: an accelerate strategy, or a JSON object of module -> device."""
+    """argparse type of --factedit-device-map: an accelerate strategy, or a flat JSON object of module ->
+    device (a GPU number, or a name such as 'cpu' or 'cuda:1'); whether this machine has each device is
+    checked where torch loads (`model.load.check_device_map`)."""
     if text in DEVICE_MAPS:
         return text
     try:
@@ -80,13 +82,23 @@ def device_map_setting(text: str) -> str | dict[str, Any]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected one of {', '.join(DEVICE_MAPS)} or a JSON object such as "
-            f'\'{{"model.layers.0": 0, "lm_head": "cpu"}}\', found {text!r}'
+            f'\'{{"model.layers.0": 0, "lm_head": "cpu"}}\', found {shown(text, typed=False)}'
+        ) from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(
+            "expected a flat JSON object of module name -> device, found JSON nested deeper than Python can read"
         ) from None
     if not isinstance(value, dict) or not value:
-        raise argparse.ArgumentTypeError(f"expected a non-empty JSON object of module name -> device, found {text!r}")
-    bad = [k for k, v in value.items() if not (isinstance(v, int) and v >= 0 or isinstance(v, str) and v)]
-    if bad:
-        raise argparse.ArgumentTypeError(f"devices must be GPU numbers or names such as 'cpu'; see {bad[:3]}")
+        raise argparse.ArgumentTypeError(
+            f"expected a non-empty JSON object of module name -> device, found {shown(text, typed=False)}"
+        )
+    for module, where in value.items():
+        number = isinstance(where, int) and not isinstance(where, bool) and where >= 0
+        if not number and not (isinstance(where, str) and DEVICE_NAME.fullmatch(where)):
+            raise argparse.ArgumentTypeError(
+                f"module {shown(module, typed=False)}: expected GPU numbers or names such as 'cpu', 'cuda:1' or "
+                f"'disk', found {shown(where)}"
+            )
     return value
 
 
@@ -221,6 +233,12 @@ OPTIONS: dict[str, OptionSpec] = {
             {"default": None, "metavar": "PATH", "type": Path},
         ),
         OptionSpec(
+            "baseline-any-model",
+            "compare with the baseline even when it was made with other weights, or records none (the "
+            "difference is a warning in the summary)",
+            {"action": "store_true", "default": False},
+        ),
+        OptionSpec(
             "tolerance",
             "NAME=ABS: how much worse than the baseline metric NAME may be and still pass (repeatable; "
             "default 0, timings 0.25)",
@@ -242,7 +260,7 @@ OPTIONS: dict[str, OptionSpec] = {
 MODEL_OPTIONS = ("model", "device", "dtype", "device-map", "trust-remote-code")
 EDIT_OPTIONS = ("method", "localize", "seed", "save-adapters")
 RUN_OPTIONS = ("show-trace", "mode", "reports", "run-id", "fresh-probes", "html")
-GATE_OPTIONS = ("threshold", "save-baseline", "baseline", "tolerance", "alpha")
+GATE_OPTIONS = ("threshold", "save-baseline", "baseline", "baseline-any-model", "tolerance", "alpha")
 
 
 def add_options(addoption: Callable[..., Any], names: Sequence[str], prefix: str = "") -> None:
@@ -270,6 +288,7 @@ class Options:
     fresh_probes: bool = False
     thresholds: tuple[tuple[str, float], ...] = ()  # --factedit-threshold, over YAML
     baseline: Path | None = None
+    baseline_any_model: bool = False  # compare with a baseline of other weights, or of none recorded
     save_baseline: Path | None = None
     tolerances: tuple[tuple[str, float], ...] = ()
     alpha: float = 0.05
@@ -295,6 +314,7 @@ class Options:
             fresh_probes=bool(get("fresh-probes")),
             thresholds=tuple(get("threshold") or ()),
             baseline=get("baseline"),
+            baseline_any_model=bool(get("baseline-any-model")),
             save_baseline=get("save-baseline"),
             tolerances=tuple(get("tolerance") or ()),
             alpha=get("alpha") or 0.05,

@@ -19,7 +19,19 @@ from ..cases.derived import case_alias_prompts, context_facts
 from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, first_words, settled
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
-from ..model.decoding import Decoded, DecodeRow, Prefilled, Tokens, decode_keeping, prefill, step_seconds
+from ..model.decoding import (
+    MAX_BATCH_ROWS,
+    Decoded,
+    DecodeRow,
+    Prefilled,
+    Tokens,
+    context_positions,
+    decode_keeping,
+    prefill,
+    row_shape,
+    step_seconds,
+    token_batches,
+)
 from ..model.events import PROBE_BASE, PROBE_EDITED, PROBE_END, PROBE_START, emit
 from ..model.probe_cache import BaseAnswerCache
 from ..model.text import answer_text, answer_token_budget, answer_token_ids, decoding_sets, encode_prompt
@@ -166,17 +178,43 @@ def base_answer(row: ProbeRow, base: str) -> ProbedAnswer:
     return ProbedAnswer(row.group, row.prompt, expected, base, shares_old=row.shares_old, unchanged=row.unchanged)
 
 
+def too_long(lm: LoadedModel, case: FactCase, settings: EditSettings, requests: Sequence[DecodeRow]) -> str:
+    """Why `case` cannot run on this model: its longest row (the longest prompt, behind the longest training
+    context prefix, before the longest answer, in tokens) needs more positions than the model has; '' when
+    it fits, or when the model's config names no context length."""
+    positions = context_positions(lm.model)
+    if positions is None:
+        return ""
+    prompt = max(len(r.ids) for r in requests)
+    prefixes = () if case.chat else settings.context_prefixes  # chat prompts are trained without one
+    prefix = max((len(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prefixes), default=0)
+    answers = [len(answer_token_ids(lm.tokenizer, a, case.chat_format)) + settings.guard_tokens for a in case.new]
+    answer = max([row_shape(r)[1] for r in requests] + answers)
+    if prompt + prefix + answer <= positions:
+        return ""
+    return (
+        f"the case's longest row needs {prompt + prefix + answer:,} tokens (prompt {prompt:,} + context prefix "
+        f"{prefix:,} + answer {answer:,}), more than the {positions:,} positions of the model: shorten its prompts"
+    )
+
+
 def probe_base(
     lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache, plan: ProbePlan = DEFAULT_PLAN
 ) -> CaseOutcome:
-    """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`."""
-    emit(PROBE_START, PROBE_BASE)
+    """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`, or
+    when a row of it is longer than the model's context (then nothing reaches the model)."""
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_with(case.thresholds))
     rows = probe_rows(case, lm.tokenizer)
     how = _decoding(lm, case, plan)
     old = how.ids(case.old[0])
+    requests = [how.request(r, (old,) if r.group == "prompts" else ()) for r in rows]
+    outcome.reason = too_long(lm, case, settings, requests)
+    if outcome.reason:
+        outcome.status = "skipped"
+        return outcome
+    emit(PROBE_START, PROBE_BASE)
     started = time.perf_counter()
-    base = cache.decoded(lm, [how.request(r, (old,) if r.group == "prompts" else ()) for r in rows])
+    base = cache.decoded(lm, requests)
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
     outcome.answers = [base_answer(r, how.answer(r, d)) for r, d in zip(rows, base)]
     prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]
@@ -236,9 +274,10 @@ def latency_timings(
     process's load cannot lower; and of the merged edit where the adapter can be merged."""
     if plan.latency_repeats <= 0:
         return {}
-    if state is None:
+    if state is None:  # as many prompts as one bounded pass holds
         ids = [encode_prompt(lm.tokenizer, p, case.chat_format) for p in case.prompts]
-        state = prefill(lm.model, ids, lm.tokenizer.pad_token_id)
+        first = token_batches([(len(i), 1) for i in ids], MAX_BATCH_ROWS)[0]
+        state = prefill(lm.model, ids[: first.stop], lm.tokenizer.pad_token_id)
     base, edited, merged = [], [], []
     for _ in range(plan.latency_repeats):
         with applied.disabled():

@@ -123,3 +123,15 @@ def test_the_converted_folder_is_readable_by_others(fake_embedded) -> None:
     folder = Path(result["folder"])
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o644}
+
+
+def test_the_sweep_leaves_a_users_own_ggufs_alone(fake_embedded) -> None:
+    """Only the names a conversion makes are swept from gguf/: `<pid>-<embedded file>` and its temp file."""
+    gguf = Path(fake_embedded["cache"]) / "gguf"
+    gguf.mkdir(parents=True)
+    leftover = gguf / "4242-gemma-3-270m-q4_k_m.gguf"
+    mine = [gguf / "2024-my-model.gguf", gguf / "7-llama-3.2-1b-q4_k_m.gguf", gguf / "model.gguf"]
+    for path in [leftover, *mine]:
+        path.write_bytes(b"0" * 1000)
+    finished(convert(fake_embedded))
+    assert not leftover.exists() and all(path.read_bytes() == b"0" * 1000 for path in mine)
