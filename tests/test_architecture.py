@@ -14,7 +14,7 @@ from pytest_factedit.metrics.spec import MANY_METRICS, METRICS
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "pytest_factedit"
 FACES = {"__init__.py", "plugin.py", "items.py", "session.py", "cli.py", "errors.py", "fixtures.py", "xdist.py"}
-NOUNS = {"cases", "model", "metrics", "localize", "edit", "run", "report"}
+NOUNS = {"cases", "model", "metrics", "localize", "edit", "run", "report", "infra"}
 MAX_FUNCTION_LINES = 60
 
 

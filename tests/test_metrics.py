@@ -167,7 +167,16 @@ def test_every_metric_row_is_complete() -> None:
         assert spec.label and spec.protocol and spec.definition and spec.direction in ("higher", "lower")
         assert set(spec.reads) <= set(GROUPS)
     with pytest.raises(ValueError, match="exactly one"):
-        MetricSpec("x", "x", "x", "higher", 0.5, (), "greedy_generation", "d")
+        MetricSpec(
+            name="x",
+            item="x",
+            label="x",
+            direction="higher",
+            default_threshold=0.5,
+            reads=(),
+            protocol="greedy_generation",
+            definition="d",
+        )
 
 
 def test_wilson_interval_by_hand() -> None:

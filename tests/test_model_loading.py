@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 from pytest_factedit.edit import get_editor, resolve_settings
 from pytest_factedit.errors import ModelLoadError, explained
+from pytest_factedit.infra.events import MEMORY, listening
 from pytest_factedit.localize import FactPrompts, localize
 from pytest_factedit.model import hub
-from pytest_factedit.model.events import MEMORY, listening
 from pytest_factedit.model.load import load
 from pytest_factedit.model.memory import config_shape, estimate_memory
 from pytest_factedit.model.spec import resolve

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_factedit.model import events
-from pytest_factedit.model.events import (
+from pytest_factedit.infra import events
+from pytest_factedit.infra.events import (
     CASE_END,
     CONVERT,
     CONVERT_END,

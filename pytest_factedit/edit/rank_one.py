@@ -14,8 +14,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..infra.events import STAGE_END, STEP, emit
 from ..model.decoding import left_padded
-from ..model.events import STAGE_END, STEP, emit
 from ..model.lmhead import decoder, logits_from_hidden
 from ..model.skip import capture_entering, entering_at
 from ..model.targets import TargetModules, lowest_layer

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..model.files import write_atomic
+from ..infra.files import write_atomic
 from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from .base import EditHandle, EditRequest, keep_until_released

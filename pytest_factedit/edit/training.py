@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..model.events import STAGE_END, STEP, emit
+from ..infra.events import STAGE_END, STEP, emit
 from .base import StageReport
 from .batching import kl_to_reference, tail_logprobs
 from .objectives import Objectives

@@ -21,10 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from ..infra.events import (
+    ASSEMBLING,
+    CONVERT,
+    CONVERT_END,
+    CONVERT_START,
+    DEQUANTIZING,
+    READING,
+    SAVING,
+    TOKENIZER,
+    emit,
+)
+from ..infra.files import default_mode
 from . import embedded
 from .embedded import sha256_file
-from .events import ASSEMBLING, CONVERT, CONVERT_END, CONVERT_START, DEQUANTIZING, READING, SAVING, TOKENIZER, emit
-from .files import default_mode
 from .spec import EMBEDDED_FILE, ModelSpec, cache_dir
 
 MANIFEST_FILE = "factedit-cache.json"

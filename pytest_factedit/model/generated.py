@@ -13,7 +13,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .files import write_atomic
+from ..infra.files import write_atomic
 from .spec import cache_dir
 from .weights import weights_fingerprint
 

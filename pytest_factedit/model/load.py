@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError, out_of_memory_hint, shown
+from ..infra.events import MEMORY, emit
 from .cache import converted_dir
-from .events import MEMORY, emit
 from .hub import hub_error, local_files_only
 from .memory import MemoryEstimate, config_shape, estimate_memory
 from .spec import DEFAULT_MODEL, ModelSpec, resolve

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..infra.files import write_atomic
 from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
-from .files import write_atomic
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
 from .text import decoding_sets, ends_line

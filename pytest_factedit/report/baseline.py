@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from ..errors import BaselineError, shown
+from ..infra.files import write_atomic
 from ..metrics.measure import CaseEvidence
 from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec, threshold_problem, worse_by
 from ..metrics.verdict import mcnemar_worse_p
-from ..model.files import write_atomic
 from .records import CaseRecord, RunInfo, SuiteRecord, record_evidence
 from .shape import Misfit, described, json_value, misfit, utf8_text
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cases.ids import inside
 from ..errors import FactEditError
-from ..model.files import default_mode, write_atomic
+from ..infra.files import default_mode, write_atomic
 
 if TYPE_CHECKING:
     from .records import CaseRecord

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import printable
+from ..infra.files import write_atomic
 from ..metrics.answers import FACT_GROUPS, GROUPS
 from ..metrics.spec import COLUMNS, METRIC_BY_NAME
-from ..model.files import write_atomic
 from .heatmap import heatmap_svg, xml_text
 
 _SAYS_RANK = {"old": 0, None: 1, "new": 2}  # a fact answer moving up this scale moved towards the edit

@@ -1,6 +1,6 @@
 """What a long run shows while it works: the model's loading (and first conversion), then each case's phases.
 
-The work tells its phases as events (model/events.py); this module listens for a block and shows them in
+The work tells its phases as events (infra/events.py); this module listens for a block and shows them in
 one of three styles: "rich" (a terminal: a transient progress line, gone when the block ends), "plain"
 (not a tty, e.g. CI logs: one line per case, and per model load) and "silent" (`-q`: nothing). The words
 are composed here only (`case_line`, `converting_line`, `loaded_line`), so the plugin and the CLI print the
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from ..errors import terminal_text
-from ..model.events import (
+from ..infra.events import (
     CASE_END,
     CONVERT,
     CONVERT_START,

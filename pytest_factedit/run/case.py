@@ -13,10 +13,10 @@ from ..cases.derived import derived_held_out
 from ..edit import get_editor
 from ..edit.base import EditHandle, EditRequest, Scope
 from ..errors import RestoreError
+from ..infra.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
+from ..infra.files import umask_modes
 from ..localize import FactPrompts, Localization, LocalizeSettings, localize
 from ..metrics.spec import METRICS
-from ..model.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
-from ..model.files import umask_modes
 from ..model.targets import (
     TargetModules,
     all_layer_targets,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..cases.derived import case_alias_prompts, context_facts
+from ..infra.events import PROBE_BASE, PROBE_EDITED, PROBE_END, PROBE_START, emit
 from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, first_words, settled
 from ..metrics.measure import mean, ngram_entropy
 from ..metrics.spec import thresholds_with
@@ -32,7 +33,6 @@ from ..model.decoding import (
     step_seconds,
     token_batches,
 )
-from ..model.events import PROBE_BASE, PROBE_EDITED, PROBE_END, PROBE_START, emit
 from ..model.probe_cache import BaseAnswerCache
 from ..model.text import answer_text, answer_token_budget, answer_token_ids, decoding_sets, encode_prompt
 from .outcome import CaseOutcome
