@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .cases.ids import inside
 from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case, load_defaults
 from .edit import resolve_settings
+from .edit.settings import TRACING_MODES
 from .errors import FactEditError, out_of_memory_hint, shown, terminal_text
 from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results, read_summary
 from .report.heatmap import render_heatmap
@@ -137,7 +138,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     case, settings = _case_and_settings(args)
     lm = _load_model(args)
-    method = args.trace_method or (settings.localize if settings.localize in ("trace", "attribution") else "trace")
+    method = args.trace_method or (settings.localize if settings.localize in TRACING_MODES else TRACING_MODES[0])
     record = localize_case(lm, case, settings, method).as_record()
     print(render_heatmap(record, case.id, color=sys.stdout.isatty()), end="")
     if args.json:
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument(
         "--method",
         dest="trace_method",
-        choices=("trace", "attribution"),
+        choices=TRACING_MODES,
         default=None,
         help="default: method.localize of the case when it traces, else trace",
     )

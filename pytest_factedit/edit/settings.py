@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from ..errors import MethodError, did_you_mean, shown
 
-LOCALIZE_MODES = ("trace", "attribution", "none", "random")
+TRACING_MODES = ("trace", "attribution")  # the modes that measure where the fact is (localize/localizer.py: METHODS)
+LOCALIZE_MODES = (*TRACING_MODES, "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
 GAIN_POSITIONS = ("every", "subject", "subject-sentence")
 RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]
@@ -143,11 +144,11 @@ class EditSettings:
                 object.__setattr__(self, spec.name, spec.metadata["rule"].check(spec.name, value))
         if self.feedforward_modules and not self.target_modules:
             raise MethodError("feedforward_modules", "given without target_modules")
-        if self.localize in ("trace", "attribution", "random") and self.mlp_layers + self.attention_layers == 0:
+        if self.localize != "none" and self.mlp_layers + self.attention_layers == 0:
             raise MethodError("mlp_layers", "mlp_layers and attention_layers are both 0: nothing left to edit")
         if self.key_positions_per_dim == 0:
             raise MethodError("key_positions_per_dim", "expected at least 1 position per key dimension")
-        if self.localize in ("trace", "attribution") and self.noise_samples == 0:
+        if self.localize in TRACING_MODES and self.noise_samples == 0:
             raise MethodError("noise_samples", f"expected at least 1 noise sample for localize: {self.localize}")
 
     def as_record(self) -> dict[str, Any]:

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cases.ids import name_problem
-from ..edit.settings import EditSettings
+from ..edit.settings import LOCALIZE_MODES, EditSettings
 from ..errors import did_you_mean, shown
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
 from ..model.load import DEVICE_MAPS, DEVICE_NAME, DEVICES, DTYPES
 from ..model.spec import DEFAULT_MODEL
 
-LOCALIZE_CHOICES = ("trace", "attribution", "none", "random")
 MODES = ("isolated", "sequential", "batch")
 PLUGIN_PREFIX = "factedit-"
 
@@ -172,7 +171,7 @@ OPTIONS: dict[str, OptionSpec] = {
             "where the edit goes: trace (causal tracing, default), attribution (gradient estimate "
             "confirmed by real patches), none (every layer) or random (ablation); overrides method.localize "
             "in YAML",
-            {"default": None, "choices": LOCALIZE_CHOICES},
+            {"default": None, "choices": LOCALIZE_MODES},
         ),
         OptionSpec(
             "seed",
