@@ -4,12 +4,14 @@ short functions. (One-way imports are checked by `lint-imports`, style by `ruff`
 from __future__ import annotations
 
 import ast
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from pytest_factedit import errors
 from pytest_factedit.metrics.spec import MANY_METRICS, METRICS
+from pytest_factedit.run.options import OPTIONS, Options
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "pytest_factedit"
@@ -96,3 +98,18 @@ def test_errors_carry_file_and_key_and_print_one_way() -> None:
     assert str(located) == "cases/a.yaml: key 'method.lr': expected a positive number, found str 'x'"
     assert isinstance(located, errors.MethodError) and error.path is None  # the original is unchanged
     assert str(errors.CaseError("a.yaml", None, "invalid YAML")) == "a.yaml: invalid YAML"
+
+
+def test_every_option_is_declared_once_and_read_by_one_field() -> None:
+    """OPTIONS declares each option; Options reads each by name: none is left unread, none read twice."""
+    read = [Options.option_of(spec) for spec in fields(Options)]
+    assert sorted(read) == sorted(OPTIONS)
+
+
+def test_options_read_back_the_defaults_of_their_specs() -> None:
+    """An option the getter lacks takes its spec's default; a repeatable one becomes a tuple."""
+    given = {"model": "tiny", "threshold": [("forget_rate", 0.9)]}
+    options = Options.from_values(given.get, Path("reports-here"))
+    assert options.model == "tiny" and options.thresholds == (("forget_rate", 0.9),)
+    assert options.reports_dir == Path("reports-here") and options.mode == "isolated" and options.alpha == 0.05
+    assert options.dtype == "auto" and options.show_trace is False and options.tolerances == ()

@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -269,58 +269,58 @@ def add_options(addoption: Callable[..., Any], names: Sequence[str], prefix: str
         addoption(*spec.flags(prefix), dest=spec.dest(prefix), help=spec.help, **spec.settings)
 
 
-@dataclass(frozen=True)
+def _from(option: str) -> Any:
+    """A field of `Options` read from an option whose name is not the field's own (dashes for underscores)."""
+    return field(metadata={"option": option})
+
+
+@dataclass(frozen=True, kw_only=True)
 class Options:
-    """The --model / --factedit-* options, as given."""
+    """The --model / --factedit-* options, as given: one field per entry of OPTIONS, named after it
+    (`_from` names the option where the field's name differs); `from_values` fills them by that name."""
 
     model: str
     device: str
     method: str | None
     seed: int | None
-    reports_dir: Path
+    reports_dir: Path = _from("reports")
     run_id: str | None
-    localize: str | None = None
-    show_trace: bool = False
-    save_adapters: Path | None = None
-    mode: str = "isolated"
-    trust_remote_code: bool = False
-    fresh_probes: bool = False
-    thresholds: tuple[tuple[str, float], ...] = ()  # --factedit-threshold, over YAML
-    baseline: Path | None = None
-    baseline_any_model: bool = False  # compare with a baseline of other weights, or of none recorded
-    save_baseline: Path | None = None
-    tolerances: tuple[tuple[str, float], ...] = ()
-    alpha: float = 0.05
-    html: Path | None = None
-    dtype: str = "auto"
-    device_map: str | dict[str, Any] | None = None
+    localize: str | None
+    show_trace: bool
+    save_adapters: Path | None
+    mode: str
+    trust_remote_code: bool
+    fresh_probes: bool
+    thresholds: tuple[tuple[str, float], ...] = _from("threshold")  # --factedit-threshold, over YAML
+    baseline: Path | None
+    baseline_any_model: bool  # compare with a baseline of other weights, or of none recorded
+    save_baseline: Path | None
+    tolerances: tuple[tuple[str, float], ...] = _from("tolerance")
+    alpha: float
+    html: Path | None
+    dtype: str
+    device_map: str | dict[str, Any] | None
+
+    @staticmethod
+    def option_of(spec: Field[Any]) -> str:
+        """The OPTIONS name a field of Options is read from."""
+        return spec.metadata.get("option") or spec.name.replace("_", "-")
 
     @classmethod
     def from_values(cls, get: Callable[[str], Any], reports_default: Path) -> Options:
-        """Options from a getter of option values by spec name (pytest config or an argparse namespace)."""
-        return cls(
-            model=get("model"),
-            device=get("device"),
-            method=get("method"),
-            seed=get("seed"),
-            localize=get("localize"),
-            show_trace=bool(get("show-trace")),
-            mode=get("mode") or "isolated",
-            save_adapters=get("save-adapters"),
-            reports_dir=get("reports") or reports_default,
-            run_id=get("run-id"),
-            trust_remote_code=bool(get("trust-remote-code")),
-            fresh_probes=bool(get("fresh-probes")),
-            thresholds=tuple(get("threshold") or ()),
-            baseline=get("baseline"),
-            baseline_any_model=bool(get("baseline-any-model")),
-            save_baseline=get("save-baseline"),
-            tolerances=tuple(get("tolerance") or ()),
-            alpha=get("alpha") or 0.05,
-            html=get("html"),
-            dtype=get("dtype") or "auto",
-            device_map=get("device-map"),
-        )
+        """Options from a getter of option values by spec name (pytest config or an argparse namespace).
+
+        An option the getter does not have (None: a CLI command without it) takes its spec's default;
+        repeatable options become tuples; `reports` defaults to `reports_default`.
+        """
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = cls.option_of(spec)
+            value = get(name)
+            value = OPTIONS[name].settings.get("default") if value is None else value
+            values[spec.name] = tuple(value) if isinstance(value, list) else value
+        values["reports_dir"] = values["reports_dir"] or reports_default
+        return cls(**values)
 
     @property
     def many_key(self) -> str:
