@@ -30,6 +30,12 @@ def shown(value: object, limit: int = 80, typed: bool = True) -> str:
     return f"{kind} {text}" if typed else text
 
 
+def shown_key(key: object, limit: int = 80) -> str:
+    """A key found in a file, for an error's dotted key: as it is when it is a short printable string,
+    else its bounded repr (a key can be anything a file holds)."""
+    return key if isinstance(key, str) and len(key) <= limit and key.isprintable() else shown(key, limit, typed=False)
+
+
 def printable(text: str) -> str:
     """`text` safe to print anywhere: bytes of a file name that are not UTF-8 (lone surrogates) as \\xNN."""
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import CaseError, printable, shown
+from ..infra.files import read_regular
 from .schema import CaseDefaults, FactCase, parse_case, parse_defaults
 
 DEFAULTS_FILE = "_defaults.yaml"
@@ -70,20 +70,9 @@ class _RecursiveAlias(Exception):
     pass
 
 
-def _kind(mode: int) -> str:
-    """What a file that is not a regular one is, in words."""
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
-
-
 def _regular_file_inside(path: Path, folder: Path) -> Path:
-    """Where `path` leads, refused unless it is a regular file inside `folder` (links followed).
-
-    Checked with stat before anything is opened: opening a FIFO blocks, and a device can be endless or
-    act on open. A link out of the folder could show a file of the CI runner (a token) in an error.
-    """
+    """Where `path` leads, refused unless it lies inside `folder` (links followed): a link out of the
+    folder could show a file of the CI runner (a token) in an error. `read_regular` checks its kind."""
     try:
         target, base = Path(path).resolve(), Path(folder).resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
@@ -95,26 +84,18 @@ def _regular_file_inside(path: Path, folder: Path) -> Path:
             f"expected a file inside the case folder {printable(str(base))}, found a symlink that leads out "
             "of it: a case file is read from its folder only; copy the file in instead",
         )
-    try:
-        mode = target.stat().st_mode
-    except OSError as exc:
-        raise CaseError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
-    if not stat.S_ISREG(mode):
-        raise CaseError(path, None, f"expected a regular file, found {_kind(mode)}: a case file is YAML text")
     return target
 
 
 def _read_text(path: Path, folder: Path) -> str:
     """The file's text, from at most MAX_FILE_BYTES + 1 bytes read (the size on disk is not trusted)."""
     target = _regular_file_inside(path, folder)
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with os.fdopen(os.open(target, flags), "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the check
-                raise CaseError(path, None, "expected a regular file, found another kind: a case file is YAML text")
-            data = handle.read(MAX_FILE_BYTES + 1)
+        data, kind = read_regular(target, MAX_FILE_BYTES)
     except OSError as exc:
         raise CaseError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
+    if kind:
+        raise CaseError(path, None, f"expected a regular file, found {kind}: a case file is YAML text")
     if len(data) > MAX_FILE_BYTES:
         raise CaseError(path, None, f"the file is larger than {MAX_FILE_BYTES:,} bytes: not a fact case")
     try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import CaseError, did_you_mean, shown
+from ..errors import CaseError, did_you_mean, shown, shown_key
 from ..metrics.answers import matches
 from ..metrics.spec import METRIC_BY_NAME, threshold_problem
 from ..model.text import Chat, ChatFormat
@@ -85,10 +85,6 @@ def _at_most(path: Path, key: str, count: int, cap: int, what: str) -> None:
         )
 
 
-def _key_part(key: object) -> str:
-    return key if isinstance(key, str) and len(key) <= 80 and key.isprintable() else shown(key, typed=False)
-
-
 def _bounded_values(path: Path, data: Mapping[str, Any]) -> None:
     """Every text at most MAX_TEXT_CHARS and every number finite, wherever it sits (`method`'s numbers are
     checked by its settings, with their own key): a `.nan` answer would become the answer "nan"."""
@@ -105,7 +101,7 @@ def _bounded_values(path: Path, data: Mapping[str, Any]) -> None:
         if isinstance(value, float) and not math.isfinite(value) and not key.startswith("method"):
             raise CaseError(path, key, f"expected a finite number, found {shown(value)}")
         if isinstance(value, dict):
-            pending += [(f"{key}.{_key_part(k)}", v) for k, v in reversed(list(value.items()))]
+            pending += [(f"{key}.{shown_key(k)}", v) for k, v in reversed(list(value.items()))]
         elif isinstance(value, list):
             pending += [(f"{key}[{i}]", v) for i, v in reversed(list(enumerate(value)))]
 

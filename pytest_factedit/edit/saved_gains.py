@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SavedEditError, shown
+from ..errors import SavedEditError, shown, shown_key
+from ..infra.files import read_regular
 from .keys import is_conv1d
 from .words import ENDS_SENTENCE, ENDS_WORD, JOINS, NAME_WORD
 
@@ -54,11 +55,6 @@ def kind_of(value: object) -> str:
     return shown(value) if value is None or isinstance(value, (bool, int, float, list, dict)) else type(value).__name__
 
 
-def key_name(key: object) -> str:
-    """A key found in a file, fit for an error message (bounded, printable)."""
-    return key if isinstance(key, str) and len(key) <= 40 and key.isprintable() else shown(key, 40, typed=False)
-
-
 def file_inside(path: Path) -> Path:
     """`path`, refused when it is a link that leads out of its folder (a saved edit reads nothing from elsewhere)."""
     if not path.resolve().is_relative_to(path.parent.resolve()):
@@ -68,14 +64,14 @@ def file_inside(path: Path) -> Path:
 
 def read_saved_json(path: Path) -> object:
     """A saved edit's JSON file, at most MAX_JSON_BYTES, as UTF-8 JSON; any other content is refused."""
-    if not file_inside(path).is_file():  # not a FIFO to block on, nor a device to read forever
-        found = "no regular file" if path.exists() else "nothing"
-        raise refused(path, None, "a regular file", found, "copy the whole edit folder")
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_JSON_BYTES + 1)
+        data, kind = read_regular(file_inside(path), MAX_JSON_BYTES)
+    except FileNotFoundError as exc:
+        raise refused(path, None, "a regular file", "nothing", "copy the whole edit folder") from exc
     except OSError as exc:
         raise refused(path, None, "a readable file", exc.strerror or type(exc).__name__) from exc
+    if kind:  # not a FIFO to block on, nor a device to read forever
+        raise refused(path, None, "a regular file", "no regular file", "copy the whole edit folder")
     if len(data) > MAX_JSON_BYTES:
         raise refused(path, None, f"at most {MAX_JSON_BYTES:,} bytes", "more")
     try:
@@ -146,7 +142,7 @@ def checked_gate(path: Path, model: PreTrainedModel) -> dict[str, Any]:
         raise refused(path, None, f"a mapping with the keys {', '.join(GATE_KEYS)}", kind_of(gate))
     for key in gate:
         if key not in GATE_KEYS:
-            raise refused(path, key_name(key), f"only the keys {', '.join(GATE_KEYS)}", "another key")
+            raise refused(path, shown_key(key, 40), f"only the keys {', '.join(GATE_KEYS)}", "another key")
     for key in REQUIRED_KEYS:
         if key not in gate:
             raise refused(path, key, "the key", "nothing")
@@ -184,7 +180,7 @@ def _header_checked(path: Path, header: Mapping[str, tuple[str, list[int]]], exp
                 found = f"{dtype} of shape {tuple(shape)}"
                 raise refused(path, key, f"U8 of shape (n,), n <= {MAX_WORD_FLAGS:,}", found)
         elif key not in expected:
-            raise refused(path, key_name(key), "only the gains of gate.json's stages and modules", "another key")
+            raise refused(path, shown_key(key, 40), "only the gains of gate.json's stages and modules", "another key")
         elif dtype not in FLOAT_DTYPES or list(shape) != [expected[key]]:
             found = f"{dtype} of shape {tuple(shape)}"
             raise refused(path, key, f"a floating gain of shape ({expected[key]},) for the model's module", found)

@@ -1,4 +1,5 @@
-"""Files this package writes, reports and caches alike: replaced atomically, with the modes the umask gives."""
+"""Files this package writes, reports and caches alike: replaced atomically, with the modes the umask gives;
+and files it reads from data it does not trust: regular files only, read to a bound."""
 
 from __future__ import annotations
 
@@ -63,3 +64,28 @@ def umask_modes(folder: Path) -> Iterator[None]:
     for path, info in _regular_files(folder).items():
         if before.get(path) != (info.st_ino, info.st_mtime_ns) and stat.S_IMODE(info.st_mode) != mode:
             os.chmod(path, mode)
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def read_regular(path: Path, limit: int) -> tuple[bytes, str]:
+    """At most `limit` + 1 bytes of `path` (so a caller sees that there are more) and '', or no bytes and
+    what the path is in words (a folder, a FIFO, a device) when it is not a regular file.
+
+    Checked with stat before anything is opened (opening a FIFO blocks; a device can be endless or act on
+    open), then opened non-blocking and checked again, in case it was swapped in between; the size on disk
+    is not trusted. The OSError of a failed stat, open or read passes through.
+    """
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        return b"", file_kind(mode)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(path, flags), "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        return (handle.read(limit + 1), "") if stat.S_ISREG(mode) else (b"", file_kind(mode))

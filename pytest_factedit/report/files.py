@@ -108,6 +108,14 @@ class RunWriter:
             self.problems.setdefault("latest", skipped)
 
 
+def _read_bytes(path: Path, fix: str) -> bytes:
+    """A report file's bytes, or FactEditError naming it, why it cannot be read and `fix`."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise FactEditError(f"cannot read it: {exc.strerror or exc}. Fix: {fix}", path=path) from None
+
+
 def read_results(path: Path) -> list[CaseRecord]:
     """The records of a results.jsonl file (or of the one in a run folder), each checked against its shape:
     FactEditError naming the file and line of the first that is not UTF-8, not JSON, or not a record."""
@@ -117,10 +125,7 @@ def read_results(path: Path) -> list[CaseRecord]:
     if path.is_dir():
         path = path / RESULTS_FILE
     fix = "name the results.jsonl a pytest run with the plugin wrote, or rerun the suite"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FactEditError(f"cannot read it: {exc.strerror or exc}. Fix: {fix}", path=path) from None
+    data = _read_bytes(path, fix)
     records = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         line = utf8_text(raw, path, FactEditError, fix, line=number)
@@ -141,10 +146,7 @@ def read_summary(path: Path) -> dict[str, Any]:
     from .shape import json_value, utf8_text
 
     fix = "remove it, or rerun the suite"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FactEditError(f"cannot read it: {exc.strerror or exc}. Fix: {fix}", path=path) from None
+    data = _read_bytes(path, fix)
     summary = json_value(utf8_text(data, path, FactEditError, fix), path, FactEditError, fix)
     found = summary_misfit(summary)
     if found is not None:
