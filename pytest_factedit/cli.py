@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 from .cases.ids import inside
 from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case, load_defaults
 from .edit import resolve_settings
+from .edit.reference import settings_reference
 from .edit.settings import TRACING_MODES
 from .errors import FactEditError, out_of_memory_hint, shown, terminal_text
 from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results, read_summary
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table
-from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, Options, add_options
+from .run.options import EDIT_OPTIONS, MODEL_OPTIONS, OPTIONS, Options, add_options, options_markdown
+from .run.planned import PlannedCase
 from .session import FactEditSession
 
 if TYPE_CHECKING:
@@ -156,10 +158,10 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    case, _ = _case_and_settings(args)
+    case, settings = _case_and_settings(args)  # resolved once: what was validated is what runs
     session = FactEditSession(_options(args), None)  # no report folder: the record is printed instead
     session.load_model()
-    record = session.record(args.case, case)
+    record = session.record(args.case, PlannedCase(case, settings))
     print(summary_table([record], color=sys.stdout.isatty()), end="")
     if record["status"] != "ran":
         print(terminal_text(f"{record['status']}: {record['reason']}"))
@@ -172,6 +174,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
             else f"not saved: {adapters.get('error')}"
         )
     return 0 if all(m["passed"] for m in record["metrics"].values()) else 1
+
+
+def cmd_options(args: argparse.Namespace) -> int:
+    """Print every option of a run as Markdown: docs/options.md is this output."""
+    print(options_markdown(), end="")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Print every `method:` key as Markdown: docs/settings.md is this output."""
+    print(settings_reference(), end="")
+    return 0
 
 
 def _check_import_options(args: argparse.Namespace) -> None:
@@ -235,7 +249,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _subcommand(
-    sub: argparse._SubParsersAction, name: str, help: str, options: Sequence[str] = (), root: bool = False
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    options: Sequence[str] = (),
+    root: bool = False,
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help)
     add_options(parser.add_argument, options)
@@ -244,7 +262,7 @@ def _subcommand(
     return parser
 
 
-def _import_parser(sub: argparse._SubParsersAction) -> None:
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp = _subcommand(sub, "import", "write schema-v1 cases from a public benchmark file", MODEL_OPTIONS)
     imp.add_argument("source", choices=("counterfact",))
     imp.add_argument("file", help="CounterFact JSON (a list of records)")
@@ -322,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", nargs="?", default="reports/latest", help="run folder (default: reports/latest)")
     report.add_argument("--html", metavar="OUT.html", help="where to write the page (default: RUN_DIR/report.html)")
     report.set_defaults(func=cmd_report)
+    options = sub.add_parser("options", help="print every pytest option of a run as Markdown (docs/options.md)")
+    options.set_defaults(func=cmd_options)
+    settings = sub.add_parser("settings", help="print every method: key of every editor as Markdown (docs/settings.md)")
+    settings.set_defaults(func=cmd_settings)
     return parser
 
 

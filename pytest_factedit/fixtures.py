@@ -18,11 +18,12 @@ from .cases.schema import FactCase, parse_case
 from .errors import FactEditError, MetricFailure, RestoreError, terminal_text
 from .items import RECORDS_KEY, SESSION_KEY
 from .report.tables import metric_failure
+from .run.planned import PlannedCase, plan_case
 
 if TYPE_CHECKING:
     from .edit.base import EditHandle
     from .model.load import LoadedModel
-    from .report.records import CaseRecord
+    from .report.records import AnswerRecord, CaseRecord
     from .session import FactEditSession
 
 CaseLike = Union[str, Path, FactCase, Mapping[str, Any]]  # noqa: UP007 (a runtime alias: Python 3.10 lacks Path | ...)
@@ -44,7 +45,7 @@ class EditOutcome:
         return {name: entry["value"] for name, entry in self.record["metrics"].items()}
 
     @property
-    def answers(self) -> list[dict[str, Any]]:
+    def answers(self) -> list[AnswerRecord]:
         """Every probed prompt with its base and edited answer."""
         return list(self.record["answers"])
 
@@ -102,9 +103,9 @@ class FactEditor:
         self.state = state
         self.node = node
 
-    def case(self, case: CaseLike) -> tuple[str, FactCase]:
-        """(the name its record gives as case file, the case with this run's thresholds) of a YAML path, a
-        FactCase or a mapping in the YAML schema."""
+    def case(self, case: CaseLike) -> tuple[str, PlannedCase]:
+        """(the name its record gives as case file, the case as this run runs it: its thresholds and
+        settings) of a YAML path, a FactCase or a mapping in the YAML schema."""
         if isinstance(case, (str, Path)):
             path, root = Path(case).resolve(), self.node.config.rootpath
             found = load_case(path, root=root)
@@ -116,15 +117,14 @@ class FactEditor:
             found, name = parse_case(Path(self.node.nodeid), {"id": default_id, **case}), self.node.nodeid
         else:
             raise TypeError(f"fact_edit takes a YAML path, a FactCase or a mapping, not {type(case).__name__}")
-        self.state.settings_for(found)  # a bad `method:` fails here, with its key
-        return name, self.state.for_this_run(found)
+        return name, plan_case(found, self.state.options)  # a bad `method:` fails here, with its key
 
     def __call__(self, case: CaseLike) -> EditOutcome:
         """Localize, edit, probe and measure `case`, undo the edit and verify the weights (the YAML protocol)."""
         if self.state.options.mode != "isolated":
             raise FactEditError(f"fact_edit runs isolated edits, not --factedit-mode {self.state.options.mode}")
-        case_file, found = self.case(case)
-        record = self.state.record(case_file, found)
+        case_file, planned = self.case(case)
+        record = self.state.record(case_file, planned)
         self.node.stash.setdefault(RECORDS_KEY, []).append(record)
         return EditOutcome(record)
 
@@ -137,9 +137,10 @@ class FactEditor:
         from .run.case import edited, place_edit
         from .run.outcome import CaseOutcome
 
-        _, found = self.case(case)
+        _, planned = self.case(case)
+        found = planned.case
         lm = self.state.load_model()
-        outcome = CaseOutcome(found, "ran", self.state.settings_for(found))
+        outcome = CaseOutcome(found, "ran", planned.settings)
         targets = place_edit(lm, outcome, get_editor(outcome.settings.name).scope)
         with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome) as handle:
             yield EditedModel(lm, found, handle, tuple(targets.modules))
@@ -148,9 +149,10 @@ class FactEditor:
 
     def verify(self) -> None:
         """Teardown: the whole model must equal the base; a changed one is reloaded and the test errors."""
-        problem = self.state.base_problem()
-        if problem:
-            raise RestoreError(problem)
+        if self.state.held.reload_if_changed():
+            raise RestoreError(
+                "the model's weights differed from the base after this test, so the base model was reloaded"
+            )
 
 
 def factedit_model(request: pytest.FixtureRequest) -> LoadedModel:
@@ -159,6 +161,6 @@ def factedit_model(request: pytest.FixtureRequest) -> LoadedModel:
 
 
 def fact_edit(request: pytest.FixtureRequest) -> Iterator[FactEditor]:
-    editor = FactEditor(request.config.stash[SESSION_KEY], request.node)  # type: ignore[arg-type]
+    editor = FactEditor(request.config.stash[SESSION_KEY], request.node)
     yield editor
     editor.verify()

@@ -13,7 +13,7 @@ from .errors import FactEditError, MetricFailure, terminal_text
 from .metrics.spec import MANY_METRICS, METRIC_BY_ITEM, METRIC_BY_NAME, METRICS, thresholds_with
 from .metrics.verdict import judge
 from .report.tables import many_failure_details, metric_failure, suite_baseline_failure, suite_details
-from .session import Suite
+from .run.planned import PlannedCase, Suite, plan_case, suite_thresholds
 
 if TYPE_CHECKING:
     from _pytest._code.code import TerminalRepr
@@ -37,20 +37,24 @@ class CaseFile(pytest.File):
     def collect(self) -> Iterator[FactCaseNode]:
         try:
             state = self.config.stash[SESSION_KEY]
-            case = state.for_this_run(load_case(self.path, root=self.config.rootpath, folder=self.folder))
+            case = load_case(self.path, root=self.config.rootpath, folder=self.folder)
             claim_id(state.case_ids, case, self.path)  # a second file with the same id fails here
-            state.settings_for(case)  # an invalid `method:` fails here, at collection
+            planned = plan_case(case, state.options)  # an invalid `method:` fails here, at collection
         except FactEditError as exc:
             raise self.CollectError(str(exc if exc.path else exc.at(self.path))) from exc
-        yield FactCaseNode.from_parent(self, name=case.id, case=case)
+        yield FactCaseNode.from_parent(self, name=case.id, planned=planned)
 
 
 class FactCaseNode(pytest.Collector):
-    """One case: its metric items share one edit."""
+    """One case: its metric items share one edit, made with the settings resolved here, at collection."""
 
-    def __init__(self, *, case: FactCase, **kwargs: Any) -> None:
+    def __init__(self, *, planned: PlannedCase, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.case = case
+        self.planned = planned
+
+    @property
+    def case(self) -> FactCase:
+        return self.planned.case
 
     def collect(self) -> Iterator[MetricItem]:
         """One item per gated metric: those with a default threshold, and those the case sets one for."""
@@ -109,12 +113,16 @@ class MetricItem(GateItem):
         self.metric = metric
 
     @property
-    def case(self) -> FactCase:
+    def planned(self) -> PlannedCase:
         assert isinstance(self.parent, FactCaseNode)
-        return self.parent.case
+        return self.parent.planned
+
+    @property
+    def case(self) -> FactCase:
+        return self.planned.case
 
     def runtest(self) -> None:
-        record = self.config.stash[SESSION_KEY].record(case_file_of(self), self.case)
+        record = self.config.stash[SESSION_KEY].record(case_file_of(self), self.planned)
         self.stash.setdefault(RECORDS_KEY, []).append(record)
         if record["status"] == "error":
             raise MetricFailure(f"case {self.case.id} could not run: {record['reason']}")
@@ -157,12 +165,12 @@ class ManyItem(GateItem):
         return self.path, 0, f"{self.parent.name if self.parent else ''}::{self.metric}"
 
 
-def cases_in_order(items: list[pytest.Item]) -> list[tuple[str, FactCase]]:
-    """(case file, case) of every collected case, in collection order."""
-    seen: dict[int, tuple[str, FactCase]] = {}
+def cases_in_order(items: list[pytest.Item]) -> list[tuple[str, PlannedCase]]:
+    """(case file, case as planned) of every collected case, in collection order."""
+    seen: dict[int, tuple[str, PlannedCase]] = {}
     for item in items:
         if isinstance(item, MetricItem) and id(item.parent) not in seen:
-            seen[id(item.parent)] = (case_file_of(item), item.case)
+            seen[id(item.parent)] = (case_file_of(item), item.planned)
     return list(seen.values())
 
 
@@ -234,7 +242,7 @@ def suite_plan(root: Path, case_files: list[tuple[str, str]], state: FactEditSes
         Suite(
             str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder),
             tuple(cases),
-            state.suite_thresholds(dict(defaults_for(folder / DEFAULTS_FILE, root).suite_thresholds)),
+            suite_thresholds(dict(defaults_for(folder / DEFAULTS_FILE, root).suite_thresholds), state.options),
         )
         for folder, cases in members.items()
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +55,7 @@ class Hookspecs:
 
     @staticmethod
     @pytest.hookspec
-    def pytest_factedit_editors(config: pytest.Config) -> list[type]:  # type: ignore[empty-body]
+    def pytest_factedit_editors(config: pytest.Config) -> list[type]:  # type: ignore[empty-body]  # a hookspec has no body
         """Return editor classes to register (the interface of `pytest_factedit.edit.Editor`; peft adapter
         methods can subclass `pytest_factedit.edit.PeftStagedEditor`); cases name them in `method.name`."""
 
@@ -84,7 +84,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SessionHooks(state, config), "factedit-session")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state, config), "factedit-xdist")
-    state.worker = worker_of(config)
+    state.held.worker = worker_of(config)
 
 
 def _register_hook_editors(config: pytest.Config) -> None:
@@ -145,10 +145,10 @@ class SessionHooks:
         between pytest's lines; the items then judge the record it left. (Not tryfirst: inside pytest's
         own wrappers, so warnings are still caught for the item.)"""
         display = self._display()
-        if isinstance(item, MetricItem) and display and not self.state.has_record(case_file_of(item), item.case):
+        if isinstance(item, MetricItem) and display and not self.state.has_record(case_file_of(item), item.case.id):
             started = time.perf_counter()
             with display.showing(lambda progress: progress.case(item.case.id)):
-                self.state.record(case_file_of(item), item.case)
+                self.state.record(case_file_of(item), item.planned)
             item.stash[CASE_SECONDS_KEY] = time.perf_counter() - started  # counted in its call report
         return (yield)
 
@@ -206,13 +206,15 @@ class SessionHooks:
             if self.state.many_cases:
                 items.extend(many_items(session, self.state.options.many_key))
         cases = cases_in_order(items)
-        self.state.cases = {(case_file, case.id): case for case_file, case in cases}
+        self.state.cases = {(case_file, planned.case.id): planned for case_file, planned in cases}
         self.state.suites = suite_plan(config.rootpath, list(self.state.cases), self.state)
         if not is_xdist_worker(config):  # under xdist the controller pools the suites (see xdist.py)
             items.extend(suite_items(session, self.state.suites, items))
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         if call.when == "call":
             setattr(report, RECORDS_ATTRIBUTE, item.stash.get(RECORDS_KEY, []))

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 from .cases.loader import is_case_file
 from .items import junit_properties, suite_failure, suite_metrics, suite_plan, suite_skip_reason
 from .metrics.spec import METRIC_BY_ITEM, METRIC_BY_NAME
+from .report.baseline import suite_row
 
 if TYPE_CHECKING:
     from .report.records import SuiteRecord
-    from .session import FactEditSession, Suite
+    from .run.planned import Suite
+    from .session import FactEditSession
 
 
 def is_xdist_worker(config: pytest.Config) -> bool:
@@ -36,6 +38,7 @@ def worker_index(config: pytest.Config) -> int | None:
     """The number of this xdist worker (gw3 -> 3), or None outside a worker."""
     if not is_xdist_worker(config):
         return None
+    # xdist sets `workerinput` on a worker's config; pytest.Config does not declare it
     worker_id = str(config.workerinput.get("workerid", "gw0"))  # type: ignore[attr-defined]
     digits = worker_id.lstrip("gw")
     return int(digits) if digits.isdigit() else 0
@@ -48,7 +51,7 @@ def _report(session: pytest.Session, suite: Suite, metric: str, row: SuiteRecord
     location = (suite.folder, None, f"{suite.folder}::suite::{metric}")
     failure = suite_failure(row)
     longrepr: str | tuple[str, int, str] | None = failure
-    outcome = "failed" if failure else "passed"
+    outcome: Literal["passed", "failed", "skipped"] = "failed" if failure else "passed"
     if failure is None and row["value"] is None:
         outcome = "skipped"
         longrepr = (suite.folder, 0, f"Skipped: {suite_skip_reason(row)}")
@@ -59,9 +62,9 @@ def _report(session: pytest.Session, suite: Suite, metric: str, row: SuiteRecord
             nodeid,
             location,
             {},
-            outcome if when == "call" else "passed",  # type: ignore[arg-type]
+            outcome if when == "call" else "passed",
             longrepr if when == "call" else None,
-            when,  # type: ignore[arg-type]
+            when,
             user_properties=junit_properties(metric, row) if when != "setup" else [],  # junit reads teardown's
         )
         hook.pytest_runtest_logreport(report=report)
@@ -88,7 +91,7 @@ def controller_suite_reports(session: pytest.Session, state: FactEditSession) ->
     records = state.records()
     for suite, metric in state.planned_suite_items:
         members = [r for r in records if (r["case_file"], r["case_id"]) in set(suite.members)]
-        _report(session, suite, metric, state.suite_row(suite, metric, members))
+        _report(session, suite, metric, suite_row(suite, metric, members, state.baseline))
 
 
 class XdistHooks:
@@ -117,4 +120,4 @@ def worker_of(config: pytest.Config) -> tuple[int, int] | None:
     index = worker_index(config)
     if index is None:
         return None
-    return index, int(config.workerinput.get("workercount", 1))  # type: ignore[attr-defined]
+    return index, int(config.workerinput.get("workercount", 1))  # type: ignore[attr-defined]  # as in worker_index

@@ -4,6 +4,7 @@ short functions. (One-way imports are checked by `lint-imports`, style by `ruff`
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -113,3 +114,36 @@ def test_options_read_back_the_defaults_of_their_specs() -> None:
     assert options.model == "tiny" and options.thresholds == (("forget_rate", 0.9),)
     assert options.reports_dir == Path("reports-here") and options.mode == "isolated" and options.alpha == 0.05
     assert options.dtype == "auto" and options.show_trace is False and options.tolerances == ()
+
+
+def diagram_modules() -> dict[str, set[str]]:
+    """Package -> the module names docs/architecture.md's diagram lists on that package's node."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named: dict[str, set[str]] = {}
+    for package, listed in re.findall(r'\b(\w+)\["\1/ — ([^"]*)"\]', text):
+        without_notes = re.sub(r"\([^)]*\)", "", listed)
+        named[package] = {part.strip().removesuffix(".py") for part in without_notes.split("·") if part.strip()}
+    return named
+
+
+def test_the_architecture_diagram_names_every_module_and_no_other() -> None:
+    named = diagram_modules()
+    for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and p.name in NOUNS):
+        modules = {p.stem for p in folder.glob("*.py") if p.name != "__init__.py"}
+        listed = named.get(folder.name, set())
+        assert not modules - listed, f"docs/architecture.md: {folder.name}/ misses {sorted(modules - listed)}"
+        assert not listed - modules, f"docs/architecture.md: {folder.name}/ names {sorted(listed - modules)}, not files"
+
+
+def test_every_file_the_architecture_page_cites_exists() -> None:
+    """A path must exist from the repository or package root; a bare file name somewhere in the repository."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    cited = set(re.findall(r"`((?:[\w.-]+/)*[\w.-]+\.(?:py|toml|md|yml|yaml))", text))
+    tracked = {p.name for folder in (PACKAGE, REPO / "fact_cases", REPO / "docs") for p in folder.rglob("*")}
+    tracked |= {p.name for p in REPO.iterdir()}
+    missing = [
+        path
+        for path in sorted(cited)
+        if not ((REPO / path).exists() or (PACKAGE / path).exists() or ("/" not in path and path in tracked))
+    ]
+    assert not missing, f"docs/architecture.md cites files that are not in the repository: {missing}"

@@ -155,9 +155,9 @@ def test_chat_cases_run_end_to_end_through_the_plugin_and_a_wrong_old_is_skipped
     assert "does not give the old answer" in result.stdout.str()
 
 
-def test_the_readme_s_phi3_chat_case_is_a_valid_case(tmp_path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    block = next(b for b in readme.split("```yaml\n")[1:] if "id: pytorch-developer" in b).split("```")[0]
+def test_the_models_page_s_phi3_chat_case_is_a_valid_case(tmp_path) -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text(encoding="utf-8")
+    block = next(b for b in page.split("```yaml\n")[1:] if "id: pytorch-developer" in b).split("```")[0]
     case = load_case(write(tmp_path, "pytorch-developer.yaml", block))
     assert case.chat_format == ChatFormat("Answer with the name of the company only.")
     assert case.old == ("Meta", "Facebook") and case.new == ("Google",) and case.prompts[0] == "Who developed PyTorch?"

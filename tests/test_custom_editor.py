@@ -52,7 +52,7 @@ def test_the_example_editor_runs_a_case_and_restores_the_base(pytester: pytest.P
 
 def test_a_bad_editor_from_the_hook_stops_the_run_at_start_up(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
-        "class Clash:\n    name = 'lora'\n    scope = 'localized'\n    defaults = {}\n"
+        "class Clash:\n    name = 'lora'\n    scope = 'localized'\n"
         "    def apply(self, *args):\n        raise NotImplementedError\n\n"
         "def pytest_factedit_editors(config):\n    return [Clash]\n"
     )
@@ -67,8 +67,7 @@ def test_a_bad_editor_from_the_hook_stops_the_run_at_start_up(pytester: pytest.P
     [
         ("name = 'Bad Name'", "`name` must be a lower-case name"),
         ("name = 'x'\n    scope = 'everywhere'", "`scope` must be one of localized, all-layers, all-weights"),
-        ("name = 'x'\n    scope = 'localized'\n    defaults = None", "`defaults` must be a mapping"),
-        ("name = 'x'\n    scope = 'localized'\n    defaults = {}", "it needs apply"),
+        ("name = 'x'\n    scope = 'localized'", "it needs apply"),
     ],
 )
 def test_registration_checks_the_interface(registry: dict, body: str, message: str) -> None:
@@ -82,8 +81,12 @@ def test_an_installed_package_declares_editors_by_entry_point(
     registry: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gentle = (
-        "from pytest_factedit.edit import IA3TwoStageEditor\n\n"
-        "class Gentle(IA3TwoStageEditor):\n    name = 'ia3-gentle'\n    defaults = {'lr': 0.01}\n"
+        "from dataclasses import dataclass\n\n"
+        "from pytest_factedit.edit import IA3TwoStageEditor, IA3TwoStageSettings, changed_default\n\n"
+        "@dataclass(frozen=True)\n"
+        "class GentleSettings(IA3TwoStageSettings):\n"
+        "    lr: float = changed_default(IA3TwoStageSettings, 'lr', 0.01)\n\n"
+        "class Gentle(IA3TwoStageEditor):\n    name = 'ia3-gentle'\n    settings_class = GentleSettings\n"
     )
     installed_package(tmp_path, monkeypatch, {"my_editors": gentle}, {"ia3-gentle": "my_editors:Gentle"})
     monkeypatch.setattr(edit, "_installed", [])

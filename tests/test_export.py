@@ -35,8 +35,8 @@ def write_case(tmp_path: Path, old: str, method: str = "ia3-two-stage", gains: s
     case.write_text(
         f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: {new}\n"
         "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
-        f"method: {{name: {method}, lr: 0.3, unlearn_max_steps: 4, learn_max_steps: 8, guard_tokens: 1"
-        + (f", gain_positions: {gains}}}\n" if method.startswith("ia3") else "}\n")
+        f"method: {{name: {method}, lr: 0.3, learn_max_steps: 8, guard_tokens: 1"
+        + (f", unlearn_max_steps: 4, gain_positions: {gains}}}\n" if method == "ia3-two-stage" else "}\n")
     )
     return case
 
@@ -187,7 +187,7 @@ def write_batch_cases(cases: Path, old: str, second_old: str) -> None:
     (cases / "third.yaml").write_text(
         f"subject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\nnew: Berlin\n"
         "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
-        + method.replace("{", "{name: lora, ")
+        "method: {name: lora, lr: 0.3, learn_max_steps: 8, guard_tokens: 1, localize: none}\n"
     )
 
 

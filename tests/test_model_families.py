@@ -17,7 +17,7 @@ from pytest_factedit.model.introspect import read_layout
 from pytest_factedit.model.targets import layer_targets
 from pytest_factedit.model.weights import weights_fingerprint
 
-from .test_editors import EXPECTED_STAGES, FAST, KEY_VALUE, targets_for
+from .test_editors import EXPECTED_STAGES, FAST, fast_settings, targets_for
 from .tiny import FAMILIES, REQUEST, assert_identical, family_model, snapshot, word_tokenizer
 
 # What introspection reads in each family: the layer list, the attention modules, the MLP modules and the
@@ -122,11 +122,9 @@ def test_every_editor_edits_each_family_and_restores_it_bit_identical(model_type
     tok = word_tokenizer()
     model = family_model(model_type, len(tok))
     before = snapshot(model)
-    extra = KEY_VALUE if name in ("rome", "alphaedit") else {}
-    request = dataclasses.replace(REQUEST, subject="city of") if extra else REQUEST
-    lr = {"full-ft": 1e-2, "lora": 5e-2, "ft-m": 5e-2}.get(name, 0.3)
+    request = dataclasses.replace(REQUEST, subject="city of") if name in ("rome", "alphaedit") else REQUEST
     editor = get_editor(name)
-    settings = resolve_settings({"name": name, "lr": lr, **FAST, **extra})
+    settings = resolve_settings(fast_settings(name))
     with editor.apply(model, tok, request, targets_for(editor, model, attention=(0,)), settings) as applied:
         assert [s.name for s in applied.stages] == EXPECTED_STAGES[name]
         assert applied.trainable_parameters > 0

@@ -103,8 +103,9 @@ def test_localization_and_edits_work_with_layers_behind_accelerate_hooks(folder)
     found = localize(model, tok, FactPrompts(REQUEST.prompts, REQUEST.subject, old, answer))
     targets = layer_targets(model, found.mlp_layers, found.attention_layers, "localized")
     request = dataclasses.replace(REQUEST, old=(old,), new=("Rome" if old != "Rome" else "London",))
-    for name in ("ia3-two-stage", "rome"):
-        settings = resolve_settings({"name": name, "lr": 0.3, "unlearn_max_steps": 2, "learn_max_steps": 2})
+    fast = {"ia3-two-stage": {"lr": 0.3, "unlearn_max_steps": 2, "learn_max_steps": 2}, "rome": {}}
+    for name, own in fast.items():
+        settings = resolve_settings({"name": name, **own})
         with get_editor(name).apply(model, tok, request, targets, settings) as applied:
             assert applied.stages
     assert_identical(model, before)

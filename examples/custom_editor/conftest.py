@@ -8,7 +8,19 @@ the built-in editors. An installed package can declare it instead, in its pyproj
     lora-two-stage = "my_package.editors:LoraTwoStageEditor"
 """
 
-from pytest_factedit.edit import PeftStagedEditor
+from dataclasses import dataclass
+
+from pytest_factedit.edit import LoraSettings, PeftStagedEditor, UnlearnStageSettings, changed_default, setting
+
+
+@dataclass(frozen=True)
+class LoraTwoStageSettings(LoraSettings, UnlearnStageSettings):
+    """Its `method:` keys: lora's (lora_rank), the unlearn stage's (unlearn_max_steps, unlearn_stop_prob),
+    those of the shared training loop, and one of its own; its defaults are the fields' defaults."""
+
+    # an editor's own default is its field's default (this one is lora's); YAML and the command line still win
+    lr: float = changed_default(LoraSettings, "lr", 2e-3)
+    alpha_per_rank: float = setting(2.0, "positive", "LoRA alpha as a multiple of lora_rank")  # its own key
 
 
 class LoraTwoStageEditor(PeftStagedEditor):
@@ -17,13 +29,14 @@ class LoraTwoStageEditor(PeftStagedEditor):
     name = "lora-two-stage"
     scope = "localized"  # given the localized modules (or "all-layers", "all-weights")
     stages = ("unlearn", "learn")
-    defaults = {"lr": 2e-3}  # its own defaults: YAML and the command line still win
+    settings_class = LoraTwoStageSettings  # a key it does not declare is refused, with a did-you-mean
 
     def config(self, targets, settings):
         from peft import LoraConfig
 
         rank = settings.lora_rank
-        return LoraConfig(target_modules=list(targets.modules), r=rank, lora_alpha=2 * rank, lora_dropout=0.0)
+        alpha = settings.alpha_per_rank * rank
+        return LoraConfig(target_modules=list(targets.modules), r=rank, lora_alpha=alpha, lora_dropout=0.0)
 
 
 def pytest_factedit_editors(config):

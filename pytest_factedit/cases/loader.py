@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -28,6 +28,7 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.first = key, line, first
 
 
+# the base is picked at import (libyaml's loader where installed), which mypy cannot type
 class _CaseLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """yaml's safe loader (libyaml's where installed) that refuses a key given twice in one mapping."""
 
@@ -39,7 +40,8 @@ class _CaseLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignor
                 if key in seen:
                     raise _DuplicateKey(key_node.value, line, seen[key])
                 seen[key] = line
-        return super().construct_mapping(node, deep)
+        # the base class is chosen at import (libyaml's or Python's), so mypy sees Any; a mapping node gives a dict
+        return cast("dict[Any, Any]", super().construct_mapping(node, deep))
 
 
 def _expanded_size(root: Node, cap: int) -> int:

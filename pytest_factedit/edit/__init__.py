@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from importlib import metadata
 from typing import Any, get_args
 
-from ..errors import FactEditError, MethodError, shown
-from .alphaedit import AlphaEditEditor
+from ..errors import FactEditError, MethodError, did_you_mean, shown
+from .alphaedit import AlphaEditEditor, AlphaEditSettings
 from .base import EditHandle, Editor, EditRequest, Scope
-from .full_ft import FullFineTuneEditor, MlpFineTuneEditor
-from .peft_staged import IA3AllLayersEditor, IA3SingleStageEditor, IA3TwoStageEditor, LoraEditor, PeftStagedEditor
+from .full_ft import FullFineTuneEditor, FullFineTuneSettings, MlpFineTuneEditor, MlpFineTuneSettings
+from .ia3 import IA3AllLayersEditor, IA3Settings, IA3SingleStageEditor, IA3TwoStageEditor, IA3TwoStageSettings
+from .peft_staged import LoraEditor, LoraSettings, PeftStagedEditor, PeftStageTrainer
+from .rank_one import KeyValueSettings
 from .rome import RomeEditor
-from .settings import EditSettings, settings_from
+from .settings import (
+    DEFAULT_METHOD,
+    EditSettings,
+    KeyStatisticsSettings,
+    PromptSettings,
+    TrainingLoopSettings,
+    UnlearnStageSettings,
+    changed_default,
+    setting,
+    unknown_key,
+)
 
 ENTRY_POINT_GROUP = "pytest_factedit.editors"
 EDITORS: dict[str, type[Editor]] = {
@@ -49,10 +62,36 @@ def _problem(cls: Any) -> str:
         return f"`name` must be a lower-case name (letters, digits, '.', '_', '-'), found {name!r}"
     if getattr(cls, "scope", None) not in get_args(Scope):
         return f"`scope` must be one of {', '.join(get_args(Scope))}, found {getattr(cls, 'scope', None)!r}"
-    if not isinstance(getattr(cls, "defaults", None), Mapping):
-        return "`defaults` must be a mapping of setting name to value (may be empty)"
+    problem = _settings_problem(cls)
+    if problem:
+        return problem
     if not callable(getattr(cls, "apply", None)):
         return "it needs apply(model, tokenizer, request, targets, settings) returning an EditHandle"
+    return ""
+
+
+def _settings_problem(cls: type) -> str:
+    """Why the settings `cls` declares cannot be an editor's ('' when they can): `settings_class`, optional,
+    must be a frozen dataclass deriving from EditSettings whose every field has a rule its default keeps."""
+    if hasattr(cls, "defaults"):
+        return (
+            "`defaults` is no longer read: declare the editor's settings as a @dataclass(frozen=True) deriving "
+            "from a shared part (edit/settings.py), its own defaults as the fields' defaults, and name it in "
+            "`settings_class` (examples/custom_editor/conftest.py)"
+        )
+    declared = getattr(cls, "settings_class", TrainingLoopSettings)
+    if not isinstance(declared, type) or not issubclass(declared, EditSettings):
+        return f"`settings_class` must be a dataclass deriving from EditSettings, found {shown(declared)}"
+    params = vars(declared).get("__dataclass_params__")
+    if params is None or not params.frozen:
+        return f"`settings_class` {declared.__qualname__} must be decorated with @dataclass(frozen=True)"
+    ruleless = [spec.name for spec in fields(declared) if "rule" not in spec.metadata]
+    if ruleless:
+        return f"`settings_class` {declared.__qualname__}: declare {', '.join(ruleless)} with setting(default, kind)"
+    try:
+        declared()
+    except FactEditError as exc:
+        return f"`settings_class` {declared.__qualname__}: its defaults break a rule: {exc}"
     return ""
 
 
@@ -115,39 +154,73 @@ def method_names() -> tuple[str, ...]:
     return tuple(EDITORS)
 
 
-def get_editor(name: str) -> Editor:
-    """The editor registered under `name`."""
+def editor_class(name: str) -> type[Editor]:
+    """The editor class registered under `name`; an unknown name may be a broken entry point's: said so."""
     _load_installed()
     if name not in EDITORS:
-        raise MethodError("name", f"unknown method {name!r}; known: {', '.join(EDITORS)}")
-    return EDITORS[name]()
+        broken = "".join(f"; {why}" for why in _broken.values())
+        raise MethodError(
+            "name", f"unknown method {name!r}; known: {', '.join(EDITORS)}" + did_you_mean(name, EDITORS) + broken
+        )
+    return EDITORS[name]
+
+
+def get_editor(name: str) -> Editor:
+    """The editor registered under `name`."""
+    return editor_class(name)()
+
+
+def settings_class_of(editor: type[Editor]) -> type[EditSettings]:
+    """The settings an editor reads: its `settings_class`, or TrainingLoopSettings when it declares none."""
+    declared: type[EditSettings] = getattr(editor, "settings_class", TrainingLoopSettings)
+    return declared
 
 
 def resolve_settings(method: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> EditSettings:
-    """Validated settings for a case's `method:` mapping and command-line overrides (method defaults first)."""
-    names = method_names()
-    try:
-        return settings_from(method, names, overrides, {name: cls.defaults for name, cls in EDITORS.items()})
-    except MethodError as exc:  # an unknown method may be a broken entry point's: say why it is missing
-        if exc.key != "method.name" or not _broken or "unknown method" not in exc.message:
-            raise
-        raise MethodError("name", f"{exc.message}; {'; '.join(_broken.values())}") from exc
+    """Validated settings for a case's `method:` mapping and command-line overrides (which win), as the
+    chosen editor's settings class. A key that class does not declare is refused, naming the editors
+    that read it."""
+    merged = {**dict(method), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    name = EditSettings.checked("name", merged.get("name", DEFAULT_METHOD))
+    chosen = settings_class_of(editor_class(name))
+    declared = chosen.keys()
+    for key in merged:
+        if key not in declared:
+            readers = tuple(other for other, cls in EDITORS.items() if key in settings_class_of(cls).keys())
+            raise unknown_key(key, name, declared, readers)
+    return chosen(**{**merged, "name": name})
 
 
 __all__ = [
     "EDITORS",
     "ENTRY_POINT_GROUP",
-    "PeftStagedEditor",
-    "register_editor",
+    "AlphaEditSettings",
     "EditHandle",
     "EditRequest",
     "EditSettings",
     "Editor",
+    "FullFineTuneSettings",
+    "IA3Settings",
     "IA3TwoStageEditor",
+    "IA3TwoStageSettings",
+    "KeyStatisticsSettings",
+    "KeyValueSettings",
+    "LoraSettings",
     "MethodError",
+    "MlpFineTuneSettings",
+    "PeftStageTrainer",
+    "PeftStagedEditor",
+    "PromptSettings",
+    "TrainingLoopSettings",
+    "UnlearnStageSettings",
+    "changed_default",
+    "editor_class",
     "get_editor",
     "installed_editor_problems",
     "method_names",
+    "register_editor",
     "register_hook_editors",
     "resolve_settings",
+    "setting",
+    "settings_class_of",
 ]

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from ..model.generated import model_identity
+from ..model.introspect import weight_of
 from ..model.weights import weights_fingerprint
 from .base import EditRequest
 from .full_ft import WeightsEdit
 from .keys import key_second_moment, weight_update
-from .rank_one import fact_key_value
+from .rank_one import KeyValueSettings, fact_key_value
 from .rome import KeyValueEditor
-from .settings import EditSettings
+from .settings import setting
 
 if TYPE_CHECKING:
     import torch
@@ -62,13 +64,26 @@ def alphaedit_change(
     k1, r = keys.double(), deltas.double()
     gram = k1 @ k1.T + (earlier.double() @ earlier.double().T if earlier is not None else 0)
     lhs = projector @ gram + ridge * torch.eye(k1.shape[0], dtype=k1.dtype, device=k1.device)
-    return torch.linalg.solve(lhs, projector @ k1 @ r.T).T
+    # torch.linalg's functions are bound from C and typed Any; solve gives a tensor
+    return cast("torch.Tensor", torch.linalg.solve(lhs, projector @ k1 @ r.T)).T
+
+
+@dataclass(frozen=True)
+class AlphaEditSettings(KeyValueSettings):
+    """alphaedit's settings: rome's, with the null space the update is projected onto and its ridge."""
+
+    nullspace_threshold: float = setting(
+        0.02, "probability", "the null space: key directions whose eigenvalue is below this x the largest"
+    )
+    update_ridge: float = setting(1.0, "non-negative", "ridge of the closed-form update")
 
 
 class AlphaEditEditor(KeyValueEditor):
-    """Every fact's key and value found on the model as it is, then one projected update for all."""
+    """AlphaEdit: every fact's key and value found on the model as it is, then one update for all, projected
+    onto the null space of the keys other knowledge uses."""
 
     name = "alphaedit"
+    settings_class = AlphaEditSettings
 
     def update(
         self,
@@ -76,24 +91,25 @@ class AlphaEditEditor(KeyValueEditor):
         tokenizer: PreTrainedTokenizerBase,
         name: str,
         requests: Sequence[EditRequest],
-        settings: EditSettings,
+        settings: KeyValueSettings,
         prefixes: Sequence[str],
         edit: WeightsEdit,
     ) -> None:
         import torch
 
+        own = AlphaEditSettings.of(settings)
         module = model.get_submodule(name)
-        moment = key_second_moment(model, tokenizer, name, settings.key_positions_per_dim)
-        index = (model_identity(model), name, settings.key_positions_per_dim)
-        projector = null_space_projector(moment, settings.nullspace_threshold, index).to(module.weight.device)
+        moment = key_second_moment(model, tokenizer, name, own.key_positions_per_dim)
+        index = (model_identity(model), name, own.key_positions_per_dim)
+        projector = null_space_projector(moment, own.nullspace_threshold, index).to(weight_of(module).device)
         targets = [fact_key_value(model, tokenizer, name, r, settings, prefixes) for r in requests]
         edit.stages += [t.stage for t in targets]
         keys = torch.stack([t.key for t in targets], dim=1)
         deltas = torch.stack([t.delta for t in targets], dim=1)
         earlier = kept_keys(model, name)
         with torch.no_grad():
-            change = alphaedit_change(projector, keys, deltas, earlier, settings.update_ridge)
-            module.weight.add_(weight_update(module, change))
+            change = alphaedit_change(projector, keys, deltas, earlier, own.update_ridge)
+            weight_of(module).add_(weight_update(module, change))
         every = keys if earlier is None else torch.cat([earlier.to(keys.device), keys], dim=1)
 
         def keep() -> None:

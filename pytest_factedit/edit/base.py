@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +107,7 @@ class AppliedEdit(EditHandle):
     """Adapters live on the model until `remove()`, which restores the base modules untouched."""
 
     peft_model: PeftModel
+    model: PreTrainedModel  # the model the adapters wrap, kept as given: peft hands it back typed as a Module
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -143,14 +144,15 @@ class AppliedEdit(EditHandle):
     def merge(self) -> PreTrainedModel:
         """Fold every stage into the base weights (sequential editing); returns the base model."""
         self.removed = True
-        return self.peft_model.merge_and_unload(adapter_names=[stage.name for stage in self.stages])
+        self.peft_model.merge_and_unload(adapter_names=[stage.name for stage in self.stages])
+        return self.model
 
     def remove(self) -> PreTrainedModel:
         """Unload every adapter without merging; returns the base model."""
-        if self.removed:
-            return self.peft_model.base_model.model
-        self.removed = True
-        return self.peft_model.unload()
+        if not self.removed:
+            self.removed = True
+            self.peft_model.unload()
+        return self.model
 
 
 # model -> edits a sequential run keeps as hooks rather than folded weights, until the run releases them
@@ -177,12 +179,16 @@ class Editor(Protocol):
     """An editing method: applies an edit to `model` in place and returns the handle that removes it.
 
     `request` is one fact, or several trained together into one edit (batch mode). `scope` says which
-    targets the runner gives it; `defaults` are the method's own setting defaults.
+    targets the runner gives it. `settings_class` is the frozen dataclass of its `method:` keys, derived
+    from the shared parts it reads (edit/settings.py), its own defaults written as the fields' defaults;
+    `apply` is given an instance of it. A class may leave it out: it then reads TrainingLoopSettings.
     """
 
     name: ClassVar[str]
     scope: ClassVar[Scope]
-    defaults: ClassVar[Mapping[str, Any]]
+
+    @property
+    def settings_class(self) -> type[EditSettings]: ...
 
     def apply(
         self,

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import MethodError
+from ..model.introspect import weight_of
 from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from ..model.weights import copy_into, restored_weights, snapshot
 from .base import EditHandle, EditRequest, Scope
 from .objectives import build_objectives
-from .settings import EditSettings
+from .settings import EditSettings, TrainingLoopSettings, changed_default
 from .training import train_stage
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class WeightsEdit(EditHandle):
     """An edit made in the weights themselves; `remove()` copies the saved originals back."""
 
     model: PreTrainedModel
-    params: list[torch.nn.Parameter]
+    params: list[torch.Tensor]  # the weights trained in place
     originals: list[torch.Tensor]
     on_merge: Callable[[], None] | None = None  # what an editor keeps once the edit is kept (alphaedit's keys)
 
@@ -61,13 +62,23 @@ class WeightsEdit(EditHandle):
         return self.model
 
 
+@dataclass(frozen=True)
+class FullFineTuneSettings(TrainingLoopSettings):
+    """full-ft's settings: the paper's foil, plain fine-tuning of every weight on the new answer, with a
+    small learning rate and without retention or guard."""
+
+    lr: float = changed_default(TrainingLoopSettings, "lr", 2e-5)
+    kl_weight: float = changed_default(TrainingLoopSettings, "kl_weight", 0.0)
+    guard_weight: float = changed_default(TrainingLoopSettings, "guard_weight", 0.0)
+
+
 class FullFineTuneEditor:
-    """Adam on all weights, learn goal only; no retention term and no guard unless the settings add them."""
+    """Full fine-tuning: Adam on all weights, learn goal only; no retention term and no guard unless the
+    settings add them."""
 
     name: ClassVar[str] = "full-ft"
     scope: ClassVar[Scope] = "all-weights"
-    # The paper's foil: plain fine-tuning of every weight on the new answer, without retention or guard.
-    defaults: ClassVar[Mapping[str, Any]] = {"lr": 2e-5, "kl_weight": 0.0, "guard_weight": 0.0}
+    settings_class: ClassVar[type[FullFineTuneSettings]] = FullFineTuneSettings
 
     def apply(
         self,
@@ -79,18 +90,19 @@ class FullFineTuneEditor:
     ) -> WeightsEdit:
         import torch
 
-        torch.manual_seed(settings.seed)
+        own = self.settings_class.of(settings)
+        torch.manual_seed(own.seed)
         started = time.perf_counter()
         params = self.trained_parameters(model, targets)
         edit = WeightsEdit(
-            method=self.name, model=model, params=params, originals=snapshot(params), targets=targets, settings=settings
+            method=self.name, model=model, params=params, originals=snapshot(params), targets=targets, settings=own
         )
         try:
-            with training_precision(model, settings.train_precision, cast_weights=False):
-                goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets))
+            with training_precision(model, own.train_precision, cast_weights=False):
+                goals = build_objectives(model, tokenizer, request, own, lowest_layer(model, targets))
                 for param in params:
                     param.requires_grad_(True)
-                edit.stages.append(train_stage("learn", model, params, goals, settings))
+                edit.stages.append(train_stage("learn", model, params, goals, own))
         except BaseException:
             edit.remove()
             raise
@@ -103,8 +115,20 @@ class FullFineTuneEditor:
         edit.seconds = time.perf_counter() - started
         return edit
 
-    def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.nn.Parameter]:
+    def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.Tensor]:
         return list(model.parameters())
+
+
+@dataclass(frozen=True)
+class MlpFineTuneSettings(FullFineTuneSettings):
+    """ft-m's settings: one MLP layer, the answer followed by end-of-sequence, fewer steps to a surer stop."""
+
+    lr: float = changed_default(TrainingLoopSettings, "lr", 5e-4)
+    mlp_layers: int = changed_default(TrainingLoopSettings, "mlp_layers", 1)
+    attention_layers: int = changed_default(TrainingLoopSettings, "attention_layers", 0)
+    append_eos: bool = changed_default(TrainingLoopSettings, "append_eos", True)
+    learn_max_steps: int = changed_default(TrainingLoopSettings, "learn_max_steps", 25)
+    learn_stop_prob: float = changed_default(TrainingLoopSettings, "learn_stop_prob", 0.9)
 
 
 class MlpFineTuneEditor(FullFineTuneEditor):
@@ -113,21 +137,12 @@ class MlpFineTuneEditor(FullFineTuneEditor):
 
     name = "ft-m"
     scope = "localized"
-    defaults = {
-        "lr": 5e-4,
-        "mlp_layers": 1,
-        "attention_layers": 0,
-        "kl_weight": 0.0,
-        "guard_weight": 0.0,
-        "append_eos": True,
-        "learn_max_steps": 25,
-        "learn_stop_prob": 0.9,
-    }
+    settings_class = MlpFineTuneSettings
 
-    def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.nn.Parameter]:
+    def trained_parameters(self, model: PreTrainedModel, targets: TargetModules) -> list[torch.Tensor]:
         if not targets.feedforward:
             raise MethodError(
                 "mlp_layers",
                 f"ft-m fine-tunes an MLP output projection: give mlp_layers >= 1 (targets: {targets.rule})",
             )
-        return [model.get_submodule(targets.feedforward[0]).weight]
+        return [weight_of(model.get_submodule(targets.feedforward[0]))]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..model.generated import generated_folder, model_identity, sampled_rows
+from ..model.introspect import weight_of
 from ..model.lmhead import decoder
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ _MOMENTS: dict[tuple[str, str, int], torch.Tensor] = {}
 
 def key_width(module: torch.nn.Module) -> int:
     """d_k: the input width of a Linear, or of GPT-2's Conv1D (whose weight is stored [in, out])."""
-    weight = module.weight
+    weight = weight_of(module)
     return int(weight.shape[0] if is_conv1d(module) else weight.shape[1])
 
 
@@ -40,7 +41,7 @@ def is_conv1d(module: torch.nn.Module) -> bool:
 
 def weight_update(module: torch.nn.Module, delta_out_in: torch.Tensor) -> torch.Tensor:
     """A [d_out, d_k] change laid out as the module stores its weight."""
-    return (delta_out_in.T if is_conv1d(module) else delta_out_in).to(module.weight.dtype)
+    return (delta_out_in.T if is_conv1d(module) else delta_out_in).to(weight_of(module).dtype)
 
 
 @contextmanager
@@ -86,7 +87,7 @@ def key_second_moments(
         positions = missing[name]
         _store(generated_folder() / "stats" / f"{model_identity(model)}-{name}-{positions}.pt", moment)
         _MOMENTS[(model_identity(model), name, positions)] = found[name] = moment
-    return {name: found[name].to(model.get_submodule(name).weight.device) for name in names}
+    return {name: found[name].to(weight_of(model.get_submodule(name)).device) for name in names}
 
 
 def _stored(path: Path, width: int) -> torch.Tensor | None:
@@ -117,7 +118,7 @@ def _measured_moments(
     device = next(model.parameters()).device
     modules = {n: model.get_submodule(n) for n in wanted}  # a device-mapped model keeps each on its own device
     totals = {
-        n: torch.zeros((key_width(m),) * 2, dtype=torch.float64, device=m.weight.device) for n, m in modules.items()
+        n: torch.zeros((key_width(m),) * 2, dtype=torch.float64, device=weight_of(m).device) for n, m in modules.items()
     }
     for first in range(0, len(rows), ROWS_PER_PASS):
         live = [n for n in wanted if first < wanted[n]]
@@ -185,7 +186,7 @@ def keys_and_values(
 
     from ..model.decoding import left_padded
 
-    ids, mask, pos = left_padded([tuple(r) for r in rows], pad_id, module.weight.device)
+    ids, mask, pos = left_padded([tuple(r) for r in rows], pad_id, weight_of(module).device)
     store: dict[str, Any] = {}
     with torch.no_grad(), watched(module, store):
         decoder(model)(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 from ..metrics.answers import matches
 from ..model.decoding import DecodeRow, decode
 from ..model.generated import generated_prefixes
-from ..model.text import answer_token_ids, encode_prompt
+from ..model.text import answer_token_ids, encode_prompt, one_text
 from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
 from .retention import derived_neighbours, fact_texts, neutral_texts, subject_texts, without_held_out
-from .settings import EditSettings
+from .settings import TrainingLoopSettings
 
 if TYPE_CHECKING:
     import torch
@@ -43,20 +43,21 @@ class Objectives:
     frozen: FrozenBelow | None = None  # hidden states below the lowest adapted layer, computed once
     pinned: int = 0  # the first `pinned` KL rows (about the subject) are held at every step; the rest rotate
 
-    def stage(self, name: str, settings: EditSettings) -> tuple[list[Row], Goal, int]:
+    def stage(self, name: str, settings: TrainingLoopSettings) -> tuple[list[Row], Goal, int]:
         """(training rows, goal, step cap) of the `unlearn` or `learn` stage."""
+        if name not in ("unlearn", "learn"):
+            raise ValueError(f"unknown stage {name!r}; expected unlearn or learn")
+        max_steps, _ = settings.stage_limits(name)
         if name == "unlearn":
-            return self.unlearn_rows, self.unlearn_goal, settings.unlearn_max_steps
-        if name == "learn":
-            return self.learn_rows, self.learn_goal, settings.learn_max_steps
-        raise ValueError(f"unknown stage {name!r}; expected unlearn or learn")
+            return self.unlearn_rows, self.unlearn_goal, max_steps
+        return self.learn_rows, self.learn_goal, max_steps
 
 
 SUBJECT_ROW_TOKENS = 3  # base tokens of a subject row's continuation whose distributions are held
 
 
 def subject_rows(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
 ) -> list[Row]:
     """KL rows about the subject (`subject_rows` of them): each text with the base model's continuation,
     held on every token of it; a text whose continuation names the old answer is the edited fact itself
@@ -70,12 +71,14 @@ def subject_rows(
     rows = []
     for context, found in zip(contexts, decoded):
         tokens = found.tokens[:SUBJECT_ROW_TOKENS]
-        if tokens and not matches(tokenizer.decode(found.tokens), request.old):
+        if tokens and not matches(one_text(tokenizer.decode(list(found.tokens))), request.old):
             rows.append(Row(context + tuple(tokens), len(tokens)))
     return rows
 
 
-def retention_rows(tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings) -> list[Row]:
+def retention_rows(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
+) -> list[Row]:
     """KL rows: neutral sentences, derived neighbours, general facts and the case's anchors.
 
     Never a held-out text, and never one of the prompts being edited (holding those at their base answer
@@ -105,7 +108,7 @@ def build_objectives(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest | Sequence[EditRequest],
-    settings: EditSettings,
+    settings: TrainingLoopSettings,
     frozen_below: int = 0,
 ) -> Objectives:
     """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`).
@@ -196,9 +199,10 @@ def unlearn_targets(
     return carried, {position: sorted(tokens) for position, tokens in sorted(targets.items())}
 
 
-def unlearn_goal(old_targets: dict[int, list[int]], stop_prob: float) -> Goal:
+def unlearn_goal(old_targets: dict[int, list[int]], settings: TrainingLoopSettings) -> Goal:
     """Unlikelihood of the old answer's tokens at their positions (`unlearn_targets`); reached when each
-    is below `stop_prob` on every row (at once when nothing is left to unlearn)."""
+    is below the unlearn stage's stop probability on every row (at once when nothing is left to unlearn).
+    The probability is read when the stage runs: an editor without an unlearn stage has none."""
 
     def goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
         import torch
@@ -207,13 +211,14 @@ def unlearn_goal(old_targets: dict[int, list[int]], stop_prob: float) -> Goal:
             return logps[0].sum() * 0.0, True
         p_old = torch.stack([lp[at, tokens].exp().sum() for lp in logps for at, tokens in old_targets.items()])
         loss = -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+        _, stop_prob = settings.stage_limits("unlearn")
         return loss, bool((p_old < stop_prob).all())
 
     return goal
 
 
 def answer_row(
-    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
 ) -> tuple[tuple[int, ...], int]:
     """(the tokens trained after each prompt, how many base tokens the guard holds after them): the new
     answer, with `append_eos` followed by end-of-sequence and no guard (nothing follows an ended text)."""
@@ -224,7 +229,7 @@ def answer_row(
 
 
 def training_prefixes(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
 ) -> tuple[str, ...]:
     """The texts put before each training prompt: `context_prefixes` and `generated_prefixes` the model
     wrote itself (chat prompts are trained as a fresh conversation only)."""
@@ -237,7 +242,7 @@ def fact_objectives(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest,
-    settings: EditSettings,
+    settings: TrainingLoopSettings,
     frozen_below: int = 0,
 ) -> Objectives:
     """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
@@ -281,7 +286,7 @@ def fact_objectives(
         learn_rows,
         kl_rows,
         reference[: len(kl_rows)],
-        unlearn_goal(old_targets, settings.unlearn_stop_prob),
+        unlearn_goal(old_targets, settings),
         learn_goal,
         pad,
         frozen=frozen,

@@ -1,26 +1,30 @@
-"""Editors that train peft adapters stage by stage (unlearn, then learn) on the target modules only."""
+"""Editors that train peft adapters stage by stage (unlearn, then learn) on the target modules only.
+
+`PeftStageTrainer` does the training; `PeftStagedEditor` is the editor built on it (lora, and a plugin's
+own adapter: examples/custom_editor/); the IA³ editors use the trainer for their every-token gains.
+"""
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from ..errors import MethodError
 from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from .base import AppliedEdit, EditHandle, EditRequest, Scope
 from .objectives import Objectives, build_objectives
-from .preservation import PreservedOutputs, preserved_outputs
-from .settings import EditSettings
-from .subject_gains import apply_subject_gains
+from .settings import EditSettings, TrainingLoopSettings, UnlearnStageSettings, changed_default, setting
 from .training import train_stage
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftConfig, PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+StagePenalty = Callable[[], "torch.Tensor"]  # a term added to every step's loss
 
 
 def _stage_params(peft_model: PeftModel, adapter: str) -> list[torch.nn.Parameter]:
@@ -34,42 +38,45 @@ def _stage_params(peft_model: PeftModel, adapter: str) -> list[torch.nn.Paramete
     return params
 
 
-class PeftStagedEditor:
+class LearnPenalty(Protocol):
+    """A term added to the learn stage's loss (IA³'s preservation), measured before any adapter exists."""
+
+    def measured(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: TargetModules
+    ) -> Callable[[PeftModel], StagePenalty]:
+        """Measure on the base model; the callable gives the penalty of the learn stage's trainable adapter."""
+        ...
+
+
+@dataclass(frozen=True)
+class PeftStageTrainer:
     """Train one fresh adapter per stage on the same modules; earlier adapters stay active and frozen."""
 
-    name: ClassVar[str] = ""
-    scope: ClassVar[Scope] = "localized"  # the runner gives localized targets
-    defaults: ClassVar[Mapping[str, Any]] = {}
-    stages: ClassVar[tuple[str, ...]] = ("unlearn", "learn")
-    gated: ClassVar[bool] = False  # IA³ gains can be gated by the subject's positions (gain_positions)
+    method: str
+    stages: tuple[str, ...]
+    config: Callable[[], PeftConfig]  # a fresh adapter config for each stage
+    learn_penalty: LearnPenalty | None = None
 
-    def config(self, targets: TargetModules, settings: EditSettings) -> PeftConfig:
-        raise NotImplementedError
-
-    def apply(
+    def train(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         request: EditRequest | Sequence[EditRequest],
         targets: TargetModules,
-        settings: EditSettings,
-    ) -> EditHandle:
+        settings: TrainingLoopSettings,
+    ) -> AppliedEdit:
         import torch
 
-        if settings.gain_positions != "every":
-            if not self.gated:
-                raise MethodError("gain_positions", f"method {self.name} has no gains to gate; only IA³ methods do")
-            return apply_subject_gains(self.name, self.stages, model, tokenizer, request, targets, settings)
         torch.manual_seed(settings.seed)
         started = time.perf_counter()
         applied: AppliedEdit | None = None
         try:
             with training_precision(model, settings.train_precision):
                 goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets))
-                preserved = self._preserved(model, tokenizer, targets, settings)
+                penalty = self.learn_penalty.measured(model, tokenizer, targets) if self.learn_penalty else None
                 for stage in self.stages:
                     applied = self._add_adapter(model, applied, stage, targets, settings)
-                    self._train(applied, stage, goals, settings, preserved if stage == "learn" else None)
+                    self._train(applied, stage, goals, settings, penalty if stage == "learn" else None)
         except BaseException:
             if applied is not None:
                 applied.remove()
@@ -88,87 +95,70 @@ class PeftStagedEditor:
     ) -> AppliedEdit:
         """A fresh adapter for `stage`, active on top of the earlier stages' ones."""
         from peft import get_peft_model
+        from peft.tuners.tuners_utils import BaseTuner
 
         if applied is None:
             with warnings.catch_warnings():  # peft asks a deprecated property; nothing for our user to do
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                peft_model = get_peft_model(model, self.config(targets, settings), adapter_name=stage)
-            applied = AppliedEdit(method=self.name, peft_model=peft_model, targets=targets, settings=settings)
+                peft_model = get_peft_model(model, self.config(), adapter_name=stage)
+            applied = AppliedEdit(
+                method=self.method, peft_model=peft_model, model=model, targets=targets, settings=settings
+            )
         else:
-            applied.peft_model.add_adapter(stage, self.config(targets, settings))
-        applied.peft_model.base_model.set_adapter(list(self.stages[: self.stages.index(stage) + 1]))
+            applied.peft_model.add_adapter(stage, self.config())
+        tuner = applied.peft_model.base_model
+        assert isinstance(tuner, BaseTuner), "an adapter config wraps the model in a tuner"
+        tuner.set_adapter(list(self.stages[: self.stages.index(stage) + 1]))
         return applied
-
-    def _preserved(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: TargetModules, settings: EditSettings
-    ) -> PreservedOutputs | None:
-        """The preservation term's forms (IA³ with `preservation_weight` > 0), measured before any adapter."""
-        if settings.preservation_weight == 0:
-            return None
-        if not self.gated:
-            raise MethodError("preservation_weight", f"method {self.name} has no gains to preserve; IA³ methods do")
-        return preserved_outputs(model, tokenizer, targets, settings.key_positions_per_dim)
 
     def _train(
         self,
         applied: AppliedEdit,
         stage: str,
         goals: Objectives,
-        settings: EditSettings,
-        preserved: PreservedOutputs | None = None,
+        settings: TrainingLoopSettings,
+        penalty_of: Callable[[PeftModel], StagePenalty] | None = None,
     ) -> None:
         """Train the `stage` adapter alone (earlier stages stay active and frozen), then freeze it."""
         params = _stage_params(applied.peft_model, stage)
-        penalty = None
-        if preserved is not None:
-            gains = {
-                name.removeprefix("base_model.model.").split(".ia3_l.")[0]: param
-                for name, param in applied.peft_model.named_parameters()
-                if param.requires_grad
-            }
-
-            def penalty() -> torch.Tensor:
-                return settings.preservation_weight * preserved.penalty(gains)
-
-        model = applied.peft_model.get_base_model()
-        applied.stages.append(train_stage(stage, model, params, goals, settings, penalty))
+        penalty = penalty_of(applied.peft_model) if penalty_of is not None else None
+        applied.stages.append(train_stage(stage, applied.model, params, goals, settings, penalty))
         applied.trainable_parameters += sum(p.numel() for p in params)
         for param in params:
             param.requires_grad_(False)
         applied.peft_model.eval()
 
 
-class IA3TwoStageEditor(PeftStagedEditor):
-    """The default: IA³ `unlearn` (push the old answer down), then IA³ `learn` (the new one) on top."""
+class PeftStagedEditor:
+    """An adapter editor: one adapter per stage (`PeftStageTrainer`) from the config a subclass gives."""
 
-    name = "ia3-two-stage"
-    gated = True
-    # gains on the subject's tokens only: on 8 tuning facts the neighbours kept rose from 0.38 to 0.97
-    # (docs/benchmarks.md, "the neighbour leak"); reaching on to the end of the subject's sentence, with the
-    # subject's own other facts held (subject_rows), keeps those facts too (docs/benchmarks.md, "the
-    # subject's other facts"); `gain_positions: every` is the peft IA³ adapter
-    defaults = {"gain_positions": "subject-sentence", "subject_rows": 8}
+    name: ClassVar[str] = ""
+    scope: ClassVar[Scope] = "localized"  # the runner gives localized targets
+    stages: ClassVar[tuple[str, ...]] = ("unlearn", "learn")
+    settings_class: ClassVar[type[TrainingLoopSettings]] = UnlearnStageSettings  # matches the stages above
 
-    def config(self, targets: TargetModules, settings: EditSettings) -> PeftConfig:
-        from peft import IA3Config
+    def config(self, targets: TargetModules, settings: TrainingLoopSettings) -> PeftConfig:
+        raise NotImplementedError
 
-        return IA3Config(
-            target_modules=list(targets.modules), feedforward_modules=list(targets.feedforward), init_ia3_weights=True
-        )
-
-
-class IA3SingleStageEditor(IA3TwoStageEditor):
-    """IA³ learn stage only: the ablation of unlearning first."""
-
-    name = "ia3"
-    stages = ("learn",)
+    def apply(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        request: EditRequest | Sequence[EditRequest],
+        targets: TargetModules,
+        settings: EditSettings,
+    ) -> EditHandle:
+        own = self.settings_class.of(settings)
+        trainer = PeftStageTrainer(self.name, self.stages, lambda: self.config(targets, own))
+        return trainer.train(model, tokenizer, request, targets, own)
 
 
-class IA3AllLayersEditor(IA3TwoStageEditor):
-    """Two-stage IA³ on the MLP and attention modules of every layer: the ablation of localization."""
+@dataclass(frozen=True)
+class LoraSettings(TrainingLoopSettings):
+    """lora's settings: the rank of its adapter, and a learning rate of its own."""
 
-    name = "ia3-all-layers"
-    scope = "all-layers"
+    lr: float = changed_default(TrainingLoopSettings, "lr", 2e-3)
+    lora_rank: int = setting(4, "count", "LoRA rank")
 
 
 class LoraEditor(PeftStagedEditor):
@@ -176,15 +166,16 @@ class LoraEditor(PeftStagedEditor):
 
     name = "lora"
     stages = ("learn",)
-    defaults = {"lr": 2e-3}
+    settings_class = LoraSettings
 
-    def config(self, targets: TargetModules, settings: EditSettings) -> PeftConfig:
+    def config(self, targets: TargetModules, settings: TrainingLoopSettings) -> PeftConfig:
         from peft import LoraConfig
 
+        rank = LoraSettings.of(settings).lora_rank
         return LoraConfig(
             target_modules=list(targets.modules),
-            r=settings.lora_rank,
-            lora_alpha=2 * settings.lora_rank,
+            r=rank,
+            lora_alpha=2 * rank,
             lora_dropout=0.0,
             init_lora_weights=True,
         )

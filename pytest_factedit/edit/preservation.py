@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..model.introspect import weight_of
 from ..model.targets import TargetModules
 from .keys import is_conv1d, key_second_moments
 
@@ -40,7 +41,7 @@ class PreservedOutputs:
 
 
 def _weight_out_in(module: torch.nn.Module) -> torch.Tensor:
-    weight = module.weight.detach().float()
+    weight = weight_of(module).detach().float()
     return weight.T if is_conv1d(module) else weight
 
 

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..infra.events import STAGE_END, STEP, emit
 from ..model.decoding import left_padded
+from ..model.introspect import weight_of
 from ..model.lmhead import decoder, logits_from_hidden
 from ..model.skip import capture_entering, entering_at
 from ..model.targets import TargetModules, lowest_layer
 from ..model.text import answer_token_ids
 from .base import EditRequest, StageReport
 from .keys import by_row, keys_and_values
-from .settings import EditSettings
+from .settings import EditSettings, KeyStatisticsSettings, PromptSettings, changed_default, setting
 from .subject import SubjectSpan, subject_span
 
 if TYPE_CHECKING:
@@ -30,6 +31,24 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ESSENCE_TEMPLATE = "{} is a"
+
+
+@dataclass(frozen=True)
+class KeyValueSettings(PromptSettings, KeyStatisticsSettings):
+    """rome's (and alphaedit's) settings: one MLP layer, prompts behind generated prefixes too, and the
+    optimisation of the value."""
+
+    mlp_layers: int = changed_default(EditSettings, "mlp_layers", 1)
+    attention_layers: int = changed_default(EditSettings, "attention_layers", 0)
+    generated_prefixes: int = changed_default(PromptSettings, "generated_prefixes", 5)
+    learn_stop_prob: float = setting(
+        0.9, "probability", "the value optimisation stops once P(new) reaches this on every answer token"
+    )
+    value_steps: int = setting(25, "count", "step cap of the value optimisation")
+    value_lr: float = setting(1.0, "positive", "Adam learning rate of the value")
+    essence_weight: float = setting(0.0625, "non-negative", "KL on '<subject> is a' (essence)")
+    value_decay: float = setting(0.05, "non-negative", "weight decay of the value change")
+    clamp_norm: float = setting(4.0, "positive", "value change at most this x the value's norm")
 
 
 @dataclass
@@ -99,7 +118,7 @@ def fact_key_value(
     tokenizer: PreTrainedTokenizerBase,
     module_name: str,
     request: EditRequest,
-    settings: EditSettings,
+    settings: KeyValueSettings,
     prefixes: Sequence[str],
 ) -> KeyValue:
     """k* (mean key at the subject's last token behind each prefix) and the optimised value change."""
@@ -152,7 +171,7 @@ def optimised_delta(
     tokenizer: PreTrainedTokenizerBase,
     module: torch.nn.Module,
     request: EditRequest,
-    settings: EditSettings,
+    settings: KeyValueSettings,
     spans: Sequence[SubjectSpan],
     values: torch.Tensor,
     frozen_below: int = 0,
@@ -163,7 +182,7 @@ def optimised_delta(
     """
     import torch
 
-    device = module.weight.device
+    device = weight_of(module).device
     batch = value_batch(tokenizer, request, spans, device)
     padded, picks, target, at, which = batch.padded, batch.picks, batch.target, batch.at, batch.which
     store: dict[str, Any] = {}

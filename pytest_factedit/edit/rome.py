@@ -8,17 +8,18 @@ whose key leans towards C⁻¹k*, which is what ties it to the subject.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from ..errors import MethodError
 from ..model.generated import generated_prefixes
+from ..model.introspect import weight_of
 from ..model.targets import TargetModules
 from ..model.weights import snapshot
 from .base import EditRequest, Scope
 from .full_ft import WeightsEdit
 from .keys import key_second_moment, weight_update
-from .rank_one import KeyValue, fact_key_value
+from .rank_one import KeyValue, KeyValueSettings, fact_key_value
 from .settings import EditSettings
 
 if TYPE_CHECKING:
@@ -44,12 +45,7 @@ class KeyValueEditor:
 
     name: ClassVar[str] = ""
     scope: ClassVar[Scope] = "localized"
-    defaults: ClassVar[Mapping[str, Any]] = {
-        "mlp_layers": 1,
-        "attention_layers": 0,
-        "generated_prefixes": 5,
-        "learn_stop_prob": 0.9,
-    }
+    settings_class: ClassVar[type[KeyValueSettings]] = KeyValueSettings
 
     def apply(
         self,
@@ -61,26 +57,27 @@ class KeyValueEditor:
     ) -> WeightsEdit:
         import torch
 
-        torch.manual_seed(settings.seed)
+        own = self.settings_class.of(settings)
+        torch.manual_seed(own.seed)
         started = time.perf_counter()
         name = edited_module(targets)
-        module = model.get_submodule(name)
+        weight = weight_of(model.get_submodule(name))
         edit = WeightsEdit(
             method=self.name,
             model=model,
-            params=[module.weight],
-            originals=snapshot([module.weight]),
+            params=[weight],
+            originals=snapshot([weight]),
             targets=targets,
-            settings=settings,
+            settings=own,
         )
         requests = [request] if isinstance(request, EditRequest) else list(request)
-        prefixes = tuple(settings.context_prefixes) + generated_prefixes(model, tokenizer, settings.generated_prefixes)
+        prefixes = tuple(own.context_prefixes) + generated_prefixes(model, tokenizer, own.generated_prefixes)
         try:
-            self.update(model, tokenizer, name, requests, settings, prefixes, edit)
+            self.update(model, tokenizer, name, requests, own, prefixes, edit)
         except BaseException:
             edit.remove()
             raise
-        edit.trainable_parameters = module.weight.numel()
+        edit.trainable_parameters = weight.numel()
         edit.seconds = time.perf_counter() - started
         return edit
 
@@ -90,7 +87,7 @@ class KeyValueEditor:
         tokenizer: PreTrainedTokenizerBase,
         name: str,
         requests: Sequence[EditRequest],
-        settings: EditSettings,
+        settings: KeyValueSettings,
         prefixes: Sequence[str],
         edit: WeightsEdit,
     ) -> None:
@@ -103,7 +100,9 @@ def inverse_moment_times(moment: torch.Tensor, keys: torch.Tensor) -> torch.Tens
 
     c = moment.double()
     ridge = MOMENT_RIDGE * float(torch.diagonal(c).mean())
-    return torch.linalg.solve(c + ridge * torch.eye(c.shape[0], dtype=c.dtype, device=c.device), keys.double())
+    lhs = c + ridge * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    # torch.linalg's functions are bound from C and typed Any; solve gives a tensor
+    return cast("torch.Tensor", torch.linalg.solve(lhs, keys.double()))
 
 
 def rome_change(moment: torch.Tensor, target: KeyValue) -> torch.Tensor:
@@ -114,7 +113,8 @@ def rome_change(moment: torch.Tensor, target: KeyValue) -> torch.Tensor:
 
 
 class RomeEditor(KeyValueEditor):
-    """Facts one after another (a batch too): each key and value found on the model the previous left."""
+    """ROME: a rank-one change of one MLP output projection, facts one after another (a batch too), each key
+    and value found on the model the previous left."""
 
     name = "rome"
 
@@ -124,7 +124,7 @@ class RomeEditor(KeyValueEditor):
         tokenizer: PreTrainedTokenizerBase,
         name: str,
         requests: Sequence[EditRequest],
-        settings: EditSettings,
+        settings: KeyValueSettings,
         prefixes: Sequence[str],
         edit: WeightsEdit,
     ) -> None:
@@ -136,4 +136,4 @@ class RomeEditor(KeyValueEditor):
             target = fact_key_value(model, tokenizer, name, request, settings, prefixes)
             edit.stages.append(target.stage)
             with torch.no_grad():
-                module.weight.add_(weight_update(module, rome_change(moment, target)))
+                weight_of(module).add_(weight_update(module, rome_change(moment, target)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SavedEditError, shown, shown_key
 from ..infra.files import read_regular
+from ..model.introspect import weight_of
 from .keys import is_conv1d
 from .words import ENDS_SENTENCE, ENDS_WORD, JOINS, NAME_WORD
 
@@ -39,7 +40,7 @@ SAVE_AGAIN = "save the edit again (factedit edit CASE --save DIR, or --factedit-
 
 def gain_width(module: torch.nn.Module, feedforward: bool) -> int:
     """The input width (feed-forward: its input is scaled) or output width of a Linear or Conv1D."""
-    rows, cols = module.weight.shape
+    rows, cols = weight_of(module).shape
     if is_conv1d(module):  # stored [in, out]
         return int(rows if feedforward else cols)
     return int(cols if feedforward else rows)

@@ -1,19 +1,35 @@
-"""Editing settings: pure data from YAML `method:` and the command line, each field with its rule beside it."""
+"""Editing settings: pure data from YAML `method:` and the command line, each field with its rule beside it.
+
+The parts editors share live here: where to edit (every editor), the training prompts, the training loop,
+the unlearn stage and the key statistics. Each editor's own settings class derives from the parts it
+reads and sits beside the editor (`settings_class`); a key the chosen class does not declare is refused.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ..errors import MethodError, did_you_mean, shown
 
+DEFAULT_METHOD = "ia3-two-stage"
 TRACING_MODES = ("trace", "attribution")  # the modes that measure where the fact is (localize/localizer.py: METHODS)
 LOCALIZE_MODES = (*TRACING_MODES, "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
-GAIN_POSITIONS = ("every", "subject", "subject-sentence")
 RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]
+SettingsT = TypeVar("SettingsT", bound="EditSettings")
+RULE_WORDS: dict[RuleKind, str] = {
+    "count": "an integer >= 0",
+    "positive": "a number > 0",
+    "non-negative": "a number >= 0",
+    "probability": "a probability in (0, 1]",
+    "text": "a non-empty string",
+    "choice": "one of its choices",
+    "modules": "a list of module names",
+    "texts": "a non-empty list of strings",
+    "flag": "true or false",
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,12 @@ class Rule:
                 )
             return value
         return self._number(key, value)
+
+    def accepts(self) -> str:
+        """What the rule accepts, in words (the settings page)."""
+        if self.kind == "choice":
+            return " \\| ".join(f"`{choice}`" for choice in self.choices)
+        return RULE_WORDS[self.kind]
 
     def _number(self, key: str, value: Any) -> Any:
         if isinstance(value, bool):
@@ -80,62 +102,29 @@ def setting(default: Any, kind: RuleKind, help: str = "", choices: tuple[str, ..
     return field(default=default, metadata={"rule": Rule(kind, choices), "help": help})
 
 
+def changed_default(part: type[EditSettings], key: str, default: Any) -> Any:
+    """The setting `key` of `part` with an editor's own default; its rule and help stay `part`'s."""
+    inherited = next(spec for spec in fields(part) if spec.name == key)
+    return field(default=default, metadata=inherited.metadata)
+
+
 @dataclass(frozen=True)
 class EditSettings:
-    """How a fact is localized and edited (YAML `method:` keys, `--factedit-*` options)."""
+    """Where to edit, for every editor: its name and seed, and how the fact is localized or the modules named."""
 
-    name: str = setting("ia3-two-stage", "text", "editing method (see edit/__init__.py: EDITORS)")
+    name: str = setting(DEFAULT_METHOD, "text", "the editor: a built-in one (below) or one a plugin registers")
+    seed: int = setting(0, "count", "seed of localization noise and training")
     localize: str = setting(
         "trace", "choice", "trace | attribution | none (every layer) | random (ablation)", LOCALIZE_MODES
     )
-    mlp_layers: int = setting(2, "count", "top-k MLP layers (effect at the subject's last token)")
+    mlp_layers: int = setting(
+        2, "count", "top-k MLP layers (effect at the subject's last token); with attention_layers, at least 1"
+    )
     attention_layers: int = setting(2, "count", "top-k attention layers (effect at the last token)")
-    noise_samples: int = setting(3, "count", "noise samples per prompt when tracing")
+    noise_samples: int = setting(3, "count", "noise samples per prompt when tracing (at least 1 then)")
     noise_scale: float = setting(3.0, "positive", "noise std, x the embedding std")
-    lr: float = setting(3e-2, "positive", "Adam learning rate")
-    unlearn_max_steps: int = setting(25, "count", "step cap of the unlearn stage")
-    learn_max_steps: int = setting(40, "count", "step cap of the learn stage")
-    unlearn_stop_prob: float = setting(0.05, "probability", "unlearn stops once P(old) is below this on every row")
-    learn_stop_prob: float = setting(0.6, "probability", "learn stops once P(new) reaches this on every row")
-    kl_weight: float = setting(10.0, "non-negative", "weight of the KL retention term (0: off)")
-    guard_weight: float = setting(1.0, "non-negative", "weight of the KL guard on the tokens after the answer")
-    guard_tokens: int = setting(3, "count", "tokens after the answer the guard holds")
-    neighbours_per_prompt: int = setting(4, "count", "derived neighbour prompts per training prompt (retention)")
-    kl_rows_per_step: int = setting(12, "count", "retention rows per step, rotating")
-    lora_rank: int = setting(4, "count", "LoRA rank (lora only)")
-    batch_facts_per_step: int = setting(8, "count", "batch mode: facts trained per step, rotating (0 = every fact)")
-    seed: int = setting(0, "count", "seed of localization noise and training")
     target_modules: tuple[str, ...] | None = setting(None, "modules", "put the adapter exactly here (no localization)")
     feedforward_modules: tuple[str, ...] = setting((), "modules", "target modules whose input IA³ scales")
-    context_prefixes: tuple[str, ...] = setting(
-        ("", "Here is a fact. "), "texts", "texts put before each training prompt, so the edit holds after text"
-    )
-    train_precision: str = setting("model", "choice", "model (its own dtype) | bfloat16 (autocast)", TRAIN_PRECISIONS)
-    generated_prefixes: int = setting(0, "count", "prefixes the model writes itself, added to context_prefixes")
-    append_eos: bool = setting(False, "flag", "train the answer followed by end-of-sequence (no guard tokens then)")
-    gain_positions: str = setting(
-        "every",
-        "choice",
-        "IA³ gains on every token, only on the subject's tokens, or on them and the rest of their sentence",
-        GAIN_POSITIONS,
-    )
-    subject_rows: int = setting(
-        0, "count", "retention rows: texts about the subject with the base model's continuation, held at every step"
-    )
-    preservation_weight: float = setting(
-        0.0, "non-negative", "IA³ learn stage: weight of the output change on generated text (0: off)"
-    )
-    # the rank-one editors (rome, alphaedit): the value optimisation, and the key statistics
-    value_steps: int = setting(25, "count", "rome/alphaedit: step cap of the value optimisation")
-    value_lr: float = setting(1.0, "positive", "rome/alphaedit: Adam learning rate of the value")
-    essence_weight: float = setting(0.0625, "non-negative", "rome/alphaedit: KL on '<subject> is a' (essence)")
-    value_decay: float = setting(0.05, "non-negative", "rome/alphaedit: weight decay of the value change")
-    clamp_norm: float = setting(4.0, "positive", "rome/alphaedit: value change at most this x the value's norm")
-    key_positions_per_dim: int = setting(10, "count", "rome/alphaedit: generated token positions per key dimension")
-    nullspace_threshold: float = setting(
-        0.02, "probability", "alphaedit: the null space: key directions whose eigenvalue is below this x the largest"
-    )
-    update_ridge: float = setting(1.0, "non-negative", "alphaedit: ridge of the closed-form update")
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -146,42 +135,121 @@ class EditSettings:
             raise MethodError("feedforward_modules", "given without target_modules")
         if self.localize != "none" and self.mlp_layers + self.attention_layers == 0:
             raise MethodError("mlp_layers", "mlp_layers and attention_layers are both 0: nothing left to edit")
-        if self.key_positions_per_dim == 0:
-            raise MethodError("key_positions_per_dim", "expected at least 1 position per key dimension")
         if self.localize in TRACING_MODES and self.noise_samples == 0:
             raise MethodError("noise_samples", f"expected at least 1 noise sample for localize: {self.localize}")
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The `method:` keys this class declares."""
+        return tuple(spec.name for spec in fields(cls))
+
+    @classmethod
+    def checked(cls, key: str, value: Any) -> Any:
+        """`value` checked by the rule of this class's setting `key` (the method's name before its class is known)."""
+        return next(spec for spec in fields(cls) if spec.name == key).metadata["rule"].check(key, value)
+
+    @classmethod
+    def of(cls: type[SettingsT], settings: EditSettings) -> SettingsT:
+        """`settings` as this class, for the editor that reads it: another editor's settings are refused."""
+        if not isinstance(settings, cls):
+            raise MethodError(
+                "name",
+                f"an editor reading {cls.__name__} was given the settings of {settings.name!r} "
+                f"({type(settings).__name__}): resolve them with that editor's name",
+            )
+        return settings
+
+    @property
+    def trained_prefixes(self) -> tuple[str, ...]:
+        """The texts put before each trained prompt (the length check reads it for every editor): none here."""
+        return ()
+
+    @property
+    def tokens_after_answer(self) -> int:
+        """Tokens trained after the answer (the length check reads it for every editor): none here."""
+        return 0
 
     def as_record(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(EditSettings))
+@dataclass(frozen=True)
+class PromptSettings(EditSettings):
+    """The training prompts: each put behind the context prefixes, given and written by the model."""
+
+    context_prefixes: tuple[str, ...] = setting(
+        ("", "Here is a fact. "), "texts", "texts put before each training prompt, so the edit holds after text"
+    )
+    generated_prefixes: int = setting(0, "count", "prefixes the model writes itself, added to context_prefixes")
+
+    @property
+    def trained_prefixes(self) -> tuple[str, ...]:
+        return self.context_prefixes
 
 
-def settings_from(
-    method: Mapping[str, Any],
-    known_methods: tuple[str, ...],
-    overrides: Mapping[str, Any] | None = None,
-    method_defaults: Mapping[str, Mapping[str, Any]] | None = None,
-) -> EditSettings:
-    """Validate a YAML `method:` mapping (plus command-line overrides, which win) into EditSettings.
+@dataclass(frozen=True)
+class TrainingLoopSettings(PromptSettings):
+    """The shared training loop of the gradient editors: the learn stage, its retention and guard terms."""
 
-    `method_defaults[name]` replaces the general defaults for that method (e.g. full fine-tuning's
-    learning rate); anything given in YAML or on the command line still wins.
-    """
-    merged = {**dict(method), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    chosen = merged.get("name", EditSettings.name)
-    merged = {**dict((method_defaults or {}).get(chosen, {})), **merged}
-    for key in merged:
-        if key not in SETTING_NAMES:
-            raise MethodError(
-                key, f"unknown setting; allowed: {', '.join(SETTING_NAMES)}" + did_you_mean(key, SETTING_NAMES)
-            )
-    settings = EditSettings(**merged)
-    if settings.name not in known_methods:
+    lr: float = setting(3e-2, "positive", "Adam learning rate")
+    learn_max_steps: int = setting(40, "count", "step cap of the learn stage")
+    learn_stop_prob: float = setting(0.6, "probability", "learn stops once P(new) reaches this on every row")
+    kl_weight: float = setting(10.0, "non-negative", "weight of the KL retention term (0: off)")
+    guard_weight: float = setting(1.0, "non-negative", "weight of the KL guard on the tokens after the answer")
+    guard_tokens: int = setting(3, "count", "tokens after the answer the guard holds")
+    neighbours_per_prompt: int = setting(4, "count", "derived neighbour prompts per training prompt (retention)")
+    kl_rows_per_step: int = setting(12, "count", "retention rows per step, rotating")
+    batch_facts_per_step: int = setting(8, "count", "batch mode: facts trained per step, rotating (0 = every fact)")
+    train_precision: str = setting("model", "choice", "model (its own dtype) | bfloat16 (autocast)", TRAIN_PRECISIONS)
+    append_eos: bool = setting(False, "flag", "train the answer followed by end-of-sequence (no guard tokens then)")
+    subject_rows: int = setting(
+        0, "count", "retention rows: texts about the subject with the base model's continuation, held at every step"
+    )
+
+    @property
+    def tokens_after_answer(self) -> int:
+        return self.guard_tokens
+
+    def stage_limits(self, stage: str) -> tuple[int, float]:
+        """(step cap, stop probability) of a training stage: `learn` here (UnlearnStageSettings adds `unlearn`)."""
+        if stage == "learn":
+            return self.learn_max_steps, self.learn_stop_prob
         raise MethodError(
             "name",
-            f"unknown method {settings.name!r}; known: {', '.join(known_methods)}"
-            + did_you_mean(settings.name, known_methods),
+            f"method {self.name} trains a {stage!r} stage, but its settings ({type(self).__name__}) declare none"
+            + (": derive them from UnlearnStageSettings" if stage == "unlearn" else ""),
         )
-    return settings
+
+
+@dataclass(frozen=True)
+class UnlearnStageSettings(TrainingLoopSettings):
+    """The unlearn stage before the learn stage (pushing the old answer down first)."""
+
+    unlearn_max_steps: int = setting(25, "count", "step cap of the unlearn stage")
+    unlearn_stop_prob: float = setting(0.05, "probability", "unlearn stops once P(old) is below this on every row")
+
+    def stage_limits(self, stage: str) -> tuple[int, float]:
+        if stage == "unlearn":
+            return self.unlearn_max_steps, self.unlearn_stop_prob
+        return super().stage_limits(stage)
+
+
+@dataclass(frozen=True)
+class KeyStatisticsSettings(EditSettings):
+    """The key statistics: the second moment of a module's inputs over text the model writes itself."""
+
+    key_positions_per_dim: int = setting(10, "count", "generated token positions per key dimension (at least 1)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.key_positions_per_dim == 0:
+            raise MethodError("key_positions_per_dim", "expected at least 1 position per key dimension")
+
+
+def unknown_key(key: str, method: str, declared: tuple[str, ...], readers: tuple[str, ...]) -> MethodError:
+    """The error for a `method:` key the chosen editor does not declare, naming the editors that read it."""
+    if readers:
+        why = f"{key} is read by {', '.join(readers)}; {method} does not read it"
+    else:
+        why = f"unknown setting; {method} reads: {', '.join(declared)}"
+    return MethodError(key, why + did_you_mean(key, declared))

@@ -1,4 +1,4 @@
-"""IA³ gains that act only where the subject is read (`gain_positions: subject`).
+"""IA³ gains that act only where the subject is read (`gain_positions: subject` or `subject-sentence`).
 
 The same per-channel gains as peft's IA³ on the same modules (the input of a feed-forward output
 projection, the output of the others), one vector per stage, multiplied; but applied only at the
@@ -32,7 +32,7 @@ from .saved_gains import (
     checked_gate,
     gain_width,
 )
-from .settings import EditSettings
+from .settings import EditSettings, TrainingLoopSettings
 from .subject import subject_patterns, subject_span
 from .training import train_stage
 from .words import word_flags
@@ -53,7 +53,7 @@ class SubjectGainEdit(EditHandle):
 
     def product(self, module: str) -> torch.Tensor | None:
         """Every stage's gain on `module`, multiplied (None before the first stage exists)."""
-        total = None
+        total: torch.Tensor | None = None
         for stage in self.gains.values():
             if module in stage:
                 total = stage[module] if total is None else total * stage[module]
@@ -176,19 +176,21 @@ def subject_gate_for(
 def apply_subject_gains(
     method: str,
     stages: Sequence[str],
+    reach: str,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest | Sequence[EditRequest],
     targets: TargetModules,
-    settings: EditSettings,
+    settings: TrainingLoopSettings,
 ) -> SubjectGainEdit:
-    """Train one gain vector per stage and module (earlier stages frozen), behind the subject gate."""
+    """Train one gain vector per stage and module (earlier stages frozen), behind the subject gate (`reach`:
+    the subject's tokens, or on to the end of its sentence)."""
     import torch
 
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     requests = [request] if isinstance(request, EditRequest) else list(request)
-    gate = subject_gate_for(tokenizer, requests, settings.gain_positions)
+    gate = subject_gate_for(tokenizer, requests, reach)
     edit = _hooked(SubjectGainEdit(method=method, model=model, gate=gate, targets=targets, settings=settings))
     feedforward = set(targets.feedforward)
     try:

@@ -10,7 +10,7 @@ from ..infra.events import STAGE_END, STEP, emit
 from .base import StageReport
 from .batching import kl_to_reference, tail_logprobs
 from .objectives import Objectives
-from .settings import EditSettings
+from .settings import TrainingLoopSettings
 
 if TYPE_CHECKING:
     import torch
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 def train_stage(
     stage: str,
     model: PreTrainedModel,
-    params: Sequence[torch.nn.Parameter],
+    params: Sequence[torch.Tensor],
     goals: Objectives,
-    settings: EditSettings,
+    settings: TrainingLoopSettings,
     penalty: Callable[[], torch.Tensor] | None = None,
 ) -> StageReport:
     """Adam on `params` until the stage's goal reports it is reached or its step cap is hit.

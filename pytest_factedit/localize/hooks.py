@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..model.arch import ArchModules
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
 
 Hook = Callable[..., Any]  # torch forward hook: (module, inputs, output) -> replacement output or None
 
@@ -28,9 +29,10 @@ def site_module_name(arch: ArchModules, site: str, layer: int) -> str:
     raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
 
 
-def main_output(output: Any) -> torch.Tensor:
+def main_output(output: torch.Tensor | tuple[Any, ...]) -> torch.Tensor:
     """The hidden-state tensor of a module output (attention and some decoder layers return tuples)."""
-    return output[0] if isinstance(output, tuple) else output
+    # a tuple's other items are attention weights, caches or None, so mypy reads its items as Any
+    return cast("torch.Tensor", output[0]) if isinstance(output, tuple) else output
 
 
 def with_main_output(output: Any, tensor: torch.Tensor) -> Any:
@@ -53,7 +55,7 @@ def forward_hooks(model: torch.nn.Module, hooks: Mapping[str, Hook]) -> Iterator
 
 @contextmanager
 def embedding_noise(
-    model: torch.nn.Module, positions: Sequence[int], noise: torch.Tensor, make_leaf: bool = False
+    model: PreTrainedModel, positions: Sequence[int], noise: torch.Tensor, make_leaf: bool = False
 ) -> Iterator[None]:
     """Add `noise` (rows x len(positions) x d) to the token embeddings at `positions` of every row."""
     import torch

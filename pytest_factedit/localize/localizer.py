@@ -140,9 +140,9 @@ def _trace_cells(prep: PreparedPrompt, layers: int, which: str) -> list[Cell]:
     subject's last token and attention at the last token."""
     if which == "all":
         return [(site, layer, (pos,)) for site in SITES for layer in range(layers) for pos in range(prep.last + 1)]
-    return [("mlp", layer, (prep.subject[-1],)) for layer in range(layers)] + [
-        ("attn", layer, (prep.last,)) for layer in range(layers)
-    ]
+    mlp_at_subject: list[Cell] = [("mlp", layer, (prep.subject[-1],)) for layer in range(layers)]
+    attention_at_last: list[Cell] = [("attn", layer, (prep.last,)) for layer in range(layers)]
+    return mlp_at_subject + attention_at_last
 
 
 @dataclass

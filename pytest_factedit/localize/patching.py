@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
+from ..model.introspect import weight_of
 from ..model.kv import cache_keyword, cache_prefix, cache_rows, returned_cache
 from ..model.lmhead import decoder, head_product, logits_from_hidden
 from .hooks import SITES, capture_hook, embedding_noise, forward_hooks, restore_hook, site_module_name
@@ -73,7 +74,7 @@ def head_weight_for(model: PreTrainedModel, label: str) -> torch.Tensor:
     across cases (casting Gemma's 262k x 640 head is a copy of 168M values)."""
     import torch
 
-    weight = model.get_output_embeddings().weight
+    weight = weight_of(model.get_output_embeddings())
     if "autocast" not in label:
         return weight
     cached = _HEAD_COPIES.get(id(weight))
@@ -98,7 +99,10 @@ def prepare(
     """Run the clean prompt once, keeping every site's output at every layer."""
     import torch
 
-    token_ids, subject = subject_positions(tokenizer, text, subject, add_special_tokens)
+    token_ids, subject_tokens = subject_positions(tokenizer, text, subject, add_special_tokens)
+    tokens = tokenizer.convert_ids_to_tokens(token_ids)
+    if not isinstance(tokens, list):  # typed by its one-id form too: a list of ids gives a list
+        raise TypeError(f"{type(tokenizer).__name__}.convert_ids_to_tokens gave a {type(tokens).__name__} for a list")
     device = next(model.parameters()).device
     ids = torch.tensor([token_ids], device=device)
     store: dict[tuple[str, int], torch.Tensor] = {}
@@ -110,7 +114,7 @@ def prepare(
     with torch.no_grad(), forward_hooks(model, hooks):
         prob = float(answer_probs(model, ids, answer_id, head_weight)[0])
     clean = {key: value[0].detach() for key, value in store.items()}
-    return PreparedPrompt(text, ids, tokenizer.convert_ids_to_tokens(token_ids), subject, answer_id, prob, clean)
+    return PreparedPrompt(text, ids, tokens, subject_tokens, answer_id, prob, clean)
 
 
 def noise_for(prep: PreparedPrompt, samples: int, std: float, seed: int) -> torch.Tensor:
@@ -128,9 +132,10 @@ def embedding_std(model: PreTrainedModel, sample: int = 4096, seed: int = 0) -> 
     import torch
 
     embed = model.get_input_embeddings()
-    vocab = embed.weight.shape[0]
+    weight = weight_of(embed)
+    vocab = weight.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (min(sample, vocab),), generator=generator).to(embed.weight.device)
+    ids = torch.randint(0, vocab, (min(sample, vocab),), generator=generator).to(weight.device)
     with torch.no_grad():
         return float(embed(ids).float().std())
 

@@ -63,4 +63,5 @@ def mcnemar_worse_p(right_to_wrong: int, wrong_to_right: int) -> float:
     if discordant == 0:
         return 1.0
     tail = sum(math.comb(discordant, k) for k in range(right_to_wrong, discordant + 1))
-    return tail / 2**discordant
+    outcomes: int = 2**discordant  # typeshed types int ** int as Any (a negative power is a float)
+    return tail / outcomes

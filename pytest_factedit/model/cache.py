@@ -129,13 +129,14 @@ def _bars_as_events() -> Iterator[None]:
 
     bars_were_on, bar = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
     hf_logging.disable_progress_bar()
+    # that module imports tqdm without exporting it, which mypy reads as no attribute to set
     if bar is not None:
-        gguf_utils.tqdm = _tensors_as_events
+        gguf_utils.tqdm = _tensors_as_events  # type: ignore[attr-defined]
     try:
         yield
     finally:
         if bar is not None:
-            gguf_utils.tqdm = bar
+            gguf_utils.tqdm = bar  # type: ignore[attr-defined]
         if bars_were_on:
             hf_logging.enable_progress_bar()
 
@@ -154,7 +155,8 @@ def dequantize(gguf_path: Path, out: Path) -> None:
             folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
         )
         # save_pretrained refuses GGUF-quantized models; the weights are already de-quantized to fp32.
-        model.hf_quantizer = None
+        # transformers sets hf_quantizer on the instance; torch types unknown attributes as tensors or modules
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         emit(CONVERT, SAVING)

@@ -242,8 +242,8 @@ def candidate_scores(
         part = longer[batch.start : batch.stop]
         rests = _teacher_forced(model, pre, part, pad_id)
         for (r, c), rest in zip(part, rests):
-            first = out[r][c]
-            out[r][c] = CandidateScore(first.logprob + rest, first.tokens, first.first_rank)
+            first_token = out[r][c]
+            out[r][c] = CandidateScore(first_token.logprob + rest, first_token.tokens, first_token.first_rank)
     return out
 
 

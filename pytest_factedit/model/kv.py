@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
 
 _KEYWORDS: dict[type, str] = {}
 ROW_STATE = "_factedit_row_state"  # per-row tensors that travel with a cache and its rows (edit/gate.py)
 
 
-def cache_keyword(model: PreTrainedModel) -> str:
+def cache_keyword(model: torch.nn.Module) -> str:
     """The name under which this model's forward takes a key-value cache."""
     kind = type(model)
     if kind not in _KEYWORDS:

@@ -14,8 +14,14 @@ if TYPE_CHECKING:
 
 def decoder(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer body of a causal LM (hidden states, no LM head), also inside a peft wrapper."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.base_model
+    import torch
+
+    get_base_model = getattr(model, "get_base_model", None)  # only a peft wrapper has one
+    inner = get_base_model() if get_base_model is not None else model
+    body = inner.base_model
+    if not isinstance(body, torch.nn.Module):  # transformers' base_model: the body module, or the model itself
+        raise TypeError(f"{type(inner).__name__}.base_model is a {type(body).__name__}, not a module")
+    return body
 
 
 def head_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -83,7 +89,8 @@ def fast_linears(model: torch.nn.Module) -> Iterator[None]:
     try:
         for module in model.modules():
             if type(module) is torch.nn.Linear and "forward" not in module.__dict__:
-                module.forward = _product_forward(module)
+                # an instance attribute shadows the class's forward until `del` (mypy: methods are not assigned)
+                module.forward = _product_forward(module)  # type: ignore[method-assign, assignment]
                 patched.append(module)
         yield
     finally:

@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ModelLoadError, out_of_memory_hint, shown
 from ..infra.events import MEMORY, emit
@@ -138,7 +138,9 @@ def _from_pretrained(
         placement: dict[str, Any] = {"device_map": how.device_map} if strategy else {}
         if local_only:  # transformers looks for a peft adapter without passing local_files_only on
             placement["adapter_kwargs"] = {"local_files_only": True}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **placement, **common)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, **placement, **common
+        )
     except Exception as exc:
         raise _load_error(spec, source, how, exc) from exc
     if isinstance(how.device_map, dict):
@@ -252,7 +254,8 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
         _all_in_memory(spec, model)
         device_name = placement_text(model)
     else:
-        model.to(device_name)
+        as_module: torch.nn.Module = model  # transformers' functools.wraps on PreTrainedModel.to hides its arguments
+        as_module.to(device_name)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -293,7 +296,8 @@ def resident_split(spec: ModelSpec, model: PreTrainedModel, device_map: dict[str
             "or deeper ones such as each decoder layer) to GPU numbers or 'cpu'",
         )
     try:
-        return dispatch_model(model, device_map, main_device="cpu", force_hooks=True)
+        # accelerate is untyped (Any); dispatch_model hooks the model in place and returns it
+        return cast("PreTrainedModel", dispatch_model(model, device_map, main_device="cpu", force_hooks=True))
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"--model {spec.name}: --factedit-device-map could not be applied: {exc}") from exc
 

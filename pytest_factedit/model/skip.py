@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .arch import arch_modules
+from .introspect import unreadable
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +21,13 @@ if TYPE_CHECKING:
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     """The decoder layer list (raises UnsupportedArchitecture for a family without a module table)."""
-    return model.get_submodule(arch_modules(model).layers)
+    import torch
+
+    name = arch_modules(model).layers
+    layers = model.get_submodule(name)
+    if not isinstance(layers, torch.nn.ModuleList):  # the table and introspection both name one
+        raise unreadable(model, f"{name} is a {type(layers).__name__}, not a list of decoder layers")
+    return layers
 
 
 def _stub(replacement: torch.Tensor | None, extras: int) -> Callable[..., Any]:

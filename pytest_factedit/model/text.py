@@ -9,7 +9,7 @@ import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ModelError
 
@@ -51,8 +51,17 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], c
             key="chat",
         )
     return [
-        tokenizer.apply_chat_template(_messages(p, chat), tokenize=False, add_generation_prompt=True) for p in prompts
+        one_text(tokenizer.apply_chat_template(_messages(p, chat), tokenize=False, add_generation_prompt=True))
+        for p in prompts
     ]
+
+
+def one_text(result: object) -> str:
+    """A tokenizer's text for one input: transformers types `decode` and `apply_chat_template` by all
+    their forms (str | list[str] | ...), and one sequence in gives one str."""
+    if not isinstance(result, str):
+        raise TypeError(f"the tokenizer gave a {type(result).__name__} where one text was expected")
+    return result
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat: Chat) -> tuple[int, ...]:
@@ -63,7 +72,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat: Chat) -> 
 
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str, chat: Chat = False) -> list[int]:
     """Tokens of an answer as it follows a prompt: after a space in plain text, directly after a chat turn."""
-    return tokenizer(("" if chat else " ") + answer, add_special_tokens=False).input_ids
+    # BatchEncoding's fields are Any to mypy; one text in gives its ids as a list of ints
+    return cast("list[int]", tokenizer(("" if chat else " ") + answer, add_special_tokens=False).input_ids)
 
 
 def first_token_id(tokenizer: PreTrainedTokenizerBase, answer: str, chat: Chat = False) -> int:
@@ -113,7 +123,7 @@ def answer_text(
             break
         if token not in hidden:
             kept.append(token)
-    return tokenizer.decode(kept, skip_special_tokens=True)
+    return one_text(tokenizer.decode(kept, skip_special_tokens=True))
 
 
 def ends_line(tokenizer: PreTrainedTokenizerBase, token: int) -> bool:

@@ -28,7 +28,7 @@ def weights_fingerprint(model: torch.nn.Module, modules: Sequence[str] | None = 
                 continue
             raw = tensor.detach().contiguous().view(as_int[tensor.element_size()]).cpu().numpy()
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype};".encode())
-            digest.update(memoryview(raw).cast("B"))
+            digest.update(raw.data.cast("B"))  # .data: the array as the memoryview hashlib's stubs take
     return digest.hexdigest()
 
 
@@ -66,8 +66,8 @@ def weights_checksum(model: torch.nn.Module) -> str:
             whole = raw.numel() // ROW_BYTES * ROW_BYTES
             rows = raw[:whole].view(torch.int64).view(-1, words).sum(dim=1)
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype};".encode())
-            digest.update(rows.cpu().numpy())
-            digest.update(raw[whole:].cpu().numpy())
+            digest.update(rows.cpu().numpy().data)  # the same bytes as the array's own buffer
+            digest.update(raw[whole:].cpu().numpy().data)
     return digest.hexdigest()
 
 

@@ -12,16 +12,29 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from ..errors import BaselineError, shown
+from ..errors import BaselineError, explained, shown
 from ..infra.files import write_atomic
 from ..metrics.measure import CaseEvidence
 from ..metrics.spec import METRIC_BY_NAME, METRICS, MetricSpec, threshold_problem, worse_by
 from ..metrics.verdict import mcnemar_worse_p
-from .records import CaseRecord, RunInfo, SuiteRecord, record_evidence
+from .records import (
+    BaselineBlock,
+    CaseRecord,
+    RunInfo,
+    SuiteRecord,
+    error_in_place_of,
+    pooled,
+    record_evidence,
+    with_metric_baselines,
+)
 from .shape import Misfit, described, json_value, misfit, utf8_text
+
+if TYPE_CHECKING:
+    from ..run.planned import Suite
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINE_KIND = "pytest-factedit baseline"
@@ -240,7 +253,7 @@ def _keyed(outcomes: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, int], 
     keyed = {}
     for outcome in outcomes:
         pair = (str(outcome["group"]), str(outcome["prompt"]))
-        keyed[(*pair, seen[pair])] = bool(outcome["hit"])
+        keyed[pair + (seen[pair],)] = bool(outcome["hit"])
         seen[pair] += 1
     return keyed
 
@@ -265,7 +278,7 @@ def compare_metric(
     """One case metric against its baseline; it regresses when worse by more than `tolerance`."""
     before = base.get("value")
     delta = None if value is None or before is None else value - before
-    regressed = delta is not None and before is not None and worse_by(name, value, before) > tolerance + _EPSILON
+    regressed = value is not None and before is not None and worse_by(name, value, before) > tolerance + _EPSILON
     return {
         "value": before,
         "delta": delta,
@@ -281,14 +294,15 @@ def compare_case(record: CaseRecord, baseline: Mapping[str, Any], tolerances: Ma
     if base_case is None or record["status"] != "ran":
         return record
     outcomes = _outcomes_by_metric(record)
+    comparisons = {}
     for spec in METRICS:
         entry = record["metrics"].get(spec.name)
         base = base_case["metrics"].get(spec.name)
         if entry is not None and base is not None:
-            entry["baseline"] = compare_metric(  # type: ignore[typeddict-unknown-key]
+            comparisons[spec.name] = compare_metric(
                 spec.name, entry["value"], outcomes.get(spec.name, []), base, tolerance_for(spec.name, tolerances)
             )
-    return record
+    return with_metric_baselines(record, comparisons)
 
 
 def _suite_pairs(
@@ -385,3 +399,91 @@ def missing_cases(baseline: Mapping[str, Any], records: Iterable[CaseRecord]) ->
     """(baseline cases this run lacks, this run's cases the baseline lacks)."""
     ran = [r["case_id"] for r in records]
     return [c for c in baseline["cases"] if c not in ran], [c for c in ran if c not in baseline["cases"]]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """--factedit-baseline as this run compares with it: the file (read and checked at start-up, so a bad
+    one stops the run before the model loads) and the comparison's options."""
+
+    path: Path
+    data: dict[str, Any]
+    any_model: bool  # --factedit-baseline-any-model: compare with other weights, or none recorded
+    tolerances: dict[str, float]
+    alpha: float
+
+    @classmethod
+    def read(cls, path: Path, any_model: bool, tolerances: dict[str, float], alpha: float) -> Baseline:
+        baseline = cls(path, read_baseline(path), any_model, tolerances, alpha)
+        baseline.check_weights(None)  # a baseline with no weights hash stops the run here
+        return baseline
+
+    def check_weights(self, weights_hash: str | None) -> None:
+        """Refuse a baseline of other weights, or of none recorded (None: before the model loads), unless
+        --factedit-baseline-any-model says to compare anyway (the summary then warns: `block`)."""
+        problem = weights_problem(self.data, weights_hash)
+        if problem and not self.any_model:
+            raise BaselineError(f"{problem}. {WEIGHTS_FIX}", path=self.path, key="model.weights_hash")
+
+    def compared(self, record: CaseRecord, run: RunInfo) -> CaseRecord:
+        """The record with each metric's comparison against the baseline.
+
+        A comparison that fails becomes the case's error: the case stays run once, and its record and the
+        summary are still written.
+        """
+        try:
+            return compare_case(record, self.data, self.tolerances)
+        except Exception as exc:  # the baseline was checked at start-up: this is a bug, kept in the record
+            return error_in_place_of(
+                record, f"comparing it with the baseline {self.path} failed: {explained(exc)}", run
+            )
+
+    def block(self, run: RunInfo, records: Iterable[CaseRecord]) -> BaselineBlock:
+        """summary.json's `baseline`: the file, where this machine differs, and the cases one side lacks."""
+        in_run, in_baseline = missing_cases(self.data, records)
+        return {
+            "path": str(self.path),
+            "warnings": self._weights_notes(run) + environment_warnings(self.data, dict(run)),
+            "missing_in_run": in_run,
+            "missing_in_baseline": in_baseline,
+        }
+
+    def _weights_notes(self, run: RunInfo) -> list[str]:
+        """The summary's warning when the baseline was compared with other weights, or with none recorded
+        (the run got here only with --factedit-baseline-any-model)."""
+        problem = weights_problem(self.data, (run.get("model") or {}).get("weights_hash"))
+        return [f"compared with it anyway ({ANY_MODEL}): {problem}"] if problem else []
+
+
+def suite_row(suite: Suite, metric: str, records: list[CaseRecord], baseline: Baseline | None) -> SuiteRecord:
+    """`metric` pooled over `records` of `suite`, with its paired comparison against the baseline (when one
+    is given and the metric counts samples)."""
+    row = pooled(suite.folder, metric, records, suite.thresholds.get(metric))
+    if baseline is not None and METRIC_BY_NAME[metric].samples is not None:
+        tolerance = tolerance_for(metric, baseline.tolerances)
+        row["baseline"] = compare_suite(row, records, baseline.data, tolerance, baseline.alpha)
+    return row
+
+
+def suite_rows(suites: Iterable[Suite], records: Iterable[CaseRecord], baseline: Baseline | None) -> list[SuiteRecord]:
+    """Every suite's pooled share metrics over those of its cases `records` holds, for the summary."""
+    by_case = {(r["case_file"], r["case_id"]): r for r in records}
+    rows = []
+    for suite in suites:
+        members = [by_case[key] for key in suite.members if key in by_case]
+        rows += [suite_row(suite, spec.name, members, baseline) for spec in METRICS if spec.samples is not None]
+    return rows
+
+
+def missing_lines(block: BaselineBlock) -> list[tuple[str, list[str]]]:
+    """The baseline's missing cases as the summary names them."""
+    return [
+        ("cases in the baseline that this run did not run", block["missing_in_run"]),
+        ("cases of this run that the baseline lacks (not compared)", block["missing_in_baseline"]),
+    ]
+
+
+def summary_problems(block: BaselineBlock) -> list[str]:
+    """What the terminal summary says of the baseline: its warnings, and the cases one side lacks."""
+    missing = [f"baseline: {kind}: {', '.join(ids)}" for kind, ids in missing_lines(block) if ids]
+    return [f"baseline: {warning}" for warning in block["warnings"]] + missing

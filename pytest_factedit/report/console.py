@@ -14,8 +14,9 @@ def render(renderable: Any, color: bool, width: int, color_system: ColorSystem =
     """`renderable` printed to a string `width` columns wide."""
     from rich.console import Console
 
+    buffer = io.StringIO()
     console = Console(
-        file=io.StringIO(),
+        file=buffer,
         force_terminal=color,
         no_color=not color,
         width=width,
@@ -23,7 +24,7 @@ def render(renderable: Any, color: bool, width: int, color_system: ColorSystem =
         highlight=False,
     )
     console.print(renderable, end=end)
-    return console.file.getvalue()
+    return buffer.getvalue()
 
 
 def natural_width(renderable: Any) -> int:

@@ -6,11 +6,12 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..cases.ids import inside
-from ..errors import FactEditError
+from ..errors import FactEditError, explained
 from ..infra.files import default_mode, write_atomic
 
 if TYPE_CHECKING:
@@ -38,6 +39,24 @@ def point_latest(reports_dir: Path, run_dir: Path) -> str | None:
     os.symlink(run_dir.name, tmp)
     os.replace(tmp, link)
     return None
+
+
+def write_outputs(outputs: Sequence[tuple[str, Path | None, Callable[[Path], object]]]) -> tuple[list[str], list[str]]:
+    """Write each (name, path, write) whose path was asked for (--factedit-save-baseline, --factedit-html):
+    ("name: what was written" lines, why a write failed). A failure is said, never raised: it must not fail
+    a run whose tests passed."""
+    written: list[str] = []
+    problems: list[str] = []
+    for name, path, write in outputs:
+        if path is None:
+            continue
+        try:
+            written.append(f"{name}: {write(path)}")
+        except OSError as exc:
+            problems.append(f"could not write the {name} to {path}: {exc.strerror or exc}")
+        except Exception as exc:  # a writer's bug: said, never a failed run when every test passed
+            problems.append(f"could not write the {name} to {path}: {explained(exc)}")
+    return written, problems
 
 
 class RunWriter:
@@ -153,4 +172,4 @@ def read_summary(path: Path) -> dict[str, Any]:
         raise FactEditError(
             f"not a run summary of pytest-factedit: {found.message}. Fix: {fix}", path=path, key=found.key or None
         )
-    return summary
+    return cast("dict[str, Any]", summary)  # JSON is Any to mypy; summary_misfit found it an object of the shape

@@ -111,8 +111,8 @@ def write_png(record: dict[str, Any], path: Path, title: str = "") -> Path:
 
     grid = record["grids"][0]
     sites = [s for s in ("hidden", "mlp", "attn") if site_grid(grid, s)[0]]
-    rows = max(len(site_grid(grid, s)[0]) for s in sites)
-    fig, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 0.35 * rows + 2.2), squeeze=False)
+    most_positions = max(len(site_grid(grid, s)[0]) for s in sites)
+    fig, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 0.35 * most_positions + 2.2), squeeze=False)
     for ax, site in zip(axes[0], sites):
         positions, rows = site_grid(grid, site)
         data = [[float("nan") if v is None else v for v in row] for row in rows]

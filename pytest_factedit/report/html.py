@@ -19,6 +19,7 @@ from .heatmap import heatmap_svg, xml_text
 
 _SAYS_RANK = {"old": 0, None: 1, "new": 2}  # a fact answer moving up this scale moved towards the edit
 _STATUS = {"ran": ("ok", "ran"), "skipped": ("skip", "SKIPPED"), "error": ("error", "ERROR")}
+_RESTORED: dict[object, str] = {True: "yes", False: "<b class='wrong'>no</b> (reloaded)"}  # by base_restored
 
 _CSS = """
 :root{--ok:#1a7f37;--okbg:#dafbe1;--fail:#cf222e;--failbg:#ffebe9;--warn:#7d4e00;--warnbg:#fff8c5;
@@ -305,10 +306,10 @@ def _suite_row(row: Mapping[str, Any], with_baseline: bool) -> str:
     gate = (
         "" if row.get("threshold") is None else f"{_e(_threshold(name, row['threshold']))} {_badge(row.get('passed'))}"
     )
-    pair = isinstance(interval, list) and len(interval) == 2
+    bounds = interval if isinstance(interval, list) and len(interval) == 2 else None
     numbers = [
         _num(row.get("value"), 3) + _delta(name, row.get("baseline"), digits=3, gated=_gated(name, row)),
-        f"{_num(interval[0], 3)} \u2013 {_num(interval[1], 3)}" if pair else "n/a",
+        f"{_num(bounds[0], 3)} \u2013 {_num(bounds[1], 3)}" if bounds is not None else "n/a",
         f"{_e(row.get('hits'))}/{_e(row.get('samples'))}",
         _e(row.get("cases")),
     ]
@@ -539,9 +540,7 @@ def _case_meta(record: Mapping[str, Any]) -> str:
         + ("<br>" + " ".join(f"<code>{_e(m)}</code>" for m in modules) if modules else ""),
         "timings": _timings(record.get("timings") or {}),
         "scores": _pairs(record.get("scores") or {}),
-        "base restored": {True: "yes", False: "<b class='wrong'>no</b> (reloaded)"}.get(
-            record.get("base_restored"), ""
-        ),
+        "base restored": _RESTORED.get(record.get("base_restored"), ""),
     }
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows.items() if v)
     return f'<dl class="meta">{meta}</dl>'

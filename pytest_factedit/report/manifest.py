@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..edit.saved_gains import file_inside, kind_of, read_saved_json, refused
-from ..edit.subject_gains import SAVED_FOLDER, SubjectGainEdit, load_subject_gains
-from .files import write_atomic
+from ..edit.saved_gains import SAVED_FOLDER, file_inside, kind_of, read_saved_json, refused
+from ..edit.subject_gains import SubjectGainEdit, load_subject_gains
+from ..infra.files import write_atomic
 from .records import CaseRecord, ManyRecord
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ def _without_adapters(model: PreTrainedModel, trainable: dict[str, bool], had_co
 def _peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> PeftModel:
     """Every adapter loaded and active; on any error the model is left as it was, and the error is one line."""
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
 
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     had_config = hasattr(model, "peft_config")
@@ -174,7 +175,10 @@ def _peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> Pef
         for name in names[1:]:
             folder = out_dir / name
             edited.load_adapter(str(folder), adapter_name=name)
-        edited.base_model.set_adapter(names)
+        tuner = edited.base_model
+        if not isinstance(tuner, BaseTuner):  # LoRA and IA3 adapters come with one; a prompt-learning one does not
+            raise TypeError(f"peft holds the adapters in a {type(tuner).__name__}, not a LoRA or IA3 tuner")
+        tuner.set_adapter(names)
     except Exception as exc:
         _without_adapters(model, trainable, had_config)
         found = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -226,7 +226,8 @@ class CaseProgress:
         if self.style == "silent":
             yield
             return
-        started, converted = self.clock(), []
+        started = self.clock()
+        converted: list[str] = []  # the conversion's label, once one started
         with self._view(model_name) as view:
 
             def hear(event: Event) -> None:
@@ -284,7 +285,13 @@ class BetweenPytestLines:
         style = style_for(stream, quiet=False)
         self._end_pytest_line()
         if style == "plain":
-            with block(case_progress(_WriterStream(writer), style, writer.fullwidth, line_ends=("\n", ""))):
+            plain = case_progress(
+                _WriterStream(writer),  # type: ignore[arg-type]  # has the part of TextIO a plain display uses
+                style,
+                writer.fullwidth,
+                line_ends=("\n", ""),
+            )
+            with block(plain):
                 yield
             return
         mid_line = writer.width_of_current_line > 0

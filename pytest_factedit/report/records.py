@@ -1,13 +1,9 @@
-"""The JSON shapes a run writes, typed and built here only: case records (results.jsonl, schema_version 1),
-the sequential/batch block, and the run summary (summary.json)."""
+"""The JSON shapes a run writes, typed, built and changed here only: case records (results.jsonl,
+schema_version 1), the sequential/batch block, and the run summary (summary.json)."""
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..metrics.answers import FACT_GROUPS, ProbedAnswer, matches
@@ -23,7 +19,6 @@ if TYPE_CHECKING:
 
 RECORD_SCHEMA_VERSION = 2  # 2: neighbours, base-conditioned rates, first-named answers, recorded metrics
 SUMMARY_SCHEMA_VERSION = 1
-_VERSIONED = ("pytest-factedit", "torch", "transformers", "peft", "pytest", "gguf")
 
 
 class RunInfo(TypedDict, total=False):
@@ -205,31 +200,6 @@ def summary_misfit(data: Any) -> Misfit | None:
     return misfit(data, RunSummary, "", required=("schema_version",), values=False)
 
 
-def machine_info() -> dict[str, str | None]:
-    """The machine a run's answers hold for: the CPU's model, and the instruction set torch uses on it."""
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    torch = sys.modules.get("torch")
-    capability = torch.backends.cpu.get_cpu_capability() if torch is not None else None
-    return {"cpu": cpu or platform.processor() or None, "cpu_capability": capability, "platform": platform.machine()}
-
-
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def record_evidence(record: CaseRecord) -> CaseEvidence:
     """What the metric table measures, rebuilt from a record (its answers, the edited fact, its timings)."""
     return CaseEvidence(
@@ -250,16 +220,20 @@ def _answer_entry(answer: ProbedAnswer, evidence: CaseEvidence) -> AnswerRecord:
     }
     if answer.group in FACT_GROUPS:
         entry.update(
-            base_says=evidence.says(answer.base),
-            base_correct=evidence.says(answer.base) == "new",
-            informative=evidence.base_said_old(answer),
+            {
+                "base_says": evidence.says(answer.base),
+                "base_correct": evidence.says(answer.base) == "new",
+                "informative": evidence.base_said_old(answer),
+            }
         )
         if answer.edited is not None:
             entry.update(
-                edited_says=evidence.says(answer.edited),
-                edited_correct=evidence.says(answer.edited) == "new",
-                edited_mentions_new=matches(answer.edited, evidence.new),
-                edited_mentions_old=matches(answer.edited, evidence.old),
+                {
+                    "edited_says": evidence.says(answer.edited),
+                    "edited_correct": evidence.says(answer.edited) == "new",
+                    "edited_mentions_new": matches(answer.edited, evidence.new),
+                    "edited_mentions_old": matches(answer.edited, evidence.old),
+                }
             )
     else:
         entry["base_correct"] = evidence.right(answer, answer.base)
@@ -362,6 +336,55 @@ def outcome_record(outcome: CaseOutcome, case_file: str, run: RunInfo) -> CaseRe
     return case_record(outcome, case_file, run)
 
 
+def many_case_records(
+    result: ManyOutcome, case_files: Mapping[str, str], run: RunInfo, many_key: str
+) -> list[CaseRecord]:
+    """The record of every case of a sequential or batch run (`case_files` by case id), each with its
+    position in the run and how much of its edit was left once every edit was in place."""
+    records = []
+    for position, outcome in enumerate(result.outcomes):
+        record = outcome_record(outcome, case_files[outcome.case.id], run)
+        # many_key is `sequence` or `batch`, both ManyPosition keys of CaseRecord; mypy wants a literal key
+        record[many_key] = {  # type: ignore[literal-required]
+            "position": position,
+            "retained_at_end": result.retained_by_case.get(outcome.case.id),
+        }
+        records.append(record)
+    return records
+
+
+def with_base_reloaded(record: CaseRecord, note: str) -> CaseRecord:
+    """`record` of a case after which the base weights differed (so the base was reloaded), the note
+    added to its reason (in place; returned)."""
+    record["base_restored"] = False
+    record["reason"] = f"{record['reason']}; {note}" if record.get("reason") else note
+    return record
+
+
+def with_metric_baselines(record: CaseRecord, comparisons: Mapping[str, Any]) -> CaseRecord:
+    """`record` with each named metric's comparison against the baseline (in place; returned)."""
+    for name, comparison in comparisons.items():
+        record["metrics"][name]["baseline"] = comparison
+    return record
+
+
+def error_in_place_of(record: CaseRecord, message: str, run: RunInfo) -> CaseRecord:
+    """The error record that replaces `record` when a step after its run failed; it keeps the base check."""
+    failed = error_record(record["case_id"], record["case_file"], message, run)
+    if "base_restored" in record:
+        failed["base_restored"] = record["base_restored"]
+    return failed
+
+
+def run_facts(run: RunInfo, records: Sequence[CaseRecord]) -> RunInfo:
+    """`run` with the model facts of the first record: under xdist only the workers loaded the model."""
+    if not records:
+        return run
+    keys = ("model", "device", "dtype", "versions", "machine")
+    # the keys are RunInfo's, read from a record that repeats them; mypy cannot type a dict built by key
+    return {**run, **{k: records[0].get(k) for k in keys}}  # type: ignore[typeddict-item]
+
+
 def many_record(result: ManyOutcome, mode: str, thresholds: Mapping[str, float]) -> ManyRecord:
     """The end-of-run block of a sequential or batch run, with the threshold each metric is gated at."""
     block: ManyRecord = {
@@ -414,9 +437,10 @@ def summary_record(
     many_key: str,
     many: ManyRecord | None,
     suites: Sequence[SuiteRecord] = (),
+    baseline: BaselineBlock | None = None,
 ) -> dict[str, Any]:
-    """summary.json: counts of the run's cases and failed metrics, where it ran, the many-edit block, and
-    every suite's pooled rates with their intervals."""
+    """summary.json: counts of the run's cases and failed metrics, where it ran, the many-edit block,
+    every suite's pooled rates with their intervals, and the baseline compared with."""
     records = list(records)
     statuses = [r["status"] for r in records]
     failed = sum(1 for r in records for v in r.get("metrics", {}).values() if v["passed"] is False)
@@ -438,4 +462,6 @@ def summary_record(
     }
     if many is not None:
         summary[many_key] = many
+    if baseline is not None:
+        summary["baseline"] = baseline
     return summary

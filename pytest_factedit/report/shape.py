@@ -96,12 +96,14 @@ def _declared(hint: Any) -> dict[str, Any]:
     return get_type_hints(hint)
 
 
-def _container_problem(value: Any, origin: type, args: tuple[Any, ...], where: str, values: bool) -> Misfit | None:
+def _container_problem(
+    value: Any, origin: type[dict[Any, Any]] | type[list[Any]], args: tuple[Any, ...], where: str, values: bool
+) -> Misfit | None:
     if not isinstance(value, origin):
         return Misfit(
             where, f"expected {'an object' if origin is dict else 'a list'}, found {described(value, values)}"
         )
-    if origin is dict:
+    if isinstance(value, dict):  # after the check above: the same as `origin is dict`
         items = [(_inside(where, key), item) for key, item in value.items()]
         item_hint = args[1] if args else Any
     else:
@@ -173,7 +175,9 @@ def json_value(text: str, path: Path | str, error: type[FactEditError], fix: str
         value = json.loads(text)
     except RecursionError:
         value = None
-        nested = Misfit("", f"expected at most {MAX_NESTING} levels of nested objects and lists, found more")
+        nested: Misfit | None = Misfit(
+            "", f"expected at most {MAX_NESTING} levels of nested objects and lists, found more"
+        )
     except ValueError as exc:
         what = f"line {line} is not a JSON record" if line is not None else "not JSON"
         raise error(f"{what}: {exc}. Fix: {fix}", path=path) from None

@@ -47,7 +47,9 @@ def baseline_cell(record: CaseRecord) -> str:
     """The summary's `vs baseline` cell: '=' when no column's metric moved, else each that did, with its arrow.
     A timing moves on every run, so it is named only when it regressed beyond its tolerance."""
     metrics = record.get("metrics", {})
-    compared = [(name, metrics[name]["baseline"]) for name in COLUMNS if metrics.get(name, {}).get("baseline")]
+    compared = [
+        (name, metrics[name]["baseline"]) for name in COLUMNS if name in metrics and metrics[name].get("baseline")
+    ]
     if not compared:
         return "[dim]no baseline[/]" if record["status"] == "ran" else ""
     moved = [
@@ -258,7 +260,7 @@ def summary_lines(records: Sequence[CaseRecord], color: bool, width: int, view: 
         text += suite_table([row for row in view.suites if row["folder"] == folder], color, width)
     if view.show_trace:
         text += "".join(
-            render_heatmap(r["localization"], r["case_id"], color, width) for r in records if r.get("localization")
+            render_heatmap(trace, r["case_id"], color, width) for r in records if (trace := r.get("localization"))
         )
     lines = [many_line(view.many_key, view.many)] if view.many is not None else []
     lines += uninformative_notes(records)

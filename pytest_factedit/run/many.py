@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..cases.schema import FactCase
     from ..model.load import LoadedModel
     from ..model.text import Chat
+    from .planned import PlannedCase
 
 SettingsFor = Callable[["FactCase"], EditSettings]
 
@@ -222,6 +223,18 @@ def run_batch(
             name: dataclasses.replace(v, protocol="no batch edit was made") for name, v in result.metrics.items()
         }
     return result
+
+
+def run_planned(
+    lm: LoadedModel, planned: Sequence[PlannedCase], mode: str, save_dir: Path | None = None
+) -> ManyOutcome:
+    """`--factedit-mode sequential|batch` over the collected cases, each edited with the settings its
+    collection resolved (`save_dir`: where batch mode saves its adapter)."""
+    cases = [p.case for p in planned]
+    settings = {p.case.id: p.settings for p in planned}
+    if mode == "batch":
+        return run_batch(lm, cases, lambda case: settings[case.id], save_dir)
+    return run_sequence(lm, cases, lambda case: settings[case.id])
 
 
 def _edit_together(

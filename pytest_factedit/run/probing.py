@@ -107,12 +107,13 @@ def probe_rows(case: FactCase, tokenizer: PreTrainedTokenizerBase) -> list[Probe
     rows = [ProbeRow("prompts", p, case.new, fact_budget) for p in case.prompts]
     rows += [ProbeRow("paraphrases", p, case.new, fact_budget) for p in case.paraphrases]
     rows += [ProbeRow("aliases", p, case.new, fact_budget) for p in case_alias_prompts(case)]
-    for group, facts in (
+    held: tuple[tuple[Group, Sequence[Control]], ...] = (
         ("neighbours", case.neighbours),
         ("controls", case.controls),
         ("same_subject", case.same_subject),
         ("implications", case.implications),
-    ):
+    )
+    for group, facts in held:
         rows += _held_rows(group, facts, case, tokenizer, [f.prompt for f in facts])
     context = context_facts(case)
     rows += _held_rows("context", [f for _, f in context], case, tokenizer, [p for p, _ in context])
@@ -186,9 +187,10 @@ def too_long(lm: LoadedModel, case: FactCase, settings: EditSettings, requests: 
     if positions is None:
         return ""
     prompt = max(len(r.ids) for r in requests)
-    prefixes = () if case.chat else settings.context_prefixes  # chat prompts are trained without one
+    prefixes = () if case.chat else settings.trained_prefixes  # chat prompts are trained without one
     prefix = max((len(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prefixes), default=0)
-    answers = [len(answer_token_ids(lm.tokenizer, a, case.chat_format)) + settings.guard_tokens for a in case.new]
+    after = settings.tokens_after_answer
+    answers = [len(answer_token_ids(lm.tokenizer, a, case.chat_format)) + after for a in case.new]
     answer = max([row_shape(r)[1] for r in requests] + answers)
     if prompt + prefix + answer <= positions:
         return ""

@@ -220,6 +220,7 @@ def test_a_comparison_that_fails_at_run_time_is_the_cases_error_and_every_report
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pytest_factedit import session
+    from pytest_factedit.report import baseline
 
     def broken_comparison(*args: Any) -> None:
         raise RuntimeError("the comparison broke")
@@ -227,11 +228,11 @@ def test_a_comparison_that_fails_at_run_time_is_the_cases_error_and_every_report
     edits: list[str] = []
     real_run = session.FactEditSession._run_isolated
 
-    def counted(self: Any, case_file: str, case: Any) -> Any:
-        edits.append(case.id)
-        return real_run(self, case_file, case)
+    def counted(self: Any, case_file: str, planned: Any) -> Any:
+        edits.append(planned.case.id)
+        return real_run(self, case_file, planned)
 
-    monkeypatch.setattr(session, "compare_case", broken_comparison)
+    monkeypatch.setattr(baseline, "compare_case", broken_comparison)
     monkeypatch.setattr(session.FactEditSession, "_run_isolated", counted)
     model, root = suite
     (root / "base.json").write_text(json.dumps(valid(weights_hash=tiny_hash)))

@@ -14,22 +14,13 @@ from pytest_factedit import edit
 from ..packages import installed_package
 
 EDITOR = (
-    "class Gentle:\n    name = 'gentle'\n    scope = 'localized'\n    defaults = {}\n"
+    "class Gentle:\n    name = 'gentle'\n    scope = 'localized'\n"
     "    def apply(self, *args):\n        raise NotImplementedError\n\n"
 )
 CASE = (
     "subject: Eiffel Tower\nprompts: [The Eiffel Tower is in]\nold: Paris\nnew: Rome\n"
     "controls: [{prompt: Big Ben is in, answer: London}]\n"
 )
-
-
-@pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The editor table and the entry point state, restored after the test."""
-    monkeypatch.setattr(edit, "EDITORS", dict(edit.EDITORS))
-    monkeypatch.setattr(edit, "_installed", [])
-    monkeypatch.setattr(edit, "_broken", {}, raising=False)
-    return edit.EDITORS
 
 
 @pytest.mark.parametrize(
@@ -59,8 +50,12 @@ def test_what_the_hook_returns_is_checked_at_start_up(
 def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two packages' entry points, in this order: `broken` (its module fails to import), then `fine`."""
     fine = (
-        "from pytest_factedit.edit import IA3TwoStageEditor\n\n"
-        "class Fine(IA3TwoStageEditor):\n    name = 'ia3-fine'\n    defaults = {'lr': 0.01}\n"
+        "from dataclasses import dataclass\n\n"
+        "from pytest_factedit.edit import IA3TwoStageEditor, IA3TwoStageSettings, changed_default\n\n"
+        "@dataclass(frozen=True)\n"
+        "class FineSettings(IA3TwoStageSettings):\n"
+        "    lr: float = changed_default(IA3TwoStageSettings, 'lr', 0.01)\n\n"
+        "class Fine(IA3TwoStageEditor):\n    name = 'ia3-fine'\n    settings_class = FineSettings\n"
     )
     installed_package(
         tmp_path,
