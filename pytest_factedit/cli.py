@@ -16,8 +16,8 @@ from .cases.ids import inside
 from .cases.loader import DEFAULTS_FILE, claim_id, is_case_file, load_case, load_defaults
 from .edit import resolve_settings
 from .edit.reference import settings_reference
-from .edit.settings import TRACING_MODES
 from .errors import FactEditError, out_of_memory_hint, shown, terminal_text
+from .model.targets import TRACING_MODES
 from .report.files import RESULTS_FILE, SUMMARY_FILE, read_results, read_summary
 from .report.heatmap import render_heatmap
 from .report.tables import summary_table

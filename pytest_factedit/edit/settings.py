@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
 from ..errors import MethodError, did_you_mean, shown
+from ..model.targets import TRACING_MODES
 
 DEFAULT_METHOD = "ia3-two-stage"
-TRACING_MODES = ("trace", "attribution")  # the modes that measure where the fact is (localize/localizer.py: METHODS)
 LOCALIZE_MODES = (*TRACING_MODES, "none", "random")
 TRAIN_PRECISIONS = ("model", "bfloat16")
 RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]

@@ -2,10 +2,9 @@
 
 from ..errors import SubjectNotFound
 from .hooks import SITES, forward_hooks, site_module_name
-from .localizer import METHODS, FactPrompts, Localization, LocalizeSettings, PromptGrid, localize, top_layers
+from .localizer import FactPrompts, Localization, LocalizeSettings, PromptGrid, localize, top_layers
 
 __all__ = [
-    "METHODS",
     "SITES",
     "FactPrompts",
     "Localization",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..metrics.measure import mean
 from ..model.arch import ArchModules, arch_modules, num_layers
 from ..model.precision import precision_context
+from ..model.targets import TRACING_MODES
 from .hooks import SITES
 from .patching import (
     Cell,
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-METHODS = ("trace", "attribution")
 Row = list[float | None]
 
 
@@ -39,7 +39,7 @@ class LocalizeSettings:
     `precision`: "auto" (bf16 on CUDA and AMX CPUs), "float32" or "bfloat16".
     """
 
-    method: str = "trace"  # one of METHODS
+    method: str = "trace"  # one of TRACING_MODES (model/targets.py)
     mlp_layers: int = 2
     attention_layers: int = 2
     noise_samples: int = 3
@@ -50,8 +50,8 @@ class LocalizeSettings:
     batch_rows: int | None = None  # rows per batched pass (default: 1024 on CUDA, 128 on CPU)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"localization method must be one of {METHODS}, found {self.method!r}")
+        if self.method not in TRACING_MODES:
+            raise ValueError(f"localization method must be one of {TRACING_MODES}, found {self.method!r}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 from ..errors import UnsupportedArchitecture
 from .arch import arch_modules, num_layers
 
+# how localization measures which layers carry a fact (localize/ runs them; edit/ settings choose one)
+TRACING_MODES = ("trace", "attribution")
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
