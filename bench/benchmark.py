@@ -3,6 +3,7 @@
     python bench/benchmark.py                      # load, every phase of every shipped case, the suite
     python bench/benchmark.py --skip-suite --skip-conversion
     python bench/benchmark.py --against HEAD~3     # this checkout and HEAD~3 (a git worktree), interleaved
+    python bench/benchmark.py --against HEAD --skip-cases --repeats 3   # first conversions only, A B B A ...
 
 Per case (medians over the shipped cases): probing the base model, localization, both edit stages,
 probing the edited model. Also: the cached load (a fresh process: imports, then `load()`), the first
@@ -11,7 +12,9 @@ conversion into a throw-away cache, and the wall seconds of `pytest fact_cases/`
 With --against REV, one worker process per checkout loads the model once and runs the same cases, in
 the order A B B A A B ..., so that both see the same machine state; the table gives each phase's
 median for both and their ratio. Absolute seconds differ across machines; ratios measured in one run
-do not. The answers of both are compared too (a hash of every base and edited answer per case).
+do not. The answers of both are compared too (a hash of every base and edited answer per case). The first
+conversion is timed for both as well, --repeats times each in the same interleaved order, each in a fresh
+process into an empty cache, and the weights hashes the two conversions record are compared.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ TARGETS = {
     "stages_seconds": 5.0,
     "suite wall": 90.0,
     "cached load": 3.0,
+    "first conversion": 30.0,  # into an empty cache, the embedded model's chunk packages installed
 }
 PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "probe_seconds", "wall_seconds")
 
@@ -98,18 +102,26 @@ def cached_load() -> dict[str, float]:
     return {"imports": imports, "load": load, "cached load": imports + load}
 
 
-def first_conversion_seconds() -> float:
-    """Convert the embedded GGUF into an empty cache in a fresh process; returns that process's figure."""
+def first_conversion_seconds(checkout: Path = REPO) -> tuple[float, str]:
+    """Convert the embedded GGUF into an empty cache in a fresh process running `checkout`'s code; returns that
+    process's figure and the weights hash it recorded."""
     with tempfile.TemporaryDirectory() as cache:
-        code = "from pytest_factedit.model.load import load; print(load(None, 'cpu').conversion_seconds)"
+        code = (
+            "import pytest_factedit; from pytest_factedit.model.load import load; lm = load(None, 'cpu'); "
+            "print(lm.conversion_seconds, lm.weights_hash, pytest_factedit.__file__)"
+        )
         out = subprocess.run(
             [sys.executable, "-c", code],
-            env={**os.environ, "FACTEDIT_CACHE": cache},
+            cwd=checkout,  # `python -c` puts the working folder first on sys.path
+            env={**os.environ, "FACTEDIT_CACHE": cache, "PYTHONPATH": str(checkout)},
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        return float(out.strip().splitlines()[-1])
+        seconds, weights_hash, package = out.strip().splitlines()[-1].split(maxsplit=2)
+        if not Path(package).resolve().is_relative_to(checkout.resolve()):
+            raise RuntimeError(f"the conversion for {checkout} imported pytest_factedit from {package}")
+        return float(seconds), weights_hash
 
 
 def suite_wall_seconds() -> tuple[float, str]:
@@ -151,7 +163,7 @@ def measure_here(args: argparse.Namespace) -> int:
     if not args.skip_load:
         figures.update(cached_load())
     if not args.skip_conversion:
-        figures["first conversion"] = first_conversion_seconds()
+        figures["first conversion"] = first_conversion_seconds()[0]
     if not args.skip_suite:
         figures["suite wall"], closing = suite_wall_seconds()
         print(f"pytest fact_cases/: {closing}")
@@ -161,26 +173,56 @@ def measure_here(args: argparse.Namespace) -> int:
 
 
 def measure_against(args: argparse.Namespace) -> int:
-    """This checkout (A) and REV (B), interleaved A B B A per case, one worker each."""
+    """This checkout (A) and REV (B): the cases interleaved A B B A per case, one worker each; then the first
+    conversions, interleaved the same way."""
     with tempfile.TemporaryDirectory() as folder:
         other = Path(folder) / "rev"
         subprocess.run(
             ["git", "worktree", "add", "--detach", str(other), args.against], cwd=REPO, check=True, capture_output=True
         )
         try:
-            workers = {"A": Worker(REPO, args.cases), "B": Worker(other, args.cases)}
-            results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
-            order = ["A", "B"]
-            for case in [c for _ in range(args.repeats) for c in case_files(args.cases)]:
-                for side in order:
-                    results[side].append(workers[side].run(case))
-                order.reverse()
-            for worker in workers.values():
-                worker.close()
+            if not args.skip_cases:
+                workers = {"A": Worker(REPO, args.cases), "B": Worker(other, args.cases)}
+                results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+                order = ["A", "B"]
+                for case in [c for _ in range(args.repeats) for c in case_files(args.cases)]:
+                    for side in order:
+                        results[side].append(workers[side].run(case))
+                    order.reverse()
+                for worker in workers.values():
+                    worker.close()
+                print_comparison(args.against, results, {side: w.ready for side, w in workers.items()})
+            if not args.skip_conversion:
+                print_conversions(args.against, interleaved_conversions(other, args.repeats))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
-    print_comparison(args.against, results, {side: w.ready for side, w in workers.items()})
     return 0
+
+
+def interleaved_conversions(other: Path, repeats: int) -> dict[str, list[tuple[float, str]]]:
+    """First conversions by this checkout (A) and `other` (B), `repeats` each, in the order A B B A A B ..."""
+    checkouts = {"A": REPO, "B": other}
+    runs: dict[str, list[tuple[float, str]]] = {"A": [], "B": []}
+    order = ["A", "B"]
+    for _ in range(repeats):
+        for side in order:
+            runs[side].append(first_conversion_seconds(checkouts[side]))
+            print(f"  first conversion {side}: {runs[side][-1][0]:.2f} s", flush=True)
+        order.reverse()
+    return runs
+
+
+def print_conversions(rev: str, runs: dict[str, list[tuple[float, str]]]) -> None:
+    a, b = ([seconds for seconds, _ in runs[side]] for side in ("A", "B"))
+    same = sum(x[1] == y[1] for x, y in zip(runs["A"], runs["B"]))
+    print(f"\nA = this checkout, B = {rev}; {len(a)} first conversions each, interleaved; cores: {os.cpu_count()}\n")
+    print("| first conversion | A (s) | B (s) | A / B |")
+    print("|---|---|---|---|")
+    for number, (x, y) in enumerate(zip(a, b), 1):
+        print(f"| run {number} | {x:.2f} | {y:.2f} | {x / y:.2f} |")
+    median_a, median_b = statistics.median(a), statistics.median(b)
+    print(f"| median | {median_a:.2f} | {median_b:.2f} | {median_a / median_b:.2f} |")
+    print(f"\nweights hash identical in {same} of {len(a)} pairs")
 
 
 def print_comparison(rev: str, results: dict[str, list[dict[str, Any]]], ready: dict[str, dict[str, Any]]) -> None:
@@ -214,6 +256,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="passes over the cases")
     parser.add_argument("--against", metavar="REV", help="also run REV (a git worktree) and print ratios")
     parser.add_argument("--skip-conversion", action="store_true")
+    parser.add_argument("--skip-cases", action="store_true", help="with --against: only the first conversions")
     parser.add_argument("--skip-suite", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args()

@@ -28,7 +28,7 @@ CASE_END = "case-end"  # label: the case's status ("ran", "skipped")
 
 # Phases of a conversion (the label of CONVERT events).
 ASSEMBLING = "assembling the GGUF"
-TOKENIZER = "building the tokenizer"  # from the GGUF's vocabulary: most of a conversion's minute
+TOKENIZER = "building the tokenizer"  # from the GGUF's vocabulary: the longest step of a conversion
 READING = "reading the GGUF"  # its config, before its tensors are de-quantized
 DEQUANTIZING = "de-quantizing"
 SAVING = "saving"

@@ -27,13 +27,11 @@ from ..infra.events import (
     CONVERT_END,
     CONVERT_START,
     DEQUANTIZING,
-    READING,
-    SAVING,
-    TOKENIZER,
     emit,
 )
 from ..infra.files import default_mode
 from . import embedded
+from .conversion import convert_directly, convert_through_model
 from .embedded import sha256_file
 from .spec import EMBEDDED_FILE, ModelSpec, cache_dir
 
@@ -142,26 +140,11 @@ def _bars_as_events() -> Iterator[None]:
 
 
 def dequantize(gguf_path: Path, out: Path) -> None:
-    """De-quantize a GGUF into `out` as a safetensors model folder with its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(gguf_path.parent), gguf_path.name
+    """De-quantize a GGUF into `out` as a safetensors model folder with its tokenizer: straight from its
+    tensors where transformers' GGUF mapping gives exactly the model's weights, else through a whole model."""
     with _bars_as_events():
-        emit(CONVERT, TOKENIZER)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
-        emit(CONVERT, READING)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
-        )
-        # save_pretrained refuses GGUF-quantized models; the weights are already de-quantized to fp32.
-        # transformers sets hf_quantizer on the instance; torch types unknown attributes as tensors or modules
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        emit(CONVERT, SAVING)
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        if not convert_directly(gguf_path, out):
+            convert_through_model(gguf_path, out)
 
 
 def _convert(gguf_path: Path, out_dir: Path, source_sha256: str) -> None:
