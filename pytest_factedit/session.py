@@ -12,7 +12,7 @@ from .errors import RestoreError, explained
 from .metrics.spec import thresholds_with
 from .report.baseline import Baseline, suite_row, suite_rows, summary_problems, write_baseline
 from .report.files import RESULTS_FILE, RunWriter, new_run_id, write_outputs
-from .report.manifest import write_batch_manifest, write_manifest
+from .report.manifest import write_manifest
 from .report.records import (
     CaseRecord,
     ManyRecord,
@@ -26,6 +26,7 @@ from .report.records import (
     summary_record,
     with_base_reloaded,
 )
+from .report.saved_sequence import write_many_manifest
 from .report.tables import RunView
 from .run.model_holder import ModelHolder
 from .run.options import Options
@@ -119,16 +120,17 @@ class FactEditSession:
             return self.many
         from .run.many import run_planned
 
-        batch_dir = inside(self.options.save_adapters, "batch") if self.options.save_adapters else None
+        folder = "batch" if self.options.mode == "batch" else "sequence"
+        save_dir = inside(self.options.save_adapters, folder) if self.options.save_adapters else None
         cases = [planned for _, planned in self.many_cases]
-        result = run_planned(self.load_model(), cases, self.options.mode, batch_dir)
+        result = run_planned(self.load_model(), cases, self.options.mode, save_dir)
         files = {planned.case.id: case_file for case_file, planned in self.many_cases}
         for record in many_case_records(result, files, self.run_info, self.options.many_key):
             self._records[(record["case_file"], record["case_id"])] = self.compared(record)
         thresholds = thresholds_with(cases[0].case.thresholds) if cases else {}
         self.many = many_record(result, self.options.mode, thresholds)
-        if batch_dir is not None and result.batch.get("adapters", {}).get("names"):
-            write_batch_manifest(batch_dir, self.many, [r for r in self._records.values() if r["status"] == "ran"])
+        if save_dir is not None:
+            write_many_manifest(save_dir, self.options.mode, self.many, list(self._records.values()))
         if not result.base_restored:
             raise RestoreError(f"{self.options.mode} mode: the weights differ from the base after restoring them")
         return self.many

@@ -32,14 +32,15 @@ CHAT_TAGS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_WORDS = "Who developed PyTorch ? Meta Google Answer in one word You are helpful".split()
 
 
-def word_tokenizer(chat: bool = False) -> Any:
-    """Whitespace-split words of WORDS; with `chat`, also the chat tags and words of CHAT_WORDS, and a chat
-    template."""
+def word_tokenizer(chat: bool = False, extra_words: tuple[str, ...] = ()) -> Any:
+    """Whitespace-split words of WORDS and `extra_words`; with `chat`, also the chat tags and words of
+    CHAT_WORDS, and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"] + (CHAT_TAGS if chat else [])
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list(WORDS) + (CHAT_WORDS if chat else [])))}
+    words = specials + list(WORDS) + list(extra_words) + (CHAT_WORDS if chat else [])
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])

@@ -20,6 +20,11 @@ def name_problem(value: object) -> str | None:
     return f"expected {RULE}, found {shown(value)}"
 
 
+def sequence_folder(position: int, case_id: str) -> str:
+    """The folder a sequence's edit is saved to, under DIR/sequence/: its position first, so names sort in order."""
+    return f"{position:04d}-{case_id}"
+
+
 def inside(parent: Path, name: str) -> Path:
     """`parent / name`, resolved, and refused unless it lies strictly inside `parent`."""
     base = Path(parent).resolve()

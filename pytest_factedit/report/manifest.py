@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
 
+    from .saved_sequence import SavedSequence
+
 MANIFEST_FILE = "manifest.json"
 PEFT_CONFIG = "adapter_config.json"  # what peft writes in each adapter's folder
 MANIFEST_VERSION = 1
@@ -111,14 +113,33 @@ def write_batch_manifest(out_dir: Path, block: ManyRecord, records: list[CaseRec
     return path
 
 
-def adapter_names(out_dir: Path) -> list[str]:
-    """The adapters manifest.json lists, each checked to name a folder inside `out_dir` (no absolute path,
-    no '..', no link that leads out), so loading an edit reads nothing from elsewhere."""
-    path, base = out_dir / MANIFEST_FILE, out_dir.resolve()
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """out_dir/manifest.json, read as untrusted input: a mapping, or SavedEditError."""
+    path = out_dir / MANIFEST_FILE
     manifest = read_saved_json(path)
     if not isinstance(manifest, dict):
         raise refused(path, None, "a mapping (the manifest of a saved edit)", kind_of(manifest))
-    entries = manifest.get("adapters")
+    return manifest
+
+
+def checked_folder(path: Path, key: str, name: str, out_dir: Path, fix: str) -> Path:
+    """out_dir/name, refused unless `name` is one folder name that resolves to a folder inside `out_dir`
+    (no absolute path, no '..', no '/', no link that leads out)."""
+    base = out_dir.resolve()
+    target = (out_dir / name).resolve()
+    if Path(name).name != name or name == ".." or not target.is_relative_to(base) or target == base:
+        found = "a str that leads outside the edit's folder (an absolute path, '..', a '/' or a link)"
+        raise refused(path, key, f"the name of a folder inside {base}", found, fix)
+    if not target.is_dir():
+        raise refused(path, key, f"a folder of that name in {base}", "nothing there", "copy the whole edit folder")
+    return out_dir / name
+
+
+def adapter_names(out_dir: Path) -> list[str]:
+    """The adapters manifest.json lists, each checked to name a folder inside `out_dir` (no absolute path,
+    no '..', no link that leads out), so loading an edit reads nothing from elsewhere."""
+    path = out_dir / MANIFEST_FILE
+    entries = read_manifest(out_dir).get("adapters")
     if not isinstance(entries, list) or not entries:
         raise refused(path, "adapters", "a list of one or more {name: FOLDER} entries", kind_of(entries))
     names: list[str] = []
@@ -128,17 +149,12 @@ def adapter_names(out_dir: Path) -> list[str]:
         if not isinstance(name, str) or not name or name in names:
             found = "a repeated name" if name in names else "an empty str" if name == "" else kind_of(name)
             raise refused(path, key, "a distinct folder name", found)
-        target = (out_dir / name).resolve()
-        if Path(name).name != name or name == ".." or not target.is_relative_to(base) or target == base:
-            found = "a str that leads outside the edit's folder (an absolute path, '..', a '/' or a link)"
-            raise refused(path, key, f"the name of a folder inside {base}", found, "list only the adapter folders")
-        if not target.is_dir():
-            raise refused(path, key, f"a folder of that name in {base}", "nothing there", "copy the whole edit folder")
+        checked_folder(path, key, name, out_dir, "list only the adapter folders")
         names.append(name)
     return names
 
 
-def _checked_adapter_folder(folder: Path) -> None:
+def checked_adapter_folder(folder: Path) -> None:
     """A peft adapter folder: its adapter_config.json there, and no file in it a link that leads out."""
     if not (folder / PEFT_CONFIG).is_file():
         raise refused(folder / PEFT_CONFIG, None, "peft's adapter config", "nothing", "copy the whole edit folder")
@@ -160,7 +176,7 @@ def _without_adapters(model: PreTrainedModel, trainable: dict[str, bool], had_co
         del model.peft_config
 
 
-def _peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> PeftModel:
+def peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> PeftModel:
     """Every adapter loaded and active; on any error the model is left as it was, and the error is one line."""
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTuner
@@ -168,7 +184,7 @@ def _peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> Pef
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     had_config = hasattr(model, "peft_config")
     for name in names:
-        _checked_adapter_folder(out_dir / name)
+        checked_adapter_folder(out_dir / name)
     folder = out_dir / names[0]
     try:
         edited = PeftModel.from_pretrained(model, str(folder), adapter_name=names[0])
@@ -187,13 +203,18 @@ def _peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> Pef
     return edited
 
 
-def load_edit(model: PreTrainedModel, out_dir: Path) -> PeftModel | SubjectGainEdit:
+def load_edit(model: PreTrainedModel, out_dir: Path) -> PeftModel | SubjectGainEdit | SavedSequence:
     """The base `model` with a saved edit's adapters loaded and all active (a PeftModel), or, for
-    subject-gated gains, the model hooked with them (the handle's `remove()` undoes it).
+    subject-gated gains, the model hooked with them (the handle's `remove()` undoes it); a saved
+    sequence (DIR/sequence/) puts every edit back in order (report/saved_sequence.py).
 
     Every file is checked first (SavedEditError, one line); on an error the model is left as it was."""
     out_dir = Path(out_dir)
+    if read_manifest(out_dir).get("mode") == "sequence":
+        from .saved_sequence import load_sequence  # it builds on this module
+
+        return load_sequence(model, out_dir)
     names = adapter_names(out_dir)
     if names == [SAVED_FOLDER]:
         return load_subject_gains(model, out_dir / SAVED_FOLDER)
-    return _peft_loaded(model, out_dir, names)
+    return peft_loaded(model, out_dir, names)

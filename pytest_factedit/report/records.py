@@ -87,9 +87,13 @@ class AnswerRecord(TypedDict, total=False):
     logprobs: dict[str, float]  # after the edit, mean log-probability per token of each candidate answer
 
 
-class ManyPosition(TypedDict):
+class _ManyPositionBase(TypedDict):
     position: int
     retained_at_end: float | None
+
+
+class ManyPosition(_ManyPositionBase, total=False):
+    answers_at_end: list[str]  # an edited case: its prompts' answers once every edit was in place
 
 
 class _RecordBase(TypedDict):
@@ -340,15 +344,16 @@ def many_case_records(
     result: ManyOutcome, case_files: Mapping[str, str], run: RunInfo, many_key: str
 ) -> list[CaseRecord]:
     """The record of every case of a sequential or batch run (`case_files` by case id), each with its
-    position in the run and how much of its edit was left once every edit was in place."""
+    position in the run, how much of its edit was left once every edit was in place, and its prompts'
+    answers then."""
     records = []
     for position, outcome in enumerate(result.outcomes):
         record = outcome_record(outcome, case_files[outcome.case.id], run)
+        place: ManyPosition = {"position": position, "retained_at_end": result.retained_by_case.get(outcome.case.id)}
+        if outcome.case.id in result.answers_at_end:
+            place["answers_at_end"] = result.answers_at_end[outcome.case.id]
         # many_key is `sequence` or `batch`, both ManyPosition keys of CaseRecord; mypy wants a literal key
-        record[many_key] = {  # type: ignore[literal-required]
-            "position": position,
-            "retained_at_end": result.retained_by_case.get(outcome.case.id),
-        }
+        record[many_key] = place  # type: ignore[literal-required]
         records.append(record)
     return records
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cases.ids import sequence_folder
 from ..edit import get_editor
 from ..edit.base import kept_edits_released
 from ..edit.settings import EditSettings
@@ -43,6 +44,8 @@ class ManyOutcome:
     base_restored: bool | None
     seconds: float
     batch: dict[str, Any] = field(default_factory=dict)  # batch mode: the one adapter's facts
+    # per edited case: its prompts' answers with every edit in place (what a saved sequence must give back)
+    answers_at_end: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _measured(
@@ -59,6 +62,7 @@ def _measured(
         base_restored,
         time.perf_counter() - started,
         batch or {},
+        {check.case_id: list(check.answers_now) for check in evidence.edits},
     )
 
 
@@ -125,23 +129,29 @@ def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | s
     return CaseOutcome(case=case, status="error", settings=settings or EditSettings(), reason=reason)
 
 
-def _edit_and_merge(lm: LoadedModel, case: FactCase, settings: EditSettings) -> CaseOutcome:
-    """One sequential step: probe, place, edit and measure `case` on the model the earlier edits left, then merge."""
+def _edit_and_merge(
+    lm: LoadedModel, case: FactCase, settings: EditSettings, save_dir: Path | None = None
+) -> CaseOutcome:
+    """One sequential step: probe, place, edit and measure `case` on the model the earlier edits left, then
+    merge; with `save_dir`, the edit is saved there before it is merged."""
     outcome = probe_base(lm, case, settings, BaseAnswerCache())
     if outcome.status == "ran":
         place_edit(lm, outcome, get_editor(settings.name).scope)
-        with edited(lm, outcome) as applied:
+        with edited(lm, outcome, save_dir) as applied:
             probe_edit(lm, outcome, applied)
             applied.merge()
         measure(outcome)
     return outcome
 
 
-def run_sequence(lm: LoadedModel, cases: Sequence[FactCase], settings_for: SettingsFor) -> ManyOutcome:
+def run_sequence(
+    lm: LoadedModel, cases: Sequence[FactCase], settings_for: SettingsFor, save_dir: Path | None = None
+) -> ManyOutcome:
     """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
 
     Each case is measured right after its own edit, against the model as the earlier edits left it.
     At the end every earlier edit and every control is checked again, then all weights are put back.
+    With `save_dir`, each edit is saved before it is merged, to save_dir/<sequence_folder>/.
     """
     started = time.perf_counter()
     outcomes: list[CaseOutcome] = []
@@ -151,11 +161,12 @@ def run_sequence(lm: LoadedModel, cases: Sequence[FactCase], settings_for: Setti
         kept_edits_released(lm.model),
     ):
         controls = _ControlCheck(lm, cases)
-        for case in cases:
+        for position, case in enumerate(cases):
             settings = None
             try:
                 settings = settings_for(case)
-                outcomes.append(_edit_and_merge(lm, case, settings))
+                folder = save_dir / sequence_folder(position, case.id) if save_dir is not None else None
+                outcomes.append(_edit_and_merge(lm, case, settings, folder))
             except Exception as exc:  # one broken case must not stop the others; its edit was not merged
                 outcomes.append(_error(case, settings, exc))
         edits = tuple(_prompts_answered_now(lm, o) for o in outcomes if o.status == "ran")
@@ -229,12 +240,12 @@ def run_planned(
     lm: LoadedModel, planned: Sequence[PlannedCase], mode: str, save_dir: Path | None = None
 ) -> ManyOutcome:
     """`--factedit-mode sequential|batch` over the collected cases, each edited with the settings its
-    collection resolved (`save_dir`: where batch mode saves its adapter)."""
+    collection resolved (`save_dir`: where batch mode saves its adapter, or sequential mode each edit)."""
     cases = [p.case for p in planned]
     settings = {p.case.id: p.settings for p in planned}
     if mode == "batch":
         return run_batch(lm, cases, lambda case: settings[case.id], save_dir)
-    return run_sequence(lm, cases, lambda case: settings[case.id])
+    return run_sequence(lm, cases, lambda case: settings[case.id], save_dir)
 
 
 def _edit_together(

@@ -181,7 +181,8 @@ OPTIONS: dict[str, OptionSpec] = {
         ),
         OptionSpec(
             "save-adapters",
-            "write each case's adapters (peft format, one folder per stage) and a manifest to DIR/<case-id>/",
+            "write each case's adapters (peft format, one folder per stage) and a manifest to DIR/<case-id>/ "
+            "(batch mode: DIR/batch/; sequential: DIR/sequence/, one folder per edit, in order)",
             {"default": None, "metavar": "DIR", "type": Path},
             cli_aliases=("--save",),
         ),
