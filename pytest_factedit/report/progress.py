@@ -88,7 +88,7 @@ def case_line(case_id: str, tally: CaseTally, seconds: float, error: str | None 
 
 def converting_line(model_name: str) -> str:
     """The line told when a model's GGUF starts converting (once; later runs load the cached copy)."""
-    return f"{PREFIX}converting {model_name} to safetensors (first run only, about a minute)…"
+    return f"{PREFIX}converting {model_name} to safetensors (first run only, about half a minute)…"
 
 
 def loaded_line(model_name: str, seconds: float, converted: bool) -> str:
@@ -99,7 +99,7 @@ def loaded_line(model_name: str, seconds: float, converted: bool) -> str:
 def phase_text(event: Event) -> str | None:
     """What a rich display says an event's phase is (None: the phase shown does not change)."""
     if event.kind == CONVERT_START:
-        return "converting (first run only, about a minute)"
+        return "converting (first run only, about half a minute)"
     if event.kind == CONVERT:
         return f"converting: {event.label}"
     if event.kind == LOCALIZE_START:
