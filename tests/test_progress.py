@@ -213,7 +213,8 @@ def test_plain_loading_tells_a_conversion_and_the_load() -> None:
     progress = case_progress(out, "plain", clock=clock)
     with progress.loading("gemma3-270m"):
         emit(CONVERT_START, "gemma3-270m")
-        assert out.getvalue() == "factedit: converting gemma3-270m to safetensors (first run only, about half a minute)…\n"
+        converting = "factedit: converting gemma3-270m to safetensors (first run only, about half a minute)…\n"
+        assert out.getvalue() == converting
         emit(CONVERT, events.DEQUANTIZING, 10, 236)
         clock.now += 71.25
         emit(CONVERT_END, "gemma3-270m")
