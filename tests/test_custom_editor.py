@@ -25,13 +25,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     return saved_tiny(tmp_path_factory)
 
 
-@pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The editor table, restored after the test."""
-    monkeypatch.setattr(edit, "EDITORS", dict(edit.EDITORS))
-    return edit.EDITORS
-
-
 def test_the_example_editor_runs_a_case_and_restores_the_base(pytester: pytest.Pytester, tiny, registry: dict) -> None:
     folder, answers = tiny
     shutil.copy(REPO / "examples" / "custom_editor" / "conftest.py", pytester.path / "conftest.py")

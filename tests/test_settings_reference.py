@@ -115,7 +115,7 @@ def test_the_example_plugin_declares_its_own_settings(registry: dict) -> None:
         edit.resolve_settings({"name": "lora", "alpha_per_rank": 4.0})
 
 
-def test_a_plugin_case_with_a_key_its_editor_lacks_fails_collection(pytester: pytest.Pytester) -> None:
+def test_a_plugin_case_with_a_key_its_editor_lacks_fails_collection(pytester: pytest.Pytester, registry: dict) -> None:
     (pytester.path / "conftest.py").write_text((REPO / "examples/custom_editor/conftest.py").read_text())
     cases = pytester.mkdir("fact_cases")
     (cases / "a.yaml").write_text(CASE + "method: {name: lora-two-stage, alpha_per_rank: 3.0}\n")

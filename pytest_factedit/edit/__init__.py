@@ -79,7 +79,7 @@ def _settings_problem(cls: type) -> str:
             "from a shared part (edit/settings.py), its own defaults as the fields' defaults, and name it in "
             "`settings_class` (examples/custom_editor/conftest.py)"
         )
-    declared = getattr(cls, "settings_class", TrainingLoopSettings)
+    declared: object = settings_class_of(cls)
     if not isinstance(declared, type) or not issubclass(declared, EditSettings):
         return f"`settings_class` must be a dataclass deriving from EditSettings, found {shown(declared)}"
     params = vars(declared).get("__dataclass_params__")

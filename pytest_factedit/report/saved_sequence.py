@@ -74,10 +74,10 @@ def write_many_manifest(out_dir: Path, mode: str, block: ManyRecord, records: li
         write_batch_manifest(out_dir, block, ran)
 
 
-def write_sequence_manifest(out_dir: Path, block: ManyRecord, records: list[CaseRecord]) -> Path | None:
-    """DIR/sequence/manifest.json listing every edit the sequence kept, in order (and each saved edit's own
-    manifest.json in its folder, so it loads alone too); None when no edit ran."""
-    kept = [r for r in records if r["status"] == "ran"]
+def write_sequence_manifest(out_dir: Path, block: ManyRecord, kept: list[CaseRecord]) -> Path | None:
+    """DIR/sequence/manifest.json listing every edit the sequence kept (`kept`: the records of the cases that
+    ran, in order), and each saved edit's own manifest.json in its folder, so it loads alone too; None when
+    no edit ran."""
     if not kept:
         return None
     entries = [_edit_entry(r) for r in kept]
