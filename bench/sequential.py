@@ -2,13 +2,17 @@
 or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batch`).
 
     python bench/sequential.py              # 50 facts (about 15 minutes on a 2-core CPU)
+    python bench/sequential.py -n 1000      # the scale targets (hours on a 2-core CPU)
+    python bench/sequential.py --all-known  # every CounterFact fact the embedded model knows (finding them: hours)
     python bench/sequential.py -n 10 --method full-ft
     python bench/sequential.py --mode batch
     python bench/sequential.py --mode batch -n 10 --set kl_rows_per_step=48
 
 Each fact is edited on the model the earlier edits left (each merged before the next), measured
 right after its own edit, and checked again after the last one. Prints the end-of-sequence figures
-and the retention of earlier edits by position, as markdown.
+and the retention of earlier edits by position, as markdown, then the scale targets (TARGETS) with
+the figure measured after the last edit, the bytes each kept edit holds, the whole run's seconds and
+the CPU.
 """
 
 from __future__ import annotations
@@ -17,9 +21,22 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from facts import fact_arguments, load_known_cases, setting_overrides
+
+# The scale targets of a long sequence, measured after the last edit: (end-of-run metric, relation, target).
+TARGETS = (
+    ("edits_retained", ">=", 0.95),
+    ("paraphrases_retained", ">=", 0.75),
+    ("neighbours_retained", ">=", 0.95),
+    ("same_subject_retained", ">=", 0.95),
+    ("controls_retained", ">=", 0.95),
+    ("latency_overhead_at_end", "<=", 1.2),
+)
+RUN_TARGET_SECONDS = 90 * 60  # the whole run of 1,000 edits, on 2 cores
+NO_KEPT_EDIT = "n/a: no edit kept behind the gate (merged edits change the weights in place)"
 
 
 def _print_positions(result: Any) -> None:
@@ -70,9 +87,46 @@ def _print_table(result: Any, mode: str) -> None:
     print(f"| edit seconds, median | {statistics.median(o.timings['edit_seconds'] for o in ran):.1f} |" if ran else "")
 
 
+def _met(value: float | None, relation: str, target: float) -> str:
+    if value is None:
+        return "n/a"
+    return "yes" if (value >= target if relation == ">=" else value <= target) else "no"
+
+
+def print_targets(result: Any, seconds: float) -> None:
+    """Each scale target beside its figure after the last edit, the bytes per kept edit, the run's seconds."""
+    from pytest_factedit.report.records import memory_per_edit
+    from pytest_factedit.run.model_holder import machine_info
+
+    print(f"\nCPU: {machine_info()['cpu']}\n")
+    print("| figure | value | target | met |")
+    print("|---|---:|---:|:---:|")
+    for name, relation, target in TARGETS:
+        metric = result.metrics[name]
+        value = "n/a" if metric.value is None else f"{metric.value:.3f}"
+        print(
+            f"| {name} ({metric.samples} samples) | {value} | {relation} {target:g} | "
+            f"{_met(metric.value, relation, target)} |"
+        )
+    memory = memory_per_edit(result.memory) if result.memory else {}
+    per_edit = memory.get("bytes_per_edit")
+    parts = ", ".join(f"{k} {memory[k]:,}" for k in ("gains", "tables", "index")) if memory else ""
+    shown = f"{per_edit:,.0f} ({parts} in all)" if per_edit is not None else NO_KEPT_EDIT
+    print(f"| memory added per edit, bytes | {shown} | stated | {'n/a' if per_edit is None else 'yes'} |")
+    print(
+        f"| whole run, seconds | {seconds:,.0f} | <= {RUN_TARGET_SECONDS:,} | "
+        f"{_met(seconds, '<=', RUN_TARGET_SECONDS)} |"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fact_arguments(parser, n=50)
+    parser.add_argument(
+        "--all-known",
+        action="store_true",
+        help="every fact of --data the embedded model knows (with enough neighbours), in place of -n",
+    )
     parser.add_argument("--method", default="ia3-two-stage")
     parser.add_argument("--mode", default="sequential", choices=("sequential", "batch"))
     parser.add_argument(
@@ -84,10 +138,15 @@ def main() -> int:
     )
     args = parser.parse_args()
     overrides = setting_overrides(args.set)
+    if args.all_known:
+        from pytest_factedit.cases.counterfact import read_records
+
+        args.n = len(read_records(Path(args.data)))  # the search stops when the records run out
 
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.run.many import run_batch, run_sequence
 
+    run_started = time.perf_counter()
     lm, cases, folder = load_known_cases(args)
     started = time.perf_counter()
     run = run_batch if args.mode == "batch" else run_sequence
@@ -99,6 +158,7 @@ def main() -> int:
         f"{args.mode}: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n"
     )
     _print_table(result, args.mode)
+    print_targets(result, time.perf_counter() - run_started)
     return 0
 
 

@@ -148,7 +148,7 @@ class ManyNode(pytest.Collector):
 
 
 class ManyItem(GateItem):
-    """`--factedit-mode sequential|batch`: one end-of-run metric over every edit (edits or controls retained)."""
+    """`--factedit-mode sequential|batch`: one end-of-run metric over every edit (MANY_METRICS)."""
 
     def __init__(self, *, metric: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -157,7 +157,7 @@ class ManyItem(GateItem):
     def runtest(self) -> None:
         many = self.config.stash[SESSION_KEY].run_many()
         metric = many["metrics"][self.metric]
-        missed = self.judged(metric["value"], metric["threshold"], metric["samples"], "")
+        missed = self.judged(metric["value"], metric["threshold"], metric["samples"], "", metric.get("reason", ""))
         if missed is not None:
             raise MetricFailure(missed + many_failure_details(self.metric, many))
 

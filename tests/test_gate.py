@@ -24,7 +24,14 @@ GATED = [
 
 def test_gated_metrics_have_default_thresholds_and_recorded_ones_do_not() -> None:
     assert set(DEFAULT_THRESHOLDS) == {m.name for m in METRICS + MANY_METRICS if m.default_threshold is not None}
-    assert [m.item for m in MANY_METRICS] == ["edits_retained", "controls_retained"]
+    assert [m.item for m in MANY_METRICS] == [
+        "edits_retained",
+        "controls_retained",
+        "paraphrases_retained",
+        "neighbours_retained",
+        "same_subject_retained",
+        "latency_at_end",
+    ]
     assert [m.item for m in METRICS if m.gated_by_default] == GATED
     recorded = {m.name for m in METRICS if not m.gated_by_default}
     assert {

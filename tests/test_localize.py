@@ -253,3 +253,35 @@ def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str) -> 
             ):
                 slow = float(answer_probs(model, prep.ids, prep.answer_id)[0])
             assert abs(slow - float(fast[s, c + 1])) < 1e-5, (site, layer, positions)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_them_all(kind: str) -> None:
+    """Each decoder layer computes only the rows restored at or below it (cells at the first token too);
+    a model with a hook of its own (a subject gate keeps per-pass state) runs every row at every layer.
+    Both give the same probabilities."""
+    tok = word_tokenizer()
+    model = tiny_model(kind, len(tok), layers=3)
+    arch = arch_modules(model)
+    text, subject = "Eiffel Tower is located in the city of", "Eiffel Tower"
+    prep = prepare(model, arch, tok, text, subject, answer_id(tok, "Paris"), add_special_tokens=False)
+    noise = noise_for(prep, 2, 3 * embedding_std(model), seed=3)
+    cells = [(site, layer, (pos,)) for site in ("mlp", "attn") for layer in range(3) for pos in (0, prep.last)]
+    rows_seen: dict[int, int] = {}
+    for layer in range(3):  # an instance forward, not a hook: counts the rows each layer's MLP computes
+        mlp = model.get_submodule(f"{arch.layers}.{layer}.{arch.mlp_block}")
+
+        def counting(x, _forward=mlp.forward, _layer=layer):
+            rows_seen[_layer] = rows_seen.get(_layer, 0) + x.shape[0]
+            return _forward(x)
+
+        mlp.forward = counting
+    skipping = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
+    counted = dict(rows_seen)
+    with forward_hooks(model, {f"{arch.layers}.0": lambda _m, _i, _o: None}):
+        rows_seen.clear()
+        every = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
+    # corrupted pass (2 rows) + a pass from each restored position (2 samples x 6 cells each)
+    assert rows_seen == {0: 2 + 12 + 12, 1: 26, 2: 26}
+    assert counted == {0: 2 + 4 + 4, 1: 2 + 8 + 8, 2: 26}
+    torch.testing.assert_close(skipping, every, rtol=0, atol=1e-6)

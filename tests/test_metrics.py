@@ -162,6 +162,34 @@ def test_many_edit_metrics_count_every_prompt_and_the_controls_right_before() ->
     assert retained_by_case(many) == {"a": 0.5, "b": 1.0}
 
 
+def test_end_of_run_rows_count_by_the_per_case_rules_over_every_edited_case() -> None:
+    from pytest_factedit.metrics.verdict import judge
+
+    held = (
+        ProbedAnswer("paraphrases", "q0", ("Rome",), " Paris", " Rome"),
+        ProbedAnswer("paraphrases", "q1", ("Rome",), " Lyon", " Lyon"),  # base did not say old: not counted
+        ProbedAnswer("neighbours", "n0", ("Berlin",), " Berlin", " Rome"),
+        ProbedAnswer("neighbours", "n1", ("Madrid",), " Lisbon", " Lisbon"),  # base wrong: not counted
+        ProbedAnswer("same_subject", "s0", ("france",), " France", " France", unchanged=True),  # base first words
+    )
+    many = ManyEvidence(
+        (EditCheck("a", ("Rome",), ("Paris",), ("p0",), (" Rome",), held),),
+        (),
+        {"base_seconds_per_token": 0.01, "edited_seconds_per_token": 0.02},
+        4,
+    )
+    values = {spec.name: spec.measure(many) for spec in MANY_METRICS}
+    assert (values["paraphrases_retained"].value, values["paraphrases_retained"].samples) == (1.0, 1)
+    assert (values["neighbours_retained"].value, values["neighbours_retained"].samples) == (0.0, 1)
+    assert (values["same_subject_retained"].value, values["same_subject_retained"].samples) == (1.0, 1)
+    assert (values["latency_overhead_at_end"].value, values["latency_overhead_at_end"].samples) == (2.0, 4)
+    for name in ("neighbours_retained", "latency_overhead_at_end"):
+        spec = METRIC_BY_NAME[name]
+        assert judge(name, values[name].value, spec.default_threshold, values[name].samples).passed is False
+    untimed = METRIC_BY_NAME["latency_overhead_at_end"].measure(ManyEvidence((), ()))
+    assert untimed.value is None and "merged into the weights" in untimed.reason
+
+
 def test_every_metric_row_is_complete() -> None:
     for spec in METRICS + MANY_METRICS:
         assert spec.label and spec.protocol and spec.definition and spec.direction in ("higher", "lower")

@@ -357,3 +357,52 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
         inside = [row for row in seen if any(row[i : i + len(held)] == held for i in range(len(row)))]
         assert not inside, f"{text!r} was trained on"
     assert torch.is_grad_enabled()
+
+
+def test_a_gated_edit_runs_only_the_retention_rows_its_gate_reaches_and_trains_the_same_gains(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A retention row that never names the subject runs the base model whatever the gains are: its KL is 0
+    and its gradient exactly 0. The edit skips such rows; run with every row (the gate said to reach all),
+    it takes the same steps to the same gains, with more rows in its passes."""
+    torch = pytest.importorskip("torch")
+    from pytest_factedit.edit import batching, gate, get_editor, resolve_settings, training
+    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
+    from pytest_factedit.model.targets import all_layer_targets
+    from pytest_factedit.run.case import edit_request, held_out_texts
+    from tests.tiny import frozen, piece_tokenizer, tiny_model
+
+    case = load_case(write(tmp_path, CASE))
+    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
+    settings = resolve_settings({"subject_rows": 4, "unlearn_max_steps": 3, "learn_max_steps": 4, "lr": 0.1})
+
+    def edited(reach_all: bool) -> tuple[dict, list, int]:
+        torch.manual_seed(0)
+        model = frozen(tiny_model("llama", len(tok)))
+        rows_run = [0]
+        original = batching.tail_logprobs
+
+        def counting(model, rows, *args, **kwargs):
+            rows_run[0] += len(rows)
+            return original(model, rows, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(training, "tail_logprobs", counting)
+            if reach_all:
+                patch.setattr(gate.SubjectGate, "fires_on", lambda self, ids: True)
+            handle = get_editor("ia3-two-stage").apply(
+                model, tok, edit_request(case), all_layer_targets(model), settings
+            )
+        with handle:
+            gains = {(s, m): p.detach().clone() for s, part in handle.gains.items() for m, p in part.items()}
+            steps = [(s.name, s.steps) for s in handle.stages]
+        return gains, steps, rows_run[0]
+
+    skipping, every = edited(reach_all=False), edited(reach_all=True)
+    assert skipping[1] == every[1] and sum(n for _, n in every[1]) >= 3
+    assert skipping[2] < every[2]  # fewer rows run
+    assert skipping[0].keys() == every[0].keys()
+    moved = max(float((g - 1).abs().max()) for g in every[0].values())
+    assert moved > 1e-2  # the gains moved, so equal gains say something
+    for key, gain in every[0].items():
+        torch.testing.assert_close(skipping[0][key], gain, rtol=1e-4, atol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from .stacked_gates import stacked, twin  # noqa: E402
 from .tiny import tiny_model, word_tokenizer  # noqa: E402
 
 TEMPLATE = "The {} is located in the city of"
@@ -123,6 +124,10 @@ def test_a_saved_sequence_of_100_edits_loads_back_with_every_edit_active(pyteste
     bases = [[a["base"] for a in r["answers"] if a["group"] == "prompts"] for r in sample]
     assert any(r["sequence"]["answers_at_end"] != b for r, b in zip(sample, bases))  # the edits changed answers
     assert not hooked(base) and all(torch.equal(base.state_dict()[k], v) for k, v in before.items())
+    with stacked([twin(e) for e in sequence.gated]):  # the reference: one gate and hook set per edit
+        for record in sample:
+            assert answers_now(base, tok, record) == record["sequence"]["answers_at_end"], record["case_id"]
+    assert not hooked(base)
 
 
 def test_gated_and_merged_edits_load_back_in_order_and_a_bad_one_takes_them_all_off(

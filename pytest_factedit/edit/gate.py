@@ -6,6 +6,11 @@ gated by it act on those positions only, so a prompt that does not name the subj
 A pass that continues a key-value cache (a generation step) sees only its new tokens: the gate keeps
 what it needs of the text before (its last tokens, whether the subject's sentence is still open) with
 the cache (`model/kv.py: row_state`), so a generated answer is gated as the same text in one pass is.
+
+`SubjectGate` is one edit's gate and the definition of what it marks. An edit on a model does not
+hook it in itself: every gated edit on a model goes behind one shared gate (edit/gate_registry.py) that
+marks, in one walk, what each edit's `SubjectGate.reading` and `scale` would, bit for bit, at a cost
+that does not grow with the number of edits. `reading` and `scale` stay as that reference.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ class SubjectGate:
     def positions(self, ids: torch.Tensor) -> torch.Tensor:
         """A [batch, tokens] bool mask of the positions gains act on, for a pass that starts the text."""
         return self.continued(ids, None)[0]
+
+    def fires_on(self, ids: Sequence[int]) -> bool:
+        """Does the gate open anywhere in this text (a pass that starts it)? If not, gated gains leave the
+        text's every state as the base model's."""
+        import torch
+
+        return bool(self.positions(torch.tensor([list(ids)], dtype=torch.long)).any())
 
     def continued(
         self, ids: torch.Tensor, before: tuple[torch.Tensor, torch.Tensor] | None

@@ -26,6 +26,8 @@ NEUTRAL_TAIL = 2
 
 # (log-probs of the training rows, which facts they belong to in a batch or None for all) -> (loss, reached)
 Goal = Callable[[list["torch.Tensor"], Sequence[int] | None], tuple["torch.Tensor", bool]]
+# does the edit reach this row's tokens at all? (a gated edit: does its gate fire on them)
+Reaches = Callable[[Sequence[int]], bool]
 
 
 @dataclass
@@ -35,13 +37,20 @@ class Objectives:
     unlearn_rows: list[Row]
     learn_rows: list[Row]
     kl_rows: list[Row]
-    kl_reference: list[torch.Tensor]
+    kl_reference: list[torch.Tensor | None]  # None: a row the edit cannot reach (its KL stays 0, no pass)
     unlearn_goal: Goal
     learn_goal: Goal
     pad_id: int
     fact_sizes: tuple[int, ...] = ()  # batch: each fact's number of rows, in order (same in both stages)
     frozen: FrozenBelow | None = None  # hidden states below the lowest adapted layer, computed once
     pinned: int = 0  # the first `pinned` KL rows (about the subject) are held at every step; the rest rotate
+
+    def reference(self, index: int) -> torch.Tensor:
+        """The base model's distributions of KL row `index` (a row the edit reaches)."""
+        found = self.kl_reference[index]
+        if found is None:
+            raise ValueError(f"KL row {index} is one the edit cannot reach; it has no reference")
+        return found
 
     def stage(self, name: str, settings: TrainingLoopSettings) -> tuple[list[Row], Goal, int]:
         """(training rows, goal, step cap) of the `unlearn` or `learn` stage."""
@@ -110,15 +119,18 @@ def build_objectives(
     request: EditRequest | Sequence[EditRequest],
     settings: TrainingLoopSettings,
     frozen_below: int = 0,
+    reaches: Reaches | None = None,
 ) -> Objectives:
     """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`).
 
     With `frozen_below` > 0 (the lowest layer the edit changes), the hidden states entering that layer
-    are kept from the base model's reference pass, and training steps start there.
+    are kept from the base model's reference pass, and training steps start there. With `reaches` (a
+    gated edit), a retention row the edit cannot reach gets no reference and no pass: its KL to the base
+    model is 0 at every step, and its gradient exactly 0.
     """
     if isinstance(request, EditRequest):
-        return fact_objectives(model, tokenizer, request, settings, frozen_below)
-    return joint_objectives([fact_objectives(model, tokenizer, r, settings, frozen_below) for r in request])
+        return fact_objectives(model, tokenizer, request, settings, frozen_below, reaches)
+    return joint_objectives([fact_objectives(model, tokenizer, r, settings, frozen_below, reaches) for r in request])
 
 
 def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
@@ -128,7 +140,7 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
     Retention rows shared by several facts (neutral text, general facts) are kept once.
     """
     kl_rows: list[Row] = []
-    kl_reference: list[torch.Tensor] = []
+    kl_reference: list[torch.Tensor | None] = []
     seen: set[Row] = set()
     pinned = [(p.kl_rows[i], p.kl_reference[i]) for p in parts for i in range(p.pinned)]
     rotating = [(p.kl_rows[i], p.kl_reference[i]) for p in parts for i in range(p.pinned, len(p.kl_rows))]
@@ -244,8 +256,10 @@ def fact_objectives(
     request: EditRequest,
     settings: TrainingLoopSettings,
     frozen_below: int = 0,
+    reaches: Reaches | None = None,
 ) -> Objectives:
-    """Training rows (prompts behind each context prefix), goals, and retention rows with base references.
+    """Training rows (prompts behind each context prefix), goals, and retention rows with base references
+    (none for a row the edit cannot reach: `reaches`).
 
     Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old` (after the tokens
     it shares with `new`: `unlearn_targets`); reached when P(old) < unlearn_stop_prob on every row.
@@ -265,9 +279,13 @@ def fact_objectives(
     kl_rows = pinned + retention_rows(tokenizer, request, settings)
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
+    reached = [i for i, row in enumerate(kl_rows) if reaches is None or reaches(row.ids)]
     with torch.no_grad():
-        reference, frozen = frozen_states(model, kl_rows + learn_rows, pad, frozen_below)
-    guard_reference = [ref[len(new_ids) :] for ref in reference[len(kl_rows) :]]
+        reference, frozen = frozen_states(model, [kl_rows[i] for i in reached] + learn_rows, pad, frozen_below)
+    kl_reference: list[torch.Tensor | None] = [None] * len(kl_rows)
+    for i, ref in zip(reached, reference):
+        kl_reference[i] = ref
+    guard_reference = [ref[len(new_ids) :] for ref in reference[len(reached) :]]
     target = torch.tensor(new_ids, device=next(model.parameters()).device)
 
     def learn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
@@ -285,7 +303,7 @@ def fact_objectives(
         [Row(c + new_ids[:carried], carried + 1) for c in contexts],
         learn_rows,
         kl_rows,
-        reference[: len(kl_rows)],
+        kl_reference,
         unlearn_goal(old_targets, settings),
         learn_goal,
         pad,

@@ -3,7 +3,9 @@
 The same per-channel gains as peft's IA³ on the same modules (the input of a feed-forward output
 projection, the output of the others), one vector per stage, multiplied; but applied only at the
 positions `SubjectGate` marks. A prompt that does not name the subject runs the base model exactly,
-which is what keeps the other subjects of a relation (the neighbours) as they were.
+which is what keeps the other subjects of a relation (the neighbours) as they were. Every gated edit on a
+model sits behind one shared gate (edit/gate_registry.py): a pass costs the same however many kept edits
+there are whose subjects it does not name.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..infra.files import write_atomic
 from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from .base import EditHandle, EditRequest, keep_until_released
 from .gate import SubjectGate
+from .gate_registry import GateRegistry
 from .objectives import build_objectives
 from .saved_gains import (
     GAINS_FILE,
@@ -50,6 +53,7 @@ class SubjectGainEdit(EditHandle):
     gate: SubjectGate
     gains: dict[str, dict[str, torch.nn.Parameter]] = field(default_factory=dict)  # stage -> module -> gain
     hooks: ExitStack = field(default_factory=ExitStack)
+    registry: GateRegistry | None = None  # the model's shared gate, once the edit is on it
 
     def product(self, module: str) -> torch.Tensor | None:
         """Every stage's gain on `module`, multiplied (None before the first stage exists)."""
@@ -108,28 +112,13 @@ class SubjectGainEdit(EditHandle):
         return self.model
 
 
-def _scaling_hooks(edit: SubjectGainEdit, name: str, feedforward: bool) -> Any:
-    module = edit.model.get_submodule(name)
-    if feedforward:
-
-        def scale_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (edit.gate.scale(args[0], edit.product(name)),) + tuple(args[1:])
-
-        return module.register_forward_pre_hook(scale_input)
-
-    def scale_output(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        return edit.gate.scale(output, edit.product(name))
-
-    return module.register_forward_hook(scale_output)
-
-
-def _hooked(edit: SubjectGainEdit) -> SubjectGainEdit:
-    """`edit` with its gate reading every pass and each targeted module scaled; undone by `remove()`."""
+def _hooked(edit: SubjectGainEdit, sealed: bool = False) -> SubjectGainEdit:
+    """`edit` behind its model's shared gate (`sealed`: its gains are final); undone by `remove()`."""
     try:
-        edit.hooks.enter_context(edit.gate.reading(edit.model))
-        feedforward = set(edit.targets.feedforward)
-        for name in edit.targets.modules:
-            edit.hooks.callback(_scaling_hooks(edit, name, name in feedforward).remove)
+        edit.registry = GateRegistry.of(edit.model)
+        edit.hooks.callback(edit.registry.add(edit))
+        if sealed:
+            edit.registry.seal(edit)
     except BaseException:
         edit.remove()
         raise
@@ -137,7 +126,7 @@ def _hooked(edit: SubjectGainEdit) -> SubjectGainEdit:
 
 
 def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGainEdit:
-    """A saved subject-gated edit put back on the base `model` (hooks; `remove()` takes them off).
+    """A saved subject-gated edit put back on the base `model`, behind its shared gate (`remove()` takes it off).
 
     gate.json and gains.safetensors are checked whole against `model` first (edit/saved_gains.py): a
     tampered file raises SavedEditError and no hook goes on.
@@ -159,7 +148,7 @@ def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGai
             module: torch.nn.Parameter(tensors[f"{stage}|{module}"].to(device), requires_grad=False)
             for module in gate["modules"]
         }
-    return _hooked(edit)
+    return _hooked(edit, sealed=True)
 
 
 def subject_gate_for(
@@ -195,7 +184,7 @@ def apply_subject_gains(
     feedforward = set(targets.feedforward)
     try:
         with training_precision(model, settings.train_precision, cast_weights=False):
-            goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets))
+            goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets), gate.fires_on)
             for stage in stages:
                 edit.gains[stage] = {
                     name: torch.nn.Parameter(
@@ -209,6 +198,8 @@ def apply_subject_gains(
                 for param in params:
                     param.requires_grad_(False)
         model.eval()
+        if edit.registry is not None:
+            edit.registry.seal(edit)
     except BaseException:
         edit.remove()
         raise

@@ -29,7 +29,8 @@ def train_stage(
 
     Each step runs the decoder once over the stage's training rows and a rotating window of retention
     rows (`kl_rows_per_step`), whose KL to the base model is added with `kl_weight` (0 turns retention
-    off). A batch of facts (`goals.fact_sizes`: each fact's rows, in order) trains
+    off); a picked row the edit cannot reach (no reference: `Objectives.kl_reference`) counts in the mean
+    with its KL of 0 and is not run. A batch of facts (`goals.fact_sizes`: each fact's rows, in order) trains
     `batch_facts_per_step` facts per step, rotating through them; the cap is then the stage's step cap
     per fact's turn, and the goal is reached once every fact reached it on its last turn.
 
@@ -54,7 +55,8 @@ def train_stage(
         facts = rotating_subset(len(sizes), per_step, steps) if rotate else None
         step_rows = [rows[i] for f in facts for i in range(starts[f], starts[f] + sizes[f])] if facts else rows
         picked = kl_picked(goals, settings.kl_rows_per_step, steps) if weight else []
-        logps = tail_logprobs(model, step_rows + [goals.kl_rows[i] for i in picked], goals.pad_id, goals.frozen)
+        passed = [i for i in picked if goals.kl_reference[i] is not None]  # the others' KL stays 0
+        logps = tail_logprobs(model, step_rows + [goals.kl_rows[i] for i in passed], goals.pad_id, goals.frozen)
         loss, done = goal(logps[: len(step_rows)], facts)
         if facts:
             for fact in facts:
@@ -63,11 +65,8 @@ def train_stage(
         if done or steps == cap:
             losses.append(float(loss.detach()))
             break
-        if picked:
-            kl = torch.stack(
-                [kl_to_reference(goals.kl_reference[i], lp) for i, lp in zip(picked, logps[len(step_rows) :])]
-            )
-            loss = loss + weight * kl.mean()
+        if passed:
+            loss = loss + weight * retention_kl(goals, passed, logps[len(step_rows) :], len(picked))
         if penalty is not None:
             loss = loss + penalty()
         optimizer.zero_grad(set_to_none=True)
@@ -77,6 +76,14 @@ def train_stage(
         emit(STEP, stage, steps + 1, cap)
     emit(STAGE_END, stage, steps, cap)
     return StageReport(stage, steps, time.perf_counter() - started, done, losses)
+
+
+def retention_kl(goals: Objectives, passed: Sequence[int], logps: Sequence[torch.Tensor], picked: int) -> torch.Tensor:
+    """The mean KL to the base model over the `picked` rows of a step, of which only those `passed` (run)
+    can differ from it: the others add 0."""
+    import torch
+
+    return torch.stack([kl_to_reference(goals.reference(i), lp) for i, lp in zip(passed, logps)]).sum() / picked
 
 
 def kl_picked(goals: Objectives, per_step: int, step: int) -> list[int]:

@@ -61,12 +61,13 @@ def word_flags(tokenizer: PreTrainedTokenizerBase) -> bytes:
     return _FLAGS[tokenizer]
 
 
-def whole_name(ids: Sequence[int], start: int, end: int, flags: bytes) -> bool:
+def whole_name(ids: Sequence[int], start: int, end: int, flags: bytes, first: int = 0) -> bool:
     """Is ids[start:end] a name on its own: not inside a longer word, and not the end of a longer
-    capitalized name ("York" in "New York")?"""
+    capitalized name ("York" in "New York")? Tokens before `first` are not read (a gate that keeps
+    fewer tokens of the text before sees the text begin there)."""
 
     def flag(position: int, bit: int) -> bool:
-        return 0 <= position < len(ids) and 0 <= ids[position] < len(flags) and bool(flags[ids[position]] & bit)
+        return first <= position < len(ids) and 0 <= ids[position] < len(flags) and bool(flags[ids[position]] & bit)
 
     if flag(end, JOINS) or (flag(start, JOINS) and flag(start - 1, ENDS_WORD)):
         return False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -98,3 +98,68 @@ def restore_hook(rows: torch.Tensor, positions: torch.Tensor, clean: torch.Tenso
         return with_main_output(output, patched)
 
     return hook
+
+
+def _first_rows(value: Any, rows: int, count: int) -> Any:
+    """`value` cut to its first `count` batch rows: a tensor of 2 or more dimensions with `rows` rows
+    (hidden states, masks, positions, rotary tables), also inside a tuple; anything else as it is."""
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:
+        return value[:count]
+    if isinstance(value, tuple):
+        return tuple(_first_rows(item, rows, count) for item in value)
+    return value
+
+
+def _layer_on_first_rows(original: Hook, count: int, below: Callable[[], torch.Tensor], extras: int) -> Hook:
+    """A decoder-layer forward that computes its first `count` rows; row r >= count takes below()[r - count].
+    With no row to compute, the output is below(), as a tuple with `extras` Nones when extras >= 0."""
+    import torch
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        rows = hidden.shape[0]
+        if count == rows:
+            return original(*args, **kwargs)
+        if count == 0:
+            return (below(),) + (None,) * extras if extras >= 0 else below()
+        output = original(
+            *(_first_rows(a, rows, count) for a in args), **{k: _first_rows(v, rows, count) for k, v in kwargs.items()}
+        )
+        return with_main_output(output, torch.cat([main_output(output), below().to(hidden.dtype)]))
+
+    return forward
+
+
+@contextmanager
+def rows_from_their_layer(
+    layers: Iterable[torch.nn.Module],
+    counts: Sequence[int],
+    below: Sequence[Callable[[], torch.Tensor]],
+    extras: Sequence[int],
+) -> Iterator[None]:
+    """For the block, decoder layer i computes only the first counts[i] rows of its batch (the rows that
+    differ, from that layer on, from a pass computed before); the other rows take below[i](), their
+    output of layer i in that pass (gathered when the layer runs: one layer's copy at a time). `extras`:
+    how each layer returns its output (see `output_extras`). The forwards are restored in `finally`."""
+    patched: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        for layer, count, rest, extra in zip(layers, counts, below, extras):
+            patched.append((layer, layer.__dict__.get("forward")))  # a forward set on the instance before
+            layer.forward = _layer_on_first_rows(layer.forward, count, rest, extra)  # shadows the class's
+        yield
+    finally:
+        for module, before in patched:
+            if before is None:
+                del module.forward
+            else:
+                module.forward = before
+
+
+def output_extras(output: Any) -> int | None:
+    """How a decoder layer returns its hidden states: -1 as a tensor, n as a tuple with n Nones after
+    them; None when the tuple holds more (a layer that cannot be stood in for)."""
+    if not isinstance(output, tuple):
+        return -1
+    return len(output) - 1 if all(item is None for item in output[1:]) else None

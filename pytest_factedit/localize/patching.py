@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SubjectNotFound
@@ -12,7 +13,18 @@ from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
 from ..model.kv import cache_keyword, cache_prefix, cache_rows, returned_cache
 from ..model.lmhead import decoder, head_product, logits_from_hidden
-from .hooks import SITES, capture_hook, embedding_noise, forward_hooks, restore_hook, site_module_name
+from ..model.skip import decoder_layers
+from .hooks import (
+    SITES,
+    capture_hook,
+    embedding_noise,
+    forward_hooks,
+    main_output,
+    output_extras,
+    restore_hook,
+    rows_from_their_layer,
+    site_module_name,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -57,10 +69,13 @@ def subject_positions(
 def answer_probs(
     model: PreTrainedModel, ids: torch.Tensor, answer_id: int, head_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """P(answer token) at the last position of each row (the LM head runs on that position only)."""
+    """P(answer token) at the last position of each row (the LM head runs on that position only).
+
+    The last position is copied out of the [rows, T, d] states: through the strided slice, the gradient
+    of the head's product takes a slow CPU path (3 rows of 9 tokens: 27 s, against 0.6 s contiguous)."""
     import torch
 
-    hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+    hidden = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state[:, -1].contiguous()
     return torch.softmax(logits_from_hidden(model, hidden, head_weight).float(), dim=-1)[:, answer_id]
 
 
@@ -154,22 +169,22 @@ def restored_probs(
     A restoration changes nothing before its first restored position, so each (noise sample, cell) row
     runs only from there on, over the keys and values the corrupted prompt computed before it (once
     per noise sample). A restoration at the last token runs one token instead of the prompt. Rows that
-    start at the same position share passes of at most `batch_rows` rows. (Re-running only the layers
-    above each restored one was measured slower on CPU: one call per layer costs more than it saves.)
+    start at the same position share passes of at most `batch_rows` rows. A row also changes nothing
+    below its restored layer: sorted by that layer, a pass's rows join it there, each decoder layer
+    computing only the rows restored at or below it (the others take the corrupted prompt's states).
     """
     import torch
 
     samples = noise.shape[0]
     starts = sorted({min(c[2]) for c in cells} | {prep.last})
-    prefixes, corrupted = _corrupted_prefixes(model, prep, noise, starts)
-    hidden, where = [corrupted], [(s, -1) for s in range(samples)]
+    corrupted = _corrupted_run(model, arch, prep, noise, starts)
+    hidden, where = [corrupted.last_hidden], [(s, -1) for s in range(samples)]
     for first in starts:
-        plan = [(s, c) for s in range(samples) for c, cell in enumerate(cells) if min(cell[2]) == first]
+        plan = [(s, c) for c, cell in enumerate(cells) if min(cell[2]) == first for s in range(samples)]
+        plan.sort(key=lambda row: cells[row[1]][1])  # by restored layer: a pass's rows join it there
         for begin in range(0, len(plan), batch_rows):
             chunk = plan[begin : begin + batch_rows]
-            hidden.append(
-                _suffix_hidden(model, arch, prep, noise, [(s, cells[c]) for s, c in chunk], first, prefixes[first])
-            )
+            hidden.append(_suffix_hidden(model, arch, prep, noise, [(s, cells[c]) for s, c in chunk], first, corrupted))
             where += chunk
     probs = _answer_prob(model, torch.cat(hidden), prep.answer_id, head_weight).cpu()  # one head pass: the largest
     out = torch.empty((samples, len(cells) + 1))
@@ -205,13 +220,75 @@ def _noisy_pass(
     return out.last_hidden_state[:, -1], returned_cache(out)
 
 
-def _corrupted_prefixes(
-    model: PreTrainedModel, prep: PreparedPrompt, noise: torch.Tensor, starts: Sequence[int]
-) -> tuple[dict[int, Any], torch.Tensor]:
-    """The corrupted prompt run once per noise sample: copies of its cache before each position in
-    `starts` (None before position 0), and its last hidden state."""
-    hidden, cache = _noisy_pass(model, prep, noise, (0, prep.last + 1), None)
-    return {first: cache_prefix(cache, first) if first > 0 else None for first in starts}, hidden
+@dataclass
+class _Corrupted:
+    """The corrupted prompt, run once per noise sample: copies of its cache before each restoration's
+    first position (None before position 0), its last hidden state, and every decoder layer's output
+    (samples x T x d) with how that layer returns it (`output_extras`; None: rows cannot skip layers)."""
+
+    prefixes: dict[int, Any]
+    last_hidden: torch.Tensor
+    layer_outputs: list[torch.Tensor]
+    extras: list[int] | None
+
+
+def _corrupted_run(
+    model: PreTrainedModel, arch: ArchModules, prep: PreparedPrompt, noise: torch.Tensor, starts: Sequence[int]
+) -> _Corrupted:
+    """Run the corrupted prompt once. Rows skip layers only on a model without hooks of its own: a hook
+    may keep state per pass for the whole batch (a subject gate's mask), which a layer's first rows
+    would not match."""
+    store: dict[int, tuple[torch.Tensor, int | None]] = {}
+
+    def keep(layer: int) -> Any:
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            store[layer] = (main_output(output), output_extras(output))
+
+        return hook
+
+    layers = num_layers(model)
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # e.g. subject gates
+    hooks = {site_module_name(arch, "hidden", layer): keep(layer) for layer in range(layers)}
+    hidden, cache = _noisy_pass(model, prep, noise, (0, prep.last + 1), None, hooks)
+    prefixes = {first: cache_prefix(cache, first) if first > 0 else None for first in starts}
+    extras = [store[layer][1] for layer in range(layers)]
+    readable = not hooked and all(e is not None for e in extras) and len(getattr(cache, "layers", ())) == layers
+    outputs = [store[layer][0] for layer in range(layers)]
+    return _Corrupted(prefixes, hidden, outputs, [e for e in extras if e is not None] if readable else None)
+
+
+def _entering_counts(rows: Sequence[tuple[int, Cell]], layers: int, skip: bool) -> list[int]:
+    """How many of `rows` (sorted by restored layer) each decoder layer computes: those restored at or
+    below it; every row at every layer when rows cannot skip layers."""
+    if not skip:
+        return [len(rows)] * layers
+    restored = [cell[1] for _, cell in rows]
+    return [sum(1 for r in restored if r <= layer) for layer in range(layers)]
+
+
+def _rows_after(output: torch.Tensor, rows: torch.Tensor, first: int) -> torch.Tensor:
+    """`output`'s rows `rows` (noise samples), from position `first` on."""
+    return output[rows, first:]
+
+
+def _restore_hooks(
+    arch: ArchModules, prep: PreparedPrompt, rows: Sequence[tuple[int, Cell]], first: int
+) -> dict[str, Any]:
+    """One hook per restored (site, layer): it writes the clean activations into its rows' positions."""
+    import torch
+
+    device = prep.ids.device
+    groups: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+    for row, (_, (site, layer, positions)) in enumerate(rows):
+        at, pos = groups.setdefault((site, layer), ([], []))
+        at.extend([row] * len(positions))
+        pos.extend(p - first for p in positions)
+    return {
+        site_module_name(arch, site, layer): restore_hook(
+            torch.tensor(at, device=device), torch.tensor(pos, device=device), prep.clean[(site, layer)][first:]
+        )
+        for (site, layer), (at, pos) in groups.items()
+    }
 
 
 def _suffix_hidden(
@@ -221,27 +298,25 @@ def _suffix_hidden(
     noise: torch.Tensor,
     rows: Sequence[tuple[int, Cell]],
     first: int,
-    prefix: Any,
+    corrupted: _Corrupted,
 ) -> torch.Tensor:
     """The last hidden state of each (noise sample, cell) row, run from position `first` after the
-    corrupted prefix."""
+    corrupted prefix; decoder layer i computes only the rows restored at or below it (rows sorted by
+    restored layer), and its key-value cache holds only those rows."""
     import torch
 
     device = prep.ids.device
-    groups: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
-    for row, (_, (site, layer, positions)) in enumerate(rows):
-        at, pos = groups.setdefault((site, layer), ([], []))
-        at.extend([row] * len(positions))
-        pos.extend(p - first for p in positions)
-    hooks = {
-        site_module_name(arch, site, layer): restore_hook(
-            torch.tensor(at, device=device), torch.tensor(pos, device=device), prep.clean[(site, layer)][first:]
-        )
-        for (site, layer), (at, pos) in groups.items()
-    }
     picked = torch.tensor([s for s, _ in rows], dtype=torch.long, device=device)
+    prefix = corrupted.prefixes[first]
     cache = cache_rows(prefix, picked) if prefix is not None else None
-    return _noisy_pass(model, prep, noise[picked.to(noise.device)], (first, prep.last + 1), cache, hooks)[0]
+    counts = _entering_counts(rows, len(corrupted.layer_outputs), corrupted.extras is not None)
+    for layer_cache, count in zip(cache.layers if cache is not None and corrupted.extras else (), counts):
+        if 0 < count < len(rows):  # a layer left with no row would read as an empty cache: it is not run
+            layer_cache.batch_select_indices(torch.arange(count, device=device))
+    below = [partial(_rows_after, out, picked[count:], first) for out, count in zip(corrupted.layer_outputs, counts)]
+    hooks = _restore_hooks(arch, prep, rows, first)
+    with rows_from_their_layer(decoder_layers(model), counts, below, corrupted.extras or [-1] * len(counts)):
+        return _noisy_pass(model, prep, noise[picked.to(noise.device)], (first, prep.last + 1), cache, hooks)[0]
 
 
 def _answer_prob(

@@ -76,6 +76,12 @@ class EditCheck:
     old: tuple[str, ...]
     prompts: tuple[str, ...]
     answers_now: tuple[str, ...]
+    # its paraphrases, neighbours and same-subject facts: `base` before the edit, `edited` with every edit in place
+    held: tuple[ProbedAnswer, ...] = ()
+
+    def evidence(self) -> CaseEvidence:
+        """`held` as a case's evidence, so the end-of-run rows count by the per-case rules."""
+        return CaseEvidence(self.held, self.old, self.new)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,9 @@ class ManyEvidence:
 
     edits: tuple[EditCheck, ...]
     controls: tuple[ProbedAnswer, ...]
+    # base (every edit off) and edited seconds per token over `timed` of the edited prompts; empty: not timed
+    timings: Mapping[str, float] = field(default_factory=dict)
+    timed: int = 0
 
 
 def share(hits: Sequence[bool]) -> float | None:
@@ -210,20 +219,20 @@ def control_specificity_samples(evidence: CaseEvidence) -> list[Sample]:
 # -- timing
 
 
-def _ratio(evidence: CaseEvidence, edited_key: str) -> tuple[float | None, int]:
-    base, edited = evidence.timings.get("base_seconds_per_token"), evidence.timings.get(edited_key)
+def _ratio(timings: Mapping[str, float], edited_key: str, timed: int) -> tuple[float | None, int]:
+    base, edited = timings.get("base_seconds_per_token"), timings.get(edited_key)
     ratio = edited / base if base is not None and edited is not None and base > 0 else None
-    return ratio, len(evidence.group("prompts")) if ratio is not None else 0
+    return ratio, timed if ratio is not None else 0
 
 
 def latency_ratio(evidence: CaseEvidence) -> tuple[float | None, int]:
     """(edited / base seconds per token, the minimum of interleaved timings each; the prompts timed)."""
-    return _ratio(evidence, "edited_seconds_per_token")
+    return _ratio(evidence.timings, "edited_seconds_per_token", len(evidence.group("prompts")))
 
 
 def merged_latency_ratio(evidence: CaseEvidence) -> tuple[float | None, int]:
     """The same with the adapter merged into the weights (None for an edit that has no adapter)."""
-    return _ratio(evidence, "merged_seconds_per_token")
+    return _ratio(evidence.timings, "merged_seconds_per_token", len(evidence.group("prompts")))
 
 
 # -- many edits on one model
@@ -249,6 +258,28 @@ def many_control_samples(evidence: ManyEvidence) -> list[Sample]:
         for a in evidence.controls
         if matches(a.base, a.expected)
     ]
+
+
+def paraphrases_at_end_samples(evidence: ManyEvidence) -> list[Sample]:
+    """Every edited case's paraphrases the base model answered with `old`: hit when answered `new` with every
+    edit in place."""
+    return [s for check in evidence.edits for s in paraphrase_samples(check.evidence())]
+
+
+def neighbours_at_end_samples(evidence: ManyEvidence) -> list[Sample]:
+    """Every edited case's neighbours the base model got right: hit when still right with every edit in place."""
+    return [s for check in evidence.edits for s in neighbour_samples(check.evidence())]
+
+
+def same_subject_at_end_samples(evidence: ManyEvidence) -> list[Sample]:
+    """Every edited case's same-subject facts the base model got right (without `answer:`, its first words):
+    hit when still right with every edit in place."""
+    return [s for check in evidence.edits for s in same_subject_samples(check.evidence())]
+
+
+def latency_ratio_at_end(evidence: ManyEvidence) -> tuple[float | None, int]:
+    """(every edit active / every edit off, seconds per token of one greedy step; the prompts timed)."""
+    return _ratio(evidence.timings, "edited_seconds_per_token", evidence.timed)
 
 
 def retained_by_case(evidence: ManyEvidence) -> dict[str, float]:

@@ -358,6 +358,63 @@ MANY_METRICS: tuple[MetricSpec, ...] = (
         definition="share of all controls (right before any edit) still right with every edit in place",
         samples=m.many_control_samples,
     ),
+    MetricSpec(
+        name="paraphrases_retained",
+        item="paraphrases_retained",
+        label="paraphrases retained",
+        direction="higher",
+        default_threshold=0.5,
+        reads=("paraphrases",),
+        protocol=GREEDY,
+        definition="share of every edited case's paraphrases the base model answered with `old` that answer "
+        "`new` with every edit in place",
+        samples=m.paraphrases_at_end_samples,
+        condition=_OLD,
+        remedy=_REWORD,
+    ),
+    MetricSpec(
+        name="neighbours_retained",
+        item="neighbours_retained",
+        label="neighbours retained",
+        direction="higher",
+        default_threshold=0.8,
+        reads=("neighbours",),
+        protocol=GREEDY,
+        definition="share of every edited case's neighbours (right before any edit) still right with every "
+        "edit in place",
+        samples=m.neighbours_at_end_samples,
+        condition=_RIGHT,
+        remedy=_KNOWN,
+    ),
+    MetricSpec(
+        name="same_subject_retained",
+        item="same_subject_retained",
+        label="same subject retained",
+        direction="higher",
+        default_threshold=0.8,
+        reads=("same_subject",),
+        protocol=GREEDY,
+        definition="share of every edited case's same-subject facts (right before any edit) still right with "
+        "every edit in place; an entry without `answer:` must keep the base model's first words",
+        samples=m.same_subject_at_end_samples,
+        condition=_RIGHT,
+        remedy="use facts the unedited model knows, or leave out `answer:` to keep whatever it says",
+    ),
+    MetricSpec(
+        name="latency_overhead_at_end",
+        item="latency_at_end",
+        label="latency at end",
+        direction="lower",
+        default_threshold=1.5,
+        reads=("prompts",),
+        protocol="step_time",
+        definition="seconds per generated token with every edit active / with every edit off (one greedy step "
+        "over the edited prompts), each the minimum of interleaved timings",
+        compute=m.latency_ratio_at_end,
+        absent="no edit on the model can be switched off (edits merged into the weights leave no edits-off "
+        "model to time against), or nothing was edited",
+        baseline_tolerance=0.25,
+    ),
 )
 
 # The summary table's columns, one metric (so one protocol) each: the metrics gated by default. The suite

@@ -365,9 +365,11 @@ def _many_block(summary: Mapping[str, Any] | None) -> str:
             f"<td class='num'>{_e(_threshold(name, m.get('threshold')))}</td></tr>"
             for name, m in (many.get("metrics") or {}).items()
         ]
+        per_edit = (many.get("memory") or {}).get("bytes_per_edit")
+        held = f"; {_num(per_edit, 0)} bytes per kept edit" if per_edit is not None else ""
         out.append(
             f"<h2>{_e(key)} of {_e(many.get('cases'))} edits</h2><p class='muted'>{_num(many.get('seconds'), 1)} s; "
-            f"base restored: {_e(many.get('base_restored'))}</p>"
+            f"base restored: {_e(many.get('base_restored'))}{held}</p>"
             + _table(["metric", "value", "samples", "threshold"], rows)
         )
     return "".join(out)

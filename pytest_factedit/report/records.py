@@ -133,11 +133,15 @@ class CaseRecord(_RecordBase, total=False):
     machine: dict[str, str | None]
 
 
-class ManyMetricRecord(TypedDict):
+class _ManyMetricBase(TypedDict):
     value: float | None
     samples: int
     protocol: str
     threshold: float | None
+
+
+class ManyMetricRecord(_ManyMetricBase, total=False):
+    reason: str  # why nothing was measured
 
 
 class ManyRecord(TypedDict, total=False):
@@ -150,6 +154,7 @@ class ManyRecord(TypedDict, total=False):
     retained_by_case: dict[str, float]
     metrics: dict[str, ManyMetricRecord]
     adapter: dict[str, Any]  # batch: the one adapter, the cases it holds, its modules and stages
+    memory: dict[str, int | float | None]  # sequential: bytes the kept gated edits hold, in all and per edit
 
 
 class BaselineBlock(TypedDict):
@@ -398,19 +403,33 @@ def many_record(result: ManyOutcome, mode: str, thresholds: Mapping[str, float])
         "seconds": round(result.seconds, 3),
         "base_restored": result.base_restored,
         "retained_by_case": result.retained_by_case,
-        "metrics": {
-            v.name: {
-                "value": v.value,
-                "samples": v.samples,
-                "protocol": v.protocol,
-                "threshold": thresholds.get(v.name),
-            }
-            for v in result.metrics.values()
-        },
+        "metrics": {v.name: _many_metric(v, thresholds.get(v.name)) for v in result.metrics.values()},
     }
+    if result.memory:
+        block["memory"] = memory_per_edit(result.memory)
     if result.batch:
         block["adapter"] = result.batch  # batch mode: the one adapter and the cases it holds
     return block
+
+
+def _many_metric(value: MetricValue, threshold: float | None) -> ManyMetricRecord:
+    entry: ManyMetricRecord = {
+        "value": value.value,
+        "samples": value.samples,
+        "protocol": value.protocol,
+        "threshold": threshold,
+    }
+    if value.reason:
+        entry["reason"] = value.reason
+    return entry
+
+
+def memory_per_edit(held: Mapping[str, int]) -> dict[str, int | float | None]:
+    """The bytes the kept edits hold (edit/gate_memory.py: `edits`, `gains`, `tables`, `index`), with their
+    sum and the sum per edit (None with no kept edit: merged edits add no bytes beside the weights)."""
+    total = held["gains"] + held["tables"] + held["index"]
+    per_edit = round(total / held["edits"], 1) if held["edits"] else None
+    return {**held, "bytes": total, "bytes_per_edit": per_edit}
 
 
 def pooled(folder: str, metric: str, records: Iterable[CaseRecord], threshold: float | None) -> SuiteRecord:

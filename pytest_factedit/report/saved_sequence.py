@@ -2,7 +2,8 @@
 folder under DIR/sequence/, and a manifest that lists them in order, read back as untrusted input.
 
 Loading one puts the edits back on a base model exactly as the sequence kept them: subject-gated
-gains as stacked hooks, peft adapters merged into the weights one after another, in the saved order.
+gains behind the model's one shared gate (edit/gate_registry.py, in the saved order, which is the order
+their factors apply in), peft adapters merged into the weights one after another, in the saved order.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class SavedSequence:
     bit for bit (the handle is a context manager, as a single loaded edit is)."""
 
     model: PreTrainedModel
-    gated: list[SubjectGainEdit] = field(default_factory=list)  # hooks, in the order they went on
+    gated: list[SubjectGainEdit] = field(default_factory=list)  # behind the shared gate, in the order they went on
     base_weights: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = field(default_factory=dict)
     trainable: dict[str, bool] = field(default_factory=dict)  # requires_grad before (peft changes it)
     had_peft_config: bool = False
@@ -175,7 +176,8 @@ class SavedSequence:
             edited.merge_and_unload(adapter_names=names)
 
     def remove(self) -> PreTrainedModel:
-        """Every hook off (the last first), every merged weight back to its base value, peft's flags undone."""
+        """Every gated edit off (the last first; the shared gate's hooks with the last one), every merged
+        weight back to its base value, peft's flags undone."""
         import torch
 
         if not self.removed:
@@ -193,8 +195,8 @@ class SavedSequence:
 
 
 def load_sequence(model: PreTrainedModel, out_dir: Path) -> SavedSequence:
-    """Every edit of a saved sequence back on the base `model`, in order, all active: gated gains as
-    stacked hooks, peft adapters merged one after another. Every folder and manifest is checked first;
+    """Every edit of a saved sequence back on the base `model`, in order, all active: gated gains behind
+    the model's shared gate, peft adapters merged one after another. Every folder and manifest is checked first;
     an edit's files that fail their checks (SavedEditError, one line) take every earlier edit off again."""
     folders = sequence_folders(out_dir)
     sequence = SavedSequence(

@@ -223,21 +223,29 @@ def failure_details(metric: str, record: CaseRecord) -> str:
 
 def many_failure_details(metric: str, many: ManyRecord) -> str:
     """Why an end-of-run metric failed: for a metric over the edited prompts, the edits no longer (fully) held."""
-    if "prompts" not in METRIC_BY_NAME[metric].reads:
+    if "prompts" not in METRIC_BY_NAME[metric].reads or METRIC_BY_NAME[metric].samples is None:
         return ""
     lost = [case for case, share in many["retained_by_case"].items() if share < 1.0]
     return f"\nedits no longer (fully) held: {', '.join(lost)}" if lost else ""
 
 
 def many_line(many_key: str, many: ManyRecord) -> str:
-    """One line on a sequential or batch run: each end-of-run metric against its threshold, and the restore."""
+    """One line on a sequential or batch run: each end-of-run metric against its threshold, the bytes the kept
+    edits hold, and the restore."""
     parts = [
-        f"{name} {m['value']:.3f} (>= {m['threshold']:g}, {m['samples']} samples)"
+        f"{name} {m['value']:.3f} ({_gate(name, m['threshold'])}{m['samples']} samples)"
         if m["value"] is not None
         else f"{name} n/a"
         for name, m in many["metrics"].items()
     ]
+    per_edit = many.get("memory", {}).get("bytes_per_edit")
+    if per_edit is not None:
+        parts.append(f"{per_edit:,.0f} bytes per kept edit")
     return f"{many_key} of {many['cases']} edits: " + ", ".join(parts) + f"; base restored: {many['base_restored']}"
+
+
+def _gate(name: str, threshold: float | None) -> str:
+    return "" if threshold is None else f"{METRIC_BY_NAME[name].relation} {threshold:g}, "
 
 
 @dataclass(frozen=True)

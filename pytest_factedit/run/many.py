@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cases.ids import sequence_folder
 from ..edit import get_editor
-from ..edit.base import kept_edits_released
+from ..edit.base import EditHandle, kept_edits_released
+from ..edit.gate_memory import kept_edit_bytes
+from ..edit.gate_registry import REGISTRY_ATTRIBUTE, GateRegistry
 from ..edit.settings import EditSettings
 from ..errors import RestoreError, explained
 from ..metrics.answers import ProbedAnswer
 from ..metrics.measure import EditCheck, ManyEvidence, MetricValue, retained_by_case
 from ..metrics.spec import MANY_METRICS
-from ..model.probe import greedy_continuations
-from ..model.targets import merged_targets
-from ..model.text import answer_token_budget
+from ..model.decoding import MAX_BATCH_ROWS, DecodeRow, decode, prefill, token_batches
+from ..model.probe import continuation_texts
+from ..model.targets import TargetModules, merged_targets
+from ..model.text import answer_token_budget, encode_prompt
 from ..model.weights import restored_weights, verified_restore
 from .case import edit_request, edited, held_out_texts, measure, place_edit, save_adapters
 from .outcome import CaseOutcome
-from .probing import BaseAnswerCache, probe_base, probe_edit
+from .probing import (
+    DEFAULT_PLAN,
+    BaseAnswerCache,
+    ProbeRow,
+    base_answer,
+    latency_timings,
+    probe_base,
+    probe_edit,
+    probe_rows,
+)
 
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
@@ -46,6 +59,7 @@ class ManyOutcome:
     batch: dict[str, Any] = field(default_factory=dict)  # batch mode: the one adapter's facts
     # per edited case: its prompts' answers with every edit in place (what a saved sequence must give back)
     answers_at_end: dict[str, list[str]] = field(default_factory=dict)
+    memory: dict[str, int] = field(default_factory=dict)  # sequential: bytes the kept edits hold (edit/gate_memory.py)
 
 
 def _measured(
@@ -66,11 +80,28 @@ def _measured(
     )
 
 
+Row = tuple[str, int, "Chat"]  # a prompt, its token budget, its chat format
+END_GROUPS = ("paraphrases", "neighbours", "same_subject")  # each case's rows checked again after the last edit
+
+
+def _answered_together(lm: LoadedModel, parts: Sequence[Sequence[Row]]) -> list[list[str]]:
+    """The greedy continuation of every row of every part, decoded in one batched run (chat formats mixed;
+    each row as `greedy_continuations` decodes it), split back into the parts."""
+    rows = [DecodeRow(encode_prompt(lm.tokenizer, p, chat), budget, True) for part in parts for p, budget, chat in part]
+    texts = continuation_texts(lm.model, lm.tokenizer, decode(lm.model, lm.tokenizer, rows)) if rows else []
+    out, start = [], 0
+    for part in parts:
+        out.append(texts[start : start + len(part)])
+        start += len(part)
+    return out
+
+
 class _ControlCheck:
     """Every control of the cases, answered by the base model now and again whenever asked.
 
     With `cache` (batch mode), the base answers come from the cache the cases are probed with, so
-    shared controls are generated once.
+    shared controls are generated once; without it, the caller decodes `rows()` (with other rows) and
+    hands the answers to `answered_before`.
     """
 
     def __init__(self, lm: LoadedModel, cases: Sequence[FactCase], cache: BaseAnswerCache | None = None) -> None:
@@ -78,27 +109,27 @@ class _ControlCheck:
         self.answers = {c.prompt: c.answer for case in cases for c in case.controls}
         self.chat = {c.prompt: case.chat_format for case in cases for c in case.controls}
         self.budgets = [answer_token_budget(lm.tokenizer, a, self.chat[p]) for p, a in self.answers.items()]
-        base = (
-            self._answered(lambda prompts, budgets, chat: cache.answers(lm, prompts, budgets, chat))
-            if cache
-            else self.current()
-        )
+        self.base: dict[str, str] = {}
+        if cache is not None:
+            self.answered_before(self._from_cache(cache))
+
+    def rows(self) -> list[Row]:
+        return [(p, budget, self.chat[p]) for p, budget in zip(self.answers, self.budgets)]
+
+    def answered_before(self, base: Sequence[str]) -> None:
         self.base = dict(zip(self.answers, base))
 
     def current(self) -> list[str]:
-        return self._answered(
-            lambda prompts, budgets, chat: greedy_continuations(
-                self.lm.model, self.lm.tokenizer, prompts, budgets, chat=chat
-            )
-        )
+        return _answered_together(self.lm, [self.rows()])[0]
 
-    def _answered(self, answer: Callable[[list[str], list[int], Chat], list[str]]) -> list[str]:
+    def _from_cache(self, cache: BaseAnswerCache) -> list[str]:
         prompts = list(self.answers)
         out: dict[int, str] = {}
         for flag in dict.fromkeys(self.chat.values()):  # plain text, and each chat format (system prompt)
             picked = [i for i, p in enumerate(prompts) if self.chat[p] == flag]
             if picked:
-                out.update(zip(picked, answer([prompts[i] for i in picked], [self.budgets[i] for i in picked], flag)))
+                answers = cache.answers(self.lm, [prompts[i] for i in picked], [self.budgets[i] for i in picked], flag)
+                out.update(zip(picked, answers))
         return [out[i] for i in range(len(prompts))]
 
     def answers_now(self, now: Sequence[str]) -> tuple[ProbedAnswer, ...]:
@@ -108,20 +139,101 @@ class _ControlCheck:
         )
 
 
-def _prompts_answered_now(lm: LoadedModel, outcome: CaseOutcome) -> EditCheck:
-    """A case's prompts answered by the model as it is now (after the last sequential edit)."""
-    case = outcome.case
+class _HeldRows:
+    """Each case's paraphrases, neighbours and same-subject facts (END_GROUPS), answered by the base model
+    before the first edit, to be answered again after the last."""
+
+    def __init__(self, lm: LoadedModel, cases: Sequence[FactCase]) -> None:
+        self.rows_by_case = {c.id: [r for r in probe_rows(c, lm.tokenizer) if r.group in END_GROUPS] for c in cases}
+        self.chat = {c.id: c.chat_format for c in cases}
+        self.base: dict[str, list[ProbedAnswer]] = {}
+
+    def rows(self, case_ids: Sequence[str]) -> list[list[Row]]:
+        return [[(r.prompt, r.budget, self.chat[i]) for r in self.rows_by_case[i]] for i in case_ids]
+
+    def answered_before(self, case_ids: Sequence[str], base: Sequence[Sequence[str]]) -> None:
+        for case_id, texts in zip(case_ids, base):
+            rows: list[ProbeRow] = self.rows_by_case[case_id]
+            self.base[case_id] = [base_answer(r, text) for r, text in zip(rows, texts)]
+
+    def answered_now(self, case_id: str, now: Sequence[str]) -> tuple[ProbedAnswer, ...]:
+        return tuple(dataclasses.replace(a, edited=after) for a, after in zip(self.base[case_id], now))
+
+
+def _answered_before_any_edit(lm: LoadedModel, cases: Sequence[FactCase]) -> tuple[_ControlCheck, _HeldRows]:
+    """Every control and every case's END_GROUPS rows, answered by the base model in one batched run."""
+    controls, held = _ControlCheck(lm, cases), _HeldRows(lm, cases)
+    ids = [c.id for c in cases]
+    answered = _answered_together(lm, [controls.rows(), *held.rows(ids)])
+    controls.answered_before(answered[0])
+    held.answered_before(ids, answered[1:])
+    return controls, held
+
+
+def _prompt_rows(lm: LoadedModel, case: FactCase) -> list[Row]:
     budget = answer_token_budget(lm.tokenizer, case.old + case.new, case.chat_format)
-    now = greedy_continuations(
-        lm.model, lm.tokenizer, list(case.prompts), [budget] * len(case.prompts), chat=case.chat_format
+    return [(p, budget, case.chat_format) for p in case.prompts]
+
+
+def _answered_at_end(
+    lm: LoadedModel, ran: Sequence[CaseOutcome], controls: _ControlCheck, held: _HeldRows
+) -> ManyEvidence:
+    """After the last sequential edit: every edited case's prompts and END_GROUPS rows and every control,
+    answered in one batched run, and the latency with every gated edit active."""
+    ids = [o.case.id for o in ran]
+    prompts = [_prompt_rows(lm, o.case) for o in ran]
+    answered = _answered_together(lm, [controls.rows(), *prompts, *held.rows(ids)])
+    prompts_now, held_now = answered[1 : 1 + len(ran)], answered[1 + len(ran) :]
+    edits = tuple(
+        EditCheck(o.case.id, o.case.new, o.case.old, o.case.prompts, tuple(now), held.answered_now(o.case.id, rows))
+        for o, now, rows in zip(ran, prompts_now, held_now)
     )
-    return EditCheck(case.id, case.new, case.old, case.prompts, tuple(now))
+    registry = lm.model.__dict__.get(REGISTRY_ATTRIBUTE)
+    timings, timed = _latency_with_every_edit(lm, ran, _every_gated_edit(registry)) if registry else ({}, 0)
+    return ManyEvidence(edits, controls.answers_now(answered[0]), timings, timed)
+
+
+@dataclass(kw_only=True)
+class _EveryGatedEdit(EditHandle):
+    """The edits kept behind the model's shared gate, as one handle to time: `disabled()` turns all of them
+    off (edits merged into the weights stay on: they are part of the base timed against)."""
+
+    registry: GateRegistry
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        with self.registry.disabled():
+            yield
+
+
+def _every_gated_edit(registry: GateRegistry) -> EditHandle:
+    return _EveryGatedEdit(
+        method="every kept edit",
+        targets=TargetModules((), (), "the shared gate"),
+        settings=EditSettings(),
+        registry=registry,
+    )
+
+
+def _latency_with_every_edit(
+    lm: LoadedModel, ran: Sequence[CaseOutcome], every: EditHandle
+) -> tuple[dict[str, float], int]:
+    """(base and edited seconds per token, rows timed): one greedy step over the edited cases' prompts, as
+    many as one bounded pass holds, with `every` edit on against `every.disabled()`, timed as a case's is."""
+    ids = [encode_prompt(lm.tokenizer, p, o.case.chat_format) for o in ran for p in o.case.prompts]
+    if not ids:
+        return {}, 0
+    first = token_batches([(len(i), 1) for i in ids], MAX_BATCH_ROWS)[0]
+    state = prefill(lm.model, ids[: first.stop], lm.tokenizer.pad_token_id)
+    return latency_timings(lm, ran[0].case, every, DEFAULT_PLAN, state), first.stop
 
 
 def _prompts_as_probed(outcome: CaseOutcome) -> EditCheck:
     """The edited answers `probe_edit` already recorded (batch: the adapter has not changed since)."""
     case = outcome.case
-    return EditCheck(case.id, case.new, case.old, case.prompts, tuple(a.edited or "" for a in outcome.group("prompts")))
+    now = tuple(a.edited or "" for a in outcome.group("prompts"))
+    held = tuple(a for a in outcome.answers if a.group in END_GROUPS)
+    return EditCheck(case.id, case.new, case.old, case.prompts, now, held)
 
 
 def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | str) -> CaseOutcome:
@@ -150,8 +262,10 @@ def run_sequence(
     """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
 
     Each case is measured right after its own edit, against the model as the earlier edits left it.
-    At the end every earlier edit and every control is checked again, then all weights are put back.
-    With `save_dir`, each edit is saved before it is merged, to save_dir/<sequence_folder>/.
+    At the end every edit's prompts, paraphrases, neighbours and same-subject facts and every control are
+    answered again in one batched run (their base answers were, before the first edit), the latency with
+    every gated edit on and off is timed and the bytes the kept edits hold are counted; then all weights
+    are put back. With `save_dir`, each edit is saved before it is merged, to save_dir/<sequence_folder>/.
     """
     started = time.perf_counter()
     outcomes: list[CaseOutcome] = []
@@ -160,7 +274,7 @@ def run_sequence(
         restored_weights(list(lm.model.parameters())),
         kept_edits_released(lm.model),
     ):
-        controls = _ControlCheck(lm, cases)
+        controls, held = _answered_before_any_edit(lm, cases)
         for position, case in enumerate(cases):
             settings = None
             try:
@@ -169,9 +283,11 @@ def run_sequence(
                 outcomes.append(_edit_and_merge(lm, case, settings, folder))
             except Exception as exc:  # one broken case must not stop the others; its edit was not merged
                 outcomes.append(_error(case, settings, exc))
-        edits = tuple(_prompts_answered_now(lm, o) for o in outcomes if o.status == "ran")
-        evidence = ManyEvidence(edits, controls.answers_now(controls.current()))
-    return _measured(outcomes, evidence, check.restored, started)
+        evidence = _answered_at_end(lm, [o for o in outcomes if o.status == "ran"], controls, held)
+        memory = kept_edit_bytes(lm.model)
+    result = _measured(outcomes, evidence, check.restored, started)
+    result.memory = memory
+    return result
 
 
 def _place_batch(
@@ -282,7 +398,9 @@ def _edit_together(
             outcome.timings["edit_seconds"] = outcome.timings["localize_seconds"] + train_seconds / len(live)
             outcome.timings["batch_train_seconds"] = train_seconds
             probe_edit(lm, outcome, applied)
-        evidence = ManyEvidence(tuple(_prompts_as_probed(o) for o in live), controls.answers_now(controls.current()))
+        timings, timed = _latency_with_every_edit(lm, live, applied)
+        checks = tuple(_prompts_as_probed(o) for o in live)
+        evidence = ManyEvidence(checks, controls.answers_now(controls.current()), timings, timed)
     for outcome in live:
         outcome.base_restored = check.restored
         measure(outcome)

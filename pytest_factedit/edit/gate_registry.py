@@ -1,0 +1,479 @@
+"""One subject gate per model for every subject-gated edit on it, at a cost per pass that does not grow
+with the number of edits.
+
+A sequential run keeps each gated edit on the model until the run ends, so the thousandth edit is
+trained, probed and decoded under 999 others. Giving each edit its own gate (edit/gate.py) would scan
+every edit's patterns on every pass, and scale every targeted module once per edit. Here one decoder
+pre-hook reads the pass's ids once and walks one trie of all the edits' patterns (edit/gate_index.py),
+which yields, per position, the edits whose subject it holds (and the rest of its sentence, for that
+reach); each targeted module has one hook, which multiplies only the matched positions, each by the
+factors of its own edits, gathered from one table per module. A pass that names no kept subject adds a
+fixed handful of operations, however many edits there are.
+
+The outputs are bit-identical to one `SubjectGate` per edit with its own hooks, stacked in the order the
+edits went on (tests/stacked_gates.py keeps that reference and tests/test_gate_registry.py pins it with
+`torch.equal`): an edit's hook multiplies x by 1 + mask * (g - 1), which is x * 1 = x where the mask is 0
+and x * F, F = 1 + (g - 1) rounded as there, where it is 1; here the first is skipped and the second is
+done with the same F, in the same order, on the same positions. An edit still training (not yet sealed)
+is applied whole with that formula, so its gradients are the ones its own hooks gave. The text before a
+pass that continues a cache (a generation step) is what each edit's own gate would have kept of it: its
+last tokens (the per-edit look-back, bounded by `whole_name(first=)`), and which edits' sentences are
+still open, kept with the cache (`model/kv.py: row_state`) as three small tensors, not one per edit.
+Sealed gains are read once into the tables: change them only before `seal`, or seal again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..model.kv import cache_keyword, returned_cache, row_state
+from ..model.lmhead import decoder
+from .gate_index import PatternTrie, rest_of_sentence
+from .words import ENDS_SENTENCE, whole_name
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from .subject_gains import SubjectGainEdit
+
+_SERIALS = itertools.count(1)  # edits' serials and registries' state names, never reused in a process
+ModuleKey = tuple[str, bool]  # (module name, scaled at its input: a feed-forward output projection)
+
+
+@dataclass(eq=False)
+class _FlagGroup:
+    """Edits that share one tokenizer's word flags (edit/words.py): one copy of the flags, one trie."""
+
+    flags: bytes
+    trie: PatternTrie = field(default_factory=PatternTrie)
+    members: int = 0
+
+
+@dataclass(eq=False)
+class _Entry:
+    edit: SubjectGainEdit
+    serial: int  # the order the edits went on: the order their factors are applied in
+    group: _FlagGroup
+    keep: int  # tokens its own gate keeps of the text before a continued pass (SubjectGate.kept_tokens)
+    sealed: bool = False
+
+
+@dataclass
+class _Step:
+    """What one module does for one pass: sealed edits' factors in layers (a position appears once per
+    layer, so edits on one token apply in serial order), or one training edit applied whole."""
+
+    live: _Entry | None
+    positions: list[list[int]] = field(default_factory=list)  # flat positions (row x tokens + token), per layer
+    slots: list[list[int]] = field(default_factory=list)  # table rows, per layer
+
+
+@dataclass
+class _Pass:
+    rows: int
+    tokens: int
+    marks: dict[int, list[int]]  # edit serial -> flat positions its gains act on
+    steps: dict[ModuleKey, list[_Step]]
+
+
+@dataclass
+class _Before:
+    """What the gate kept of the text before a continued pass (the same for every row but tail and open)."""
+
+    tails: list[list[int]]
+    open: list[set[int]]  # per row, the serials whose sentence was still open
+    since: list[tuple[int, int]]  # (latest serial, text length) at each pass where the latest serial changed
+    length: int  # tokens of text before this pass, pads included
+    written: int  # the latest serial when the state was written: later edits read the pass as new text
+
+
+class _ModuleGains:
+    """One targeted module's hook and its table of sealed factors, one row (slot) per edit, per dtype and
+    device; adding or removing an edit costs one row, not a copy of the table."""
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name, self.handle = name, handle
+        self.users = 0
+        self.slot_of: dict[int, int] = {}  # serial -> row
+        self.owner: dict[int, _Entry] = {}  # row -> entry
+        self.free: list[int] = []
+        self.capacity = 0
+        self.tables: dict[tuple[Any, Any], tuple[torch.Tensor, set[int]]] = {}
+
+    def take(self, entry: _Entry) -> None:
+        slot = self.slot_of.get(entry.serial)
+        if slot is None:
+            slot = self.free.pop() if self.free else len(self.owner)
+            self.slot_of[entry.serial], self.owner[slot] = slot, entry
+            self.capacity = max(self.capacity, 1) * 2 if slot >= self.capacity else self.capacity
+        for _table, filled in self.tables.values():
+            filled.discard(slot)
+
+    def release(self, serial: int) -> None:
+        slot = self.slot_of.pop(serial, None)
+        if slot is not None:
+            del self.owner[slot]
+            self.free.append(slot)
+            for _table, filled in self.tables.values():
+                filled.discard(slot)
+
+    def table(self, dtype: torch.dtype, device: torch.device, slots: Sequence[int]) -> torch.Tensor:
+        """The factors 1 + (g - 1) in `dtype` on `device`, rows filled the first time a pass needs them."""
+        import torch
+
+        table, filled = self.tables.get((dtype, device), (None, set()))
+        with torch.no_grad():
+            for slot in dict.fromkeys(slots):
+                if slot in filled and table is not None:
+                    continue
+                gain = self.owner[slot].edit.product(self.name)
+                assert gain is not None  # a slot is only taken for a module with gains
+                factor = (1 + (gain.to(dtype) - 1)).to(device)
+                if table is None or table.shape[0] < self.capacity:
+                    grown = torch.ones(self.capacity, factor.shape[-1], dtype=dtype, device=device)
+                    if table is not None:
+                        grown[: table.shape[0]] = table
+                    table = grown
+                table[slot] = factor
+                filled.add(slot)
+        assert table is not None
+        self.tables[(dtype, device)] = (table, filled)
+        return table
+
+
+REGISTRY_ATTRIBUTE = "_factedit_gate_registry"  # on the model itself: a model dropped with edits on frees all
+
+
+class GateRegistry:
+    """Every subject-gated edit on one model behind one gate (`of(model)`); `add` returns the remover."""
+
+    @classmethod
+    def of(cls, model: PreTrainedModel) -> GateRegistry:
+        found = model.__dict__.get(REGISTRY_ATTRIBUTE)
+        if not isinstance(found, GateRegistry):
+            found = model.__dict__[REGISTRY_ATTRIBUTE] = cls(model)
+        return found
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model_ref = weakref.ref(model)
+        self.body = decoder(model)
+        self.keyword = cache_keyword(self.body)
+        self.state_name = f"subject-gates-{next(_SERIALS)}"
+        self.entries: dict[int, _Entry] = {}
+        self.serial_of: dict[int, int] = {}  # id(edit) -> serial
+        self.groups: dict[bytes, _FlagGroup] = {}
+        self.modules: dict[ModuleKey, _ModuleGains] = {}
+        self.keeps: Counter[int] = Counter()
+        self.latest = 0
+        self.off = 0
+        self.body_hooks: list[Any] = []
+        self.current: _Pass | None = None
+        self.pending: tuple[torch.Tensor, ...] | None = None
+
+    def add(self, edit: SubjectGainEdit) -> Callable[[], None]:
+        """`edit` behind the shared gate (unsealed: applied whole, as training needs); the call returned
+        takes it off again, and the hooks with the last edit."""
+        self.latest = serial = next(_SERIALS)
+        group = self.groups.setdefault(edit.gate.word_flags, _FlagGroup(edit.gate.word_flags))
+        edit.gate.word_flags = group.flags  # one copy per tokenizer, however many edits are loaded
+        entry = _Entry(edit, serial, group, edit.gate.kept_tokens)
+        group.trie.add(serial, edit.gate.patterns)
+        group.members += 1
+        self.entries[serial], self.serial_of[id(edit)] = entry, serial
+        self.keeps[entry.keep] += 1
+        for key in _module_keys(edit):
+            if key not in self.modules:
+                self.modules[key] = _ModuleGains(key[0], self._module_hook(edit.model, key))
+            self.modules[key].users += 1
+        if not self.body_hooks:
+            self.body_hooks = [
+                self.body.register_forward_pre_hook(self._before_pass, with_kwargs=True),
+                self.body.register_forward_hook(self._after_pass),
+            ]
+        return lambda: self.discard(edit)
+
+    def seal(self, edit: SubjectGainEdit) -> None:
+        """`edit`'s gains are final: from now on its factors are gathered from the tables."""
+        entry = self.entries[self.serial_of[id(edit)]]
+        entry.sealed = True
+        for key in _module_keys(edit):
+            if edit.product(key[0]) is not None:
+                self.modules[key].take(entry)
+        self._replan()
+
+    def discard(self, edit: SubjectGainEdit) -> None:
+        serial = self.serial_of.pop(id(edit), None)
+        if serial is None:
+            return
+        entry = self.entries.pop(serial)
+        entry.group.trie.discard(serial, edit.gate.patterns)
+        entry.group.members -= 1
+        if not entry.group.members:
+            del self.groups[entry.group.flags]
+        self.keeps[entry.keep] -= 1
+        self.keeps += Counter()
+        for key in _module_keys(edit):
+            gains = self.modules[key]
+            gains.release(serial)
+            gains.users -= 1
+            if not gains.users:
+                gains.handle.remove()
+                del self.modules[key]
+        if self.current is not None:
+            self.current.marks.pop(serial, None)
+        self._replan()
+        if not self.entries:
+            for handle in self.body_hooks:
+                handle.remove()
+            self.body_hooks, self.current, self.pending = [], None, None
+            model = self.model_ref()
+            if model is not None and model.__dict__.get(REGISTRY_ATTRIBUTE) is self:
+                del model.__dict__[REGISTRY_ATTRIBUTE]
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Every edit off for the block (the base model's cost and outputs); passes in it keep no gate state."""
+        self.off += 1
+        try:
+            yield
+        finally:
+            self.off -= 1
+
+    @property
+    def lookups(self) -> int:
+        """Trie lookups made so far by every pass (the matching cost, for the tests and the benchmark)."""
+        return sum(g.trie.lookups for g in self.groups.values())
+
+    def _module_hook(self, model: PreTrainedModel, key: ModuleKey) -> Any:
+        module = model.get_submodule(key[0])
+        if key[1]:
+
+            def scale_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+                return (self._scaled(key, args[0]),) + tuple(args[1:])
+
+            return module.register_forward_pre_hook(scale_input)
+
+        def scale_output(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
+            return self._scaled(key, output)
+
+        return module.register_forward_hook(scale_output)
+
+    def _before_pass(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.current, self.pending = None, None
+        if self.off or ids is None or ids.dim() != 2 or not ids.shape[0]:
+            return
+        cache = kwargs.get(self.keyword)
+        continues = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        kept = row_state(cache).get(self.state_name) if continues else None
+        if kept is not None and kept[0].shape[0] != ids.shape[0]:  # rows selected by code that does not carry it
+            kept = None
+        rows = ids.tolist()
+        before = _read_state(kept) if kept is not None else None
+        marks: dict[int, list[int]] = {}
+        tails, still_open = [], []
+        for index, row in enumerate(rows):
+            tail, opened = self._matched(index, row, before, marks)
+            tails.append(tail)
+            still_open.append(opened)
+        self.current = _Pass(len(rows), ids.shape[1], marks, {})
+        self._replan()
+        self.pending = self._state(tails, still_open, before, ids.shape[1], ids.device)
+
+    def _after_pass(self, _module: Any, _args: Any, output: Any) -> None:
+        cache = returned_cache(output) if self.pending is not None else None
+        if cache is not None and hasattr(cache, "get_seq_length") and self.pending is not None:
+            row_state(cache)[self.state_name] = self.pending
+
+    def _look_back(self, entry: _Entry, before: _Before | None, kept: int) -> int:
+        """Where `entry`'s own gate would see the text begin, in the joined row (the tail, then the ids)."""
+        if before is None or entry.serial > before.written:
+            return kept  # it went on after the state was written: its own gate had no state
+        start = next(length for serial, length in before.since if serial >= entry.serial)
+        return kept - min(entry.keep, before.length - start, kept)
+
+    def _found(self, joined: list[int], kept: int, before: _Before | None) -> dict[int, set[int]]:
+        """Per edit serial, the positions (from the first new id) of its whole-name occurrences."""
+        found: dict[int, set[int]] = {}
+        starts: dict[int, int] = {}
+        for group in self.groups.values():
+            for start, end, owners in group.trie.hits(joined, kept - group.trie.longest + 1):
+                if end <= kept:
+                    continue
+                verdicts: dict[int, bool] = {}
+                for serial in owners:
+                    if serial not in starts:
+                        starts[serial] = self._look_back(self.entries[serial], before, kept)
+                    first = starts[serial]
+                    if start < first:
+                        continue
+                    if group.flags and first not in verdicts:
+                        verdicts[first] = whole_name(joined, start, end, group.flags, first)
+                    if not group.flags or verdicts[first]:
+                        found.setdefault(serial, set()).update(range(max(start, kept) - kept, end - kept))
+        return found
+
+    def _matched(
+        self, index: int, ids: list[int], before: _Before | None, marks: dict[int, list[int]]
+    ) -> tuple[list[int], list[int]]:
+        """One row: its edits' positions added to `marks` (flat); (the tail to keep, the serials whose
+        sentence is still open after it)."""
+        tail = before.tails[index] if before is not None else []
+        joined = tail + ids
+        found = self._found(joined, len(tail), before)
+        was_open = {s for s in before.open[index] if s in self.entries} if before is not None else set()
+        ends: dict[int, list[int]] = {}
+        still_open: list[int] = []
+        offset = index * len(ids)
+        for serial in sorted(found.keys() | was_open):
+            entry = self.entries[serial]
+            positions = sorted(found.get(serial, ()))
+            if entry.edit.gate.reach == "subject-sentence":
+                group = entry.group
+                if id(group) not in ends:
+                    ends[id(group)] = _sentence_ends(ids, group.flags)
+                own_ends = [t for t in ends[id(group)] if t not in found.get(serial, ())]
+                positions, opened = rest_of_sentence(positions, own_ends, serial in was_open, len(ids))
+                if opened:
+                    still_open.append(serial)
+            if positions:
+                marks.setdefault(serial, []).extend(offset + t for t in positions)
+        keep = max(self.keeps, default=0)
+        return joined[len(joined) - min(keep, len(joined)) :], still_open
+
+    def _state(
+        self,
+        tails: list[list[int]],
+        still_open: list[list[int]],
+        before: _Before | None,
+        tokens: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, ...]:
+        """(tails, open serials padded with -1, since serials, since lengths, length, written), batch first."""
+        import torch
+
+        length = (before.length if before is not None else 0) + tokens
+        since = list(before.since) if before is not None else []
+        if not since or since[-1][0] != self.latest:
+            since.append((self.latest, length - tokens))
+        keep = max(self.keeps, default=0)
+        while len(since) > 1 and length - since[1][1] >= keep:  # every edit sees `keep` tokens back from both
+            since.pop(0)
+        width = max((len(o) for o in still_open), default=0)
+        rows = len(tails)
+        values = [
+            tails,
+            [o + [-1] * (width - len(o)) for o in still_open],
+            [[s for s, _ in since]] * rows,
+            [[n for _, n in since]] * rows,
+            [[length]] * rows,
+            [[self.latest]] * rows,
+        ]
+        return tuple(torch.tensor(v, dtype=torch.long, device=device) for v in values)
+
+    def _replan(self) -> None:
+        """The current pass's steps per module, from its marks (after a pass, a seal or a removal)."""
+        current = self.current
+        if current is None:
+            return
+        current.steps = {}
+        used: dict[ModuleKey, dict[int, int]] = {}  # per module: flat position -> layers of the open sealed step
+        for serial in sorted(current.marks):
+            entry = self.entries[serial]
+            if not entry.edit.gate.enabled:
+                continue
+            for key in _module_keys(entry.edit):
+                plan = current.steps.setdefault(key, [])
+                if not entry.sealed:
+                    plan.append(_Step(entry, [current.marks[serial]]))
+                    continue
+                slot = self.modules[key].slot_of.get(serial)
+                if slot is None:
+                    continue
+                if not plan or plan[-1].live is not None:
+                    plan.append(_Step(None))
+                    used[key] = {}
+                _layered(plan[-1], used[key], current.marks[serial], slot)
+
+    def _scaled(self, key: ModuleKey, x: torch.Tensor) -> torch.Tensor:
+        """x with every matched edit's factor applied at its positions (x itself when none matched, or when
+        x is not the last pass's [rows, tokens, d] or [rows x tokens, d])."""
+        current = self.current
+        plan = current.steps.get(key) if current is not None else None
+        if not plan or current is None:
+            return x
+        shape = (current.rows, current.tokens)
+        if tuple(x.shape[:-1]) != shape and not (x.dim() == 2 and x.shape[0] == shape[0] * shape[1]):
+            return x
+        for step in plan:
+            x = self._gathered(key, step, x) if step.live is None else _applied_whole(key[0], step, x)
+        return x
+
+    def _gathered(self, key: ModuleKey, step: _Step, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        table = self.modules[key].table(x.dtype, x.device, [s for layer in step.slots for s in layer])
+        flat = x.reshape(-1, x.shape[-1])
+        for positions, slots in zip(step.positions, step.slots):
+            where = torch.tensor(positions, dtype=torch.long, device=x.device)
+            factors = table.index_select(0, torch.tensor(slots, dtype=torch.long, device=x.device))
+            flat = flat.index_put((where,), flat.index_select(0, where) * factors)
+        return flat.reshape(x.shape)
+
+
+def _layered(step: _Step, used: dict[int, int], positions: list[int], slot: int) -> None:
+    """One sealed edit's positions into `step`'s layers: the k-th edit on a position goes to layer k."""
+    for position in positions:
+        layer = used.get(position, 0)
+        used[position] = layer + 1
+        if layer == len(step.positions):
+            step.positions.append([])
+            step.slots.append([])
+        step.positions[layer].append(position)
+        step.slots[layer].append(slot)
+
+
+def _applied_whole(name: str, step: _Step, x: torch.Tensor) -> torch.Tensor:
+    """A training edit as its own hook applies it: x * (1 + mask * (g - 1)), with g read now (gradients
+    reach the stage being trained)."""
+    import torch
+
+    assert step.live is not None
+    gain = step.live.edit.product(name)
+    if gain is None:
+        return x
+    mask = torch.zeros(x.shape[:-1].numel(), dtype=torch.bool, device=x.device)
+    mask[torch.tensor(step.positions[0], dtype=torch.long, device=x.device)] = True
+    mask = mask.reshape(*x.shape[:-1], 1).to(x.dtype)
+    return x * (1 + mask * (gain.to(x.dtype) - 1))
+
+
+def _module_keys(edit: SubjectGainEdit) -> list[ModuleKey]:
+    feedforward = set(edit.targets.feedforward)
+    return [(name, name in feedforward) for name in edit.targets.modules]
+
+
+def _sentence_ends(ids: Sequence[int], flags: bytes) -> list[int]:
+    """The positions of tokens that end a sentence (edit/gate.py: rest_of_sentence, read on the host)."""
+    if not flags:
+        return []
+    last = len(flags) - 1
+    return [t for t, token in enumerate(ids) if token <= last and flags[max(token, 0)] & ENDS_SENTENCE]
+
+
+def _read_state(kept: tuple[torch.Tensor, ...]) -> _Before:
+    tails, still_open, since_serials, since_lengths, lengths, written = (t.tolist() for t in kept)
+    return _Before(
+        tails,
+        [{s for s in row if s >= 0} for row in still_open],
+        list(zip(since_serials[0], since_lengths[0])),
+        lengths[0][0],
+        written[0][0],
+    )
