@@ -229,6 +229,8 @@ def _edits_series(lm: Any, case: Any, log: Path | None, counts: tuple[int, ...])
     import tracemalloc
     from contextlib import ExitStack
 
+    from gate_scale import bytes_per_edit  # bench/: gains and table rows by edit/gate_memory.py, the traced index
+
     records = kept_subjects(case, max(counts) - 1)
     rows = []
     for count in counts:
@@ -241,18 +243,10 @@ def _edits_series(lm: Any, case: Any, log: Path | None, counts: tuple[int, ...])
                 stack.callback(edit.remove)
             figures = timed_run(lm, case, {}, force=False)
             extra = {"latency_overhead": decoding_overhead(lm, case, kept, records[: count - 1]) if kept else 1.0}
-            extra["bytes_per_kept_edit"] = kept_bytes(kept, traced) if kept else None
+            extra["bytes_per_kept_edit"] = bytes_per_edit(kept, traced) if kept else None
         rows.append({"series": "edits", "x": count, "model": "embedded", **figures, **extra})
         _emit(rows[-1], log)
     return rows
-
-
-def kept_bytes(kept: list[Any], traced: int) -> dict[str, float]:
-    """Per kept edit: its gains, its rows of the shared factor tables, and the traced Python allocations
-    (the gate's index and entries; the gains' own tensors are counted apart)."""
-    gains = sum(g.numel() * g.element_size() for e in kept for stage in e.gains.values() for g in stage.values())
-    tables = sum(t.numel() * t.element_size() for m in kept[0].registry.modules.values() for t, _ in m.tables.values())
-    return {"gains": gains / len(kept), "tables": tables / len(kept), "index": traced / len(kept)}
 
 
 def _size_series(lm: Any, case: Any, log: Path | None) -> list[dict[str, Any]]:
