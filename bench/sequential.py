@@ -55,6 +55,22 @@ def _print_positions(result: Any) -> None:
         )
 
 
+def _progress(total: int, started: float) -> Any:
+    """Tells stderr of each case as soon as it is measured: a run of hours shows how far it is."""
+
+    def tell(position: int, outcome: Any) -> None:
+        edit = outcome.timings.get("edit_seconds")
+        took = f", edit {edit:.1f}s" if edit is not None else ""
+        print(
+            f"[{position + 1}/{total} after {time.perf_counter() - started:.0f}s] {outcome.case.id}: {outcome.status}"
+            + took,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return tell
+
+
 def _print_table(result: Any, mode: str) -> None:
     """The markdown table of docs/benchmarks.md: per-fact means, the end-of-run metrics, retention by position."""
     ran = [o for o in result.outcomes if o.status == "ran"]
@@ -113,6 +129,8 @@ def print_targets(result: Any, seconds: float) -> None:
     parts = ", ".join(f"{k} {memory[k]:,}" for k in ("gains", "tables", "index")) if memory else ""
     shown = f"{per_edit:,.0f} ({parts} in all)" if per_edit is not None else NO_KEPT_EDIT
     print(f"| memory added per edit, bytes | {shown} | stated | {'n/a' if per_edit is None else 'yes'} |")
+    aside = ", ".join(f"{group} {n}" for group, n in result.set_aside.items())
+    print(f"| held rows set aside at the end (they name another edited subject) | {aside or 'none'} | | |")
     print(
         f"| whole run, seconds | {seconds:,.0f} | <= {RUN_TARGET_SECONDS:,} | "
         f"{_met(seconds, '<=', RUN_TARGET_SECONDS)} |"
@@ -136,6 +154,11 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="method settings on top of the method's defaults (e.g. kl_rows_per_step=48)",
     )
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="also write the end-of-run block (as summary.json's `sequence` or `batch` holds it) to PATH as JSON",
+    )
     args = parser.parse_args()
     overrides = setting_overrides(args.set)
     if args.all_known:
@@ -149,9 +172,15 @@ def main() -> int:
     run_started = time.perf_counter()
     lm, cases, folder = load_known_cases(args)
     started = time.perf_counter()
-    run = run_batch if args.mode == "batch" else run_sequence
+
+    def settings_for(case: Any) -> Any:
+        return resolve_settings(case.method, {**overrides, "name": args.method})
+
     with folder:
-        result = run(lm, cases, lambda case: resolve_settings(case.method, {**overrides, "name": args.method}))
+        if args.mode == "batch":
+            result = run_batch(lm, cases, settings_for)
+        else:
+            result = run_sequence(lm, cases, settings_for, each_done=_progress(len(cases), started))
     _print_positions(result)
     print(
         f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "
@@ -159,6 +188,14 @@ def main() -> int:
     )
     _print_table(result, args.mode)
     print_targets(result, time.perf_counter() - run_started)
+    if args.record:
+        import json
+
+        from pytest_factedit.metrics.spec import DEFAULT_THRESHOLDS
+        from pytest_factedit.report.records import many_record
+
+        block = many_record(result, args.mode, DEFAULT_THRESHOLDS)
+        Path(args.record).write_text(json.dumps(block, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

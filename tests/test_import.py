@@ -192,18 +192,47 @@ def test_neighbours_come_from_records_with_the_same_template_that_the_model_know
     assert all(n.answer == (truths[subject_of[p]],) for n, p in zip(case.neighbours[1:], found))
 
 
+def first_seed_choosing(wanted: dict, records: list[dict]) -> str:
+    """A seed whose order imports `wanted` first (`-n 1`)."""
+    from pytest_factedit.cases.counterfact import sampled_records
+
+    return str(next(seed for seed in range(100) if sampled_records(records, 1, seed)[0] is wanted))
+
+
 def test_anchors_are_more_known_records_of_the_relation_never_a_neighbour(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     edited, others, truths = template_records(tmp_path / "tiny")
-    for other in others:  # usable whatever the tiny model answers: the new answer differs from the old
-        other["target_new"] = next(w for w in ("Rome", "Paris", "London") if w != other["ground_truth"])
+    new = next(w for w in ("Madrid", "Oslo", "Vienna", "Cairo") if w not in truths.values())  # no one's answer
+    for one in (edited, *others):
+        one["target_new"] = new  # any other fact known can hold out: a held fact answered `new` is refused
     source = tmp_path / "cf.json"
     source.write_text(json.dumps([edited, *others]))
-    arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "4", "--seed", "0"]
+    seed = first_seed_choosing(edited, [edited, *others])  # the others stay out: an imported fact is neither
+    arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "1", "--seed", seed]
     arguments += ["--model", str(tmp_path / "tiny"), "--device", "cpu", "--neighbours", "1", "--anchors", "3"]
     assert main(arguments) == 0
-    case = load_case(tmp_path / "cases" / "counterfact-1.yaml", root=tmp_path / "cases")  # every record imported
+    case = load_case(tmp_path / "cases" / "counterfact-1.yaml", root=tmp_path / "cases")
     neighbours = {n.prompt for n in case.neighbours}
     known = {TEMPLATE.format(s) for s in ("Colosseum", "Louvre")}  # Big Ben's record has a wrong answer
     assert len(case.neighbours) == 2  # the locality prompt and one found
     assert set(case.anchors) == known - neighbours and len(case.anchors) == 1
+
+
+def test_no_imported_fact_is_another_imported_facts_neighbour_or_anchor(tmp_path: Path) -> None:
+    """In one sequential run, an imported fact's own edit would change it: it is never held out for another."""
+    pytest.importorskip("torch")
+    edited, others, truths = template_records(tmp_path / "tiny")
+    new = next(w for w in ("Madrid", "Oslo", "Vienna", "Cairo") if w not in truths.values())  # no one's answer
+    for one in (edited, *others):
+        one["target_new"] = new  # any other fact known can hold out: a held fact answered `new` is refused
+    source = tmp_path / "cf.json"
+    source.write_text(json.dumps([edited, *others]))
+    arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "2", "--seed", "0"]
+    arguments += ["--model", str(tmp_path / "tiny"), "--device", "cpu", "--neighbours", "3", "--anchors", "3"]
+    assert main(arguments) == 0
+    cases = [load_case(path, root=tmp_path / "cases") for path in sorted((tmp_path / "cases").glob("*.yaml"))]
+    assert len(cases) == 2
+    imported = {TEMPLATE.format(c.subject) for c in cases}
+    for case in cases:
+        found = [n.prompt for n in case.neighbours[1:]] + list(case.anchors)  # [0]: CounterFact's locality prompt
+        assert found and not imported & set(found), (case.id, found)

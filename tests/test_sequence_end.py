@@ -95,3 +95,75 @@ def test_edits_merged_into_the_weights_have_no_end_latency_and_hold_no_bytes() -
     block = many_record(result, "sequential", DEFAULT_THRESHOLDS)
     assert block["metrics"]["latency_overhead_at_end"]["reason"] == latency.reason
     assert block["memory"]["edits"] == 0 and block["memory"]["bytes_per_edit"] is None
+
+
+def held(group: str, prompt: str) -> Any:
+    from pytest_factedit.metrics.answers import ProbedAnswer
+
+    return ProbedAnswer(group, prompt, ("x",), "x", "x")
+
+
+def test_a_held_row_naming_another_edited_subject_is_set_aside_whole_word_any_case() -> None:
+    from pytest_factedit.cases import Control, FactCase
+    from pytest_factedit.metrics.measure import EditCheck
+    from pytest_factedit.run.other_subjects import without_other_subjects
+
+    def case(case_id: str, subject: str, aliases: tuple[str, ...] = ()) -> FactCase:
+        return FactCase(
+            id=case_id, subject=subject, prompts=(f"{subject} is in",), old=("a",), new=("b",), aliases=aliases,
+            controls=(Control("c", ("d",)),),
+        )  # fmt: skip
+
+    tower, clock = case("tower", "The Eiffel Tower", ("La Tour Eiffel",)), case("clock", "Big Ben")
+    rows = (
+        held("neighbours", "the BIG BEN clock strikes in"),  # another edited subject, any letter case: aside
+        held("neighbours", "Big Bend National Park is in"),  # not the whole word: counted
+        held("paraphrases", "Unlike Big Ben, it stands in"),  # a paraphrase is judged against `new`: counted
+        held("same_subject", "The Eiffel Tower was built by"),  # its own subject: counted
+    )
+    rows_of_clock = (held("same_subject", "Big Ben is as tall as la tour eiffel, which is in"),)  # an alias: aside
+    checks = (
+        EditCheck("tower", ("b",), ("a",), ("p",), ("b",), rows),
+        EditCheck("clock", ("b",), ("a",), ("p",), ("b",), rows_of_clock),
+    )
+    kept, counts = without_other_subjects(checks, [tower, clock])
+    assert [a.prompt for a in kept[0].held] == [r.prompt for r in rows[1:]]
+    assert kept[1].held == () and counts == {"neighbours": 1, "same_subject": 1}
+    alone, none = without_other_subjects(checks[:1], [tower])  # only edited cases count
+    assert alone[0].held == rows and none == {"neighbours": 0, "same_subject": 0}
+
+
+def test_a_neighbour_that_is_another_edits_fact_is_not_counted_at_the_end() -> None:
+    """Two edits, the second's neighbour being the first's prompt: with both in place it may rightly give the
+    first edit's new answer, so neighbours_retained counts only the first case's own neighbour."""
+    from pytest_factedit.cases import Control, FactCase
+    from pytest_factedit.model.probe import greedy_continuations
+    from pytest_factedit.report.html import _many_block
+    from pytest_factedit.report.records import many_record
+    from pytest_factedit.report.tables import many_line
+    from pytest_factedit.run.many import run_sequence
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    first = missing_case(model, tok)
+    clock = "Big Ben is a clock tower in the city of"
+    said = greedy_continuations(model, tok, [clock], [1])[0].split()[0]
+    new = next(w for w in ("Rome", "London", "Paris") if w != said)
+    second = FactCase(
+        id="c1", subject="Big Ben", prompts=(clock,), old=(said,), new=(new,),
+        neighbours=(Control(PROMPT, first.neighbours[0].answer),), controls=first.controls,
+    )  # fmt: skip
+    settings = resolve_settings({**FAST, **PLACED})
+    heard: list[tuple[int, str]] = []
+    result = run_sequence(
+        SimpleNamespace(model=model, tokenizer=tok), [first, second], lambda _: settings,
+        each_done=lambda position, outcome: heard.append((position, outcome.case.id)),
+    )  # fmt: skip
+    assert [o.status for o in result.outcomes] == ["ran", "ran"]
+    assert heard == [(0, "c0"), (1, "c1")]  # each case told as soon as it was measured
+    assert result.set_aside == {"neighbours": 1, "same_subject": 0}
+    assert result.metrics["neighbours_retained"].samples == 1  # the first case's own neighbour only
+    block = many_record(result, "sequential", DEFAULT_THRESHOLDS)
+    assert block["set_aside"] == {"neighbours": 1, "same_subject": 0}
+    assert "set aside as naming another edited subject: neighbours 1;" in many_line("sequence", block)
+    assert "set aside as naming another edited subject: neighbours 1</p>" in _many_block({"sequence": block})

@@ -122,19 +122,21 @@ def neighbour_records(
     gives, those sharing its `old` answer first (the hardest neighbours); at most `tries` asked for each.
 
     `taken[case_id]` are records already used for it (its neighbours, when anchors are searched) and are
-    never chosen again, nor is its locality prompt.
+    never chosen again, nor is its locality prompt. A record about the subject of any chosen record is
+    never chosen: run in one sequence, that record's own edit would change it.
     """
     by_template: dict[str, list[dict[str, Any]]] = {}
     for record in _shuffled(records, seed):
         by_template.setdefault(template(record), []).append(record)
     found: dict[Any, list[dict[str, Any]]] = {}
+    edited = {record["subject"] for record in chosen}
     for record in chosen:
         old = record["ground_truth"].strip().casefold()
         used = {r["prompt"] for r in (taken or {}).get(record["case_id"], ())} | {record.get("locality_prompt")}
         pool = [
             r
             for r in by_template.get(template(record), [])
-            if r["subject"] != record["subject"]
+            if r["subject"] not in edited
             and r["prompt"] not in used
             and r["subject"] not in record["prompt"]
             and record["subject"] not in r["prompt"]

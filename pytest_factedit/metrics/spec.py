@@ -381,7 +381,7 @@ MANY_METRICS: tuple[MetricSpec, ...] = (
         reads=("neighbours",),
         protocol=GREEDY,
         definition="share of every edited case's neighbours (right before any edit) still right with every "
-        "edit in place",
+        "edit in place; one naming a subject another case edits is set aside",
         samples=m.neighbours_at_end_samples,
         condition=_RIGHT,
         remedy=_KNOWN,
@@ -395,7 +395,8 @@ MANY_METRICS: tuple[MetricSpec, ...] = (
         reads=("same_subject",),
         protocol=GREEDY,
         definition="share of every edited case's same-subject facts (right before any edit) still right with "
-        "every edit in place; an entry without `answer:` must keep the base model's first words",
+        "every edit in place; an entry without `answer:` must keep the base model's first words; one naming "
+        "a subject another case edits is set aside",
         samples=m.same_subject_at_end_samples,
         condition=_RIGHT,
         remedy="use facts the unedited model knows, or leave out `answer:` to keep whatever it says",

@@ -367,6 +367,10 @@ def _many_block(summary: Mapping[str, Any] | None) -> str:
         ]
         per_edit = (many.get("memory") or {}).get("bytes_per_edit")
         held = f"; {_num(per_edit, 0)} bytes per kept edit" if per_edit is not None else ""
+        aside = {group: n for group, n in (many.get("set_aside") or {}).items() if n}
+        if aside:
+            counts = ", ".join(f"{_e(group)} {_e(n)}" for group, n in aside.items())
+            held += f"; set aside as naming another edited subject: {counts}"
         out.append(
             f"<h2>{_e(key)} of {_e(many.get('cases'))} edits</h2><p class='muted'>{_num(many.get('seconds'), 1)} s; "
             f"base restored: {_e(many.get('base_restored'))}{held}</p>"

@@ -155,6 +155,7 @@ class ManyRecord(TypedDict, total=False):
     metrics: dict[str, ManyMetricRecord]
     adapter: dict[str, Any]  # batch: the one adapter, the cases it holds, its modules and stages
     memory: dict[str, int | float | None]  # sequential: bytes the kept gated edits hold, in all and per edit
+    set_aside: dict[str, int]  # held rows not counted at the end, per group: they name another edited subject
 
 
 class BaselineBlock(TypedDict):
@@ -407,6 +408,8 @@ def many_record(result: ManyOutcome, mode: str, thresholds: Mapping[str, float])
     }
     if result.memory:
         block["memory"] = memory_per_edit(result.memory)
+    if any(result.set_aside.values()):
+        block["set_aside"] = result.set_aside
     if result.batch:
         block["adapter"] = result.batch  # batch mode: the one adapter and the cases it holds
     return block

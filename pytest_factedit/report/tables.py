@@ -241,6 +241,10 @@ def many_line(many_key: str, many: ManyRecord) -> str:
     per_edit = many.get("memory", {}).get("bytes_per_edit")
     if per_edit is not None:
         parts.append(f"{per_edit:,.0f} bytes per kept edit")
+    aside = many.get("set_aside") or {}
+    if any(aside.values()):
+        counts = ", ".join(f"{group} {n}" for group, n in aside.items() if n)
+        parts.append(f"set aside as naming another edited subject: {counts}")
     return f"{many_key} of {many['cases']} edits: " + ", ".join(parts) + f"; base restored: {many['base_restored']}"
 
 

@@ -26,6 +26,7 @@ from ..model.targets import TargetModules, merged_targets
 from ..model.text import answer_token_budget, encode_prompt
 from ..model.weights import restored_weights, verified_restore
 from .case import edit_request, edited, held_out_texts, measure, place_edit, save_adapters
+from .other_subjects import without_other_subjects
 from .outcome import CaseOutcome
 from .probing import (
     DEFAULT_PLAN,
@@ -60,6 +61,8 @@ class ManyOutcome:
     # per edited case: its prompts' answers with every edit in place (what a saved sequence must give back)
     answers_at_end: dict[str, list[str]] = field(default_factory=dict)
     memory: dict[str, int] = field(default_factory=dict)  # sequential: bytes the kept edits hold (edit/gate_memory.py)
+    # held rows not counted at the end, per group: they name a subject another edited case rewrote
+    set_aside: dict[str, int] = field(default_factory=dict)
 
 
 def _measured(
@@ -69,6 +72,9 @@ def _measured(
     started: float,
     batch: dict[str, Any] | None = None,
 ) -> ManyOutcome:
+    edited_ids = {check.case_id for check in evidence.edits}
+    checks, set_aside = without_other_subjects(evidence.edits, [o.case for o in outcomes if o.case.id in edited_ids])
+    evidence = dataclasses.replace(evidence, edits=checks)
     return ManyOutcome(
         outcomes,
         {spec.name: spec.measure(evidence) for spec in MANY_METRICS},
@@ -77,6 +83,7 @@ def _measured(
         time.perf_counter() - started,
         batch or {},
         {check.case_id: list(check.answers_now) for check in evidence.edits},
+        set_aside=set_aside,
     )
 
 
@@ -257,7 +264,11 @@ def _edit_and_merge(
 
 
 def run_sequence(
-    lm: LoadedModel, cases: Sequence[FactCase], settings_for: SettingsFor, save_dir: Path | None = None
+    lm: LoadedModel,
+    cases: Sequence[FactCase],
+    settings_for: SettingsFor,
+    save_dir: Path | None = None,
+    each_done: Callable[[int, CaseOutcome], None] | None = None,
 ) -> ManyOutcome:
     """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
 
@@ -266,6 +277,7 @@ def run_sequence(
     answered again in one batched run (their base answers were, before the first edit), the latency with
     every gated edit on and off is timed and the bytes the kept edits hold are counted; then all weights
     are put back. With `save_dir`, each edit is saved before it is merged, to save_dir/<sequence_folder>/.
+    `each_done(position, outcome)` hears of each case as soon as it is measured (a long run's progress).
     """
     started = time.perf_counter()
     outcomes: list[CaseOutcome] = []
@@ -283,6 +295,8 @@ def run_sequence(
                 outcomes.append(_edit_and_merge(lm, case, settings, folder))
             except Exception as exc:  # one broken case must not stop the others; its edit was not merged
                 outcomes.append(_error(case, settings, exc))
+            if each_done is not None:
+                each_done(position, outcomes[-1])
         evidence = _answered_at_end(lm, [o for o in outcomes if o.status == "ran"], controls, held)
         memory = kept_edit_bytes(lm.model)
     result = _measured(outcomes, evidence, check.restored, started)
