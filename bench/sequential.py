@@ -4,6 +4,7 @@ or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batc
     python bench/sequential.py              # 50 facts (about 15 minutes on a 2-core CPU)
     python bench/sequential.py -n 1000      # the scale targets (hours on a 2-core CPU)
     python bench/sequential.py --all-known  # every CounterFact fact the embedded model knows (finding them: hours)
+    python bench/sequential.py -n 1000 --checkpoint /tmp/seq1000   # stops and goes on where it stopped
     python bench/sequential.py -n 10 --method full-ft
     python bench/sequential.py --mode batch
     python bench/sequential.py --mode batch -n 10 --set kl_rows_per_step=48
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from facts import fact_arguments, load_known_cases, setting_overrides
+from sequence_checkpoint import Checkpoint
 
 # The scale targets of a long sequence, measured after the last edit: (end-of-run metric, relation, target).
 TARGETS = (
@@ -69,6 +71,26 @@ def _progress(total: int, started: float) -> Any:
         )
 
     return tell
+
+
+def _sequence(args: argparse.Namespace, lm: Any, cases: list[Any], settings_for: Any, started: float) -> Any:
+    """run_sequence with progress on stderr; with --checkpoint, resumable (bench/sequence_checkpoint.py)."""
+    from pytest_factedit.run.many import run_sequence
+
+    progress = _progress(len(cases), started)
+    if not args.checkpoint:
+        return run_sequence(lm, cases, settings_for, each_done=progress)
+    identity = {"method": args.method, "set": args.set, "data": Path(args.data).name, "seed": args.seed}
+    checkpoint = Checkpoint(Path(args.checkpoint), cases, identity)
+    if checkpoint.logged:
+        print(f"resuming after {len(checkpoint.logged)} logged cases ({args.checkpoint})", file=sys.stderr)
+
+    def each_done(position: int, outcome: Any) -> None:
+        checkpoint.log(position, outcome)
+        progress(position, outcome)
+
+    resume = checkpoint.resume(lm, settings_for) if checkpoint.logged else None
+    return run_sequence(lm, cases, settings_for, checkpoint.edits, each_done, resume)
 
 
 def _print_table(result: Any, mode: str) -> None:
@@ -137,7 +159,7 @@ def print_targets(result: Any, seconds: float) -> None:
     )
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fact_arguments(parser, n=50)
     parser.add_argument(
@@ -155,11 +177,20 @@ def main() -> int:
         help="method settings on top of the method's defaults (e.g. kl_rows_per_step=48)",
     )
     parser.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="sequential: save each edit and log each case in DIR, and go on from there when run again",
+    )
+    parser.add_argument(
         "--record",
         metavar="PATH",
         help="also write the end-of-run block (as summary.json's `sequence` or `batch` holds it) to PATH as JSON",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _arguments()
     overrides = setting_overrides(args.set)
     if args.all_known:
         from pytest_factedit.cases.counterfact import read_records
@@ -167,7 +198,7 @@ def main() -> int:
         args.n = len(read_records(Path(args.data)))  # the search stops when the records run out
 
     from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.run.many import run_batch, run_sequence
+    from pytest_factedit.run.many import run_batch
 
     run_started = time.perf_counter()
     lm, cases, folder = load_known_cases(args)
@@ -180,7 +211,7 @@ def main() -> int:
         if args.mode == "batch":
             result = run_batch(lm, cases, settings_for)
         else:
-            result = run_sequence(lm, cases, settings_for, each_done=_progress(len(cases), started))
+            result = _sequence(args, lm, cases, settings_for, started)
     _print_positions(result)
     print(
         f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "

@@ -133,18 +133,11 @@ def test_a_held_row_naming_another_edited_subject_is_set_aside_whole_word_any_ca
     assert alone[0].held == rows and none == {"neighbours": 0, "same_subject": 0}
 
 
-def test_a_neighbour_that_is_another_edits_fact_is_not_counted_at_the_end() -> None:
-    """Two edits, the second's neighbour being the first's prompt: with both in place it may rightly give the
-    first edit's new answer, so neighbours_retained counts only the first case's own neighbour."""
+def two_cases(model: Any, tok: Any) -> list[Any]:
+    """missing_case, then a Big Ben case whose neighbour is the first case's prompt."""
     from pytest_factedit.cases import Control, FactCase
     from pytest_factedit.model.probe import greedy_continuations
-    from pytest_factedit.report.html import _many_block
-    from pytest_factedit.report.records import many_record
-    from pytest_factedit.report.tables import many_line
-    from pytest_factedit.run.many import run_sequence
 
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=2)
     first = missing_case(model, tok)
     clock = "Big Ben is a clock tower in the city of"
     said = greedy_continuations(model, tok, [clock], [1])[0].split()[0]
@@ -153,6 +146,20 @@ def test_a_neighbour_that_is_another_edits_fact_is_not_counted_at_the_end() -> N
         id="c1", subject="Big Ben", prompts=(clock,), old=(said,), new=(new,),
         neighbours=(Control(PROMPT, first.neighbours[0].answer),), controls=first.controls,
     )  # fmt: skip
+    return [first, second]
+
+
+def test_a_neighbour_that_is_another_edits_fact_is_not_counted_at_the_end() -> None:
+    """Two edits, the second's neighbour being the first's prompt: with both in place it may rightly give the
+    first edit's new answer, so neighbours_retained counts only the first case's own neighbour."""
+    from pytest_factedit.report.html import _many_block
+    from pytest_factedit.report.records import many_record
+    from pytest_factedit.report.tables import many_line
+    from pytest_factedit.run.many import run_sequence
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    first, second = two_cases(model, tok)
     settings = resolve_settings({**FAST, **PLACED})
     heard: list[tuple[int, str]] = []
     result = run_sequence(

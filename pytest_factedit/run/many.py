@@ -263,12 +263,24 @@ def _edit_and_merge(
     return outcome
 
 
+def _resumed(cases: Sequence[FactCase], resume: Callable[[], Sequence[CaseOutcome]]) -> list[CaseOutcome]:
+    """What `resume()` put back, checked to be the outcomes of the first cases, in order."""
+    done = list(resume())
+    if len(done) > len(cases):
+        raise ValueError(f"resume() gave back {len(done)} outcomes for a sequence of {len(cases)} cases")
+    for position, (outcome, case) in enumerate(zip(done, cases)):
+        if outcome.case.id != case.id:
+            raise ValueError(f"resume() gave back case {outcome.case.id!r} at position {position}, not {case.id!r}")
+    return done
+
+
 def run_sequence(
     lm: LoadedModel,
     cases: Sequence[FactCase],
     settings_for: SettingsFor,
     save_dir: Path | None = None,
     each_done: Callable[[int, CaseOutcome], None] | None = None,
+    resume: Callable[[], Sequence[CaseOutcome]] | None = None,
 ) -> ManyOutcome:
     """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
 
@@ -278,6 +290,9 @@ def run_sequence(
     every gated edit on and off is timed and the bytes the kept edits hold are counted; then all weights
     are put back. With `save_dir`, each edit is saved before it is merged, to save_dir/<sequence_folder>/.
     `each_done(position, outcome)` hears of each case as soon as it is measured (a long run's progress).
+    `resume()`, called once the base answers are in, goes on with an interrupted run: it puts back the kept
+    edits of the first cases and returns their outcomes, in the order of `cases`; the sequence goes on
+    from the next one.
     """
     started = time.perf_counter()
     outcomes: list[CaseOutcome] = []
@@ -287,7 +302,8 @@ def run_sequence(
         kept_edits_released(lm.model),
     ):
         controls, held = _answered_before_any_edit(lm, cases)
-        for position, case in enumerate(cases):
+        outcomes += _resumed(cases, resume) if resume is not None else []
+        for position, case in enumerate(cases[len(outcomes) :], start=len(outcomes)):
             settings = None
             try:
                 settings = settings_for(case)

@@ -1,0 +1,89 @@
+"""A sequential run stopped after its first case and run again with the same checkpoint folder
+(bench/sequence_checkpoint.py) ends as the uninterrupted run does: the first edit is put back from its saved
+gains, the second made on top, and every end-of-run figure and answer is the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit import resolve_settings  # noqa: E402
+
+from .test_sequence_end import FAST, PLACED, two_cases  # noqa: E402
+from .tiny import tiny_model, word_tokenizer  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+class Stopped(Exception):
+    """Stands in for a kill between two cases."""
+
+
+def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from pytest_factedit.run.many import run_sequence
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from sequence_checkpoint import OUTCOMES, Checkpoint
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    cases = two_cases(model, tok)
+    settings = resolve_settings({**FAST, **PLACED})
+
+    def settings_for(_case: Any) -> Any:
+        return settings
+
+    whole = run_sequence(lm, cases, settings_for)
+    assert [o.status for o in whole.outcomes] == ["ran", "ran"]
+
+    folder, identity = tmp_path / "checkpoint", {"method": "ia3-two-stage"}
+    first_part = Checkpoint(folder, cases, identity)
+
+    def log_then_stop(position: int, outcome: Any) -> None:
+        first_part.log(position, outcome)
+        raise Stopped
+
+    with pytest.raises(Stopped):
+        run_sequence(lm, cases, settings_for, first_part.edits, log_then_stop)
+    assert "_factedit_gate_registry" not in model.__dict__  # the stopped run took its edits off
+    with (folder / OUTCOMES).open("a") as log:
+        log.write('{"position": 1, "case_id": "c1", "sta')  # a line cut short by the kill
+
+    second_part = Checkpoint(folder, cases, identity)
+    assert [e["case_id"] for e in second_part.logged] == ["c0"]
+    heard: list[int] = []
+    resumed = run_sequence(
+        lm, cases, settings_for, second_part.edits,
+        lambda position, outcome: (second_part.log(position, outcome), heard.append(position)),
+        second_part.resume(lm, settings_for),
+    )  # fmt: skip
+    assert heard == [1]  # the first case was put back, not edited again
+    assert [o.status for o in resumed.outcomes] == ["ran", "ran"]
+    assert resumed.outcomes[0].metrics["new_fact_accuracy"] == whole.outcomes[0].metrics["new_fact_accuracy"]
+    assert resumed.answers_at_end == whole.answers_at_end
+    assert {n: m.value for n, m in resumed.metrics.items() if "latency" not in n} == {
+        n: m.value for n, m in whole.metrics.items() if "latency" not in n
+    }
+    assert resumed.set_aside == whole.set_aside and resumed.base_restored
+    assert [e["case_id"] for e in Checkpoint(folder, cases, identity).logged] == ["c0", "c1"]
+    with pytest.raises(SystemExit, match="another run"):
+        Checkpoint(folder, cases, {"method": "rome"})
+
+
+def test_resume_must_give_back_the_first_cases_in_order() -> None:
+    from pytest_factedit.run.many import run_sequence
+    from pytest_factedit.run.outcome import CaseOutcome
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    cases = two_cases(model, tok)
+    settings = resolve_settings({**FAST, **PLACED})
+    wrong = [CaseOutcome(case=cases[1], status="skipped", settings=settings)]
+    with pytest.raises(ValueError, match="case 'c1' at position 0, not 'c0'"):
+        run_sequence(SimpleNamespace(model=model, tokenizer=tok), cases, lambda _: settings, resume=lambda: wrong)
