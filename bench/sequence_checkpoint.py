@@ -56,9 +56,16 @@ class Checkpoint:
         path.write_text("".join(json.dumps(e) + "\n" for e in logged), encoding="utf-8")
         return logged
 
-    def log(self, position: int, outcome: Any) -> None:
-        """One measured case, appended and flushed before the next edit starts."""
+    @property
+    def earlier_seconds(self) -> float:
+        """The seconds the earlier parts of the run took, up to their last logged case."""
+        return float(self.logged[-1].get("run_seconds", 0.0)) if self.logged else 0.0
+
+    def log(self, position: int, outcome: Any, run_seconds: float) -> None:
+        """One measured case, appended and flushed before the next edit starts; `run_seconds`: the run's
+        seconds so far, its earlier parts included."""
         entry = {
+            "run_seconds": round(run_seconds, 3),
             "position": position,
             "case_id": outcome.case.id,
             "status": outcome.status,

@@ -73,24 +73,29 @@ def _progress(total: int, started: float) -> Any:
     return tell
 
 
-def _sequence(args: argparse.Namespace, lm: Any, cases: list[Any], settings_for: Any, started: float) -> Any:
-    """run_sequence with progress on stderr; with --checkpoint, resumable (bench/sequence_checkpoint.py)."""
+def _sequence(
+    args: argparse.Namespace, lm: Any, cases: list[Any], settings_for: Any, started: float, run_started: float
+) -> tuple[Any, float]:
+    """run_sequence with progress on stderr; with --checkpoint, resumable (bench/sequence_checkpoint.py).
+    (the result, the seconds the run's earlier parts took)."""
     from pytest_factedit.run.many import run_sequence
 
     progress = _progress(len(cases), started)
     if not args.checkpoint:
-        return run_sequence(lm, cases, settings_for, each_done=progress)
+        return run_sequence(lm, cases, settings_for, each_done=progress), 0.0
     identity = {"method": args.method, "set": args.set, "data": Path(args.data).name, "seed": args.seed}
     checkpoint = Checkpoint(Path(args.checkpoint), cases, identity)
     if checkpoint.logged:
         print(f"resuming after {len(checkpoint.logged)} logged cases ({args.checkpoint})", file=sys.stderr)
 
+    earlier = checkpoint.earlier_seconds
+
     def each_done(position: int, outcome: Any) -> None:
-        checkpoint.log(position, outcome)
+        checkpoint.log(position, outcome, earlier + time.perf_counter() - run_started)
         progress(position, outcome)
 
     resume = checkpoint.resume(lm, settings_for) if checkpoint.logged else None
-    return run_sequence(lm, cases, settings_for, checkpoint.edits, each_done, resume)
+    return run_sequence(lm, cases, settings_for, checkpoint.edits, each_done, resume), earlier
 
 
 def _print_table(result: Any, mode: str) -> None:
@@ -208,17 +213,18 @@ def main() -> int:
         return resolve_settings(case.method, {**overrides, "name": args.method})
 
     with folder:
+        earlier = 0.0  # with --checkpoint: the seconds of the run's earlier parts
         if args.mode == "batch":
             result = run_batch(lm, cases, settings_for)
         else:
-            result = _sequence(args, lm, cases, settings_for, started)
+            result, earlier = _sequence(args, lm, cases, settings_for, started, run_started)
     _print_positions(result)
     print(
         f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "
         f"{args.mode}: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n"
     )
     _print_table(result, args.mode)
-    print_targets(result, time.perf_counter() - run_started)
+    print_targets(result, earlier + time.perf_counter() - run_started)
     if args.record:
         import json
 

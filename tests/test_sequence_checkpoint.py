@@ -46,7 +46,7 @@ def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path
     first_part = Checkpoint(folder, cases, identity)
 
     def log_then_stop(position: int, outcome: Any) -> None:
-        first_part.log(position, outcome)
+        first_part.log(position, outcome, 12.5)
         raise Stopped
 
     with pytest.raises(Stopped):
@@ -56,11 +56,11 @@ def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path
         log.write('{"position": 1, "case_id": "c1", "sta')  # a line cut short by the kill
 
     second_part = Checkpoint(folder, cases, identity)
-    assert [e["case_id"] for e in second_part.logged] == ["c0"]
+    assert [e["case_id"] for e in second_part.logged] == ["c0"] and second_part.earlier_seconds == 12.5
     heard: list[int] = []
     resumed = run_sequence(
         lm, cases, settings_for, second_part.edits,
-        lambda position, outcome: (second_part.log(position, outcome), heard.append(position)),
+        lambda position, outcome: (second_part.log(position, outcome, 20.0), heard.append(position)),
         second_part.resume(lm, settings_for),
     )  # fmt: skip
     assert heard == [1]  # the first case was put back, not edited again
