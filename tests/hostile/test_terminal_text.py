@@ -78,7 +78,9 @@ def test_hostile_prompts_are_shown_inert_and_as_written_in_a_run(pytester: pytes
     assert "MarkupError" not in out and "Traceback" not in out, out
     assert "\x1b" not in out and "\x07" not in out
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out
-    assert result.parseoutcomes()["failed"] == 2  # new_fact_accuracy of each case, with its table of answers
+    assert "errors" not in result.parseoutcomes(), out
+    for case in ("escapes", "markup"):  # `new` cannot be spelled: each case fails, with its table of answers
+        assert f"FAILED fact_cases/{case}.yaml::{case}::new_fact_accuracy" in out, out
     for text in ("[/]", "[/INST]", "[bold red]x"):
         assert text in out, text
 
