@@ -192,6 +192,18 @@ def test_neighbours_come_from_records_with_the_same_template_that_the_model_know
     assert all(n.answer == (truths[subject_of[p]],) for n, p in zip(case.neighbours[1:], found))
 
 
+def records_sharing_one_new(tmp_path: Path) -> tuple[dict, list[dict], Path]:
+    """template_records, every record's `new` a city no record answers (so any other known record can be held
+    out: a held fact answered `new` is refused), written to tmp_path/cf.json: (edited, others, that file)."""
+    edited, others, truths = template_records(tmp_path / "tiny")
+    new = next(w for w in ("Madrid", "Oslo", "Vienna", "Cairo") if w not in truths.values())
+    for one in (edited, *others):
+        one["target_new"] = new
+    source = tmp_path / "cf.json"
+    source.write_text(json.dumps([edited, *others]))
+    return edited, others, source
+
+
 def first_seed_choosing(wanted: dict, records: list[dict]) -> str:
     """A seed whose order imports `wanted` first (`-n 1`)."""
     from pytest_factedit.cases.counterfact import sampled_records
@@ -201,12 +213,7 @@ def first_seed_choosing(wanted: dict, records: list[dict]) -> str:
 
 def test_anchors_are_more_known_records_of_the_relation_never_a_neighbour(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    edited, others, truths = template_records(tmp_path / "tiny")
-    new = next(w for w in ("Madrid", "Oslo", "Vienna", "Cairo") if w not in truths.values())  # no one's answer
-    for one in (edited, *others):
-        one["target_new"] = new  # any other fact known can hold out: a held fact answered `new` is refused
-    source = tmp_path / "cf.json"
-    source.write_text(json.dumps([edited, *others]))
+    edited, others, source = records_sharing_one_new(tmp_path)
     seed = first_seed_choosing(edited, [edited, *others])  # the others stay out: an imported fact is neither
     arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "1", "--seed", seed]
     arguments += ["--model", str(tmp_path / "tiny"), "--device", "cpu", "--neighbours", "1", "--anchors", "3"]
@@ -221,12 +228,7 @@ def test_anchors_are_more_known_records_of_the_relation_never_a_neighbour(tmp_pa
 def test_no_imported_fact_is_another_imported_facts_neighbour_or_anchor(tmp_path: Path) -> None:
     """In one sequential run, an imported fact's own edit would change it: it is never held out for another."""
     pytest.importorskip("torch")
-    edited, others, truths = template_records(tmp_path / "tiny")
-    new = next(w for w in ("Madrid", "Oslo", "Vienna", "Cairo") if w not in truths.values())  # no one's answer
-    for one in (edited, *others):
-        one["target_new"] = new  # any other fact known can hold out: a held fact answered `new` is refused
-    source = tmp_path / "cf.json"
-    source.write_text(json.dumps([edited, *others]))
+    _, _, source = records_sharing_one_new(tmp_path)
     arguments = ["import", "counterfact", str(source), "--out", str(tmp_path / "cases"), "-n", "2", "--seed", "0"]
     arguments += ["--model", str(tmp_path / "tiny"), "--device", "cpu", "--neighbours", "3", "--anchors", "3"]
     assert main(arguments) == 0
