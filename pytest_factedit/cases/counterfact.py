@@ -118,17 +118,31 @@ def neighbour_records(
     tries: int = 200,
     taken: Mapping[Any, Sequence[dict[str, Any]]] | None = None,
 ) -> dict[Any, list[dict[str, Any]]]:
-    """Per chosen record (by case_id): up to `k` other records with its prompt template whose answer the model
-    gives, those sharing its `old` answer first (the hardest neighbours); at most `tries` asked for each.
+    """Per chosen record (by case_id): up to `k` of its neighbour_candidates whose answer the model gives."""
+    return {
+        case_id: list(known_records(model, tokenizer, pool, k, seed=None))
+        for case_id, pool in neighbour_candidates(chosen, records, seed, tries, taken).items()
+    }
+
+
+def neighbour_candidates(
+    chosen: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    seed: int,
+    tries: int = 200,
+    taken: Mapping[Any, Sequence[dict[str, Any]]] | None = None,
+) -> dict[Any, list[dict[str, Any]]]:
+    """Per chosen record (by case_id): the first `tries` other records with its prompt template, those
+    sharing its `old` answer first (the hardest neighbours), then in a seeded order. No model is asked.
 
     `taken[case_id]` are records already used for it (its neighbours, when anchors are searched) and are
-    never chosen again, nor is its locality prompt. A record about the subject of any chosen record is
-    never chosen: run in one sequence, that record's own edit would change it.
+    never candidates, nor is its locality prompt. A record about the subject of any chosen record is
+    never a candidate: run in one sequence, that record's own edit would change it.
     """
     by_template: dict[str, list[dict[str, Any]]] = {}
     for record in _shuffled(records, seed):
         by_template.setdefault(template(record), []).append(record)
-    found: dict[Any, list[dict[str, Any]]] = {}
+    candidates: dict[Any, list[dict[str, Any]]] = {}
     edited = {record["subject"] for record in chosen}
     for record in chosen:
         old = record["ground_truth"].strip().casefold()
@@ -142,8 +156,8 @@ def neighbour_records(
             and record["subject"] not in r["prompt"]
         ]
         pool.sort(key=lambda r: r["ground_truth"].strip().casefold() != old)  # stable: seeded order within
-        found[record["case_id"]] = list(known_records(model, tokenizer, pool[:tries], k, seed=None))
-    return found
+        candidates[record["case_id"]] = pool[:tries]
+    return candidates
 
 
 def _shuffled(records: Sequence[dict[str, Any]], seed: int | None) -> list[dict[str, Any]]:
