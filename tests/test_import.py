@@ -238,3 +238,26 @@ def test_no_imported_fact_is_another_imported_facts_neighbour_or_anchor(tmp_path
     for case in cases:
         found = [n.prompt for n in case.neighbours[1:]] + list(case.anchors)  # [0]: CounterFact's locality prompt
         assert found and not imported & set(found), (case.id, found)
+
+
+def test_neighbour_candidates_put_the_old_answer_first_and_leave_out_edited_subjects() -> None:
+    """The model-free half of the neighbour search (bench/facts.py filters it by a saved known set)."""
+    from pytest_factedit.cases.counterfact import neighbour_candidates
+
+    def about(case_id: int, subject: str, truth: str, prompt: str = TEMPLATE) -> dict:
+        return record(case_id, subject, prompt.format(subject), truth, "Rome", f"People visit the {subject} in")
+
+    edited, chosen_too, same_old = (
+        about(1, "Eiffel Tower", "Paris"),
+        about(2, "Colosseum", "X"),
+        about(3, "Louvre", "Paris"),
+    )
+    other_old = [about(10, "Big Ben", "London"), about(11, "Shard", "London")]
+    taken, mentions = about(20, "Gherkin", "London"), about(21, "Eiffel Tower replica", "Las Vegas")
+    other_template = about(22, "Sagrada Familia", "Barcelona", "The {} was designed by")
+    every = [edited, chosen_too, *other_old, taken, mentions, other_template, same_old]
+    for seed in range(5):
+        found = neighbour_candidates([edited, chosen_too], every, seed, taken={1: [taken]})[1]
+        assert found[0] is same_old  # the hardest neighbour: the edited fact's old answer
+        assert {r["case_id"] for r in found} == {3, 10, 11}
+    assert len(neighbour_candidates([edited], every, 0, tries=2)[1]) == 2
