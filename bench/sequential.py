@@ -3,14 +3,16 @@ or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batc
 
     python bench/sequential.py              # 50 facts (about 15 minutes on a 2-core CPU)
     python bench/sequential.py -n 1000      # the scale targets (hours on a 2-core CPU)
-    python bench/sequential.py --all-known  # every CounterFact fact the embedded model knows (finding them: hours)
+    python bench/sequential.py --all-known  # every CounterFact fact the embedded model knows (with 3 neighbours)
     python bench/sequential.py -n 1000 --checkpoint /tmp/seq1000   # stops and goes on where it stopped
     python bench/sequential.py -n 10 --method full-ft
     python bench/sequential.py --mode batch
     python bench/sequential.py --mode batch -n 10 --set kl_rows_per_step=48
 
-Each fact is edited on the model the earlier edits left (each merged before the next), measured
-right after its own edit, and checked again after the last one. Prints the end-of-sequence figures
+The facts: CounterFact's records the embedded model answers, in a seeded order, each with at least 3
+neighbours (bench/facts.py; asking the model about all 10,000 records takes about 11 minutes once, and
+is saved in bench/results/). Each fact is edited on the model the earlier edits left (each merged before
+the next), measured right after its own edit, and checked again after the last one. Prints the end-of-sequence figures
 and the retention of earlier edits by position, as markdown, then the scale targets (TARGETS) with
 the figure measured after the last edit, the bytes each kept edit holds, the whole run's seconds and
 the CPU.
