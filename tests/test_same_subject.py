@@ -5,6 +5,7 @@ the subject gate that must find the subject however it is written."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -359,15 +360,14 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
     assert torch.is_grad_enabled()
 
 
-def test_a_gated_edit_runs_only_the_retention_rows_its_gate_reaches_and_trains_the_same_gains(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """A retention row that never names the subject runs the base model whatever the gains are: its KL is 0
-    and its gradient exactly 0. The edit skips such rows; run with every row (the gate said to reach all),
-    it takes the same steps to the same gains, with more rows in its passes."""
-    torch = pytest.importorskip("torch")
+def _gated_edit(tmp_path: Path, monkeypatch, untouched: Any = None) -> tuple[dict, list, int, int]:
+    """(gains, stage steps, rows run, tokens run) of a gated edit on the tiny model; `untouched` replaces
+    the gate's count of the leading tokens it leaves closed in a text."""
+    import torch
+
     from pytest_factedit.edit import batching, gate, get_editor, resolve_settings, training
     from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
+    from pytest_factedit.model.lmhead import decoder
     from pytest_factedit.model.targets import all_layer_targets
     from pytest_factedit.run.case import edit_request, held_out_texts
     from tests.tiny import frozen, piece_tokenizer, tiny_model
@@ -375,34 +375,68 @@ def test_a_gated_edit_runs_only_the_retention_rows_its_gate_reaches_and_trains_t
     case = load_case(write(tmp_path, CASE))
     tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
     settings = resolve_settings({"subject_rows": 4, "unlearn_max_steps": 3, "learn_max_steps": 4, "lr": 0.1})
+    torch.manual_seed(0)
+    model = frozen(tiny_model("llama", len(tok)))
+    rows_run, tokens_run = [0], [0]
+    original = batching.tail_logprobs
 
-    def edited(reach_all: bool) -> tuple[dict, list, int]:
-        torch.manual_seed(0)
-        model = frozen(tiny_model("llama", len(tok)))
-        rows_run = [0]
-        original = batching.tail_logprobs
+    def counting(model, rows, *args, **kwargs):
+        rows_run[0] += len(rows)
+        return original(model, rows, *args, **kwargs)
 
-        def counting(model, rows, *args, **kwargs):
-            rows_run[0] += len(rows)
-            return original(model, rows, *args, **kwargs)
+    def count_tokens(_module, _args, kwargs):
+        tokens_run[0] += kwargs["input_ids"].numel()
 
-        with monkeypatch.context() as patch:
-            patch.setattr(training, "tail_logprobs", counting)
-            if reach_all:
-                patch.setattr(gate.SubjectGate, "fires_on", lambda self, ids: True)
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "tail_logprobs", counting)
+        if untouched is not None:
+            patch.setattr(gate.SubjectGate, "untouched", untouched)
+        hook = decoder(model).register_forward_pre_hook(count_tokens, with_kwargs=True)
+        try:
             handle = get_editor("ia3-two-stage").apply(
                 model, tok, edit_request(case), all_layer_targets(model), settings
             )
-        with handle:
-            gains = {(s, m): p.detach().clone() for s, part in handle.gains.items() for m, p in part.items()}
-            steps = [(s.name, s.steps) for s in handle.stages]
-        return gains, steps, rows_run[0]
+        finally:
+            hook.remove()
+    with handle:
+        gains = {(s, m): p.detach().clone() for s, part in handle.gains.items() for m, p in part.items()}
+        steps = [(s.name, s.steps) for s in handle.stages]
+    return gains, steps, rows_run[0], tokens_run[0]
 
-    skipping, every = edited(reach_all=False), edited(reach_all=True)
-    assert skipping[1] == every[1] and sum(n for _, n in every[1]) >= 3
+
+def _same_training(found: tuple, reference: tuple) -> None:
+    """The same steps to the same gains (within float noise), and gains that moved, so equal says something."""
+    torch = pytest.importorskip("torch")
+    assert found[1] == reference[1] and sum(n for _, n in reference[1]) >= 3
+    assert found[0].keys() == reference[0].keys()
+    assert max(float((g - 1).abs().max()) for g in reference[0].values()) > 1e-2
+    for key, gain in reference[0].items():
+        torch.testing.assert_close(found[0][key], gain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gated_edit_runs_only_the_retention_rows_its_gate_reaches_and_trains_the_same_gains(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A retention row that never names the subject runs the base model whatever the gains are: its KL is 0
+    and its gradient exactly 0. The edit skips such rows; run with every row (the gate said to reach all,
+    from their first token), it takes the same steps to the same gains, with more rows in its passes."""
+    pytest.importorskip("torch")
+    skipping = _gated_edit(tmp_path, monkeypatch)
+    every = _gated_edit(tmp_path, monkeypatch, lambda self, ids: 0)
     assert skipping[2] < every[2]  # fewer rows run
-    assert skipping[0].keys() == every[0].keys()
-    moved = max(float((g - 1).abs().max()) for g in every[0].values())
-    assert moved > 1e-2  # the gains moved, so equal gains say something
-    for key, gain in every[0].items():
-        torch.testing.assert_close(skipping[0][key], gain, rtol=1e-4, atol=1e-5)
+    _same_training(skipping, every)
+
+
+def test_a_gated_edit_runs_each_row_from_the_first_token_its_gate_opens_on(tmp_path: Path, monkeypatch) -> None:
+    """The tokens before the subject keep the base model's states whatever the gains are, so each step runs a
+    row from where the gate first opens, on a cache of the tokens before (edit/prefixes.py). Run whole, with
+    the same rows reached, the edit takes the same steps to the same gains, with more tokens in its passes."""
+    pytest.importorskip("torch")
+    from pytest_factedit.edit.gate import SubjectGate
+
+    real = SubjectGate.untouched
+    split = _gated_edit(tmp_path, monkeypatch)
+    whole = _gated_edit(tmp_path, monkeypatch, lambda self, ids: 0 if real(self, ids) < len(ids) else len(ids))
+    assert split[2] == whole[2]  # the same rows
+    assert split[3] < whole[3]  # fewer tokens: each step skips the tokens before the subject
+    _same_training(split, whole)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from .prefixes import UntouchedPrefixes
+
 
 @dataclass(frozen=True)
 class Row:
@@ -64,14 +66,19 @@ def length_groups(rows: Sequence[Row], call_tokens: int = 64) -> list[list[int]]
 
 
 def tail_logprobs(
-    model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None = None
+    model: PreTrainedModel,
+    rows: Sequence[Row],
+    pad_id: int,
+    frozen: FrozenBelow | None = None,
+    prefixes: UntouchedPrefixes | None = None,
 ) -> list[torch.Tensor]:
     """Log-softmax distributions at each row's last `tail` positions: a list of [tail, vocab] tensors.
 
     Rows of like length share a forward pass (`length_groups`); with `frozen`, the passes enter at its
-    layer. The LM head runs once, only on the positions a loss needs.
+    layer; with `prefixes`, each row's pass starts where the edit can first act on it (edit/prefixes.py).
+    The LM head runs once, only on the positions a loss needs.
     """
-    return _tail_passes(model, rows, pad_id, frozen, 0)[0]
+    return _tail_passes(model, rows, pad_id, frozen, 0, prefixes)[0]
 
 
 def frozen_states(
@@ -83,14 +90,23 @@ def frozen_states(
 
 
 def _tail_passes(
-    model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None, capture: int
+    model: PreTrainedModel,
+    rows: Sequence[Row],
+    pad_id: int,
+    frozen: FrozenBelow | None,
+    capture: int,
+    prefixes: UntouchedPrefixes | None = None,
 ) -> tuple[list[torch.Tensor], FrozenBelow | None]:
-    import torch
-
     device = next(model.parameters()).device
     tails: dict[int, torch.Tensor] = {}
     states: dict[tuple[int, ...], torch.Tensor] = {}
     extras: int | None = -1
+    if prefixes is not None and capture == 0 and prefixes.has_prefix(rows):
+        for group in length_groups([Row(r.ids[prefixes.split(r) :], r.tail) for r in rows]):
+            part = [rows[i] for i in group]
+            hidden, lengths = prefixes.suffix_hidden(model, part, pad_id, frozen)
+            tails.update({i: hidden[j, n - r.tail : n] for j, (i, r, n) in enumerate(zip(group, part, lengths))})
+        return _logprobs(model, rows, tails), None
     for group in length_groups(rows):
         part = [rows[i] for i in group]
         ids, mask, positions = left_padded([r.ids for r in part], pad_id, device)
@@ -105,9 +121,17 @@ def _tail_passes(
         if capture > 0:
             extras = store["extras"] if extras is not None else None
             states.update({r.ids: store["hidden"][j, width - len(r.ids) :] for j, r in enumerate(part)})
-    logp = torch.log_softmax(logits_from_hidden(model, torch.cat([tails[i] for i in range(len(rows))])).float(), -1)
     kept = FrozenBelow(capture, states, extras) if capture > 0 and extras is not None else None
-    return list(torch.split(logp, [r.tail for r in rows])), kept
+    return _logprobs(model, rows, tails), kept
+
+
+def _logprobs(model: PreTrainedModel, rows: Sequence[Row], tails: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+    """The LM head's log-softmax on every row's tail positions (`tails`: row index -> hidden states), in
+    one product, split back per row."""
+    import torch
+
+    logp = torch.log_softmax(logits_from_hidden(model, torch.cat([tails[i] for i in range(len(rows))])).float(), -1)
+    return list(torch.split(logp, [r.tail for r in rows]))
 
 
 def _entering(model: PreTrainedModel, rows: Sequence[Row], width: int, frozen: FrozenBelow | None) -> Any:

@@ -47,12 +47,13 @@ class SubjectGate:
         """A [batch, tokens] bool mask of the positions gains act on, for a pass that starts the text."""
         return self.continued(ids, None)[0]
 
-    def fires_on(self, ids: Sequence[int]) -> bool:
-        """Does the gate open anywhere in this text (a pass that starts it)? If not, gated gains leave the
-        text's every state as the base model's."""
+    def untouched(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of this text (a pass that starts it) the gate leaves closed: gated gains
+        leave their states as the base model's (all of them when it never opens)."""
         import torch
 
-        return bool(self.positions(torch.tensor([list(ids)], dtype=torch.long)).any())
+        opened = self.positions(torch.tensor([list(ids)], dtype=torch.long))[0].nonzero()
+        return int(opened[0, 0]) if len(opened) else len(ids)
 
     def continued(
         self, ids: torch.Tensor, before: tuple[torch.Tensor, torch.Tensor] | None

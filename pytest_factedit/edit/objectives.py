@@ -15,6 +15,7 @@ from ..model.generated import generated_prefixes
 from ..model.text import answer_token_ids, encode_prompt, one_text
 from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
+from .prefixes import Untouched, UntouchedPrefixes
 from .retention import derived_neighbours, fact_texts, neutral_texts, subject_texts, without_held_out
 from .settings import TrainingLoopSettings
 
@@ -26,8 +27,6 @@ NEUTRAL_TAIL = 2
 
 # (log-probs of the training rows, which facts they belong to in a batch or None for all) -> (loss, reached)
 Goal = Callable[[list["torch.Tensor"], Sequence[int] | None], tuple["torch.Tensor", bool]]
-# does the edit reach this row's tokens at all? (a gated edit: does its gate fire on them)
-Reaches = Callable[[Sequence[int]], bool]
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Objectives:
     fact_sizes: tuple[int, ...] = ()  # batch: each fact's number of rows, in order (same in both stages)
     frozen: FrozenBelow | None = None  # hidden states below the lowest adapted layer, computed once
     pinned: int = 0  # the first `pinned` KL rows (about the subject) are held at every step; the rest rotate
+    prefixes: UntouchedPrefixes | None = None  # a gated edit: each row's tokens before it can act, run once
 
     def reference(self, index: int) -> torch.Tensor:
         """The base model's distributions of KL row `index` (a row the edit reaches)."""
@@ -119,18 +119,21 @@ def build_objectives(
     request: EditRequest | Sequence[EditRequest],
     settings: TrainingLoopSettings,
     frozen_below: int = 0,
-    reaches: Reaches | None = None,
+    untouched: Untouched | None = None,
 ) -> Objectives:
     """The objectives of one fact, or of several trained at once (batch mode: see `joint_objectives`).
 
     With `frozen_below` > 0 (the lowest layer the edit changes), the hidden states entering that layer
-    are kept from the base model's reference pass, and training steps start there. With `reaches` (a
-    gated edit), a retention row the edit cannot reach gets no reference and no pass: its KL to the base
-    model is 0 at every step, and its gradient exactly 0.
+    are kept from the base model's reference pass, and training steps start there. With `untouched` (a
+    gated edit: how many leading tokens of a text its gate leaves closed), a retention row the edit cannot
+    reach gets no reference and no pass (its KL to the base model is 0 at every step, and its gradient
+    exactly 0), and each step runs a row only from the first token the edit can act on
+    (edit/prefixes.py).
     """
     if isinstance(request, EditRequest):
-        return fact_objectives(model, tokenizer, request, settings, frozen_below, reaches)
-    return joint_objectives([fact_objectives(model, tokenizer, r, settings, frozen_below, reaches) for r in request])
+        return fact_objectives(model, tokenizer, request, settings, frozen_below, untouched)
+    parts = [fact_objectives(model, tokenizer, r, settings, frozen_below, untouched) for r in request]
+    return joint_objectives(parts)
 
 
 def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
@@ -169,6 +172,7 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
         sizes,
         joint_frozen,
         pinned_count,
+        parts[0].prefixes,  # every part's edit is the same gated one, or none is gated
     )
 
 
@@ -229,6 +233,30 @@ def unlearn_goal(old_targets: dict[int, list[int]], settings: TrainingLoopSettin
     return goal
 
 
+def learn_goal(
+    new_ids: tuple[int, ...], guard_reference: Sequence[torch.Tensor], settings: TrainingLoopSettings
+) -> Goal:
+    """NLL of the new answer's tokens plus `guard_weight` x the KL to the base model on the guard tokens
+    after it (`guard_reference`, per learn row); reached when every answer token is the argmax and
+    P(first token) >= learn_stop_prob on every row."""
+    import torch
+
+    n = len(new_ids)
+    target = torch.tensor(new_ids, device=guard_reference[0].device if guard_reference else None)
+
+    def goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
+        nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
+        guard = torch.stack([kl_to_reference(ref, lp[n:]) for ref, lp in zip(guard_reference, logps)]).mean()
+        done = all(
+            bool((lp[:n].argmax(-1) == target).all())
+            and float(lp[0, new_ids[0]].detach().exp()) >= settings.learn_stop_prob
+            for lp in logps
+        )
+        return nll + settings.guard_weight * guard, done
+
+    return goal
+
+
 def answer_row(
     tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
 ) -> tuple[tuple[int, ...], int]:
@@ -256,10 +284,10 @@ def fact_objectives(
     request: EditRequest,
     settings: TrainingLoopSettings,
     frozen_below: int = 0,
-    reaches: Reaches | None = None,
+    untouched: Untouched | None = None,
 ) -> Objectives:
     """Training rows (prompts behind each context prefix), goals, and retention rows with base references
-    (none for a row the edit cannot reach: `reaches`).
+    (none for a row the edit cannot reach: `untouched` is its whole length).
 
     Unlearn: unlikelihood -log(1 - P(old)) on the first token of every alias of `old` (after the tokens
     it shares with `new`: `unlearn_targets`); reached when P(old) < unlearn_stop_prob on every row.
@@ -279,34 +307,22 @@ def fact_objectives(
     kl_rows = pinned + retention_rows(tokenizer, request, settings)
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
-    reached = [i for i, row in enumerate(kl_rows) if reaches is None or reaches(row.ids)]
+    reached = [i for i, row in enumerate(kl_rows) if untouched is None or untouched(row.ids) < len(row.ids)]
     with torch.no_grad():
         reference, frozen = frozen_states(model, [kl_rows[i] for i in reached] + learn_rows, pad, frozen_below)
     kl_reference: list[torch.Tensor | None] = [None] * len(kl_rows)
     for i, ref in zip(reached, reference):
         kl_reference[i] = ref
     guard_reference = [ref[len(new_ids) :] for ref in reference[len(reached) :]]
-    target = torch.tensor(new_ids, device=next(model.parameters()).device)
-
-    def learn_goal(logps: list[torch.Tensor], facts: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
-        n = len(new_ids)
-        nll = torch.stack([-lp[:n].gather(-1, target[:, None]).mean() for lp in logps]).mean()
-        guard = torch.stack([kl_to_reference(ref, lp[n:]) for ref, lp in zip(guard_reference, logps)]).mean()
-        done = all(
-            bool((lp[:n].argmax(-1) == target).all())
-            and float(lp[0, new_ids[0]].detach().exp()) >= settings.learn_stop_prob
-            for lp in logps
-        )
-        return nll + settings.guard_weight * guard, done
-
     return Objectives(
         [Row(c + new_ids[:carried], carried + 1) for c in contexts],
         learn_rows,
         kl_rows,
         kl_reference,
         unlearn_goal(old_targets, settings),
-        learn_goal,
+        learn_goal(new_ids, guard_reference, settings),
         pad,
         frozen=frozen,
         pinned=len(pinned),
+        prefixes=UntouchedPrefixes(untouched) if untouched is not None else None,
     )

@@ -184,7 +184,7 @@ def apply_subject_gains(
     feedforward = set(targets.feedforward)
     try:
         with training_precision(model, settings.train_precision, cast_weights=False):
-            goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets), gate.fires_on)
+            goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets), gate.untouched)
             for stage in stages:
                 edit.gains[stage] = {
                     name: torch.nn.Parameter(

@@ -56,7 +56,8 @@ def train_stage(
         step_rows = [rows[i] for f in facts for i in range(starts[f], starts[f] + sizes[f])] if facts else rows
         picked = kl_picked(goals, settings.kl_rows_per_step, steps) if weight else []
         passed = [i for i in picked if goals.kl_reference[i] is not None]  # the others' KL stays 0
-        logps = tail_logprobs(model, step_rows + [goals.kl_rows[i] for i in passed], goals.pad_id, goals.frozen)
+        run = step_rows + [goals.kl_rows[i] for i in passed]
+        logps = tail_logprobs(model, run, goals.pad_id, goals.frozen, goals.prefixes)
         loss, done = goal(logps[: len(step_rows)], facts)
         if facts:
             for fact in facts:

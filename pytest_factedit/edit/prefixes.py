@@ -1,0 +1,105 @@
+"""Training passes that start where a gated edit can first act.
+
+A gated edit changes no state before the first position its gate opens on (attention is causal: nothing
+later reaches back), so the keys and values of a row's tokens before that position are the same at every
+step of the edit. They are computed once per group of rows, and each step runs, and back-propagates
+through, only the rest of each row, continuing their key-value cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..model.decoding import left_padded
+from ..model.kv import cache_keyword, returned_cache
+from ..model.lmhead import decoder
+from ..model.skip import entering_at
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from .batching import FrozenBelow, Row
+
+# a text's leading tokens that an edit leaves as the base model has them (all of them: it never acts on it)
+Untouched = Callable[[Sequence[int]], int]
+
+
+@dataclass
+class UntouchedPrefixes:
+    """Each row's tokens before the edit can act on it, and their caches, made at a group's first pass."""
+
+    untouched: Untouched
+    caches: dict[tuple[tuple[int, ...], ...], tuple[Any, torch.Tensor]] = field(default_factory=dict)
+
+    def split(self, row: Row) -> int:
+        """Where a row's pass starts: at the edit's first position, never inside the positions a loss reads."""
+        return min(self.untouched(row.ids), len(row.ids) - row.tail)
+
+    def suffix_hidden(
+        self, model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None
+    ) -> tuple[torch.Tensor, list[int]]:
+        """(the last hidden states of each row from its split on [rows, width, d], left-aligned; their lengths)."""
+        import torch
+
+        splits = [self.split(r) for r in rows]
+        cache, prefix_mask = self._prefix_cache(model, rows, splits, pad_id)
+        device = prefix_mask.device
+        suffixes = [r.ids[s:] for r, s in zip(rows, splits)]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, suffix in enumerate(suffixes):
+            ids[i, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+            mask[i, : len(suffix)] = 1
+        positions = torch.tensor(splits)[:, None] + torch.arange(width)[None, :]
+        body = decoder(model)
+        with _entering(model, rows, splits, width, frozen):
+            hidden = body(
+                input_ids=ids.to(device),
+                attention_mask=torch.cat([prefix_mask, mask.to(device)], dim=1),
+                position_ids=positions.to(device),
+                use_cache=True,
+                **{cache_keyword(body): copy.deepcopy(cache)},  # a step appends to it; the stored one stays
+            ).last_hidden_state
+        return hidden, [len(s) for s in suffixes]
+
+    def _prefix_cache(
+        self, model: PreTrainedModel, rows: Sequence[Row], splits: list[int], pad_id: int
+    ) -> tuple[Any, torch.Tensor]:
+        """The cache of the rows' prefixes (left-padded) and its attention mask, computed at the first call."""
+        import torch
+
+        key = tuple(r.ids for r in rows)
+        if key not in self.caches:
+            device = next(model.parameters()).device
+            ids, mask, positions = left_padded([r.ids[:s] for r, s in zip(rows, splits)], pad_id, device)
+            with torch.no_grad():
+                out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            self.caches[key] = (returned_cache(out), mask)
+        return self.caches[key]
+
+    def has_prefix(self, rows: Sequence[Row]) -> bool:
+        """Does any of the rows begin with tokens the edit leaves alone (else a plain pass is as cheap)?"""
+        return any(self.split(r) > 0 for r in rows)
+
+
+def _entering(
+    model: PreTrainedModel, rows: Sequence[Row], splits: Sequence[int], width: int, frozen: FrozenBelow | None
+) -> Any:
+    """`entering_at` the frozen layer with each row's stored states from its split on, right-padded with
+    zeros; or nothing to do (no frozen states, or a row without them)."""
+    states = [frozen.state(r.ids) for r in rows] if frozen is not None else []
+    if frozen is None or any(s is None for s in states):
+        return nullcontext()
+    first = states[0]
+    assert first is not None
+    hidden = first.new_zeros((len(rows), width, first.shape[-1]))
+    for j, (state, split) in enumerate(zip(states, splits)):
+        assert state is not None
+        hidden[j, : state.shape[0] - split] = state[split:]
+    return entering_at(model, frozen.layer, hidden, frozen.extras)
