@@ -440,3 +440,15 @@ def test_a_gated_edit_runs_each_row_from_the_first_token_its_gate_opens_on(tmp_p
     assert split[2] == whole[2]  # the same rows
     assert split[3] < whole[3]  # fewer tokens: each step skips the tokens before the subject
     _same_training(split, whole)
+
+
+def test_a_model_that_returns_no_cache_trains_on_whole_rows(tmp_path: Path, monkeypatch) -> None:
+    """Without a key-value cache to continue, each step runs whole rows, to the same gains."""
+    pytest.importorskip("torch")
+    from pytest_factedit.edit import prefixes
+
+    split = _gated_edit(tmp_path, monkeypatch)
+    monkeypatch.setattr(prefixes, "returned_cache", lambda output: None)
+    whole = _gated_edit(tmp_path, monkeypatch)
+    assert split[3] < whole[3]
+    _same_training(whole, split)

@@ -102,11 +102,9 @@ def _tail_passes(
     states: dict[tuple[int, ...], torch.Tensor] = {}
     extras: int | None = -1
     if prefixes is not None and capture == 0 and prefixes.has_prefix(rows):
-        for group in length_groups([Row(r.ids[prefixes.split(r) :], r.tail) for r in rows]):
-            part = [rows[i] for i in group]
-            hidden, lengths = prefixes.suffix_hidden(model, part, pad_id, frozen)
-            tails.update({i: hidden[j, n - r.tail : n] for j, (i, r, n) in enumerate(zip(group, part, lengths))})
-        return _logprobs(model, rows, tails), None
+        found = prefixes.tails(model, rows, pad_id, frozen)
+        if found is not None:  # None: the model keeps no key-value cache to continue
+            return _logprobs(model, rows, found), None
     for group in length_groups(rows):
         part = [rows[i] for i in group]
         ids, mask, positions = left_padded([r.ids for r in part], pad_id, device)

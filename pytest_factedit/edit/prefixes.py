@@ -18,12 +18,11 @@ from ..model.decoding import left_padded
 from ..model.kv import cache_keyword, returned_cache
 from ..model.lmhead import decoder
 from ..model.skip import entering_at
+from .batching import FrozenBelow, Row, length_groups
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
-
-    from .batching import FrozenBelow, Row
 
 # a text's leading tokens that an edit leaves as the base model has them (all of them: it never acts on it)
 Untouched = Callable[[Sequence[int]], int]
@@ -35,19 +34,43 @@ class UntouchedPrefixes:
 
     untouched: Untouched
     caches: dict[tuple[tuple[int, ...], ...], tuple[Any, torch.Tensor]] = field(default_factory=dict)
+    usable: bool = True  # False once the model returned no key-value cache: every pass runs whole rows
 
     def split(self, row: Row) -> int:
         """Where a row's pass starts: at the edit's first position, never inside the positions a loss reads."""
         return min(self.untouched(row.ids), len(row.ids) - row.tail)
 
+    def has_prefix(self, rows: Sequence[Row]) -> bool:
+        """Does any of the rows begin with tokens the edit leaves alone (else a plain pass is as cheap)?"""
+        return self.usable and any(self.split(r) > 0 for r in rows)
+
+    def tails(
+        self, model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None
+    ) -> dict[int, torch.Tensor] | None:
+        """Each row's last hidden states at its `tail` positions (row index -> [tail, d]), rows of like
+        length from their split on sharing a pass; None when the model returns no cache to continue."""
+        tails: dict[int, torch.Tensor] = {}
+        for group in length_groups([Row(r.ids[self.split(r) :], r.tail) for r in rows]):
+            part = [rows[i] for i in group]
+            found = self.suffix_hidden(model, part, pad_id, frozen)
+            if found is None:
+                return None
+            hidden, lengths = found
+            tails.update({i: hidden[j, n - r.tail : n] for j, (i, r, n) in enumerate(zip(group, part, lengths))})
+        return tails
+
     def suffix_hidden(
         self, model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None
-    ) -> tuple[torch.Tensor, list[int]]:
-        """(the last hidden states of each row from its split on [rows, width, d], left-aligned; their lengths)."""
+    ) -> tuple[torch.Tensor, list[int]] | None:
+        """(the last hidden states of each row from its split on [rows, width, d], left-aligned; their
+        lengths), or None when the model returns no cache to continue."""
         import torch
 
         splits = [self.split(r) for r in rows]
         cache, prefix_mask = self._prefix_cache(model, rows, splits, pad_id)
+        if cache is None:
+            self.usable = False
+            return None
         device = prefix_mask.device
         suffixes = [r.ids[s:] for r, s in zip(rows, splits)]
         width = max(len(s) for s in suffixes)
@@ -82,10 +105,6 @@ class UntouchedPrefixes:
                 out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
             self.caches[key] = (returned_cache(out), mask)
         return self.caches[key]
-
-    def has_prefix(self, rows: Sequence[Row]) -> bool:
-        """Does any of the rows begin with tokens the edit leaves alone (else a plain pass is as cheap)?"""
-        return any(self.split(r) > 0 for r in rows)
 
 
 def _entering(
