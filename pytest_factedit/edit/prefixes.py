@@ -35,10 +35,13 @@ class UntouchedPrefixes:
     untouched: Untouched
     caches: dict[tuple[tuple[int, ...], ...], tuple[Any, torch.Tensor]] = field(default_factory=dict)
     usable: bool = True  # False once the model returned no key-value cache: every pass runs whole rows
+    splits: dict[Row, int] = field(default_factory=dict)  # asked of the gate once per row
 
     def split(self, row: Row) -> int:
         """Where a row's pass starts: at the edit's first position, never inside the positions a loss reads."""
-        return min(self.untouched(row.ids), len(row.ids) - row.tail)
+        if row not in self.splits:
+            self.splits[row] = min(self.untouched(row.ids), len(row.ids) - row.tail)
+        return self.splits[row]
 
     def has_prefix(self, rows: Sequence[Row]) -> bool:
         """Does any of the rows begin with tokens the edit leaves alone (else a plain pass is as cheap)?"""
