@@ -110,7 +110,7 @@ def _tail_passes(
         ids, mask, positions = left_padded([r.ids for r in part], pad_id, device)
         store: dict[str, Any] = {}
         watch = capture_entering(model, capture, store) if capture > 0 else nullcontext()
-        with watch, _entering(model, part, ids.shape[1], frozen):
+        with watch, entering_stored(model, part, ids.shape[1], frozen):
             hidden = decoder(model)(
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
             ).last_hidden_state
@@ -132,8 +132,16 @@ def _logprobs(model: PreTrainedModel, rows: Sequence[Row], tails: dict[int, torc
     return list(torch.split(logp, [r.tail for r in rows]))
 
 
-def _entering(model: PreTrainedModel, rows: Sequence[Row], width: int, frozen: FrozenBelow | None) -> Any:
-    """`entering_at` frozen.layer with the rows' stored states, left-padded with zeros; or nothing to do."""
+def entering_stored(
+    model: PreTrainedModel,
+    rows: Sequence[Row],
+    width: int,
+    frozen: FrozenBelow | None,
+    splits: Sequence[int] | None = None,
+) -> Any:
+    """`entering_at` frozen.layer with the rows' stored states in a [rows, width, d] block of zeros: whole and
+    left-padded, or (`splits`) each from its split on and right-padded (edit/prefixes.py); or nothing to do
+    (no frozen states, or a row without them)."""
     states = [frozen.state(r.ids) for r in rows] if frozen is not None else []
     if frozen is None or any(s is None for s in states):
         return nullcontext()
@@ -142,7 +150,10 @@ def _entering(model: PreTrainedModel, rows: Sequence[Row], width: int, frozen: F
     hidden = first.new_zeros((len(rows), width, first.shape[-1]))
     for j, state in enumerate(states):
         assert state is not None
-        hidden[j, width - state.shape[0] :] = state
+        if splits is None:
+            hidden[j, width - state.shape[0] :] = state
+        else:
+            hidden[j, : state.shape[0] - splits[j]] = state[splits[j] :]
     return entering_at(model, frozen.layer, hidden, frozen.extras)
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..model.decoding import left_padded
 from ..model.kv import cache_keyword, returned_cache
 from ..model.lmhead import decoder
-from ..model.skip import entering_at
-from .batching import FrozenBelow, Row, length_groups
+from .batching import FrozenBelow, Row, entering_stored, length_groups
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +82,7 @@ class UntouchedPrefixes:
             mask[i, : len(suffix)] = 1
         positions = torch.tensor(splits)[:, None] + torch.arange(width)[None, :]
         body = decoder(model)
-        with _entering(model, rows, splits, width, frozen):
+        with entering_stored(model, rows, width, frozen, splits):
             hidden = body(
                 input_ids=ids.to(device),
                 attention_mask=torch.cat([prefix_mask, mask.to(device)], dim=1),
@@ -108,20 +106,3 @@ class UntouchedPrefixes:
                 out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
             self.caches[key] = (returned_cache(out), mask)
         return self.caches[key]
-
-
-def _entering(
-    model: PreTrainedModel, rows: Sequence[Row], splits: Sequence[int], width: int, frozen: FrozenBelow | None
-) -> Any:
-    """`entering_at` the frozen layer with each row's stored states from its split on, right-padded with
-    zeros; or nothing to do (no frozen states, or a row without them)."""
-    states = [frozen.state(r.ids) for r in rows] if frozen is not None else []
-    if frozen is None or any(s is None for s in states):
-        return nullcontext()
-    first = states[0]
-    assert first is not None
-    hidden = first.new_zeros((len(rows), width, first.shape[-1]))
-    for j, (state, split) in enumerate(zip(states, splits)):
-        assert state is not None
-        hidden[j, : state.shape[0] - split] = state[split:]
-    return entering_at(model, frozen.layer, hidden, frozen.extras)
