@@ -4,8 +4,10 @@ A thousand edits take hours on 2 cores. With a checkpoint folder each edit is sa
 (DIR/edits/<position>-<case id>/), and each case's figures are logged as soon as it is measured
 (DIR/outcomes.jsonl); DIR/run.json names the facts and the settings. Run again with the same folder, facts
 and settings: the base answers are taken again on the untouched model, the logged cases' edits are put
-back in order, and the sequence goes on from the first case not logged. Only subject-gated edits can be
-put back this way (edits merged into the weights leave no saved edit to load).
+back in order, and the sequence goes on from the first case not logged. A part can also stop short of the
+log (`resume(upto=K)`): the first K edits are put back and checked as after a last edit, and the log is
+kept whole. Only subject-gated edits can be put back this way (edits merged into the weights leave no
+saved edit to load).
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ class Checkpoint:
         path.write_text("".join(json.dumps(e) + "\n" for e in logged), encoding="utf-8")
         return logged
 
-    @property
-    def earlier_seconds(self) -> float:
-        """The seconds the earlier parts of the run took, up to their last logged case."""
-        return float(self.logged[-1].get("run_seconds", 0.0)) if self.logged else 0.0
+    def earlier_seconds(self, upto: int | None = None) -> float:
+        """The seconds the earlier parts of the run took, up to their last logged case (with `upto`: up to the
+        `upto`-th, where a part stops earlier than the log goes)."""
+        logged = self.logged[:upto]
+        return float(logged[-1].get("run_seconds", 0.0)) if logged else 0.0
 
     def log(self, position: int, outcome: Any, run_seconds: float) -> None:
         """One measured case, appended and flushed before the next edit starts; `run_seconds`: the run's
@@ -76,9 +79,10 @@ class Checkpoint:
         with (self.folder / OUTCOMES).open("a", encoding="utf-8") as out:
             out.write(json.dumps(entry) + "\n")
 
-    def resume(self, lm: Any, settings_for: Callable[[Any], Any]) -> Callable[[], list[Any]]:
+    def resume(self, lm: Any, settings_for: Callable[[Any], Any], upto: int | None = None) -> Callable[[], list[Any]]:
         """What run_sequence calls once the base answers are in: each logged case's edit back on the model,
-        kept until the run releases its edits, and its outcome as logged."""
+        kept until the run releases its edits, and its outcome as logged; with `upto`, only the first `upto`
+        (a part that stops earlier than the log goes: the figures after that many edits)."""
 
         def put_back() -> list[Any]:
             from pytest_factedit.cases.ids import sequence_folder
@@ -86,7 +90,7 @@ class Checkpoint:
             from pytest_factedit.edit.subject_gains import load_subject_gains
 
             outcomes = []
-            for entry, case in zip(self.logged, self.cases):
+            for entry, case in zip(self.logged[:upto], self.cases):
                 if entry["status"] == "ran":
                     saved = self.edits / sequence_folder(entry["position"], case.id) / SAVED_FOLDER
                     if not saved.is_dir():

@@ -5,6 +5,7 @@ or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batc
     python bench/sequential.py -n 1000      # the scale targets (hours on a 2-core CPU)
     python bench/sequential.py --all-known  # every CounterFact fact the embedded model knows (with 3 neighbours)
     python bench/sequential.py -n 1000 --checkpoint /tmp/seq1000   # stops and goes on where it stopped
+    python bench/sequential.py -n 1000 --checkpoint /tmp/seq1000 --stop-after 100   # the figures after 100
     python bench/sequential.py -n 10 --method full-ft
     python bench/sequential.py --mode batch
     python bench/sequential.py --mode batch -n 10 --set kl_rows_per_step=48
@@ -16,6 +17,11 @@ the next), measured right after its own edit, and checked again after the last o
 and the retention of earlier edits by position, as markdown, then the scale targets (TARGETS) with
 the figure measured after the last edit, the bytes each kept edit holds, the whole run's seconds and
 the CPU.
+
+With --checkpoint, --stop-after K ends this part after the first K facts of the run with the same checks as
+after a last edit, so one sequence gives the figures at 10, 100 and 1,000 edits; facts the checkpoint
+already holds are put back, not edited again. Its seconds are the K-th fact's in the log plus this part's
+own start and checks.
 """
 
 from __future__ import annotations
@@ -78,26 +84,29 @@ def _progress(total: int, started: float) -> Any:
 def _sequence(
     args: argparse.Namespace, lm: Any, cases: list[Any], settings_for: Any, started: float, run_started: float
 ) -> tuple[Any, float]:
-    """run_sequence with progress on stderr; with --checkpoint, resumable (bench/sequence_checkpoint.py).
-    (the result, the seconds the run's earlier parts took)."""
+    """run_sequence with progress on stderr; with --checkpoint, resumable (bench/sequence_checkpoint.py), and
+    with --stop-after, over the first facts of the run only. (the result, the seconds the run's earlier parts
+    took)."""
     from pytest_factedit.run.many import run_sequence
 
-    progress = _progress(len(cases), started)
+    part = cases[: args.stop_after] if args.stop_after else cases
+    progress = _progress(len(part), started)
     if not args.checkpoint:
-        return run_sequence(lm, cases, settings_for, each_done=progress), 0.0
+        return run_sequence(lm, part, settings_for, each_done=progress), 0.0
     identity = {"method": args.method, "set": args.set, "data": Path(args.data).name, "seed": args.seed}
     checkpoint = Checkpoint(Path(args.checkpoint), cases, identity)
-    if checkpoint.logged:
-        print(f"resuming after {len(checkpoint.logged)} logged cases ({args.checkpoint})", file=sys.stderr)
+    logged = min(len(checkpoint.logged), len(part))
+    if logged:
+        print(f"resuming after {logged} logged cases ({args.checkpoint})", file=sys.stderr)
 
-    earlier = checkpoint.earlier_seconds
+    earlier = checkpoint.earlier_seconds(upto=len(part))
 
     def each_done(position: int, outcome: Any) -> None:
         checkpoint.log(position, outcome, earlier + time.perf_counter() - run_started)
         progress(position, outcome)
 
-    resume = checkpoint.resume(lm, settings_for) if checkpoint.logged else None
-    return run_sequence(lm, cases, settings_for, checkpoint.edits, each_done, resume), earlier
+    resume = checkpoint.resume(lm, settings_for, upto=len(part)) if logged else None
+    return run_sequence(lm, part, settings_for, checkpoint.edits, each_done, resume), earlier
 
 
 def _print_table(result: Any, mode: str) -> None:
@@ -189,6 +198,13 @@ def _arguments() -> argparse.Namespace:
         help="sequential: save each edit and log each case in DIR, and go on from there when run again",
     )
     parser.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="K",
+        help="with --checkpoint: edit (or put back from the checkpoint) only the first K facts of the run, then "
+        "check them as after a last edit; run again with a larger K (or none) to go on from there",
+    )
+    parser.add_argument(
         "--record",
         metavar="PATH",
         help="also write the end-of-run block (as summary.json's `sequence` or `batch` holds it) to PATH as JSON",
@@ -199,6 +215,12 @@ def _arguments() -> argparse.Namespace:
 def main() -> int:
     args = _arguments()
     overrides = setting_overrides(args.set)
+    if args.stop_after is not None and (args.stop_after < 1 or not args.checkpoint or args.mode != "sequential"):
+        raise SystemExit(
+            f"--stop-after expects a number of facts from 1 and a sequential run with --checkpoint, found "
+            f"{args.stop_after} (checkpoint: {args.checkpoint or 'none'}); without a checkpoint, -n K edits the same "
+            "first K facts"
+        )
     if args.all_known:
         from pytest_factedit.cases.counterfact import read_records
 
@@ -222,7 +244,8 @@ def main() -> int:
             result, earlier = _sequence(args, lm, cases, settings_for, started, run_started)
     _print_positions(result)
     print(
-        f"\nembedded model (CPU), {len(cases)} known CounterFact facts (seed {args.seed}), method {args.method}, "
+        f"\nembedded model (CPU), {len(result.outcomes)} known CounterFact facts (seed {args.seed}), "
+        f"method {args.method}, "
         f"{args.mode}: {time.perf_counter() - started:.0f}s in all, base restored: {result.base_restored}\n"
     )
     _print_table(result, args.mode)

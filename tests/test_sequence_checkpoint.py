@@ -56,7 +56,7 @@ def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path
         log.write('{"position": 1, "case_id": "c1", "sta')  # a line cut short by the kill
 
     second_part = Checkpoint(folder, cases, identity)
-    assert [e["case_id"] for e in second_part.logged] == ["c0"] and second_part.earlier_seconds == 12.5
+    assert [e["case_id"] for e in second_part.logged] == ["c0"] and second_part.earlier_seconds() == 12.5
     heard: list[int] = []
     resumed = run_sequence(
         lm, cases, settings_for, second_part.edits,
@@ -87,3 +87,41 @@ def test_resume_must_give_back_the_first_cases_in_order() -> None:
     wrong = [CaseOutcome(case=cases[1], status="skipped", settings=settings)]
     with pytest.raises(ValueError, match="case 'c1' at position 0, not 'c0'"):
         run_sequence(SimpleNamespace(model=model, tokenizer=tok), cases, lambda _: settings, resume=lambda: wrong)
+
+
+def test_a_part_stopping_short_of_the_log_checks_only_its_first_edits(tmp_path: Path, monkeypatch) -> None:
+    """`--stop-after K` on a checkpoint that logged more: the first K edits are put back (none made again) and
+    the end figures are those of a sequence of K, while the log keeps every case."""
+    from pytest_factedit.run.many import run_sequence
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from sequence_checkpoint import Checkpoint
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    cases = two_cases(model, tok)
+    settings = resolve_settings({**FAST, **PLACED})
+
+    def settings_for(_case: Any) -> Any:
+        return settings
+
+    folder, identity = tmp_path / "checkpoint", {"method": "ia3-two-stage"}
+    whole = Checkpoint(folder, cases, identity)
+    run_sequence(lm, cases, settings_for, whole.edits, lambda p, o: whole.log(p, o, 10.0 * (p + 1)))
+    first_only = run_sequence(lm, cases[:1], settings_for)
+
+    part = Checkpoint(folder, cases, identity)
+    assert part.earlier_seconds() == 20.0 and part.earlier_seconds(upto=1) == 10.0
+    heard: list[int] = []
+    stopped = run_sequence(
+        lm, cases[:1], settings_for, part.edits, lambda p, o: heard.append(p), part.resume(lm, settings_for, upto=1)
+    )
+    assert heard == []  # put back from the checkpoint, not edited again
+    assert [o.case.id for o in stopped.outcomes] == ["c0"]
+    assert stopped.answers_at_end == first_only.answers_at_end
+    assert {n: m.value for n, m in stopped.metrics.items() if "latency" not in n} == {
+        n: m.value for n, m in first_only.metrics.items() if "latency" not in n
+    }
+    assert stopped.base_restored
+    assert [e["case_id"] for e in Checkpoint(folder, cases, identity).logged] == ["c0", "c1"]
