@@ -3,6 +3,7 @@
     python bench/sequence_plot.py /tmp/seq1000                       # the table by blocks of 100 edits
     python bench/sequence_plot.py /tmp/seq1000 --record bench/results/sequential26-n1000.json \\
         --plot docs/sequence.png                                        # and the plot, with what held at the end
+    python bench/sequence_plot.py /tmp/seq1000 --upto 400 --record at400.json   # a --stop-after 400 part's
 
 Reads DIR/outcomes.jsonl (each case as measured right after its own edit, with the run's seconds so far)
 and, with --record, the end-of-run block the finished run wrote (which edits still held after the last
@@ -128,8 +129,11 @@ def main() -> int:
     parser.add_argument("--record", type=Path, help="the finished run's --record file (what held at the end)")
     parser.add_argument("--plot", type=Path, help="write a PNG here (needs matplotlib)")
     parser.add_argument("--block", type=int, default=100, help="positions per table row")
+    parser.add_argument(
+        "--upto", type=int, metavar="K", help="only the first K positions (the part a --stop-after K run checked)"
+    )
     args = parser.parse_args()
-    entries = logged(args.folder)
+    entries = logged(args.folder)[: args.upto]
     if not entries:
         raise SystemExit(f"{args.folder / OUTCOMES}: no case logged yet")
     held = json.loads(args.record.read_text(encoding="utf-8"))["retained_by_case"] if args.record else None

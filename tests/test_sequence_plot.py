@@ -57,3 +57,12 @@ def test_the_plot_is_written(folder: Path, tmp_path: Path) -> None:
 
     plot(logged(folder), None, tmp_path / "sequence.png", width=2)
     assert (tmp_path / "sequence.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_upto_keeps_the_positions_a_stopped_part_checked(folder: Path, capsys, monkeypatch) -> None:
+    import sequence_plot
+
+    monkeypatch.setattr("sys.argv", ["sequence_plot.py", str(folder), "--upto", "2", "--block", "5"])
+    assert sequence_plot.main() == 0
+    out = capsys.readouterr().out
+    assert "| 1-2 | 1 |" in out and "2 cases logged" in out and "| 3" not in out
