@@ -45,7 +45,8 @@ TARGETS = (
     ("controls_retained", ">=", 0.95),
     ("latency_overhead_at_end", "<=", 1.2),
 )
-RUN_TARGET_SECONDS = 90 * 60  # the whole run of 1,000 edits, on 2 cores
+RUN_TARGET_SECONDS = 90 * 60  # the whole run of RUN_TARGET_FACTS edits, on 2 cores
+RUN_TARGET_FACTS = 1000
 NO_KEPT_EDIT = "n/a: no edit kept behind the gate (merged edits change the weights in place)"
 
 
@@ -169,10 +170,10 @@ def print_targets(result: Any, seconds: float) -> None:
     print(f"| memory added per edit, bytes | {shown} | stated | {'n/a' if per_edit is None else 'yes'} |")
     aside = ", ".join(f"{group} {n}" for group, n in result.set_aside.items())
     print(f"| held rows set aside at the end (they name another edited subject) | {aside or 'none'} | | |")
-    print(
-        f"| whole run, seconds | {seconds:,.0f} | <= {RUN_TARGET_SECONDS:,} | "
-        f"{_met(seconds, '<=', RUN_TARGET_SECONDS)} |"
-    )
+    facts = len(result.outcomes)
+    judged = _met(seconds, "<=", RUN_TARGET_SECONDS) if facts >= RUN_TARGET_FACTS else f"n/a ({facts:,} facts)"
+    target = f"<= {RUN_TARGET_SECONDS:,} at {RUN_TARGET_FACTS:,} facts"
+    print(f"| whole run, seconds | {seconds:,.0f} | {target} | {judged} |")
 
 
 def _arguments() -> argparse.Namespace:
