@@ -4,6 +4,7 @@ gains, the second made on top, and every end-of-run figure and answer is the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,21 +25,26 @@ class Stopped(Exception):
     """Stands in for a kill between two cases."""
 
 
+def two_case_run() -> tuple[SimpleNamespace, list[Any], Callable[[Any], Any]]:
+    """A tiny random llama with its word tokenizer, two cases on it, and the fast placed settings for each."""
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    settings = resolve_settings({**FAST, **PLACED})
+    return SimpleNamespace(model=model, tokenizer=tok), two_cases(model, tok), lambda _case: settings
+
+
+def figures(result: Any) -> dict[str, Any]:
+    """A sequence's end-of-run metric values, latency left out (a timing, never equal across runs)."""
+    return {name: metric.value for name, metric in result.metrics.items() if "latency" not in name}
+
+
 def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
     from pytest_factedit.run.many import run_sequence
 
     monkeypatch.syspath_prepend(str(BENCH))
     from sequence_checkpoint import OUTCOMES, Checkpoint
 
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=2)
-    lm = SimpleNamespace(model=model, tokenizer=tok)
-    cases = two_cases(model, tok)
-    settings = resolve_settings({**FAST, **PLACED})
-
-    def settings_for(_case: Any) -> Any:
-        return settings
-
+    lm, cases, settings_for = two_case_run()
     whole = run_sequence(lm, cases, settings_for)
     assert [o.status for o in whole.outcomes] == ["ran", "ran"]
 
@@ -51,7 +57,7 @@ def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path
 
     with pytest.raises(Stopped):
         run_sequence(lm, cases, settings_for, first_part.edits, log_then_stop)
-    assert "_factedit_gate_registry" not in model.__dict__  # the stopped run took its edits off
+    assert "_factedit_gate_registry" not in lm.model.__dict__  # the stopped run took its edits off
     with (folder / OUTCOMES).open("a") as log:
         log.write('{"position": 1, "case_id": "c1", "sta')  # a line cut short by the kill
 
@@ -67,9 +73,7 @@ def test_a_run_stopped_after_its_first_case_goes_on_from_its_checkpoint(tmp_path
     assert [o.status for o in resumed.outcomes] == ["ran", "ran"]
     assert resumed.outcomes[0].metrics["new_fact_accuracy"] == whole.outcomes[0].metrics["new_fact_accuracy"]
     assert resumed.answers_at_end == whole.answers_at_end
-    assert {n: m.value for n, m in resumed.metrics.items() if "latency" not in n} == {
-        n: m.value for n, m in whole.metrics.items() if "latency" not in n
-    }
+    assert figures(resumed) == figures(whole)
     assert resumed.set_aside == whole.set_aside and resumed.base_restored
     assert [e["case_id"] for e in Checkpoint(folder, cases, identity).logged] == ["c0", "c1"]
     with pytest.raises(SystemExit, match="another run"):
@@ -80,13 +84,10 @@ def test_resume_must_give_back_the_first_cases_in_order() -> None:
     from pytest_factedit.run.many import run_sequence
     from pytest_factedit.run.outcome import CaseOutcome
 
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=2)
-    cases = two_cases(model, tok)
-    settings = resolve_settings({**FAST, **PLACED})
-    wrong = [CaseOutcome(case=cases[1], status="skipped", settings=settings)]
+    lm, cases, settings_for = two_case_run()
+    wrong = [CaseOutcome(case=cases[1], status="skipped", settings=settings_for(cases[1]))]
     with pytest.raises(ValueError, match="case 'c1' at position 0, not 'c0'"):
-        run_sequence(SimpleNamespace(model=model, tokenizer=tok), cases, lambda _: settings, resume=lambda: wrong)
+        run_sequence(lm, cases, settings_for, resume=lambda: wrong)
 
 
 def test_a_part_stopping_short_of_the_log_checks_only_its_first_edits(tmp_path: Path, monkeypatch) -> None:
@@ -97,15 +98,7 @@ def test_a_part_stopping_short_of_the_log_checks_only_its_first_edits(tmp_path: 
     monkeypatch.syspath_prepend(str(BENCH))
     from sequence_checkpoint import Checkpoint
 
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=2)
-    lm = SimpleNamespace(model=model, tokenizer=tok)
-    cases = two_cases(model, tok)
-    settings = resolve_settings({**FAST, **PLACED})
-
-    def settings_for(_case: Any) -> Any:
-        return settings
-
+    lm, cases, settings_for = two_case_run()
     folder, identity = tmp_path / "checkpoint", {"method": "ia3-two-stage"}
     whole = Checkpoint(folder, cases, identity)
     run_sequence(lm, cases, settings_for, whole.edits, lambda p, o: whole.log(p, o, 10.0 * (p + 1)))
@@ -120,8 +113,6 @@ def test_a_part_stopping_short_of_the_log_checks_only_its_first_edits(tmp_path: 
     assert heard == []  # put back from the checkpoint, not edited again
     assert [o.case.id for o in stopped.outcomes] == ["c0"]
     assert stopped.answers_at_end == first_only.answers_at_end
-    assert {n: m.value for n, m in stopped.metrics.items() if "latency" not in n} == {
-        n: m.value for n, m in first_only.metrics.items() if "latency" not in n
-    }
+    assert figures(stopped) == figures(first_only)
     assert stopped.base_restored
     assert [e["case_id"] for e in Checkpoint(folder, cases, identity).logged] == ["c0", "c1"]
