@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sequence_checkpoint import OUTCOMES
+from sequential import RUN_TARGET_FACTS, RUN_TARGET_SECONDS
 
 RIGHT_AFTER = ("new_fact_accuracy", "paraphrase_accuracy", "neighbour_retention", "control_retention")
-RUN_TARGET_MINUTES = 90  # the whole run of 1,000 edits (bench/sequential.py's RUN_TARGET_SECONDS)
 
 
 def logged(folder: Path) -> list[dict[str, Any]]:
@@ -103,7 +103,8 @@ def plot(entries: list[dict[str, Any]], held: dict[str, float] | None, path: Pat
     seconds.plot(xs, _rolling(per_case_seconds(entries), width), "-", label=f"per case, mean of {width}")
     seconds.set_ylabel("seconds")
     minutes.plot(xs, [e["run_seconds"] / 60 for e in entries], "-", label="whole run so far")
-    minutes.axhline(RUN_TARGET_MINUTES, color="grey", linestyle="--", label="target at 1,000 edits")
+    target = f"target at {RUN_TARGET_FACTS:,} edits"
+    minutes.axhline(RUN_TARGET_SECONDS / 60, color="grey", linestyle="--", label=target)
     minutes.set_ylabel("minutes")
     for metric in RIGHT_AFTER:
         figures.plot(xs, _rolling([_value(e, metric) for e in entries], width), "-", label=f"{metric} right after")
