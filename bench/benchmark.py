@@ -7,7 +7,9 @@
 
 Per case (medians over the shipped cases): probing the base model, localization, both edit stages,
 probing the edited model. Also: the cached load (a fresh process: imports, then `load()`), the first
-conversion into a throw-away cache, and the wall seconds of `pytest fact_cases/`.
+conversion into a throw-away cache, and the wall seconds of `pytest fact_cases/`: with nothing of the base
+model cached (`--factedit-fresh-probes`), and warm (the second of two runs, which reads the base model's
+answers, the editor's decodes of it and each fact's trace back from the cache), with that run's medians.
 
 With --against REV, one worker process per checkout loads the model once and runs the same cases, in
 the order A B B A A B ..., so that both see the same machine state; the table gives each phase's
@@ -124,12 +126,13 @@ def first_conversion_seconds(checkout: Path = REPO) -> tuple[float, str]:
         return float(seconds), weights_hash
 
 
-def suite_wall_seconds() -> tuple[float, str]:
-    """Wall seconds of `pytest fact_cases/` in a fresh process, and pytest's closing line."""
+def suite_wall_seconds(*options: str, run_id: str | None = None) -> tuple[float, str]:
+    """Wall seconds of `pytest fact_cases/ OPTIONS` in a fresh process, and pytest's closing line."""
     started = time.perf_counter()
-    run_id = f"benchmark-suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = run_id or f"benchmark-suite-{time.strftime('%Y%m%d-%H%M%S')}"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "fact_cases/", "-q", "-p", "no:cacheprovider", "--factedit-run-id", run_id],
+        [sys.executable, "-m", "pytest", "fact_cases/", "-q", "-p", "no:cacheprovider", "--factedit-run-id", run_id]
+        + list(options),
         cwd=REPO,
         check=False,
         capture_output=True,
@@ -137,6 +140,24 @@ def suite_wall_seconds() -> tuple[float, str]:
     )
     closing = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit {done.returncode}"
     return time.perf_counter() - started, closing
+
+
+def suite_figures() -> dict[str, float]:
+    """The suite with nothing of the base model kept (`--factedit-fresh-probes`), then warm: a run that fills
+    the cache with its answers and traces where they are missing, and the run after it, timed."""
+    figures = {}
+    figures["suite wall, nothing cached"], closing = suite_wall_seconds("--factedit-fresh-probes")
+    print(f"pytest fact_cases/ --factedit-fresh-probes: {closing}")
+    filled, closing = suite_wall_seconds()
+    print(f"pytest fact_cases/ (fills the cache): {closing}, {filled:.1f} s")
+    run_id = f"benchmark-suite-warm-{time.strftime('%Y%m%d-%H%M%S')}"
+    figures["suite wall"], closing = suite_wall_seconds(run_id=run_id)
+    print(f"pytest fact_cases/ (warm): {closing}")
+    records = [json.loads(line) for line in (REPO / "reports" / run_id / "results.jsonl").open(encoding="utf-8")]
+    for phase in ("localize_seconds", "edit_seconds", "probe_seconds"):
+        values = [r["timings"][phase] for r in records if r.get("timings", {}).get(phase) is not None]
+        print(f"  warm suite, median {phase}: {statistics.median(values):.2f} s over {len(values)} cases")
+    return figures
 
 
 def cpu_line() -> str:
@@ -175,8 +196,7 @@ def measure_here(args: argparse.Namespace) -> int:
     if not args.skip_conversion:
         figures["first conversion"] = first_conversion_seconds()[0]
     if not args.skip_suite:
-        figures["suite wall"], closing = suite_wall_seconds()
-        print(f"pytest fact_cases/: {closing}")
+        figures.update(suite_figures())
     print(f"\ncases: {len(case_files(args.cases))} x {args.repeats}; cores: {os.cpu_count()}; {cpu_line()}\n")
     print_targets(figures)
     return 0

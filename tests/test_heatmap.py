@@ -105,3 +105,12 @@ def test_factedit_localize_command(tmp_path: Path, capsys, monkeypatch) -> None:
         assert "no PNG" in out
     else:
         assert (tmp_path / "eiffel-localization.png").is_file()
+
+
+def test_a_trace_read_back_from_the_cache_says_so_in_the_terminal_and_the_page() -> None:
+    from pytest_factedit.report.html import _heatmaps
+
+    assert "earlier run" not in render_heatmap(RECORD, "eiffel") + _heatmaps({"localization": RECORD})
+    stored = {**RECORD, "stored": True}
+    assert "traced by an earlier run" in render_heatmap(stored, "eiffel")
+    assert "traced by an earlier run" in _heatmaps({"localization": stored, "case_id": "eiffel"})

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..metrics.answers import matches
-from ..model.decoding import DecodeRow, decode
+from ..model.decoding import DecodeRow
 from ..model.generated import generated_prefixes
+from ..model.probe_cache import base_decode
 from ..model.text import answer_token_ids, encode_prompt, one_text
 from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
@@ -76,7 +77,7 @@ def subject_rows(
     avoid = request.held_out + request.prompts
     texts = subject_texts(request.subject, avoid, settings.subject_rows)
     contexts = [encode_prompt(tokenizer, t, request.chat) for t in texts]
-    decoded = decode(model, tokenizer, [DecodeRow(c, 2 * SUBJECT_ROW_TOKENS, True) for c in contexts])
+    decoded = base_decode(model, tokenizer, [DecodeRow(c, 2 * SUBJECT_ROW_TOKENS, True) for c in contexts])
     rows = []
     for context, found in zip(contexts, decoded):
         tokens = found.tokens[:SUBJECT_ROW_TOKENS]
@@ -108,7 +109,7 @@ def base_continuations(
     up to an end-of-sequence token and then padding, as long as the longest row (as `generate` pads)."""
     if n_tokens == 0:
         return [() for _ in contexts]
-    found = [d.tokens for d in decode(model, tokenizer, [DecodeRow(c, n_tokens, False) for c in contexts])]
+    found = [d.tokens for d in base_decode(model, tokenizer, [DecodeRow(c, n_tokens, False) for c in contexts])]
     width = max(len(t) for t in found)
     return [t + (tokenizer.pad_token_id,) * (width - len(t)) for t in found]
 

@@ -106,6 +106,7 @@ class Localization:
     seconds: float
     estimates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # attribution: per-layer estimates
     architecture: str = ""  # where the layers and edited modules are, and how that was found (ArchModules)
+    stored: bool = False  # read back from an earlier run's trace of the same fact (localize/stored.py)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -122,6 +123,7 @@ class Localization:
             "estimates": {k: list(v) for k, v in self.estimates.items()},
             "grids": [g.as_record() for g in self.grids],
             "architecture": self.architecture,
+            "stored": self.stored,
         }
 
 

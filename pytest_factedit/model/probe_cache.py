@@ -3,7 +3,8 @@
 A decoded row depends on the weights, the prompt's token ids, the numerics (dtype, device, torch and
 transformers versions, the CPU's kernels) and on how decoding works here (`PROBE_FORMAT`). Those name the
 file of a model's rows, and the prompt's token ids key each row. A longer greedy run serves every
-request that stops within it: the first tokens of a greedy run are the shorter greedy run.
+request that stops within it: the first tokens of a greedy run are the shorter greedy run. Inside
+`base_decodes_served`, an editor's own decodes of the base model (`base_decode`) are served the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +24,11 @@ from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
 from .text import decoding_sets, ends_line
+from .trace_store import TraceStore
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from .load import LoadedModel
     from .text import Chat
 
@@ -122,7 +128,8 @@ class ProbeStore:
 
 
 class BaseAnswerCache:
-    """Decoded base-model probes keyed by prompt token ids; with `folder`, kept on disk across runs too."""
+    """Decoded base-model probes keyed by prompt token ids; with `folder`, kept on disk across runs too,
+    beside the base model's traces (`traces`)."""
 
     def __init__(self, folder: Path | None = None) -> None:
         self._folder = folder
@@ -138,6 +145,12 @@ class BaseAnswerCache:
         if identity != self._identity:
             self._identity, self._store = identity, ProbeStore(self._folder, identity)
             self._rows = self._store.load()
+
+    def traces(self, lm: LoadedModel) -> TraceStore | None:
+        """The stored traces of this model's identity; None without a folder (nothing is kept across runs)."""
+        if self._folder is None:
+            return None
+        return TraceStore(self._folder, store_identity(lm))
 
     def _served(self, lm: LoadedModel, row: DecodeRow) -> Decoded | None:
         known = self._rows.get(row.ids)
@@ -179,3 +192,35 @@ class BaseAnswerCache:
         """`greedy_continuations` of the base model, served from the cache where it can be."""
         rows = continuation_rows(lm.tokenizer, prompts, budgets, chat)
         return continuation_texts(lm.model, lm.tokenizer, self.decoded(lm, rows))
+
+
+_SERVING: ContextVar[tuple[BaseAnswerCache, LoadedModel] | None] = ContextVar("factedit_base_decodes", default=None)
+
+
+@contextmanager
+def base_decodes_served(cache: BaseAnswerCache, lm: LoadedModel) -> Iterator[None]:
+    """For the block, `base_decode` of `lm`'s model is served by `cache`: the caller vouches that the model
+    is the base model as loaded (no edit kept on it) for as long as the block lasts."""
+    token = _SERVING.set((cache, lm))
+    try:
+        yield
+    finally:
+        _SERVING.reset(token)
+
+
+def base_decode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[DecodeRow]) -> list[Decoded]:
+    """`decode` of what the base model says (an editor's reference continuations): inside
+    `base_decodes_served` for this model, from its cache; else decoded now."""
+    serving = _SERVING.get()
+    if serving is not None and _as_loaded(model, serving[1]):
+        return serving[0].decoded(serving[1], rows)
+    return decode(model, tokenizer, rows)
+
+
+def _as_loaded(model: PreTrainedModel, lm: LoadedModel) -> bool:
+    """Is `model` the loaded one, computing in its loaded dtype (no bf16 autocast of a training precision)?"""
+    import torch
+
+    param = next(model.parameters())
+    same_dtype = str(param.dtype).removeprefix("torch.") == lm.dtype
+    return model is lm.model and same_dtype and not torch.is_autocast_enabled(param.device.type)

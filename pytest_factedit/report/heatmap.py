@@ -20,6 +20,9 @@ SITE_COLOURS = {"hidden": (150, 40, 180), "mlp": (40, 110, 200), "attn": (200, 8
 _NOT_SCORED = "  "
 
 
+STORED_NOTE = " (traced by an earlier run of the same fact and model; read back from the cache)"
+
+
 def _cell(value: float | None, top: float) -> tuple[str, float]:
     if value is None:
         return _NOT_SCORED, 0.0
@@ -93,7 +96,7 @@ def heatmap_text(record: dict[str, Any], title: str = "", prompt_index: int = 0)
         f"chosen: MLP layers {record['mlp_layers']} (at the subject's last token)\n"
         f"        attention layers {record['attention_layers']} (at the last token)\n"
     )
-    out.append(f"{record['seconds']:.2f}s, {record['precision']}\n")
+    out.append(f"{record['seconds']:.2f}s, {record['precision']}{STORED_NOTE if record.get('stored') else ''}\n")
     return out
 
 

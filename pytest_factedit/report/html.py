@@ -15,7 +15,7 @@ from ..errors import printable
 from ..infra.files import write_atomic
 from ..metrics.answers import FACT_GROUPS, GROUPS
 from ..metrics.spec import COLUMNS, METRIC_BY_NAME
-from .heatmap import heatmap_svg, xml_text
+from .heatmap import STORED_NOTE, heatmap_svg, xml_text
 
 _SAYS_RANK = {"old": 0, None: 1, "new": 2}  # a fact answer moving up this scale moved towards the edit
 _STATUS = {"ran": ("ok", "ran"), "skipped": ("skip", "SKIPPED"), "error": ("error", "ERROR")}
@@ -604,7 +604,7 @@ def _heatmaps(record: Mapping[str, Any]) -> str:
     chosen = (
         f"chosen: MLP layers {_e(localization.get('mlp_layers'))} (subject's last token), attention layers "
         f"{_e(localization.get('attention_layers'))} (last token); {_num(localization.get('seconds'))} s, "
-        f"{_e(localization.get('precision'))}"
+        f"{_e(localization.get('precision'))}{STORED_NOTE if localization.get('stored') else ''}"
     )
     return f"<h3>localization <span class='muted small'>{chosen}</span></h3><div class='scroll heatmaps'>{svgs}</div>"
 

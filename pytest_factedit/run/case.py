@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +15,11 @@ from ..edit.base import EditHandle, EditRequest, Scope
 from ..errors import RestoreError
 from ..infra.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
 from ..infra.files import umask_modes
-from ..localize import FactPrompts, Localization, LocalizeSettings, localize
+from ..localize import FactPrompts, Localization, LocalizeSettings, localize, stored_localization, trace_key
 from ..metrics.spec import METRICS
+from ..model.arch import num_layers
+from ..model.precision import precision_context
+from ..model.probe_cache import base_decodes_served
 from ..model.targets import (
     TargetModules,
     all_layer_targets,
@@ -34,12 +37,19 @@ if TYPE_CHECKING:
     from ..cases.schema import FactCase
     from ..edit.settings import EditSettings
     from ..model.load import LoadedModel
+    from ..model.trace_store import TraceStore
 
 
 def localize_case(
-    lm: LoadedModel, case: FactCase, settings: EditSettings, method: str | None = None, precision: str = "auto"
+    lm: LoadedModel,
+    case: FactCase,
+    settings: EditSettings,
+    method: str | None = None,
+    precision: str = "auto",
+    traces: TraceStore | None = None,
 ) -> Localization:
-    """Trace where the case's old answer is stored (`method` defaults to settings.localize)."""
+    """Trace where the case's old answer is stored (`method` defaults to settings.localize); with `traces`,
+    an earlier run's trace of the same fact, settings and model is read back instead, and a new one kept."""
     fact = FactPrompts(
         tuple(render_prompts(lm.tokenizer, case.prompts, case.chat_format)),
         case.subject,
@@ -56,14 +66,29 @@ def localize_case(
         seed=settings.seed,
         precision=precision,
     )
-    return localize(lm.model, lm.tokenizer, fact, how)
+    if traces is None:
+        return localize(lm.model, lm.tokenizer, fact, how)
+    key = trace_key(fact, how, precision_context(lm.model, precision)[1])
+    record = traces.get(key)
+    if record is not None:
+        try:
+            return stored_localization(record, num_layers(lm.model))
+        except ValueError as exc:
+            traces.note(traces.folder / f"{key}.json", exc)
+    found = localize(lm.model, lm.tokenizer, fact, how)
+    traces.put(key, found.as_record())
+    return found
 
 
 def choose_targets(
-    lm: LoadedModel, case: FactCase, settings: EditSettings, scope: Scope = "localized"
+    lm: LoadedModel,
+    case: FactCase,
+    settings: EditSettings,
+    scope: Scope = "localized",
+    traces: TraceStore | None = None,
 ) -> tuple[TargetModules, Localization | None]:
     """The targets: every weight or every layer when the editor's scope says so; else named in YAML,
-    every layer, random layers, or the localized ones."""
+    every layer, random layers, or the localized ones (read from `traces` when an earlier run traced them)."""
     if scope == "all-weights":
         return all_weight_targets(lm.model), None
     if scope == "all-layers":
@@ -75,7 +100,7 @@ def choose_targets(
     if settings.localize == "random":  # seeded per case, so that different facts get different layers
         seed = settings.seed * 1_000_003 + zlib.crc32(case.id.encode())
         return random_layer_targets(lm.model, settings.mlp_layers, settings.attention_layers, seed), None
-    found = localize_case(lm, case, settings)
+    found = localize_case(lm, case, settings, traces=traces)
     rule = (
         f"{found.method}: MLP of layers {list(found.mlp_layers)} (subject's last token), "
         f"attention of layers {list(found.attention_layers)} (last token)"
@@ -83,11 +108,12 @@ def choose_targets(
     return layer_targets(lm.model, found.mlp_layers, found.attention_layers, rule), found
 
 
-def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope) -> TargetModules:
-    """Choose the outcome's targets (localizing when that is the rule) and time it (told as LOCALIZE events)."""
+def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope, traces: TraceStore | None = None) -> TargetModules:
+    """Choose the outcome's targets (localizing when that is the rule) and time it (told as LOCALIZE events).
+    `traces` only for the base model as loaded: a trace of a model with kept edits is not the stored one."""
     emit(LOCALIZE_START, outcome.settings.localize)
     started = time.perf_counter()
-    outcome.targets, outcome.localization = choose_targets(lm, outcome.case, outcome.settings, scope)
+    outcome.targets, outcome.localization = choose_targets(lm, outcome.case, outcome.settings, scope, traces)
     outcome.timings["localize_seconds"] = time.perf_counter() - started
     emit(LOCALIZE_END, outcome.settings.localize)
     return outcome.targets
@@ -125,13 +151,20 @@ def save_adapters(applied: EditHandle, save_dir: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def edited(lm: LoadedModel, outcome: CaseOutcome, save_dir: Path | None = None) -> Iterator[EditHandle]:
+def edited(
+    lm: LoadedModel, outcome: CaseOutcome, save_dir: Path | None = None, base: BaseAnswerCache | None = None
+) -> Iterator[EditHandle]:
     """The placed outcome's edit, applied for the block: how it was made goes into the outcome, and
-    with `save_dir` its adapters are written there. Leaving the block removes it unless it was merged."""
+    with `save_dir` its adapters are written there. Leaving the block removes it unless it was merged.
+    With `base` (only on the base model as loaded), the editor's own decodes of it are served from there."""
     assert outcome.targets is not None, "place_edit() chooses the targets first"
     started = time.perf_counter()
     editor = get_editor(outcome.settings.name)
-    with editor.apply(lm.model, lm.tokenizer, edit_request(outcome.case), outcome.targets, outcome.settings) as applied:
+    with ExitStack() as stack:
+        with base_decodes_served(base, lm) if base is not None else nullcontext():
+            applied = stack.enter_context(
+                editor.apply(lm.model, lm.tokenizer, edit_request(outcome.case), outcome.targets, outcome.settings)
+            )
         # localization + both stages
         outcome.timings["edit_seconds"] = outcome.timings["localize_seconds"] + time.perf_counter() - started
         outcome.stages = [s.as_record() for s in applied.stages]
@@ -164,8 +197,10 @@ def run_case(
     if outcome.status != "ran":
         emit(CASE_END, outcome.status)
         return outcome
-    targets = place_edit(lm, outcome, get_editor(settings.name).scope)
-    with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, save_dir) as applied:
+    # the model is the base one as loaded here (each case is undone and verified), so what it computed for an
+    # earlier run of the same fact serves: its trace, and the editor's decodes of it
+    targets = place_edit(lm, outcome, get_editor(settings.name).scope, cache.traces(lm))
+    with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, save_dir, cache) as applied:
         probe_edit(lm, outcome, applied, plan)
     outcome.base_restored = check.restored
     if not check.restored:

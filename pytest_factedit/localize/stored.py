@@ -1,0 +1,86 @@
+"""A localization as it is kept between runs: the key that names what was traced and how, and the
+record read back, checked before it chooses any layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from .localizer import FactPrompts, Localization, LocalizeSettings, PromptGrid
+
+TRACE_FORMAT = 1  # raise it when tracing or the record changes what a stored trace means
+
+
+def trace_key(fact: FactPrompts, settings: LocalizeSettings, precision: str) -> str:
+    """A sha256 hex digest of everything a trace depends on besides the model's identity: the fact, the
+    settings and the precision they resolve to on this machine ("auto" is bf16 on AMX CPUs only)."""
+    what = {
+        "format": TRACE_FORMAT,
+        "fact": dataclasses.asdict(fact),
+        "settings": dataclasses.asdict(settings),
+        "precision": precision,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _number(value: Any, where: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, found {value!r}")
+    return float(value)
+
+
+def _effects(value: Any, layers: int, where: str) -> tuple[float | None, ...]:
+    if not isinstance(value, list) or len(value) != layers:
+        raise ValueError(f"{where}: expected {layers} per-layer effects")
+    return tuple(None if v is None else _number(v, where) for v in value)
+
+
+def _chosen(value: Any, layers: int, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(type(v) is int and 0 <= v < layers for v in value):
+        raise ValueError(f"{where}: expected layer numbers below {layers}, found {value!r}")
+    return tuple(value)
+
+
+def _grid(record: Any) -> PromptGrid:
+    if not isinstance(record, Mapping):
+        raise ValueError("grids: expected objects")
+    return PromptGrid(
+        str(record["prompt"]),
+        tuple(str(t) for t in record["tokens"]),
+        tuple(int(p) for p in record["subject_positions"]),
+        _number(record["clean_prob"], "clean_prob"),
+        _number(record["corrupted_prob"], "corrupted_prob"),
+        {
+            str(site): [[None if v is None else _number(v, "effects") for v in row] for row in rows]
+            for site, rows in record["effects"].items()
+        },
+        str(record["kind"]),
+    )
+
+
+def stored_localization(record: Mapping[str, Any], layers: int) -> Localization:
+    """The Localization a stored record (`Localization.as_record`) holds, for a model of `layers` layers,
+    marked as read from the store; ValueError when the record is not one a trace of that model wrote."""
+    try:
+        return Localization(
+            str(record["method"]),
+            str(record["answer"]),
+            _effects(record["mlp_effects"], layers, "mlp_effects"),
+            _effects(record["attention_effects"], layers, "attention_effects"),
+            _chosen(record["mlp_layers"], layers, "mlp_layers"),
+            _chosen(record["attention_layers"], layers, "attention_layers"),
+            tuple(_grid(g) for g in record["grids"]),
+            _number(record["noise_std"], "noise_std"),
+            int(record["noise_samples"]),
+            str(record["precision"]),
+            _number(record["seconds"], "seconds"),
+            {str(k): tuple(_number(v, k) for v in values) for k, values in record["estimates"].items()},
+            str(record["architecture"]),
+            stored=True,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a localization record ({type(exc).__name__}: {exc})") from exc

@@ -1,0 +1,177 @@
+"""What a run keeps of the base model for the next one besides its answers: each fact's trace, and the
+editor's own decodes of the base model. Served only where the model is the base one as loaded, read back
+equal to what tracing gives, and set aside (with a note) when a stored file cannot be used."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.cases.loader import load_case
+from pytest_factedit.edit import resolve_settings
+from pytest_factedit.localize import FactPrompts, LocalizeSettings, localize, stored_localization, trace_key
+from pytest_factedit.model import probe_cache, trace_store
+from pytest_factedit.model.decoding import DecodeRow
+from pytest_factedit.model.probe_cache import BaseAnswerCache, base_decode, base_decodes_served
+from pytest_factedit.model.text import encode_prompt
+from pytest_factedit.model.trace_store import TraceStore
+from pytest_factedit.run.case import localize_case, run_case
+from pytest_factedit.run.probing import ProbePlan
+
+from .tiny import tiny_model, word_tokenizer
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+@pytest.fixture(scope="module")
+def tiny_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """A tiny llama saved and loaded as the plugin loads a local model, and a case of the fact it holds."""
+    from pytest_factedit.model.load import load
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    with torch.no_grad():
+        old = tok.decode([int(model(**tok([PROMPT], return_tensors="pt")).logits[0, -1].argmax())]).strip()
+    model.save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "model")
+    (folder / "case.yaml").write_text(
+        f"id: tiny-case\nsubject: Eiffel Tower\nprompts: ['{PROMPT}', 'The Eiffel Tower is in the city of']\n"
+        f"old: '{old}'\nnew: {'Rome' if old != 'Rome' else 'London'}\n"
+        "paraphrases: ['Here is a fact . The Eiffel Tower is located in the city of']\n"
+        "controls: [{prompt: Big Ben is a clock tower in the city of, answer: London}]\n"
+        "method: {lr: 0.3, unlearn_max_steps: 2, learn_max_steps: 3, guard_tokens: 2, noise_samples: 2}\n",
+        encoding="utf-8",
+    )
+    return load(str(folder / "model"), device="cpu"), load_case(folder / "case.yaml")
+
+
+def _judged(outcome: Any) -> tuple[Any, ...]:
+    """What a run decides from: every answer, every metric but latency, each stage's steps and last loss."""
+    metrics = {k: v.value for k, v in outcome.metrics.items() if not k.startswith("latency")}
+    stages = [(s["name"], s["steps"], s["final_loss"]) for s in outcome.stages]
+    return [(a.group, a.prompt, a.base, a.edited) for a in outcome.answers], metrics, stages, outcome.targets.modules
+
+
+def test_a_second_run_reads_the_trace_and_the_editors_decodes_and_edits_the_same(tiny_case, tmp_path, monkeypatch):
+    lm, case = tiny_case
+    calls: list[int] = []
+    real = probe_cache.decode
+    monkeypatch.setattr(probe_cache, "decode", lambda m, t, rows: calls.append(len(rows)) or real(m, t, rows))
+    settings = resolve_settings(case.method)
+    plan = ProbePlan(latency_repeats=0)
+    first = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
+    assert first.status == "ran", first.reason
+    assert first.localization is not None and not first.localization.stored
+    assert len(calls) == 3  # the base probe, the subject rows' continuations, the guard tokens
+    (stored,) = tmp_path.glob("traces-*/*.json")
+    second = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
+    assert len(calls) == 3  # nothing of the base model decoded again
+    assert second.localization is not None and second.localization.stored
+    assert second.localization.as_record() | {"stored": False} == first.localization.as_record()
+    assert _judged(second) == _judged(first)
+    fresh = run_case(lm, case, settings, BaseAnswerCache(None), plan=plan)  # --factedit-fresh-probes
+    assert fresh.localization is not None and not fresh.localization.stored and len(calls) == 6
+    assert _judged(fresh) == _judged(first)
+
+
+def test_the_editor_is_served_only_by_the_base_model_as_loaded(tiny_case, tmp_path, monkeypatch):
+    lm, _ = tiny_case
+    calls: list[int] = []
+    real = probe_cache.decode
+    monkeypatch.setattr(probe_cache, "decode", lambda m, t, rows: calls.append(len(rows)) or real(m, t, rows))
+    rows = [DecodeRow(encode_prompt(lm.tokenizer, PROMPT, False), 3, False)]
+    cache = BaseAnswerCache(tmp_path)
+    cache.decoded(lm, rows)
+    assert len(calls) == 1
+    with base_decodes_served(cache, lm):
+        assert base_decode(lm.model, lm.tokenizer, rows) == cache.decoded(lm, rows) and len(calls) == 1
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 training precision computes otherwise
+            base_decode(lm.model, lm.tokenizer, rows)
+        other = tiny_model("llama", len(lm.tokenizer), layers=3)  # not the loaded model
+        base_decode(other, lm.tokenizer, rows)
+    assert len(calls) == 3
+    base_decode(lm.model, lm.tokenizer, rows)  # outside the block: decoded, whatever the cache holds
+    assert len(calls) == 4
+
+
+def _fact(lm: Any, case: Any) -> FactPrompts:
+    return FactPrompts(case.prompts, case.subject, case.old[0], int(lm.tokenizer(" " + case.old[0]).input_ids[-1]))
+
+
+def test_a_stored_record_reads_back_as_the_localization_it_was(tiny_case):
+    lm, case = tiny_case
+    found = localize(lm.model, lm.tokenizer, _fact(lm, case), LocalizeSettings(noise_samples=2))
+    record = json.loads(json.dumps(found.as_record()))
+    assert stored_localization(record, 3) == dataclasses.replace(found, seconds=round(found.seconds, 4), stored=True)
+
+
+def test_the_key_names_the_fact_the_settings_and_the_precision_they_resolve_to(tiny_case):
+    lm, case = tiny_case
+    fact, how = _fact(lm, case), LocalizeSettings()
+    keys = {
+        trace_key(fact, how, "float32"),
+        trace_key(fact, how, "bfloat16 (autocast, CPU AMX)"),
+        trace_key(dataclasses.replace(fact, subject="Tower"), how, "float32"),
+        trace_key(fact, dataclasses.replace(how, noise_samples=1), "float32"),
+        trace_key(fact, dataclasses.replace(how, seed=1), "float32"),
+    }
+    assert len(keys) == 5 and trace_key(fact, LocalizeSettings(), "float32") in keys
+
+
+def _damage(path: Path, how: str) -> None:
+    data = json.loads(path.read_text())
+    if how == "not json":
+        path.write_text("{")
+    elif how == "a layer the model lacks":
+        data["trace"]["mlp_layers"] = [7]
+        path.write_text(json.dumps(data))
+    elif how == "not a number":
+        data["trace"]["mlp_effects"][0] = "NaN"
+        path.write_text(json.dumps(data))
+    elif how == "another model's":
+        data["identity"]["weights"] = "0" * 16
+        path.write_text(json.dumps(data))
+    elif how == "too large":
+        path.write_text(json.dumps(data) + " " * trace_store.TRACE_BYTES)
+    elif how == "a FIFO":
+        path.unlink()
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    "how", ["not json", "a layer the model lacks", "not a number", "another model's", "too large", "a FIFO"]
+)
+def test_a_stored_trace_that_cannot_be_used_is_reported_and_traced_anew(tiny_case, tmp_path, capsys, how):
+    lm, case = tiny_case
+    settings = resolve_settings(case.method)
+    traces = BaseAnswerCache(tmp_path).traces(lm)
+    assert traces is not None
+    first = localize_case(lm, case, settings, traces=traces)
+    (path,) = tmp_path.glob("traces-*/*.json")
+    _damage(path, how)
+    again = localize_case(lm, case, settings, traces=traces)
+    assert "not using the stored trace" in capsys.readouterr().err
+    assert not again.stored and again.mlp_layers == first.mlp_layers
+    assert json.loads(path.read_text())["trace"]["mlp_layers"] == list(first.mlp_layers)  # written anew
+    assert localize_case(lm, case, settings, traces=traces).stored
+
+
+def test_the_store_keeps_the_newest_traces_and_names_files_only_by_digest(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_store, "STORE_TRACES", 2)
+    store = TraceStore(tmp_path, {"weights": "w"})
+    keys = [f"{n:064x}" for n in range(3)]
+    for n, key in enumerate(keys):
+        store.put(key, {"n": n})
+        os.utime(store.folder / f"{key}.json", ns=(n * 10**9, n * 10**9))
+    store.put(keys[2], {"n": 2})
+    assert store.get(keys[0]) is None and store.get(keys[1]) == {"n": 1} and store.get(keys[2]) == {"n": 2}
+    with pytest.raises(ValueError, match="sha256"):
+        store.get("../outside")
