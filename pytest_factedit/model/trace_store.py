@@ -30,14 +30,15 @@ class TraceStore:
         name = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = folder / f"traces-{name}"
 
-    def _path(self, key: str) -> Path:
+    def path_of(self, key: str) -> Path:
+        """The file of `key`; ValueError for a key that is not a digest (no other path can be named)."""
         if not KEY.fullmatch(key):
             raise ValueError(f"a trace key is a sha256 hex digest, found {key!r}")
         return self.folder / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The record stored under `key`; None when there is none, and None with a note when it cannot be used."""
-        path = self._path(key)
+        path = self.path_of(key)
         try:
             raw, kind = read_regular(path, TRACE_BYTES)
             if kind or len(raw) > TRACE_BYTES:
@@ -57,7 +58,7 @@ class TraceStore:
 
     def put(self, key: str, record: Mapping[str, Any]) -> None:
         """Store `record` under `key` (replacing the file atomically), then drop the oldest past STORE_TRACES."""
-        path = self._path(key)
+        path = self.path_of(key)
         write_atomic(path, json.dumps({"identity": self.identity, "key": key, "trace": record}) + "\n")
         stored = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
         for old in stored[: max(0, len(stored) - STORE_TRACES)]:

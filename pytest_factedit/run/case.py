@@ -74,7 +74,7 @@ def localize_case(
         try:
             return stored_localization(record, num_layers(lm.model))
         except ValueError as exc:
-            traces.note(traces.folder / f"{key}.json", exc)
+            traces.note(traces.path_of(key), exc)
     found = localize(lm.model, lm.tokenizer, fact, how)
     traces.put(key, found.as_record())
     return found
