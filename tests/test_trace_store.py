@@ -136,6 +136,9 @@ def _damage(path: Path, how: str) -> None:
     elif how == "not a number":
         data["trace"]["mlp_effects"][0] = "NaN"
         path.write_text(json.dumps(data))
+    elif how == "a grid of another shape":
+        data["trace"]["grids"][0]["effects"]["mlp"][0].pop()
+        path.write_text(json.dumps(data))
     elif how == "another model's":
         data["identity"]["weights"] = "0" * 16
         path.write_text(json.dumps(data))
@@ -146,9 +149,18 @@ def _damage(path: Path, how: str) -> None:
         os.mkfifo(path)
 
 
-@pytest.mark.parametrize(
-    "how", ["not json", "a layer the model lacks", "not a number", "another model's", "too large", "a FIFO"]
+DAMAGES = (
+    "not json",
+    "a layer the model lacks",
+    "not a number",
+    "a grid of another shape",
+    "another model's",
+    "too large",
+    "a FIFO",
 )
+
+
+@pytest.mark.parametrize("how", DAMAGES)
 def test_a_stored_trace_that_cannot_be_used_is_reported_and_traced_anew(tiny_case, tmp_path, capsys, how):
     lm, case = tiny_case
     settings = resolve_settings(case.method)
@@ -175,3 +187,4 @@ def test_the_store_keeps_the_newest_traces_and_names_files_only_by_digest(tmp_pa
     assert store.get(keys[0]) is None and store.get(keys[1]) == {"n": 1} and store.get(keys[2]) == {"n": 2}
     with pytest.raises(ValueError, match="sha256"):
         store.get("../outside")
+    assert trace_store._modified(store.folder / "pruned-by-another-worker.json") is None

@@ -45,19 +45,26 @@ def _chosen(value: Any, layers: int, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _grid(record: Any) -> PromptGrid:
-    if not isinstance(record, Mapping):
-        raise ValueError("grids: expected objects")
+def _cells(rows: Any, layers: int, positions: int) -> list[list[float | None]]:
+    """One site's grid: `layers` rows of `positions` cells, each a finite number or None (not scored)."""
+    if not isinstance(rows, list) or len(rows) != layers or any(not isinstance(r, list) for r in rows):
+        raise ValueError(f"effects: expected {layers} rows of cells")
+    if any(len(row) != positions for row in rows):
+        raise ValueError(f"effects: expected {positions} cells per row, one per token")
+    return [[None if v is None else _number(v, "effects") for v in row] for row in rows]
+
+
+def _grid(record: Any, layers: int) -> PromptGrid:
+    if not isinstance(record, Mapping) or not isinstance(record.get("effects"), Mapping):
+        raise ValueError("grids: expected objects with effects")
+    tokens = tuple(str(t) for t in record["tokens"])
     return PromptGrid(
         str(record["prompt"]),
-        tuple(str(t) for t in record["tokens"]),
+        tokens,
         tuple(int(p) for p in record["subject_positions"]),
         _number(record["clean_prob"], "clean_prob"),
         _number(record["corrupted_prob"], "corrupted_prob"),
-        {
-            str(site): [[None if v is None else _number(v, "effects") for v in row] for row in rows]
-            for site, rows in record["effects"].items()
-        },
+        {str(site): _cells(rows, layers, len(tokens)) for site, rows in record["effects"].items()},
         str(record["kind"]),
     )
 
@@ -73,7 +80,7 @@ def stored_localization(record: Mapping[str, Any], layers: int) -> Localization:
             _effects(record["attention_effects"], layers, "attention_effects"),
             _chosen(record["mlp_layers"], layers, "mlp_layers"),
             _chosen(record["attention_layers"], layers, "attention_layers"),
-            tuple(_grid(g) for g in record["grids"]),
+            tuple(_grid(g, layers) for g in record["grids"]),
             _number(record["noise_std"], "noise_std"),
             int(record["noise_samples"]),
             str(record["precision"]),

@@ -60,11 +60,19 @@ class TraceStore:
         """Store `record` under `key` (replacing the file atomically), then drop the oldest past STORE_TRACES."""
         path = self.path_of(key)
         write_atomic(path, json.dumps({"identity": self.identity, "key": key, "trace": record}) + "\n")
-        stored = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-        for old in stored[: max(0, len(stored) - STORE_TRACES)]:
+        stored = sorted((when, path) for path in self.folder.glob("*.json") if (when := _modified(path)) is not None)
+        for _, old in stored[: max(0, len(stored) - STORE_TRACES)]:
             old.unlink(missing_ok=True)
 
     @staticmethod
     def note(path: Path, problem: Exception | str) -> None:
         """Tell the user a stored trace was set aside (it is traced and written anew)."""
         print(f"pytest-factedit: not using the stored trace {path} ({problem}); it is traced anew", file=sys.stderr)
+
+
+def _modified(path: Path) -> int | None:
+    """When `path` was last written; None when another process removed it meanwhile (xdist workers share it)."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
