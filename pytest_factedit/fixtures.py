@@ -141,8 +141,10 @@ class FactEditor:
         found = planned.case
         lm = self.state.load_model()
         outcome = CaseOutcome(found, "ran", planned.settings)
-        targets = place_edit(lm, outcome, get_editor(outcome.settings.name).scope)
-        with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome) as handle:
+        base = self.state.held.cache  # the base model as loaded (every test's teardown verifies it): as a run does
+        traces = base.traces(lm) if base is not None else None
+        targets = place_edit(lm, outcome, get_editor(outcome.settings.name).scope, traces)
+        with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, base=base) as handle:
             yield EditedModel(lm, found, handle, tuple(targets.modules))
         if not check.restored:
             raise RestoreError(f"case {found.id}: the edited modules differ from the base after the edit was removed")

@@ -72,6 +72,34 @@ def test_fixtures_run_cases_share_the_model_and_report_their_records(pytester: p
     assert "pytest-factedit: fact edits" in result.stdout.str()  # the summary table holds them
 
 
+TRACED = """
+from pytest_factedit import matches
+
+CASE = {{"id": "tiny-traced", "subject": "Eiffel Tower", "prompts": [{prompt!r}], "old": {old!r}, "new": {new!r},
+         "method": {{"lr": 0.3, "unlearn_max_steps": 2, "learn_max_steps": 4, "guard_tokens": 1, "noise_samples": 2}},
+         "controls": [{{"prompt": "Big Ben is a clock tower in the city of", "answer": "London"}}]}}
+
+
+def test_applied_twice(fact_edit):
+    for _ in range(2):
+        with fact_edit.applied(CASE) as edited:
+            assert matches(edited.answer({prompt!r}), [{new!r}])
+"""
+
+
+def test_applied_localizes_as_a_run_does_keeping_the_trace(
+    pytester: pytest.Pytester, tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, answers = tiny
+    monkeypatch.setenv("FACTEDIT_CACHE", str(pytester.path / "cache"))
+    pytester.makepyfile(test_traced=TRACED.format(prompt=PROMPT, old=answers[PROMPT], new=other(answers[PROMPT])))
+    result = pytester.runpytest(
+        "--model", str(folder), "--factedit-device", "cpu", "-p", "no:cacheprovider", "--rootdir", str(pytester.path)
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert len(list((pytester.path / "cache" / "probes").glob("traces-*/*.json"))) == 1
+
+
 @pytest.mark.slow
 def test_the_shipped_example_passes_in_a_fresh_project(pytester: pytest.Pytester) -> None:
     shutil.copytree(REPO / "examples" / "python_tests", pytester.path / "python_tests")
