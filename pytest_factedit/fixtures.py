@@ -142,8 +142,7 @@ class FactEditor:
         lm = self.state.load_model()
         outcome = CaseOutcome(found, "ran", planned.settings)
         base = self.state.held.cache  # the base model as loaded (every test's teardown verifies it): as a run does
-        traces = base.traces(lm) if base is not None else None
-        targets = place_edit(lm, outcome, get_editor(outcome.settings.name).scope, traces)
+        targets = place_edit(lm, outcome, get_editor(outcome.settings.name).scope, base)
         with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, base=base) as handle:
             yield EditedModel(lm, found, handle, tuple(targets.modules))
         if not check.restored:

@@ -33,9 +33,10 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _effects(value: Any, layers: int, where: str) -> tuple[float | None, ...]:
-    if not isinstance(value, list) or len(value) != layers:
-        raise ValueError(f"{where}: expected {layers} per-layer effects")
+def _scored(value: Any, count: int, where: str) -> tuple[float | None, ...]:
+    """`count` values, each a finite number or None (not scored)."""
+    if not isinstance(value, list) or len(value) != count:
+        raise ValueError(f"{where}: expected a list of {count} values")
     return tuple(None if v is None else _number(v, where) for v in value)
 
 
@@ -46,12 +47,10 @@ def _chosen(value: Any, layers: int, where: str) -> tuple[int, ...]:
 
 
 def _cells(rows: Any, layers: int, positions: int) -> list[list[float | None]]:
-    """One site's grid: `layers` rows of `positions` cells, each a finite number or None (not scored)."""
-    if not isinstance(rows, list) or len(rows) != layers or any(not isinstance(r, list) for r in rows):
+    """One site's grid: a row per layer, a cell per token."""
+    if not isinstance(rows, list) or len(rows) != layers:
         raise ValueError(f"effects: expected {layers} rows of cells")
-    if any(len(row) != positions for row in rows):
-        raise ValueError(f"effects: expected {positions} cells per row, one per token")
-    return [[None if v is None else _number(v, "effects") for v in row] for row in rows]
+    return [list(_scored(row, positions, "effects")) for row in rows]
 
 
 def _grid(record: Any, layers: int) -> PromptGrid:
@@ -76,8 +75,8 @@ def stored_localization(record: Mapping[str, Any], layers: int) -> Localization:
         return Localization(
             str(record["method"]),
             str(record["answer"]),
-            _effects(record["mlp_effects"], layers, "mlp_effects"),
-            _effects(record["attention_effects"], layers, "attention_effects"),
+            _scored(record["mlp_effects"], layers, "mlp_effects"),
+            _scored(record["attention_effects"], layers, "attention_effects"),
             _chosen(record["mlp_layers"], layers, "mlp_layers"),
             _chosen(record["attention_layers"], layers, "attention_layers"),
             tuple(_grid(g, layers) for g in record["grids"]),

@@ -9,7 +9,6 @@ request that stops within it: the first tokens of a greedy run are the shorter g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,7 +23,7 @@ from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
 from .text import decoding_sets, ends_line
-from .trace_store import TraceStore
+from .trace_store import TraceStore, identity_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -90,8 +89,7 @@ class ProbeStore:
 
     def __init__(self, folder: Path, identity: Mapping[str, str]) -> None:
         self.identity = dict(identity)
-        name = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = folder / f"{name}.json"
+        self.path = folder / f"{identity_name(self.identity)}.json"
 
     def load(self) -> dict[Tokens, _Row]:
         """The stored rows; none when the file is missing, and none with a note when it cannot be used."""

@@ -22,13 +22,17 @@ TRACE_BYTES = 1_000_000  # a stored trace larger than this is not one this packa
 KEY = re.compile(r"[0-9a-f]{64}")
 
 
+def identity_name(identity: Mapping[str, str]) -> str:
+    """The name of a model identity's store (its probe file, its traces folder): 16 hex digits of its digest."""
+    return hashlib.sha256(json.dumps(dict(identity), sort_keys=True).encode()).hexdigest()[:16]
+
+
 class TraceStore:
     """Traces of one model identity (weights, dtype, device, library versions, CPU kernels) under `folder`."""
 
     def __init__(self, folder: Path, identity: Mapping[str, str]) -> None:
         self.identity = dict(identity)
-        name = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = folder / f"traces-{name}"
+        self.folder = folder / f"traces-{identity_name(self.identity)}"
 
     def path_of(self, key: str) -> Path:
         """The file of `key`; ValueError for a key that is not a digest (no other path can be named)."""

@@ -108,11 +108,14 @@ def choose_targets(
     return layer_targets(lm.model, found.mlp_layers, found.attention_layers, rule), found
 
 
-def place_edit(lm: LoadedModel, outcome: CaseOutcome, scope: Scope, traces: TraceStore | None = None) -> TargetModules:
+def place_edit(
+    lm: LoadedModel, outcome: CaseOutcome, scope: Scope, base: BaseAnswerCache | None = None
+) -> TargetModules:
     """Choose the outcome's targets (localizing when that is the rule) and time it (told as LOCALIZE events).
-    `traces` only for the base model as loaded: a trace of a model with kept edits is not the stored one."""
+    `base` only for the base model as loaded: its stored traces are not those of a model with kept edits."""
     emit(LOCALIZE_START, outcome.settings.localize)
     started = time.perf_counter()
+    traces = base.traces(lm) if base is not None else None
     outcome.targets, outcome.localization = choose_targets(lm, outcome.case, outcome.settings, scope, traces)
     outcome.timings["localize_seconds"] = time.perf_counter() - started
     emit(LOCALIZE_END, outcome.settings.localize)
@@ -199,7 +202,7 @@ def run_case(
         return outcome
     # the model is the base one as loaded here (each case is undone and verified), so what it computed for an
     # earlier run of the same fact serves: its trace, and the editor's decodes of it
-    targets = place_edit(lm, outcome, get_editor(settings.name).scope, cache.traces(lm))
+    targets = place_edit(lm, outcome, get_editor(settings.name).scope, cache)
     with verified_restore(lm.model, targets.touched) as check, edited(lm, outcome, save_dir, cache) as applied:
         probe_edit(lm, outcome, applied, plan)
     outcome.base_restored = check.restored
