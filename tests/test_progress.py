@@ -31,7 +31,7 @@ from pytest_factedit.infra.events import (
 )
 from pytest_factedit.report.progress import CaseTally, case_line, case_progress, loaded_line, style_for
 
-from .tiny import REQUEST, tiny_model, word_tokenizer
+from .tiny import REQUEST, saved_tiny_llama, tiny_model, word_tokenizer
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -379,19 +379,14 @@ def test_a_conversion_is_told_from_start_to_end(tmp_path: Path, monkeypatch: pyt
 
 def test_a_whole_case_tells_its_phases_in_order(tmp_path: Path) -> None:
     """run_case on a tiny local model, with a case it holds: probe, localize, both stages, probe, end."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from pytest_factedit.cases.loader import load_case
     from pytest_factedit.edit import resolve_settings
     from pytest_factedit.model.load import load
     from pytest_factedit.run.case import run_case
     from pytest_factedit.run.probing import BaseAnswerCache, ProbePlan
 
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=2)
-    with torch.no_grad():
-        old = tok.decode([int(model(**tok([PROMPT], return_tensors="pt")).logits[0, -1].argmax())]).strip()
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
+    old = saved_tiny_llama(tmp_path / "tiny", PROMPT)
     (tmp_path / "case.yaml").write_text(
         f"id: tiny-case\nsubject: Eiffel Tower\nprompts: ['{PROMPT}']\nold: '{old}'\n"
         f"new: {'Rome' if old != 'Rome' else 'London'}\n"

@@ -25,7 +25,7 @@ from pytest_factedit.model.trace_store import TraceStore
 from pytest_factedit.run.case import localize_case, run_case
 from pytest_factedit.run.probing import ProbePlan
 
-from .tiny import tiny_model, word_tokenizer
+from .tiny import saved_tiny_llama, tiny_model
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -36,12 +36,7 @@ def tiny_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     from pytest_factedit.model.load import load
 
     folder = tmp_path_factory.mktemp("tiny")
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=3)
-    with torch.no_grad():
-        old = tok.decode([int(model(**tok([PROMPT], return_tensors="pt")).logits[0, -1].argmax())]).strip()
-    model.save_pretrained(folder / "model")
-    tok.save_pretrained(folder / "model")
+    old = saved_tiny_llama(folder / "model", PROMPT, layers=3)
     (folder / "case.yaml").write_text(
         f"id: tiny-case\nsubject: Eiffel Tower\nprompts: ['{PROMPT}', 'The Eiffel Tower is in the city of']\n"
         f"old: '{old}'\nnew: {'Rome' if old != 'Rome' else 'London'}\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pytest_factedit.edit.base import EditRequest
@@ -84,6 +85,20 @@ def tiny_model(kind: str, vocab_size: int, layers: int = 2) -> Any:
     else:
         raise ValueError(kind)
     return frozen(model)
+
+
+def saved_tiny_llama(folder: Path, prompt: str, layers: int = 2) -> str:
+    """A tiny random llama and its word tokenizer saved in `folder` as a local model folder; the word the
+    model answers `prompt` with (a fact it holds, for a case to edit)."""
+    import torch
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=layers)
+    with torch.no_grad():
+        answer_id = int(model(**tok([prompt], return_tensors="pt")).logits[0, -1].argmax())
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(tok.decode([answer_id])).strip()
 
 
 def snapshot(model: Any) -> dict[str, Any]:

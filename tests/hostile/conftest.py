@@ -13,17 +13,11 @@ FAST = "method: {lr: 0.3, unlearn_max_steps: 2, learn_max_steps: 3, guard_tokens
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A tiny random llama saved as a local model folder, and the word it answers PROMPT with."""
-    torch = pytest.importorskip("torch")
-    from ..tiny import tiny_model, word_tokenizer
+    pytest.importorskip("torch")
+    from ..tiny import saved_tiny_llama
 
-    tok = word_tokenizer()
-    model = tiny_model("llama", len(tok), layers=2)
-    with torch.no_grad():
-        answer_id = int(model(**tok([PROMPT], return_tensors="pt")).logits[0, -1].argmax())
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder, tok.decode([answer_id]).strip()
+    return folder, saved_tiny_llama(folder, PROMPT)
 
 
 def case_text(old: str, case_id: str | None = None) -> str:
