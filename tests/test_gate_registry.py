@@ -288,6 +288,36 @@ def test_outputs_equal_the_stacked_hooks_bit_for_bit(dtype: str) -> None:
     assert not hooked(model)
 
 
+def test_a_layer_computing_the_first_rows_of_a_pass_is_scaled_as_those_rows_of_the_whole() -> None:
+    """Localization lets a decoder layer compute only a pass's first rows (localize/hooks.py); the gate then
+    scales those rows exactly as it scales them in the whole pass, sealed edits and one still training."""
+    from pytest_factedit.model.decoding import left_padded
+    from pytest_factedit.model.skip import hooks_allow_first_rows
+    from pytest_factedit.model.text import encode_prompt
+
+    tok = piece_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ids, mask, positions = left_padded([encode_prompt(tok, t, False) for t in TEXTS], tok.pad_token_id, "cpu")
+    edits = thirty_edits(model, tok)
+    with registered(edits, training=(0, 13)), torch.no_grad():
+        assert hooks_allow_first_rows(model)
+        model(input_ids=ids, attention_mask=mask, position_ids=positions)  # the pass the gate now holds
+        registry = edits[0].registry
+        assert registry is not None
+        acted = []
+        for key in registry.modules:
+            linear = model.get_submodule(key[0])
+            width = linear.in_features if key[1] else linear.out_features  # scaled at its input, or output
+            x = torch.randn(ids.shape[0], ids.shape[1], width, generator=torch.Generator().manual_seed(0))
+            whole = registry._scaled(key, x)
+            for rows in range(ids.shape[0] + 1):
+                assert torch.equal(registry._scaled(key, x[:rows]), whole[:rows]), (key, rows)
+            assert torch.equal(registry._scaled(key, x[:, :-1]), x[:, :-1])  # another pass's shape: as it is
+            acted.append(not torch.equal(whole, x))
+        assert any(acted)  # the gates act: the comparison can fail
+    assert not hooked(model)
+
+
 def test_removing_an_edit_in_the_middle_leaves_the_others_as_stacked() -> None:
     tok = piece_tokenizer()
     model = tiny_model("llama", len(tok))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -27,7 +30,8 @@ from pytest_factedit.localize.patching import (
     subject_positions,
 )
 from pytest_factedit.model.arch import arch_modules
-from pytest_factedit.model.targets import explicit_targets, layer_targets, random_layer_targets
+from pytest_factedit.model.skip import hooks_allow_first_rows
+from pytest_factedit.model.targets import all_layer_targets, explicit_targets, layer_targets, random_layer_targets
 
 from .tiny import tiny_model, word_tokenizer
 
@@ -217,16 +221,23 @@ def test_localize_settings_are_validated() -> None:
         resolve_settings({"mlp_layers": 0, "attention_layers": 0})
 
 
-@pytest.mark.parametrize("kind", ["llama", "phi3", "gpt2"])
-def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str) -> None:
-    """Restorations batched several to a pass (in chunks) against one plain patched forward each."""
-    from pytest_factedit.localize.hooks import embedding_noise, restore_hook, site_module_name
-    from pytest_factedit.localize.patching import answer_probs
-
+@pytest.mark.parametrize("kind,gated", [("llama", False), ("phi3", False), ("gpt2", False), ("llama", True)])
+def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str, gated: bool) -> None:
+    """Restorations batched several to a pass (in chunks) against one plain patched forward each; also
+    under a kept edit whose gate opens on the subject and stays open to the end of its sentence (a pass
+    from a later position must know the sentence is open)."""
     tok = word_tokenizer()
     model = tiny_model(kind, len(tok), layers=3)
     with torch.no_grad():
         model.get_output_embeddings().weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+    with _kept_gated_edit(model, tok, "Eiffel Tower") if gated else nullcontext():
+        _check_batched_restorations(model, tok)
+
+
+def _check_batched_restorations(model, tok) -> None:
+    from pytest_factedit.localize.hooks import embedding_noise, restore_hook, site_module_name
+    from pytest_factedit.localize.patching import answer_probs
+
     arch = arch_modules(model)
     prep = prepare(
         model, arch, tok, "The Eiffel Tower is located in the city of", "Eiffel Tower", answer_id(tok, "Paris"), True
@@ -255,11 +266,12 @@ def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str) -> 
             assert abs(slow - float(fast[s, c + 1])) < 1e-5, (site, layer, positions)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_them_all(kind: str) -> None:
+@pytest.mark.parametrize("kind,gated", [("llama", False), ("gpt2", False), ("llama", True)])
+def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_them_all(kind: str, gated: bool) -> None:
     """Each decoder layer computes only the rows restored at or below it (cells at the first token too);
-    a model with a hook of its own (a subject gate keeps per-pass state) runs every row at every layer.
-    Both give the same probabilities."""
+    a model with a hook of its own (one that may keep per-pass state) runs every row at every layer.
+    Both give the same probabilities. The kept edits' shared subject gate (a sequential run) lets rows
+    skip layers too: it scales only the rows a layer computes, as in the whole pass."""
     tok = word_tokenizer()
     model = tiny_model(kind, len(tok), layers=3)
     arch = arch_modules(model)
@@ -267,6 +279,7 @@ def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_t
     prep = prepare(model, arch, tok, text, subject, answer_id(tok, "Paris"), add_special_tokens=False)
     noise = noise_for(prep, 2, 3 * embedding_std(model), seed=3)
     cells = [(site, layer, (pos,)) for site in ("mlp", "attn") for layer in range(3) for pos in (0, prep.last)]
+    bare = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
     rows_seen: dict[int, int] = {}
     for layer in range(3):  # an instance forward, not a hook: counts the rows each layer's MLP computes
         mlp = model.get_submodule(f"{arch.layers}.{layer}.{arch.mlp_block}")
@@ -276,12 +289,37 @@ def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_t
             return _forward(x)
 
         mlp.forward = counting
-    skipping = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
-    counted = dict(rows_seen)
-    with forward_hooks(model, {f"{arch.layers}.0": lambda _m, _i, _o: None}):
-        rows_seen.clear()
-        every = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
-    # corrupted pass (2 rows) + a pass from each restored position (2 samples x 6 cells each)
-    assert rows_seen == {0: 2 + 12 + 12, 1: 26, 2: 26}
-    assert counted == {0: 2 + 4 + 4, 1: 2 + 8 + 8, 2: 26}
+    with ExitStack() as kept:
+        if gated:
+            kept.enter_context(_kept_gated_edit(model, tok, subject))
+            assert hooks_allow_first_rows(model)
+        skipping = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
+        counted = dict(rows_seen)
+        with forward_hooks(model, {f"{arch.layers}.0": lambda _m, _i, _o: None}):
+            assert not hooks_allow_first_rows(model)
+            rows_seen.clear()
+            every = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
+    # corrupted pass (2 rows) + a pass from each restored position (2 samples x 6 cells each); with the
+    # gate, which keeps state with the cache, the prefix before the last token is run on its own (2 rows)
+    prefix = 2 if gated else 0
+    assert rows_seen == {0: 2 + 12 + 12 + prefix, 1: 26 + prefix, 2: 26 + prefix}
+    assert counted == {0: 2 + 4 + 4 + prefix, 1: 2 + 8 + 8 + prefix, 2: 26 + prefix}
     torch.testing.assert_close(skipping, every, rtol=0, atol=1e-6)
+    assert gated != torch.allclose(skipping, bare, rtol=0, atol=1e-4)  # the gate acts on the traced rows
+
+
+@contextmanager
+def _kept_gated_edit(model, tok, subject: str) -> Iterator[None]:
+    """A sealed edit on every layer's modules behind the shared gate on `subject`, as a sequence keeps one."""
+    from pytest_factedit.edit.subject_gains import _hooked, subject_gate_for
+
+    from .stacked_gates import gated_edit
+
+    request = EditRequest(subject, (f"{subject} is located in",), ("Rome",), ("Paris",))
+    gate = subject_gate_for(tok, [request], "subject-sentence")  # the default editor's reach
+    targets = all_layer_targets(model)
+    edit = _hooked(gated_edit(model, gate, targets.modules, targets.feedforward, 2, 5), sealed=True)
+    try:
+        yield
+    finally:
+        edit.remove()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..model.kv import cache_keyword, returned_cache, row_state
 from ..model.lmhead import decoder
+from ..model.skip import first_rows_safe
 from .gate_index import PatternTrie, rest_of_sentence
 from .words import ENDS_SENTENCE, whole_name
 
@@ -193,9 +194,12 @@ class GateRegistry:
                 self.modules[key] = _ModuleGains(key[0], self._module_hook(edit.model, key))
             self.modules[key].users += 1
         if not self.body_hooks:
+            # hooks on the decoder itself, which sees every row of a pass: safe where a layer computes its first rows
+            before = first_rows_safe(lambda module, args, kwargs: self._before_pass(module, args, kwargs))
+            after = first_rows_safe(lambda module, args, output: self._after_pass(module, args, output))
             self.body_hooks = [
-                self.body.register_forward_pre_hook(self._before_pass, with_kwargs=True),
-                self.body.register_forward_hook(self._after_pass),
+                self.body.register_forward_pre_hook(before, with_kwargs=True),
+                self.body.register_forward_hook(after),
             ]
         return lambda: self.discard(edit)
 
@@ -255,11 +259,13 @@ class GateRegistry:
         module = model.get_submodule(key[0])
         if key[1]:
 
+            @first_rows_safe
             def scale_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
                 return (self._scaled(key, args[0]),) + tuple(args[1:])
 
             return module.register_forward_pre_hook(scale_input)
 
+        @first_rows_safe
         def scale_output(_module: Any, _args: Any, output: torch.Tensor) -> torch.Tensor:
             return self._scaled(key, output)
 
@@ -404,28 +410,48 @@ class GateRegistry:
 
     def _scaled(self, key: ModuleKey, x: torch.Tensor) -> torch.Tensor:
         """x with every matched edit's factor applied at its positions (x itself when none matched, or when
-        x is not the last pass's [rows, tokens, d] or [rows x tokens, d])."""
+        x is not the last pass's [rows, tokens, d] or [rows x tokens, d], or its first rows: a layer of a
+        localization pass may compute only those, `first_rows_safe`)."""
         current = self.current
         plan = current.steps.get(key) if current is not None else None
         if not plan or current is None:
             return x
-        shape = (current.rows, current.tokens)
-        if tuple(x.shape[:-1]) != shape and not (x.dim() == 2 and x.shape[0] == shape[0] * shape[1]):
+        rows = _pass_rows(x, current)
+        if rows is None:
             return x
+        end = rows * current.tokens  # flat positions below it are in the rows x holds
         for step in plan:
-            x = self._gathered(key, step, x) if step.live is None else _applied_whole(key[0], step, x)
+            x = self._gathered(key, step, x, end) if step.live is None else _applied_whole(key[0], step, x, end)
         return x
 
-    def _gathered(self, key: ModuleKey, step: _Step, x: torch.Tensor) -> torch.Tensor:
+    def _gathered(self, key: ModuleKey, step: _Step, x: torch.Tensor, end: int) -> torch.Tensor:
         import torch
 
         table = self.modules[key].table(x.dtype, x.device, [s for layer in step.slots for s in layer])
         flat = x.reshape(-1, x.shape[-1])
-        for positions, slots in zip(step.positions, step.slots):
+        for positions, slots in _within(step.positions, step.slots, end):
             where = torch.tensor(positions, dtype=torch.long, device=x.device)
             factors = table.index_select(0, torch.tensor(slots, dtype=torch.long, device=x.device))
             flat = flat.index_put((where,), flat.index_select(0, where) * factors)
         return flat.reshape(x.shape)
+
+
+def _pass_rows(x: torch.Tensor, current: _Pass) -> int | None:
+    """How many of the pass's first rows `x` holds: [rows, tokens, d] (or a layer's first rows of it), or
+    [rows x tokens, d] whole; None when it is not the pass's."""
+    if x.dim() == 3 and x.shape[1] == current.tokens and x.shape[0] <= current.rows:
+        return int(x.shape[0])
+    if x.dim() == 2 and x.shape[0] == current.rows * current.tokens:
+        return current.rows
+    return None
+
+
+def _within(positions: list[list[int]], slots: list[list[int]], end: int) -> Iterator[tuple[list[int], list[int]]]:
+    """Each layer's positions below `end`, with their slots (all of them when x holds every row)."""
+    for layer_positions, layer_slots in zip(positions, slots):
+        kept = [(p, s) for p, s in zip(layer_positions, layer_slots) if p < end]
+        if kept:
+            yield [p for p, _ in kept], [s for _, s in kept]
 
 
 def _layered(step: _Step, used: dict[int, int], positions: list[int], slot: int) -> None:
@@ -440,9 +466,9 @@ def _layered(step: _Step, used: dict[int, int], positions: list[int], slot: int)
         step.slots[layer].append(slot)
 
 
-def _applied_whole(name: str, step: _Step, x: torch.Tensor) -> torch.Tensor:
+def _applied_whole(name: str, step: _Step, x: torch.Tensor, end: int) -> torch.Tensor:
     """A training edit as its own hook applies it: x * (1 + mask * (g - 1)), with g read now (gradients
-    reach the stage being trained)."""
+    reach the stage being trained); `end`: the flat positions x holds."""
     import torch
 
     assert step.live is not None
@@ -450,7 +476,7 @@ def _applied_whole(name: str, step: _Step, x: torch.Tensor) -> torch.Tensor:
     if gain is None:
         return x
     mask = torch.zeros(x.shape[:-1].numel(), dtype=torch.bool, device=x.device)
-    mask[torch.tensor(step.positions[0], dtype=torch.long, device=x.device)] = True
+    mask[torch.tensor([p for p in step.positions[0] if p < end], dtype=torch.long, device=x.device)] = True
     mask = mask.reshape(*x.shape[:-1], 1).to(x.dtype)
     return x * (1 + mask * (gain.to(x.dtype) - 1))
 

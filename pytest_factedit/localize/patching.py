@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
-from ..model.kv import cache_keyword, cache_prefix, cache_rows, returned_cache
+from ..model.kv import ROW_STATE, cache_keyword, cache_prefix, cache_rows, returned_cache
 from ..model.lmhead import decoder, head_product, logits_from_hidden
-from ..model.skip import decoder_layers
+from ..model.skip import decoder_layers, hooks_allow_first_rows
 from .hooks import (
     SITES,
     capture_hook,
@@ -235,9 +235,9 @@ class _Corrupted:
 def _corrupted_run(
     model: PreTrainedModel, arch: ArchModules, prep: PreparedPrompt, noise: torch.Tensor, starts: Sequence[int]
 ) -> _Corrupted:
-    """Run the corrupted prompt once. Rows skip layers only on a model without hooks of its own: a hook
-    may keep state per pass for the whole batch (a subject gate's mask), which a layer's first rows
-    would not match."""
+    """Run the corrupted prompt once. Rows skip layers only where every hook on the model is marked
+    `first_rows_safe` (none, or the kept edits' shared gate): another hook may keep state per pass for the
+    whole batch, which a layer's first rows would not match."""
     store: dict[int, tuple[torch.Tensor, int | None]] = {}
 
     def keep(layer: int) -> Any:
@@ -247,14 +247,28 @@ def _corrupted_run(
         return hook
 
     layers = num_layers(model)
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # e.g. subject gates
+    safe = hooks_allow_first_rows(model)
     hooks = {site_module_name(arch, "hidden", layer): keep(layer) for layer in range(layers)}
     hidden, cache = _noisy_pass(model, prep, noise, (0, prep.last + 1), None, hooks)
-    prefixes = {first: cache_prefix(cache, first) if first > 0 else None for first in starts}
+    stateful = bool(getattr(cache, ROW_STATE, None))
+    prefixes = {first: _prefix_cache(model, prep, noise, cache, first, stateful) for first in starts}
     extras = [store[layer][1] for layer in range(layers)]
-    readable = not hooked and all(e is not None for e in extras) and len(getattr(cache, "layers", ())) == layers
+    readable = safe and all(e is not None for e in extras) and len(getattr(cache, "layers", ())) == layers
     outputs = [store[layer][0] for layer in range(layers)]
     return _Corrupted(prefixes, hidden, outputs, [e for e in extras if e is not None] if readable else None)
+
+
+def _prefix_cache(
+    model: PreTrainedModel, prep: PreparedPrompt, noise: torch.Tensor, cache: Any, first: int, stateful: bool
+) -> Any:
+    """The corrupted prompt's cache before position `first` (None at 0): cut from the whole run's, or, when
+    a hook keeps state about the text with the cache (the kept edits' subject gate: is the subject's
+    sentence still open?), run up to there, so that the state is the prefix's and not the whole prompt's."""
+    if first == 0:
+        return None
+    if not stateful:
+        return cache_prefix(cache, first)
+    return _noisy_pass(model, prep, noise, (0, first), None)[1]
 
 
 def _entering_counts(rows: Sequence[tuple[int, Cell]], layers: int, skip: bool) -> list[int]:

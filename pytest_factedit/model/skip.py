@@ -2,14 +2,16 @@
 
 An edit's adapters sit in a few layers; below the lowest one, every training step would compute the same
 hidden states again. `capture_entering` records them once, and `entering_at` makes the layers below
-return them instead of computing (restored in `finally`).
+return them instead of computing (restored in `finally`). Localization goes further and lets a decoder
+layer compute only the first rows of a pass (localize/hooks.py); a forward hook on the model is safe
+there only when it says so (`first_rows_safe`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .arch import arch_modules
 from .introspect import unreadable
@@ -17,6 +19,27 @@ from .introspect import unreadable
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
+
+HookT = TypeVar("HookT", bound=Callable[..., Any])
+FIRST_ROWS_SAFE = "_factedit_first_rows_safe"
+
+
+def first_rows_safe(hook: HookT) -> HookT:
+    """Mark a forward (pre-)hook as correct when the module it is on computes only the first rows of a
+    decoder pass (a hook on a decoder layer's parts, or on the decoder itself, which sees every row)."""
+    setattr(hook, FIRST_ROWS_SAFE, True)
+    return hook
+
+
+def hooks_allow_first_rows(model: torch.nn.Module) -> bool:
+    """Is every forward hook on `model` marked `first_rows_safe` (none at all: yes)? A hook that is not may
+    keep state for a whole pass that a layer's first rows would not match."""
+    return all(
+        getattr(hook, FIRST_ROWS_SAFE, False)
+        for module in model.modules()
+        for hooks in (module._forward_hooks, module._forward_pre_hooks)
+        for hook in hooks.values()
+    )
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
