@@ -231,10 +231,11 @@ def test_batched_restorations_equal_one_full_pass_per_restoration(kind: str, gat
     with torch.no_grad():
         model.get_output_embeddings().weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
     with _kept_gated_edit(model, tok, "Eiffel Tower") if gated else nullcontext():
-        _check_batched_restorations(model, tok)
+        # the edit's large gains leave P(answer) near 1e-10 on this tiny model: compare relatively there
+        _check_batched_restorations(model, tok, {"rel": 1e-4, "abs": 0.0} if gated else {"rel": 0.0, "abs": 1e-5})
 
 
-def _check_batched_restorations(model, tok) -> None:
+def _check_batched_restorations(model, tok, tolerance: dict[str, float]) -> None:
     from pytest_factedit.localize.hooks import embedding_noise, restore_hook, site_module_name
     from pytest_factedit.localize.patching import answer_probs
 
@@ -252,7 +253,8 @@ def _check_batched_restorations(model, tok) -> None:
     fast = restored_probs(model, arch, prep, noise, cells, batch_rows=9)
     for s in range(2):
         with torch.no_grad(), embedding_noise(model, prep.subject, noise[s : s + 1]):
-            assert abs(float(answer_probs(model, prep.ids, prep.answer_id)[0]) - float(fast[s, 0])) < 1e-5
+            unpatched = float(answer_probs(model, prep.ids, prep.answer_id)[0])
+            assert unpatched == pytest.approx(float(fast[s, 0]), **tolerance)
         for c, (site, layer, positions) in enumerate(cells):
             hook = restore_hook(
                 torch.zeros(len(positions), dtype=torch.long), torch.tensor(positions), prep.clean[(site, layer)]
@@ -263,7 +265,7 @@ def _check_batched_restorations(model, tok) -> None:
                 forward_hooks(model, {site_module_name(arch, site, layer): hook}),
             ):
                 slow = float(answer_probs(model, prep.ids, prep.answer_id)[0])
-            assert abs(slow - float(fast[s, c + 1])) < 1e-5, (site, layer, positions)
+            assert slow == pytest.approx(float(fast[s, c + 1]), **tolerance), (site, layer, positions)
 
 
 @pytest.mark.parametrize("kind,gated", [("llama", False), ("gpt2", False), ("llama", True)])
@@ -310,13 +312,18 @@ def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_t
 
 @contextmanager
 def _kept_gated_edit(model, tok, subject: str) -> Iterator[None]:
-    """A sealed edit on every layer's modules behind the shared gate on `subject`, as a sequence keeps one."""
+    """A sealed edit on every layer's modules behind the shared gate on `subject`, as a sequence keeps one.
+    Its one pattern is the whole name ("Lionel Messi" has no "Lionel" alone): a restoration that cuts the
+    name needs the keys and values of its first part as the whole prompt's pass gated them."""
+    from pytest_factedit.edit.gate import SubjectGate
     from pytest_factedit.edit.subject_gains import _hooked, subject_gate_for
 
     from .stacked_gates import gated_edit
 
     request = EditRequest(subject, (f"{subject} is located in",), ("Rome",), ("Paris",))
-    gate = subject_gate_for(tok, [request], "subject-sentence")  # the default editor's reach
+    flags = subject_gate_for(tok, [request]).word_flags
+    whole = tuple(tok(" " + subject, add_special_tokens=False).input_ids)
+    gate = SubjectGate([whole], "subject-sentence", flags)  # the default editor's reach
     targets = all_layer_targets(model)
     edit = _hooked(gated_edit(model, gate, targets.modules, targets.feedforward, 2, 5), sealed=True)
     try:

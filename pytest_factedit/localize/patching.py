@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
-from ..model.kv import ROW_STATE, cache_keyword, cache_prefix, cache_rows, returned_cache
+from ..model.kv import ROW_STATE, cache_keyword, cache_prefix, cache_rows, returned_cache, row_state
 from ..model.lmhead import decoder, head_product, logits_from_hidden
 from ..model.skip import decoder_layers, hooks_allow_first_rows
 from .hooks import (
@@ -261,14 +261,17 @@ def _corrupted_run(
 def _prefix_cache(
     model: PreTrainedModel, prep: PreparedPrompt, noise: torch.Tensor, cache: Any, first: int, stateful: bool
 ) -> Any:
-    """The corrupted prompt's cache before position `first` (None at 0): cut from the whole run's, or, when
-    a hook keeps state about the text with the cache (the kept edits' subject gate: is the subject's
-    sentence still open?), run up to there, so that the state is the prefix's and not the whole prompt's."""
+    """The corrupted prompt's cache before position `first` (None at 0), cut from the whole run's. When a
+    hook keeps state about the text with the cache (the kept edits' subject gate: the last tokens, and
+    whether a subject's sentence is still open), the state is the prefix's, from a pass up to there: the
+    whole run's described the whole prompt. The keys and values stay the whole run's, where the gate saw
+    a name that the cut splits whole."""
     if first == 0:
         return None
-    if not stateful:
-        return cache_prefix(cache, first)
-    return _noisy_pass(model, prep, noise, (0, first), None)[1]
+    cropped = cache_prefix(cache, first)
+    if stateful:
+        row_state(cropped).update(row_state(_noisy_pass(model, prep, noise, (0, first), None)[1]))
+    return cropped
 
 
 def _entering_counts(rows: Sequence[tuple[int, Cell]], layers: int, skip: bool) -> list[int]:
