@@ -14,7 +14,7 @@ from pytest_factedit.edit.base import EditRequest
 from pytest_factedit.edit.gate import SubjectGate
 from pytest_factedit.edit.saved_gains import gain_width
 from pytest_factedit.edit.settings import EditSettings
-from pytest_factedit.edit.subject_gains import SubjectGainEdit, subject_gate_for
+from pytest_factedit.edit.subject_gains import SubjectGainEdit, _hooked, subject_gate_for
 from pytest_factedit.model.targets import TargetModules, all_layer_targets
 
 REACHES = ("subject", "subject-sentence")
@@ -111,3 +111,13 @@ def synthetic_edits(model: Any, tok: Any, count: int, prompt_ids: set[int]) -> l
     japan = subject_gate_for(tok, [EditRequest("Japan", ("The capital of Japan is",), ("a",), ("b",))])
     edits.append(gated_edit(model, japan, list(targets.modules), targets.feedforward, 2, count))
     return edits
+
+
+@contextmanager
+def registered(edits: Sequence[SubjectGainEdit], training: Sequence[int] = ()) -> Iterator[None]:
+    """The edits behind the shared gate, sealed but those at the `training` indexes (applied whole)."""
+    with ExitStack() as hooks:
+        for index, edit in enumerate(edits):
+            _hooked(edit, sealed=index not in training)
+            hooks.callback(edit.remove)
+        yield

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -24,22 +24,12 @@ from pytest_factedit.edit.subject_gains import SubjectGainEdit, _hooked, subject
 from pytest_factedit.model.kv import cache_keyword, cache_prefix, cache_rows, returned_cache, select_rows  # noqa: E402
 from pytest_factedit.model.targets import all_layer_targets  # noqa: E402
 
-from .stacked_gates import REACHES, gated_edit, stacked, synthetic_edits, twin  # noqa: E402
+from .stacked_gates import REACHES, gated_edit, registered, stacked, synthetic_edits, twin  # noqa: E402
 from .tiny import piece_tokenizer, tiny_model  # noqa: E402
 
 
 def hooked(model: Any) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-
-@contextmanager
-def registered(edits: Sequence[SubjectGainEdit], training: Sequence[int] = ()) -> Iterator[None]:
-    """The edits behind the shared gate, sealed but those at the `training` indexes (applied whole)."""
-    with ExitStack() as hooks:
-        for index, edit in enumerate(edits):
-            _hooked(edit, sealed=index not in training)
-            hooks.callback(edit.remove)
-        yield
 
 
 # -- the matcher: per edit, the positions its own gate marks, over passes that continue a cache

@@ -316,17 +316,14 @@ def _kept_gated_edit(model, tok, subject: str) -> Iterator[None]:
     Its one pattern is the whole name ("Lionel Messi" has no "Lionel" alone): a restoration that cuts the
     name needs the keys and values of its first part as the whole prompt's pass gated them."""
     from pytest_factedit.edit.gate import SubjectGate
-    from pytest_factedit.edit.subject_gains import _hooked, subject_gate_for
+    from pytest_factedit.edit.subject_gains import subject_gate_for
 
-    from .stacked_gates import gated_edit
+    from .stacked_gates import gated_edit, registered
 
     request = EditRequest(subject, (f"{subject} is located in",), ("Rome",), ("Paris",))
     flags = subject_gate_for(tok, [request]).word_flags
     whole = tuple(tok(" " + subject, add_special_tokens=False).input_ids)
     gate = SubjectGate([whole], "subject-sentence", flags)  # the default editor's reach
     targets = all_layer_targets(model)
-    edit = _hooked(gated_edit(model, gate, targets.modules, targets.feedforward, 2, 5), sealed=True)
-    try:
+    with registered([gated_edit(model, gate, targets.modules, targets.feedforward, 2, 5)]):
         yield
-    finally:
-        edit.remove()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
-from ..model.kv import ROW_STATE, cache_keyword, cache_prefix, cache_rows, returned_cache, row_state
+from ..model.kv import cache_keyword, cache_prefix, cache_rows, has_row_state, returned_cache, row_state
 from ..model.lmhead import decoder, head_product, logits_from_hidden
 from ..model.skip import decoder_layers, hooks_allow_first_rows
 from .hooks import (
@@ -250,7 +250,7 @@ def _corrupted_run(
     safe = hooks_allow_first_rows(model)
     hooks = {site_module_name(arch, "hidden", layer): keep(layer) for layer in range(layers)}
     hidden, cache = _noisy_pass(model, prep, noise, (0, prep.last + 1), None, hooks)
-    stateful = bool(getattr(cache, ROW_STATE, None))
+    stateful = has_row_state(cache)
     prefixes = {first: _prefix_cache(model, prep, noise, cache, first, stateful) for first in starts}
     extras = [store[layer][1] for layer in range(layers)]
     readable = safe and all(e is not None for e in extras) and len(getattr(cache, "layers", ())) == layers

@@ -43,6 +43,11 @@ def row_state(cache: Any) -> dict[str, tuple[torch.Tensor, ...]]:
     return state
 
 
+def has_row_state(cache: Any) -> bool:
+    """Does a hook keep state with `cache` (`row_state`), without adding an empty one?"""
+    return bool(getattr(cache, ROW_STATE, None))
+
+
 def _select_state(cache: Any, rows: torch.Tensor) -> None:
     state = getattr(cache, ROW_STATE, None) or {}
     for name, tensors in state.items():
