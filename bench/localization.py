@@ -11,7 +11,8 @@ of other subjects and one of its own subject on the model (laid out as bench/cos
 series), two ways alternated --repeats times in this one process: as the plugin traces (restored rows
 skip the layers below their own; the shared gate allows it) and with a no-op forward hook on the first
 decoder layer, which sends every row through every layer. It prints both medians, their ratio, whether
-the chosen layers agree, and the largest difference of an effect.
+the chosen layers agree, and the largest difference of an effect; and, traced in the same rounds with no
+edit kept, what the kept edits add to the time of the plugin's way.
 """
 
 from __future__ import annotations
@@ -70,45 +71,61 @@ def main() -> int:
 
 
 def under_kept_edits(count: int, rounds: int) -> int:
-    """Each shipped case traced under `count` kept edits, skipping layers and not, alternated `rounds` times."""
-    import cost_model
-
+    """Each shipped case traced under `count` kept edits, skipping layers and not, and with no edit kept,
+    alternated `rounds` times."""
     from pytest_factedit.cases import is_case_file, load_case
-    from pytest_factedit.edit import resolve_settings
-    from pytest_factedit.localize import forward_hooks
     from pytest_factedit.model.load import load
-    from pytest_factedit.run.case import localize_case
 
     lm = load(None, "cpu")
-    print("| case | skipping, median s | every row, median s | ratio | same layers | largest effect difference |")
-    print("|---|---|---|---|---|---|")
-    ratios = []
+    print(
+        "| case | skipping, median s | every row, median s | ratio | same layers | largest effect difference "
+        "| no edit kept, median s | skipping / no edit kept |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    ratios, overheads = [], []
     for path in sorted((REPO / "fact_cases").glob("*.yaml")):
-        if not is_case_file(path):
-            continue
-        case = load_case(path, root=REPO)
-        settings = resolve_settings(case.method)
-        own = {"subject": case.subject, "prompt": case.prompts[0], "ground_truth": case.old[0], "target_new": ""}
-        records = [*cost_model.kept_subjects(case, count - 1), own]
+        if is_case_file(path):
+            ratio, overhead = _kept_edits_case(lm, load_case(path, root=REPO), count, rounds)
+            ratios.append(ratio)
+            overheads.append(overhead)
+    median = statistics.median(ratios)
+    print(f"\nmedian ratio over {len(ratios)} cases: {median:.2f} ({count} kept edits, {rounds} rounds each)")
+    print(f"median time under the kept edits / with none: {statistics.median(overheads):.2f}")
+    return 0
+
+
+def _kept_edits_case(lm: object, case: object, count: int, rounds: int) -> tuple[float, float]:
+    """One case's row of the --kept-edits table: (skipping / every row, skipping / no edit kept)."""
+    import cost_model
+
+    from pytest_factedit.edit import resolve_settings
+    from pytest_factedit.localize import forward_hooks
+    from pytest_factedit.run.case import localize_case
+
+    settings = resolve_settings(case.method)
+    own = {"subject": case.subject, "prompt": case.prompts[0], "ground_truth": case.old[0], "target_new": ""}
+    records = [*cost_model.kept_subjects(case, count - 1), own]
+    skipping, every, bare = [], [], []
+    for _ in range(rounds):
+        bare.append(localize_case(lm, case, settings))
         kept = [cost_model.kept_edit(lm, record, seed) for seed, record in enumerate(records)]
         try:
-            skipping, every = [], []
-            for _ in range(rounds):
-                skipping.append(localize_case(lm, case, settings))
-                with forward_hooks(lm.model, {"model.layers.0": lambda _m, _i, _o: None}):
-                    every.append(localize_case(lm, case, settings))
+            skipping.append(localize_case(lm, case, settings))
+            with forward_hooks(lm.model, {"model.layers.0": lambda _m, _i, _o: None}):
+                every.append(localize_case(lm, case, settings))
         finally:
             for edit in kept:
                 edit.remove()
-        fast, slow = (statistics.median(r.seconds for r in runs) for runs in (skipping, every))
-        a, b = skipping[-1], every[-1]
-        same = (a.mlp_layers, a.attention_layers) == (b.mlp_layers, b.attention_layers)
-        gap = max(abs(x - y) for x, y in zip(a.mlp_effects + a.attention_effects, b.mlp_effects + b.attention_effects))
-        ratios.append(fast / slow)
-        print(f"| {case.id} | {fast:.2f} | {slow:.2f} | {fast / slow:.2f} | {'yes' if same else 'no'} | {gap:.1e} |")
-    median = statistics.median(ratios)
-    print(f"\nmedian ratio over {len(ratios)} cases: {median:.2f} ({count} kept edits, {rounds} rounds each)")
-    return 0
+    fast, slow, none = (statistics.median(r.seconds for r in runs) for runs in (skipping, every, bare))
+    a, b = skipping[-1], every[-1]
+    same = (a.mlp_layers, a.attention_layers) == (b.mlp_layers, b.attention_layers)
+    gap = max(abs(x - y) for x, y in zip(a.mlp_effects + a.attention_effects, b.mlp_effects + b.attention_effects))
+    print(
+        f"| {case.id} | {fast:.2f} | {slow:.2f} | {fast / slow:.2f} | {'yes' if same else 'no'} | {gap:.1e} "
+        f"| {none:.2f} | {fast / none:.2f} |",
+        flush=True,
+    )
+    return fast / slow, fast / none
 
 
 if __name__ == "__main__":

@@ -302,12 +302,46 @@ def test_restored_rows_skip_the_layers_below_their_own_and_a_hooked_model_runs_t
             rows_seen.clear()
             every = restored_probs(model, arch, prep, noise, cells, batch_rows=64)
     # corrupted pass (2 rows) + a pass from each restored position (2 samples x 6 cells each); with the
-    # gate, which keeps state with the cache, the prefix before the last token is run on its own (2 rows)
-    prefix = 2 if gated else 0
-    assert rows_seen == {0: 2 + 12 + 12 + prefix, 1: 26 + prefix, 2: 26 + prefix}
-    assert counted == {0: 2 + 4 + 4 + prefix, 1: 2 + 8 + 8 + prefix, 2: 26 + prefix}
+    # gate, which keeps state with the cache, the prefix before the last token has a pass of its own, for
+    # the gate's state alone: no layer computes in it
+    assert rows_seen == {0: 2 + 12 + 12, 1: 26, 2: 26}
+    assert counted == {0: 2 + 4 + 4, 1: 2 + 8 + 8, 2: 26}
     torch.testing.assert_close(skipping, every, rtol=0, atol=1e-6)
     assert gated != torch.allclose(skipping, bare, rtol=0, atol=1e-4)  # the gate acts on the traced rows
+
+
+def test_a_pass_with_every_layer_bypassed_keeps_the_gate_state_a_whole_pass_keeps() -> None:
+    """The state the kept edits' gate keeps with a cache depends on the ids alone, so localization reads a
+    prefix's state from a pass in which no decoder layer computes: for every prefix of a text (cut inside
+    the name, after a sentence it opened and closed, or not), that pass keeps the same tensors as a whole
+    pass, and the layers are restored after it."""
+    from pytest_factedit.model.kv import returned_cache, row_state
+    from pytest_factedit.model.lmhead import decoder
+    from pytest_factedit.model.skip import decoder_layers, layers_bypassed
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    ids = tok("Here is Eiffel Tower . The Eiffel Tower is located in the city of", return_tensors="pt").input_ids
+
+    def kept_state(end: int) -> dict:
+        with torch.no_grad():
+            out = decoder(model)(input_ids=ids[:, :end].expand(2, -1), use_cache=True)
+        return row_state(returned_cache(out))
+
+    calls = []
+    mlp = model.get_submodule("model.layers.0.mlp")
+    mlp.register_forward_hook(lambda *_: calls.append(1))
+    with _kept_gated_edit(model, tok, "Eiffel Tower"):
+        for end in range(1, ids.shape[1] + 1):
+            whole = kept_state(end)
+            with layers_bypassed(model):
+                calls.clear()
+                bypassed = kept_state(end)
+                assert not calls  # no layer computed
+            assert whole and whole.keys() == bypassed.keys()
+            for name, tensors in whole.items():
+                assert all(torch.equal(a, b) for a, b in zip(tensors, bypassed[name], strict=True)), end
+    assert not any("forward" in layer.__dict__ for layer in decoder_layers(model))
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
 from ..model.kv import cache_keyword, cache_prefix, cache_rows, has_row_state, returned_cache, row_state
 from ..model.lmhead import decoder, head_product, logits_from_hidden
-from ..model.skip import decoder_layers, hooks_allow_first_rows
+from ..model.skip import decoder_layers, hooks_allow_first_rows, layers_bypassed
 from .hooks import (
     SITES,
     capture_hook,
@@ -250,27 +251,36 @@ def _corrupted_run(
     safe = hooks_allow_first_rows(model)
     hooks = {site_module_name(arch, "hidden", layer): keep(layer) for layer in range(layers)}
     hidden, cache = _noisy_pass(model, prep, noise, (0, prep.last + 1), None, hooks)
-    stateful = has_row_state(cache)
-    prefixes = {first: _prefix_cache(model, prep, noise, cache, first, stateful) for first in starts}
     extras = [store[layer][1] for layer in range(layers)]
+    stateful = has_row_state(cache)
+    bypass = extras[0] if all(e == extras[0] for e in extras) else None  # how a bypassed layer must return
+    prefixes = {first: _prefix_cache(model, prep, noise, cache, first, stateful, bypass) for first in starts}
     readable = safe and all(e is not None for e in extras) and len(getattr(cache, "layers", ())) == layers
     outputs = [store[layer][0] for layer in range(layers)]
     return _Corrupted(prefixes, hidden, outputs, [e for e in extras if e is not None] if readable else None)
 
 
 def _prefix_cache(
-    model: PreTrainedModel, prep: PreparedPrompt, noise: torch.Tensor, cache: Any, first: int, stateful: bool
+    model: PreTrainedModel,
+    prep: PreparedPrompt,
+    noise: torch.Tensor,
+    cache: Any,
+    first: int,
+    stateful: bool,
+    bypass: int | None,
 ) -> Any:
     """The corrupted prompt's cache before position `first` (None at 0), cut from the whole run's. When a
     hook keeps state about the text with the cache (the kept edits' subject gate: the last tokens, and
-    whether a subject's sentence is still open), the state is the prefix's, from a pass up to there: the
-    whole run's described the whole prompt. The keys and values stay the whole run's, where the gate saw
-    a name that the cut splits whole."""
+    whether a subject's sentence is still open), the state is the prefix's: the whole run's described the
+    whole prompt. The keys and values stay the whole run's, where the gate saw a name that the cut splits
+    whole. That state depends on the ids alone, so the pass that makes it computes no decoder layer (each
+    returns its input as `bypass` says; None: the layers' outputs are not known, and it runs whole)."""
     if first == 0:
         return None
     cropped = cache_prefix(cache, first)
     if stateful:
-        row_state(cropped).update(row_state(_noisy_pass(model, prep, noise, (0, first), None)[1]))
+        with layers_bypassed(model, bypass) if bypass is not None else nullcontext():
+            row_state(cropped).update(row_state(_noisy_pass(model, prep, noise, (0, first), None)[1]))
     return cropped
 
 

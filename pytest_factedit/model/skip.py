@@ -81,6 +81,23 @@ def entering_at(model: PreTrainedModel, layer: int, hidden: torch.Tensor, extras
 
 
 @contextmanager
+def layers_bypassed(model: PreTrainedModel, extras: int = -1) -> Iterator[None]:
+    """For the block, every decoder layer passes its input on and computes nothing (`extras` as for
+    `entering_at`): a pass then costs its embeddings, while the hooks on the decoder itself still see its
+    ids, and the state they keep about them with the cache (model/kv.py: row_state)."""
+    layers = decoder_layers(model)
+    patched = []
+    try:
+        for layer in layers:
+            layer.forward = _stub(None, extras)
+            patched.append(layer)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+@contextmanager
 def capture_entering(model: PreTrainedModel, layer: int, store: dict[str, Any]) -> Iterator[None]:
     """For the block, record in `store["hidden"]` the hidden states entering decoder layer `layer` (>= 1),
     and in `store["extras"]` how the layer below returns them (-1: a tensor; n: a tuple with n Nones;
