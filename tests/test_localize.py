@@ -344,6 +344,43 @@ def test_a_pass_with_every_layer_bypassed_keeps_the_gate_state_a_whole_pass_keep
     assert not any("forward" in layer.__dict__ for layer in decoder_layers(model))
 
 
+def test_layers_stood_in_for_get_back_a_forward_set_on_them_before() -> None:
+    """A forward set on a decoder layer itself (accelerate's device hooks wrap a dispatched model's layers
+    so) is the one it computes with again after `layers_bypassed` and `entering_at`; inside those blocks
+    the stand-ins compute instead, and entering a layer with its stored input gives the whole pass."""
+    from pytest_factedit.model.lmhead import decoder
+    from pytest_factedit.model.skip import capture_entering, decoder_layers, entering_at, layers_bypassed
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=3)
+    layers = decoder_layers(model)
+    called: list[int] = []
+
+    def wrapped(index: int, forward):
+        return lambda *args, **kwargs: (called.append(index), forward(*args, **kwargs))[1]
+
+    for index, layer in enumerate(layers):
+        layer.forward = wrapped(index, layer.forward)
+    own = [layer.__dict__["forward"] for layer in layers]
+    ids = tok("The Eiffel Tower is located in", return_tensors="pt").input_ids
+    store: dict = {}
+    with torch.no_grad():
+        with capture_entering(model, 2, store):
+            whole = decoder(model)(input_ids=ids).last_hidden_state
+        called.clear()
+        with layers_bypassed(model):
+            decoder(model)(input_ids=ids)
+        assert called == []
+        with entering_at(model, 2, store["hidden"], store["extras"]):
+            entered = decoder(model)(input_ids=ids).last_hidden_state
+        assert called == [2]
+        called.clear()
+        again = decoder(model)(input_ids=ids).last_hidden_state
+    assert called == [0, 1, 2] and [layer.__dict__["forward"] for layer in layers] == own
+    torch.testing.assert_close(entered, whole, rtol=0, atol=0)
+    torch.testing.assert_close(again, whole, rtol=0, atol=0)
+
+
 @contextmanager
 def _kept_gated_edit(model, tok, subject: str) -> Iterator[None]:
     """A sealed edit on every layer's modules behind the shared gate on `subject`, as a sequence keeps one.

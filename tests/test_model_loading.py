@@ -97,6 +97,7 @@ def test_localization_and_edits_work_with_layers_behind_accelerate_hooks(folder)
     lm = load(str(folder), "cpu", device_map=LAYERS_ON_CPU)
     model, tok = lm.model, lm.tokenizer
     before = snapshot(model)
+    forwards = {name: m.__dict__.get("forward") for name, m in model.named_modules()}
     with torch.no_grad():
         answer = int(model(**tok([REQUEST.prompts[0]], return_tensors="pt")).logits[0, -1].argmax())
     old = tok.decode([answer]).strip()
@@ -109,6 +110,7 @@ def test_localization_and_edits_work_with_layers_behind_accelerate_hooks(folder)
         with get_editor(name).apply(model, tok, request, targets, settings) as applied:
             assert applied.stages
     assert_identical(model, before)
+    assert forwards == {name: m.__dict__.get("forward") for name, m in model.named_modules()}  # hooks kept
 
 
 def test_an_alias_misspelt_is_answered_with_did_you_mean() -> None:

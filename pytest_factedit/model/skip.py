@@ -9,8 +9,8 @@ there only when it says so (`first_rows_safe`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .arch import arch_modules
@@ -64,37 +64,38 @@ def _stub(replacement: torch.Tensor | None, extras: int) -> Callable[..., Any]:
 
 
 @contextmanager
-def entering_at(model: PreTrainedModel, layer: int, hidden: torch.Tensor, extras: int = -1) -> Iterator[None]:
+def _forwards(replaced: Iterable[tuple[torch.nn.Module, Callable[..., Any]]]) -> Iterator[None]:
+    """For the block, each module computes with the forward given; in `finally`, a forward set on the
+    instance before (accelerate's device hooks wrap it so) comes back, else the class's."""
+    patched: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        for module, forward in replaced:
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = forward  # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for module, before in reversed(patched):
+            if before is None:
+                del module.forward
+            else:
+                module.forward = before
+
+
+def entering_at(
+    model: PreTrainedModel, layer: int, hidden: torch.Tensor, extras: int = -1
+) -> AbstractContextManager[None]:
     """For the block, the model's forward enters decoder layer `layer` with `hidden` [rows, width, d]:
     layers below it return it unchanged (`extras` >= 0: as a tuple with that many Nones, as older
     transformers layers return)."""
     layers = decoder_layers(model)
-    patched = []
-    try:
-        for index in range(layer):
-            layers[index].forward = _stub(hidden if index == layer - 1 else None, extras)
-            patched.append(layers[index])
-        yield
-    finally:
-        for module in patched:
-            del module.forward
+    return _forwards((layers[i], _stub(hidden if i == layer - 1 else None, extras)) for i in range(layer))
 
 
-@contextmanager
-def layers_bypassed(model: PreTrainedModel, extras: int = -1) -> Iterator[None]:
+def layers_bypassed(model: PreTrainedModel, extras: int = -1) -> AbstractContextManager[None]:
     """For the block, every decoder layer passes its input on and computes nothing (`extras` as for
     `entering_at`): a pass then costs its embeddings, while the hooks on the decoder itself still see its
     ids, and the state they keep about them with the cache (model/kv.py: row_state)."""
-    layers = decoder_layers(model)
-    patched = []
-    try:
-        for layer in layers:
-            layer.forward = _stub(None, extras)
-            patched.append(layer)
-        yield
-    finally:
-        for module in patched:
-            del module.forward
+    return _forwards((layer, _stub(None, extras)) for layer in decoder_layers(model))
 
 
 @contextmanager
