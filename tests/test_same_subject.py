@@ -270,31 +270,23 @@ def test_sentence_reach_marks_the_subject_and_the_rest_of_its_sentence() -> None
     assert "".join(marked(states, tok, "The capital of the U.S. is")).endswith("U.S.▁is")  # its own '.' does not end it
 
 
-def test_a_generated_answer_is_gated_as_the_same_text_in_one_pass() -> None:
-    """A cached generation step sees only its new token: the gate keeps the subject's open sentence with
-    the cache, so greedy decoding under a subject-sentence edit gives the tokens that full passes over the
-    same text give, for rows that leave the batch early too (google-founder generated "Larry Page" where
-    it had learned "Larry Ellison" while generated tokens ran ungated)."""
-    torch = pytest.importorskip("torch")
+def _japan_gains():
+    """(tiny model, tokenizer, an edit not yet on it): large random gains on every module, behind a
+    subject-sentence gate on "Japan", as the default editor's."""
+    import torch
+
     from pytest_factedit.edit.gate import SubjectGate
     from pytest_factedit.edit.settings import EditSettings
-    from pytest_factedit.edit.subject_gains import SubjectGainEdit, _hooked, gain_width
-    from pytest_factedit.model.decoding import DecodeRow, decode
+    from pytest_factedit.edit.subject_gains import SubjectGainEdit, gain_width
     from pytest_factedit.model.targets import all_layer_targets
-    from pytest_factedit.model.text import encode_prompt
     from tests.tiny import frozen, piece_tokenizer, tiny_model
 
     tok = piece_tokenizer()
     model = frozen(tiny_model("llama", len(tok)))
     plain = gate_for(tok, "Japan")
     targets = all_layer_targets(model)
-    edit = SubjectGainEdit(
-        method="test",
-        model=model,
-        gate=SubjectGate(plain.patterns, "subject-sentence", plain.word_flags),
-        targets=targets,
-        settings=EditSettings(),
-    )
+    gate = SubjectGate(plain.patterns, "subject-sentence", plain.word_flags)
+    edit = SubjectGainEdit(method="test", model=model, gate=gate, targets=targets, settings=EditSettings())
     noise = torch.Generator().manual_seed(0)
     edit.gains["learn"] = {
         name: torch.nn.Parameter(
@@ -303,6 +295,20 @@ def test_a_generated_answer_is_gated_as_the_same_text_in_one_pass() -> None:
         )
         for name in targets.modules
     }
+    return model, tok, edit
+
+
+def test_a_generated_answer_is_gated_as_the_same_text_in_one_pass() -> None:
+    """A cached generation step sees only its new token: the gate keeps the subject's open sentence with
+    the cache, so greedy decoding under a subject-sentence edit gives the tokens that full passes over the
+    same text give, for rows that leave the batch early too (google-founder generated "Larry Page" where
+    it had learned "Larry Ellison" while generated tokens ran ungated)."""
+    torch = pytest.importorskip("torch")
+    from pytest_factedit.edit.subject_gains import _hooked
+    from pytest_factedit.model.decoding import DecodeRow, decode
+    from pytest_factedit.model.text import encode_prompt
+
+    model, tok, edit = _japan_gains()
     prompts = ["The capital of Japan is", "Speaking of Japan, here. The capital of", "Japan is the"]
     rows = [DecodeRow(encode_prompt(tok, p, False), n, False) for p, n in zip(prompts, (8, 2, 6))]
     with _hooked(edit), torch.no_grad():
@@ -315,6 +321,74 @@ def test_a_generated_answer_is_gated_as_the_same_text_in_one_pass() -> None:
         with edit.disabled():
             base = [d.tokens for d in decode(model, tok, rows)]
     assert base != generated  # the gains change what is generated: the comparison above can fail
+
+
+def test_the_base_probe_scores_the_edited_candidates_of_the_rows_that_do_not_name_the_subject(
+    tmp_path: Path,
+) -> None:
+    """Those rows are the ones a gated edit will not reach: the edited probe takes their base decode whole.
+    A prompt scores `old` (the forget score's before); a row naming the subject or an alias scores nothing."""
+    from pytest_factedit.run.probing import _Decoding, base_candidates, probe_rows
+    from tests.tiny import piece_tokenizer
+
+    case = load_case(write(tmp_path, CASE))
+    tok = piece_tokenizer()
+    how = _Decoding(case, tok, frozenset(), frozenset(), 16)
+    old = how.ids("Tokyo")
+    found = {r.prompt: base_candidates(how, r, old) for r in probe_rows(case, tok)}
+    assert found["The capital of Japan is"] == (old,)
+    assert found["The capital of France is"] == (how.ids("Seoul"), how.ids("Paris"))
+    assert found["The iPhone is made by"] == (how.ids("Seoul"), how.ids("Apple"))
+    assert found["The capital of Nippon is"] == () and found["Japan is an island country in"] == ()
+    assert all(found[p] == () for p in found if "Japan" in p and p not in case.prompts)
+
+
+def test_the_edited_probe_decodes_again_only_the_rows_the_edit_can_reach() -> None:
+    """A gated edit cannot act on a text without its subject: the edited probe takes the base decode of such
+    a row (its prompt and the base model's tokens after it hold no pattern of the gate) where it scored
+    every candidate, and decodes the others; every row's tokens and candidate scores are what decoding
+    every row with the edit gives."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from pytest_factedit.edit.base import EditHandle
+    from pytest_factedit.edit.subject_gains import _hooked
+    from pytest_factedit.model import decoding
+    from pytest_factedit.model.text import encode_prompt
+    from pytest_factedit.run import probing
+
+    model, tok, edit = _japan_gains()
+    gate = edit.gate
+    prompts = ["The capital of Japan is", "The capital of France is", "Japan is the", "The iPhone is made by"]
+    candidates = (tuple(tok(" Paris", add_special_tokens=False).input_ids), tuple(tok(" Apple").input_ids))
+    rows = [decoding.DecodeRow(encode_prompt(tok, p, False), 6, False, candidates) for p in prompts]
+    base = decoding.decode(model, tok, rows)
+    base[3] = decoding.Decoded(base[3].tokens, base[3].ended, {})  # a base decode that scored no candidate
+    lm = SimpleNamespace(model=model, tokenizer=tok)
+    decoded_again: list = []
+    original = probing.decode_keeping
+
+    def recording(model, tokenizer, requests, keep):
+        decoded_again.extend(r.ids for r in requests)
+        return original(model, tokenizer, requests, keep)
+
+    with _hooked(edit), torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        assert not edit.reaches(rows[1].ids) and edit.reaches(rows[1].ids + gate.patterns[0])
+        patch.setattr(probing, "decode_keeping", recording)
+        found, state = probing.edited_decodes(lm, base, edit, rows, [True, False, True, False])
+        every = decoding.decode(model, tok, rows)
+    assert [r.ids for r in rows if edit.gate.may_open(r.ids)] == [rows[0].ids, rows[2].ids]
+    assert decoded_again == [rows[0].ids, rows[2].ids, rows[3].ids]
+    assert found[1] is base[1]
+    assert [d.tokens for d in found] == [d.tokens for d in every]
+    for ours, whole in zip(found, every):  # the rows decoded again ran in a smaller batch: float noise apart
+        assert ours.scores.keys() == whole.scores.keys()
+        for candidate, score in whole.scores.items():
+            assert ours.scores[candidate].logprob == pytest.approx(score.logprob, rel=1e-5)
+            assert ours.scores[candidate].first_rank == score.first_rank
+    assert [d.tokens for d in every] != [d.tokens for d in base]  # the edit acts where it reaches
+    assert state is not None and len(state.lengths) == 2  # both prompts were decoded: their state is kept
+    assert EditHandle.reaches(edit, rows[1].ids)  # an editor without a gate reaches every text
 
 
 # -- held out means held out: the training rows an edit reads

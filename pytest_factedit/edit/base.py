@@ -86,6 +86,12 @@ class EditHandle:
     def disabled(self) -> AbstractContextManager[None]:
         raise NotImplementedError
 
+    def reaches(self, ids: Sequence[int]) -> bool:
+        """Can the edit change what the model computes on a text of these token ids? Yes, unless the editor
+        knows it cannot (a gated edit on a text without its subject): the edited model is then the base
+        model there, and its answers are the base model's."""
+        return True
+
     @contextmanager
     def merged(self) -> Iterator[bool]:
         """The edit folded into the weights for the block, when it can be (True), to time a shipped, merged

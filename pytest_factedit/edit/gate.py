@@ -73,6 +73,15 @@ class SubjectGate:
             open_after = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         return mask, (joined[:, -self.kept_tokens :], open_after)
 
+    def may_open(self, ids: Sequence[int]) -> bool:
+        """Does a pattern occur anywhere in this text's ids, as a whole name or not? A text it does not
+        occur in is one the gate never opens on, whatever its padding or the text before it."""
+        for pattern in self.patterns:
+            size = len(pattern)
+            if any(tuple(ids[start : start + size]) == pattern for start in range(len(ids) - size + 1)):
+                return True
+        return False
+
     def found(self, ids: torch.Tensor) -> torch.Tensor:
         """A [batch, tokens] bool mask: True on every token of every occurrence of a pattern."""
         import torch

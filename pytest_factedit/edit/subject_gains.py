@@ -63,6 +63,10 @@ class SubjectGainEdit(EditHandle):
                 total = stage[module] if total is None else total * stage[module]
         return total
 
+    def reaches(self, ids: Sequence[int]) -> bool:
+        """Only a text that holds one of the gate's patterns: elsewhere every gain multiplies by exactly 1."""
+        return self.gate.may_open(ids)
+
     @contextmanager
     def disabled(self) -> Iterator[None]:
         self.gate.enabled = False

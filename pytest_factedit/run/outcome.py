@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ..cases.schema import FactCase
     from ..edit.settings import EditSettings
     from ..localize.localizer import Localization
+    from ..model.decoding import Decoded
     from ..model.targets import TargetModules
 
 Status = Literal["ran", "skipped", "error"]
@@ -37,6 +38,7 @@ class CaseOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     trainable_parameters: int = 0
     base_restored: bool | None = None
+    base_decoded: list[Decoded] = field(default_factory=list, repr=False)  # the base probe's rows, in probe order
 
     def group(self, name: str) -> list[ProbedAnswer]:
         return [a for a in self.answers if a.group == name]

@@ -179,6 +179,18 @@ def base_answer(row: ProbeRow, base: str) -> ProbedAnswer:
     return ProbedAnswer(row.group, row.prompt, expected, base, shares_old=row.shares_old, unchanged=row.unchanged)
 
 
+def base_candidates(how: _Decoding, row: ProbeRow, old: Tokens) -> tuple[Tokens, ...]:
+    """The candidates the base probe scores: `old` for a prompt (the forget score's before); and, for a row
+    that does not name the subject or an alias, every candidate the edited probe scores, since a gated edit
+    will likely not reach it and the edited probe then takes the base decode whole (`edited_decodes`)."""
+    if row.group == "prompts":
+        return (old,)
+    names = [n.casefold() for n in (how.case.subject, *how.case.aliases)]
+    if any(n in row.prompt.casefold() for n in names):
+        return ()
+    return tuple(how.candidates(row).values())
+
+
 def too_long(lm: LoadedModel, case: FactCase, settings: EditSettings, requests: Sequence[DecodeRow]) -> str:
     """Why `case` cannot run on this model: its longest row (the longest prompt, behind the longest training
     context prefix, before the longest answer, in tokens) needs more positions than the model has; '' when
@@ -209,14 +221,14 @@ def probe_base(
     rows = probe_rows(case, lm.tokenizer)
     how = _decoding(lm, case, plan)
     old = how.ids(case.old[0])
-    requests = [how.request(r, (old,) if r.group == "prompts" else ()) for r in rows]
+    requests = [how.request(r, base_candidates(how, r, old)) for r in rows]
     outcome.reason = too_long(lm, case, settings, requests)
     if outcome.reason:
         outcome.status = "skipped"
         return outcome
     emit(PROBE_START, PROBE_BASE)
     started = time.perf_counter()
-    base = cache.decoded(lm, requests)
+    base = outcome.base_decoded = cache.decoded(lm, requests)
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
     outcome.answers = [base_answer(r, how.answer(r, d)) for r, d in zip(rows, base)]
     prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]
@@ -249,8 +261,7 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     how = _decoding(lm, case, plan)
     wanted = [how.candidates(r) for r in rows]
     requests = [how.request(r, tuple(w.values())) for r, w in zip(rows, wanted)]
-    prompts_at = [i for i, r in enumerate(rows) if r.group == "prompts"]
-    edited, state = decode_keeping(lm.model, lm.tokenizer, requests, prompts_at)
+    edited, state = edited_decodes(lm, outcome.base_decoded, applied, requests, [r.group == "prompts" for r in rows])
     outcome.answers = [
         dataclasses.replace(a, edited=how.answer(r, d), logprobs={k: d.scores[c].mean for k, c in w.items()})
         for a, r, d, w in zip(outcome.answers, rows, edited, wanted)
@@ -266,6 +277,35 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     outcome.timings.update(latency_timings(lm, case, applied, plan, state))
     outcome.timings["probe_seconds"] = time.perf_counter() - started
     emit(PROBE_END, PROBE_EDITED)
+
+
+def edited_decodes(
+    lm: LoadedModel,
+    base: Sequence[Decoded],
+    applied: EditHandle,
+    requests: Sequence[DecodeRow],
+    prompts: Sequence[bool],
+) -> tuple[list[Decoded], Prefilled | None]:
+    """Every row decoded with the edit on, and the prompts' prefilled state for the latency steps (None
+    unless every prompt was decoded). A row the edit cannot reach, its prompt and the base model's tokens
+    after it (`EditHandle.reaches`), is answered by the edited model as by the base model: it takes its
+    base decode (`base`, the same rows) where that scored every candidate; the others are decoded again."""
+    reached = [
+        i
+        for i, r in enumerate(requests)
+        if len(base) != len(requests)
+        or applied.reaches(r.ids + base[i].tokens)
+        or any(c not in base[i].scores for c in r.candidates)
+    ]
+    decoded = list(base) if len(base) == len(requests) else []
+    every_prompt = all(i in reached for i, prompt in enumerate(prompts) if prompt)
+    keep = [k for k, i in enumerate(reached) if prompts[i]] if every_prompt else []
+    again, state = decode_keeping(lm.model, lm.tokenizer, [requests[i] for i in reached], keep)
+    if not decoded:
+        return again, state
+    for i, found in zip(reached, again):
+        decoded[i] = found
+    return decoded, state
 
 
 def latency_timings(
