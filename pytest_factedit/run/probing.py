@@ -3,8 +3,9 @@
 Every prompt of a case is decoded in one batched pass (model/decoding.py). The prompts run on to the
 fluency length; every other row stops once its answer is decided (`settled`), at a line break, or at
 its token budget. The base model's pass is cached (model/probe_cache.py); the edited model's pass also
-gives the candidates' log-probabilities and the old answer's rank. Latency is a few timed single greedy
-steps over the prompts, base and edited interleaved.
+gives the candidates' log-probabilities and the old answer's rank, for the rows the edit can reach (the
+others take the base decode: `edited_decodes`). Latency is a few timed single greedy steps over the
+prompts, base and edited interleaved.
 """
 
 from __future__ import annotations
