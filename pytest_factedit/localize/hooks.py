@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from ..model.arch import ArchModules
+from ..model.skip import forwards_replaced
 
 if TYPE_CHECKING:
     import torch
@@ -132,29 +133,20 @@ def _layer_on_first_rows(original: Hook, count: int, below: Callable[[], torch.T
     return forward
 
 
-@contextmanager
 def rows_from_their_layer(
     layers: Iterable[torch.nn.Module],
     counts: Sequence[int],
     below: Sequence[Callable[[], torch.Tensor]],
     extras: Sequence[int],
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """For the block, decoder layer i computes only the first counts[i] rows of its batch (the rows that
     differ, from that layer on, from a pass computed before); the other rows take below[i](), their
     output of layer i in that pass (gathered when the layer runs: one layer's copy at a time). `extras`:
-    how each layer returns its output (see `output_extras`). The forwards are restored in `finally`."""
-    patched: list[tuple[torch.nn.Module, Any]] = []
-    try:
-        for layer, count, rest, extra in zip(layers, counts, below, extras):
-            patched.append((layer, layer.__dict__.get("forward")))  # a forward set on the instance before
-            layer.forward = _layer_on_first_rows(layer.forward, count, rest, extra)  # shadows the class's
-        yield
-    finally:
-        for module, before in patched:
-            if before is None:
-                del module.forward
-            else:
-                module.forward = before
+    how each layer returns its output (see `output_extras`). The forwards are restored after the block."""
+    return forwards_replaced(
+        (layer, _layer_on_first_rows(layer.forward, count, rest, extra))
+        for layer, count, rest, extra in zip(layers, counts, below, extras)
+    )
 
 
 def output_extras(output: Any) -> int | None:

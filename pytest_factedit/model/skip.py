@@ -64,7 +64,7 @@ def _stub(replacement: torch.Tensor | None, extras: int) -> Callable[..., Any]:
 
 
 @contextmanager
-def _forwards(replaced: Iterable[tuple[torch.nn.Module, Callable[..., Any]]]) -> Iterator[None]:
+def forwards_replaced(replaced: Iterable[tuple[torch.nn.Module, Callable[..., Any]]]) -> Iterator[None]:
     """For the block, each module computes with the forward given; in `finally`, a forward set on the
     instance before (accelerate's device hooks wrap it so) comes back, else the class's."""
     patched: list[tuple[torch.nn.Module, Any]] = []
@@ -88,14 +88,14 @@ def entering_at(
     layers below it return it unchanged (`extras` >= 0: as a tuple with that many Nones, as older
     transformers layers return)."""
     layers = decoder_layers(model)
-    return _forwards((layers[i], _stub(hidden if i == layer - 1 else None, extras)) for i in range(layer))
+    return forwards_replaced((layers[i], _stub(hidden if i == layer - 1 else None, extras)) for i in range(layer))
 
 
 def layers_bypassed(model: PreTrainedModel, extras: int = -1) -> AbstractContextManager[None]:
     """For the block, every decoder layer passes its input on and computes nothing (`extras` as for
     `entering_at`): a pass then costs its embeddings, while the hooks on the decoder itself still see its
     ids, and the state they keep about them with the cache (model/kv.py: row_state)."""
-    return _forwards((layer, _stub(None, extras)) for layer in decoder_layers(model))
+    return forwards_replaced((layer, _stub(None, extras)) for layer in decoder_layers(model))
 
 
 @contextmanager

@@ -263,6 +263,7 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     wanted = [how.candidates(r) for r in rows]
     requests = [how.request(r, tuple(w.values())) for r, w in zip(rows, wanted)]
     edited, state = edited_decodes(lm, outcome.base_decoded, applied, requests, [r.group == "prompts" for r in rows])
+    outcome.base_decoded = []  # handed over: a long sequential run keeps every outcome, not its decodes
     outcome.answers = [
         dataclasses.replace(a, edited=how.answer(r, d), logprobs={k: d.scores[c].mean for k, c in w.items()})
         for a, r, d, w in zip(outcome.answers, rows, edited, wanted)
@@ -291,19 +292,18 @@ def edited_decodes(
     unless every prompt was decoded). A row the edit cannot reach, its prompt and the base model's tokens
     after it (`EditHandle.reaches`), is answered by the edited model as by the base model: it takes its
     base decode (`base`, the same rows) where that scored every candidate; the others are decoded again."""
+    if len(base) != len(requests):  # no base decode of these rows: every one is decoded
+        return decode_keeping(lm.model, lm.tokenizer, requests, [i for i, prompt in enumerate(prompts) if prompt])
     reached = [
         i
         for i, r in enumerate(requests)
-        if len(base) != len(requests)
-        or applied.reaches(r.ids + base[i].tokens)
-        or any(c not in base[i].scores for c in r.candidates)
+        if applied.reaches(r.ids + base[i].tokens) or any(c not in base[i].scores for c in r.candidates)
     ]
-    decoded = list(base) if len(base) == len(requests) else []
-    every_prompt = all(i in reached for i, prompt in enumerate(prompts) if prompt)
+    again_at = set(reached)
+    every_prompt = all(i in again_at for i, prompt in enumerate(prompts) if prompt)
     keep = [k for k, i in enumerate(reached) if prompts[i]] if every_prompt else []
     again, state = decode_keeping(lm.model, lm.tokenizer, [requests[i] for i in reached], keep)
-    if not decoded:
-        return again, state
+    decoded = list(base)
     for i, found in zip(reached, again):
         decoded[i] = found
     return decoded, state
