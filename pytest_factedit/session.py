@@ -123,7 +123,7 @@ class FactEditSession:
         folder = "batch" if self.options.mode == "batch" else "sequence"
         save_dir = inside(self.options.save_adapters, folder) if self.options.save_adapters else None
         cases = [planned for _, planned in self.many_cases]
-        result = run_planned(self.load_model(), cases, self.options.mode, save_dir)
+        result = run_planned(self.load_model(), cases, self.options.mode, save_dir, self.held.cache)
         files = {planned.case.id: case_file for case_file, planned in self.many_cases}
         for record in many_case_records(result, files, self.run_info, self.options.many_key):
             self._records[(record["case_file"], record["case_id"])] = self.compared(record)

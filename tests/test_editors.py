@@ -130,7 +130,7 @@ def test_sequential_edits_merge_one_after_another_and_the_base_comes_back() -> N
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lm = SimpleNamespace(model=model, tokenizer=tok)
+    lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
     cases = _two_cases(model, tok)
     settings = resolve_settings({"lr": 0.3, **FAST, "localize": "none"})
     result = run_sequence(lm, cases, lambda case: settings)
@@ -186,7 +186,7 @@ def test_batch_mode_trains_one_adapter_on_every_case_and_restores_the_base() -> 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    lm = SimpleNamespace(model=model, tokenizer=tok)
+    lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
     cases = _two_cases(model, tok)
     settings = resolve_settings(
         {"lr": 0.3, **FAST, "localize": "random", "mlp_layers": 1, "attention_layers": 1, "batch_facts_per_step": 1}
@@ -215,7 +215,7 @@ def test_batch_mode_reports_a_case_asking_for_another_method_and_runs_the_rest()
 
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=2)
-    lm = SimpleNamespace(model=model, tokenizer=tok)
+    lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
     cases = _two_cases(model, tok)
     chosen = {
         "c0": resolve_settings({**FAST, "localize": "none"}),

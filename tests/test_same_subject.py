@@ -364,7 +364,7 @@ def test_the_edited_probe_decodes_again_only_the_rows_the_edit_can_reach() -> No
     rows = [decoding.DecodeRow(encode_prompt(tok, p, False), 6, False, candidates) for p in prompts]
     base = decoding.decode(model, tok, rows)
     base[3] = decoding.Decoded(base[3].tokens, base[3].ended, {})  # a base decode that scored no candidate
-    lm = SimpleNamespace(model=model, tokenizer=tok)
+    lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
     decoded_again: list = []
     original = probing.decode_keeping
 

@@ -30,7 +30,7 @@ def two_case_run() -> tuple[SimpleNamespace, list[Any], Callable[[Any], Any]]:
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=2)
     settings = resolve_settings({**FAST, **PLACED})
-    return SimpleNamespace(model=model, tokenizer=tok), two_cases(model, tok), lambda _case: settings
+    return SimpleNamespace(model=model, tokenizer=tok, dtype="float32"), two_cases(model, tok), lambda _case: settings
 
 
 def figures(result: Any) -> dict[str, Any]:

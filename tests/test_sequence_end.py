@@ -53,7 +53,7 @@ def run_one(method: dict[str, Any]) -> tuple[Any, Any]:
     model = tiny_model("llama", len(tok), layers=2)
     case = missing_case(model, tok)
     settings = resolve_settings({**FAST, **PLACED, **method})
-    return run_sequence(SimpleNamespace(model=model, tokenizer=tok), [case], lambda _: settings), model
+    return run_sequence(SimpleNamespace(model=model, tokenizer=tok, dtype="float32"), [case], lambda _: settings), model
 
 
 def test_the_end_rows_miss_when_built_to_and_flow_into_the_record() -> None:
@@ -163,7 +163,7 @@ def test_a_neighbour_that_is_another_edits_fact_is_not_counted_at_the_end() -> N
     settings = resolve_settings({**FAST, **PLACED})
     heard: list[tuple[int, str]] = []
     result = run_sequence(
-        SimpleNamespace(model=model, tokenizer=tok), [first, second], lambda _: settings,
+        SimpleNamespace(model=model, tokenizer=tok, dtype="float32"), [first, second], lambda _: settings,
         each_done=lambda position, outcome: heard.append((position, outcome.case.id)),
     )  # fmt: skip
     assert [o.status for o in result.outcomes] == ["ran", "ran"]

@@ -241,6 +241,11 @@ class GateRegistry:
             if model is not None and model.__dict__.get(REGISTRY_ATTRIBUTE) is self:
                 del model.__dict__[REGISTRY_ATTRIBUTE]
 
+    def may_open(self, ids: Sequence[int]) -> bool:
+        """Does a kept edit's pattern occur in this text's ids? Where none does, every kept gain multiplies
+        by exactly 1 (SubjectGate.may_open, for all the edits at once, at a cost that does not grow with them)."""
+        return any(group.trie.occurs_in(ids) for group in self.groups.values())
+
     @contextmanager
     def disabled(self) -> Iterator[None]:
         """Every edit off for the block (the base model's cost and outputs); passes in it keep no gate state."""

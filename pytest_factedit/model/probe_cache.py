@@ -144,11 +144,17 @@ class BaseAnswerCache:
             self._identity, self._store = identity, ProbeStore(self._folder, identity)
             self._rows = self._store.load()
 
-    def traces(self, lm: LoadedModel) -> TraceStore | None:
-        """The stored traces of this model's identity; None without a folder (nothing is kept across runs)."""
+    def traces(self, lm: LoadedModel, texts: Sequence[Tokens] = ()) -> TraceStore | None:
+        """The stored traces of this model's identity, for a trace that reads `texts` (the token ids of its
+        prompts); None without a folder (nothing is kept across runs)."""
         if self._folder is None:
             return None
         return TraceStore(self._folder, store_identity(lm))
+
+    def stored(self, lm: LoadedModel, row: DecodeRow) -> Decoded | None:
+        """The base model's decode of `row` where a stored run covers it (memory or disk); else None."""
+        self._attach(lm)
+        return self._served(lm, row)
 
     def _served(self, lm: LoadedModel, row: DecodeRow) -> Decoded | None:
         known = self._rows.get(row.ids)

@@ -40,6 +40,23 @@ if TYPE_CHECKING:
     from ..model.trace_store import TraceStore
 
 
+def fact_prompts(lm: LoadedModel, case: FactCase) -> FactPrompts:
+    """What a trace of `case` reads: its prompts as the model sees them, its subject and old answer."""
+    return FactPrompts(
+        tuple(render_prompts(lm.tokenizer, case.prompts, case.chat_format)),
+        case.subject,
+        case.old[0],
+        first_token_id(lm.tokenizer, case.old[0], case.chat_format),
+        add_special_tokens=not case.chat,
+    )
+
+
+def traced_ids(lm: LoadedModel, case: FactCase) -> list[tuple[int, ...]]:
+    """The token ids of the prompts a trace of `case` runs (noise changes their embeddings, not their ids)."""
+    fact = fact_prompts(lm, case)
+    return [tuple(lm.tokenizer(t, add_special_tokens=fact.add_special_tokens).input_ids) for t in fact.texts]
+
+
 def localize_case(
     lm: LoadedModel,
     case: FactCase,
@@ -50,13 +67,7 @@ def localize_case(
 ) -> Localization:
     """Trace where the case's old answer is stored (`method` defaults to settings.localize); with `traces`,
     an earlier run's trace of the same fact, settings and model is read back instead, and a new one kept."""
-    fact = FactPrompts(
-        tuple(render_prompts(lm.tokenizer, case.prompts, case.chat_format)),
-        case.subject,
-        case.old[0],
-        first_token_id(lm.tokenizer, case.old[0], case.chat_format),
-        add_special_tokens=not case.chat,
-    )
+    fact = fact_prompts(lm, case)
     how = LocalizeSettings(
         method=method or settings.localize,
         mlp_layers=settings.mlp_layers,
@@ -112,10 +123,11 @@ def place_edit(
     lm: LoadedModel, outcome: CaseOutcome, scope: Scope, base: BaseAnswerCache | None = None
 ) -> TargetModules:
     """Choose the outcome's targets (localizing when that is the rule) and time it (told as LOCALIZE events).
-    `base` only for the base model as loaded: its stored traces are not those of a model with kept edits."""
+    With `base`, a trace an earlier run stored is read back (on a model with kept edits, a KeptEditsCache
+    gives one only where none of them reaches the traced prompts)."""
     emit(LOCALIZE_START, outcome.settings.localize)
     started = time.perf_counter()
-    traces = base.traces(lm) if base is not None else None
+    traces = base.traces(lm, traced_ids(lm, outcome.case)) if base is not None else None
     outcome.targets, outcome.localization = choose_targets(lm, outcome.case, outcome.settings, scope, traces)
     outcome.timings["localize_seconds"] = time.perf_counter() - started
     emit(LOCALIZE_END, outcome.settings.localize)
@@ -159,7 +171,8 @@ def edited(
 ) -> Iterator[EditHandle]:
     """The placed outcome's edit, applied for the block: how it was made goes into the outcome, and
     with `save_dir` its adapters are written there. Leaving the block removes it unless it was merged.
-    With `base` (only on the base model as loaded), the editor's own decodes of it are served from there."""
+    With `base`, the editor's own decodes of the base model are served from there (on a model with kept
+    edits, a KeptEditsCache: only the rows none of them reaches)."""
     assert outcome.targets is not None, "place_edit() chooses the targets first"
     started = time.perf_counter()
     editor = get_editor(outcome.settings.name)

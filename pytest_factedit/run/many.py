@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from ..model.decoding import MAX_BATCH_ROWS, DecodeRow, decode, prefill, token_b
 from ..model.probe import continuation_texts
 from ..model.targets import TargetModules, merged_targets
 from ..model.text import answer_token_budget, encode_prompt
-from ..model.weights import restored_weights, verified_restore
+from ..model.weights import restored_weights, verified_restore, weights_checksum
 from .case import edit_request, edited, held_out_texts, measure, place_edit, save_adapters
 from .other_subjects import without_other_subjects
 from .outcome import CaseOutcome
@@ -38,6 +38,7 @@ from .probing import (
     probe_edit,
     probe_rows,
 )
+from .sequence_base import KeptEditReach, KeptEditsCache, probed_before_any_edit
 
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
@@ -249,16 +250,18 @@ def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | s
 
 
 def _edit_and_merge(
-    lm: LoadedModel, case: FactCase, settings: EditSettings, save_dir: Path | None = None
+    lm: LoadedModel, case: FactCase, settings: EditSettings, base: KeptEditsCache, save_dir: Path | None = None
 ) -> CaseOutcome:
     """One sequential step: probe, place, edit and measure `case` on the model the earlier edits left, then
-    merge; with `save_dir`, the edit is saved there before it is merged."""
-    outcome = probe_base(lm, case, settings, BaseAnswerCache())
+    merge (`base` serves the probe, the trace and the editor what the base model computed, where no kept
+    edit reaches); with `save_dir`, the edit is saved there before it is merged."""
+    outcome = probe_base(lm, case, settings, base)
     if outcome.status == "ran":
-        place_edit(lm, outcome, get_editor(settings.name).scope)
-        with edited(lm, outcome, save_dir) as applied:
+        place_edit(lm, outcome, get_editor(settings.name).scope, base)
+        with edited(lm, outcome, save_dir, base) as applied:
             probe_edit(lm, outcome, applied)
             applied.merge()
+            base.reach.kept(applied)
         measure(outcome)
     return outcome
 
@@ -274,6 +277,28 @@ def _resumed(cases: Sequence[FactCase], resume: Callable[[], Sequence[CaseOutcom
     return done
 
 
+def _resumed_on_base(
+    lm: LoadedModel,
+    cases: Sequence[FactCase],
+    settings_for: SettingsFor,
+    base: BaseAnswerCache | None,
+    resume: Callable[[], Sequence[CaseOutcome]] | None,
+) -> tuple[list[CaseOutcome], KeptEditsCache]:
+    """The outcomes `resume` put back (none without it), and what each step probes with: the base model's
+    decodes of every case still to edit, made now with the kept gated edits off (the base model)."""
+    step_base = KeptEditsCache(base if base is not None else BaseAnswerCache(), KeptEditReach(lm.model))
+    done: list[CaseOutcome] = []
+    if resume is not None:
+        loaded = weights_checksum(lm.model)
+        done = _resumed(cases, resume)
+        step_base.reach.everywhere = weights_checksum(lm.model) != loaded  # an edit put back into the weights
+    if not step_base.reach.everywhere:  # else no step could take a base decode
+        registry = lm.model.__dict__.get(REGISTRY_ATTRIBUTE)
+        with registry.disabled() if registry is not None else nullcontext():
+            probed_before_any_edit(lm, cases[len(done) :], settings_for, step_base.base)
+    return done, step_base
+
+
 def run_sequence(
     lm: LoadedModel,
     cases: Sequence[FactCase],
@@ -281,10 +306,14 @@ def run_sequence(
     save_dir: Path | None = None,
     each_done: Callable[[int, CaseOutcome], None] | None = None,
     resume: Callable[[], Sequence[CaseOutcome]] | None = None,
+    base: BaseAnswerCache | None = None,
 ) -> ManyOutcome:
     """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
 
-    Each case is measured right after its own edit, against the model as the earlier edits left it.
+    Each case is measured right after its own edit, against the model as the earlier edits left it. Its
+    rows are decoded by the base model before the first edit, with every other case's (into `base`, which
+    may already hold them from an earlier run), and a step decodes again only the rows its kept edits can
+    reach (run/sequence_base.py).
     At the end every edit's prompts, paraphrases, neighbours and same-subject facts and every control are
     answered again in one batched run (their base answers were, before the first edit), the latency with
     every gated edit on and off is timed and the bytes the kept edits hold are counted; then all weights
@@ -302,13 +331,14 @@ def run_sequence(
         kept_edits_released(lm.model),
     ):
         controls, held = _answered_before_any_edit(lm, cases)
-        outcomes += _resumed(cases, resume) if resume is not None else []
+        done, step_base = _resumed_on_base(lm, cases, settings_for, base, resume)
+        outcomes += done
         for position, case in enumerate(cases[len(outcomes) :], start=len(outcomes)):
             settings = None
             try:
                 settings = settings_for(case)
                 folder = save_dir / sequence_folder(position, case.id) if save_dir is not None else None
-                outcomes.append(_edit_and_merge(lm, case, settings, folder))
+                outcomes.append(_edit_and_merge(lm, case, settings, step_base, folder))
             except Exception as exc:  # one broken case must not stop the others; its edit was not merged
                 outcomes.append(_error(case, settings, exc))
             if each_done is not None:
@@ -383,15 +413,20 @@ def run_batch(
 
 
 def run_planned(
-    lm: LoadedModel, planned: Sequence[PlannedCase], mode: str, save_dir: Path | None = None
+    lm: LoadedModel,
+    planned: Sequence[PlannedCase],
+    mode: str,
+    save_dir: Path | None = None,
+    base: BaseAnswerCache | None = None,
 ) -> ManyOutcome:
     """`--factedit-mode sequential|batch` over the collected cases, each edited with the settings its
-    collection resolved (`save_dir`: where batch mode saves its adapter, or sequential mode each edit)."""
+    collection resolved (`save_dir`: where batch mode saves its adapter, or sequential mode each edit;
+    `base`: the run's cache of the base model's decodes, which a sequence reads and fills)."""
     cases = [p.case for p in planned]
     settings = {p.case.id: p.settings for p in planned}
     if mode == "batch":
         return run_batch(lm, cases, lambda case: settings[case.id], save_dir)
-    return run_sequence(lm, cases, lambda case: settings[case.id], save_dir)
+    return run_sequence(lm, cases, lambda case: settings[case.id], save_dir, base=base)
 
 
 def _edit_together(

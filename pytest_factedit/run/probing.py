@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ..edit.settings import EditSettings
     from ..model.load import LoadedModel
 
-__all__ = ["DEFAULT_PLAN", "BaseAnswerCache", "ProbePlan", "probe_base", "probe_edit"]
+__all__ = ["DEFAULT_PLAN", "BaseAnswerCache", "ProbePlan", "base_requests", "probe_base", "probe_edit", "row_reached"]
 
 
 @dataclass(frozen=True)
@@ -213,16 +213,32 @@ def too_long(lm: LoadedModel, case: FactCase, settings: EditSettings, requests: 
     )
 
 
+def _base_requests(
+    lm: LoadedModel, case: FactCase, plan: ProbePlan
+) -> tuple[list[ProbeRow], _Decoding, list[DecodeRow]]:
+    rows = probe_rows(case, lm.tokenizer)
+    how = _decoding(lm, case, plan)
+    old = how.ids(case.old[0])
+    return rows, how, [how.request(r, base_candidates(how, r, old)) for r in rows]
+
+
+def base_requests(
+    lm: LoadedModel, case: FactCase, settings: EditSettings, plan: ProbePlan = DEFAULT_PLAN
+) -> list[DecodeRow]:
+    """What `probe_base` asks the base model to decode for `case` (none when a row is too long for the model):
+    a sequence decodes every case's rows together before its first edit (run/sequence_base.py)."""
+    requests = _base_requests(lm, case, plan)[2]
+    return [] if too_long(lm, case, settings, requests) else requests
+
+
 def probe_base(
     lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache, plan: ProbePlan = DEFAULT_PLAN
 ) -> CaseOutcome:
     """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`, or
     when a row of it is longer than the model's context (then nothing reaches the model)."""
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_with(case.thresholds))
-    rows = probe_rows(case, lm.tokenizer)
-    how = _decoding(lm, case, plan)
+    rows, how, requests = _base_requests(lm, case, plan)
     old = how.ids(case.old[0])
-    requests = [how.request(r, base_candidates(how, r, old)) for r in rows]
     outcome.reason = too_long(lm, case, settings, requests)
     if outcome.reason:
         outcome.status = "skipped"
@@ -281,6 +297,12 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     emit(PROBE_END, PROBE_EDITED)
 
 
+def row_reached(reaches: Callable[[Tokens], bool], row: DecodeRow, tokens: Tokens) -> bool:
+    """Can an edit that changes only the texts `reaches` accepts change `row`'s decode (`tokens`) or the
+    score of one of its candidates? Each is the prompt followed by those tokens."""
+    return reaches(row.ids + tokens) or any(reaches(row.ids + c) for c in row.candidates)
+
+
 def edited_decodes(
     lm: LoadedModel,
     base: Sequence[Decoded],
@@ -289,15 +311,15 @@ def edited_decodes(
     prompts: Sequence[bool],
 ) -> tuple[list[Decoded], Prefilled | None]:
     """Every row decoded with the edit on, and the prompts' prefilled state for the latency steps (None
-    unless every prompt was decoded). A row the edit cannot reach, its prompt and the base model's tokens
-    after it (`EditHandle.reaches`), is answered by the edited model as by the base model: it takes its
-    base decode (`base`, the same rows) where that scored every candidate; the others are decoded again."""
+    unless every prompt was decoded). A row the edit cannot reach (`row_reached` by `EditHandle.reaches`)
+    is answered by the edited model as by the base model: it takes its base decode (`base`, the same rows)
+    where that scored every candidate; the others are decoded again."""
     if len(base) != len(requests):  # no base decode of these rows: every one is decoded
         return decode_keeping(lm.model, lm.tokenizer, requests, [i for i, prompt in enumerate(prompts) if prompt])
     reached = [
         i
         for i, r in enumerate(requests)
-        if applied.reaches(r.ids + base[i].tokens) or any(c not in base[i].scores for c in r.candidates)
+        if row_reached(applied.reaches, r, base[i].tokens) or any(c not in base[i].scores for c in r.candidates)
     ]
     again_at = set(reached)
     every_prompt = all(i in again_at for i, prompt in enumerate(prompts) if prompt)

@@ -1,0 +1,151 @@
+"""A sequence decodes every case's rows with the base model before its first edit, and each step takes the
+base decode of a row no kept edit can reach (run/sequence_base.py): the answers are those of decoding
+every row on the model at each step, and a row a kept edit reaches is always decoded on the model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit.gate_index import PatternTrie  # noqa: E402
+from pytest_factedit.model.decoding import DecodeRow, decode  # noqa: E402
+from pytest_factedit.model.probe_cache import BaseAnswerCache  # noqa: E402
+from pytest_factedit.model.text import encode_prompt  # noqa: E402
+from pytest_factedit.run import sequence_base  # noqa: E402
+from pytest_factedit.run.sequence_base import KeptEditReach, KeptEditsCache, merged_rows  # noqa: E402
+
+from .test_sequence_checkpoint import two_case_run  # noqa: E402
+from .tiny import tiny_model, word_tokenizer  # noqa: E402
+
+
+def test_the_trie_tells_whether_any_pattern_occurs_without_counting_a_pass_lookup() -> None:
+    trie = PatternTrie()
+    trie.add(1, [(5, 6), (9,)])
+    trie.add(2, [(5, 6, 7)])
+    assert trie.occurs_in((1, 5, 6, 2)) and trie.occurs_in((3, 9)) and trie.occurs_in((5, 6, 7))
+    assert not trie.occurs_in((5, 1, 6)) and not trie.occurs_in(()) and not trie.occurs_in((6, 5))
+    trie.discard(1, [(5, 6), (9,)])
+    assert not trie.occurs_in((1, 5, 6, 2)) and trie.occurs_in((5, 6, 7)) and not trie.occurs_in((9,))
+    assert trie.lookups == 0
+
+
+def test_rows_sharing_a_prompt_are_decoded_once_with_every_candidate_to_the_longest_budget() -> None:
+    def settle(tokens: tuple[int, ...]) -> bool:
+        return len(tokens) > 1
+
+    first = DecodeRow((1, 2), 4, True, ((7,),), settle)
+    second = DecodeRow((1, 2), 6, True, ((8, 9), (7,)), settle)
+    prompt = DecodeRow((3,), 16, False, ((7,),))
+    merged = merged_rows([first, prompt, second])
+    assert merged[1] is prompt  # asked once: as it is
+    assert merged[0] == DecodeRow((1, 2), 6, True, ((7,), (8, 9)))  # no settle rule: a run each request cuts
+    assert merged_rows([first, DecodeRow((1, 2), 2, False)])[0].stop_at_newline is False
+
+
+def _changed_model_and_rows() -> tuple[Any, Any, list[DecodeRow], BaseAnswerCache, Any]:
+    """A tiny model, three rows decoded and stored as the base model's, then the model's weights changed
+    (an edit) so that every row decodes differently now."""
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
+    paris = tuple(tok(" Paris", add_special_tokens=False).input_ids)
+    prompts = ["The capital of France is", "The Eiffel Tower is in", "The capital of Italy is"]
+    rows = [DecodeRow(encode_prompt(tok, p, False), 4, False, (paris,)) for p in prompts]
+    rows[2] = DecodeRow(rows[2].ids, 4, False, (tuple(tok(" Eiffel", add_special_tokens=False).input_ids),))
+    base = BaseAnswerCache()
+    base.decoded(lm, rows)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.5, alpha=1.0)
+    return lm, tok, rows, base, model
+
+
+def test_a_step_takes_the_base_decode_only_of_rows_no_kept_edit_can_reach() -> None:
+    """The kept edit reaches texts holding "Eiffel": the row naming it, and the row scoring it as a candidate,
+    are decoded on the changed model; the other row is the stored base decode, though the model changed."""
+    lm, tok, rows, base, model = _changed_model_and_rows()
+    eiffel = tok(" Eiffel", add_special_tokens=False).input_ids[0]
+    reach = KeptEditReach(model)
+    view = KeptEditsCache(base, reach)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(KeptEditReach, "__call__", lambda self, ids: eiffel in ids)
+        found = view.decoded(lm, rows)
+    now = decode(model, tok, rows)
+    stored = [base.stored(lm, r) for r in rows]
+    assert found[0] == stored[0] and found[0].tokens != now[0].tokens  # served: the base model's answer
+    assert [d.tokens for d in found[1:]] == [d.tokens for d in now[1:]]  # reached: decoded on the model
+    assert found[1].tokens != stored[1].tokens and view.served == 1
+    reach.everywhere = True  # an edit merged into the weights: nothing is served any more
+    assert [d.tokens for d in view.decoded(lm, rows)] == [d.tokens for d in now] and view.served == 1
+
+
+def test_an_edit_kept_in_the_weights_reaches_every_text_and_a_gated_one_only_its_own() -> None:
+    from pytest_factedit.edit.base import EditHandle
+
+    lm, _tok, _rows, _base, model = _changed_model_and_rows()
+    reach = KeptEditReach(model)
+    assert not reach((1, 2, 3))  # nothing kept yet
+    gated = SimpleNamespace(reaches=lambda ids: bool(ids) and 5 in ids)
+    reach.kept(gated)  # type: ignore[arg-type]
+    assert not reach.everywhere
+    reach.kept(SimpleNamespace(reaches=lambda ids: EditHandle.reaches(None, ids)))  # type: ignore[arg-type]
+    assert reach.everywhere and reach((1, 2, 3))
+
+
+def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
+    """Two gated edits in sequence on a tiny model: each case's answers, the end figures, and how many rows
+    the steps took from the base model's decodes (none with `serve` off: every row decoded at its step)."""
+    from pytest_factedit.run.many import run_sequence
+
+    lm, cases, settings_for = two_case_run()
+    served: list[int] = []
+    original = KeptEditsCache.decoded
+
+    def counting(self: KeptEditsCache, lm: Any, rows: Any) -> Any:
+        before = self.served
+        out = original(self, lm, rows)
+        served.append(self.served - before)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(KeptEditsCache, "decoded", counting)
+        if not serve:
+            patch.setattr(sequence_base, "probed_before_any_edit", lambda *args: None)
+            patch.setattr("pytest_factedit.run.many.probed_before_any_edit", lambda *args: None)
+        result = run_sequence(lm, cases, settings_for)
+    answers = [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
+    figures = {name: m.value for name, m in result.metrics.items() if "latency" not in name}
+    return answers, figures, sum(served)
+
+
+def test_a_sequence_answers_as_when_every_step_decodes_every_row() -> None:
+    served_answers, served_figures, served = _sequence(serve=True)
+    decoded_answers, decoded_figures, none = _sequence(serve=False)
+    assert served > 0 and none == 0
+    assert served_answers == decoded_answers
+    assert served_figures == decoded_figures
+
+
+def test_a_stored_trace_serves_a_step_only_where_no_kept_edit_reaches_the_traced_prompts(tmp_path) -> None:
+    """Read only: a trace made under kept edits is never stored as the base model's."""
+    lm, _tok, _rows, _base, model = _changed_model_and_rows()
+    lm.weights_hash, lm.device = "w" * 64, "cpu"
+    stored = BaseAnswerCache(tmp_path)
+    traces = stored.traces(lm)
+    assert traces is not None
+    key = "a" * 64
+    traces.put(key, {"layers": [1]})
+    view = KeptEditsCache(stored, KeptEditReach(model))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(KeptEditReach, "__call__", lambda self, ids: 5 in ids)
+        served = view.traces(lm, [(1, 2), (3, 4)])
+        assert served is not None and served.get(key) == {"layers": [1]}
+        served.put("b" * 64, {"layers": [2]})
+        assert traces.get("b" * 64) is None
+        assert view.traces(lm, [(1, 2), (5, 4)]) is None  # one traced prompt names a kept subject
+        assert view.traces(lm, []) is None
+    assert KeptEditsCache(BaseAnswerCache(), KeptEditReach(model)).traces(lm, [(1, 2)]) is None  # nothing kept
