@@ -92,6 +92,10 @@ def _sequence(
 
     part = cases[: args.stop_after] if args.stop_after else cases
     progress = _progress(len(part), started)
+    print(
+        "the base model decodes every fact's rows first (about a second a fact on 2 cores), then edits them",
+        file=sys.stderr,
+    )
     if not args.checkpoint:
         return run_sequence(lm, part, settings_for, each_done=progress), 0.0
     identity = {"method": args.method, "set": args.set, "data": Path(args.data).name, "seed": args.seed}

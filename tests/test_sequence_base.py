@@ -149,3 +149,18 @@ def test_a_stored_trace_serves_a_step_only_where_no_kept_edit_reaches_the_traced
         assert view.traces(lm, [(1, 2), (5, 4)]) is None  # one traced prompt names a kept subject
         assert view.traces(lm, []) is None
     assert KeptEditsCache(BaseAnswerCache(), KeptEditReach(model)).traces(lm, [(1, 2)]) is None  # nothing kept
+
+
+def test_the_pass_before_the_first_edit_is_heard_as_a_base_probe_and_fills_the_cache() -> None:
+    from pytest_factedit.infra.events import PROBE_BASE, PROBE_END, PROBE_START, listening
+
+    lm, cases, settings_for = two_case_run()
+    base = BaseAnswerCache()
+    heard: list[tuple[str, str]] = []
+    with listening(lambda event: heard.append((event.kind, event.label))):
+        sequence_base.probed_before_any_edit(lm, cases, settings_for, base)
+    assert heard == [(PROBE_START, PROBE_BASE), (PROBE_END, PROBE_BASE)]
+    from pytest_factedit.run.probing import base_requests
+
+    rows = [r for case in cases for r in base_requests(lm, case, settings_for(case))]
+    assert rows and all(base.stored(lm, r) is not None for r in rows)  # every step's rows, served from the pass

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..edit.gate_registry import REGISTRY_ATTRIBUTE
+from ..infra.events import PROBE_BASE, PROBE_END, PROBE_START, emit
 from ..model.decoding import Decoded, DecodeRow, Tokens, decode
 from ..model.probe_cache import BaseAnswerCache
 from ..model.trace_store import TraceStore
@@ -98,7 +99,9 @@ def probed_before_any_edit(
     decode; a case whose settings or rows fail is left to its own step (which reports it).
 
     The rows go longest budget first, then by prompt length: the prompts that run on to the fluency length
-    share their greedy steps, the rows settled after a few tokens leave together, and little is padding."""
+    share their greedy steps, the rows settled after a few tokens leave together, and little is padding.
+    A display hears it as a base probe (PROBE_START, PROBE_END)."""
+    emit(PROBE_START, PROBE_BASE)
     for start in range(0, len(cases), CASES_PER_PASS):
         requests: list[DecodeRow] = []
         for case in cases[start : start + CASES_PER_PASS]:
@@ -108,6 +111,7 @@ def probed_before_any_edit(
                 continue
         if requests:
             base.decoded(lm, sorted(merged_rows(requests), key=lambda r: (-r.max_tokens, len(r.ids))))
+    emit(PROBE_END, PROBE_BASE)
 
 
 def merged_rows(requests: Sequence[DecodeRow]) -> list[DecodeRow]:
