@@ -61,6 +61,7 @@ class FactEditSession:
         self.planned_suite_items: list[tuple[Suite, str]] = []  # xdist controller: suite items it will report
         self.extra_problems: list[str] = []  # what the summary must say beyond the writer's problems
         self.outputs: list[str] = []  # files written at the end besides the reports (baseline, HTML)
+        self._probed_together = False  # isolated mode: every case's base rows decoded in one pass yet
 
     @classmethod
     def writing_reports(cls, options: Options) -> FactEditSession:
@@ -106,6 +107,9 @@ class FactEditSession:
 
         lm = self.load_model()
         assert self.held.cache is not None
+        if not self._probed_together:
+            self._probed_together = True
+            self._probe_together(lm)
         case = planned.case
         save_dir = inside(self.options.save_adapters, case.id) if self.options.save_adapters else None
         outcome = run_case(lm, case, planned.settings, self.held.cache, save_dir)
@@ -113,6 +117,21 @@ class FactEditSession:
         if save_dir is not None and outcome.status == "ran":
             write_manifest(save_dir, record)
         return record
+
+    def _probe_together(self, lm: LoadedModel) -> None:
+        """Before the first isolated case, every collected case's base rows in one pass (run/base_pass.py),
+        into the cache each case's probe reads; not under xdist, where a worker runs only some cases. A pass
+        that fails leaves each case to probe alone (and report its own error)."""
+        from .run.base_pass import probed_before_any_edit
+
+        planned = list(self.cases.values())
+        if self.held.worker is not None or len(planned) < 2 or self.held.cache is None:
+            return
+        settings = {id(p.case): p.settings for p in planned}
+        try:
+            probed_before_any_edit(lm, [p.case for p in planned], lambda case: settings[id(case)], self.held.cache)
+        except Exception:  # each case probes again and reports what failed
+            pass
 
     def run_many(self) -> ManyRecord:
         """Sequential or batch mode: edit every collected case on one model (once), then check them all."""

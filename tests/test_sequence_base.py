@@ -1,6 +1,7 @@
-"""A sequence decodes every case's rows with the base model before its first edit, and each step takes the
-base decode of a row no kept edit can reach (run/sequence_base.py): the answers are those of decoding
-every row on the model at each step, and a row a kept edit reaches is always decoded on the model."""
+"""A sequence decodes every case's rows with the base model before its first edit (run/base_pass.py), and
+each step takes the base decode of a row no kept edit can reach (run/sequence_base.py): the answers are
+those of decoding every row on the model at each step, and a row a kept edit reaches is always decoded on
+the model. Batch mode and an isolated run of several cases read the same cache of base decodes."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pytest_factedit.edit.gate_index import PatternTrie  # noqa: E402
 from pytest_factedit.model.decoding import DecodeRow, decode  # noqa: E402
 from pytest_factedit.model.probe_cache import BaseAnswerCache  # noqa: E402
 from pytest_factedit.model.text import encode_prompt  # noqa: E402
-from pytest_factedit.run import sequence_base  # noqa: E402
-from pytest_factedit.run.sequence_base import KeptEditReach, KeptEditsCache, merged_rows  # noqa: E402
+from pytest_factedit.run import base_pass  # noqa: E402
+from pytest_factedit.run.base_pass import merged_rows  # noqa: E402
+from pytest_factedit.run.sequence_base import KeptEditReach, KeptEditsCache  # noqa: E402
 
 from .test_sequence_checkpoint import two_case_run  # noqa: E402
 from .tiny import tiny_model, word_tokenizer  # noqa: E402
@@ -114,7 +116,6 @@ def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(KeptEditsCache, "decoded", counting)
         if not serve:
-            patch.setattr(sequence_base, "probed_before_any_edit", lambda *args: None)
             patch.setattr("pytest_factedit.run.many.probed_before_any_edit", lambda *args: None)
         result = run_sequence(lm, cases, settings_for)
     answers = [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
@@ -158,9 +159,52 @@ def test_the_pass_before_the_first_edit_is_heard_as_a_base_probe_and_fills_the_c
     base = BaseAnswerCache()
     heard: list[tuple[str, str]] = []
     with listening(lambda event: heard.append((event.kind, event.label))):
-        sequence_base.probed_before_any_edit(lm, cases, settings_for, base)
+        base_pass.probed_before_any_edit(lm, cases, settings_for, base)
     assert heard == [(PROBE_START, PROBE_BASE), (PROBE_END, PROBE_BASE)]
     from pytest_factedit.run.probing import base_requests
 
     rows = [r for case in cases for r in base_requests(lm, case, settings_for(case))]
     assert rows and all(base.stored(lm, r) is not None for r in rows)  # every step's rows, served from the pass
+
+
+def test_a_batch_run_reads_the_base_models_decodes_an_earlier_run_stored(tmp_path) -> None:
+    """Batch mode probes and decodes for the editor before its adapter exists: a second run with the same
+    cache folder decodes no base row again, and answers as the first."""
+    from pytest_factedit.model import probe_cache
+    from pytest_factedit.run.many import run_batch
+
+    lm, cases, settings_for = two_case_run()
+    lm.weights_hash, lm.device = "w" * 64, "cpu"
+
+    def answers(result: Any) -> list[Any]:
+        return [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
+
+    first = run_batch(lm, cases, settings_for, base=BaseAnswerCache(tmp_path))
+    decoded: list[int] = []
+    original = probe_cache.decode
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            probe_cache, "decode", lambda model, tok, rows: decoded.append(len(rows)) or original(model, tok, rows)
+        )
+        second = run_batch(lm, cases, settings_for, base=BaseAnswerCache(tmp_path))
+    assert [o.status for o in first.outcomes] == ["ran", "ran"]
+    assert decoded == [] and answers(second) == answers(first)
+
+
+def test_an_isolated_run_of_several_cases_decodes_their_base_rows_in_one_pass_first(tmp_path) -> None:
+    """Before its first case, a single-process session decodes every collected case's base rows into the
+    cache each case's probe reads; an xdist worker (which runs only some cases) leaves each case to itself."""
+    from pytest_factedit.run.options import Options
+    from pytest_factedit.run.planned import PlannedCase
+    from pytest_factedit.run.probing import base_requests
+    from pytest_factedit.session import FactEditSession
+
+    lm, cases, settings_for = two_case_run()
+    rows = [r for case in cases for r in base_requests(lm, case, settings_for(case))]
+    for worker in (None, (0, 2)):
+        session = FactEditSession(Options.from_values(lambda _name: None, tmp_path), None)
+        session.held.cache, session.held.worker = BaseAnswerCache(), worker
+        session.cases = {(f"{c.id}.yaml", c.id): PlannedCase(c, settings_for(c)) for c in cases}
+        session._probe_together(lm)  # type: ignore[arg-type]
+        served = [session.held.cache.stored(lm, r) is not None for r in rows]
+        assert all(served) if worker is None else not any(served)

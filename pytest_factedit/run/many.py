@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +22,11 @@ from ..metrics.measure import EditCheck, ManyEvidence, MetricValue, retained_by_
 from ..metrics.spec import MANY_METRICS
 from ..model.decoding import MAX_BATCH_ROWS, DecodeRow, decode, prefill, token_batches
 from ..model.probe import continuation_texts
+from ..model.probe_cache import base_decodes_served
 from ..model.targets import TargetModules, merged_targets
 from ..model.text import answer_token_budget, encode_prompt
 from ..model.weights import restored_weights, verified_restore, weights_checksum
+from .base_pass import probed_before_any_edit
 from .case import edit_request, edited, held_out_texts, measure, place_edit, save_adapters
 from .other_subjects import without_other_subjects
 from .outcome import CaseOutcome
@@ -38,7 +40,7 @@ from .probing import (
     probe_edit,
     probe_rows,
 )
-from .sequence_base import KeptEditReach, KeptEditsCache, probed_before_any_edit
+from .sequence_base import KeptEditReach, KeptEditsCache
 
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
@@ -372,7 +374,7 @@ def _place_batch(
                         f"asks for {case_settings.name!r}, the batch uses {settings.name!r}",
                     )
                 else:
-                    place_edit(lm, outcome, get_editor(settings.name).scope)
+                    place_edit(lm, outcome, get_editor(settings.name).scope, cache)
                     live.append(outcome)
             outcomes.append(outcome)
         except Exception as exc:  # one broken case must not stop the others
@@ -381,25 +383,30 @@ def _place_batch(
 
 
 def run_batch(
-    lm: LoadedModel, cases: Sequence[FactCase], settings_for: SettingsFor, save_dir: Path | None = None
+    lm: LoadedModel,
+    cases: Sequence[FactCase],
+    settings_for: SettingsFor,
+    save_dir: Path | None = None,
+    base: BaseAnswerCache | None = None,
 ) -> ManyOutcome:
     """Train one adapter on every case at once (`--factedit-mode batch`), measure each case with it, remove it.
 
     The batch trains with the settings of its first case that runs; each case is localized with its own
     settings and the adapter covers the union of the chosen modules. A case asking for another method
     is an error record; one the base model does not know is skipped. No case's paraphrases or controls,
-    and no other case's prompts, are ever used as retention rows.
+    and no other case's prompts, are ever used as retention rows. Everything is probed, traced and decoded
+    for the editor on the base model before the adapter exists: `base` (the run's cache) serves and keeps it.
     """
     started = time.perf_counter()
     with verified_restore(lm.model) as check:
-        cache = BaseAnswerCache()
+        cache = base if base is not None else BaseAnswerCache()
         controls = _ControlCheck(lm, cases, cache)
         outcomes, live, settings = _place_batch(lm, cases, settings_for, cache)
         batch: dict[str, Any] = {"cases": [o.case.id for o in live]}
         evidence = ManyEvidence((), ())  # n/a until the batch edit is made
         if live and settings is not None:
             try:
-                evidence = _edit_together(lm, live, settings, controls, batch, save_dir)
+                evidence = _edit_together(lm, live, settings, controls, batch, save_dir, cache)
             except Exception as exc:  # the one shared edit failed: every case in it is an error, the rest stand
                 failed = {id(o) for o in live}
                 outcomes = [_error(o.case, o.settings, exc) if id(o) in failed else o for o in outcomes]
@@ -421,11 +428,11 @@ def run_planned(
 ) -> ManyOutcome:
     """`--factedit-mode sequential|batch` over the collected cases, each edited with the settings its
     collection resolved (`save_dir`: where batch mode saves its adapter, or sequential mode each edit;
-    `base`: the run's cache of the base model's decodes, which a sequence reads and fills)."""
+    `base`: the run's cache of what the base model computed, which both modes read and fill)."""
     cases = [p.case for p in planned]
     settings = {p.case.id: p.settings for p in planned}
     if mode == "batch":
-        return run_batch(lm, cases, lambda case: settings[case.id], save_dir)
+        return run_batch(lm, cases, lambda case: settings[case.id], save_dir, base)
     return run_sequence(lm, cases, lambda case: settings[case.id], save_dir, base=base)
 
 
@@ -436,16 +443,18 @@ def _edit_together(
     controls: _ControlCheck,
     batch: dict[str, Any],
     save_dir: Path | None,
+    base: BaseAnswerCache,
 ) -> ManyEvidence:
-    """Train the batch adapter, probe every case with it, then remove it and check the base is back."""
+    """Train the batch adapter (the editor's decodes of the base model served by `base`), probe every case with
+    it, then remove it and check the base is back."""
     targets = merged_targets([o.targets for o in live if o.targets is not None])
     texts = {id(o): o.case.prompts + held_out_texts(o.case) for o in live}
     requests = [edit_request(o.case, [t for other in live if other is not o for t in texts[id(other)]]) for o in live]
     train_started = time.perf_counter()
-    with (
-        verified_restore(lm.model, targets.touched) as check,
-        get_editor(settings.name).apply(lm.model, lm.tokenizer, requests, targets, settings) as applied,
-    ):
+    with verified_restore(lm.model, targets.touched) as check, ExitStack() as stack:
+        with base_decodes_served(base, lm):
+            editor = get_editor(settings.name)
+            applied = stack.enter_context(editor.apply(lm.model, lm.tokenizer, requests, targets, settings))
         train_seconds = time.perf_counter() - train_started
         batch.update(
             train_seconds=round(train_seconds, 3),

@@ -1,5 +1,5 @@
-"""The base model's decodes in a sequence: every case's probe rows decoded before the first edit, all cases
-together, then served to each later step for the rows no kept edit can reach.
+"""The base model's decodes in a sequence (decoded for every case before the first edit: run/base_pass.py),
+served to each later step for the rows no kept edit can reach.
 
 A subject-gated edit kept on the model multiplies by exactly 1 on a text that holds none of its gate's
 patterns, so such a row (its prompt, its decode and its candidates) is answered by the model with every
@@ -9,25 +9,20 @@ row is decoded on the model as it is, as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..edit.gate_registry import REGISTRY_ATTRIBUTE
-from ..infra.events import PROBE_BASE, PROBE_END, PROBE_START, emit
 from ..model.decoding import Decoded, DecodeRow, Tokens, decode
 from ..model.probe_cache import BaseAnswerCache
 from ..model.trace_store import TraceStore
-from .probing import base_requests, row_reached
+from .probing import row_reached
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from ..cases.schema import FactCase
     from ..edit.base import EditHandle
-    from ..edit.settings import EditSettings
     from ..model.load import LoadedModel
-
-CASES_PER_PASS = 32  # cases whose rows share one batched decode before the first edit (memory stays bounded)
 
 
 class KeptEditReach:
@@ -87,49 +82,3 @@ class ReadOnlyTraces(TraceStore):
 
     def put(self, key: str, record: Mapping[str, Any]) -> None:
         return None
-
-
-def probed_before_any_edit(
-    lm: LoadedModel,
-    cases: Sequence[FactCase],
-    settings_for: Callable[[FactCase], EditSettings],
-    base: BaseAnswerCache,
-) -> None:
-    """Every case's `probe_base` rows decoded by the base model into `base`, CASES_PER_PASS cases per batched
-    decode; a case whose settings or rows fail is left to its own step (which reports it).
-
-    The rows go longest budget first, then by prompt length: the prompts that run on to the fluency length
-    share their greedy steps, the rows settled after a few tokens leave together, and little is padding.
-    A display hears it as a base probe (PROBE_START, PROBE_END)."""
-    emit(PROBE_START, PROBE_BASE)
-    for start in range(0, len(cases), CASES_PER_PASS):
-        requests: list[DecodeRow] = []
-        for case in cases[start : start + CASES_PER_PASS]:
-            try:
-                requests += base_requests(lm, case, settings_for(case))
-            except Exception:  # the step of this case meets the same error and records it
-                continue
-        if requests:
-            base.decoded(lm, sorted(merged_rows(requests), key=lambda r: (-r.max_tokens, len(r.ids))))
-    emit(PROBE_END, PROBE_BASE)
-
-
-def merged_rows(requests: Sequence[DecodeRow]) -> list[DecodeRow]:
-    """One row per prompt: cases that share a prompt (a control) ask it with their own candidates and stop
-    rules, so it is decoded once with every candidate, to the longest budget and without a settle rule.
-    A stored longer run serves each shorter request (BaseAnswerCache); one it does not cover is decoded at
-    its own step."""
-    rows: dict[Tokens, DecodeRow] = {}
-    for row in requests:
-        known = rows.get(row.ids)
-        rows[row.ids] = (
-            row
-            if known is None
-            else DecodeRow(
-                row.ids,
-                max(known.max_tokens, row.max_tokens),
-                known.stop_at_newline and row.stop_at_newline,
-                tuple(dict.fromkeys(known.candidates + row.candidates)),
-            )
-        )
-    return list(rows.values())

@@ -1,0 +1,71 @@
+"""Every case's base-model rows decoded before any edit, many cases per batched decode.
+
+Probing one case at a time runs a greedy loop per case, as long as its longest row (the prompts run on to
+the fluency length), over a batch padded to its longest prompt. Decoding the rows of many cases together
+shares those greedy steps, pads rows of like length together and decodes a prompt several cases ask (a
+shared control) once. The decodes go into the run's cache of base decodes, where each case's own probe
+finds them: a sequence before its first edit, an isolated run of several cases before its first case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..infra.events import PROBE_BASE, PROBE_END, PROBE_START, emit
+from ..model.decoding import DecodeRow, Tokens
+from .probing import base_requests
+
+if TYPE_CHECKING:
+    from ..cases.schema import FactCase
+    from ..edit.settings import EditSettings
+    from ..model.load import LoadedModel
+    from ..model.probe_cache import BaseAnswerCache
+
+CASES_PER_PASS = 32  # cases whose rows share one batched decode (memory stays bounded)
+
+
+def probed_before_any_edit(
+    lm: LoadedModel,
+    cases: Sequence[FactCase],
+    settings_for: Callable[[FactCase], EditSettings],
+    base: BaseAnswerCache,
+) -> None:
+    """Every case's `probe_base` rows decoded by the base model into `base`, CASES_PER_PASS cases per batched
+    decode; a case whose settings or rows fail is left to its own probe (which reports it).
+
+    The rows go longest budget first, then by prompt length: the prompts that run on to the fluency length
+    share their greedy steps, the rows settled after a few tokens leave together, and little is padding.
+    A display hears it as a base probe (PROBE_START, PROBE_END)."""
+    emit(PROBE_START, PROBE_BASE)
+    for start in range(0, len(cases), CASES_PER_PASS):
+        requests: list[DecodeRow] = []
+        for case in cases[start : start + CASES_PER_PASS]:
+            try:
+                requests += base_requests(lm, case, settings_for(case))
+            except Exception:  # the case's own probe meets the same error and records it
+                continue
+        if requests:
+            base.decoded(lm, sorted(merged_rows(requests), key=lambda r: (-r.max_tokens, len(r.ids))))
+    emit(PROBE_END, PROBE_BASE)
+
+
+def merged_rows(requests: Sequence[DecodeRow]) -> list[DecodeRow]:
+    """One row per prompt: cases that share a prompt (a control) ask it with their own candidates and stop
+    rules, so it is decoded once with every candidate, to the longest budget and without a settle rule.
+    A stored longer run serves each shorter request (BaseAnswerCache); one it does not cover is decoded at
+    its own probe."""
+    rows: dict[Tokens, DecodeRow] = {}
+    for row in requests:
+        known = rows.get(row.ids)
+        rows[row.ids] = (
+            row
+            if known is None
+            else DecodeRow(
+                row.ids,
+                max(known.max_tokens, row.max_tokens),
+                known.stop_at_newline and row.stop_at_newline,
+                tuple(dict.fromkeys(known.candidates + row.candidates)),
+            )
+        )
+    return list(rows.values())
