@@ -94,11 +94,15 @@ Row = tuple[str, int, "Chat"]  # a prompt, its token budget, its chat format
 END_GROUPS = ("paraphrases", "neighbours", "same_subject")  # each case's rows checked again after the last edit
 
 
-def _answered_together(lm: LoadedModel, parts: Sequence[Sequence[Row]]) -> list[list[str]]:
+def _answered_together(
+    lm: LoadedModel, parts: Sequence[Sequence[Row]], base: BaseAnswerCache | None = None
+) -> list[list[str]]:
     """The greedy continuation of every row of every part, decoded in one batched run (chat formats mixed;
-    each row as `greedy_continuations` decodes it), split back into the parts."""
+    each row as `greedy_continuations` decodes it), split back into the parts; with `base` (the model is the
+    base model), through that cache of its decodes."""
     rows = [DecodeRow(encode_prompt(lm.tokenizer, p, chat), budget, True) for part in parts for p, budget, chat in part]
-    texts = continuation_texts(lm.model, lm.tokenizer, decode(lm.model, lm.tokenizer, rows)) if rows else []
+    decoded = base.decoded(lm, rows) if base is not None else decode(lm.model, lm.tokenizer, rows)
+    texts = continuation_texts(lm.model, lm.tokenizer, decoded) if rows else []
     out, start = [], 0
     for part in parts:
         out.append(texts[start : start + len(part)])
@@ -170,11 +174,14 @@ class _HeldRows:
         return tuple(dataclasses.replace(a, edited=after) for a, after in zip(self.base[case_id], now))
 
 
-def _answered_before_any_edit(lm: LoadedModel, cases: Sequence[FactCase]) -> tuple[_ControlCheck, _HeldRows]:
-    """Every control and every case's END_GROUPS rows, answered by the base model in one batched run."""
+def _answered_before_any_edit(
+    lm: LoadedModel, cases: Sequence[FactCase], base: BaseAnswerCache
+) -> tuple[_ControlCheck, _HeldRows]:
+    """Every control and every case's END_GROUPS rows, answered by the base model in one batched run (through
+    `base`, the run's cache of its decodes: an earlier run's serve)."""
     controls, held = _ControlCheck(lm, cases), _HeldRows(lm, cases)
     ids = [c.id for c in cases]
-    answered = _answered_together(lm, [controls.rows(), *held.rows(ids)])
+    answered = _answered_together(lm, [controls.rows(), *held.rows(ids)], base)
     controls.answered_before(answered[0])
     held.answered_before(ids, answered[1:])
     return controls, held
@@ -283,12 +290,12 @@ def _resumed_on_base(
     lm: LoadedModel,
     cases: Sequence[FactCase],
     settings_for: SettingsFor,
-    base: BaseAnswerCache | None,
+    base: BaseAnswerCache,
     resume: Callable[[], Sequence[CaseOutcome]] | None,
 ) -> tuple[list[CaseOutcome], KeptEditsCache]:
     """The outcomes `resume` put back (none without it), and what each step probes with: the base model's
     decodes of every case still to edit, made now with the kept gated edits off (the base model)."""
-    step_base = KeptEditsCache(base if base is not None else BaseAnswerCache(), KeptEditReach(lm.model))
+    step_base = KeptEditsCache(base, KeptEditReach(lm.model))
     done: list[CaseOutcome] = []
     if resume is not None:
         loaded = weights_checksum(lm.model)
@@ -332,7 +339,8 @@ def run_sequence(
         restored_weights(list(lm.model.parameters())),
         kept_edits_released(lm.model),
     ):
-        controls, held = _answered_before_any_edit(lm, cases)
+        base = base if base is not None else BaseAnswerCache()
+        controls, held = _answered_before_any_edit(lm, cases, base)
         done, step_base = _resumed_on_base(lm, cases, settings_for, base, resume)
         outcomes += done
         for position, case in enumerate(cases[len(outcomes) :], start=len(outcomes)):
