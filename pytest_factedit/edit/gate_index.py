@@ -64,17 +64,13 @@ class PatternTrie:
                     del path[depth - 1].children[pattern[depth - 1]]
 
     def occurs_in(self, row: Sequence[int]) -> bool:
-        """Does any pattern occur in `row`? (Not counted in `lookups`: no pass asks it.)"""
-        for start in range(len(row)):
-            node = self.root
-            for token in row[start:]:
-                child = node.children.get(token)
-                if child is None:
-                    break
-                if child.owners:
-                    return True
-                node = child
-        return False
+        """Does any pattern occur in `row`? `hits` up to the first one; its lookups are not counted, as no
+        pass asks this (`lookups` is what the passes cost)."""
+        counted = self.lookups
+        try:
+            return next(self.hits(row), None) is not None
+        finally:
+            self.lookups = counted
 
     def hits(self, row: Sequence[int], first: int = 0) -> Iterator[tuple[int, int, set[int]]]:
         """(start, end, owners) for every pattern occurring in `row` at a start >= `first`."""

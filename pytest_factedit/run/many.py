@@ -101,8 +101,10 @@ def _answered_together(
     each row as `greedy_continuations` decodes it), split back into the parts; with `base` (the model is the
     base model), through that cache of its decodes."""
     rows = [DecodeRow(encode_prompt(lm.tokenizer, p, chat), budget, True) for part in parts for p, budget, chat in part]
-    decoded = base.decoded(lm, rows) if base is not None else decode(lm.model, lm.tokenizer, rows)
-    texts = continuation_texts(lm.model, lm.tokenizer, decoded) if rows else []
+    texts = []
+    if rows:
+        decoded = base.decoded(lm, rows) if base is not None else decode(lm.model, lm.tokenizer, rows)
+        texts = continuation_texts(lm.model, lm.tokenizer, decoded)
     out, start = [], 0
     for part in parts:
         out.append(texts[start : start + len(part)])
