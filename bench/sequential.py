@@ -88,6 +88,7 @@ def _sequence(
     """run_sequence with progress on stderr; with --checkpoint, resumable (bench/sequence_checkpoint.py), and
     with --stop-after, over the first facts of the run only. (the result, the seconds the run's earlier parts
     took)."""
+    from pytest_factedit.infra.events import listening
     from pytest_factedit.run.many import run_sequence
 
     part = cases[: args.stop_after] if args.stop_after else cases
@@ -97,7 +98,8 @@ def _sequence(
         file=sys.stderr,
     )
     if not args.checkpoint:
-        return run_sequence(lm, part, settings_for, each_done=progress), 0.0
+        with listening(_pass_progress(started)):
+            return run_sequence(lm, part, settings_for, each_done=progress), 0.0
     identity = {"method": args.method, "set": args.set, "data": Path(args.data).name, "seed": args.seed}
     checkpoint = Checkpoint(Path(args.checkpoint), cases, identity)
     logged = min(len(checkpoint.logged), len(part))
@@ -111,7 +113,23 @@ def _sequence(
         progress(position, outcome)
 
     resume = checkpoint.resume(lm, settings_for, upto=len(part)) if logged else None
-    return run_sequence(lm, part, settings_for, checkpoint.edits, each_done, resume), earlier
+    with listening(_pass_progress(started)):
+        return run_sequence(lm, part, settings_for, checkpoint.edits, each_done, resume), earlier
+
+
+def _pass_progress(started: float) -> Any:
+    """Tells stderr how far the base pass before the first edit is, after each of its batched decodes."""
+    from pytest_factedit.infra.events import PROBED
+
+    def hear(event: Any) -> None:
+        if event.kind == PROBED:
+            print(
+                f"[base pass after {time.perf_counter() - started:.0f}s] {event.done}/{event.total} facts probed",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return hear
 
 
 def _print_table(result: Any, mode: str) -> None:
@@ -144,6 +162,8 @@ def _print_table(result: Any, mode: str) -> None:
         share = statistics.mean(result.retained_by_case[o.case.id] for o in chunk)
         print(f"| edits {start + 1}-{start + len(chunk)} still held at the end | {share:.3f} |")
     print(f"| edit seconds, median | {statistics.median(o.timings['edit_seconds'] for o in ran):.1f} |" if ran else "")
+    if result.base_pass_seconds is not None:
+        print(f"| base pass before the first edit, seconds | {result.base_pass_seconds:.1f} |")
 
 
 def _met(value: float | None, relation: str, target: float) -> str:

@@ -129,9 +129,10 @@ class FactEditSession:
             return
         settings = {id(p.case): p.settings for p in planned}
         try:
-            probed_before_any_edit(lm, [p.case for p in planned], lambda case: settings[id(case)], self.held.cache)
+            seconds = probed_before_any_edit(lm, [p.case for p in planned], lambda c: settings[id(c)], self.held.cache)
         except Exception:  # each case probes again and reports what failed
-            pass
+            return
+        self.held.facts["base_pass_seconds"] = round(seconds, 3)
 
     def run_many(self) -> ManyRecord:
         """Sequential or batch mode: edit every collected case on one model (once), then check them all."""
@@ -143,6 +144,8 @@ class FactEditSession:
         save_dir = inside(self.options.save_adapters, folder) if self.options.save_adapters else None
         cases = [planned for _, planned in self.many_cases]
         result = run_planned(self.load_model(), cases, self.options.mode, save_dir, self.held.cache)
+        if result.base_pass_seconds is not None:
+            self.held.facts["base_pass_seconds"] = round(result.base_pass_seconds, 3)
         files = {planned.case.id: case_file for case_file, planned in self.many_cases}
         for record in many_case_records(result, files, self.run_info, self.options.many_key):
             self._records[(record["case_file"], record["case_id"])] = self.compared(record)

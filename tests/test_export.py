@@ -161,6 +161,7 @@ def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pyte
     assert "sequence of 2 edits" in out and "base restored: True" in out
     summary = json.loads((pytester.path / "reports" / "seq" / "summary.json").read_text())
     assert summary["mode"] == "sequential" and summary["sequence"]["base_restored"] is True
+    assert 0 < summary["base_pass_seconds"] < summary["wall_seconds"]  # the base rows, decoded before any edit
     records = [
         json.loads(line) for line in (pytester.path / "reports" / "seq" / "results.jsonl").read_text().splitlines()
     ]

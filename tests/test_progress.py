@@ -22,7 +22,9 @@ from pytest_factedit.infra.events import (
     PROBE_BASE,
     PROBE_EDITED,
     PROBE_END,
+    PROBE_PASS,
     PROBE_START,
+    PROBED,
     STAGE_END,
     STEP,
     Event,
@@ -173,6 +175,13 @@ def test_style_for_a_stream() -> None:
 # --- plain ------------------------------------------------------------------------------------------------
 
 
+def base_probe(clock: Clock, seconds: float) -> None:
+    """A case's own base probe of `seconds`, as its events tell it."""
+    emit(PROBE_START, PROBE_BASE)
+    clock.now += seconds
+    emit(PROBE_END, PROBE_BASE)
+
+
 def test_plain_writes_one_line_per_case_with_its_phases() -> None:
     clock, out = Clock(), io.StringIO()
     progress = case_progress(out, "plain", clock=clock)
@@ -180,13 +189,28 @@ def test_plain_writes_one_line_per_case_with_its_phases() -> None:
         synthetic_case(clock)
         assert out.getvalue() == ""  # nothing while it runs
     with progress.case("second"):
-        emit(PROBE_START, PROBE_BASE)
-        clock.now += 0.25
-        emit(PROBE_END, PROBE_BASE)
+        base_probe(clock, 0.25)
         emit(CASE_END, "skipped")
     assert out.getvalue() == (
         "factedit: norway-capital: localize 2.7 s · unlearn 8 steps · learn 12 steps · probe 1.3 s · 9.0 s\n"
         "factedit: second: probe 0.2 s · skipped · 0.2 s\n"
+    )
+
+
+def test_plain_tells_a_long_base_pass_as_it_goes_and_keeps_it_out_of_the_first_cases_probe() -> None:
+    clock, out = Clock(), io.StringIO()
+    with case_progress(out, "plain", clock=clock).case("first"):
+        emit(PROBE_START, PROBE_PASS)
+        for done in (32, 64, 70):
+            clock.now += 30.0
+            emit(PROBED, PROBE_PASS, done, 70)
+        emit(PROBE_END, PROBE_PASS)
+        base_probe(clock, 0.5)
+        emit(CASE_END, "ran")
+    assert out.getvalue() == (
+        "factedit: base pass: 32/70 cases probed in 30 s\n"
+        "factedit: base pass: 64/70 cases probed in 60 s\n"  # none once it is done: the case's line says it
+        "factedit: first: base pass 90.0 s · probe 0.5 s · 90.5 s\n"
     )
 
 
@@ -307,6 +331,8 @@ def test_rich_phase_texts() -> None:
     assert phase_text(Event(STEP, "learn", 4, 12)) == "learn step 4/12"
     assert phase_text(Event(LOCALIZE_START, "trace")) == "localize"
     assert phase_text(Event(PROBE_START, PROBE_BASE)) == "probe base"
+    assert phase_text(Event(PROBE_START, PROBE_PASS)) == "base pass"
+    assert phase_text(Event(PROBED, PROBE_PASS, 32, 70)) == "base pass 32/70 cases"
     assert phase_text(Event(CONVERT, events.DEQUANTIZING, 1, 2)) == "converting: de-quantizing"
     assert phase_text(Event(CASE_END, "ran")) is None
 

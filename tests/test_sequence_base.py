@@ -152,19 +152,47 @@ def test_a_stored_trace_serves_a_step_only_where_no_kept_edit_reaches_the_traced
     assert KeptEditsCache(BaseAnswerCache(), KeptEditReach(model)).traces(lm, [(1, 2)]) is None  # nothing kept
 
 
-def test_the_pass_before_the_first_edit_is_heard_as_a_base_probe_and_fills_the_cache() -> None:
-    from pytest_factedit.infra.events import PROBE_BASE, PROBE_END, PROBE_START, listening
+def test_the_pass_before_the_first_edit_is_heard_as_the_base_pass_and_fills_the_cache() -> None:
+    from pytest_factedit.infra.events import PROBE_END, PROBE_PASS, PROBE_START, PROBED, listening
 
     lm, cases, settings_for = two_case_run()
     base = BaseAnswerCache()
-    heard: list[tuple[str, str]] = []
-    with listening(lambda event: heard.append((event.kind, event.label))):
-        base_pass.probed_before_any_edit(lm, cases, settings_for, base)
-    assert heard == [(PROBE_START, PROBE_BASE), (PROBE_END, PROBE_BASE)]
+    heard: list[tuple[str, str, Any, Any]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(base_pass, "CASES_PER_PASS", 1)  # one batched decode per case: two progress events
+        with listening(lambda event: heard.append((event.kind, event.label, event.done, event.total))):
+            seconds = base_pass.probed_before_any_edit(lm, cases, settings_for, base)
+    assert heard == [
+        (PROBE_START, PROBE_PASS, None, None),
+        (PROBED, PROBE_PASS, 1, 2),
+        (PROBED, PROBE_PASS, 2, 2),
+        (PROBE_END, PROBE_PASS, None, None),
+    ]
+    assert seconds > 0
     from pytest_factedit.run.probing import base_requests
 
     rows = [r for case in cases for r in base_requests(lm, case, settings_for(case))]
     assert rows and all(base.stored(lm, r) is not None for r in rows)  # every step's rows, served from the pass
+
+
+def test_a_sequence_tells_the_seconds_of_its_base_pass_and_a_sequence_with_an_edit_in_the_weights_runs_none() -> None:
+    from pytest_factedit.run.many import _resumed_on_base
+
+    lm, cases, settings_for = two_case_run()
+    done, _, seconds = _resumed_on_base(lm, cases, settings_for, BaseAnswerCache(), None)
+    assert done == [] and seconds is not None and seconds > 0
+
+    def put_back_into_the_weights() -> list[Any]:
+        with torch.no_grad():
+            next(lm.model.parameters()).add_(1.0)  # what a merged (ungated) edit put back does
+        return []
+
+    try:
+        _, step_base, seconds = _resumed_on_base(lm, cases, settings_for, BaseAnswerCache(), put_back_into_the_weights)
+        assert step_base.reach.everywhere and seconds is None  # no step could take a base decode
+    finally:
+        with torch.no_grad():
+            next(lm.model.parameters()).sub_(1.0)
 
 
 def test_a_batch_run_reads_the_base_models_decodes_an_earlier_run_stored(tmp_path) -> None:
@@ -208,3 +236,6 @@ def test_an_isolated_run_of_several_cases_decodes_their_base_rows_in_one_pass_fi
         session._probe_together(lm)  # type: ignore[arg-type]
         served = [session.held.cache.stored(lm, r) is not None for r in rows]
         assert all(served) if worker is None else not any(served)
+        # the pass's seconds are the run's (every record repeats them), as no case's own timings hold them
+        passed = session.run_info.get("base_pass_seconds")
+        assert (passed is not None and passed > 0) if worker is None else passed is None

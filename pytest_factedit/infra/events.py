@@ -22,8 +22,9 @@ LOCALIZE_START = "localize-start"  # label: the localization method
 LOCALIZE_END = "localize-end"  # label: the localization method
 STEP = "step"  # label: the stage ("unlearn", "learn"); `done`: optimizer steps taken; `total`: the step cap
 STAGE_END = "stage-end"  # label: the stage; `done`: steps taken (the goal can stop it before the cap)
-PROBE_START = "probe-start"  # label: PROBE_BASE or PROBE_EDITED
-PROBE_END = "probe-end"  # label: PROBE_BASE or PROBE_EDITED
+PROBE_START = "probe-start"  # label: PROBE_BASE, PROBE_EDITED or PROBE_PASS
+PROBE_END = "probe-end"  # label: PROBE_BASE, PROBE_EDITED or PROBE_PASS
+PROBED = "probed"  # label: PROBE_PASS; `done`: cases whose base rows the pass has decoded, of `total`
 CASE_END = "case-end"  # label: the case's status ("ran", "skipped")
 
 # Phases of a conversion (the label of CONVERT events).
@@ -36,6 +37,7 @@ SAVING = "saving"
 # What is probed (the label of PROBE_START / PROBE_END events).
 PROBE_BASE = "base"
 PROBE_EDITED = "edited"
+PROBE_PASS = "base pass"  # every case's base rows at once, before the first case (run/base_pass.py)
 
 
 @dataclass(frozen=True)

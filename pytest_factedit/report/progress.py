@@ -25,7 +25,9 @@ from ..infra.events import (
     LOCALIZE_START,
     MEMORY,
     PROBE_END,
+    PROBE_PASS,
     PROBE_START,
+    PROBED,
     STAGE_END,
     STEP,
     Event,
@@ -48,17 +50,24 @@ def style_for(stream: TextIO, quiet: bool) -> Style:
 
 @dataclass
 class CaseTally:
-    """What one case did, from its events: seconds localizing, steps per stage, seconds probing, status."""
+    """What one case did, from its events: seconds localizing, steps per stage, seconds probing, status;
+    and the seconds of a base pass over every case that ran in its block (the first case's)."""
 
     localize_seconds: float | None = None
     steps: dict[str, int] = field(default_factory=dict)  # stage -> optimizer steps taken, in stage order
     probe_seconds: float | None = None
     status: str | None = None
+    pass_seconds: float | None = None
     _since: dict[str, float] = field(default_factory=dict)
 
     def hear(self, event: Event, now: float) -> None:
         kind = event.kind
-        if kind in (LOCALIZE_START, PROBE_START):
+        if event.label == PROBE_PASS and kind in (PROBE_START, PROBE_END):  # not this case's own probe
+            if kind == PROBE_START:
+                self._since[PROBE_PASS] = now
+            else:
+                self.pass_seconds = (self.pass_seconds or 0.0) + now - self._since.pop(PROBE_PASS, now)
+        elif kind in (LOCALIZE_START, PROBE_START):
             self._since[kind] = now
         elif kind == LOCALIZE_END:
             self.localize_seconds = (self.localize_seconds or 0.0) + now - self._since.pop(LOCALIZE_START, now)
@@ -69,6 +78,10 @@ class CaseTally:
         elif kind == CASE_END:
             self.status = event.label
 
+    def pass_so_far(self, now: float) -> float:
+        """Seconds since the base pass began (0 when none is running)."""
+        return now - self._since.get(PROBE_PASS, now)
+
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -77,13 +90,21 @@ def _count(n: int, noun: str) -> str:
 def case_line(case_id: str, tally: CaseTally, seconds: float, error: str | None = None) -> str:
     """The one line of a finished case, e.g.
     `factedit: norway-capital: localize 2.7 s · unlearn 8 steps · learn 12 steps · probe 1.3 s · 15.0 s`
-    (steps taken, not the caps; a status other than "ran", and an error that stopped the case, are added)."""
-    parts = [] if tally.localize_seconds is None else [f"localize {tally.localize_seconds:.1f} s"]
+    (steps taken, not the caps; a status other than "ran", and an error that stopped the case, are added;
+    a base pass over every case, run in this case's block, comes first as `base pass 40.2 s`)."""
+    parts = [] if tally.pass_seconds is None else [f"{PROBE_PASS} {tally.pass_seconds:.1f} s"]
+    parts += [] if tally.localize_seconds is None else [f"localize {tally.localize_seconds:.1f} s"]
     parts += [f"{stage} {_count(n, 'step')}" for stage, n in tally.steps.items()]
     parts += [] if tally.probe_seconds is None else [f"probe {tally.probe_seconds:.1f} s"]
     parts += [tally.status] if tally.status not in (None, "ran") else []
     parts += [f"stopped by {error}"] if error else []
     return f"{PREFIX}{case_id}: " + " · ".join([*parts, f"{seconds:.1f} s"])
+
+
+def pass_line(done: int, total: int, seconds: float) -> str:
+    """The line a plain display writes while a base pass is still going, e.g.
+    `factedit: base pass: 64/1000 cases probed in 70 s`."""
+    return f"{PREFIX}{PROBE_PASS}: {done}/{total} cases probed in {seconds:.0f} s"
 
 
 def converting_line(model_name: str) -> str:
@@ -98,17 +119,15 @@ def loaded_line(model_name: str, seconds: float, converted: bool) -> str:
 
 def phase_text(event: Event) -> str | None:
     """What a rich display says an event's phase is (None: the phase shown does not change)."""
-    if event.kind == CONVERT_START:
-        return "converting (first run only, about half a minute)"
-    if event.kind == CONVERT:
-        return f"converting: {event.label}"
-    if event.kind == LOCALIZE_START:
-        return "localize"
-    if event.kind == STEP:
-        return f"{event.label} step {event.done}/{event.total}"
-    if event.kind == PROBE_START:
-        return f"probe {event.label}"
-    return None
+    label = event.label
+    return {
+        CONVERT_START: "converting (first run only, about half a minute)",
+        CONVERT: f"converting: {label}",
+        LOCALIZE_START: "localize",
+        STEP: f"{label} step {event.done}/{event.total}",
+        PROBE_START: label if label == PROBE_PASS else f"probe {label}",
+        PROBED: f"{label} {event.done}/{event.total} cases",
+    }.get(event.kind)
 
 
 def _write_line(stream: TextIO, line: str, ends: tuple[str, str] = ("", "\n")) -> None:
@@ -166,7 +185,7 @@ class _RichView:
         phase = phase_text(event)
         if phase is None:
             return
-        counted = event.kind in (STEP, CONVERT) and event.done is not None and event.total
+        counted = event.kind in (STEP, CONVERT, PROBED) and event.done is not None and event.total
         done, total = (event.done, event.total) if counted else (0, None)
         self.progress.update(self.task, phase=phase, completed=done, total=total)
 
@@ -196,7 +215,8 @@ class CaseProgress:
     def case(self, case_id: str) -> Iterator[None]:
         """Show one case's phases for the block. Rich: drawn from the cursor's position, so the caller
         puts the cursor at the start of an empty line first, and nothing is left there after. Plain: one
-        line when the block ends (also when it raises). Silent: nothing."""
+        line when the block ends (also when it raises), and a line per batched decode of a base pass over
+        many cases that runs in the block (`pass_line`). Silent: nothing."""
         if self.style == "silent":
             yield
             return
@@ -207,6 +227,8 @@ class CaseProgress:
                 tally.hear(event, self.clock())
                 if view is not None:
                     view.show(event)
+                elif event.kind == PROBED and event.done is not None and event.total and event.done < event.total:
+                    self._pass_going(event.done, event.total, tally.pass_so_far(self.clock()))
 
             try:
                 with listening(hear):
@@ -217,6 +239,11 @@ class CaseProgress:
             finally:
                 if self.style == "plain":
                     _write_line(self.stream, case_line(case_id, tally, self.clock() - started, error), self.line_ends)
+
+    def _pass_going(self, done: int, total: int, seconds: float) -> None:
+        """Plain: a long base pass before the first case shows it is alive, once per batched decode."""
+        if self.style == "plain":
+            _write_line(self.stream, pass_line(done, total, seconds), self.line_ends)
 
     @contextmanager
     def loading(self, model_name: str) -> Iterator[None]:

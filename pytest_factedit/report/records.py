@@ -34,6 +34,7 @@ class RunInfo(TypedDict, total=False):
     conversion_seconds: float | None
     worker: str  # an xdist worker: its share of the machine (GPU or CPU threads)
     machine: dict[str, str | None]  # the CPU and its instruction set: answers are deterministic on one kind
+    base_pass_seconds: float  # every case's base rows decoded at once before the first case (not in its timings)
 
 
 class _MetricBase(TypedDict):
@@ -181,6 +182,7 @@ class RunSummary(TypedDict, total=False):
     errors: int
     failed_metrics: int
     wall_seconds: float
+    base_pass_seconds: float  # a pass over every case's base rows before the first case, when one ran
     versions: dict[str, str | None]
     mode: str
     suites: list[SuiteRecord]
@@ -466,8 +468,9 @@ def summary_record(
     suites: Sequence[SuiteRecord] = (),
     baseline: BaselineBlock | None = None,
 ) -> dict[str, Any]:
-    """summary.json: counts of the run's cases and failed metrics, where it ran, the many-edit block,
-    every suite's pooled rates with their intervals, and the baseline compared with."""
+    """summary.json: counts of the run's cases and failed metrics, where it ran, its seconds (and its base
+    pass's), the many-edit block, every suite's pooled rates with their intervals, and the baseline compared
+    with."""
     records = list(records)
     statuses = [r["status"] for r in records]
     failed = sum(1 for r in records for v in r.get("metrics", {}).values() if v["passed"] is False)
@@ -487,6 +490,8 @@ def summary_record(
         "mode": mode,
         "suites": list(suites),
     }
+    if "base_pass_seconds" in run:  # in the wall time, in no case's own timings
+        summary["base_pass_seconds"] = run["base_pass_seconds"]
     if many is not None:
         summary[many_key] = many
     if baseline is not None:

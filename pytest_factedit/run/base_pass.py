@@ -9,10 +9,11 @@ finds them: a sequence before its first edit, an isolated run of several cases b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..infra.events import PROBE_BASE, PROBE_END, PROBE_START, emit
+from ..infra.events import PROBE_END, PROBE_PASS, PROBE_START, PROBED, emit
 from ..model.decoding import DecodeRow, Tokens
 from .probing import base_requests
 
@@ -30,14 +31,16 @@ def probed_before_any_edit(
     cases: Sequence[FactCase],
     settings_for: Callable[[FactCase], EditSettings],
     base: BaseAnswerCache,
-) -> None:
+) -> float:
     """Every case's `probe_base` rows decoded by the base model into `base`, CASES_PER_PASS cases per batched
-    decode; a case whose settings or rows fail is left to its own probe (which reports it).
+    decode; a case whose settings or rows fail is left to its own probe (which reports it). Returns the
+    seconds it took: no case's own timings hold them.
 
     The rows go longest budget first, then by prompt length: the prompts that run on to the fluency length
     share their greedy steps, the rows settled after a few tokens leave together, and little is padding.
-    A display hears it as a base probe (PROBE_START, PROBE_END)."""
-    emit(PROBE_START, PROBE_BASE)
+    A display hears it as the base pass (PROBE_START, then PROBED after each batched decode, PROBE_END)."""
+    started = time.perf_counter()
+    emit(PROBE_START, PROBE_PASS)
     for start in range(0, len(cases), CASES_PER_PASS):
         requests: list[DecodeRow] = []
         for case in cases[start : start + CASES_PER_PASS]:
@@ -47,7 +50,9 @@ def probed_before_any_edit(
                 continue
         if requests:
             base.decoded(lm, sorted(merged_rows(requests), key=lambda r: (-r.max_tokens, len(r.ids))))
-    emit(PROBE_END, PROBE_BASE)
+        emit(PROBED, PROBE_PASS, min(start + CASES_PER_PASS, len(cases)), len(cases))
+    emit(PROBE_END, PROBE_PASS)
+    return time.perf_counter() - started
 
 
 def merged_rows(requests: Sequence[DecodeRow]) -> list[DecodeRow]:

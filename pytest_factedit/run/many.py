@@ -66,6 +66,7 @@ class ManyOutcome:
     memory: dict[str, int] = field(default_factory=dict)  # sequential: bytes the kept edits hold (edit/gate_memory.py)
     # held rows not counted at the end, per group: they name a subject another edited case rewrote
     set_aside: dict[str, int] = field(default_factory=dict)
+    base_pass_seconds: float | None = None  # sequential: the base pass before the first edit (None: none ran)
 
 
 def _measured(
@@ -294,11 +295,13 @@ def _resumed_on_base(
     settings_for: SettingsFor,
     base: BaseAnswerCache,
     resume: Callable[[], Sequence[CaseOutcome]] | None,
-) -> tuple[list[CaseOutcome], KeptEditsCache]:
-    """The outcomes `resume` put back (none without it), and what each step probes with: the base model's
-    decodes of every case still to edit, made now with the kept gated edits off (the base model)."""
+) -> tuple[list[CaseOutcome], KeptEditsCache, float | None]:
+    """The outcomes `resume` put back (none without it), what each step probes with: the base model's
+    decodes of every case still to edit, made now with the kept gated edits off (the base model), and the
+    seconds that pass took (None: no step could use it, so it did not run)."""
     step_base = KeptEditsCache(base, KeptEditReach(lm.model))
     done: list[CaseOutcome] = []
+    seconds = None
     if resume is not None:
         loaded = weights_checksum(lm.model)
         done = _resumed(cases, resume)
@@ -306,8 +309,8 @@ def _resumed_on_base(
     if not step_base.reach.everywhere:  # else no step could take a base decode
         registry = lm.model.__dict__.get(REGISTRY_ATTRIBUTE)
         with registry.disabled() if registry is not None else nullcontext():
-            probed_before_any_edit(lm, cases[len(done) :], settings_for, step_base.base)
-    return done, step_base
+            seconds = probed_before_any_edit(lm, cases[len(done) :], settings_for, step_base.base)
+    return done, step_base, seconds
 
 
 def run_sequence(
@@ -343,7 +346,7 @@ def run_sequence(
     ):
         base = base if base is not None else BaseAnswerCache()
         controls, held = _answered_before_any_edit(lm, cases, base)
-        done, step_base = _resumed_on_base(lm, cases, settings_for, base, resume)
+        done, step_base, pass_seconds = _resumed_on_base(lm, cases, settings_for, base, resume)
         outcomes += done
         for position, case in enumerate(cases[len(outcomes) :], start=len(outcomes)):
             settings = None
@@ -359,6 +362,7 @@ def run_sequence(
         memory = kept_edit_bytes(lm.model)
     result = _measured(outcomes, evidence, check.restored, started)
     result.memory = memory
+    result.base_pass_seconds = pass_seconds
     return result
 
 
