@@ -35,12 +35,12 @@ def main() -> int:
     from pytest_factedit.run.probing import BaseAnswerCache
 
     lm, cases, folder = load_known_cases(args)
-    cache = BaseAnswerCache()
+    caches = {arm: BaseAnswerCache() for arm in ARMS}  # one each: no arm reads another's decodes (its edit time)
     rows: dict[str, dict[str, list[float]]] = {arm: {} for arm in ARMS}
     with folder:
         for case in cases:
             for arm, override in ARMS.items():
-                outcome = run_case(lm, case, resolve_settings(case.method, override), cache)
+                outcome = run_case(lm, case, resolve_settings(case.method, override), caches[arm])
                 if outcome.status != "ran":
                     print(f"  {case.id} {arm}: {outcome.status} {outcome.reason}", flush=True)
                     continue

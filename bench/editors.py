@@ -202,7 +202,10 @@ def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: lis
     done = {(r["fact"], r["method"]) for r in logged}
     plan = ProbePlan(latency_repeats=1)  # the table reports no latency: one timing pass is enough
     lm, cases, folder = case_folder(args.cases) if args.cases else load_known_cases(args)
-    cache = BaseAnswerCache()
+    # one cache per method: the base model's decodes the editor reads (its subject rows, its guard) would
+    # otherwise be computed by the first method on a fact and read back by the next, whose edit then
+    # looks faster than it is
+    caches: dict[str, BaseAnswerCache] = {}
     results: list[dict[str, Any]] = list(logged)
     methods = [method_spec(spec) for spec in args.methods]
     with folder:
@@ -212,7 +215,7 @@ def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: lis
                 if (case.id, row) in done:
                     continue
                 settings = resolve_settings(case.method, {**overrides, **own, "name": name})
-                outcome = run_case(lm, case, settings, cache, plan=plan)
+                outcome = run_case(lm, case, settings, caches.setdefault(row, BaseAnswerCache()), plan=plan)
                 result = {
                     "fact": case.id,
                     "method": row,

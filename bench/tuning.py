@@ -98,12 +98,12 @@ def main() -> int:
 
     plan = ProbePlan(latency_repeats=1)  # no latency column
     lm, cases, folder = load_known_cases(args)
-    cache = BaseAnswerCache()
+    caches = {v: BaseAnswerCache() for v in args.variants}  # one each: no variant reads another's decodes
     table: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     with folder:
         for case in cases:
             for name in args.variants:
-                outcome = run_case(lm, case, resolve_settings(case.method, VARIANTS[name]), cache, plan=plan)
+                outcome = run_case(lm, case, resolve_settings(case.method, VARIANTS[name]), caches[name], plan=plan)
                 if outcome.status != "ran":
                     print(f"  {case.id} {name}: {outcome.status}", flush=True)
                     continue

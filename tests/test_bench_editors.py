@@ -1,0 +1,38 @@
+"""bench/editors.py compares editors' edit seconds on the same facts: no method may read what another
+computed before it (the base model's decodes an editor asks for), or its edit looks faster than it is."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import nullcontext
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_each_method_keeps_its_own_cache_of_base_decodes_across_the_facts(monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import editors
+
+    from pytest_factedit.run import case as run_case_module
+
+    facts = [SimpleNamespace(id=name, method={}) for name in ("first", "second")]
+    monkeypatch.setattr(editors, "case_folder", lambda folder: (object(), facts, nullcontext()))
+    seen: list[tuple[str, str, int]] = []
+
+    def recorded(lm: Any, case: Any, settings: Any, cache: Any, plan: Any = None) -> Any:
+        seen.append((case.id, settings.seed, id(cache)))
+        return SimpleNamespace(status="skipped", reason="stub")
+
+    monkeypatch.setattr(run_case_module, "run_case", recorded)
+    args = argparse.Namespace(
+        shard="0/1", cases=Path("unused"), methods=["ia3-two-stage", "ia3-two-stage:seed=1"], only=[], log=None
+    )
+    editors.run_editors(args, {}, [])
+    capsys.readouterr()
+    caches = {seed: {cache for _, s, cache in seen if s == seed} for seed in (0, 1)}
+    assert [(fact, seed) for fact, seed, _ in seen] == [("first", 0), ("first", 1), ("second", 0), ("second", 1)]
+    assert len(caches[0]) == len(caches[1]) == 1  # one cache per method, kept from fact to fact
+    assert caches[0] != caches[1]  # and never another method's
