@@ -196,6 +196,11 @@ def test_xdist_gives_the_serial_run_s_metrics_in_one_report(pytester, tiny) -> N
         return {r["case_id"]: {k: v["value"] for k, v in r["metrics"].items() if "latency" not in k} for r in rs}
 
     assert metrics(records) == metrics(serial_records)
+    # the controller loads no model and runs no base pass: its summary tells the seconds of neither
+    reports = pytester.path / "reports"
+    summaries = {name: json.loads((reports / name / "summary.json").read_text()) for name in ("serial", "xdist")}
+    assert summaries["serial"]["load_seconds"] > 0 and summaries["serial"]["base_pass_seconds"] > 0
+    assert not {"load_seconds", "base_pass_seconds"} & set(summaries["xdist"])
     junit = ET.parse(pytester.path / "x.xml").iter("testcase")
     suite_items = [tc.get("name") for tc in junit if tc.get("classname") == "fact_cases.suite"]
     serial_suite = [line for line in serial.stdout.lines if "fact_cases::suite::" in line]

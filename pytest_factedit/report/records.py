@@ -182,6 +182,8 @@ class RunSummary(TypedDict, total=False):
     errors: int
     failed_metrics: int
     wall_seconds: float
+    load_seconds: float  # the model's load in this process (none under xdist: the workers load it)
+    conversion_seconds: float | None  # its first conversion to the safetensors cache (None: the cache served)
     base_pass_seconds: float  # a pass over every case's base rows before the first case, when one ran
     versions: dict[str, str | None]
     mode: str
@@ -468,9 +470,9 @@ def summary_record(
     suites: Sequence[SuiteRecord] = (),
     baseline: BaselineBlock | None = None,
 ) -> dict[str, Any]:
-    """summary.json: counts of the run's cases and failed metrics, where it ran, its seconds (and its base
-    pass's), the many-edit block, every suite's pooled rates with their intervals, and the baseline compared
-    with."""
+    """summary.json: counts of the run's cases and failed metrics, where it ran, its seconds (and those of the
+    model's load and conversion and of the base pass, where they ran here), the many-edit block, every
+    suite's pooled rates with their intervals, and the baseline compared with."""
     records = list(records)
     statuses = [r["status"] for r in records]
     failed = sum(1 for r in records for v in r.get("metrics", {}).values() if v["passed"] is False)
@@ -490,8 +492,9 @@ def summary_record(
         "mode": mode,
         "suites": list(suites),
     }
-    if "base_pass_seconds" in run:  # in the wall time, in no case's own timings
-        summary["base_pass_seconds"] = run["base_pass_seconds"]
+    for key in ("load_seconds", "conversion_seconds", "base_pass_seconds"):  # in no case's own timings
+        if key in run:
+            summary[key] = run[key]
     if many is not None:
         summary[many_key] = many
     if baseline is not None:
