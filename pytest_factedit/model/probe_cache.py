@@ -125,6 +125,16 @@ class ProbeStore:
             write_atomic(self.path, json.dumps(data, separators=(",", ":")) + "\n")
 
 
+def missing_decoded(
+    lm: LoadedModel, rows: Sequence[DecodeRow], served: Sequence[Decoded | None]
+) -> tuple[list[Decoded], list[int]]:
+    """`served` (a decode per row, None where none was at hand) with every None decoded now on the model, in
+    one batched decode; and the indices of the rows decoded."""
+    missing = [i for i, d in enumerate(served) if d is None]
+    found = iter(decode(lm.model, lm.tokenizer, [rows[i] for i in missing]) if missing else ())
+    return [d if d is not None else next(found) for d in served], missing
+
+
 class BaseAnswerCache:
     """Decoded base-model probes keyed by prompt token ids; with `folder`, kept on disk across runs too,
     beside the base model's traces (`traces`)."""
@@ -170,16 +180,12 @@ class BaseAnswerCache:
     def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow]) -> list[Decoded]:
         """Every row decoded by the base model: from the cache where a stored run covers it, else now."""
         self._attach(lm)
-        out = [self._served(lm, row) for row in rows]
-        missing = [i for i, d in enumerate(out) if d is None]
-        if not missing:
-            return [d for d in out if d is not None]
-        for i, found in zip(missing, decode(lm.model, lm.tokenizer, [rows[i] for i in missing])):
-            out[i] = found
-            self._remember(rows[i].ids, found)
-        if self._store is not None:
+        out, missing = missing_decoded(lm, rows, [self._served(lm, row) for row in rows])
+        for i in missing:
+            self._remember(rows[i].ids, out[i])
+        if missing and self._store is not None:
             self._store.save({rows[i].ids: self._rows[rows[i].ids] for i in missing})
-        return [d for d in out if d is not None]
+        return out
 
     def _remember(self, ids: Tokens, found: Decoded) -> None:
         known = self._rows.get(ids)

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..edit.gate_registry import REGISTRY_ATTRIBUTE
-from ..model.decoding import Decoded, DecodeRow, Tokens, decode
-from ..model.probe_cache import BaseAnswerCache
+from ..model.decoding import Decoded, DecodeRow, Tokens
+from ..model.probe_cache import BaseAnswerCache, missing_decoded
 from ..model.trace_store import TraceStore
 from .probing import row_reached
 
@@ -56,16 +56,15 @@ class KeptEditsCache(BaseAnswerCache):
         self.served = 0  # rows served from the base model's decodes, for the tests and the benchmark
 
     def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow]) -> list[Decoded]:
-        out: list[Decoded | None] = []
-        for row in rows:
-            known = self.base.stored(lm, row)
-            out.append(known if known is not None and not row_reached(self.reach, row, known.tokens) else None)
-        missing = [i for i, d in enumerate(out) if d is None]
+        served = [self._unreached(lm, row) for row in rows]
+        out, missing = missing_decoded(lm, rows, served)  # decoded on the model as it is, and not stored
         self.served += len(rows) - len(missing)
-        if missing:
-            for i, found in zip(missing, decode(lm.model, lm.tokenizer, [rows[i] for i in missing])):
-                out[i] = found
-        return [d for d in out if d is not None]
+        return out
+
+    def _unreached(self, lm: LoadedModel, row: DecodeRow) -> Decoded | None:
+        """The base model's stored decode of `row` where no kept edit reaches it; else None."""
+        known = self.base.stored(lm, row)
+        return known if known is not None and not row_reached(self.reach, row, known.tokens) else None
 
     def traces(self, lm: LoadedModel, texts: Sequence[Tokens] = ()) -> TraceStore | None:
         """The base model's stored traces, read only, for a trace whose prompts no kept edit reaches (there
