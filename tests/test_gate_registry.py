@@ -448,3 +448,24 @@ def test_the_operations_of_a_pass_do_not_grow_with_the_number_of_edits() -> None
         growth = sum(stacked_counts[10][phase].values()) - sum(stacked_counts[1][phase].values())
         assert growth >= 9 * 5, phase
     assert not hooked(model)
+
+
+def test_an_edit_with_no_gain_yet_opens_no_text_and_one_with_gains_does_sealed_or_not() -> None:
+    """`may_open` (what a sequence's kept edits can reach): an edit added whose editor has not begun its first
+    stage multiplies every text by 1, so its subject alone does not count; from its first gains on it does."""
+    tok = piece_tokenizer()
+    model = tiny_model("llama", len(tok))
+    targets = all_layer_targets(model)
+    japan = subject_gate_for(tok, [EditRequest("Japan", ("The capital of Japan is",), ("a",), ("b",))])
+    york = subject_gate_for(tok, [EditRequest("York", ("York is in",), ("a",), ("b",))])
+    kept = gated_edit(model, york, list(targets.modules), targets.feedforward, 1, 0)
+    training = gated_edit(model, japan, list(targets.modules), targets.feedforward, 0, 1)
+    japan_ids, york_ids = (tuple(tok(t).input_ids) for t in ("The capital of Japan is", "In York , we met"))
+    with registered([kept, training], training=[1]):
+        registry = GateRegistry.of(model)
+        assert registry.may_open(york_ids) and not registry.may_open(japan_ids)
+        training.gains["learn"] = {m: torch.nn.Parameter(torch.ones(1)) for m in targets.modules}
+        assert registry.may_open(japan_ids)  # a stage began: its gains may change the text
+        del training.gains["learn"]
+        registry.seal(training)
+        assert registry.may_open(japan_ids) and registry.lookups == 0

@@ -239,3 +239,54 @@ def test_an_isolated_run_of_several_cases_decodes_their_base_rows_in_one_pass_fi
         # the pass's seconds are the run's (every record repeats them), as no case's own timings hold them
         passed = session.run_info.get("base_pass_seconds")
         assert (passed is not None and passed > 0) if worker is None else passed is None
+
+
+def _editor_decodes_live(run: Any) -> list[tuple[int, int]]:
+    """Run `run()` and give, for each call an editor made to `base_decode`, (rows asked, rows decoded then
+    rather than read from a cache)."""
+    from pytest_factedit.edit import objectives
+    from pytest_factedit.model import probe_cache
+
+    decoded: list[int] = []
+    asked: list[tuple[int, int]] = []
+    decode_now, base_decode = probe_cache.decode, objectives.base_decode
+
+    def asking(model: Any, tok: Any, rows: Any) -> Any:
+        before = sum(decoded)
+        out = base_decode(model, tok, rows)
+        asked.append((len(rows), sum(decoded) - before))
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe_cache, "decode", lambda m, t, rows: decoded.append(len(rows)) or decode_now(m, t, rows))
+        patch.setattr(objectives, "base_decode", asking)
+        run()
+    return asked
+
+
+@pytest.mark.parametrize("mode", ["sequential", "isolated"])
+def test_the_base_pass_decodes_what_each_editor_will_ask_of_the_base_model(mode: str) -> None:
+    """The subject rows' and the guard's continuations of every case come from the pass: no editor decodes
+    one itself (in a sequence, none of them names a kept subject)."""
+    from pytest_factedit.edit import planned_base_decodes, resolve_settings
+    from pytest_factedit.run.case import edit_request, run_case
+    from pytest_factedit.run.many import run_sequence
+
+    from .test_sequence_end import FAST, PLACED
+
+    lm, cases, _ = two_case_run()
+    settings = resolve_settings({**FAST, **PLACED, "subject_rows": 2})
+    assert len(planned_base_decodes(lm.tokenizer, edit_request(cases[0]), settings)) == 2 + 2  # 2 texts, 2 guards
+    base = BaseAnswerCache()
+
+    def isolated() -> None:
+        base_pass.probed_before_any_edit(lm, cases, lambda _case: settings, base)
+        for case in cases:
+            assert run_case(lm, case, settings, base).status == "ran"
+
+    def sequential() -> None:
+        assert [o.status for o in run_sequence(lm, cases, lambda _case: settings).outcomes] == ["ran", "ran"]
+
+    asked = _editor_decodes_live(sequential if mode == "sequential" else isolated)
+    assert len(asked) == 2 * len(cases) and all(rows > 0 for rows, _ in asked)  # subject rows, guards: per case
+    assert [live for _, live in asked] == [0] * len(asked)

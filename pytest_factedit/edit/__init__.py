@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from importlib import metadata
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from ..errors import FactEditError, MethodError, did_you_mean, shown
 from .alphaedit import AlphaEditEditor, AlphaEditSettings
@@ -32,6 +32,11 @@ from .settings import (
     setting,
     unknown_key,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..model.decoding import DecodeRow
 
 ENTRY_POINT_GROUP = "pytest_factedit.editors"
 EDITORS: dict[str, type[Editor]] = {
@@ -170,6 +175,15 @@ def get_editor(name: str) -> Editor:
     return editor_class(name)()
 
 
+def planned_base_decodes(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+) -> list[DecodeRow]:
+    """The base-model decodes the editor of `settings` will ask for `request`, from its optional `base_decodes`
+    (none for an editor without one): a run decodes them with many cases' rows before its first edit."""
+    plan = getattr(get_editor(settings.name), "base_decodes", None)
+    return list(plan(tokenizer, request, settings)) if callable(plan) else []
+
+
 def settings_class_of(editor: type[Editor]) -> type[EditSettings]:
     """The settings an editor reads: its `settings_class`, or TrainingLoopSettings when it declares none."""
     declared: type[EditSettings] = getattr(editor, "settings_class", TrainingLoopSettings)
@@ -218,6 +232,7 @@ __all__ = [
     "get_editor",
     "installed_editor_problems",
     "method_names",
+    "planned_base_decodes",
     "register_editor",
     "register_hook_editors",
     "resolve_settings",

@@ -15,7 +15,7 @@ from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from ..model.weights import copy_into, restored_weights, snapshot
 from .base import EditHandle, EditRequest, Scope
-from .objectives import build_objectives
+from .objectives import ObjectiveDecodes, build_objectives
 from .settings import EditSettings, TrainingLoopSettings, changed_default
 from .training import train_stage
 
@@ -72,7 +72,7 @@ class FullFineTuneSettings(TrainingLoopSettings):
     guard_weight: float = changed_default(TrainingLoopSettings, "guard_weight", 0.0)
 
 
-class FullFineTuneEditor:
+class FullFineTuneEditor(ObjectiveDecodes):
     """Full fine-tuning: Adam on all weights, learn goal only; no retention term and no guard unless the
     settings add them."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 
 
 class _Node:
@@ -63,12 +64,12 @@ class PatternTrie:
                         break
                     del path[depth - 1].children[pattern[depth - 1]]
 
-    def occurs_in(self, row: Sequence[int]) -> bool:
-        """Does any pattern occur in `row`? `hits` up to the first one; its lookups are not counted, as no
-        pass asks this (`lookups` is what the passes cost)."""
+    def occurs_in(self, row: Sequence[int], ignoring: AbstractSet[int] = frozenset()) -> bool:
+        """Does a pattern of an owner not in `ignoring` occur in `row`? `hits` up to the first one; its
+        lookups are not counted, as no pass asks this (`lookups` is what the passes cost)."""
         counted = self.lookups
         try:
-            return next(self.hits(row), None) is not None
+            return any(owners - ignoring for _, _, owners in self.hits(row))
         finally:
             self.lookups = counted
 

@@ -169,6 +169,7 @@ class GateRegistry:
         self.state_name = f"subject-gates-{next(_SERIALS)}"
         self.entries: dict[int, _Entry] = {}
         self.serial_of: dict[int, int] = {}  # id(edit) -> serial
+        self.unsealed: set[int] = set()  # serials of the edits still training (usually none, or one)
         self.groups: dict[bytes, _FlagGroup] = {}
         self.modules: dict[ModuleKey, _ModuleGains] = {}
         self.keeps: Counter[int] = Counter()
@@ -188,6 +189,7 @@ class GateRegistry:
         group.trie.add(serial, edit.gate.patterns)
         group.members += 1
         self.entries[serial], self.serial_of[id(edit)] = entry, serial
+        self.unsealed.add(serial)
         self.keeps[entry.keep] += 1
         for key in _module_keys(edit):
             if key not in self.modules:
@@ -207,6 +209,7 @@ class GateRegistry:
         """`edit`'s gains are final: from now on its factors are gathered from the tables."""
         entry = self.entries[self.serial_of[id(edit)]]
         entry.sealed = True
+        self.unsealed.discard(entry.serial)
         for key in _module_keys(edit):
             if edit.product(key[0]) is not None:
                 self.modules[key].take(entry)
@@ -217,6 +220,7 @@ class GateRegistry:
         if serial is None:
             return
         entry = self.entries.pop(serial)
+        self.unsealed.discard(serial)
         entry.group.trie.discard(serial, edit.gate.patterns)
         entry.group.members -= 1
         if not entry.group.members:
@@ -242,9 +246,12 @@ class GateRegistry:
                 del model.__dict__[REGISTRY_ATTRIBUTE]
 
     def may_open(self, ids: Sequence[int]) -> bool:
-        """Does a kept edit's pattern occur in this text's ids? Where none does, every kept gain multiplies
-        by exactly 1 (SubjectGate.may_open, for all the edits at once, at a cost that does not grow with them)."""
-        return any(group.trie.occurs_in(ids) for group in self.groups.values())
+        """Does the pattern of an edit with gains occur in this text's ids? Where none does, every gain on the
+        model multiplies by exactly 1 (SubjectGate.may_open, for all the edits at once, at a cost that does
+        not grow with them). An edit added but given no stage yet changes nothing: its editor asks the base
+        model's decodes then (edit/objectives.py), which the edits kept before it leave unchanged elsewhere."""
+        idle = {serial for serial in self.unsealed if not self.entries[serial].edit.gains}
+        return any(group.trie.occurs_in(ids, idle) for group in self.groups.values())
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

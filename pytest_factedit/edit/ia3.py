@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..model.targets import TargetModules
 from .base import EditHandle, EditRequest, Scope
+from .objectives import ObjectiveDecodes
 from .peft_staged import PeftStageTrainer, StagePenalty
 from .preservation import preserved_outputs
 from .settings import (
@@ -93,7 +94,7 @@ class GainPreservation:
         return penalty_of
 
 
-class IA3TwoStageEditor:
+class IA3TwoStageEditor(ObjectiveDecodes):
     """The default: IA³ `unlearn` (push the old answer down), then IA³ `learn` (the new one) on top."""
 
     name: ClassVar[str] = "ia3-two-stage"

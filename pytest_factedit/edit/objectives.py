@@ -18,7 +18,7 @@ from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
 from .prefixes import Untouched, UntouchedPrefixes
 from .retention import derived_neighbours, fact_texts, neutral_texts, subject_texts, without_held_out
-from .settings import TrainingLoopSettings
+from .settings import EditSettings, TrainingLoopSettings
 
 if TYPE_CHECKING:
     import torch
@@ -72,18 +72,24 @@ def subject_rows(
     """KL rows about the subject (`subject_rows` of them): each text with the base model's continuation,
     held on every token of it; a text whose continuation names the old answer is the edited fact itself
     and is dropped (holding it would fight the edit)."""
-    if settings.subject_rows == 0:
-        return []
-    avoid = request.held_out + request.prompts
-    texts = subject_texts(request.subject, avoid, settings.subject_rows)
-    contexts = [encode_prompt(tokenizer, t, request.chat) for t in texts]
-    decoded = base_decode(model, tokenizer, [DecodeRow(c, 2 * SUBJECT_ROW_TOKENS, True) for c in contexts])
+    asked = subject_decode_rows(tokenizer, request, settings)
     rows = []
-    for context, found in zip(contexts, decoded):
+    for row, found in zip(asked, base_decode(model, tokenizer, asked)):
         tokens = found.tokens[:SUBJECT_ROW_TOKENS]
         if tokens and not matches(one_text(tokenizer.decode(list(found.tokens))), request.old):
-            rows.append(Row(context + tuple(tokens), len(tokens)))
+            rows.append(Row(row.ids + tuple(tokens), len(tokens)))
     return rows
+
+
+def subject_decode_rows(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
+) -> list[DecodeRow]:
+    """The base-model decodes `subject_rows` reads: each text about the subject, run on twice as far as the
+    tokens held (what follows shows whether the text states the edited fact)."""
+    if settings.subject_rows == 0:
+        return []
+    texts = subject_texts(request.subject, request.held_out + request.prompts, settings.subject_rows)
+    return [DecodeRow(encode_prompt(tokenizer, t, request.chat), 2 * SUBJECT_ROW_TOKENS, True) for t in texts]
 
 
 def retention_rows(
@@ -109,9 +115,43 @@ def base_continuations(
     up to an end-of-sequence token and then padding, as long as the longest row (as `generate` pads)."""
     if n_tokens == 0:
         return [() for _ in contexts]
-    found = [d.tokens for d in base_decode(model, tokenizer, [DecodeRow(c, n_tokens, False) for c in contexts])]
+    found = [d.tokens for d in base_decode(model, tokenizer, continuation_decode_rows(contexts, n_tokens))]
     width = max(len(t) for t in found)
     return [t + (tokenizer.pad_token_id,) * (width - len(t)) for t in found]
+
+
+def continuation_decode_rows(contexts: Sequence[tuple[int, ...]], n_tokens: int) -> list[DecodeRow]:
+    """The base-model decodes `base_continuations` asks for: `n_tokens` after each context, through line breaks."""
+    return [DecodeRow(c, n_tokens, False) for c in contexts] if n_tokens else []
+
+
+def objective_base_decodes(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+) -> list[DecodeRow]:
+    """The base-model decodes `build_objectives` will ask for one fact (`base_decode`), known before it runs,
+    so that a run can decode them with many cases' rows in one batch before its first edit: the subject rows'
+    texts and the guard's contexts. None under a bf16 autocast (its decodes are not the loaded model's) or
+    settings that are not a training loop's; the guard's are left out where the model writes prefixes itself
+    (they need a decode first)."""
+    if not isinstance(settings, TrainingLoopSettings) or settings.train_precision != "model":
+        return []
+    rows = subject_decode_rows(tokenizer, request, settings)
+    if request.chat or settings.generated_prefixes == 0:
+        new_ids, guard_tokens = answer_row(tokenizer, request, settings)
+        contexts = training_contexts(tokenizer, request, given_prefixes(request, settings))
+        rows += continuation_decode_rows([c + new_ids for c in contexts], guard_tokens)
+    return rows
+
+
+class ObjectiveDecodes:
+    """For the editors that train on `build_objectives`: `base_decodes`, the base-model decodes their `apply`
+    will ask for (see `objective_base_decodes`)."""
+
+    def base_decodes(
+        self, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+    ) -> list[DecodeRow]:
+        own = getattr(self, "settings_class", TrainingLoopSettings).of(settings)
+        return objective_base_decodes(tokenizer, request, own)
 
 
 def build_objectives(
@@ -275,8 +315,22 @@ def training_prefixes(
     """The texts put before each training prompt: `context_prefixes` and `generated_prefixes` the model
     wrote itself (chat prompts are trained as a fresh conversation only)."""
     if request.chat:
-        return ("",)
-    return tuple(settings.context_prefixes) + generated_prefixes(model, tokenizer, settings.generated_prefixes)
+        return given_prefixes(request, settings)
+    return given_prefixes(request, settings) + generated_prefixes(model, tokenizer, settings.generated_prefixes)
+
+
+def given_prefixes(request: EditRequest, settings: TrainingLoopSettings) -> tuple[str, ...]:
+    """The training prefixes the settings spell out (`context_prefixes`; none but "" for chat prompts)."""
+    return ("",) if request.chat else tuple(settings.context_prefixes)
+
+
+def training_contexts(
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, prefixes: Sequence[str]
+) -> list[tuple[int, ...]]:
+    """Every training prompt behind every prefix, as token ids."""
+    return [
+        encode_prompt(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes
+    ]
 
 
 def fact_objectives(
@@ -300,10 +354,7 @@ def fact_objectives(
     pad = tokenizer.pad_token_id
     new_ids, guard_tokens = answer_row(tokenizer, request, settings)
     carried, old_targets = unlearn_targets(tokenizer, request, new_ids)
-    prefixes = training_prefixes(model, tokenizer, request, settings)
-    contexts = [
-        encode_prompt(tokenizer, prefix + prompt, request.chat) for prompt in request.prompts for prefix in prefixes
-    ]
+    contexts = training_contexts(tokenizer, request, training_prefixes(model, tokenizer, request, settings))
     pinned = subject_rows(model, tokenizer, request, settings)
     kl_rows = pinned + retention_rows(tokenizer, request, settings)
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], guard_tokens)

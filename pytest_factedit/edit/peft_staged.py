@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from ..model.precision import training_precision
 from ..model.targets import TargetModules, lowest_layer
 from .base import AppliedEdit, EditHandle, EditRequest, Scope
-from .objectives import Objectives, build_objectives
+from .objectives import ObjectiveDecodes, Objectives, build_objectives
 from .settings import EditSettings, TrainingLoopSettings, UnlearnStageSettings, changed_default, setting
 from .training import train_stage
 
@@ -129,7 +129,7 @@ class PeftStageTrainer:
         applied.peft_model.eval()
 
 
-class PeftStagedEditor:
+class PeftStagedEditor(ObjectiveDecodes):
     """An adapter editor: one adapter per stage (`PeftStageTrainer`) from the config a subclass gives."""
 
     name: ClassVar[str] = ""
