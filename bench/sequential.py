@@ -94,7 +94,7 @@ def _sequence(
     part = cases[: args.stop_after] if args.stop_after else cases
     progress = _progress(len(part), started)
     print(
-        "the base model decodes every fact's rows first (about a second a fact on 2 cores), then edits them",
+        "the base model decodes every fact's rows first (up to 2 s a fact on 2 cores), then edits them",
         file=sys.stderr,
     )
     if not args.checkpoint:
