@@ -264,10 +264,11 @@ def _editor_decodes_live(run: Any) -> list[tuple[int, int]]:
     return asked
 
 
-@pytest.mark.parametrize("mode", ["sequential", "isolated"])
+@pytest.mark.parametrize("mode", ["sequential", "isolated", "alone"])
 def test_the_base_pass_decodes_what_each_editor_will_ask_of_the_base_model(mode: str) -> None:
-    """The subject rows' and the guard's continuations of every case come from the pass: no editor decodes
-    one itself (in a sequence, none of them names a kept subject)."""
+    """The subject rows' and the guard's continuations of every case come from the pass (a case run alone:
+    from its own base probe's batch): no editor decodes one itself (in a sequence, none of them names a
+    kept subject)."""
     from pytest_factedit.edit import planned_base_decodes, resolve_settings
     from pytest_factedit.run.case import edit_request, run_case
     from pytest_factedit.run.many import run_sequence
@@ -284,9 +285,13 @@ def test_the_base_pass_decodes_what_each_editor_will_ask_of_the_base_model(mode:
         for case in cases:
             assert run_case(lm, case, settings, base).status == "ran"
 
+    def alone() -> None:
+        for case in cases:
+            assert run_case(lm, case, settings, BaseAnswerCache()).status == "ran"
+
     def sequential() -> None:
         assert [o.status for o in run_sequence(lm, cases, lambda _case: settings).outcomes] == ["ran", "ran"]
 
-    asked = _editor_decodes_live(sequential if mode == "sequential" else isolated)
+    asked = _editor_decodes_live({"sequential": sequential, "isolated": isolated, "alone": alone}[mode])
     assert len(asked) == 2 * len(cases) and all(rows > 0 for rows, _ in asked)  # subject rows, guards: per case
     assert [live for _, live in asked] == [0] * len(asked)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cases.derived import derived_held_out
-from ..edit import get_editor
+from ..edit import get_editor, planned_base_decodes
 from ..edit.base import EditHandle, EditRequest, Scope
 from ..errors import RestoreError
 from ..infra.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
@@ -209,7 +209,8 @@ def run_case(
     With `save_dir`, the edit's adapters are written there (peft format) before they are removed.
     A CASE_END event tells the case's status once it is measured (or skipped).
     """
-    outcome = probe_base(lm, case, settings, cache)
+    editor_rows = planned_base_decodes(lm.tokenizer, edit_request(case), settings)  # one batch with the probe's
+    outcome = probe_base(lm, case, settings, cache, plan, editor_rows)
     if outcome.status != "ran":
         emit(CASE_END, outcome.status)
         return outcome

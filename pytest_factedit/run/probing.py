@@ -232,10 +232,16 @@ def base_requests(
 
 
 def probe_base(
-    lm: LoadedModel, case: FactCase, settings: EditSettings, cache: BaseAnswerCache, plan: ProbePlan = DEFAULT_PLAN
+    lm: LoadedModel,
+    case: FactCase,
+    settings: EditSettings,
+    cache: BaseAnswerCache,
+    plan: ProbePlan = DEFAULT_PLAN,
+    also: Sequence[DecodeRow] = (),
 ) -> CaseOutcome:
     """The base model's answers to every probe of `case`; status `skipped` when it does not give `old`, or
-    when a row of it is longer than the model's context (then nothing reaches the model)."""
+    when a row of it is longer than the model's context (then nothing reaches the model). `also`: more rows
+    for `cache`, decoded in the same batch (the decodes the case's editor will ask of the base model)."""
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_with(case.thresholds))
     rows, how, requests = _base_requests(lm, case, plan)
     old = how.ids(case.old[0])
@@ -245,7 +251,7 @@ def probe_base(
         return outcome
     emit(PROBE_START, PROBE_BASE)
     started = time.perf_counter()
-    base = outcome.base_decoded = cache.decoded(lm, requests)
+    base = outcome.base_decoded = cache.decoded(lm, [*requests, *also])[: len(requests)]
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
     outcome.answers = [base_answer(r, how.answer(r, d)) for r, d in zip(rows, base)]
     prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]
