@@ -179,7 +179,7 @@ def planned_base_decodes(
     tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
 ) -> list[DecodeRow]:
     """The base-model decodes the editor of `settings` will ask for `request`, from its optional `base_decodes`
-    (none for an editor without one): a run decodes them with many cases' rows before its first edit."""
+    (none for an editor without one): a run decodes them with the base probe's rows, before the edit."""
     plan = getattr(get_editor(settings.name), "base_decodes", None)
     return list(plan(tokenizer, request, settings)) if callable(plan) else []
 

@@ -189,8 +189,8 @@ class Editor(Protocol):
     from the shared parts it reads (edit/settings.py), its own defaults written as the fields' defaults;
     `apply` is given an instance of it. A class may leave it out: it then reads TrainingLoopSettings.
     An editor may also say, in a `base_decodes(tokenizer, request, settings)` method, which greedy decodes
-    of the base model its `apply` will ask for (`model.probe_cache.base_decode`): a run of several cases
-    then decodes them together before the first edit, and `apply` reads them back.
+    of the base model its `apply` will ask for (`model.probe_cache.base_decode`): a run decodes them in one
+    batch with the case's base probe (with every case's, in a run of several), and `apply` reads them back.
     """
 
     name: ClassVar[str]

@@ -129,8 +129,8 @@ def objective_base_decodes(
     tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
 ) -> list[DecodeRow]:
     """The base-model decodes `build_objectives` will ask for one fact (`base_decode`), known before it runs,
-    so that a run can decode them with many cases' rows in one batch before its first edit: the subject rows'
-    texts and the guard's contexts. None under a bf16 autocast (its decodes are not the loaded model's) or
+    so that a run can decode them in one batch with the base probe's rows (many cases' in a base pass): the
+    subject rows' texts and the guard's contexts. None under a bf16 autocast (its decodes are not the loaded model's) or
     settings that are not a training loop's; the guard's are left out where the model writes prefixes itself
     (they need a decode first)."""
     if not isinstance(settings, TrainingLoopSettings) or settings.train_precision != "model":
