@@ -65,15 +65,15 @@ def test_a_second_run_reads_the_trace_and_the_editors_decodes_and_edits_the_same
     first = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
     assert first.status == "ran", first.reason
     assert first.localization is not None and not first.localization.stored
-    assert len(calls) == 3  # the base probe, the subject rows' continuations, the guard tokens
+    assert len(calls) == 1  # the base probe, with the subject rows' continuations and the guard tokens
     (stored,) = tmp_path.glob("traces-*/*.json")
     second = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
-    assert len(calls) == 3  # nothing of the base model decoded again
+    assert len(calls) == 1  # nothing of the base model decoded again
     assert second.localization is not None and second.localization.stored
     assert second.localization.as_record() | {"stored": False} == first.localization.as_record()
     assert _judged(second) == _judged(first)
     fresh = run_case(lm, case, settings, BaseAnswerCache(None), plan=plan)  # --factedit-fresh-probes
-    assert fresh.localization is not None and not fresh.localization.stored and len(calls) == 6
+    assert fresh.localization is not None and not fresh.localization.stored and len(calls) == 2
     assert _judged(fresh) == _judged(first)
 
 
