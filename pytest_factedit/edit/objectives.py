@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ..metrics.answers import matches
 from ..model.decoding import DecodeRow
@@ -126,14 +126,13 @@ def continuation_decode_rows(contexts: Sequence[tuple[int, ...]], n_tokens: int)
 
 
 def objective_base_decodes(
-    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
+    tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
 ) -> list[DecodeRow]:
     """The base-model decodes `build_objectives` will ask for one fact (`base_decode`), known before it runs,
     so that a run can decode them in one batch with the base probe's rows (many cases' in a base pass): the
-    subject rows' texts and the guard's contexts. None under a bf16 autocast (its decodes are not the loaded model's) or
-    settings that are not a training loop's; the guard's are left out where the model writes prefixes itself
-    (they need a decode first)."""
-    if not isinstance(settings, TrainingLoopSettings) or settings.train_precision != "model":
+    subject rows' texts and the guard's contexts. None under a bf16 autocast (its decodes are not the loaded
+    model's); the guard's are left out where the model writes prefixes itself (they need a decode first)."""
+    if settings.train_precision != "model":
         return []
     rows = subject_decode_rows(tokenizer, request, settings)
     if request.chat or settings.generated_prefixes == 0:
@@ -147,11 +146,12 @@ class ObjectiveDecodes:
     """For the editors that train on `build_objectives`: `base_decodes`, the base-model decodes their `apply`
     will ask for (see `objective_base_decodes`)."""
 
+    settings_class: ClassVar[type[TrainingLoopSettings]]  # each editor's own: what `apply` reads
+
     def base_decodes(
         self, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: EditSettings
     ) -> list[DecodeRow]:
-        own = getattr(self, "settings_class", TrainingLoopSettings).of(settings)
-        return objective_base_decodes(tokenizer, request, own)
+        return objective_base_decodes(tokenizer, request, self.settings_class.of(settings))
 
 
 def build_objectives(

@@ -4,7 +4,7 @@ Probing one case at a time runs a greedy loop per case, as long as its longest r
 the fluency length), over a batch padded to its longest prompt. Decoding the rows of many cases together
 shares those greedy steps, pads rows of like length together and decodes a prompt several cases ask (a
 shared control) once. A case's rows are its probe's and the base-model decodes its editor will ask for (the
-subject rows' and the guard's continuations: `edit.planned_base_decodes`). The decodes go into the run's
+subject rows' and the guard's continuations: `case.editor_base_rows`). The decodes go into the run's
 cache of base decodes, where each case's probe and edit find them: a sequence before its first edit, an
 isolated run of several cases before its first case.
 """
@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..edit import planned_base_decodes
 from ..infra.events import PROBE_END, PROBE_PASS, PROBE_START, PROBED, emit
 from ..model.decoding import DecodeRow, Tokens
-from .case import edit_request
+from .case import editor_base_rows
 from .probing import base_requests
 
 if TYPE_CHECKING:
@@ -63,7 +62,7 @@ def case_requests(lm: LoadedModel, case: FactCase, settings: EditSettings) -> li
     """A case's rows of the pass: its base probe's, then the decodes of the base model its editor will ask for
     (they are read back when it edits; none when the case cannot be probed)."""
     probe = base_requests(lm, case, settings)
-    return probe + planned_base_decodes(lm.tokenizer, edit_request(case), settings) if probe else []
+    return probe + editor_base_rows(lm, case, settings) if probe else []
 
 
 def merged_rows(requests: Sequence[DecodeRow]) -> list[DecodeRow]:

@@ -36,6 +36,7 @@ from .probing import DEFAULT_PLAN, BaseAnswerCache, ProbePlan, probe_base, probe
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
     from ..edit.settings import EditSettings
+    from ..model.decoding import DecodeRow
     from ..model.load import LoadedModel
     from ..model.trace_store import TraceStore
 
@@ -155,6 +156,12 @@ def edit_request(case: FactCase, also_held_out: Sequence[str] = ()) -> EditReque
     )
 
 
+def editor_base_rows(lm: LoadedModel, case: FactCase, settings: EditSettings) -> list[DecodeRow]:
+    """The decodes of the base model the case's editor will ask for when `edited` applies it (the same
+    request), for a run to decode beforehand with the base rows and serve back."""
+    return planned_base_decodes(lm.tokenizer, edit_request(case), settings)
+
+
 def save_adapters(applied: EditHandle, save_dir: Path) -> dict[str, Any]:
     """Write the edit's adapters to `save_dir` (peft format), with the modes the umask gives; what was
     written, or why nothing was."""
@@ -209,8 +216,7 @@ def run_case(
     With `save_dir`, the edit's adapters are written there (peft format) before they are removed.
     A CASE_END event tells the case's status once it is measured (or skipped).
     """
-    editor_rows = planned_base_decodes(lm.tokenizer, edit_request(case), settings)  # one batch with the probe's
-    outcome = probe_base(lm, case, settings, cache, plan, editor_rows)
+    outcome = probe_base(lm, case, settings, cache, plan, editor_base_rows(lm, case, settings))  # one batch
     if outcome.status != "ran":
         emit(CASE_END, outcome.status)
         return outcome
