@@ -198,3 +198,55 @@ def test_fast_products_agree_with_linear_layers_and_are_undone(rows: int) -> Non
         assert torch.allclose(layer(x), expected, atol=1e-5)
         raise RuntimeError("the block fails")
     assert "forward" not in layer.__dict__
+
+
+@pytest.mark.parametrize("rows", [16, 40])
+@pytest.mark.parametrize("layout", ["rows", "last-position", "transposed"])
+def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradients(rows: int, layout: str) -> None:
+    """A head of more than two slices with enough rows is computed slice by slice: the same bits as one
+    `torch.mm`, forward and backward, whatever the layout of the hidden states (`layout`: rows one after
+    another; the last position of a [rows, 3, d] batch; a transposed [d, rows] tensor's rows)."""
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    torch.manual_seed(0)
+    d = 64
+    weight = torch.randn(2 * lmhead.VOCAB_SLICE + 333, d)
+    source = {
+        "rows": lambda: torch.randn(rows, d),
+        "last-position": lambda: torch.randn(rows, 3, d)[:, -1],
+        "transposed": lambda: torch.randn(d, rows).t(),
+    }[layout]()
+    assert lmhead._in_slices(source, weight)
+
+    def product(sliced: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = source.clone(memory_format=torch.preserve_format).requires_grad_()
+        with torch.no_grad():
+            probe = lmhead.head_product(hidden, weight) if sliced else torch.mm(weight, hidden.t()).t()
+        logits = lmhead.head_product(hidden, weight) if sliced else torch.mm(weight, hidden.contiguous().t()).t()
+        assert torch.equal(logits.detach(), probe)
+        torch.log_softmax(logits, -1)[:, 5].sum().backward()
+        assert hidden.grad is not None
+        return logits.detach(), hidden.grad
+
+    (sliced, sliced_grad), (single, single_grad) = product(True), product(False)
+    assert torch.equal(sliced, single)
+    assert torch.equal(sliced_grad, single_grad)
+
+
+def test_the_head_product_takes_one_product_where_slices_would_not_help() -> None:
+    """Few rows, a small weight, a weight that trains, or autocast: one `torch.mm`, as before."""
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    weight = torch.randn(3 * lmhead.VOCAB_SLICE, 8)
+    many, few = torch.randn(lmhead.SLICED_FROM_ROWS, 8), torch.randn(lmhead.SLICED_FROM_ROWS - 1, 8)
+    assert lmhead._in_slices(many, weight)
+    assert not lmhead._in_slices(few, weight)
+    assert not lmhead._in_slices(many, weight[: lmhead.VOCAB_SLICE])
+    assert not lmhead._in_slices(many, weight.clone().requires_grad_())
+    assert not lmhead._in_slices(many.double(), weight.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not lmhead._in_slices(many, weight)

@@ -13,7 +13,7 @@ from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
 from ..model.kv import cache_keyword, cache_prefix, cache_rows, has_row_state, returned_cache, row_state
-from ..model.lmhead import decoder, head_product, logits_from_hidden
+from ..model.lmhead import decoder, logits_from_hidden, one_product
 from ..model.skip import decoder_layers, hooks_allow_first_rows, layers_bypassed
 from .hooks import (
     SITES,
@@ -360,11 +360,11 @@ def _answer_prob(
         return torch.softmax(logits_from_hidden(model, hidden, head_weight).float(), dim=-1)[:, answer_id]
     weight = head.weight if head_weight is None else head_weight
     parts = [
-        torch.logsumexp(head_product(hidden, weight[i : i + LSE_SLICE]).float(), dim=-1)
+        torch.logsumexp(one_product(hidden, weight[i : i + LSE_SLICE]).float(), dim=-1)
         for i in range(0, weight.shape[0], LSE_SLICE)
     ]
     total = torch.logsumexp(torch.stack(parts, dim=-1), dim=-1)
-    return torch.exp(head_product(hidden, weight[answer_id : answer_id + 1])[:, 0].float() - total)
+    return torch.exp(one_product(hidden, weight[answer_id : answer_id + 1])[:, 0].float() - total)
 
 
 def attribution_estimates(

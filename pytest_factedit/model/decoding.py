@@ -166,7 +166,9 @@ def prefill(model: PreTrainedModel, prompts: Sequence[Tokens], pad_id: int) -> P
     ids, mask, positions = left_padded(prompts, pad_id, device)
     with torch.no_grad():
         out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        logits = logits_from_hidden(model, out.last_hidden_state[:, -1])
+        # one row after another in memory (the head's product of a few rows comes transposed): an argmax over
+        # a transposed product is several times slower, and log_softmax would copy it so anyway (same bits)
+        logits = logits_from_hidden(model, out.last_hidden_state[:, -1]).contiguous()
     return Prefilled(
         returned_cache(out),
         mask,

@@ -1,11 +1,13 @@
 """Matrix products in the form that is fast on a CPU: the language-model head, applied only to the hidden
-states a computation needs, and (`fast_linears`) every linear layer during decoding."""
+states a computation needs (over slices of its weight where that is faster), and (`fast_linears`) every
+linear layer during decoding."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -24,19 +26,97 @@ def decoder(model: torch.nn.Module) -> torch.nn.Module:
     return body
 
 
+# A product with a weight of at least twice this many rows runs over slices of this many weight rows, where
+# it multiplies SLICED_FROM_ROWS rows or more on a CPU in fp32: MKL computes the embedded model's 262,144 x 640
+# head with 12-111 rows 1.1-1.5x faster over 2,048-row slices than in one call (each slice stays in cache),
+# with the same bits, since every output is the same dot product; below 12 rows one call is as fast
+# (bench/head_slices.py).
+VOCAB_SLICE = 2048
+SLICED_FROM_ROWS = 12
+
+
 def head_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """hidden [rows, d] x weight [vocab, d]^T, computed as (weight @ hidden^T)^T.
 
     With a vocabulary of 262k and few rows, `F.linear` takes slow CPU paths: one vector product per row
     for a 3-D input (24 rows: 0.53 s), a packed product for 2-8 rows (3 rows: 125 ms). The transposed
     product reads the weight once (3 rows: 18 ms, 24 rows: 84 ms against 112 ms; measured on a 2-core
-    AMD EPYC). A single row is computed as two (the one-row path is a slow matrix-vector product).
+    AMD EPYC). A single row is computed as two (the one-row path is a slow matrix-vector product); rows
+    whose values are not next to each other in memory are made so first (the product of two transposed
+    layer outputs is: the product would take a path 3x slower).
     """
+    import torch
+
+    if not _in_slices(hidden, weight):
+        return one_product(hidden, weight)
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        product: torch.Tensor = _sliced_function().apply(weight, hidden)
+        return product
+    return sliced_rows(weight, hidden)
+
+
+def one_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`head_product` in one `torch.mm`, never in slices: for a caller that slices the weight itself."""
     import torch
 
     if hidden.shape[0] == 1:
         return torch.mm(weight, hidden.repeat(2, 1).t()).t()[:1]
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
     return torch.mm(weight, hidden.t()).t()
+
+
+def _in_slices(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Is the product one that slices make faster with the same result: fp32 on a CPU, many weight rows,
+    enough hidden rows, no autocast, and no gradient wanted for the weight (a frozen head)?"""
+    import torch
+
+    return (
+        hidden.device.type == "cpu"
+        and hidden.dtype == weight.dtype == torch.float32
+        and weight.shape[0] >= 2 * VOCAB_SLICE
+        and hidden.shape[0] >= SLICED_FROM_ROWS
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and weight.requires_grad)
+    )
+
+
+def sliced_rows(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """(weight @ hidden^T)^T, VOCAB_SLICE weight rows at a time, laid out one row after another: what a
+    log-softmax or an argmax over the vocabulary reads fastest (it would copy a transposed product first)."""
+    import torch
+
+    out = torch.empty((hidden.shape[0], weight.shape[0]), dtype=weight.dtype, device=weight.device)
+    columns = hidden.t()
+    for start in range(0, weight.shape[0], VOCAB_SLICE):
+        out[:, start : start + VOCAB_SLICE] = torch.mm(weight[start : start + VOCAB_SLICE], columns).t()
+    return out
+
+
+@cache
+def _sliced_function() -> type[torch.autograd.Function]:
+    """`sliced_rows` as an autograd function whose gradient for `hidden` is the one torch computes for
+    `torch.mm(weight, hidden.t()).t()`, by the same product (torch's mm_mat2_backward, which picks it by the
+    layout of hidden^T), so training sees the bits one product gives (tests/test_decoding.py compares them)."""
+    import torch
+
+    class SlicedProduct(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(weight)
+            ctx.rows_in_order = hidden.is_contiguous()  # hidden^T is then column-major
+            return sliced_rows(weight, hidden)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+            (weight,) = ctx.saved_tensors
+            if ctx.rows_in_order:
+                return None, grad.mm(weight)
+            return None, weight.t().mm(grad.t()).t()
+
+    return SlicedProduct
 
 
 def logits_from_hidden(
