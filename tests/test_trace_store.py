@@ -19,6 +19,7 @@ from pytest_factedit.edit import resolve_settings
 from pytest_factedit.localize import FactPrompts, LocalizeSettings, localize, stored_localization, trace_key
 from pytest_factedit.model import probe_cache, trace_store
 from pytest_factedit.model.decoding import DecodeRow
+from pytest_factedit.model.precision import precision_context
 from pytest_factedit.model.probe_cache import BaseAnswerCache, base_decode, base_decodes_served
 from pytest_factedit.model.text import encode_prompt
 from pytest_factedit.model.trace_store import TraceStore
@@ -88,13 +89,13 @@ def test_the_editor_is_served_only_by_the_base_model_as_loaded(tiny_case, tmp_pa
     assert len(calls) == 1
     with base_decodes_served(cache, lm):
         assert base_decode(lm.model, lm.tokenizer, rows) == cache.decoded(lm, rows) and len(calls) == 1
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 training precision computes otherwise
-            base_decode(lm.model, lm.tokenizer, rows)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 training precision decodes as loaded
+            assert base_decode(lm.model, lm.tokenizer, rows) == cache.decoded(lm, rows) and len(calls) == 1
         other = tiny_model("llama", len(lm.tokenizer), layers=3)  # not the loaded model
         base_decode(other, lm.tokenizer, rows)
-    assert len(calls) == 3
+    assert len(calls) == 2
     base_decode(lm.model, lm.tokenizer, rows)  # outside the block: decoded, whatever the cache holds
-    assert len(calls) == 4
+    assert len(calls) == 3
 
 
 def _fact(lm: Any, case: Any) -> FactPrompts:
@@ -183,3 +184,18 @@ def test_the_store_keeps_the_newest_traces_and_names_files_only_by_digest(tmp_pa
     with pytest.raises(ValueError, match="sha256"):
         store.get("../outside")
     assert trace_store._modified(store.folder / "pruned-by-another-worker.json") is None
+
+
+def test_an_editor_that_trains_in_bf16_localizes_in_bf16_and_keeps_that_trace_apart(tiny_case, tmp_path):
+    lm, case = tiny_case
+    settings = resolve_settings(case.method)
+    bf16 = resolve_settings({**case.method, "train_precision": "bfloat16"})
+    auto, forced = precision_context(lm.model, "auto")[1], precision_context(lm.model, "bfloat16")[1]
+    traces = BaseAnswerCache(tmp_path).traces(lm)
+    assert traces is not None
+    assert localize_case(lm, case, settings, traces=traces).precision == auto
+    found = localize_case(lm, case, bf16, traces=traces)
+    assert found.precision == forced and forced.startswith("bfloat16 (autocast")
+    assert found.stored == (auto == forced)  # an fp32 trace is not read back for a bf16 one (on AMX, auto is bf16)
+    assert localize_case(lm, case, bf16, traces=traces).stored
+    assert len(list(tmp_path.glob("traces-*/*.json"))) == (1 if auto == forced else 2)

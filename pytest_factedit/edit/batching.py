@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..model.decoding import left_padded
 from ..model.lmhead import decoder, logits_from_hidden
+from ..model.precision import autocast_head_weight
 from ..model.skip import capture_entering, entering_at
 
 if TYPE_CHECKING:
@@ -125,10 +126,11 @@ def _tail_passes(
 
 def _logprobs(model: PreTrainedModel, rows: Sequence[Row], tails: dict[int, torch.Tensor]) -> list[torch.Tensor]:
     """The LM head's log-softmax on every row's tail positions (`tails`: row index -> hidden states), in
-    one product, split back per row."""
+    one product (under a bf16 training precision, with the head's bf16 copy), split back per row."""
     import torch
 
-    logp = torch.log_softmax(logits_from_hidden(model, torch.cat([tails[i] for i in range(len(rows))])).float(), -1)
+    hidden = torch.cat([tails[i] for i in range(len(rows))])
+    logp = torch.log_softmax(logits_from_hidden(model, hidden, autocast_head_weight(model)).float(), -1)
     return list(torch.split(logp, [r.tail for r in rows]))
 
 

@@ -130,10 +130,9 @@ def objective_base_decodes(
 ) -> list[DecodeRow]:
     """The base-model decodes `build_objectives` will ask for one fact (`base_decode`), known before it runs,
     so that a run can decode them in one batch with the base probe's rows (many cases' in a base pass): the
-    subject rows' texts and the guard's contexts. None under a bf16 autocast (its decodes are not the loaded
-    model's); the guard's are left out where the model writes prefixes itself (they need a decode first)."""
-    if settings.train_precision != "model":
-        return []
+    subject rows' texts and the guard's contexts (in the loaded precision under any training precision:
+    `base_decode`); the guard's are left out where the model writes prefixes itself (they need a decode
+    first)."""
     rows = subject_decode_rows(tokenizer, request, settings)
     if request.chat or settings.generated_prefixes == 0:
         new_ids, guard_tokens = answer_row(tokenizer, request, settings)

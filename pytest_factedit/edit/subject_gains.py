@@ -187,7 +187,7 @@ def apply_subject_gains(
     edit = _hooked(SubjectGainEdit(method=method, model=model, gate=gate, targets=targets, settings=settings))
     feedforward = set(targets.feedforward)
     try:
-        with training_precision(model, settings.train_precision, cast_weights=False):
+        with training_precision(model, settings.train_precision):
             goals = build_objectives(model, tokenizer, request, settings, lowest_layer(model, targets), gate.untouched)
             for stage in stages:
                 edit.gains[stage] = {

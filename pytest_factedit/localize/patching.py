@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
 from ..model.kv import cache_keyword, cache_prefix, cache_rows, has_row_state, returned_cache, row_state
 from ..model.lmhead import decoder, logits_from_hidden, one_product
+from ..model.precision import bf16_head_weight
 from ..model.skip import decoder_layers, hooks_allow_first_rows, layers_bypassed
 from .hooks import (
     SITES,
@@ -80,26 +80,9 @@ def answer_probs(
     return torch.softmax(logits_from_hidden(model, hidden, head_weight).float(), dim=-1)[:, answer_id]
 
 
-_HEAD_COPIES: dict[
-    int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]
-] = {}  # id(weight) -> (weakref to it, its version, bf16 copy)
-
-
 def head_weight_for(model: PreTrainedModel, label: str) -> torch.Tensor:
-    """The LM head weight; under bf16 autocast a bf16 copy, made once per weight and version and reused
-    across cases (casting Gemma's 262k x 640 head is a copy of 168M values)."""
-    import torch
-
-    weight = weight_of(model.get_output_embeddings())
-    if "autocast" not in label:
-        return weight
-    cached = _HEAD_COPIES.get(id(weight))
-    if cached is not None and cached[0]() is weight and cached[1] == weight._version:
-        return cached[2]
-    copy = weight.detach().to(torch.bfloat16)
-    _HEAD_COPIES.clear()  # one model at a time: do not keep copies of heads no longer used
-    _HEAD_COPIES[id(weight)] = (weakref.ref(weight), weight._version, copy)
-    return copy
+    """The LM head weight; under bf16 autocast its bf16 copy, made once and reused across cases."""
+    return bf16_head_weight(model) if "autocast" in label else weight_of(model.get_output_embeddings())
 
 
 def prepare(

@@ -1,13 +1,24 @@
-"""bf16 autocast with the weights cast once, and when to use it (CUDA, or a CPU with AMX bf16 units)."""
+"""bf16 autocast with the weights cast once, when to use it (CUDA, or a CPU with AMX bf16 units), and the
+way back to the loaded precision for a block inside it."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from .introspect import weight_of
+
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel
+
+# The weights `bf16_autocast` swapped for bf16 copies, innermost block last: (module, original Parameter).
+_SWAPPED: ContextVar[tuple[tuple[torch.nn.Module, torch.Tensor], ...]] = ContextVar("swapped", default=())
+# id(weight) -> (weakref to it, its version, bf16 copy): the LM head's copy, kept across cases.
+_HEAD_COPIES: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
 
 
 @contextmanager
@@ -18,17 +29,73 @@ def bf16_autocast(model: PreTrainedModel, device_type: str) -> Iterator[None]:
     """
     import torch
 
-    swapped = []
+    swapped: list[tuple[torch.nn.Module, torch.Tensor]] = []
+    token = None
     try:
         for module in model.base_model.modules():
             if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
                 swapped.append((module, module.weight))
                 module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+        token = _SWAPPED.set(_SWAPPED.get() + tuple(swapped))
         with torch.autocast(device_type, dtype=torch.bfloat16):
             yield
     finally:
+        if token is not None:
+            _SWAPPED.reset(token)
         for module, original in swapped:
             module.weight = original
+
+
+@contextmanager
+def loaded_precision(model: PreTrainedModel) -> Iterator[None]:
+    """For the block, `model` computes as loaded, inside a training precision too: autocast off and the
+    weights `bf16_autocast` cast put back; on exit the bf16 copies return. What the base model says (its
+    decodes) is then the loaded model's, the same texts as in its own dtype, and a run's cache can serve them."""
+    import torch
+
+    device_type = next(model.parameters()).device.type
+    swapped = _SWAPPED.get()
+    if not swapped and not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    copies = [(module, module.weight) for module, _ in swapped]
+    token = _SWAPPED.set(())
+    try:
+        for module, original in swapped:
+            module.weight = original
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        for module, copy in copies:
+            module.weight = copy
+        _SWAPPED.reset(token)
+
+
+def autocast_head_weight(model: PreTrainedModel) -> torch.Tensor | None:
+    """Under a bf16 autocast, `bf16_head_weight` (the head's product then reads half the bytes and casts
+    nothing); else None (the head's own weight)."""
+    import torch
+
+    if not torch.is_autocast_enabled(next(model.parameters()).device.type):
+        return None
+    return bf16_head_weight(model)
+
+
+def bf16_head_weight(model: PreTrainedModel) -> torch.Tensor:
+    """A bf16 copy of the LM head weight, made once per weight and version and reused across cases and
+    steps (casting Gemma's 262k x 640 head copies 168M values); a head already in bf16 is its own copy."""
+    import torch
+
+    weight = weight_of(model.get_output_embeddings())
+    if weight.dtype == torch.bfloat16:
+        return weight
+    cached = _HEAD_COPIES.get(id(weight))
+    if cached is not None and cached[0]() is weight and cached[1] == weight._version:
+        return cached[2]
+    copy = weight.detach().to(torch.bfloat16)
+    _HEAD_COPIES.clear()  # one model at a time: do not keep copies of heads no longer used
+    _HEAD_COPIES[id(weight)] = (weakref.ref(weight), weight._version, copy)
+    return copy
 
 
 def precision_context(model: PreTrainedModel, precision: str = "auto") -> tuple[AbstractContextManager[None], str]:
@@ -42,9 +109,9 @@ def precision_context(model: PreTrainedModel, precision: str = "auto") -> tuple[
         raise ValueError(f"precision must be auto, float32 or bfloat16, found {precision!r}")
     if param.device.type == "cuda":
         return bf16_autocast(model, "cuda"), "bfloat16 (autocast)"
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    if param.device.type == "cpu" and (precision == "bfloat16" or has_amx()):
-        return bf16_autocast(model, "cpu"), "bfloat16 (autocast, CPU AMX)"
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    if param.device.type == "cpu" and (precision == "bfloat16" or has_amx):
+        return bf16_autocast(model, "cpu"), "bfloat16 (autocast, CPU AMX)" if has_amx else "bfloat16 (autocast, CPU)"
     return nullcontext(), str(param.dtype).replace("torch.", "")
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..infra.files import write_atomic
 from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
+from .precision import loaded_precision
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
 from .text import decoding_sets, ends_line
@@ -219,12 +220,14 @@ def base_decodes_served(cache: BaseAnswerCache, lm: LoadedModel) -> Iterator[Non
 
 
 def base_decode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[DecodeRow]) -> list[Decoded]:
-    """`decode` of what the base model says (an editor's reference continuations): inside
-    `base_decodes_served` for this model, from its cache; else decoded now."""
-    serving = _SERVING.get()
-    if serving is not None and _as_loaded(model, serving[1]):
-        return serving[0].decoded(serving[1], rows)
-    return decode(model, tokenizer, rows)
+    """`decode` of what the base model says (an editor's reference continuations), in the precision it was
+    loaded in, inside a training precision too (`loaded_precision`): inside `base_decodes_served` for this
+    model, from its cache; else decoded now."""
+    with loaded_precision(model):
+        serving = _SERVING.get()
+        if serving is not None and _as_loaded(model, serving[1]):
+            return serving[0].decoded(serving[1], rows)
+        return decode(model, tokenizer, rows)
 
 
 def _as_loaded(model: PreTrainedModel, lm: LoadedModel) -> bool:

@@ -63,12 +63,15 @@ def localize_case(
     case: FactCase,
     settings: EditSettings,
     method: str | None = None,
-    precision: str = "auto",
+    precision: str | None = None,
     traces: TraceStore | None = None,
 ) -> Localization:
-    """Trace where the case's old answer is stored (`method` defaults to settings.localize); with `traces`,
-    an earlier run's trace of the same fact, settings and model is read back instead, and a new one kept."""
+    """Trace where the case's old answer is stored (`method` defaults to settings.localize; `precision` to
+    bf16 for an editor that trains in bf16, else auto); with `traces`, an earlier run's trace of the same
+    fact, settings and model is read back instead, and a new one kept."""
     fact = fact_prompts(lm, case)
+    if precision is None:
+        precision = "bfloat16" if getattr(settings, "train_precision", "model") == "bfloat16" else "auto"
     how = LocalizeSettings(
         method=method or settings.localize,
         mlp_layers=settings.mlp_layers,

@@ -1,0 +1,94 @@
+"""Training in bf16 (`train_precision: bfloat16`): weights cast once and put back, the LM head's bf16 copy,
+and the base model's decodes in the precision it was loaded in."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit import get_editor, resolve_settings
+from pytest_factedit.edit.objectives import objective_base_decodes
+from pytest_factedit.model.decoding import DecodeRow
+from pytest_factedit.model.precision import (
+    autocast_head_weight,
+    bf16_autocast,
+    bf16_head_weight,
+    loaded_precision,
+    training_precision,
+)
+from pytest_factedit.model.probe_cache import base_decode
+from pytest_factedit.model.targets import layer_targets
+
+from .tiny import REQUEST, assert_identical, snapshot, tiny_model, word_tokenizer
+
+
+def _linear_weights(model) -> dict[str, object]:
+    return {name: module.weight for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def test_loaded_precision_puts_the_loaded_weights_back_for_its_block_and_the_copies_after() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    loaded = _linear_weights(model)
+    with bf16_autocast(model, "cpu"):
+        cast = _linear_weights(model)
+        decoder_weights = [name for name in cast if name != "lm_head"]
+        assert all(cast[name].dtype == torch.bfloat16 for name in decoder_weights)
+        assert torch.is_autocast_enabled("cpu")
+        with loaded_precision(model):
+            assert _linear_weights(model) == loaded  # the same Parameter objects
+            assert not torch.is_autocast_enabled("cpu")
+        assert all(_linear_weights(model)[name] is cast[name] for name in cast)
+        assert torch.is_autocast_enabled("cpu")
+    assert all(_linear_weights(model)[name] is loaded[name] for name in loaded)
+    with loaded_precision(model):  # outside any training precision: nothing to change
+        assert _linear_weights(model) == loaded
+
+
+def test_the_base_model_decodes_the_same_tokens_inside_a_bf16_training_precision() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=4)
+    rows = [DecodeRow(tuple(tok(p)["input_ids"]), 4, False) for p in (*REQUEST.prompts, *REQUEST.held_out)]
+    outside = base_decode(model, tok, rows)
+    with training_precision(model, "bfloat16"):
+        inside = base_decode(model, tok, rows)
+    assert [d.tokens for d in inside] == [d.tokens for d in outside]
+
+
+def test_the_head_copy_is_made_once_per_weight_version_and_only_under_autocast() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    assert autocast_head_weight(model) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = autocast_head_weight(model)
+        assert first is not None and first.dtype == torch.bfloat16
+        assert torch.equal(first, model.lm_head.weight.detach().to(torch.bfloat16))
+        assert autocast_head_weight(model) is first
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)  # a new version of the weight: a new copy
+    changed = bf16_head_weight(model)
+    assert changed is not first
+    assert torch.equal(changed, model.lm_head.weight.detach().to(torch.bfloat16))
+
+
+def test_the_subject_gated_editor_trains_in_bf16_and_leaves_the_model_as_loaded() -> None:
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=4)
+    before, weights = snapshot(model), _linear_weights(model)
+    settings = resolve_settings({"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1})
+    bf16 = resolve_settings(
+        {"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1, "train_precision": "bfloat16"}
+    )
+    editor = get_editor("ia3-two-stage")
+    own, own_bf16 = editor.settings_class.of(settings), editor.settings_class.of(bf16)
+    assert objective_base_decodes(tok, REQUEST, own_bf16) == objective_base_decodes(tok, REQUEST, own)
+    applied = editor.apply(model, tok, REQUEST, layer_targets(model, [1, 2], [3], "test"), bf16)
+    try:
+        learn = applied.stages[-1]
+        assert learn.steps > 0 and learn.losses[-1] < learn.losses[0]
+        assert all(module.weight is weights[name] for name, module in model.named_modules() if name in weights)
+        assert all(module.weight.dtype == torch.float32 for module in model.modules() if hasattr(module, "weight"))
+    finally:
+        applied.remove()
+    assert_identical(model, before)
