@@ -36,3 +36,22 @@ def test_each_method_keeps_its_own_cache_of_base_decodes_across_the_facts(monkey
     assert [(fact, seed) for fact, seed, _ in seen] == [("first", 0), ("first", 1), ("second", 0), ("second", 1)]
     assert len(caches[0]) == len(caches[1]) == 1  # one cache per method, kept from fact to fact
     assert caches[0] != caches[1]  # and never another method's
+
+
+def test_the_table_gives_each_later_method_s_edit_seconds_over_the_first_s_fact_by_fact(monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import editors
+
+    def result(fact: str, method: str, seconds: float, answer: str) -> dict[str, Any]:
+        return {"fact": fact, "method": method, "status": "ran", "values": {"edit s": seconds, "answers": [answer]}}
+
+    results = [
+        result("a", "A", 10.0, "x"),
+        result("a", "B", 5.0, "x"),
+        result("b", "A", 8.0, "y"),
+        result("b", "B", 6.0, "z"),
+        result("c", "B", 1.0, "w"),  # no A on this fact: not a pair
+    ]
+    editors.print_time_ratios(results, ["A", "B"])
+    printed = capsys.readouterr().out
+    assert "B / A, fact by fact: median 0.62 (0.50-0.75) over 2 facts; the same answer texts in 1" in printed

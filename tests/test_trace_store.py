@@ -199,3 +199,13 @@ def test_an_editor_that_trains_in_bf16_localizes_in_bf16_and_keeps_that_trace_ap
     assert found.stored == (auto == forced)  # an fp32 trace is not read back for a bf16 one (on AMX, auto is bf16)
     assert localize_case(lm, case, bf16, traces=traces).stored
     assert len(list(tmp_path.glob("traces-*/*.json"))) == (1 if auto == forced else 2)
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_an_editor_on_auto_localizes_as_it_trains(tiny_case, monkeypatch, units):
+    from pytest_factedit.model import precision
+
+    lm, case = tiny_case
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: units)
+    found = localize_case(lm, case, resolve_settings({**case.method, "train_precision": "auto"}))
+    assert found.precision == precision_context(lm.model, "bfloat16" if units else "auto")[1]

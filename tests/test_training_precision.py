@@ -92,3 +92,48 @@ def test_the_subject_gated_editor_trains_in_bf16_and_leaves_the_model_as_loaded(
     finally:
         applied.remove()
     assert_identical(model, before)
+
+
+def test_a_sequence_of_edits_trained_in_bf16_runs_and_leaves_the_loaded_weights() -> None:
+    from pytest_factedit.run.many import run_sequence
+
+    from .test_sequence_checkpoint import FAST, PLACED, two_case_run
+
+    lm, cases, _ = two_case_run()
+    weights = _linear_weights(lm.model)
+    settings = resolve_settings({**FAST, **PLACED, "train_precision": "bfloat16"})
+    result = run_sequence(lm, cases, lambda _case: settings)
+    assert [o.status for o in result.outcomes] == ["ran", "ran"]
+    assert all(o.answers for o in result.outcomes)
+    assert all(module.weight is weights[name] for name, module in lm.model.named_modules() if name in weights)
+
+
+def test_auto_trains_in_bf16_only_where_the_cpu_has_bf16_units(monkeypatch) -> None:
+    from pytest_factedit.model import precision
+
+    model = tiny_model("llama", len(word_tokenizer()))
+    assert not precision.trains_in_bf16(model, "model") and precision.trains_in_bf16(model, "bfloat16")
+    for units in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda units=units: units)
+        assert precision.trains_in_bf16(model, "auto") is units
+        context = precision.training_precision(model, "auto")
+        with context:
+            assert torch.is_autocast_enabled("cpu") is units
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "kernels", "expected"),
+    [
+        (True, False, "AVX2", True),  # AMX
+        (False, True, "AVX512", True),  # AVX-512 BF16, e.g. AMD Zen 4
+        (False, True, "AVX2", False),  # the same CPU held to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2)
+        (False, False, "AVX2", False),  # an AVX2-only CPU
+    ],
+)
+def test_bf16_units_are_amx_or_avx512_bf16_with_avx512_kernels(monkeypatch, amx, avx512_bf16, kernels, expected):
+    from pytest_factedit.model.precision import cpu_has_bf16_units
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    assert cpu_has_bf16_units() is expected

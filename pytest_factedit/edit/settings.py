@@ -16,7 +16,7 @@ from ..model.targets import TRACING_MODES
 
 DEFAULT_METHOD = "ia3-two-stage"
 LOCALIZE_MODES = (*TRACING_MODES, "none", "random")
-TRAIN_PRECISIONS = ("model", "bfloat16")
+TRAIN_PRECISIONS = ("model", "bfloat16", "auto")
 RuleKind = Literal["count", "positive", "non-negative", "probability", "text", "choice", "modules", "texts", "flag"]
 SettingsT = TypeVar("SettingsT", bound="EditSettings")
 RULE_WORDS: dict[RuleKind, str] = {
@@ -200,7 +200,13 @@ class TrainingLoopSettings(PromptSettings):
     neighbours_per_prompt: int = setting(4, "count", "derived neighbour prompts per training prompt (retention)")
     kl_rows_per_step: int = setting(12, "count", "retention rows per step, rotating")
     batch_facts_per_step: int = setting(8, "count", "batch mode: facts trained per step, rotating (0 = every fact)")
-    train_precision: str = setting("model", "choice", "model (its own dtype) | bfloat16 (autocast)", TRAIN_PRECISIONS)
+    train_precision: str = setting(
+        "model",
+        "choice",
+        "model (its own dtype) | bfloat16 (autocast; localization in bf16 too) | auto (bfloat16 where the CPU "
+        "has bf16 units, AVX-512 BF16 or AMX, or on CUDA; else model)",
+        TRAIN_PRECISIONS,
+    )
     append_eos: bool = setting(False, "flag", "train the answer followed by end-of-sequence (no guard tokens then)")
     subject_rows: int = setting(
         0, "count", "retention rows: texts about the subject with the base model's continuation, held at every step"

@@ -115,15 +115,42 @@ def precision_context(model: PreTrainedModel, precision: str = "auto") -> tuple[
     return nullcontext(), str(param.dtype).replace("torch.", "")
 
 
+def trains_in_bf16(model: PreTrainedModel, precision: str) -> bool:
+    """Does `train_precision` put an edit of `model` under bf16 autocast? "bfloat16" always; "auto" where
+    bf16 products are fast: a CPU with AMX, or with AVX-512 BF16 that torch's kernels use (an AVX2-only CPU
+    computes them 3-100x slower than fp32), and an fp32 model on CUDA; "model" never."""
+    import torch
+
+    if precision != "auto":
+        return precision == "bfloat16"
+    param = next(model.parameters())
+    if param.dtype != torch.float32:
+        return False
+    if param.device.type == "cuda":
+        return True
+    return param.device.type == "cpu" and cpu_has_bf16_units()
+
+
+def cpu_has_bf16_units() -> bool:
+    """AMX, or AVX-512 BF16 with torch's AVX-512 kernels in use (not held to AVX2 by ATEN_CPU_CAPABILITY)."""
+    import torch
+
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return True
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return bool(avx512_bf16) and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def training_precision(
     model: PreTrainedModel, precision: str, cast_weights: bool = True
 ) -> AbstractContextManager[None]:
-    """The context an edit trains in: the model's own dtype ("model"), or bf16 autocast ("bfloat16").
+    """The context an edit trains in: the model's own dtype ("model"), or bf16 autocast ("bfloat16", and
+    "auto" where `trains_in_bf16`).
 
     `cast_weights=False` when the model's own weights are trained (they must stay the Parameters the
     optimizer holds); adapters on frozen weights can use the faster once-cast weights.
     """
-    if precision != "bfloat16":
+    if not trains_in_bf16(model, precision):
         return nullcontext()
     device_type = next(model.parameters()).device.type
     if cast_weights:

@@ -18,7 +18,7 @@ from ..infra.files import umask_modes
 from ..localize import FactPrompts, Localization, LocalizeSettings, localize, stored_localization, trace_key
 from ..metrics.spec import METRICS
 from ..model.arch import num_layers
-from ..model.precision import precision_context
+from ..model.precision import precision_context, trains_in_bf16
 from ..model.probe_cache import base_decodes_served
 from ..model.targets import (
     TargetModules,
@@ -71,7 +71,7 @@ def localize_case(
     fact, settings and model is read back instead, and a new one kept."""
     fact = fact_prompts(lm, case)
     if precision is None:
-        precision = "bfloat16" if getattr(settings, "train_precision", "model") == "bfloat16" else "auto"
+        precision = "bfloat16" if trains_in_bf16(lm.model, getattr(settings, "train_precision", "model")) else "auto"
     how = LocalizeSettings(
         method=method or settings.localize,
         mlp_layers=settings.mlp_layers,
