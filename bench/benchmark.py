@@ -4,6 +4,8 @@
     python bench/benchmark.py --skip-suite --skip-conversion
     python bench/benchmark.py --against HEAD~3     # this checkout and HEAD~3 (a git worktree), interleaved
     python bench/benchmark.py --against HEAD --skip-cases --repeats 3   # first conversions only, A B B A ...
+    python bench/benchmark.py --set train_precision=bfloat16 --skip-suite   # the cases with other settings
+    python bench/benchmark.py --against-set train_precision=bfloat16 --skip-conversion --skip-suite --skip-load
 
 Per case (medians over the shipped cases): probing the base model, localization, both edit stages,
 probing the edited model. Also: the cached load (a fresh process: imports, then `load()`), the first
@@ -17,6 +19,10 @@ median for both and their ratio. Absolute seconds differ across machines; ratios
 do not. The answers of both are compared too (a hash of every base and edited answer per case). The first
 conversion is timed for both as well, --repeats times each in the same interleaved order, each in a fresh
 process into an empty cache, and the weights hashes the two conversions record are compared.
+
+--set KEY=VALUE puts method settings over every case's own (this checkout's runs; the suite runs the cases'
+own settings, so it is not measured then). --against-set KEY=VALUE compares this checkout with those
+settings (B) against it without them (A), interleaved the same way; with --against, B is REV with them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -31,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from facts import setting_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "case_worker.py"
@@ -49,10 +58,10 @@ PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "edit_seco
 class Worker:
     """bench/case_worker.py running one checkout's code."""
 
-    def __init__(self, checkout: Path, cases: Path) -> None:
+    def __init__(self, checkout: Path, cases: Path, overrides: dict[str, Any] | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": str(checkout)}
         self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), str(cases)],
+            [sys.executable, str(WORKER), str(cases), json.dumps(overrides or {})],
             env=env,
             text=True,
             stdin=subprocess.PIPE,
@@ -180,7 +189,7 @@ def print_targets(figures: dict[str, float]) -> None:
 
 
 def measure_here(args: argparse.Namespace) -> int:
-    worker = Worker(REPO, args.cases)
+    worker = Worker(REPO, args.cases, args.set)
     results = [worker.run(case) for _ in range(args.repeats) for case in case_files(args.cases)]
     worker.close()
     for r in results:
@@ -195,24 +204,30 @@ def measure_here(args: argparse.Namespace) -> int:
         figures.update(cached_load())
     if not args.skip_conversion:
         figures["first conversion"] = first_conversion_seconds()[0]
-    if not args.skip_suite:
+    if not args.skip_suite and not args.set:
         figures.update(suite_figures())
-    print(f"\ncases: {len(case_files(args.cases))} x {args.repeats}; cores: {os.cpu_count()}; {cpu_line()}\n")
+    settings = f"; settings over the cases' own: {args.set} (the suite not measured)" if args.set else ""
+    print(f"\ncases: {len(case_files(args.cases))} x {args.repeats}; cores: {os.cpu_count()}; {cpu_line()}{settings}\n")
     print_targets(figures)
     return 0
 
 
 def measure_against(args: argparse.Namespace) -> int:
-    """This checkout (A) and REV (B): the cases interleaved A B B A per case, one worker each; then the first
-    conversions, interleaved the same way."""
+    """This checkout (A) and REV or this checkout with --against-set (B): the cases interleaved A B B A per
+    case, one worker each; then, against a REV, the first conversions, interleaved the same way."""
     with tempfile.TemporaryDirectory() as folder:
         other = Path(folder) / "rev"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(other), args.against], cwd=REPO, check=True, capture_output=True
-        )
+        if args.against:
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(other), args.against],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
         try:
             if not args.skip_cases:
-                workers = {"A": Worker(REPO, args.cases), "B": Worker(other, args.cases)}
+                b_side = Worker(other if args.against else REPO, args.cases, {**args.set, **args.against_set})
+                workers = {"A": Worker(REPO, args.cases, args.set), "B": b_side}
                 results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
                 order = ["A", "B"]
                 for case in [c for _ in range(args.repeats) for c in case_files(args.cases)]:
@@ -221,12 +236,19 @@ def measure_against(args: argparse.Namespace) -> int:
                     order.reverse()
                 for worker in workers.values():
                     worker.close()
-                print_comparison(args.against, results, {side: w.ready for side, w in workers.items()})
-            if not args.skip_conversion:
+                print_comparison(b_name(args), results, {side: w.ready for side, w in workers.items()})
+            if args.against and not args.skip_conversion:
                 print_conversions(args.against, interleaved_conversions(other, args.repeats))
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
+            if args.against:
+                subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
     return 0
+
+
+def b_name(args: argparse.Namespace) -> str:
+    """What B is: REV, this checkout, and the settings B runs over the cases' own."""
+    settings = " ".join(shlex.quote(f"{k}={v}") for k, v in {**args.set, **args.against_set}.items())
+    return (args.against or "this checkout") + (f" with {settings}" if settings else "")
 
 
 def interleaved_conversions(other: Path, repeats: int) -> dict[str, list[tuple[float, str]]]:
@@ -289,8 +311,15 @@ def main() -> int:
     parser.add_argument("--skip-cases", action="store_true", help="with --against: only the first conversions")
     parser.add_argument("--skip-suite", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="method settings over each case's own"
+    )
+    parser.add_argument(
+        "--against-set", nargs="+", default=[], metavar="KEY=VALUE", help="method settings of B (REV, or this checkout)"
+    )
     args = parser.parse_args()
-    return measure_against(args) if args.against else measure_here(args)
+    args.set, args.against_set = setting_overrides(args.set), setting_overrides(args.against_set)
+    return measure_against(args) if args.against or args.against_set else measure_here(args)
 
 
 if __name__ == "__main__":

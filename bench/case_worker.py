@@ -1,10 +1,11 @@
 """A long-lived worker of bench/benchmark.py: loads the embedded model once, then runs fact cases on request.
 
-    PYTHONPATH=<checkout> python bench/case_worker.py <cases folder>
+    PYTHONPATH=<checkout> python bench/case_worker.py <cases folder> ['{"KEY": VALUE, ...}']
 
 It prints one JSON line when ready (import and load seconds), then reads case file names on stdin and
 prints one JSON line of timings per case. Run with PYTHONPATH set to another checkout, it measures that
-checkout's code, so that bench/benchmark.py --against can interleave two revisions on one machine.
+checkout's code, so that bench/benchmark.py --against can interleave two revisions on one machine. The
+optional JSON object holds method settings put over every case's own (bench/benchmark.py --set).
 """
 
 from __future__ import annotations
@@ -87,12 +88,13 @@ def main() -> int:
     ready = {"ready": True, "import_seconds": imported - started, "load_seconds": loaded - imported}
     print(json.dumps({**ready, "package": pytest_factedit.__file__}), flush=True)
     root = Path(sys.argv[1]).resolve()
+    overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     cache = cache_type()
     for line in sys.stdin:
         path = Path(line.strip())
         case = load_case(path, root=root)
         began = time.perf_counter()
-        outcome = run_case(lm, case, resolve_settings(case.method), cache)
+        outcome = run_case(lm, case, resolve_settings({**case.method, **overrides}), cache)
         print(json.dumps(case_timings(outcome, time.perf_counter() - began)), flush=True)
     return 0
 

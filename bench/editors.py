@@ -107,6 +107,25 @@ def print_table(results: list[dict[str, Any]]) -> None:
         cells.append(f"{statistics.mean(r['values']['fluency change'] for r in ran):.3f}")
         cells.append(f"{statistics.median(r['values']['edit s'] for r in ran):.1f}")
         print(f"| {name} | {len(ran)} | " + " | ".join(cells) + " |")
+    print_time_ratios(results, methods)
+
+
+def print_time_ratios(results: list[dict[str, Any]], methods: list[str]) -> None:
+    """Each later method's edit seconds over the first's, fact by fact (median and range), and on how many
+    facts the two gave the same answer texts: read as a ratio only where the methods took turns on each
+    fact in one run (`--methods A B`), so that both met the same machine."""
+    ran = {(r["fact"], r["method"]): r["values"] for r in results if r["status"] == "ran"}
+    first = methods[0] if methods else ""
+    for name in methods[1:]:
+        facts = [fact for fact, method in ran if method == name and (fact, first) in ran]
+        if not facts:
+            continue
+        ratios = sorted(ran[fact, name]["edit s"] / ran[fact, first]["edit s"] for fact in facts)
+        same = sum(ran[fact, name]["answers"] == ran[fact, first]["answers"] for fact in facts)
+        print(
+            f"\nedit seconds, {name} / {first}, fact by fact: median {statistics.median(ratios):.2f} "
+            f"({ratios[0]:.2f}-{ratios[-1]:.2f}) over {len(facts)} facts; the same answer texts in {same}"
+        )
 
 
 def method_spec(spec: str) -> tuple[str, dict[str, Any]]:

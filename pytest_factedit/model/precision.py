@@ -117,8 +117,9 @@ def precision_context(model: PreTrainedModel, precision: str = "auto") -> tuple[
 
 def trains_in_bf16(model: PreTrainedModel, precision: str) -> bool:
     """Does `train_precision` put an edit of `model` under bf16 autocast? "bfloat16" always; "auto" where
-    bf16 products are fast: a CPU with AMX, or with AVX-512 BF16 that torch's kernels use (an AVX2-only CPU
-    computes them 3-100x slower than fp32), and an fp32 model on CUDA; "model" never."""
+    bf16 products are fast: a CPU with AMX, or with AVX-512 BF16 that torch's kernels use (held to AVX2
+    kernels, a bf16 product took 2-4x its fp32 time and a whole edit over 40x), and an fp32 model on CUDA;
+    "model" never."""
     import torch
 
     if precision != "auto":
