@@ -1,5 +1,5 @@
-"""bf16 autocast with the weights cast once, when to use it (CUDA, or a CPU with AMX bf16 units), and the
-way back to the loaded precision for a block inside it."""
+"""bf16 autocast with the weights cast once, when to use it (CUDA, a CPU with AMX; to train, also AVX-512
+BF16), and the way back to the loaded precision for a block inside it."""
 
 from __future__ import annotations
 
