@@ -109,7 +109,7 @@ def precision_context(model: PreTrainedModel, precision: str = "auto") -> tuple[
         raise ValueError(f"precision must be auto, float32 or bfloat16, found {precision!r}")
     if param.device.type == "cuda":
         return bf16_autocast(model, "cuda"), "bfloat16 (autocast)"
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    has_amx = _has_amx()
     if param.device.type == "cpu" and (precision == "bfloat16" or has_amx):
         return bf16_autocast(model, "cpu"), "bfloat16 (autocast, CPU AMX)" if has_amx else "bfloat16 (autocast, CPU)"
     return nullcontext(), str(param.dtype).replace("torch.", "")
@@ -136,10 +136,17 @@ def cpu_has_bf16_units() -> bool:
     """AMX, or AVX-512 BF16 with torch's AVX-512 kernels in use (not held to AVX2 by ATEN_CPU_CAPABILITY)."""
     import torch
 
-    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+    if _has_amx():
         return True
     avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return bool(avx512_bf16) and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _has_amx() -> bool:
+    """Does this CPU have AMX tiles (torch's private probe; False on a torch without it)?"""
+    import torch
+
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def training_precision(
