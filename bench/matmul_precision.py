@@ -13,8 +13,10 @@ measured in fp32 would change with it, so the default CPU path stays fp32 (docs/
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 from typing import Any
+
+from head_slices import median_seconds
 
 VOCAB, HIDDEN = 262_144, 640
 
@@ -23,13 +25,7 @@ def seconds(rows: Any, weight: Any, repeats: int) -> float:
     """The median of `repeats` timed products rows @ weight.T (as the LM head computes), after one untimed."""
     import torch
 
-    torch.nn.functional.linear(rows, weight)
-    timed = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.nn.functional.linear(rows, weight)
-        timed.append(time.perf_counter() - started)
-    return sorted(timed)[len(timed) // 2]
+    return median_seconds(partial(torch.nn.functional.linear, rows, weight), repeats)
 
 
 def main() -> int:
