@@ -131,8 +131,9 @@ def test_a_sequence_answers_as_when_every_step_decodes_every_row() -> None:
     assert served_figures == decoded_figures
 
 
-def test_a_stored_trace_serves_a_step_only_where_no_kept_edit_reaches_the_traced_prompts(tmp_path) -> None:
-    """Read only: a trace made under kept edits is never stored as the base model's."""
+def test_a_step_reads_and_keeps_traces_only_where_no_kept_edit_reaches_the_traced_prompts(tmp_path) -> None:
+    """There the model traces as the base model does: a stored trace serves the step, and a trace made at the
+    step is kept as the base model's. Where a kept edit reaches a traced prompt, nothing is read or kept."""
     lm, _tok, _rows, _base, model = _changed_model_and_rows()
     lm.weights_hash, lm.device = "w" * 64, "cpu"
     stored = BaseAnswerCache(tmp_path)
@@ -146,7 +147,7 @@ def test_a_stored_trace_serves_a_step_only_where_no_kept_edit_reaches_the_traced
         served = view.traces(lm, [(1, 2), (3, 4)])
         assert served is not None and served.get(key) == {"layers": [1]}
         served.put("b" * 64, {"layers": [2]})
-        assert traces.get("b" * 64) is None
+        assert traces.get("b" * 64) == {"layers": [2]}
         assert view.traces(lm, [(1, 2), (5, 4)]) is None  # one traced prompt names a kept subject
         assert view.traces(lm, []) is None
     assert KeptEditsCache(BaseAnswerCache(), KeptEditReach(model)).traces(lm, [(1, 2)]) is None  # nothing kept

@@ -209,3 +209,33 @@ def test_an_editor_on_auto_localizes_as_it_trains(tiny_case, monkeypatch, units)
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: units)
     found = localize_case(lm, case, resolve_settings({**case.method, "train_precision": "auto"}))
     assert found.precision == precision_context(lm.model, "bfloat16" if units else "auto")[1]
+
+
+BEN = "Big Ben is a clock tower in the city of"
+
+
+def test_a_sequence_keeps_the_trace_of_a_fact_no_kept_edit_reaches_and_it_is_the_base_models(tiny_case, tmp_path):
+    """The second fact is traced with the first edit kept on the model; its prompts name no kept subject, so
+    that trace is stored, and it is the one the base model gives (a kept gated edit multiplies by exactly 1
+    there). A later run, or an isolated one, reads it back."""
+    from pytest_factedit.model.probe import greedy_continuations
+    from pytest_factedit.run.many import run_sequence
+
+    lm, eiffel = tiny_case
+    said = greedy_continuations(lm.model, lm.tokenizer, [BEN], [1])[0].split()[0]
+    new = "Rome" if said != "Rome" else "Paris"
+    ben = dataclasses.replace(eiffel, id="big-ben", subject="Big Ben", prompts=(BEN,), old=(said,), new=(new,))
+    ben = dataclasses.replace(ben, paraphrases=("Here is a fact . " + BEN,), controls=())
+    settings = resolve_settings(eiffel.method)
+    result = run_sequence(lm, [eiffel, ben], lambda _case: settings, base=BaseAnswerCache(tmp_path))
+    assert [o.status for o in result.outcomes] == ["ran", "ran"], [o.reason for o in result.outcomes]
+    assert all(o.localization is not None and not o.localization.stored for o in result.outcomes)
+    assert len(list(tmp_path.glob("traces-*/*.json"))) == 2
+    for case, traced in zip((eiffel, ben), result.outcomes):
+        traces = BaseAnswerCache(tmp_path).traces(lm)
+        read = localize_case(lm, case, settings, traces=traces)
+        fresh = localize_case(lm, case, settings)  # the base model, nothing kept, nothing read
+        assert read.stored and not fresh.stored
+        assert read.as_record() | {"stored": False, "seconds": 0} == fresh.as_record() | {"seconds": 0}
+        assert traced.localization is not None
+        assert traced.localization.as_record() | {"seconds": 0} == fresh.as_record() | {"seconds": 0}

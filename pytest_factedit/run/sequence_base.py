@@ -9,13 +9,12 @@ row is decoded on the model as it is, as before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..edit.gate_registry import REGISTRY_ATTRIBUTE
 from ..model.decoding import Decoded, DecodeRow, Tokens
 from ..model.probe_cache import BaseAnswerCache, missing_decoded
-from ..model.trace_store import TraceStore
 from .probing import row_reached
 
 if TYPE_CHECKING:
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 
     from ..edit.base import EditHandle
     from ..model.load import LoadedModel
+    from ..model.trace_store import TraceStore
 
 
 class KeptEditReach:
@@ -47,7 +47,8 @@ class KeptEditReach:
 class KeptEditsCache(BaseAnswerCache):
     """`probe_base`'s cache at a step of a sequence: the base model's decode of a row no kept edit can reach
     (from `base`), else the row decoded now on the model as the kept edits leave it (never stored as the
-    base model's); and the base model's stored trace of a fact whose prompts no kept edit reaches."""
+    base model's); and, for a fact whose prompts no kept edit reaches, the base model's traces: read, and
+    kept."""
 
     def __init__(self, base: BaseAnswerCache, reach: KeptEditReach) -> None:
         super().__init__()
@@ -67,17 +68,11 @@ class KeptEditsCache(BaseAnswerCache):
         return known if known is not None and not row_reached(self.reach, row, known.tokens) else None
 
     def traces(self, lm: LoadedModel, texts: Sequence[Tokens] = ()) -> TraceStore | None:
-        """The base model's stored traces, read only, for a trace whose prompts no kept edit reaches (there
-        the model traces as the base model does); else None: the trace is made on the model as it is."""
+        """The base model's trace store, for a trace whose prompts no kept edit reaches: there the model with
+        its kept edits traces as the base model does, bit for bit, so a stored trace serves the step and a
+        trace made at the step is kept as the base model's. Else None: the trace is made on the model as it
+        is, and not kept."""
         store = self.base.traces(lm, texts)
         if store is None or not texts or any(self.reach(ids) for ids in texts):
             return None
-        return ReadOnlyTraces(store.folder.parent, store.identity)
-
-
-class ReadOnlyTraces(TraceStore):
-    """A trace store that serves and keeps nothing new: a trace made under kept edits is not stored as the
-    base model's (it is the same where it was served from, and may differ elsewhere)."""
-
-    def put(self, key: str, record: Mapping[str, Any]) -> None:
-        return None
+        return store
