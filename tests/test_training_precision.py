@@ -76,10 +76,8 @@ def test_the_subject_gated_editor_trains_in_bf16_and_leaves_the_model_as_loaded(
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok), layers=4)
     before, weights = snapshot(model), _linear_weights(model)
-    settings = resolve_settings({"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1})
-    bf16 = resolve_settings(
-        {"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1, "train_precision": "bfloat16"}
-    )
+    fast = {"lr": 0.3, "learn_max_steps": 8, "unlearn_max_steps": 8, "guard_tokens": 1}
+    settings, bf16 = resolve_settings(fast), resolve_settings({**fast, "train_precision": "bfloat16"})
     editor = get_editor("ia3-two-stage")
     own, own_bf16 = editor.settings_class.of(settings), editor.settings_class.of(bf16)
     assert objective_base_decodes(tok, REQUEST, own_bf16) == objective_base_decodes(tok, REQUEST, own)
