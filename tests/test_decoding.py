@@ -218,7 +218,7 @@ def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradien
         "last-position": lambda: torch.randn(rows, 3, d)[:, -1],
         "transposed": lambda: torch.randn(d, rows).t(),
     }[layout]()
-    assert lmhead._in_slices(source, weight)
+    assert lmhead.in_slices(source, weight)
 
     def product(sliced: bool) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = source.clone(memory_format=torch.preserve_format).requires_grad_()
@@ -243,12 +243,12 @@ def test_the_head_product_takes_one_product_where_slices_would_not_help() -> Non
 
     weight = torch.randn(3 * lmhead.VOCAB_SLICE, 8)
     many, few = torch.randn(lmhead.SLICED_FROM_ROWS, 8), torch.randn(lmhead.SLICED_FROM_ROWS - 1, 8)
-    assert lmhead._in_slices(many, weight)
+    assert lmhead.in_slices(many, weight)
     assert lmhead.head_product(many, weight).is_contiguous()  # laid out in rows by the slices
-    assert not lmhead._in_slices(few, weight)
+    assert not lmhead.in_slices(few, weight)
     assert not lmhead.head_product(few, weight).is_contiguous()  # one product's transposed result
-    assert not lmhead._in_slices(many, weight[: lmhead.VOCAB_SLICE])
-    assert not lmhead._in_slices(many, weight.clone().requires_grad_())
-    assert not lmhead._in_slices(many.double(), weight.double())
+    assert not lmhead.in_slices(many, weight[: lmhead.VOCAB_SLICE])
+    assert not lmhead.in_slices(many, weight.clone().requires_grad_())
+    assert not lmhead.in_slices(many.double(), weight.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not lmhead._in_slices(many, weight)
+        assert not lmhead.in_slices(many, weight)

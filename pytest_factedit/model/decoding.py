@@ -15,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .head_argmax import greedy_tokens
 from .kv import cache_keyword, cache_rows, returned_cache, select_rows
 from .lmhead import decoder, fast_linears, logits_from_hidden
 from .text import decoding_sets, ends_line
@@ -222,7 +223,7 @@ def greedy(
                 use_cache=True,
                 **{keyword: cache},
             ).last_hidden_state
-            following = logits_from_hidden(model, hidden[:, -1]).argmax(-1)
+            following = greedy_tokens(model, hidden[:, -1])  # the head's argmax, screened where faster
     return [(tuple(tokens), end) for tokens, end in zip(out, ended)]
 
 

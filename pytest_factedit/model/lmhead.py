@@ -42,14 +42,14 @@ def head_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     for a 3-D input (24 rows: 0.53 s), a packed product for 2-8 rows (3 rows: 125 ms). The transposed
     product reads the weight once (3 rows: 18 ms, 24 rows: 84 ms against 112 ms; measured on a 2-core
     AMD EPYC). A single row is computed as two (the one-row path is a slow matrix-vector product); rows
-    whose values are not next to each other in memory are made so first (`_in_memory_order`: the product of
+    whose values are not next to each other in memory are made so first (`in_memory_order`: the product of
     two transposed layer outputs is laid out so, and would take a path 2-3x slower).
     """
     import torch
 
-    if not _in_slices(hidden, weight):
+    if not in_slices(hidden, weight):
         return one_product(hidden, weight)
-    hidden = _in_memory_order(hidden)
+    hidden = in_memory_order(hidden)
     if torch.is_grad_enabled() and hidden.requires_grad:
         product: torch.Tensor = _sliced_function().apply(weight, hidden)
         return product
@@ -62,15 +62,15 @@ def one_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     if hidden.shape[0] == 1:
         return torch.mm(weight, hidden.repeat(2, 1).t()).t()[:1]
-    return torch.mm(weight, _in_memory_order(hidden).t()).t()
+    return torch.mm(weight, in_memory_order(hidden).t()).t()
 
 
-def _in_memory_order(hidden: torch.Tensor) -> torch.Tensor:
+def in_memory_order(hidden: torch.Tensor) -> torch.Tensor:
     """`hidden` with each row's values next to each other in memory, as the fast product path wants them."""
     return hidden if hidden.stride(-1) == 1 else hidden.contiguous()
 
 
-def _in_slices(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+def in_slices(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
     """Is the product one that slices make faster with the same result: fp32 on a CPU, many weight rows,
     enough hidden rows, no autocast, and no gradient wanted for the weight (a frozen head)?"""
     import torch

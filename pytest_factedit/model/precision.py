@@ -4,10 +4,10 @@ BF16), and the way back to the loaded precision for a block inside it."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .introspect import weight_of
 
@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 # The weights `bf16_autocast` swapped for bf16 copies, innermost block last: (module, original Parameter).
 _SWAPPED: ContextVar[tuple[tuple[torch.nn.Module, torch.Tensor], ...]] = ContextVar("swapped", default=())
-# id(weight) -> (weakref to it, its version, bf16 copy): the LM head's copy, kept across cases.
-_HEAD_COPIES: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+# id(weight) -> (weakref to it, its version, {what: value}): what is derived from the LM head's weight (its
+# bf16 copy, its largest row norm), kept across cases while the weight is unchanged.
+_HEAD_DERIVED: dict[int, tuple[weakref.ref[torch.Tensor], int, dict[str, Any]]] = {}
 
 
 @contextmanager
@@ -89,13 +90,21 @@ def bf16_head_weight(model: PreTrainedModel) -> torch.Tensor:
     weight = weight_of(model.get_output_embeddings())
     if weight.dtype == torch.bfloat16:
         return weight
-    cached = _HEAD_COPIES.get(id(weight))
-    if cached is not None and cached[0]() is weight and cached[1] == weight._version:
-        return cached[2]
-    copy = weight.detach().to(torch.bfloat16)
-    _HEAD_COPIES.clear()  # one model at a time: do not keep copies of heads no longer used
-    _HEAD_COPIES[id(weight)] = (weakref.ref(weight), weight._version, copy)
+    copy: torch.Tensor = head_derived(weight, "bf16", lambda w: w.detach().to(torch.bfloat16))
     return copy
+
+
+def head_derived(weight: torch.Tensor, what: str, make: Callable[[torch.Tensor], Any]) -> Any:
+    """`make(weight)`, made once per head weight and version and reused across cases and steps; one weight
+    at a time (another clears what was kept for the last, which a run no longer uses)."""
+    entry = _HEAD_DERIVED.get(id(weight))
+    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
+        _HEAD_DERIVED.clear()
+        entry = _HEAD_DERIVED[id(weight)] = (weakref.ref(weight), weight._version, {})
+    values = entry[2]
+    if what not in values:
+        values[what] = make(weight)
+    return values[what]
 
 
 def precision_context(model: PreTrainedModel, precision: str = "auto") -> tuple[AbstractContextManager[None], str]:

@@ -1,0 +1,153 @@
+"""The screened greedy head: the fp32 head's tokens, ties included, from a bf16 screen and a few fp32 rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.tiny import tiny_model
+
+WIDTH = 64
+
+
+def head_weight() -> Any:
+    """A head of three slices and a part, every row of norm about 1 (as Gemma's are), with ties planted:
+    row 4,100 equals row 7 (the argmax is the first of the two), and row 5,000 is row 9 moved by about
+    1e-7 of its values (their logits differ in the last bits)."""
+    import torch
+
+    from pytest_factedit.model.lmhead import VOCAB_SLICE
+
+    torch.manual_seed(0)
+    weight = torch.nn.functional.normalize(torch.randn(3 * VOCAB_SLICE + 333, WIDTH), dim=1)
+    weight[4100] = weight[7]
+    weight[5000] = weight[9] * (1 + 1e-7 * torch.randn(WIDTH))
+    return weight
+
+
+def hidden_rows(weight: Any, rows: int) -> Any:
+    """Random hidden states at the head's scale, every third one pointing at a planted tie."""
+    import torch
+
+    hidden = torch.randn(rows, WIDTH) * 4
+    hidden[::3] = weight[[7, 9]].repeat(rows, 1)[: len(hidden[::3])] * 30 + 0.01 * torch.randn(WIDTH)
+    return hidden
+
+
+def products(weight: Any) -> dict[str, Any]:
+    """The bf16 products the screen can use here: the packed oneDNN one where this CPU runs it, and the plain one."""
+    import torch
+
+    from pytest_factedit.model.head_argmax import bf16_head
+
+    copy = weight.to(torch.bfloat16)
+    out = {"plain": lambda hidden: torch.mm(hidden, copy.t())}
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        out["packed"] = bf16_head(weight)
+    return out
+
+
+@pytest.mark.parametrize("rows", [1, 3, 11, 12, 40])
+def test_the_screened_argmax_is_the_full_heads_ties_and_near_ties_included(rows: int) -> None:
+    import torch
+
+    from pytest_factedit.model.head_argmax import screened_argmax
+    from pytest_factedit.model.lmhead import head_product
+
+    weight = head_weight()
+    largest = float(weight.norm(dim=1).max())
+    for trial in range(5):
+        torch.manual_seed(trial)
+        hidden = hidden_rows(weight, rows)
+        full = head_product(hidden, weight).argmax(-1)
+        assert {7, 9} & set(full.tolist())  # the planted ties are reached (7 before 4,100)
+        for name, product in products(weight).items():
+            tokens = screened_argmax(hidden, weight, product, largest)
+            assert tokens is not None, name
+            assert torch.equal(tokens, full), name
+
+
+def test_the_bf16_logits_stay_within_the_bound_the_screen_assumes() -> None:
+    import torch
+
+    from pytest_factedit.model.head_argmax import screen_error
+
+    torch.manual_seed(1)
+    weight = torch.randn(3000, WIDTH) * torch.rand(3000, 1) * 3  # rows of many norms
+    hidden = torch.randn(24, WIDTH) * torch.logspace(-2, 2, 24)[:, None]
+    exact = hidden @ weight.t()
+    bound = screen_error(WIDTH) * hidden.norm(dim=1)[:, None] * weight.norm(dim=1)[None, :]
+    for name, product in products(weight).items():
+        error = (product(hidden.to(torch.bfloat16)).float() - exact).abs()
+        assert bool((error <= bound).all()), name
+        assert float((error / bound).max()) > 0.01  # the bound is not vacuous: errors reach a part of it
+
+
+@pytest.mark.parametrize("rows", [1, 5, 11, 12, 30])
+def test_a_slice_of_gathered_head_rows_gives_the_full_heads_bits_for_them(rows: int) -> None:
+    """The premise of the recheck: the few rows the screen leaves, zero-padded to whole slices, multiply
+    to the very bits the full head's product gives them (one product below SLICED_FROM_ROWS, slices above)."""
+    import torch
+
+    from pytest_factedit.model.lmhead import VOCAB_SLICE, head_product, in_slices, one_product, sliced_rows
+
+    weight = head_weight()
+    hidden = torch.randn(rows, WIDTH)
+    picked = torch.tensor([3, 7, 500, 2047, 2048, 4100, 6000, weight.shape[0] - 1])
+    block = weight.new_zeros((VOCAB_SLICE, WIDTH))
+    block[: len(picked)] = weight[picked]
+    part = sliced_rows(block, hidden) if in_slices(hidden, weight) else one_product(hidden, block)
+    assert torch.equal(part[:, : len(picked)], head_product(hidden, weight)[:, picked])
+
+
+def test_the_screen_is_used_only_where_it_is_faster_and_gives_the_same_tokens(monkeypatch) -> None:
+    import torch
+
+    from pytest_factedit.model import head_argmax
+    from pytest_factedit.model.lmhead import logits_from_hidden
+
+    model = tiny_model("llama", 2 * head_argmax.VOCAB_SLICE + 100)
+    small = tiny_model("llama", 300)
+    hidden = torch.randn(6, 32)
+    used = []
+    real = head_argmax.screened_argmax
+    monkeypatch.setattr(head_argmax, "screened_argmax", lambda *a: used.append(1) or real(*a))
+    for units in (True, False):
+        monkeypatch.setattr(head_argmax, "cpu_has_bf16_units", lambda units=units: units)
+        assert head_argmax.screens(model, hidden) is units
+        assert torch.equal(head_argmax.greedy_tokens(model, hidden), logits_from_hidden(model, hidden).argmax(-1))
+        assert not head_argmax.screens(small, hidden)  # a vocabulary of less than two slices
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not head_argmax.screens(model, hidden)
+    assert used == [1]
+    assert not head_argmax.screens(model, hidden.double())
+
+
+def test_hidden_states_that_are_not_finite_take_the_full_head() -> None:
+    import torch
+
+    from pytest_factedit.model.head_argmax import screened_argmax
+
+    weight = head_weight()
+    hidden = torch.randn(4, WIDTH)
+    hidden[2, 5] = float("nan")
+    assert screened_argmax(hidden, weight, products(weight)["plain"], 1.0) is None
+
+
+def test_greedy_decoding_generates_the_same_tokens_with_the_screen(monkeypatch) -> None:
+    import torch
+
+    from pytest_factedit.model import head_argmax
+    from pytest_factedit.model.decoding import DecodeRow, greedy, prefill
+
+    model = tiny_model("llama", 2 * head_argmax.VOCAB_SLICE + 100)
+    torch.manual_seed(3)
+    prompts = [tuple(torch.randint(3, 4000, (n,)).tolist()) for n in (3, 5, 8, 4, 6, 7, 2, 5, 9, 3, 4, 6, 5)]
+    rows = [DecodeRow(p, max_tokens=6 + i % 3, stop_at_newline=False) for i, p in enumerate(prompts)]
+
+    def generated(units: bool) -> list[Any]:
+        monkeypatch.setattr(head_argmax, "cpu_has_bf16_units", lambda: units)
+        return greedy(model, prefill(model, prompts, 0), rows, frozenset({2}), lambda token: False)
+
+    assert generated(True) == generated(False)
