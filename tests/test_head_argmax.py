@@ -36,16 +36,14 @@ def hidden_rows(weight: Any, rows: int) -> Any:
 
 
 def products(weight: Any) -> dict[str, Any]:
-    """The bf16 products the screen can use here: the packed oneDNN one where this CPU runs it, and the plain one."""
+    """The bf16 products the screen can use: the plugin's (packed by oneDNN where this CPU runs that) and a
+    plain product."""
     import torch
 
     from pytest_factedit.model.head_argmax import bf16_head
 
     copy = weight.to(torch.bfloat16)
-    out = {"plain": lambda hidden: torch.mm(hidden, copy.t())}
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        out["packed"] = bf16_head(weight)
-    return out
+    return {"plugin's": bf16_head(weight), "plain": lambda hidden: torch.mm(hidden, copy.t())}
 
 
 @pytest.mark.parametrize("rows", [1, 3, 11, 12, 40])

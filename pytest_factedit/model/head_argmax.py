@@ -68,7 +68,11 @@ def bf16_head(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
     copy = weight.detach().to(torch.bfloat16)
     mkldnn = torch.ops.mkldnn
-    if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight"):
+    if (
+        torch.backends.mkldnn.is_available()
+        and hasattr(mkldnn, "_reorder_linear_weight")
+        and mkldnn._is_mkldnn_bf16_supported()
+    ):
         packed = mkldnn._reorder_linear_weight(copy, 16)
         return lambda hidden: mkldnn._linear_pointwise(hidden, packed, None, "none", [], "")
     return lambda hidden: torch.mm(hidden, copy.t())

@@ -1,0 +1,123 @@
+"""A greedy step's LM head on the embedded model: the full fp32 head and its argmax against the bf16 screen
+(`model/head_argmax.py`), per number of rows, and whether they pick the same tokens.
+
+    python bench/greedy_head.py                      # rows 1 2 3 5 8 11 12 17 24 33 48 64
+    python bench/greedy_head.py --rows 3 24 --prompts 100
+
+The hidden states are the embedded model's final ones at every position of CounterFact prompts
+(`../shared/data/counterfact-train.json`, or --data), shuffled: the inputs the head meets while decoding.
+Every row of them is decoded both ways for the comparison; the times are medians of --repeats calls on
+one batch per row count. The screen is timed on any CPU (on one without bf16 units the plugin does not use
+it, and this says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-train.json"
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def hidden_states(lm: object, prompts: list[str]) -> object:
+    """Final hidden states of every real (not padding) position of `prompts`, shuffled with a fixed seed."""
+    import torch
+
+    model, tokenizer = lm.model, lm.tokenizer  # type: ignore[attr-defined]
+    parts = []
+    for start in range(0, len(prompts), 50):
+        batch = tokenizer(prompts[start : start + 50], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.model(**batch).last_hidden_state
+        parts.append(out[batch["attention_mask"].bool()])
+    hidden = torch.cat(parts)
+    return hidden[torch.randperm(len(hidden), generator=torch.Generator().manual_seed(0))].contiguous()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 5, 8, 11, 12, 17, 24, 33, 48, 64])
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+
+    import torch
+
+    from pytest_factedit.model import head_argmax
+    from pytest_factedit.model.load import load
+    from pytest_factedit.model.precision import cpu_has_bf16_units
+
+    torch.set_num_threads(2)
+    lm = load(None, "cpu")
+    model = lm.model
+    prompts = [record["prompt"] for record in json.loads(args.data.read_text())[: args.prompts]]
+    hidden = hidden_states(lm, prompts)
+    bf16_units = cpu_has_bf16_units()
+    head_argmax.cpu_has_bf16_units = lambda: True  # time the screen even where the plugin would not use it
+    print(
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {bf16_units} (the plugin "
+        f"screens {'here' if bf16_units else 'only on CPUs with them'}); torch {torch.__version__}, 2 threads"
+    )
+    print(f"{len(hidden)} hidden states from {len(prompts)} prompts\n")
+    print(
+        "| rows | full fp32 head + argmax | screened | ratio | tokens left per row (median, max) | rows compared | "
+        "tokens differ |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    with torch.no_grad():
+        for rows in args.rows:
+            print(row_figures(model, hidden, rows, args.repeats))
+
+
+def row_figures(model: object, hidden: object, rows: int, repeats: int) -> str:
+    """One table line: both heads timed on the first `rows` hidden states, and compared on all of them."""
+    from functools import partial
+
+    from pytest_factedit.model.head_argmax import greedy_tokens
+    from pytest_factedit.model.lmhead import logits_from_hidden
+
+    compared, differ = 0, 0
+    for start in range(0, len(hidden) - rows + 1, rows):  # type: ignore[arg-type]
+        part = hidden[start : start + rows]  # type: ignore[index]
+        differ += int((greedy_tokens(model, part) != logits_from_hidden(model, part).argmax(-1)).sum())
+        compared += rows
+    batch = hidden[:rows]  # type: ignore[index]
+    full_ms = median_ms(lambda: logits_from_hidden(model, batch).argmax(-1), repeats)
+    screen_ms = median_ms(partial(greedy_tokens, model, batch), repeats)
+    left = tokens_left(model, batch)
+    return (
+        f"| {rows} | {full_ms:.1f} ms | {screen_ms:.1f} ms | {screen_ms / full_ms:.2f} | "
+        f"{int(left.median())}, {int(left.max())} | {compared} | {differ} |"
+    )
+
+
+def tokens_left(model: object, hidden: object) -> object:
+    """How many tokens of each row the screen cannot rule out (its fp32 recheck multiplies their union)."""
+    import torch
+
+    from pytest_factedit.model.head_argmax import bf16_head, screen_error
+    from pytest_factedit.model.introspect import weight_of
+
+    weight = weight_of(model.get_output_embeddings())  # type: ignore[attr-defined]
+    approx = bf16_head(weight)(hidden.to(torch.bfloat16)).float()  # type: ignore[attr-defined]
+    margin = 2 * screen_error(weight.shape[1]) * hidden.norm(dim=1) * float(weight.norm(dim=1).max())  # type: ignore[attr-defined]
+    return (approx >= (approx.max(dim=1).values - margin)[:, None]).sum(dim=1)
+
+
+if __name__ == "__main__":
+    main()
