@@ -1,13 +1,14 @@
 """A greedy step's tokens from a bf16 screen of the LM head and an fp32 product over the few tokens that can
-win: the tokens of the full fp32 head, ties included, in about half its time on a CPU with bf16 units.
+win: the tokens of the full fp32 head, ties included, in 0.2-0.7 of its time on a CPU with bf16 units.
 
 A greedy step reads only each row's argmax over the vocabulary. The bf16 product of the head differs from
 the fp32 one by at most `screen_error` on every logit, so a token whose bf16 logit falls below the row's best
 by more than twice that cannot be the fp32 argmax. The tokens left (tens to hundreds of Gemma's 262,144) are
 multiplied in fp32 in whole `VOCAB_SLICE`-row blocks, the product shapes the full head uses (the same bits:
 every output is its own dot product), and the argmax is taken over them in vocabulary order. The bf16 head
-is kept packed in oneDNN's layout: a few rows' product then reads it at memory speed (3 rows: 12 ms against
-24 ms for the fp32 head and 21-31 ms for a bf16 product that packs the weight at each call).
+is kept packed in oneDNN's layout: a few rows' product then reads it at memory speed (3 rows: 12 ms, where
+a bf16 product that packs the weight at each call takes 21-31 ms and the fp32 head 24-30 ms;
+`bench/greedy_head.py` times the whole step per number of rows).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def greedy_tokens(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 def screens(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
     """Is the screen faster with the same tokens? A plain linear fp32 head with no bias or logit cap and a
     vocabulary of several slices, on a CPU whose bf16 products are fast (`cpu_has_bf16_units`; held to AVX2
-    kernels a bf16 head took 2-3x its fp32 time), outside autocast."""
+    kernels a bf16 head took 1.5-3.4x its fp32 time over 3-40 rows), outside autocast."""
     import torch
 
     head = model.get_output_embeddings()
