@@ -15,22 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from head_slices import median_seconds
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-train.json"
-
-
-def median_ms(call: Callable[[], object], repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def hidden_states(lm: object, prompts: list[str]) -> object:
@@ -97,8 +86,8 @@ def row_figures(model: object, hidden: object, rows: int, repeats: int) -> str:
         differ += int((greedy_tokens(model, part) != logits_from_hidden(model, part).argmax(-1)).sum())
         compared += rows
     batch = hidden[:rows]  # type: ignore[index]
-    full_ms = median_ms(lambda: logits_from_hidden(model, batch).argmax(-1), repeats)
-    screen_ms = median_ms(partial(greedy_tokens, model, batch), repeats)
+    full_ms = 1000 * median_seconds(lambda: logits_from_hidden(model, batch).argmax(-1), repeats)
+    screen_ms = 1000 * median_seconds(partial(greedy_tokens, model, batch), repeats)
     left = tokens_left(model, batch)
     return (
         f"| {rows} | {full_ms:.1f} ms | {screen_ms:.1f} ms | {screen_ms / full_ms:.2f} | "
@@ -108,15 +97,11 @@ def row_figures(model: object, hidden: object, rows: int, repeats: int) -> str:
 
 def tokens_left(model: object, hidden: object) -> object:
     """How many tokens of each row the screen cannot rule out (its fp32 recheck multiplies their union)."""
-    import torch
-
-    from pytest_factedit.model.head_argmax import bf16_head, screen_error
+    from pytest_factedit.model.head_argmax import kept_by_screen, screen_of
     from pytest_factedit.model.introspect import weight_of
 
     weight = weight_of(model.get_output_embeddings())  # type: ignore[attr-defined]
-    approx = bf16_head(weight)(hidden.to(torch.bfloat16)).float()  # type: ignore[attr-defined]
-    margin = 2 * screen_error(weight.shape[1]) * hidden.norm(dim=1) * float(weight.norm(dim=1).max())  # type: ignore[attr-defined]
-    return (approx >= (approx.max(dim=1).values - margin)[:, None]).sum(dim=1)
+    return kept_by_screen(hidden, *screen_of(weight)).sum(dim=1)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -34,8 +34,7 @@ def greedy_tokens(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     it is faster (`screens`), else the full head."""
     if screens(model, hidden):
         weight = weight_of(model.get_output_embeddings())
-        largest = head_derived(weight, "largest row norm", lambda w: float(w.detach().norm(dim=1).max()))
-        tokens = screened_argmax(in_memory_order(hidden), weight, head_derived(weight, "bf16 head", bf16_head), largest)
+        tokens = screened_argmax(in_memory_order(hidden), weight, *screen_of(weight))
         if tokens is not None:
             return tokens
     return logits_from_hidden(model, hidden).argmax(-1)
@@ -59,6 +58,12 @@ def screens(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and cpu_has_bf16_units()
     )
+
+
+def screen_of(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+    """The head's bf16 product (`bf16_head`) and its largest row norm, made once per weight and version."""
+    largest = head_derived(weight, "largest row norm", lambda w: float(w.detach().norm(dim=1).max()))
+    return head_derived(weight, "bf16 head", bf16_head), largest
 
 
 def bf16_head(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -90,6 +95,22 @@ def screen_error(width: int) -> float:
     return 2**-7 + 2**-16 + 2.1 * width * 2**-24 + 2**-8 * (1 + 2**-7)
 
 
+def kept_by_screen(
+    hidden: torch.Tensor, bf16_product: Callable[[torch.Tensor], torch.Tensor], largest_norm: float
+) -> torch.Tensor:
+    """[rows, vocab], True for each token the bf16 product cannot rule out as its row's fp32 argmax."""
+    import torch
+
+    approx = bf16_product(hidden.to(torch.bfloat16))
+    best = approx.max(dim=1).values.float()
+    # a row's fp32 maximum is at least best - e |h| |w_best|; a token reaches it only if its bf16 logit is
+    # within e |h| |w| of it too: below best - 2 e |h| max|w| it cannot
+    floor = best - 2 * screen_error(hidden.shape[1]) * hidden.norm(dim=1) * largest_norm
+    floor = floor - floor.abs() * 2**-7 - 2**-100  # so that rounding it to bf16 cannot move it up
+    kept: torch.Tensor = approx >= floor.to(torch.bfloat16)[:, None]
+    return kept
+
+
 def screened_argmax(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -102,13 +123,7 @@ def screened_argmax(
 
     if not bool(torch.isfinite(hidden).all()):
         return None
-    approx = bf16_product(hidden.to(torch.bfloat16))  # [rows, vocab]
-    best = approx.max(dim=1).values.float()
-    # a row's fp32 maximum is at least best - e |h| |w_best|; a token reaches it only if its bf16 logit is
-    # within e |h| |w| of it too: below best - 2 e |h| max|w| it cannot
-    floor = best - 2 * screen_error(hidden.shape[1]) * hidden.norm(dim=1) * largest_norm
-    floor = floor - floor.abs() * 2**-7 - 2**-100  # so that rounding it to bf16 cannot move it up
-    left = (approx >= floor.to(torch.bfloat16)[:, None]).any(dim=0).nonzero()[:, 0]
+    left = kept_by_screen(hidden, bf16_product, largest_norm).any(dim=0).nonzero()[:, 0]
     if len(left) > MAX_SCREENED_TOKENS:
         return None
     block = weight.new_zeros((-(-len(left) // VOCAB_SLICE) * VOCAB_SLICE, weight.shape[1]))
