@@ -120,18 +120,44 @@ def test_auto_trains_in_bf16_only_where_the_cpu_has_bf16_units(monkeypatch) -> N
 
 
 @pytest.mark.parametrize(
-    ("amx", "avx512_bf16", "kernels", "expected"),
+    ("amx", "avx512_bf16", "kernels", "onednn_cap", "expected"),
     [
-        (True, False, "AVX2", True),  # AMX
-        (False, True, "AVX512", True),  # AVX-512 BF16, e.g. AMD Zen 4
-        (False, True, "AVX2", False),  # the same CPU held to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2)
-        (False, False, "AVX2", False),  # an AVX2-only CPU
+        (True, False, "AVX2", None, True),  # AMX (ATen's kernels do not run the products oneDNN runs)
+        (True, True, "AVX512", "AVX2", False),  # AMX held to AVX2 in oneDNN: its bf16 products run on slow code
+        (True, True, "AVX512", "avx512_core_amx", True),  # a cap at or above AMX, in any case
+        (True, False, "AVX512", "AVX512_CORE_BF16", False),  # the cap below AMX, no AVX-512 BF16
+        (True, True, "AVX512", "AVX512_CORE_BF16", True),  # the cap below AMX, AVX-512 BF16 left
+        (False, True, "AVX512", None, True),  # AVX-512 BF16, e.g. AMD Zen 4
+        (False, True, "AVX512", "ALL", True),
+        (False, True, "AVX512", "AVX512_CORE", False),  # AVX-512 without its bf16 instructions
+        (False, True, "AVX2", None, False),  # the same CPU held to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2)
+        (False, False, "AVX2", None, False),  # an AVX2-only CPU
     ],
 )
-def test_bf16_units_are_amx_or_avx512_bf16_with_avx512_kernels(monkeypatch, amx, avx512_bf16, kernels, expected):
+def test_bf16_units_are_amx_or_avx512_bf16_that_the_kernels_may_use(
+    monkeypatch, amx, avx512_bf16, kernels, onednn_cap, expected
+):
     from pytest_factedit.model.precision import cpu_has_bf16_units
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn_cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_cap)
     assert cpu_has_bf16_units() is expected
+
+
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_localization_on_amx_held_to_avx2_in_onednn_stays_in_the_model_dtype(monkeypatch, variable):
+    from pytest_factedit.model.precision import precision_context
+
+    model = tiny_model("llama", len(word_tokenizer()))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert precision_context(model, "auto")[1] == "bfloat16 (autocast, CPU AMX)"
+    monkeypatch.setenv(variable, "AVX2")
+    assert precision_context(model, "auto")[1] == "float32"

@@ -3,6 +3,7 @@ BF16), and the way back to the loaded precision for a block inside it."""
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -20,6 +21,25 @@ _SWAPPED: ContextVar[tuple[tuple[torch.nn.Module, torch.Tensor], ...]] = Context
 # id(weight) -> (weakref to it, its version, {what: value}): what is derived from the LM head's weight (its
 # bf16 copy, its largest row norm), kept across cases while the weight is unchanged.
 _HEAD_DERIVED: dict[int, tuple[weakref.ref[torch.Tensor], int, dict[str, Any]]] = {}
+# oneDNN's CPU ISA levels, lowest first, as its ONEDNN_MAX_CPU_ISA variable names them.
+_ONEDNN_ISA_LEVELS = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+    "AVX10_2_512",
+    "AVX10_2_512_AMX_2",
+)
 
 
 @contextmanager
@@ -142,20 +162,34 @@ def trains_in_bf16(model: PreTrainedModel, precision: str) -> bool:
 
 
 def cpu_has_bf16_units() -> bool:
-    """AMX, or AVX-512 BF16 with torch's AVX-512 kernels in use (not held to AVX2 by ATEN_CPU_CAPABILITY)."""
+    """AMX, or AVX-512 BF16 with torch's AVX-512 kernels in use (not held to AVX2 by ATEN_CPU_CAPABILITY),
+    in either case left to oneDNN by its ISA cap."""
     import torch
 
     if _has_amx():
         return True
     avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return bool(avx512_bf16) and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    avx512_kernels = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return bool(avx512_bf16) and avx512_kernels and _onednn_may_use("AVX512_CORE_BF16")
 
 
 def _has_amx() -> bool:
-    """Does this CPU have AMX tiles (torch's private probe; False on a torch without it)?"""
+    """Does this CPU have AMX tiles (torch's private probe; False on a torch without it) that oneDNN may use?"""
     import torch
 
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) and _onednn_may_use("AMX")
+
+
+def _onednn_may_use(units: str) -> bool:
+    """Does oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA, else DNNL_MAX_CPU_ISA) leave it `units`: "AMX" or the level
+    "AVX512_CORE_BF16"? The CPU's flags do not say: held below them (as when a run imitates an AVX2-only
+    runner), oneDNN runs bf16 products on slower code, 6-9x the fp32 time on a 2-core Xeon with AMX."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    if cap not in _ONEDNN_ISA_LEVELS:  # ALL, DEFAULT, or a level newer than this list: no cap below the units
+        return True
+    if units == "AMX":
+        return "AMX" in cap
+    return _ONEDNN_ISA_LEVELS.index(cap) >= _ONEDNN_ISA_LEVELS.index(units)
 
 
 def training_precision(
