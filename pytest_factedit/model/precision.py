@@ -164,13 +164,18 @@ def trains_in_bf16(model: PreTrainedModel, precision: str) -> bool:
 def cpu_has_bf16_units() -> bool:
     """AMX, or AVX-512 BF16 with torch's AVX-512 kernels in use (not held to AVX2 by ATEN_CPU_CAPABILITY),
     in either case left to oneDNN by its ISA cap."""
+    return cpu_bf16_units() is not None
+
+
+def cpu_bf16_units() -> str | None:
+    """ "AMX", "AVX-512 BF16" or None: the units `cpu_has_bf16_units` finds, named for a benchmark's CPU line."""
     import torch
 
     if _has_amx():
-        return True
+        return "AMX"
     avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     avx512_kernels = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    return bool(avx512_bf16) and avx512_kernels and _onednn_may_use("AVX512_CORE_BF16")
+    return "AVX-512 BF16" if avx512_bf16 and avx512_kernels and _onednn_may_use("AVX512_CORE_BF16") else None
 
 
 def _has_amx() -> bool:
