@@ -114,6 +114,23 @@ def test_a_timed_step_counts_the_cpu_time_of_one_thread_and_gives_the_threads_ba
     assert torch.get_num_threads() == threads
 
 
+def test_a_timed_step_takes_its_token_as_a_greedy_step_does(monkeypatch) -> None:
+    """The timed step is what generation costs: where greedy steps screen the LM head, so does the timing."""
+    from pytest_factedit.model import decoding
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    ids = encode_prompt(tok, PROMPTS[0], False)
+    taken = []
+    real = decoding.greedy_tokens
+    monkeypatch.setattr(decoding, "greedy_tokens", lambda m, hidden: taken.append(hidden.shape) or real(m, hidden))
+    state = decode_keeping(model, tok, [DecodeRow(ids, 2, False)], keep=[0])[1]
+    in_decoding = len(taken)
+    assert state is not None and in_decoding > 0
+    step_seconds(model, state)
+    assert taken[in_decoding:] == [(1, model.config.hidden_size)]
+
+
 ALIASES = st.sampled_from(["Oslo", "Os", "New York", "New York City", "York", "ab"])
 # texts made of alias pieces, so that aliases are often named, half named, or run into word characters
 PIECES = ["Oslo", "Os", "lo", "w", "New York", "New ", "York", "Ci", "ty", " City", "ab", " ", ",", ".", "\n"]
