@@ -17,11 +17,14 @@ TRACE_FORMAT = 1  # raise it when tracing or the record changes what a stored tr
 
 def trace_key(fact: FactPrompts, settings: LocalizeSettings, precision: str) -> str:
     """A sha256 hex digest of everything a trace depends on besides the model's identity: the fact, the
-    settings and the precision they resolve to on this machine ("auto" is bf16 on AMX CPUs only)."""
+    settings and the precision they resolve to on this machine ("auto" is bf16 on AMX CPUs only).
+
+    The precision asked for counts only as what it resolves to, so "auto" and "bfloat16", which trace alike
+    on a CPU with AMX, share a trace; "auto" stands in for it, so that keys written before stay valid."""
     what = {
         "format": TRACE_FORMAT,
         "fact": dataclasses.asdict(fact),
-        "settings": dataclasses.asdict(settings),
+        "settings": dataclasses.asdict(dataclasses.replace(settings, precision="auto")),
         "precision": precision,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
