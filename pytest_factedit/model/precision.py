@@ -168,7 +168,7 @@ def cpu_has_bf16_units() -> bool:
 
 
 def cpu_bf16_units() -> str | None:
-    """ "AMX", "AVX-512 BF16" or None: the units `cpu_has_bf16_units` finds, named for a benchmark's CPU line."""
+    """The units `cpu_has_bf16_units` finds, named for a benchmark's CPU line: "AMX", "AVX-512 BF16" or None."""
     import torch
 
     if _has_amx():
