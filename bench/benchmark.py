@@ -12,6 +12,8 @@ probing the edited model. Also: the cached load (a fresh process: imports, then 
 conversion into a throw-away cache, and the wall seconds of `pytest fact_cases/`: with nothing of the base
 model cached (`--factedit-fresh-probes`), and warm (the second of two runs, which reads the base model's
 answers, the editor's decodes of it and each fact's trace back from the cache), with that run's medians.
+Last, README command 1 (fresh venv, installs, `pytest fact_cases/`) in a fresh clone of HEAD with an empty
+model cache (`--skip-readme` leaves it out; it needs the package index, or pip's cache).
 
 With --against REV, one worker process per checkout loads the model once and runs the same cases, in
 the order A B B A A B ..., so that both see the same machine state; the table gives each phase's
@@ -43,6 +45,7 @@ from facts import setting_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "case_worker.py"
+README = REPO / "README.md"
 # The targets (2-core CPU, fp32, warm cache): figure -> seconds. `edit_seconds` is localization and the
 # whole edit (objectives, both stages); the stages alone and localization alone are shown beside it.
 TARGETS = {
@@ -51,6 +54,7 @@ TARGETS = {
     "suite wall": 90.0,
     "cached load": 3.0,
     "first conversion": 30.0,  # into an empty cache, the embedded model's chunk packages installed
+    "README command 1": 240.0,  # a fresh clone and venv, installs included, an empty model cache
 }
 PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "edit_seconds", "probe_seconds", "wall_seconds")
 
@@ -185,6 +189,37 @@ def cpu_line() -> str:
     )
 
 
+def readme_command() -> str:
+    """The README's first command, as a user copies it: the first bash block after "## The two commands"."""
+    section = README.read_text(encoding="utf-8").split("## The two commands", 1)[1]
+    return section.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+
+
+def readme_seconds() -> dict[str, float]:
+    """README command 1 in a fresh clone of this checkout's HEAD (commit first), with an empty model cache,
+    timed from the clone on: what a new user waits for, but for downloads pip's cache on this machine saves."""
+    command = readme_command()
+    with tempfile.TemporaryDirectory() as folder:
+        clone, cache = Path(folder) / "clone", Path(folder) / "cache"
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        started = time.perf_counter()
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=clone,
+            env={**env, "FACTEDIT_CACHE": str(cache)},
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - started
+    last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    print(f"README command 1, fresh clone, empty model cache: rc {done.returncode}, {seconds:.1f} s; {last}")
+    if done.returncode != 0:
+        print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")
+        return {}
+    return {"README command 1": seconds}
+
+
 def print_targets(figures: dict[str, float]) -> None:
     print("| figure | measured (s) | target (s) | met |")
     print("|---|---|---|---|")
@@ -212,6 +247,8 @@ def measure_here(args: argparse.Namespace) -> int:
         figures["first conversion"] = first_conversion_seconds()[0]
     if not args.skip_suite and not args.set:
         figures.update(suite_figures())
+    if not args.skip_readme:
+        figures.update(readme_seconds())
     settings = f"; settings over the cases' own: {args.set} (the suite not measured)" if args.set else ""
     print(f"\ncases: {len(case_files(args.cases))} x {args.repeats}; cores: {os.cpu_count()}; {cpu_line()}{settings}\n")
     print_targets(figures)
@@ -317,6 +354,7 @@ def main() -> int:
     parser.add_argument("--skip-cases", action="store_true", help="with --against: only the first conversions")
     parser.add_argument("--skip-suite", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-readme", action="store_true", help="not README command 1 in a fresh clone")
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="KEY=VALUE", help="method settings over each case's own"
     )
