@@ -6,6 +6,7 @@
     OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl &
     OMP_NUM_THREADS=1 python bench/editors.py --shard 1/2 --log b.jsonl &
     python bench/editors.py --table a.jsonl b.jsonl
+    python bench/editors.py --table a.jsonl b.jsonl --against older.jsonl   # the same facts in another run
     OMP_NUM_THREADS=1 python bench/editors.py --shard 0/2 --log a.jsonl --resume   # go on where a.jsonl stops
     python bench/editors.py --methods ia3-two-stage --set learn_stop_prob=0.9   # a row for other settings
     python bench/editors.py --cases same_subject --methods ia3-two-stage   # the same-subject benchmark
@@ -128,6 +129,35 @@ def print_time_ratios(results: list[dict[str, Any]], methods: list[str]) -> None
         )
 
 
+def _differing_counts(one: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The pooled metrics whose [hits, samples] differ between two results of a fact."""
+    return [metric for _, metric in POOLED if one.get(metric, [0, 0]) != other.get(metric, [0, 0])]
+
+
+def print_run_against(results: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> None:
+    """Each method's facts beside the same method's facts of another run: on how many the answer texts and
+    the counts are the same, which facts differ and in what, and the edit seconds' ratio fact by fact (a
+    ratio across runs: it compares machines or days, not only code)."""
+    ran = {(r["fact"], r["method"]): r["values"] for r in results if r["status"] == "ran"}
+    before = {(r["fact"], r["method"]): r["values"] for r in earlier if r["status"] == "ran"}
+    for name in dict.fromkeys(method for _, method in ran):
+        facts = [fact for fact, method in ran if method == name and (fact, name) in before]
+        if not facts:
+            print(f"\n{name}: no fact that ran in both")
+            continue
+        texts = [f for f in facts if ran[f, name]["answers"] != before[f, name]["answers"]]
+        counts = {f: _differing_counts(ran[f, name], before[f, name]) for f in facts}
+        ratios = sorted(ran[f, name]["edit s"] / before[f, name]["edit s"] for f in facts)
+        print(
+            f"\n{name} against the other run, fact by fact, over {len(facts)} facts: the same answer texts in "
+            f"{len(facts) - len(texts)}, the same counts in {sum(not c for c in counts.values())}; edit seconds "
+            f"median ratio {statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+        )
+        for fact in facts:
+            if counts[fact]:
+                print(f"  {fact}: counts differ in {', '.join(counts[fact])}")
+
+
 def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """'NAME:KEY=VALUE:...' -> (editor name, its own settings)."""
     from pytest_factedit.edit import method_names
@@ -180,6 +210,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--table", nargs="+", type=Path, metavar="JSONL", help="print the table of these logs and exit (runs nothing)"
+    )
+    parser.add_argument(
+        "--against",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="JSONL",
+        help="with --table: compare each method's facts with the same method's in these logs (another run, "
+        "machine or commit): the same answer texts and counts, fact by fact, and which facts differ",
     )
     return parser
 
@@ -255,6 +294,8 @@ def main() -> int:
             kept = {r["fact"] for r in read_logs(args.facts_of)}
             logged = [r for r in logged if r["fact"] in kept]
         print_table(logged)
+        if args.against:
+            print_run_against(logged, read_logs(args.against))
         return 0
     overrides = setting_overrides(args.set)
     logged = read_logs([args.log]) if args.resume and args.log and args.log.exists() else []

@@ -55,3 +55,20 @@ def test_the_table_gives_each_later_method_s_edit_seconds_over_the_first_s_fact_
     editors.print_time_ratios(results, ["A", "B"])
     printed = capsys.readouterr().out
     assert "B / A, fact by fact: median 0.62 (0.50-0.75) over 2 facts; the same answer texts in 1" in printed
+
+
+def test_a_run_against_another_names_the_facts_whose_counts_differ(monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    import editors
+
+    def result(fact: str, seconds: float, answer: str, forget: list[int]) -> dict[str, Any]:
+        values = {"edit s": seconds, "answers": [answer], "forget_rate": forget}
+        return {"fact": fact, "method": "A", "status": "ran", "values": values}
+
+    now = [result("a", 4.0, "x", [1, 1]), result("b", 3.0, "y", [1, 2]), result("c", 2.0, "w", [1, 1])]
+    earlier = [result("a", 8.0, "x", [1, 1]), result("b", 6.0, "z", [2, 2])]  # no "c": not compared
+    editors.print_run_against(now, earlier)
+    printed = capsys.readouterr().out
+    assert "over 2 facts: the same answer texts in 1, the same counts in 1; edit seconds median ratio 0.50" in printed
+    assert "  b: counts differ in forget_rate" in printed
+    assert "  a:" not in printed
