@@ -287,7 +287,10 @@ def run_editors(args: argparse.Namespace, overrides: dict[str, Any], logged: lis
 
 
 def main() -> int:
-    args = _parser().parse_args()
+    parser = _parser()
+    args = parser.parse_args()
+    if args.against and not args.table:
+        parser.error("--against compares logs and runs nothing: give this run's logs with --table")
     if args.table:
         logged = read_logs(args.table)
         if args.facts_of:
