@@ -1,5 +1,5 @@
-"""bench/benchmark.py's README figure: the command it times is the README's first one, and a failed run
-gives no figure."""
+"""bench/benchmark.py's README figure (the command it times is the README's first one, and a failed run
+gives no figure) and its benchmark facts' tables (the median edit, and each quality target beside it)."""
 
 from __future__ import annotations
 
