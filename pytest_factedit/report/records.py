@@ -184,6 +184,7 @@ class RunSummary(TypedDict, total=False):
     wall_seconds: float
     load_seconds: float  # the model's load in this process (none under xdist: the workers load it)
     conversion_seconds: float | None  # its first conversion to the safetensors cache (None: the cache served)
+    memory_estimate: str | None  # the load's estimate of the memory a case needs, as the terminal shows it
     base_pass_seconds: float  # a pass over every case's base rows before the first case, when one ran
     versions: dict[str, str | None]
     mode: str
@@ -492,7 +493,7 @@ def summary_record(
         "mode": mode,
         "suites": list(suites),
     }
-    for key in ("load_seconds", "conversion_seconds", "base_pass_seconds"):  # in no case's own timings
+    for key in ("load_seconds", "conversion_seconds", "memory_estimate", "base_pass_seconds"):  # in no case's record
         if key in run:
             summary[key] = run[key]
     if many is not None:
