@@ -53,9 +53,11 @@ from typing import Any
 from editors import EDIT_TARGET_SECONDS, QUALITY_TARGETS, edit_time_against_target, quality_against_targets, read_logs
 from facts import setting_overrides
 
+from pytest_factedit.edit.settings import DEFAULT_METHOD
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-WORKER = Path(__file__).resolve().parent / "case_worker.py"
+WORKER = BENCH / "case_worker.py"
 README = REPO / "README.md"
 # The targets (2-core CPU, fp32, warm cache): figure -> seconds. `edit_seconds` is localization and the
 # whole edit (objectives, both stages); the stages alone and localization alone are shown beside it.
@@ -72,7 +74,6 @@ BENCHMARK_FACTS = (
     ("counterfact", "100 CounterFact facts", ()),
     ("same-subject", "69 same-subject facts", ("--cases", "same_subject")),
 )
-DEFAULT_METHOD = "ia3-two-stage"
 PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "edit_seconds", "probe_seconds", "wall_seconds")
 
 
@@ -271,16 +272,10 @@ def print_benchmark_facts(runs: dict[str, list[dict[str, Any]]]) -> None:
         )
     print("\n| quality on the same facts | " + " | ".join(runs) + " | target |")
     print("|---|" + "---|" * len(runs) + "---|")
-    rows = {label: quality_against_targets(ran) if ran else [] for label, ran in runs.items()}
-    for index, (metric, lowest) in enumerate(QUALITY_TARGETS):
-        cells = []
-        for label in runs:
-            if not rows[label]:
-                cells.append("n/a")
-                continue
-            _, figure, judged = rows[label][index]
-            cells.append(figure + ("" if judged is None else (" yes" if judged else " **no**")))
-        print(f"| {metric} | " + " | ".join(cells) + f" | >= {lowest:g} |")
+    columns = [quality_against_targets(ran) for ran in runs.values()]
+    for (metric, lowest), *cells in zip(QUALITY_TARGETS, *columns):
+        shown = [figure + ("" if met is None else (" yes" if met else " **no**")) for figure, met in cells]
+        print(f"| {metric} | " + " | ".join(shown) + f" | >= {lowest:g} |")
 
 
 def print_targets(figures: dict[str, float]) -> None:

@@ -90,11 +90,16 @@ def fact_values(outcome: Any) -> dict[str, Any]:
     return values
 
 
-def pooled_cell(results: list[dict[str, Any]], metric: str) -> str:
-    """hits / samples over every fact, with the sample count (a log written before a metric existed has
-    none of it)."""
+def pooled_counts(results: list[dict[str, Any]], metric: str) -> tuple[int, int]:
+    """(hits, samples) of a metric over every fact (a log written before a metric existed has none of it)."""
     hits = sum(r["values"].get(metric, [0, 0])[0] for r in results)
     samples = sum(r["values"].get(metric, [0, 0])[1] for r in results)
+    return hits, samples
+
+
+def pooled_cell(results: list[dict[str, Any]], metric: str) -> str:
+    """hits / samples over every fact, with its Wilson interval and the sample count."""
+    hits, samples = pooled_counts(results, metric)
     if not samples:
         return "n/a"
     low, high = wilson_interval(hits, samples)
@@ -141,19 +146,19 @@ def edit_time_against_target(ran: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def quality_against_targets(ran: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
-    """Each QUALITY_TARGETS metric over the facts that ran: (metric, its figure, met; None where no fact has
-    a sample of it, as the CounterFact facts have no same-subject facts)."""
-    rows: list[tuple[str, str, bool | None]] = []
+def quality_against_targets(ran: list[dict[str, Any]]) -> list[tuple[str, bool | None]]:
+    """Each QUALITY_TARGETS metric over the facts that ran, in that order: (its figure, met; "n/a" and None
+    where no fact has a sample of it, as the CounterFact facts have no same-subject facts)."""
+    rows: list[tuple[str, bool | None]] = []
     for metric, lowest in QUALITY_TARGETS:
         if metric == "fluency change":
-            change = statistics.mean(r["values"]["fluency change"] for r in ran)
-            rows.append((metric, f"{change:+.3f}", change >= lowest))
+            change = statistics.mean(r["values"]["fluency change"] for r in ran) if ran else None
+            rows.append(("n/a", None) if change is None else (f"{change:+.3f}", change >= lowest))
             continue
-        hits = sum(r["values"].get(metric, [0, 0])[0] for r in ran)
-        samples = sum(r["values"].get(metric, [0, 0])[1] for r in ran)
-        figure = f"{hits / samples:.3f} ({hits} of {samples})" if samples else "n/a"
-        rows.append((metric, figure, hits / samples >= lowest if samples else None))
+        hits, samples = pooled_counts(ran, metric)
+        rows.append(
+            (f"{hits / samples:.3f} ({hits} of {samples})", hits / samples >= lowest) if samples else ("n/a", None)
+        )
     return rows
 
 
