@@ -516,6 +516,48 @@ def test_a_gated_edit_runs_each_row_from_the_first_token_its_gate_opens_on(tmp_p
     _same_training(split, whole)
 
 
+def test_a_gated_edit_runs_its_rows_prefixes_once_for_both_stages(tmp_path: Path, monkeypatch) -> None:
+    """The tokens before the gate opens are the same in the unlearn rows, the learn rows and the retention
+    rows, and at every step: one pass over every row's prefix serves the whole edit."""
+    pytest.importorskip("torch")
+    from pytest_factedit.edit import prefixes
+
+    passes: list[int] = []
+    original = prefixes.left_padded
+
+    def counting(sequences, *args, **kwargs):
+        passes.append(len(sequences))
+        return original(sequences, *args, **kwargs)
+
+    monkeypatch.setattr(prefixes, "left_padded", counting)
+    gains, steps, _, _ = _gated_edit(tmp_path, monkeypatch)
+    assert len(passes) == 1 and passes[0] > 1
+    assert dict(steps)["unlearn"] + dict(steps)["learn"] >= 3  # both stages ran steps on that one pass
+
+
+def test_rows_the_edit_did_not_announce_get_their_prefixes_in_a_new_pass() -> None:
+    """A row whose prefix the shared pass lacks makes it run again with every prefix; each group's tail
+    distributions are the whole rows' either way."""
+    torch = pytest.importorskip("torch")
+    from pytest_factedit.edit.batching import Row, tail_logprobs
+    from pytest_factedit.edit.prefixes import UntouchedPrefixes
+    from tests.tiny import frozen, tiny_model
+
+    torch.manual_seed(0)
+    model = frozen(tiny_model("llama", 40))
+    announced = [Row((1, 5, 6, 7, 8), 2), Row((1, 9, 6, 7), 1)]
+    late = [Row((1, 3, 4, 11, 12, 13), 3), Row((1, 5, 6, 10), 1)]
+    shared = UntouchedPrefixes(lambda ids: 3 if len(ids) > 3 else len(ids), announced)
+    for rows in (announced, late, announced + late):
+        with torch.no_grad():
+            split = tail_logprobs(model, rows, 0, None, shared)
+            whole = tail_logprobs(model, rows, 0)
+        for a, b in zip(split, whole):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert shared.shared is not None
+    assert set(shared.shared.index) == {(1, 5, 6), (1, 9, 6), (1, 3, 4)}
+
+
 def test_a_model_that_returns_no_cache_trains_on_whole_rows(tmp_path: Path, monkeypatch) -> None:
     """Without a key-value cache to continue, each step runs whole rows, to the same gains."""
     pytest.importorskip("torch")

@@ -212,8 +212,16 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
         sizes,
         joint_frozen,
         pinned_count,
-        parts[0].prefixes,  # every part's edit is the same gated one, or none is gated
+        _joint_prefixes(parts),
     )
+
+
+def _joint_prefixes(parts: Sequence[Objectives]) -> UntouchedPrefixes | None:
+    """The facts' untouched prefixes as one pass: every part's edit is the same gated one, or none is gated."""
+    first = parts[0].prefixes
+    if first is None:
+        return None
+    return UntouchedPrefixes(first.untouched, [r for p in parts if p.prefixes for r in p.prefixes.rows])
 
 
 def _joint_goal(goals: Sequence[Goal], sizes: Sequence[int]) -> Goal:
@@ -365,8 +373,10 @@ def fact_objectives(
     for i, ref in zip(reached, reference):
         kl_reference[i] = ref
     guard_reference = [ref[len(new_ids) :] for ref in reference[len(reached) :]]
+    unlearn_rows = [Row(c + new_ids[:carried], carried + 1) for c in contexts]
+    run = [*unlearn_rows, *learn_rows, *(kl_rows[i] for i in reached)]  # the rows a step may run
     return Objectives(
-        [Row(c + new_ids[:carried], carried + 1) for c in contexts],
+        unlearn_rows,
         learn_rows,
         kl_rows,
         kl_reference,
@@ -375,5 +385,5 @@ def fact_objectives(
         pad,
         frozen=frozen,
         pinned=len(pinned),
-        prefixes=UntouchedPrefixes(untouched) if untouched is not None else None,
+        prefixes=UntouchedPrefixes(untouched, run) if untouched is not None else None,
     )

@@ -2,8 +2,8 @@
 
 A gated edit changes no state before the first position its gate opens on (attention is causal: nothing
 later reaches back), so the keys and values of a row's tokens before that position are the same at every
-step of the edit. They are computed once per group of rows, and each step runs, and back-propagates
-through, only the rest of each row, continuing their key-value cache.
+step of the edit. They are computed once per edit, every row's in one pass, and each step runs, and
+back-propagates through, only the rest of each row, continuing their key-value cache.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..model.decoding import left_padded
-from ..model.kv import cache_keyword, returned_cache
+from ..model.kv import cache_keyword, cache_rows, returned_cache
 from ..model.lmhead import decoder
 from .batching import FrozenBelow, Row, entering_stored, length_groups
 
@@ -26,14 +26,26 @@ if TYPE_CHECKING:
 Untouched = Callable[[Sequence[int]], int]
 
 
+@dataclass(frozen=True)
+class SharedPrefixes:
+    """The prefixes of an edit's rows, left-padded in one pass: its cache, attention mask, and each prefix's row."""
+
+    cache: Any
+    mask: torch.Tensor
+    index: dict[tuple[int, ...], int]
+
+
 @dataclass
 class UntouchedPrefixes:
-    """Each row's tokens before the edit can act on it, and their caches, made at a group's first pass."""
+    """Each row's tokens before the edit can act on it, and their caches: the prefixes of `rows` (every row
+    the edit will run) and of any other row asked for share one pass, from which a group's cache is cut."""
 
     untouched: Untouched
+    rows: Sequence[Row] = ()
     caches: dict[tuple[tuple[int, ...], ...], tuple[Any, torch.Tensor]] = field(default_factory=dict)
     usable: bool = True  # False once the model returned no key-value cache: every pass runs whole rows
     splits: dict[Row, int] = field(default_factory=dict)  # asked of the gate once per row
+    shared: SharedPrefixes | None = None
 
     def split(self, row: Row) -> int:
         """Where a row's pass starts: at the edit's first position, never inside the positions a loss reads."""
@@ -95,14 +107,31 @@ class UntouchedPrefixes:
     def _prefix_cache(
         self, model: PreTrainedModel, rows: Sequence[Row], splits: list[int], pad_id: int
     ) -> tuple[Any, torch.Tensor]:
-        """The cache of the rows' prefixes (left-padded) and its attention mask, computed at the first call."""
+        """The cache of the rows' prefixes (left-padded alike) and its attention mask: the shared pass's rows."""
         import torch
 
         key = tuple(r.ids for r in rows)
         if key not in self.caches:
-            device = next(model.parameters()).device
-            ids, mask, positions = left_padded([r.ids[:s] for r, s in zip(rows, splits)], pad_id, device)
-            with torch.no_grad():
-                out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            self.caches[key] = (returned_cache(out), mask)
+            prefixes = [r.ids[:s] for r, s in zip(rows, splits)]
+            shared = self._shared(model, prefixes, pad_id)
+            if shared.cache is None:
+                return None, shared.mask
+            picked = torch.tensor([shared.index[p] for p in prefixes], device=shared.mask.device)
+            self.caches[key] = (cache_rows(shared.cache, picked), shared.mask.index_select(0, picked))
         return self.caches[key]
+
+    def _shared(self, model: PreTrainedModel, prefixes: Sequence[tuple[int, ...]], pad_id: int) -> SharedPrefixes:
+        """One pass over the prefixes of `rows` and of `prefixes`; run again, with those it had, for a prefix
+        it lacks (a row the edit did not announce)."""
+        import torch
+
+        if self.shared is not None and all(p in self.shared.index for p in prefixes):
+            return self.shared
+        known = list(self.shared.index) if self.shared is not None else []
+        ordered = list(dict.fromkeys([*known, *(r.ids[: self.split(r)] for r in self.rows), *prefixes]))
+        device = next(model.parameters()).device
+        ids, mask, positions = left_padded(ordered, pad_id, device)
+        with torch.no_grad():
+            out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self.shared = SharedPrefixes(returned_cache(out), mask, {p: i for i, p in enumerate(ordered)})
+        return self.shared
