@@ -434,15 +434,18 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
     assert torch.is_grad_enabled()
 
 
-def _gated_edit(tmp_path: Path, monkeypatch, untouched: Any = None) -> tuple[dict, list, int, int]:
+def _gated_edit(
+    tmp_path: Path, monkeypatch, untouched: Any = None, edited_layer: int | None = None
+) -> tuple[dict, list, int, int]:
     """(gains, stage steps, rows run, tokens run) of a gated edit on the tiny model; `untouched` replaces
-    the gate's count of the leading tokens it leaves closed in a text."""
+    the gate's count of the leading tokens it leaves closed in a text. `edited_layer`: the edit's MLP and
+    attention there alone, on a 3-layer model (the layers below run once per row: batching.FrozenBelow)."""
     import torch
 
     from pytest_factedit.edit import batching, gate, get_editor, resolve_settings, training
     from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
     from pytest_factedit.model.lmhead import decoder
-    from pytest_factedit.model.targets import all_layer_targets
+    from pytest_factedit.model.targets import all_layer_targets, layer_targets
     from pytest_factedit.run.case import edit_request, held_out_texts
     from tests.tiny import frozen, piece_tokenizer, tiny_model
 
@@ -450,7 +453,12 @@ def _gated_edit(tmp_path: Path, monkeypatch, untouched: Any = None) -> tuple[dic
     tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
     settings = resolve_settings({"subject_rows": 4, "unlearn_max_steps": 3, "learn_max_steps": 4, "lr": 0.1})
     torch.manual_seed(0)
-    model = frozen(tiny_model("llama", len(tok)))
+    model = frozen(tiny_model("llama", len(tok), layers=2 if edited_layer is None else 3))
+    targets = (
+        all_layer_targets(model)
+        if edited_layer is None
+        else layer_targets(model, [edited_layer], [edited_layer], "one layer")
+    )
     rows_run, tokens_run = [0], [0]
     original = batching.tail_logprobs
 
@@ -467,9 +475,7 @@ def _gated_edit(tmp_path: Path, monkeypatch, untouched: Any = None) -> tuple[dic
             patch.setattr(gate.SubjectGate, "untouched", untouched)
         hook = decoder(model).register_forward_pre_hook(count_tokens, with_kwargs=True)
         try:
-            handle = get_editor("ia3-two-stage").apply(
-                model, tok, edit_request(case), all_layer_targets(model), settings
-            )
+            handle = get_editor("ia3-two-stage").apply(model, tok, edit_request(case), targets, settings)
         finally:
             hook.remove()
     with handle:
@@ -514,6 +520,49 @@ def test_a_gated_edit_runs_each_row_from_the_first_token_its_gate_opens_on(tmp_p
     assert split[2] == whole[2]  # the same rows
     assert split[3] < whole[3]  # fewer tokens: each step skips the tokens before the subject
     _same_training(split, whole)
+
+
+def test_an_edit_above_the_first_layer_runs_rows_from_their_split_over_states_computed_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """With the edit at layer 2 only, the states entering it are computed once per row, in the passes that
+    make the base references, from each row's split on after the prefixes' shared pass; the same steps to
+    the same gains as whole rows."""
+    pytest.importorskip("torch")
+    from pytest_factedit.edit.gate import SubjectGate
+
+    real = SubjectGate.untouched
+    split = _gated_edit(tmp_path, monkeypatch, edited_layer=2)
+    whole = _gated_edit(
+        tmp_path, monkeypatch, lambda self, ids: 0 if real(self, ids) < len(ids) else len(ids), edited_layer=2
+    )
+    assert split[3] < whole[3]
+    _same_training(split, whole)
+
+
+def test_references_and_states_below_the_edit_made_from_prefixes_are_the_whole_rows() -> None:
+    """`frozen_states` through the shared prefixes gives each row's base distributions and its states
+    entering the edited layer over the whole row, as a pass over the whole rows does."""
+    torch = pytest.importorskip("torch")
+    from pytest_factedit.edit.batching import Row, frozen_states
+    from pytest_factedit.edit.prefixes import UntouchedPrefixes
+    from tests.tiny import frozen, tiny_model
+
+    torch.manual_seed(0)
+    model = frozen(tiny_model("llama", 40, layers=3))
+    rows = [Row((1, 5, 6, 7, 8), 2), Row((1, 9, 6, 7), 1), Row((1, 3, 4, 11, 12, 13), 3), Row((1, 2), 1)]
+    shared = UntouchedPrefixes(lambda ids: 3 if len(ids) > 3 else len(ids), rows)
+    with torch.no_grad():
+        whole, whole_below = frozen_states(model, rows, 0, 2)
+        split, split_below = frozen_states(model, rows, 0, 2, shared)
+    assert shared.shared is not None and shared.shared.entering is not None  # the prefixes took this path
+    assert whole_below is not None and split_below is not None
+    assert split_below.states.keys() == whole_below.states.keys() == {r.ids for r in rows}
+    for ids, state in whole_below.states.items():
+        assert split_below.states[ids].shape == state.shape == (len(ids), state.shape[-1])
+        torch.testing.assert_close(split_below.states[ids], state, rtol=1e-5, atol=1e-5)
+    for a, b in zip(split, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_a_gated_edit_runs_its_rows_prefixes_once_for_both_stages(tmp_path: Path, monkeypatch) -> None:

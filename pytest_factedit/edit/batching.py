@@ -83,11 +83,16 @@ def tail_logprobs(
 
 
 def frozen_states(
-    model: PreTrainedModel, rows: Sequence[Row], pad_id: int, layer: int
+    model: PreTrainedModel,
+    rows: Sequence[Row],
+    pad_id: int,
+    layer: int,
+    prefixes: UntouchedPrefixes | None = None,
 ) -> tuple[list[torch.Tensor], FrozenBelow | None]:
     """`tail_logprobs` of `rows` with the base model, recording the hidden states entering `layer`
-    (None when `layer` is 0, or when the layers return what `entering_at` cannot stand in for)."""
-    return _tail_passes(model, rows, pad_id, None, layer)
+    (None when `layer` is 0, or when the layers return what `entering_at` cannot stand in for); with
+    `prefixes`, the rows' passes start at their splits, and the shared pass of their prefixes is made here."""
+    return _tail_passes(model, rows, pad_id, None, layer, prefixes)
 
 
 def _tail_passes(
@@ -102,10 +107,10 @@ def _tail_passes(
     tails: dict[int, torch.Tensor] = {}
     states: dict[tuple[int, ...], torch.Tensor] = {}
     extras: int | None = -1
-    if prefixes is not None and capture == 0 and prefixes.has_prefix(rows):
-        found = prefixes.tails(model, rows, pad_id, frozen)
+    if prefixes is not None and prefixes.has_prefix(rows):
+        found = prefixes.tails(model, rows, pad_id, frozen, capture)
         if found is not None:  # None: the model keeps no key-value cache to continue
-            return _logprobs(model, rows, found), None
+            return _logprobs(model, rows, found[0]), found[1]
     for group in length_groups(rows):
         part = [rows[i] for i in group]
         ids, mask, positions = left_padded([r.ids for r in part], pad_id, device)

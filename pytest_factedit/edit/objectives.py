@@ -367,14 +367,16 @@ def fact_objectives(
     guards = base_continuations(model, tokenizer, [c + new_ids for c in contexts], guard_tokens)
     learn_rows = [Row(c + new_ids + g, len(new_ids) + len(g) + 1) for c, g in zip(contexts, guards)]
     reached = [i for i, row in enumerate(kl_rows) if untouched is None or untouched(row.ids) < len(row.ids)]
-    with torch.no_grad():
-        reference, frozen = frozen_states(model, [kl_rows[i] for i in reached] + learn_rows, pad, frozen_below)
+    unlearn_rows = [Row(c + new_ids[:carried], carried + 1) for c in contexts]
+    run = [*unlearn_rows, *learn_rows, *(kl_rows[i] for i in reached)]  # the rows a step may run
+    prefixes = UntouchedPrefixes(untouched, run) if untouched is not None else None
+    referenced = [kl_rows[i] for i in reached] + learn_rows
+    with torch.no_grad():  # these passes also make the prefixes' shared pass (edit/prefixes.py)
+        reference, frozen = frozen_states(model, referenced, pad, frozen_below, prefixes)
     kl_reference: list[torch.Tensor | None] = [None] * len(kl_rows)
     for i, ref in zip(reached, reference):
         kl_reference[i] = ref
     guard_reference = [ref[len(new_ids) :] for ref in reference[len(reached) :]]
-    unlearn_rows = [Row(c + new_ids[:carried], carried + 1) for c in contexts]
-    run = [*unlearn_rows, *learn_rows, *(kl_rows[i] for i in reached)]  # the rows a step may run
     return Objectives(
         unlearn_rows,
         learn_rows,
@@ -385,5 +387,5 @@ def fact_objectives(
         pad,
         frozen=frozen,
         pinned=len(pinned),
-        prefixes=UntouchedPrefixes(untouched, run) if untouched is not None else None,
+        prefixes=prefixes,
     )

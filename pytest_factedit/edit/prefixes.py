@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..model.decoding import left_padded
 from ..model.kv import cache_keyword, cache_rows, returned_cache
 from ..model.lmhead import decoder
+from ..model.skip import capture_entering
 from .batching import FrozenBelow, Row, entering_stored, length_groups
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ class SharedPrefixes:
     cache: Any
     mask: torch.Tensor
     index: dict[tuple[int, ...], int]
+    layer: int = 0  # > 0: `entering` holds the states entering this decoder layer [prefixes, width, d]
+    entering: torch.Tensor | None = None
 
 
 @dataclass
@@ -58,29 +62,60 @@ class UntouchedPrefixes:
         return self.usable and any(self.split(r) > 0 for r in rows)
 
     def tails(
-        self, model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None
-    ) -> dict[int, torch.Tensor] | None:
+        self, model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None, capture: int = 0
+    ) -> tuple[dict[int, torch.Tensor], FrozenBelow | None] | None:
         """Each row's last hidden states at its `tail` positions (row index -> [tail, d]), rows of like
-        length from their split on sharing a pass; None when the model returns no cache to continue."""
+        length from their split on sharing a pass; with `capture` (a layer), also the states entering that
+        layer over each whole row, the prefix's from the shared pass (batching.frozen_states). None when the
+        model returns no cache to continue."""
         tails: dict[int, torch.Tensor] = {}
+        states: dict[tuple[int, ...], torch.Tensor] = {}
+        extras: int | None = -1
         for group in length_groups([Row(r.ids[self.split(r) :], r.tail) for r in rows]):
             part = [rows[i] for i in group]
-            found = self.suffix_hidden(model, part, pad_id, frozen)
+            store: dict[str, Any] = {}
+            found = self.suffix_hidden(model, part, pad_id, frozen, capture, store)
             if found is None:
                 return None
             hidden, lengths = found
             tails.update({i: hidden[j, n - r.tail : n] for j, (i, r, n) in enumerate(zip(group, part, lengths))})
-        return tails
+            if capture > 0:
+                extras = store["extras"] if extras is not None else None
+                states.update(self._whole_states(part, store["hidden"], lengths))
+        return tails, FrozenBelow(capture, states, extras) if capture > 0 and extras is not None else None
+
+    def _whole_states(
+        self, rows: Sequence[Row], suffixes: torch.Tensor, lengths: Sequence[int]
+    ) -> dict[tuple[int, ...], torch.Tensor]:
+        """Each row's states entering the captured layer: its prefix's (shared pass), then its suffix's."""
+        import torch
+
+        shared = self.shared
+        assert shared is not None and shared.entering is not None, "the shared pass captured the layer"
+        width = shared.mask.shape[1]
+        found = {}
+        for j, (row, length) in enumerate(zip(rows, lengths)):
+            split = self.split(row)
+            before = shared.entering[shared.index[row.ids[:split]], width - split :]
+            found[row.ids] = torch.cat([before, suffixes[j, :length]])
+        return found
 
     def suffix_hidden(
-        self, model: PreTrainedModel, rows: Sequence[Row], pad_id: int, frozen: FrozenBelow | None
+        self,
+        model: PreTrainedModel,
+        rows: Sequence[Row],
+        pad_id: int,
+        frozen: FrozenBelow | None,
+        capture: int = 0,
+        store: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, list[int]] | None:
         """(the last hidden states of each row from its split on [rows, width, d], left-aligned; their
-        lengths), or None when the model returns no cache to continue."""
+        lengths), or None when the model returns no cache to continue. With `capture`, `store` receives
+        the states entering that layer (`capture_entering`)."""
         import torch
 
         splits = [self.split(r) for r in rows]
-        cache, prefix_mask = self._prefix_cache(model, rows, splits, pad_id)
+        cache, prefix_mask = self._prefix_cache(model, rows, splits, pad_id, capture)
         if cache is None:
             self.usable = False
             return None
@@ -94,7 +129,8 @@ class UntouchedPrefixes:
             mask[i, : len(suffix)] = 1
         positions = torch.tensor(splits)[:, None] + torch.arange(width)[None, :]
         body = decoder(model)
-        with entering_stored(model, rows, width, frozen, splits):
+        watch = capture_entering(model, capture, store if store is not None else {}) if capture else nullcontext()
+        with watch, entering_stored(model, rows, width, frozen, splits):
             hidden = body(
                 input_ids=ids.to(device),
                 attention_mask=torch.cat([prefix_mask, mask.to(device)], dim=1),
@@ -105,33 +141,40 @@ class UntouchedPrefixes:
         return hidden, [len(s) for s in suffixes]
 
     def _prefix_cache(
-        self, model: PreTrainedModel, rows: Sequence[Row], splits: list[int], pad_id: int
+        self, model: PreTrainedModel, rows: Sequence[Row], splits: list[int], pad_id: int, capture: int = 0
     ) -> tuple[Any, torch.Tensor]:
         """The cache of the rows' prefixes (left-padded alike) and its attention mask: the shared pass's rows."""
         import torch
 
         key = tuple(r.ids for r in rows)
-        if key not in self.caches:
+        if key not in self.caches or capture:
             prefixes = [r.ids[:s] for r, s in zip(rows, splits)]
-            shared = self._shared(model, prefixes, pad_id)
+            shared = self._shared(model, prefixes, pad_id, capture)
             if shared.cache is None:
                 return None, shared.mask
             picked = torch.tensor([shared.index[p] for p in prefixes], device=shared.mask.device)
             self.caches[key] = (cache_rows(shared.cache, picked), shared.mask.index_select(0, picked))
         return self.caches[key]
 
-    def _shared(self, model: PreTrainedModel, prefixes: Sequence[tuple[int, ...]], pad_id: int) -> SharedPrefixes:
-        """One pass over the prefixes of `rows` and of `prefixes`; run again, with those it had, for a prefix
-        it lacks (a row the edit did not announce)."""
+    def _shared(
+        self, model: PreTrainedModel, prefixes: Sequence[tuple[int, ...]], pad_id: int, capture: int = 0
+    ) -> SharedPrefixes:
+        """One pass over the prefixes of `rows` and of `prefixes` (with `capture`, keeping the states entering
+        that layer); run again, with those it had, for a prefix it lacks (a row the edit did not announce) or
+        a layer it did not keep."""
         import torch
 
-        if self.shared is not None and all(p in self.shared.index for p in prefixes):
-            return self.shared
-        known = list(self.shared.index) if self.shared is not None else []
+        shared = self.shared
+        if shared is not None and all(p in shared.index for p in prefixes) and capture in (0, shared.layer):
+            return shared
+        layer = capture or (shared.layer if shared is not None else 0)
+        known = list(shared.index) if shared is not None else []
         ordered = list(dict.fromkeys([*known, *(r.ids[: self.split(r)] for r in self.rows), *prefixes]))
         device = next(model.parameters()).device
         ids, mask, positions = left_padded(ordered, pad_id, device)
-        with torch.no_grad():
+        store: dict[str, Any] = {}
+        with torch.no_grad(), capture_entering(model, layer, store) if layer else nullcontext():
             out = decoder(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        self.shared = SharedPrefixes(returned_cache(out), mask, {p: i for i, p in enumerate(ordered)})
+        index = {p: i for i, p in enumerate(ordered)}
+        self.shared = SharedPrefixes(returned_cache(out), mask, index, layer, store.get("hidden"))
         return self.shared
