@@ -71,6 +71,8 @@ class UntouchedPrefixes:
         tails: dict[int, torch.Tensor] = {}
         states: dict[tuple[int, ...], torch.Tensor] = {}
         extras: int | None = -1
+        if capture > 0:  # the prefixes' states entering that layer come from the shared pass
+            self._shared(model, [r.ids[: self.split(r)] for r in rows], pad_id, capture)
         for group in length_groups([Row(r.ids[self.split(r) :], r.tail) for r in rows]):
             part = [rows[i] for i in group]
             store: dict[str, Any] = {}
@@ -115,7 +117,7 @@ class UntouchedPrefixes:
         import torch
 
         splits = [self.split(r) for r in rows]
-        cache, prefix_mask = self._prefix_cache(model, rows, splits, pad_id, capture)
+        cache, prefix_mask = self._prefix_cache(model, rows, splits, pad_id)
         if cache is None:
             self.usable = False
             return None
@@ -141,15 +143,15 @@ class UntouchedPrefixes:
         return hidden, [len(s) for s in suffixes]
 
     def _prefix_cache(
-        self, model: PreTrainedModel, rows: Sequence[Row], splits: list[int], pad_id: int, capture: int = 0
+        self, model: PreTrainedModel, rows: Sequence[Row], splits: list[int], pad_id: int
     ) -> tuple[Any, torch.Tensor]:
         """The cache of the rows' prefixes (left-padded alike) and its attention mask: the shared pass's rows."""
         import torch
 
         key = tuple(r.ids for r in rows)
-        if key not in self.caches or capture:
+        if key not in self.caches:
             prefixes = [r.ids[:s] for r, s in zip(rows, splits)]
-            shared = self._shared(model, prefixes, pad_id, capture)
+            shared = self._shared(model, prefixes, pad_id)
             if shared.cache is None:
                 return None, shared.mask
             picked = torch.tensor([shared.index[p] for p in prefixes], device=shared.mask.device)
