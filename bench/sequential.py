@@ -6,6 +6,7 @@ or trained together into one adapter (`--mode batch`, i.e. `--factedit-mode batc
     python bench/sequential.py --all-known  # every CounterFact fact the embedded model knows (with 3 neighbours)
     python bench/sequential.py -n 1000 --checkpoint /tmp/seq1000   # stops and goes on where it stopped
     python bench/sequential.py -n 1000 --checkpoint /tmp/seq1000 --stop-after 100   # the figures after 100
+    python bench/sequential.py -n 1000 --latency-repeats 1 --fluency-tokens 0   # each fact probed for its answers
     python bench/sequential.py -n 10 --method full-ft
     python bench/sequential.py --mode batch
     python bench/sequential.py --mode batch -n 10 --set kl_rows_per_step=48
@@ -17,6 +18,11 @@ the next), measured right after its own edit, and checked again after the last o
 and the retention of earlier edits by position, as markdown, then the scale targets (TARGETS) with
 the figure measured after the last edit, the bytes each kept edit holds, the whole run's seconds and
 the CPU.
+
+Each fact is probed as the plugin probes a case unless --latency-repeats and --fluency-tokens say less: its
+own latency timed with 3 step pairs, its prompts run on to 16 tokens for the fluency score. Neither figure
+is in this script's tables (the latency with every edit on is timed at the end, as the plugin times it), and
+neither changes an answer or a metric.
 
 With --checkpoint, --stop-after K ends this part after the first K facts of the run with the same checks as
 after a last edit, so one sequence gives the figures at 10, 100 and 1,000 edits; facts the checkpoint
@@ -35,6 +41,9 @@ from typing import Any
 
 from facts import fact_arguments, load_known_cases, setting_overrides
 from sequence_checkpoint import Checkpoint
+
+from pytest_factedit.run.probing import DEFAULT_PLAN as DEFAULT_PROBING
+from pytest_factedit.run.probing import ProbePlan
 
 # The scale targets of a long sequence, measured after the last edit: (end-of-run metric, relation, target).
 TARGETS = (
@@ -97,9 +106,10 @@ def _sequence(
         "the base model decodes every fact's rows first (up to 2 s a fact on 2 cores), then edits them",
         file=sys.stderr,
     )
+    plan = ProbePlan(args.latency_repeats, args.fluency_tokens)
     if not args.checkpoint:
         with listening(_pass_progress(started)):
-            return run_sequence(lm, part, settings_for, each_done=progress), 0.0
+            return run_sequence(lm, part, settings_for, each_done=progress, plan=plan), 0.0
     identity = {"method": args.method, "set": args.set, "data": Path(args.data).name, "seed": args.seed}
     checkpoint = Checkpoint(Path(args.checkpoint), cases, identity)
     logged = min(len(checkpoint.logged), len(part))
@@ -114,7 +124,7 @@ def _sequence(
 
     resume = checkpoint.resume(lm, settings_for, upto=len(part)) if logged else None
     with listening(_pass_progress(started)):
-        return run_sequence(lm, part, settings_for, checkpoint.edits, each_done, resume), earlier
+        return run_sequence(lm, part, settings_for, checkpoint.edits, each_done, resume, plan=plan), earlier
 
 
 def _pass_progress(started: float) -> Any:
@@ -216,6 +226,21 @@ def _arguments() -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="method settings on top of the method's defaults (e.g. kl_rows_per_step=48)",
+    )
+    parser.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=DEFAULT_PROBING.latency_repeats,
+        metavar="N",
+        help="each fact's latency: N timed greedy steps of the base and of the edited model each (0: none); the "
+        "end's latency with every edit on is timed as the plugin times it either way",
+    )
+    parser.add_argument(
+        "--fluency-tokens",
+        type=int,
+        default=DEFAULT_PROBING.fluency_tokens,
+        metavar="N",
+        help="each fact's prompts generate N tokens for its fluency score (0: they stop at their answer, no score)",
     )
     parser.add_argument(
         "--checkpoint",

@@ -20,7 +20,7 @@ from pytest_factedit.run import base_pass  # noqa: E402
 from pytest_factedit.run.base_pass import merged_rows  # noqa: E402
 from pytest_factedit.run.sequence_base import KeptEditReach, KeptEditsCache  # noqa: E402
 
-from .test_sequence_checkpoint import two_case_run  # noqa: E402
+from .test_sequence_checkpoint import figures, two_case_run  # noqa: E402
 from .tiny import tiny_model, word_tokenizer  # noqa: E402
 
 
@@ -296,3 +296,40 @@ def test_the_base_pass_decodes_what_each_editor_will_ask_of_the_base_model(mode:
     asked = _editor_decodes_live({"sequential": sequential, "isolated": isolated, "alone": alone}[mode])
     assert len(asked) == 2 * len(cases) and all(rows > 0 for rows, _ in asked)  # subject rows, guards: per case
     assert [live for _, live in asked] == [0] * len(asked)
+
+
+def test_a_sequence_probes_each_case_under_its_plan_and_answers_as_under_the_default() -> None:
+    """A lighter plan (one timed step pair, no fluency tokens) changes what each case times and generates, not
+    what it answers: the base pass decodes the rows as the plan asks them, and the end is timed as always."""
+    from pytest_factedit.run import probing
+    from pytest_factedit.run.many import run_sequence
+    from pytest_factedit.run.probing import DEFAULT_PLAN, ProbePlan
+
+    lm, cases, settings_for = two_case_run()
+    light = ProbePlan(latency_repeats=1, fluency_tokens=0)
+    timed: list[int] = []
+    original = probing.step_seconds
+
+    def counted(*args: Any) -> float:
+        timed[-1] += 1
+        return original(*args)
+
+    results = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probing, "step_seconds", counted)
+        for plan in (DEFAULT_PLAN, light):
+            timed.append(0)
+            results.append(run_sequence(lm, cases, settings_for, plan=plan))
+    default, lighter = results
+    ran = [o for o in lighter.outcomes if o.status == "ran"]
+    assert len(ran) == 2
+    assert [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in default.outcomes] == [
+        [(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in lighter.outcomes
+    ]
+    assert figures(default) == figures(lighter)
+    assert all("fluency_ngram_entropy_after" in o.scores for o in default.outcomes)
+    assert not any("fluency" in name for o in ran for name in (*o.scores, *o.base_scores))
+    assert all("old_answer_logprob_after" in o.scores for o in ran)
+    # each case times (3 - 1) pairs of steps fewer; the end's timing with every edit on is the default's
+    assert timed[0] - timed[1] == 2 * (DEFAULT_PLAN.latency_repeats - light.latency_repeats) * len(ran)
+    assert "latency_overhead_at_end" in lighter.metrics and lighter.metrics["latency_overhead_at_end"].value

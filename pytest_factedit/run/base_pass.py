@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..infra.events import PROBE_END, PROBE_PASS, PROBE_START, PROBED, emit
 from ..model.decoding import DecodeRow, Tokens
 from .case import editor_base_rows
-from .probing import base_requests
+from .probing import DEFAULT_PLAN, ProbePlan, base_requests
 
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
@@ -34,10 +34,11 @@ def probed_before_any_edit(
     cases: Sequence[FactCase],
     settings_for: Callable[[FactCase], EditSettings],
     base: BaseAnswerCache,
+    plan: ProbePlan = DEFAULT_PLAN,
 ) -> float:
-    """Every case's `probe_base` rows decoded by the base model into `base`, CASES_PER_PASS cases per batched
-    decode; a case whose settings or rows fail is left to its own probe (which reports it). Returns the
-    seconds it took: no case's own timings hold them.
+    """Every case's `probe_base` rows (under `plan`, as each case's probe asks them) decoded by the base model
+    into `base`, CASES_PER_PASS cases per batched decode; a case whose settings or rows fail is left to its
+    own probe (which reports it). Returns the seconds it took: no case's own timings hold them.
 
     The rows go longest budget first, then by prompt length: the prompts that run on to the fluency length
     share their greedy steps, the rows settled after a few tokens leave together, and little is padding.
@@ -48,7 +49,7 @@ def probed_before_any_edit(
         requests: list[DecodeRow] = []
         for case in cases[start : start + CASES_PER_PASS]:
             try:
-                requests += case_requests(lm, case, settings_for(case))
+                requests += case_requests(lm, case, settings_for(case), plan)
             except Exception:  # the case's own probe meets the same error and records it
                 continue
         if requests:
@@ -58,10 +59,12 @@ def probed_before_any_edit(
     return time.perf_counter() - started
 
 
-def case_requests(lm: LoadedModel, case: FactCase, settings: EditSettings) -> list[DecodeRow]:
+def case_requests(
+    lm: LoadedModel, case: FactCase, settings: EditSettings, plan: ProbePlan = DEFAULT_PLAN
+) -> list[DecodeRow]:
     """A case's rows of the pass: its base probe's, then the decodes of the base model its editor will ask for
     (they are read back when it edits; none when the case cannot be probed)."""
-    probe = base_requests(lm, case, settings)
+    probe = base_requests(lm, case, settings, plan)
     return probe + editor_base_rows(lm, case, settings) if probe else []
 
 

@@ -33,6 +33,7 @@ from .outcome import CaseOutcome
 from .probing import (
     DEFAULT_PLAN,
     BaseAnswerCache,
+    ProbePlan,
     ProbeRow,
     base_answer,
     latency_timings,
@@ -262,16 +263,21 @@ def _error(case: FactCase, settings: EditSettings | None, exc: BaseException | s
 
 
 def _edit_and_merge(
-    lm: LoadedModel, case: FactCase, settings: EditSettings, base: KeptEditsCache, save_dir: Path | None = None
+    lm: LoadedModel,
+    case: FactCase,
+    settings: EditSettings,
+    base: KeptEditsCache,
+    save_dir: Path | None = None,
+    plan: ProbePlan = DEFAULT_PLAN,
 ) -> CaseOutcome:
     """One sequential step: probe, place, edit and measure `case` on the model the earlier edits left, then
     merge (`base` serves the probe, the trace and the editor what the base model computed, where no kept
     edit reaches); with `save_dir`, the edit is saved there before it is merged."""
-    outcome = probe_base(lm, case, settings, base)
+    outcome = probe_base(lm, case, settings, base, plan)
     if outcome.status == "ran":
         place_edit(lm, outcome, get_editor(settings.name).scope, base)
         with edited(lm, outcome, save_dir, base) as applied:
-            probe_edit(lm, outcome, applied)
+            probe_edit(lm, outcome, applied, plan)
             applied.merge()
             base.reach.kept(applied)
         measure(outcome)
@@ -295,6 +301,7 @@ def _resumed_on_base(
     settings_for: SettingsFor,
     base: BaseAnswerCache,
     resume: Callable[[], Sequence[CaseOutcome]] | None,
+    plan: ProbePlan = DEFAULT_PLAN,
 ) -> tuple[list[CaseOutcome], KeptEditsCache, float | None]:
     """The outcomes `resume` put back (none without it), what each step probes with: the base model's
     decodes of every case still to edit, made now with the kept gated edits off (the base model), and the
@@ -309,7 +316,7 @@ def _resumed_on_base(
     if not step_base.reach.everywhere:  # else no step could take a base decode
         registry = lm.model.__dict__.get(REGISTRY_ATTRIBUTE)
         with registry.disabled() if registry is not None else nullcontext():
-            seconds = probed_before_any_edit(lm, cases[len(done) :], settings_for, step_base.base)
+            seconds = probed_before_any_edit(lm, cases[len(done) :], settings_for, step_base.base, plan)
     return done, step_base, seconds
 
 
@@ -321,6 +328,7 @@ def run_sequence(
     each_done: Callable[[int, CaseOutcome], None] | None = None,
     resume: Callable[[], Sequence[CaseOutcome]] | None = None,
     base: BaseAnswerCache | None = None,
+    plan: ProbePlan = DEFAULT_PLAN,
 ) -> ManyOutcome:
     """Edit every case in order on one model, each merged before the next (`--factedit-mode sequential`).
 
@@ -335,7 +343,8 @@ def run_sequence(
     `each_done(position, outcome)` hears of each case as soon as it is measured (a long run's progress).
     `resume()`, called once the base answers are in, goes on with an interrupted run: it puts back the kept
     edits of the first cases and returns their outcomes, in the order of `cases`; the sequence goes on
-    from the next one.
+    from the next one. `plan` is how much each case's probes time and generate (its latency steps, its
+    fluency tokens); the end's latency with every edit on is timed with the default plan.
     """
     started = time.perf_counter()
     outcomes: list[CaseOutcome] = []
@@ -346,14 +355,14 @@ def run_sequence(
     ):
         base = base if base is not None else BaseAnswerCache()
         controls, held = _answered_before_any_edit(lm, cases, base)
-        done, step_base, pass_seconds = _resumed_on_base(lm, cases, settings_for, base, resume)
+        done, step_base, pass_seconds = _resumed_on_base(lm, cases, settings_for, base, resume, plan)
         outcomes += done
         for position, case in enumerate(cases[len(outcomes) :], start=len(outcomes)):
             settings = None
             try:
                 settings = settings_for(case)
                 folder = save_dir / sequence_folder(position, case.id) if save_dir is not None else None
-                outcomes.append(_edit_and_merge(lm, case, settings, step_base, folder))
+                outcomes.append(_edit_and_merge(lm, case, settings, step_base, folder, plan))
             except Exception as exc:  # one broken case must not stop the others; its edit was not merged
                 outcomes.append(_error(case, settings, exc))
             if each_done is not None:

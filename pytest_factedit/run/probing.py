@@ -54,7 +54,7 @@ class ProbePlan:
     """How much probing a case gets beyond its answers: latency timing and the fluency generation."""
 
     latency_repeats: int = 3  # interleaved timed steps of the base and the edited model each; the minimum is kept
-    fluency_tokens: int = 16
+    fluency_tokens: int = 16  # 0: the prompts stop at their answer, and no fluency score is recorded
 
 
 DEFAULT_PLAN = ProbePlan()
@@ -255,10 +255,9 @@ def probe_base(
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
     outcome.answers = [base_answer(r, how.answer(r, d)) for r, d in zip(rows, base)]
     prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]
-    outcome.base_scores = {
-        "old_answer_logprob_before": mean([d.scores[old].logprob for d in prompts]),
-        "fluency_ngram_entropy_before": mean([how.fluency(d) for d in prompts]),
-    }
+    outcome.base_scores = {"old_answer_logprob_before": mean([d.scores[old].logprob for d in prompts])}
+    if plan.fluency_tokens:
+        outcome.base_scores["fluency_ngram_entropy_before"] = mean([how.fluency(d) for d in prompts])
     emit(PROBE_END, PROBE_BASE)
     wrong = [(a.prompt, a.base) for a in outcome.group("prompts") if not outcome.evidence().base_said_old(a)]
     if wrong:
@@ -296,8 +295,9 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
         "old_answer_logprob_after": mean([d.scores[old].logprob for d in prompts]),
         "old_answer_rank_after": mean([float(d.scores[old].first_rank) for d in prompts]),
         **outcome.base_scores,
-        "fluency_ngram_entropy_after": mean([how.fluency(d) for d in prompts]),
     }
+    if plan.fluency_tokens:
+        outcome.scores["fluency_ngram_entropy_after"] = mean([how.fluency(d) for d in prompts])
     outcome.timings.update(latency_timings(lm, case, applied, plan, state))
     outcome.timings["probe_seconds"] = time.perf_counter() - started
     emit(PROBE_END, PROBE_EDITED)
