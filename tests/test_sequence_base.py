@@ -98,6 +98,11 @@ def test_an_edit_kept_in_the_weights_reaches_every_text_and_a_gated_one_only_its
     assert reach.everywhere and reach((1, 2, 3))
 
 
+def _answers(result: Any) -> list[list[tuple[str, str, str, str]]]:
+    """Each outcome's answers of a many-case run: group, prompt, base answer, edited answer."""
+    return [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
+
+
 def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
     """Two gated edits in sequence on a tiny model: each case's answers, the end figures, and how many rows
     the steps took from the base model's decodes (none with `serve` off: every row decoded at its step)."""
@@ -118,7 +123,7 @@ def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
         if not serve:  # every row counts as reached: each step decodes all of them on the model
             patch.setattr(KeptEditReach, "__call__", lambda self, ids: True)
         result = run_sequence(lm, cases, settings_for)
-    answers = [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
+    answers = _answers(result)
     figures = {name: m.value for name, m in result.metrics.items() if "latency" not in name}
     return answers, figures, sum(served)
 
@@ -205,9 +210,6 @@ def test_a_batch_run_reads_the_base_models_decodes_an_earlier_run_stored(tmp_pat
     lm, cases, settings_for = two_case_run()
     lm.weights_hash, lm.device = "w" * 64, "cpu"
 
-    def answers(result: Any) -> list[Any]:
-        return [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
-
     first = run_batch(lm, cases, settings_for, base=BaseAnswerCache(tmp_path))
     decoded: list[int] = []
     original = probe_cache.decode
@@ -217,7 +219,7 @@ def test_a_batch_run_reads_the_base_models_decodes_an_earlier_run_stored(tmp_pat
         )
         second = run_batch(lm, cases, settings_for, base=BaseAnswerCache(tmp_path))
     assert [o.status for o in first.outcomes] == ["ran", "ran"]
-    assert decoded == [] and answers(second) == answers(first)
+    assert decoded == [] and _answers(second) == _answers(first)
 
 
 def test_an_isolated_run_of_several_cases_decodes_their_base_rows_in_one_pass_first(tmp_path) -> None:
@@ -323,9 +325,7 @@ def test_a_sequence_probes_each_case_under_its_plan_and_answers_as_under_the_def
     default, lighter = results
     ran = [o for o in lighter.outcomes if o.status == "ran"]
     assert len(ran) == 2
-    assert [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in default.outcomes] == [
-        [(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in lighter.outcomes
-    ]
+    assert _answers(default) == _answers(lighter)
     assert figures(default) == figures(lighter)
     assert all("fluency_ngram_entropy_after" in o.scores for o in default.outcomes)
     assert not any("fluency" in name for o in ran for name in (*o.scores, *o.base_scores))
