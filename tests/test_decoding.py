@@ -217,6 +217,81 @@ def test_fast_products_agree_with_linear_layers_and_are_undone(rows: int) -> Non
     assert "forward" not in layer.__dict__
 
 
+@pytest.mark.parametrize(
+    ("rows", "left_to_linear", "through_linear"),
+    [
+        (3, range(2, 9), True),
+        (8, range(2, 9), True),
+        (1, range(2, 9), False),
+        (12, range(2, 9), False),
+        (3, range(0), False),
+    ],
+)
+def test_fast_linears_leave_the_rows_f_linear_is_faster_for_to_the_layer_itself(
+    monkeypatch, rows: int, left_to_linear: range, through_linear: bool
+) -> None:
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    products = []
+    real = lmhead.linear_product
+    monkeypatch.setattr(lmhead, "linear_product", lambda x, w, b: products.append(x.shape) or real(x, w, b))
+    monkeypatch.setattr(lmhead, "linear_rows", lambda: left_to_linear)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(rows, 1, 64)  # a greedy step's input: one position per row
+    with lmhead.fast_linears(layer):
+        out = layer(x)
+    assert (products == []) == through_linear
+    weight, bias = layer.weight, layer.bias
+    expected = torch.nn.functional.linear(x, weight, bias) if through_linear else real(x, weight, bias)
+    assert torch.equal(out, expected)
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo_else_from_the_platform(tmp_path, monkeypatch) -> None:
+    import platform
+
+    from pytest_factedit.model.lmhead import cpu_vendor
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu vme\n")
+    assert cpu_vendor(str(info)) == "AuthenticAMD"
+    monkeypatch.setattr(platform, "processor", lambda: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel")
+    assert cpu_vendor(str(tmp_path / "absent")) == "GenuineIntel"
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert cpu_vendor(str(tmp_path / "also-absent")) == ""
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", ""])
+@pytest.mark.parametrize("mkl", [True, False])
+def test_only_torch_on_mkl_on_an_intel_cpu_leaves_few_rows_to_f_linear(monkeypatch, vendor: str, mkl: bool) -> None:
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    intel = vendor == "GenuineIntel" and mkl
+    assert lmhead.linear_rows() == (lmhead.LINEAR_ROWS_ON_INTEL if intel else range(0))
+    assert lmhead.few_row_products() == ("x Wᵀ for 2-8 rows, else W xᵀ" if intel else "W xᵀ")
+
+
+def test_a_stored_probe_decoded_with_other_products_is_decoded_again(tmp_path, monkeypatch) -> None:
+    from pytest_factedit.model import lmhead, probe_cache
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok))
+    row = DecodeRow(encode_prompt(tok, PROMPTS[0], False), 4, False)
+    calls = []
+    real = probe_cache.decode
+    monkeypatch.setattr(probe_cache, "decode", lambda m, t, rows: calls.append(len(rows)) or real(m, t, rows))
+    for left_to_linear in (range(0), range(2, 9), range(0)):
+        monkeypatch.setattr(lmhead, "linear_rows", lambda rows=left_to_linear: rows)
+        probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])
+    assert calls == [1, 1] and len(list(tmp_path.glob("*.json"))) == 2  # the first store serves the third run
+
+
 @pytest.mark.parametrize("rows", [16, 40])
 @pytest.mark.parametrize("layout", ["rows", "last-position", "transposed"])
 def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradients(rows: int, layout: str) -> None:
