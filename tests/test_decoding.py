@@ -222,6 +222,7 @@ def test_fast_products_agree_with_linear_layers_and_are_undone(rows: int) -> Non
     [
         (3, range(2, 9), True),
         (8, range(2, 9), True),
+        (1, range(1, 9), True),
         (1, range(2, 9), False),
         (12, range(2, 9), False),
         (3, range(0), False),
@@ -274,7 +275,7 @@ def test_only_torch_on_mkl_on_an_intel_cpu_leaves_few_rows_to_f_linear(monkeypat
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
     intel = vendor == "GenuineIntel" and mkl
     assert lmhead.linear_rows() == (lmhead.LINEAR_ROWS_ON_INTEL if intel else range(0))
-    assert lmhead.few_row_products() == ("x Wᵀ for 2-8 rows, else W xᵀ" if intel else "W xᵀ")
+    assert lmhead.few_row_products() == ("x Wᵀ for 1-8 rows, else W xᵀ" if intel else "W xᵀ")
 
 
 def test_a_stored_probe_decoded_with_other_products_is_decoded_again(tmp_path, monkeypatch) -> None:

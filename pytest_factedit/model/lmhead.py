@@ -150,11 +150,12 @@ def linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-# The rows of a product that torch's own `F.linear` (x Wᵀ) computes faster than W xᵀ with MKL on an Intel CPU:
-# the embedded model's 126 decoder linears took 19-46 ms through `F.linear` for 2-12 rows and 48-52 ms as W xᵀ
-# (2 threads; one thread, 2-8 rows: 39-80 ms against 71-83 ms; a 2-core Xeon with AMX). With one row the two are
-# the same product, and from 16 rows on they gave the same bits. On an AMD CPU MKL is fast the other way round.
-LINEAR_ROWS_ON_INTEL = range(2, 9)
+# The rows of a product that torch's own `F.linear` (x Wᵀ) computes faster than `head_product` (W xᵀ, one row
+# as two) with MKL on an Intel CPU: the embedded model's 126 decoder linears took 24-48 ms through `F.linear`
+# for 1-8 rows and 62-71 ms as W xᵀ (2 threads; one thread: 44-91 ms against 107-124 ms; a 2-core Xeon with
+# AMX, bench/step_products.py); from 12 rows on the two are about as fast, and from 16 on they gave the same
+# bits. On an AMD CPU MKL is fast the other way round.
+LINEAR_ROWS_ON_INTEL = range(1, 9)
 
 
 @cache
@@ -176,7 +177,7 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def linear_rows() -> range:
-    """How many rows of a decoding step's linear layer `fast_linears` leaves to `F.linear`: 2-8 where torch
+    """How many rows of a decoding step's linear layer `fast_linears` leaves to `F.linear`: 1-8 where torch
     multiplies with MKL on an Intel CPU (`LINEAR_ROWS_ON_INTEL`), none elsewhere."""
     import torch
 
@@ -206,8 +207,8 @@ def fast_linears(model: torch.nn.Module) -> Iterator[None]:
     `F.linear` is faster for the rows (`linear_rows`); restored in `finally`.
 
     A greedy step multiplies a few rows by each weight: 18 layers of the embedded model take 37 ms for
-    3 rows through `F.linear` and 13 ms as `head_product` on a 2-core AMD EPYC, 21 ms and 49 ms on a 2-core
-    Xeon. From 16 rows on, both give the same bits and time. The weight is read at each call, so a merged
+    3 rows through `F.linear` and 13 ms as `head_product` on a 2-core AMD EPYC, 25 ms and 63 ms on a 2-core
+    Xeon. From 16 rows on, both give the same bits and about the same time. The weight is read at each call, so a merged
     or swapped weight is used.
     """
     import torch
