@@ -278,7 +278,7 @@ def test_only_torch_on_mkl_on_an_intel_cpu_leaves_few_rows_to_f_linear(monkeypat
     assert lmhead.few_row_products() == ("x Wᵀ for 1-8 rows, else W xᵀ" if intel else "W xᵀ")
 
 
-def test_a_stored_probe_decoded_with_other_products_is_decoded_again(tmp_path, monkeypatch) -> None:
+def test_a_stored_probe_decoded_with_other_products_or_head_is_decoded_again(tmp_path, monkeypatch) -> None:
     from pytest_factedit.model import lmhead, probe_cache
 
     tok = word_tokenizer()
@@ -291,6 +291,9 @@ def test_a_stored_probe_decoded_with_other_products_is_decoded_again(tmp_path, m
         monkeypatch.setattr(lmhead, "linear_rows", lambda rows=left_to_linear: rows)
         probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])
     assert calls == [1, 1] and len(list(tmp_path.glob("*.json"))) == 2  # the first store serves the third run
+    monkeypatch.setattr(probe_cache, "greedy_head_form", lambda: "another head")
+    probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])
+    assert calls == [1, 1, 1] and len(list(tmp_path.glob("*.json"))) == 3
 
 
 @pytest.mark.parametrize("rows", [16, 40])

@@ -149,3 +149,52 @@ def test_greedy_decoding_generates_the_same_tokens_with_the_screen(monkeypatch) 
         return greedy(model, prefill(model, prompts, 0), rows, frozenset({2}), lambda token: False)
 
     assert generated(True) == generated(False)
+
+
+@pytest.mark.parametrize(
+    ("rows", "units", "linear_rows", "through_linear"),
+    [
+        (3, False, range(1, 7), True),
+        (1, False, range(1, 7), True),
+        (12, False, range(1, 7), False),
+        (3, False, range(0), False),
+        (3, True, range(1, 7), False),  # the screen runs: its recheck keeps the full head's form
+    ],
+)
+def test_without_a_screen_few_rows_take_the_full_head_through_f_linear_where_that_is_faster(
+    monkeypatch, rows: int, units: bool, linear_rows: range, through_linear: bool
+) -> None:
+    import torch
+
+    from pytest_factedit.model import head_argmax
+
+    model = tiny_model("llama", 2 * head_argmax.VOCAB_SLICE + 100)
+    hidden = torch.randn(rows, 32)
+    full_heads = []
+    real = head_argmax.logits_from_hidden
+    monkeypatch.setattr(head_argmax, "logits_from_hidden", lambda m, h: full_heads.append(1) or real(m, h))
+    monkeypatch.setattr(head_argmax, "cpu_has_bf16_units", lambda: units)
+    monkeypatch.setattr(head_argmax, "head_linear_rows", lambda: linear_rows)
+    tokens = head_argmax.greedy_tokens(model, hidden)
+    weight = model.get_output_embeddings().weight
+    assert (full_heads == [] and not units) == through_linear
+    if through_linear:
+        assert torch.equal(tokens, torch.nn.functional.linear(hidden, weight).argmax(-1))
+    assert torch.equal(tokens, real(model, hidden).argmax(-1))  # random states: no near tie to tell the forms apart
+
+
+@pytest.mark.parametrize(
+    ("vendor", "units"), [("GenuineIntel", False), ("AuthenticAMD", False), ("GenuineIntel", True)]
+)
+def test_the_greedy_heads_form_is_named_for_the_probe_store(monkeypatch, vendor: str, units: bool) -> None:
+    import torch
+
+    from pytest_factedit.model import head_argmax, lmhead
+
+    monkeypatch.setattr(lmhead, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
+    monkeypatch.setattr(head_argmax, "cpu_has_bf16_units", lambda: units)
+    intel = vendor == "GenuineIntel"
+    assert head_argmax.head_linear_rows() == (head_argmax.HEAD_LINEAR_ROWS_ON_INTEL if intel else range(0))
+    expected = "x Wᵀ for 1-6 rows, else W xᵀ" if intel else "W xᵀ"
+    assert head_argmax.greedy_head_form() == ("bf16 screen, fp32 recheck as W xᵀ" if units else expected)

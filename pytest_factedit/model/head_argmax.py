@@ -17,7 +17,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .introspect import weight_of
-from .lmhead import VOCAB_SLICE, in_memory_order, in_slices, logits_from_hidden, one_product, sliced_rows
+from .lmhead import (
+    VOCAB_SLICE,
+    in_memory_order,
+    in_slices,
+    logits_from_hidden,
+    mkl_on_intel,
+    one_product,
+    sliced_rows,
+)
 from .precision import cpu_has_bf16_units, head_derived
 
 if TYPE_CHECKING:
@@ -29,21 +37,32 @@ if TYPE_CHECKING:
 MAX_SCREENED_TOKENS = 4 * VOCAB_SLICE
 
 
+# The rows of a greedy step whose full fp32 head torch's own `F.linear` (x Wᵀ) multiplies faster than
+# `head_product` (W xᵀ) with MKL on an Intel CPU, where no bf16 screen runs: 1-6 rows took 30-65 ms against
+# 91-92 ms held to AVX2 kernels, 25-63 ms against 67-72 ms with AVX-512 kernels, where 12 rows took 125 ms
+# against 60 ms (2 threads, a 2-core Xeon with AMX; bench/step_products.py).
+HEAD_LINEAR_ROWS_ON_INTEL = range(1, 7)
+
+
 def greedy_tokens(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     """`logits_from_hidden(model, hidden).argmax(-1)` for hidden states [rows, d]: through the screen where
-    it is faster (`screens`), else the full head."""
+    it is faster (`screens`), else the full head, in the form that is faster for the rows (`head_linear_rows`)."""
+    import torch
+
     if screens(model, hidden):
         weight = weight_of(model.get_output_embeddings())
         tokens = screened_argmax(in_memory_order(hidden), weight, *screen_of(weight))
         if tokens is not None:
             return tokens
+    elif plain_fp32_head(model, hidden) and hidden.shape[0] in head_linear_rows():
+        weight = weight_of(model.get_output_embeddings())
+        return torch.nn.functional.linear(in_memory_order(hidden), weight).argmax(-1)
     return logits_from_hidden(model, hidden).argmax(-1)
 
 
-def screens(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
-    """Is the screen faster with the same tokens? A plain linear fp32 head with no bias or logit cap and a
-    vocabulary of several slices, on a CPU whose bf16 products are fast (`cpu_has_bf16_units`; held to AVX2
-    kernels a bf16 head took 1.5-3.4x its fp32 time over 3-40 rows), outside autocast."""
+def plain_fp32_head(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
+    """A plain linear fp32 head with no bias or logit cap and a vocabulary of several slices, met by fp32 hidden
+    states on a CPU outside autocast: its argmax is one product's, in whatever form is fastest."""
     import torch
 
     head = model.get_output_embeddings()
@@ -56,8 +75,29 @@ def screens(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
         and hidden.dtype == weight.dtype == torch.float32
         and not getattr(model.config, "final_logit_softcapping", None)
         and not torch.is_autocast_enabled("cpu")
-        and cpu_has_bf16_units()
     )
+
+
+def screens(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
+    """Is the screen faster with the same tokens? A plain fp32 head (`plain_fp32_head`) on a CPU whose bf16
+    products are fast (`cpu_has_bf16_units`; held to AVX2 kernels a bf16 head took 1.5-3.4x its fp32 time
+    over 3-40 rows)."""
+    return plain_fp32_head(model, hidden) and cpu_has_bf16_units()
+
+
+def head_linear_rows() -> range:
+    """How many rows of a greedy step's full fp32 head go through `F.linear`: 1-6 where torch multiplies with
+    MKL on an Intel CPU (`HEAD_LINEAR_ROWS_ON_INTEL`), none elsewhere. The bf16 screen's fp32 recheck keeps
+    `head_product`'s form (its bits), so this applies only where no screen runs."""
+    return HEAD_LINEAR_ROWS_ON_INTEL if mkl_on_intel() else range(0)
+
+
+def greedy_head_form() -> str:
+    """How a greedy step's head picks its tokens here, named for what a decoded row depends on."""
+    if cpu_has_bf16_units():
+        return "bf16 screen, fp32 recheck as W xᵀ"
+    rows = head_linear_rows()
+    return f"x Wᵀ for {rows.start}-{rows.stop - 1} rows, else W xᵀ" if rows else "W xᵀ"
 
 
 def screen_of(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:

@@ -176,12 +176,17 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in named), "")
 
 
+def mkl_on_intel() -> bool:
+    """Does torch multiply with MKL on an Intel CPU, where a few rows' products are fastest as x Wᵀ?"""
+    import torch
+
+    return bool(torch.backends.mkl.is_available()) and cpu_vendor() == "GenuineIntel"
+
+
 def linear_rows() -> range:
     """How many rows of a decoding step's linear layer `fast_linears` leaves to `F.linear`: 1-8 where torch
     multiplies with MKL on an Intel CPU (`LINEAR_ROWS_ON_INTEL`), none elsewhere."""
-    import torch
-
-    return LINEAR_ROWS_ON_INTEL if torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel" else range(0)
+    return LINEAR_ROWS_ON_INTEL if mkl_on_intel() else range(0)
 
 
 def few_row_products() -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..infra.files import write_atomic
 from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
+from .head_argmax import greedy_head_form
 from .lmhead import few_row_products
 from .precision import loaded_precision
 from .probe import continuation_rows, continuation_texts
@@ -63,6 +64,7 @@ def store_identity(lm: LoadedModel) -> dict[str, str]:
         "transformers": transformers.__version__,
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "few_row_products": few_row_products(),
+        "greedy_head": greedy_head_form(),
     }
 
 
