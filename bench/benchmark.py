@@ -193,9 +193,10 @@ def suite_figures() -> dict[str, float]:
 
 def cpu_line() -> str:
     """The CPU, its kernels' instruction set, the bf16 units the plugin uses, the form of a greedy step's few-row
-    products (bench/step_products.py) and the threads torch uses (every figure depends on them)."""
+    products and of its head (bench/step_products.py) and the threads torch uses (every figure depends on them)."""
     import torch
 
+    from pytest_factedit.model.head_argmax import greedy_head_form
     from pytest_factedit.model.lmhead import few_row_products
     from pytest_factedit.model.precision import cpu_bf16_units
     from pytest_factedit.run.model_holder import machine_info
@@ -203,8 +204,8 @@ def cpu_line() -> str:
     info = machine_info()
     units = cpu_bf16_units() or "none"
     return (
-        f"CPU: {info['cpu']} ({info['cpu_capability']} kernels, bf16 units: {units}, a greedy step's products:"
-        f" {few_row_products()}), {torch.get_num_threads()} torch threads"
+        f"CPU: {info['cpu']} ({info['cpu_capability']} kernels, bf16 units: {units}; a greedy step's products:"
+        f" {few_row_products()}, its head: {greedy_head_form()}), {torch.get_num_threads()} torch threads"
     )
 
 

@@ -38,9 +38,10 @@ MAX_SCREENED_TOKENS = 4 * VOCAB_SLICE
 
 
 # The rows of a greedy step whose full fp32 head torch's own `F.linear` (x Wᵀ) multiplies faster than
-# `head_product` (W xᵀ) with MKL on an Intel CPU, where no bf16 screen runs: 1-6 rows took 30-65 ms against
-# 91-92 ms held to AVX2 kernels, 25-63 ms against 67-72 ms with AVX-512 kernels, where 12 rows took 125 ms
-# against 60 ms (2 threads, a 2-core Xeon with AMX; bench/step_products.py).
+# `head_product` (W xᵀ) with MKL on an Intel CPU, where no bf16 screen runs: 1-6 rows took 32-71 ms against
+# 92-97 ms held to AVX2 kernels, and 30-72 ms against 87-93 ms with AVX-512 kernels and no bf16 units, where
+# 8 and 12 rows took 112 and 147 ms against 90 and 116 ms (2 threads, a 2-core Xeon with AMX held below it;
+# bench/step_products.py).
 HEAD_LINEAR_ROWS_ON_INTEL = range(1, 7)
 
 

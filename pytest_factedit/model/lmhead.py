@@ -213,8 +213,8 @@ def fast_linears(model: torch.nn.Module) -> Iterator[None]:
 
     A greedy step multiplies a few rows by each weight: 18 layers of the embedded model take 37 ms for
     3 rows through `F.linear` and 13 ms as `head_product` on a 2-core AMD EPYC, 25 ms and 63 ms on a 2-core
-    Xeon. From 16 rows on, both give the same bits and about the same time. The weight is read at each call, so a merged
-    or swapped weight is used.
+    Xeon. From 16 rows on, both give the same bits and about the same time. The weight is read at each call,
+    so a merged or swapped weight is used.
     """
     import torch
 
