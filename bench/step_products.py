@@ -30,6 +30,7 @@ def main() -> None:
 
     import torch
 
+    from pytest_factedit.model.head_argmax import greedy_head_form
     from pytest_factedit.model.lmhead import cpu_vendor, few_row_products
     from pytest_factedit.model.load import load
 
@@ -41,8 +42,6 @@ def main() -> None:
         f"{torch.backends.mkl.is_available()}; torch {torch.__version__}; {len(weights)} linear layers, "
         f"{sum(w.numel() for w in weights) / 1e6:.0f} M weights\nthe plugin's greedy steps take: {few_row_products()}\n"
     )
-    from pytest_factedit.model.head_argmax import greedy_head_form
-
     for name, layers in (("the decoder's linear layers", weights), ("the LM head", [head.weight.detach()])):
         print(f"{name}\n\n| rows | threads | W xᵀ | F.linear | F.linear / W xᵀ | same bits |")
         print("|---|---|---|---|---|---|")

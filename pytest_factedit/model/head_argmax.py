@@ -24,6 +24,7 @@ from .lmhead import (
     logits_from_hidden,
     mkl_on_intel,
     one_product,
+    product_forms,
     sliced_rows,
 )
 from .precision import cpu_has_bf16_units, head_derived
@@ -97,8 +98,7 @@ def greedy_head_form() -> str:
     """How a greedy step's head picks its tokens here, named for what a decoded row depends on."""
     if cpu_has_bf16_units():
         return "bf16 screen, fp32 recheck as W xᵀ"
-    rows = head_linear_rows()
-    return f"x Wᵀ for {rows.start}-{rows.stop - 1} rows, else W xᵀ" if rows else "W xᵀ"
+    return product_forms(head_linear_rows())
 
 
 def screen_of(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from ..infra.cpu import cpuinfo_field
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -164,16 +166,10 @@ def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     processor string (Windows names it there); '' where neither says."""
     import platform
 
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                key, _, value = line.partition(":")
-                if key.strip() == "vendor_id":
-                    return value.strip()
-    except OSError:
-        pass
-    named = platform.processor()
-    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in named), "")
+    named = cpuinfo_field("vendor_id", cpuinfo)
+    if named is not None:
+        return named
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in platform.processor()), "")
 
 
 def mkl_on_intel() -> bool:
@@ -189,17 +185,22 @@ def linear_rows() -> range:
     return LINEAR_ROWS_ON_INTEL if mkl_on_intel() else range(0)
 
 
+def product_forms(to_linear: range) -> str:
+    """The forms of a step's products when `to_linear` rows go through `F.linear`, named for a decoded row's
+    store (model/probe_cache.py) and a benchmark's CPU line."""
+    return f"x Wᵀ for {to_linear.start}-{to_linear.stop - 1} rows, else W xᵀ" if to_linear else "W xᵀ"
+
+
 def few_row_products() -> str:
-    """The products `fast_linears` takes, named for what a decoded row depends on (model/probe_cache.py)."""
-    rows = linear_rows()
-    return f"x Wᵀ for {rows.start}-{rows.stop - 1} rows, else W xᵀ" if rows else "W xᵀ"
+    """The products `fast_linears` takes here."""
+    return product_forms(linear_rows())
 
 
-def _product_forward(module: torch.nn.Linear, linear_rows: range) -> Callable[[torch.Tensor], torch.Tensor]:
+def _product_forward(module: torch.nn.Linear, to_linear: range) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // x.shape[-1] in linear_rows:
+        if x.numel() // x.shape[-1] in to_linear:
             return torch.nn.Linear.forward(module, x)
         return linear_product(x, module.weight, module.bias)
 

@@ -6,10 +6,10 @@ import platform
 import sys
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FactEditError
+from ..infra.cpu import cpuinfo_field
 from ..model.weights import weights_checksum
 
 if TYPE_CHECKING:
@@ -23,14 +23,7 @@ _VERSIONED = ("pytest-factedit", "torch", "transformers", "peft", "pytest", "ggu
 
 def machine_info() -> dict[str, str | None]:
     """The machine a run's answers hold for: the CPU's model, and the instruction set torch uses on it."""
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo_field("model name")
     torch = sys.modules.get("torch")
     capability = torch.backends.cpu.get_cpu_capability() if torch is not None else None
     return {"cpu": cpu or platform.processor() or None, "cpu_capability": capability, "platform": platform.machine()}
