@@ -197,7 +197,7 @@ def cpu_line() -> str:
     import torch
 
     from pytest_factedit.model.head_argmax import greedy_head_form
-    from pytest_factedit.model.lmhead import few_row_products
+    from pytest_factedit.model.lmhead import few_row_products, head_product_form
     from pytest_factedit.model.precision import cpu_bf16_units
     from pytest_factedit.run.model_holder import machine_info
 
@@ -205,7 +205,8 @@ def cpu_line() -> str:
     units = cpu_bf16_units() or "none"
     return (
         f"CPU: {info['cpu']} ({info['cpu_capability']} kernels, bf16 units: {units}; a greedy step's products:"
-        f" {few_row_products()}, its head: {greedy_head_form()}), {torch.get_num_threads()} torch threads"
+        f" {few_row_products()}, its head: {greedy_head_form()}; the LM head's many rows: {head_product_form()}),"
+        f" {torch.get_num_threads()} torch threads"
     )
 
 

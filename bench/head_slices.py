@@ -1,4 +1,4 @@
-"""The embedded model's LM head product in one call against slice by slice: the seconds, and whether the bits agree.
+"""The embedded model's LM head product in one call, slice by slice and as x Wᵀ: the seconds, and whether bits agree.
 
     python bench/head_slices.py                          # 3, 8, 16, 28, 52 and 111 rows, slices of 2,048
     python bench/head_slices.py --rows 52 --slices 1024 2048 4096
@@ -9,7 +9,10 @@ prints, per row count, the median seconds of one `torch.mm` and of the sliced pr
 the head's shape: the speed does not depend on the values), their ratio, and whether the two products and
 their gradients for the hidden states are equal bit for bit (docs/performance.md). The sliced product is
 laid out one row after another, as a log-softmax reads it; the single product's transposed result is
-timed as it comes and laid out in rows (the copy a log-softmax or softmax makes first).
+timed as it comes and laid out in rows (the copy a log-softmax or softmax makes first). The last columns
+time torch's own `F.linear` (x Wᵀ, laid out in rows as it comes), which `head_product` takes instead for
+`linear_head_rows()` rows (on an Intel CPU whose torch multiplies with MKL), and say whether it gives the
+sliced product's bits and gradients.
 """
 
 from __future__ import annotations
@@ -45,19 +48,33 @@ def laid_in_rows(weight: Any, columns: Any) -> Any:
     return torch.mm(weight, columns).t().contiguous()
 
 
-def same_gradients(weight: Any, hidden: Any) -> bool:
-    """Do the sliced product and one `torch.mm` give the same gradient for `hidden` under a log-softmax loss?"""
+def same_gradients(weight: Any, hidden: Any, other: Callable[[Any, Any], Any]) -> bool:
+    """Do the sliced product and `other(weight, hidden)` give the same gradient for `hidden` under a
+    log-softmax loss?"""
     import torch
 
-    from pytest_factedit.model.lmhead import head_product
+    from pytest_factedit.model.lmhead import sliced_product
 
     grads = []
-    for sliced in (True, False):
+    for product in (sliced_product, other):
         leaf = hidden.clone().requires_grad_()
-        logits = head_product(leaf, weight) if sliced else torch.mm(weight, leaf.t()).t()
-        torch.log_softmax(logits, -1)[:, 0].sum().backward()
+        torch.log_softmax(product(weight, leaf), -1)[:, 0].sum().backward()
         grads.append(leaf.grad)
     return bool(torch.equal(grads[0], grads[1]))
+
+
+def one_mm(weight: Any, hidden: Any) -> Any:
+    """The product in one `torch.mm`, transposed back: what `head_product` computes below SLICED_FROM_ROWS."""
+    import torch
+
+    return torch.mm(weight, hidden.t()).t()
+
+
+def x_wt(weight: Any, hidden: Any) -> Any:
+    """The product as torch's own linear layer computes it: x Wᵀ."""
+    import torch
+
+    return torch.nn.functional.linear(hidden, weight)
 
 
 def main() -> int:
@@ -73,26 +90,34 @@ def main() -> int:
     torch.manual_seed(0)
     weight = torch.randn(VOCAB, HIDDEN) * 0.02
     print(f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads")
+    print(f"CPU: {lmhead.cpu_vendor() or 'vendor unknown'}, MKL {torch.backends.mkl.is_available()}")
     print(
         "| rows | slice | one product (ms) | one product, then in rows (ms) | sliced (ms) | in rows / sliced "
-        "| same bits | same gradients |"
+        "| same bits | same gradients | x Wᵀ (ms) | x Wᵀ / sliced | x Wᵀ: same bits, gradients |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rows in args.rows:
         hidden = torch.randn(rows, HIDDEN)
         columns = hidden.t()
         whole = median_seconds(partial(torch.mm, weight, columns), args.repeats)
         in_rows = median_seconds(partial(laid_in_rows, weight, columns), args.repeats)
+        linear = median_seconds(partial(x_wt, weight, hidden), args.repeats)
         for size in args.slices:
             lmhead.VOCAB_SLICE = size
             sliced = median_seconds(partial(lmhead.sliced_rows, weight, hidden), args.repeats)
-            bits = torch.equal(lmhead.sliced_rows(weight, hidden), torch.mm(weight, columns).t())
-            # below SLICED_FROM_ROWS head_product takes one product: its gradient is that product's
-            grads = "yes" if same_gradients(weight, hidden) else "NO"
-            grads = grads if rows >= lmhead.SLICED_FROM_ROWS else "n/a (one product)"
+            reference = lmhead.sliced_rows(weight, hidden)
+            bits = yes_no(torch.equal(reference, one_mm(weight, hidden)))
+            grads = yes_no(same_gradients(weight, hidden, one_mm))
+            linear_same = f"{yes_no(torch.equal(reference, x_wt(weight, hidden)))}, "
+            linear_same += yes_no(same_gradients(weight, hidden, x_wt))
             times = f"{whole * 1e3:.1f} | {in_rows * 1e3:.1f} | {sliced * 1e3:.1f} | {in_rows / sliced:.2f}"
-            print(f"| {rows} | {size} | {times} | {'yes' if bits else 'NO'} | {grads} |")
+            against = f"{linear * 1e3:.1f} | {linear / sliced:.2f} | {linear_same}"
+            print(f"| {rows} | {size} | {times} | {bits} | {grads} | {against} |")
     return 0
+
+
+def yes_no(same: bool) -> str:
+    return "yes" if same else "NO"
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def test_only_torch_on_mkl_on_an_intel_cpu_leaves_few_rows_to_f_linear(monkeypat
     assert lmhead.few_row_products() == ("x Wᵀ for 1-8 rows, else W xᵀ" if intel else "W xᵀ")
 
 
-def test_a_stored_probe_decoded_with_other_products_or_head_is_decoded_again(tmp_path, monkeypatch) -> None:
+def test_a_stored_probe_decoded_with_other_products_or_heads_is_decoded_again(tmp_path, monkeypatch) -> None:
     from pytest_factedit.model import lmhead, probe_cache
 
     tok = word_tokenizer()
@@ -294,18 +294,25 @@ def test_a_stored_probe_decoded_with_other_products_or_head_is_decoded_again(tmp
     monkeypatch.setattr(probe_cache, "greedy_head_form", lambda: "another head")
     probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])
     assert calls == [1, 1, 1] and len(list(tmp_path.glob("*.json"))) == 3
+    monkeypatch.setattr(probe_cache, "head_product_form", lambda: "another head product")
+    probe_cache.BaseAnswerCache(tmp_path).decoded(_lm(model, tok), [row])
+    assert calls == [1, 1, 1, 1] and len(list(tmp_path.glob("*.json"))) == 4
 
 
 @pytest.mark.parametrize("rows", [16, 40])
 @pytest.mark.parametrize("layout", ["rows", "last-position", "transposed"])
-def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradients(rows: int, layout: str) -> None:
-    """A head of more than two slices with enough rows is computed slice by slice: the same bits as one
-    `torch.mm`, forward and backward, whatever the layout of the hidden states (`layout`: rows one after
-    another; the last position of a [rows, 3, d] batch; a transposed [d, rows] tensor's rows)."""
+def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradients(
+    monkeypatch, rows: int, layout: str
+) -> None:
+    """A head of more than two slices with enough rows is computed slice by slice (where no rows go to
+    `F.linear`): the same bits as one `torch.mm`, forward and backward, whatever the layout of the hidden
+    states (`layout`: rows one after another; the last position of a [rows, 3, d] batch; a transposed
+    [d, rows] tensor's rows)."""
     import torch
 
     from pytest_factedit.model import lmhead
 
+    monkeypatch.setattr(lmhead, "head_linear_from", lambda: None)
     torch.manual_seed(0)
     d = 64
     weight = torch.randn(2 * lmhead.VOCAB_SLICE + 333, d)
@@ -348,3 +355,58 @@ def test_the_head_product_takes_one_product_where_slices_would_not_help() -> Non
     assert not lmhead.in_slices(many.double(), weight.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not lmhead.in_slices(many, weight)
+
+
+@pytest.mark.parametrize(("rows", "through_linear"), [(15, False), (16, True), (40, True)])
+@pytest.mark.parametrize("layout", ["rows", "transposed"])
+def test_many_rows_of_a_frozen_head_go_through_f_linear_from_the_rows_named(
+    monkeypatch, rows: int, through_linear: bool, layout: str
+) -> None:
+    """From `head_linear_from()` rows on, the head's product and its gradient are `F.linear`'s, bit for
+    bit, whatever the layout of the hidden states; below it the sliced product's."""
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "head_linear_from", lambda: 16)
+    torch.manual_seed(0)
+    d = 64
+    weight = torch.randn(2 * lmhead.VOCAB_SLICE + 333, d)
+    source = torch.randn(rows, d) if layout == "rows" else torch.randn(d, rows).t()
+    assert lmhead.in_slices(source, weight)
+    sliced = lmhead.sliced_rows(weight, source.contiguous())
+    expected = torch.nn.functional.linear(source.contiguous(), weight) if through_linear else sliced
+
+    def product(compute) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = source.clone(memory_format=torch.preserve_format).requires_grad_()
+        logits = compute(hidden)
+        torch.log_softmax(logits, -1)[:, 5].sum().backward()
+        assert hidden.grad is not None
+        return logits.detach(), hidden.grad
+
+    real, sliced_calls = lmhead.sliced_product, []
+    monkeypatch.setattr(lmhead, "sliced_product", lambda w, h: sliced_calls.append(h.shape) or real(w, h))
+    logits, grad = product(lambda hidden: lmhead.head_product(hidden, weight))
+    assert (sliced_calls == []) == through_linear  # the bits alone may agree (AVX-512 kernels: from 16 rows)
+    reference = (lambda h: torch.nn.functional.linear(h.contiguous(), weight)) if through_linear else None
+    _, expected_grad = product(reference or (lambda h: real(weight, h.contiguous())))
+    assert torch.equal(logits, expected)
+    assert torch.equal(grad, expected_grad)
+    assert torch.equal(lmhead.head_product(source, weight), expected)  # without a gradient too
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+@pytest.mark.parametrize("mkl", [True, False])
+def test_only_torch_on_mkl_on_an_intel_cpu_gives_many_head_rows_to_f_linear(
+    monkeypatch, vendor: str, mkl: bool
+) -> None:
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    intel = vendor == "GenuineIntel" and mkl
+    assert lmhead.head_linear_from() == (lmhead.HEAD_LINEAR_FROM_ROWS_ON_INTEL if intel else None)
+    sliced = "W xᵀ in slices from 12 rows"
+    assert lmhead.head_product_form() == (f"x Wᵀ from 16 rows, {sliced} below" if intel else sliced)

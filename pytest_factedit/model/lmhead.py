@@ -38,24 +38,56 @@ SLICED_FROM_ROWS = 12
 
 
 def head_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """hidden [rows, d] x weight [vocab, d]^T, computed as (weight @ hidden^T)^T.
+    """hidden [rows, d] x weight [vocab, d]^T, computed as (weight @ hidden^T)^T, or (`head_linear_from`)
+    on an Intel CPU with MKL for many rows of a frozen fp32 head as torch's own `F.linear`.
 
-    With a vocabulary of 262k and few rows, `F.linear` takes slow CPU paths: one vector product per row
-    for a 3-D input (24 rows: 0.53 s), a packed product for 2-8 rows (3 rows: 125 ms). The transposed
-    product reads the weight once (3 rows: 18 ms, 24 rows: 84 ms against 112 ms; measured on a 2-core
-    AMD EPYC). A single row is computed as two (the one-row path is a slow matrix-vector product); rows
-    whose values are not next to each other in memory are made so first (`in_memory_order`: the product of
-    two transposed layer outputs is laid out so, and would take a path 2-3x slower).
+    With a vocabulary of 262k and few rows, `F.linear` takes slow CPU paths on an AMD EPYC: one vector
+    product per row for a 3-D input (24 rows: 0.53 s), a packed product for 2-8 rows (3 rows: 125 ms). The
+    transposed product reads the weight once (3 rows: 18 ms, 24 rows: 84 ms against 112 ms; a 2-core AMD
+    EPYC). A single row is computed as two (the one-row path is a slow matrix-vector product); rows whose
+    values are not next to each other in memory are made so first (`in_memory_order`: the product of two
+    transposed layer outputs is laid out so, and would take a path 2-3x slower).
     """
     import torch
 
     if not in_slices(hidden, weight):
         return one_product(hidden, weight)
     hidden = in_memory_order(hidden)
+    start = head_linear_from()
+    if start is not None and hidden.shape[0] >= start:
+        return torch.nn.functional.linear(hidden, weight)
+    return sliced_product(weight, hidden)
+
+
+def sliced_product(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """`sliced_rows`, with the gradient for `hidden` where one is wanted."""
+    import torch
+
     if torch.is_grad_enabled() and hidden.requires_grad:
         product: torch.Tensor = _sliced_function().apply(weight, hidden)
         return product
     return sliced_rows(weight, hidden)
+
+
+# From this many rows, a frozen fp32 head's product (`in_slices`) goes through torch's own `F.linear` (x Wᵀ)
+# on an Intel CPU whose torch multiplies with MKL: the embedded model's head took 0.63-1.00 of the sliced
+# product's time for 16-200 rows with AVX-512 kernels, with the same bits and gradients, and 0.63-0.92 held to
+# AVX2 kernels, with other bits; for 8-14 rows with AVX-512 kernels it took 1.0-1.6x (2 threads, a 2-core
+# Xeon with AMX; bench/head_slices.py). An AMD EPYC's MKL is faster the other way round.
+HEAD_LINEAR_FROM_ROWS_ON_INTEL = 16
+
+
+def head_linear_from() -> int | None:
+    """From how many rows `head_product` takes `F.linear` for a frozen fp32 head: `HEAD_LINEAR_FROM_ROWS_ON_INTEL`
+    where torch multiplies with MKL on an Intel CPU, never elsewhere (None)."""
+    return HEAD_LINEAR_FROM_ROWS_ON_INTEL if mkl_on_intel() else None
+
+
+def head_product_form() -> str:
+    """The form of `head_product`'s many-row products here, named for a decoded row's store."""
+    start = head_linear_from()
+    sliced = f"W xᵀ in slices from {SLICED_FROM_ROWS} rows"
+    return sliced if start is None else f"x Wᵀ from {start} rows, {sliced} below"
 
 
 def one_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

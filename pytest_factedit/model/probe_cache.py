@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..infra.files import write_atomic
 from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
 from .head_argmax import greedy_head_form
-from .lmhead import few_row_products
+from .lmhead import few_row_products, head_product_form
 from .precision import loaded_precision
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
@@ -65,6 +65,7 @@ def store_identity(lm: LoadedModel) -> dict[str, str]:
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "few_row_products": few_row_products(),
         "greedy_head": greedy_head_form(),
+        "head_products": head_product_form(),
     }
 
 
