@@ -410,3 +410,25 @@ def test_only_torch_on_mkl_on_an_intel_cpu_gives_many_head_rows_to_f_linear(
     assert lmhead.head_linear_from() == (lmhead.HEAD_LINEAR_FROM_ROWS_ON_INTEL if intel else None)
     sliced = "W xᵀ in slices from 12 rows"
     assert lmhead.head_product_form() == (f"x Wᵀ from 16 rows, {sliced} below" if intel else sliced)
+
+
+def test_a_part_of_the_head_is_multiplied_in_the_form_the_whole_head_takes(monkeypatch) -> None:
+    """`head_part_product` (localization's slices of the head): `F.linear` where `as_linear` holds (fp32, a
+    frozen weight, outside autocast, enough rows), else one product."""
+    import torch
+
+    from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "head_linear_from", lambda: 16)
+    torch.manual_seed(0)
+    part, many, few = torch.randn(300, 32), torch.randn(16, 32), torch.randn(15, 32)
+    linear = torch.nn.functional.linear
+    real, products = lmhead.one_product, []
+    monkeypatch.setattr(lmhead, "one_product", lambda h, w: products.append(h.shape[0]) or real(h, w))
+    assert torch.equal(lmhead.head_part_product(many, part), linear(many, part)) and products == []
+    assert torch.equal(lmhead.head_part_product(few, part), real(few, part)) and products == [15]
+    lmhead.head_part_product(many, part.clone().requires_grad_())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lmhead.head_part_product(many, part)
+    lmhead.head_part_product(many.double(), part.double())
+    assert products == [15, 16, 16, 16]

@@ -53,10 +53,19 @@ def head_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not in_slices(hidden, weight):
         return one_product(hidden, weight)
     hidden = in_memory_order(hidden)
-    start = head_linear_from()
-    if start is not None and hidden.shape[0] >= start:
+    if as_linear(hidden, weight):
         return torch.nn.functional.linear(hidden, weight)
     return sliced_product(weight, hidden)
+
+
+def head_part_product(hidden: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """The product with a caller's slice of a head's rows (`part`), in `head_product`'s form for the rows:
+    x Wᵀ where `as_linear`, else `one_product`."""
+    import torch
+
+    if as_linear(hidden, part):
+        return torch.nn.functional.linear(in_memory_order(hidden), part)
+    return one_product(hidden, part)
 
 
 def sliced_product(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -83,8 +92,25 @@ def head_linear_from() -> int | None:
     return HEAD_LINEAR_FROM_ROWS_ON_INTEL if mkl_on_intel() else None
 
 
+def as_linear(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Does a head's product of these rows go through `F.linear`: fp32 on a CPU outside autocast, with no
+    gradient wanted for the weight, and at least `head_linear_from()` rows?"""
+    import torch
+
+    start = head_linear_from()
+    return (
+        start is not None
+        and hidden.shape[0] >= start
+        and hidden.device.type == "cpu"
+        and hidden.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and weight.requires_grad)
+    )
+
+
 def head_product_form() -> str:
-    """The form of `head_product`'s many-row products here, named for a decoded row's store."""
+    """The form of the head's many-row products here (`head_product`, `head_part_product`), named for the
+    stores of decoded rows and traces (model/probe_cache.py)."""
     start = head_linear_from()
     sliced = f"W xᵀ in slices from {SLICED_FROM_ROWS} rows"
     return sliced if start is None else f"x Wᵀ from {start} rows, {sliced} below"
