@@ -11,7 +11,7 @@ their gradients for the hidden states are equal bit for bit (docs/performance.md
 laid out one row after another, as a log-softmax reads it; the single product's transposed result is
 timed as it comes and laid out in rows (the copy a log-softmax or softmax makes first). The last columns
 time torch's own `F.linear` (x Wᵀ, laid out in rows as it comes), which `head_product` takes instead for
-`linear_head_rows()` rows (on an Intel CPU whose torch multiplies with MKL), and say whether it gives the
+`head_linear_from()` rows or more (on an Intel CPU whose torch multiplies with MKL), and say whether it gives the
 sliced product's bits and gradients.
 """
 

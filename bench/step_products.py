@@ -1,4 +1,4 @@
-"""A greedy step's products on the embedded model, per number of rows: W xᵀ (`model/lmhead.py: head_product`)
+"""A greedy step's products on the embedded model, per number of rows: W xᵀ (`model/lmhead.py: transposed_product`)
 against torch's own `F.linear` (x Wᵀ), on 2 threads (greedy steps) and on 1 (the timed latency steps),
 whether the two give the same bits, and which one the plugin takes here; first for the decoder's linear
 layers (`fast_linears`), then for the LM head (`model/head_argmax.py: greedy_tokens`, where it takes the
@@ -58,13 +58,13 @@ def row_figures(weights: list[Any], rows: int, threads: int, repeats: int) -> st
     """One table line: both forms over every layer, timed, and compared bit for bit."""
     import torch
 
-    from pytest_factedit.model.lmhead import head_product
+    from pytest_factedit.model.lmhead import transposed_product
 
     generator = torch.Generator().manual_seed(rows)
     inputs = {width: torch.randn(rows, width, generator=generator) for width in {w.shape[1] for w in weights}}
 
     def transposed() -> list[Any]:
-        return [head_product(inputs[w.shape[1]], w) for w in weights]
+        return [transposed_product(inputs[w.shape[1]], w) for w in weights]
 
     def linear() -> list[Any]:
         return [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in weights]

@@ -50,12 +50,16 @@ def head_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     import torch
 
+    if in_slices(hidden, weight) and as_linear(hidden, weight):
+        return torch.nn.functional.linear(in_memory_order(hidden), weight)
+    return transposed_product(hidden, weight)
+
+
+def transposed_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`head_product` as W xᵀ whatever the CPU: over slices where `in_slices`, else in one product."""
     if not in_slices(hidden, weight):
         return one_product(hidden, weight)
-    hidden = in_memory_order(hidden)
-    if as_linear(hidden, weight):
-        return torch.nn.functional.linear(hidden, weight)
-    return sliced_product(weight, hidden)
+    return sliced_product(weight, in_memory_order(hidden))
 
 
 def head_part_product(hidden: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
@@ -93,19 +97,10 @@ def head_linear_from() -> int | None:
 
 
 def as_linear(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Does a head's product of these rows go through `F.linear`: fp32 on a CPU outside autocast, with no
-    gradient wanted for the weight, and at least `head_linear_from()` rows?"""
-    import torch
-
+    """Does a head's product of these rows go through `F.linear`: at least `head_linear_from()` rows of a
+    `frozen_fp32_on_cpu` product?"""
     start = head_linear_from()
-    return (
-        start is not None
-        and hidden.shape[0] >= start
-        and hidden.device.type == "cpu"
-        and hidden.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and weight.requires_grad)
-    )
+    return start is not None and hidden.shape[0] >= start and frozen_fp32_on_cpu(hidden, weight)
 
 
 def head_product_form() -> str:
@@ -133,12 +128,20 @@ def in_memory_order(hidden: torch.Tensor) -> torch.Tensor:
 def in_slices(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
     """Is the product one that slices make faster with the same result: fp32 on a CPU, many weight rows,
     enough hidden rows, no autocast, and no gradient wanted for the weight (a frozen head)?"""
-    import torch
-
     return (  # the shapes first: every decoder linear of a decoding step (`fast_linears`) stops there
         weight.shape[0] >= 2 * VOCAB_SLICE
         and hidden.shape[0] >= SLICED_FROM_ROWS
-        and hidden.device.type == "cpu"
+        and frozen_fp32_on_cpu(hidden, weight)
+    )
+
+
+def frozen_fp32_on_cpu(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """fp32 on a CPU outside autocast, with no gradient wanted for the weight (a frozen head): a product whose
+    form (`in_slices`, `as_linear`) changes only its speed and last bits."""
+    import torch
+
+    return (
+        hidden.device.type == "cpu"
         and hidden.dtype == weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and weight.requires_grad)

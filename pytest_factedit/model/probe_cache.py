@@ -1,11 +1,11 @@
 """The base model's decoded probes, computed once: in memory for a run and, given a folder, on disk across runs.
 
 A decoded row depends on the weights, the prompt's token ids, the numerics (dtype, device, torch and
-transformers versions, the CPU's kernels, the form of a greedy step's products and head) and on how
-decoding works here (`PROBE_FORMAT`). Those name the file of a model's rows, and the prompt's token ids
-key each row. A longer greedy run serves every request that stops within it: the first tokens of a greedy
-run are the shorter greedy run. Inside `base_decodes_served`, an editor's own decodes of the base model
-(`base_decode`) are served the same way.
+transformers versions, the CPU's kernels, the forms of a greedy step's products and head and of the
+head's many-row products) and on how decoding works here (`PROBE_FORMAT`). Those name the file of a
+model's rows, and the prompt's token ids key each row. A longer greedy run serves every request that
+stops within it: the first tokens of a greedy run are the shorter greedy run. Inside `base_decodes_served`,
+an editor's own decodes of the base model (`base_decode`) are served the same way.
 """
 
 from __future__ import annotations
