@@ -5,14 +5,17 @@ matrix products it runs on."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_factedit.metrics.answers import said, settled
-from pytest_factedit.model.decoding import DecodeRow, decode, decode_keeping, step_seconds
+from pytest_factedit.model.decoding import DecodeRow, StepTime, decode, decode_keeping, timed_step
 from pytest_factedit.model.text import encode_prompt
 from tests.tiny import tiny_model, word_tokenizer
 
@@ -90,7 +93,7 @@ def test_a_settled_row_stops_early_and_decoding_keeps_the_prompts_state_for_timi
     rows = [DecodeRow(ids, 6, False, settled=lambda t: len(t) >= 2), DecodeRow(ids, 6, False)]
     found, state = decode_keeping(model, tok, rows, keep=[1])
     assert found[0].tokens == full[:2] and found[1].tokens == full
-    assert state is not None and state.lengths == (len(ids),) and step_seconds(model, state) > 0
+    assert state is not None and state.lengths == (len(ids),) and timed_step(model, state).decoder > 0
 
 
 def test_a_timed_step_counts_the_cpu_time_of_one_thread_and_gives_the_threads_back(monkeypatch) -> None:
@@ -103,12 +106,13 @@ def test_a_timed_step_counts_the_cpu_time_of_one_thread_and_gives_the_threads_ba
     ids = encode_prompt(tok, PROMPTS[0], False)
     state = decode_keeping(model, tok, [DecodeRow(ids, 2, False)], keep=[0])[1]
     seen = []
-    ticks = iter([10.0, 10.5])
+    ticks = iter([10.0, 10.5, 10.75, 20.0, 20.25, 20.5])
     monkeypatch.setattr(decoding.time, "thread_time", lambda: next(ticks))
     model.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     threads = torch.get_num_threads()
-    assert step_seconds(model, state) == 0.5  # thread CPU seconds, not wall seconds
-    assert seen == [1] and torch.get_num_threads() == threads
+    assert timed_step(model, state) == StepTime(0.5, 0.25)  # thread CPU seconds, not wall seconds
+    assert timed_step(model, state, head=False) == StepTime(0.25, 0.0)
+    assert seen == [1, 1] and torch.get_num_threads() == threads
     with pytest.raises(RuntimeError), decoding.one_thread():
         raise RuntimeError("a failing step")
     assert torch.get_num_threads() == threads
@@ -127,8 +131,68 @@ def test_a_timed_step_takes_its_token_as_a_greedy_step_does(monkeypatch) -> None
     state = decode_keeping(model, tok, [DecodeRow(ids, 2, False)], keep=[0])[1]
     in_decoding = len(taken)
     assert state is not None and in_decoding > 0
-    step_seconds(model, state)
+    timed_step(model, state)
     assert taken[in_decoding:] == [(1, model.config.hidden_size)]
+    timed_step(model, state, head=False)  # the decoder pass alone: no token taken
+    assert taken[in_decoding:] == [(1, model.config.hidden_size)]
+
+
+class _ScriptedEdit:
+    """An edit whose `disabled` and `merged` blocks say which model a timed step ran on."""
+
+    def __init__(self, mergeable: bool) -> None:
+        self.mergeable, self.now = mergeable, "edited"
+
+    @contextmanager
+    def _as(self, name: str) -> Iterator[None]:
+        self.now = name
+        try:
+            yield
+        finally:
+            self.now = "edited"
+
+    def disabled(self) -> Any:
+        return self._as("base")
+
+    @contextmanager
+    def merged(self) -> Iterator[bool]:
+        with self._as("merged"):
+            yield self.mergeable
+
+
+@pytest.mark.parametrize("mergeable", [False, True])
+def test_latency_adds_the_heads_minimum_to_each_decoder_passs_minimum(monkeypatch, mergeable: bool) -> None:
+    """The head is timed on the edited steps only (an edit leaves it as it is), and its minimum goes into the
+    base, edited and merged figures alike; each decoder pass keeps its own minimum; per token of 2 rows."""
+    import torch
+
+    from pytest_factedit.model.decoding import Prefilled
+    from pytest_factedit.run import probing
+
+    edit = _ScriptedEdit(mergeable)
+    decoder_seconds = {
+        "base": iter([0.5, 0.3, 0.4]),
+        "edited": iter([0.7, 0.9, 0.6]),
+        "merged": iter([0.45, 0.35, 0.4]),
+    }
+    head_seconds = iter([0.2, 0.1, 0.3])
+    asked = []
+
+    def scripted(_model: Any, _state: Any, head: bool = True) -> StepTime:
+        asked.append((edit.now, head))
+        return StepTime(next(decoder_seconds[edit.now]), next(head_seconds) if head else 0.0)
+
+    monkeypatch.setattr(probing, "timed_step", scripted)
+    state = Prefilled(None, torch.ones((2, 3)), (3, 3), torch.zeros(2, dtype=torch.long), torch.zeros((2, 5)))
+    lm: Any = SimpleNamespace(model=None)
+    found = probing.latency_timings(lm, cast(Any, None), cast(Any, edit), probing.ProbePlan(3, 0), state)
+    expected = {"base_seconds_per_token": (0.3 + 0.1) / 2, "edited_seconds_per_token": (0.6 + 0.1) / 2}
+    if mergeable:
+        expected["merged_seconds_per_token"] = (0.35 + 0.1) / 2
+    assert found == pytest.approx(expected)
+    merged_steps = [("merged", False)] * 3 if mergeable else []
+    assert asked == [("base", False), ("edited", True)] * 3 + merged_steps
+    assert probing.latency_timings(lm, cast(Any, None), cast(Any, edit), probing.ProbePlan(0, 0), state) == {}
 
 
 ALIASES = st.sampled_from(["Oslo", "Os", "New York", "New York City", "York", "ab"])

@@ -310,15 +310,15 @@ def test_a_sequence_probes_each_case_under_its_plan_and_answers_as_under_the_def
     lm, cases, settings_for = two_case_run()
     light = ProbePlan(latency_repeats=1, fluency_tokens=0)
     timed: list[int] = []
-    original = probing.step_seconds
+    original = probing.timed_step
 
-    def counted(*args: Any) -> float:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         timed[-1] += 1
-        return original(*args)
+        return original(*args, **kwargs)
 
     results = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(probing, "step_seconds", counted)
+        patch.setattr(probing, "timed_step", counted)
         for plan in (DEFAULT_PLAN, light):
             timed.append(0)
             results.append(run_sequence(lm, cases, settings_for, plan=plan))

@@ -3,7 +3,8 @@
 One prefill of the left-padded prompts gives each row's first-token distribution: the first greedy
 token, and the rank and log-probability of each candidate answer's first token. The cache then serves
 the greedy steps (a row leaves the batch once it ends, so late steps cost only the rows still going),
-one teacher-forced pass over the candidates' remaining tokens, and timed single steps for latency.
+one teacher-forced pass over the candidates' remaining tokens, and timed single steps for latency
+(their decoder pass and their LM head timed apart).
 """
 
 from __future__ import annotations
@@ -294,9 +295,19 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def step_seconds(model: PreTrainedModel, pre: Prefilled) -> float:
-    """Seconds per token of one greedy step of every row of `pre` (on a copy of its cache), its token taken
-    as `greedy` takes it.
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds of one timed greedy step over every row of a prefilled state: its decoder pass, and taking the
+    token from the last hidden states (the LM head; 0.0 where it was not timed)."""
+
+    decoder: float
+    head: float
+
+
+def timed_step(model: PreTrainedModel, pre: Prefilled, head: bool = True) -> StepTime:
+    """One greedy step of every row of `pre` (on a copy of its cache), its two parts timed apart: the decoder
+    pass, then (`head`) the token taken as `greedy` takes it. An edit changes what the decoder costs, not the
+    head: the latency timings time the head on the edited model's steps only (run/probing.py).
 
     On CPU, the step runs on one thread and its CPU time is counted: another process's load cannot
     inflate that (base/base ratios of min-of-3 stayed within 0.92-1.08 with two busy processes on two
@@ -308,11 +319,15 @@ def step_seconds(model: PreTrainedModel, pre: Prefilled) -> float:
     mask = torch.cat([pre.mask, pre.mask.new_ones((pre.mask.shape[0], 1))], dim=1)
     positions = torch.tensor([[n] for n in pre.lengths], device=mask.device)
     cuda = pre.mask.device.type == "cuda"
-    clock = time.perf_counter if cuda else time.thread_time
-    if cuda:
-        torch.cuda.synchronize()
-    started = clock()
+
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.thread_time()
+
     with torch.no_grad(), fast_linears(model), nullcontext() if cuda else one_thread():
+        started = clock()
         hidden = decoder(model)(
             input_ids=pre.first[:, None],
             attention_mask=mask,
@@ -320,10 +335,11 @@ def step_seconds(model: PreTrainedModel, pre: Prefilled) -> float:
             use_cache=True,
             **{cache_keyword(decoder(model)): cache},
         ).last_hidden_state
-        greedy_tokens(model, hidden[:, -1])  # the token as `greedy` takes it: the head screened where faster
-    if cuda:
-        torch.cuda.synchronize()
-    return (clock() - started) / len(pre.lengths)
+        passed = clock()
+        if head:
+            greedy_tokens(model, hidden[:, -1])  # the token as `greedy` takes it: the head screened where faster
+        ended = clock()
+    return StepTime(passed - started, ended - passed if head else 0.0)
 
 
 def row_shape(row: DecodeRow) -> tuple[int, int]:

@@ -5,7 +5,7 @@ fluency length; every other row stops once its answer is decided (`settled`), at
 its token budget. The base model's pass is cached (model/probe_cache.py); the edited model's pass also
 gives the candidates' log-probabilities and the old answer's rank, for the rows the edit can reach (the
 others take the base decode: `edited_decodes`). Latency is a few timed single greedy steps over the
-prompts, base and edited interleaved.
+prompts, base and edited interleaved, the LM head timed on the edited steps.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..model.decoding import (
     decode_keeping,
     prefill,
     row_shape,
-    step_seconds,
+    timed_step,
     token_batches,
 )
 from ..model.probe_cache import BaseAnswerCache
@@ -340,24 +340,29 @@ def edited_decodes(
 def latency_timings(
     lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan, state: Prefilled | None = None
 ) -> dict[str, float]:
-    """Seconds per token of one greedy step over the case's prompts (`state`: their prompts run already),
-    base and edited interleaved (base, edited, base, ...), the minimum of each: the statistic another
-    process's load cannot lower; and of the merged edit where the adapter can be merged."""
+    """Seconds per token of one greedy step over the case's prompts (`state`: their prompts run already): the
+    decoder pass timed with the base and the edited model interleaved (base, edited, base, ...), and the
+    LM head on the edited steps only, since an edit leaves its cost as it is; each part's minimum, the
+    statistic another process's load cannot lower, the head's added to both. Where the adapter can be
+    merged, the merged edit's decoder pass too."""
     if plan.latency_repeats <= 0:
         return {}
     if state is None:  # as many prompts as one bounded pass holds
         ids = [encode_prompt(lm.tokenizer, p, case.chat_format) for p in case.prompts]
         first = token_batches([(len(i), 1) for i in ids], MAX_BATCH_ROWS)[0]
         state = prefill(lm.model, ids[: first.stop], lm.tokenizer.pad_token_id)
-    base, edited, merged = [], [], []
+    base, edited, heads, merged = [], [], [], []
     for _ in range(plan.latency_repeats):
         with applied.disabled():
-            base.append(step_seconds(lm.model, state))
-        edited.append(step_seconds(lm.model, state))
+            base.append(timed_step(lm.model, state, head=False).decoder)
+        step = timed_step(lm.model, state)
+        edited.append(step.decoder)
+        heads.append(step.head)
     with applied.merged() as mergeable:
         if mergeable:
-            merged = [step_seconds(lm.model, state) for _ in range(plan.latency_repeats)]
-    out = {"base_seconds_per_token": min(base), "edited_seconds_per_token": min(edited)}
+            merged = [timed_step(lm.model, state, head=False).decoder for _ in range(plan.latency_repeats)]
+    head, rows = min(heads), len(state.lengths)
+    out = {"base_seconds_per_token": (min(base) + head) / rows, "edited_seconds_per_token": (min(edited) + head) / rows}
     if merged:
-        out["merged_seconds_per_token"] = min(merged)
+        out["merged_seconds_per_token"] = (min(merged) + head) / rows
     return out
