@@ -389,6 +389,23 @@ def print_conversions(rev: str, runs: dict[str, list[tuple[float, str]]]) -> Non
     print(f"\nweights hash identical in {same} of {len(a)} pairs")
 
 
+def print_latency(results: dict[str, list[dict[str, Any]]]) -> None:
+    """The latency figure's timings (ms per token) and its ratio, medians over the case runs of each side."""
+    timed = {side: [r for r in runs if r.get("edited_seconds_per_token")] for side, runs in results.items()}
+    if not all(timed.values()):
+        return
+    print("\n| latency (median over cases) | A | B |")
+    print("|---|---|---|")
+    for key in ("base_seconds_per_token", "edited_seconds_per_token"):
+        a, b = (statistics.median(r[key] for r in timed[side]) * 1000 for side in ("A", "B"))
+        print(f"| {key} (ms) | {a:.1f} | {b:.1f} |")
+    a, b = (
+        statistics.median(r["edited_seconds_per_token"] / r["base_seconds_per_token"] for r in timed[side])
+        for side in ("A", "B")
+    )
+    print(f"| latency_overhead | {a:.3f} | {b:.3f} |")
+
+
 def print_comparison(rev: str, results: dict[str, list[dict[str, Any]]], ready: dict[str, dict[str, Any]]) -> None:
     a, b = medians(results["A"]), medians(results["B"])
     pairs = list(zip(results["A"], results["B"]))
@@ -404,6 +421,7 @@ def print_comparison(rev: str, results: dict[str, list[dict[str, Any]]], ready: 
             f"| worker {key} | {ready['A'][key]:.2f} | {ready['B'][key]:.2f} | "
             f"{ready['A'][key] / ready['B'][key]:.2f} |"
         )
+    print_latency(results)
     print(
         f"\nverdicts (first-named answer, expected said, metrics but latency) same in {same_verdicts} of {len(pairs)}"
     )

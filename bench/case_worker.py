@@ -54,9 +54,12 @@ def judged(outcome: Any) -> list[Any]:
     return rows
 
 
+LATENCY_KEYS = ("base_seconds_per_token", "edited_seconds_per_token")  # the latency figure's two timings
+
+
 def case_timings(outcome: Any, wall: float) -> dict[str, Any]:
-    """Per phase: base probe, localization, each stage, the edited probe; hashes of the answers' texts
-    and of what the metrics judged from them (`judged`)."""
+    """Per phase: base probe, localization, each stage, the edited probe; the latency timings; hashes of the
+    answers' texts and of what the metrics judged from them (`judged`)."""
     timings = dict(outcome.timings)
     stages = {f"stage_{s['name']}_seconds": s["seconds"] for s in outcome.stages}
     answers = [(a.group, a.prompt, a.base, a.edited) for a in outcome.answers]
@@ -68,6 +71,7 @@ def case_timings(outcome: Any, wall: float) -> dict[str, Any]:
         "stages_seconds": sum(stages.values()),
         "steps": [s["steps"] for s in outcome.stages],
         **{k: timings.get(k) for k in ("base_probe_seconds", "localize_seconds", "edit_seconds", "probe_seconds")},
+        **{k: timings.get(k) for k in LATENCY_KEYS},
         "answers_sha256": hashlib.sha256(json.dumps(answers).encode()).hexdigest(),
         "judged_sha256": hashlib.sha256(json.dumps(judged(outcome)).encode()).hexdigest(),
         "judged": judged(outcome),
