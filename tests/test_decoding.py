@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pytest_factedit.metrics.answers import said, settled
 from pytest_factedit.model.decoding import DecodeRow, StepTime, decode, decode_keeping, timed_step
+from pytest_factedit.model.targets import TargetModules
 from pytest_factedit.model.text import encode_prompt
 from tests.tiny import tiny_model, word_tokenizer
 
@@ -140,8 +141,8 @@ def test_a_timed_step_takes_its_token_as_a_greedy_step_does(monkeypatch) -> None
 class _ScriptedEdit:
     """An edit whose `disabled` and `merged` blocks say which model a timed step ran on."""
 
-    def __init__(self, mergeable: bool) -> None:
-        self.mergeable, self.now = mergeable, "edited"
+    def __init__(self, mergeable: bool, targets: TargetModules) -> None:
+        self.mergeable, self.targets, self.now = mergeable, targets, "edited"
 
     @contextmanager
     def _as(self, name: str) -> Iterator[None]:
@@ -160,38 +161,55 @@ class _ScriptedEdit:
             yield self.mergeable
 
 
+MLP_ONLY = TargetModules(("model.layers.0.mlp.down_proj",), (), "test")
+THE_HEAD = TargetModules(("model.layers.0.mlp.down_proj", "lm_head"), (), "test")
+EVERY_WEIGHT = TargetModules((), (), "test", all_weights=True)
+
+
 @pytest.mark.parametrize("mergeable", [False, True])
-def test_latency_adds_the_heads_minimum_to_each_decoder_passs_minimum(monkeypatch, mergeable: bool) -> None:
-    """The head is timed on the edited steps only (an edit leaves it as it is), and its minimum goes into the
-    base, edited and merged figures alike; each decoder pass keeps its own minimum; per token of 2 rows."""
+@pytest.mark.parametrize("targets", [MLP_ONLY, THE_HEAD, EVERY_WEIGHT], ids=["mlp", "head", "every-weight"])
+def test_latency_times_the_head_once_per_pair_where_the_edit_leaves_it(
+    monkeypatch, mergeable: bool, targets: TargetModules
+) -> None:
+    """An edit that leaves the LM head alone: the head is timed on the edited steps only, and its minimum goes
+    into the base, edited and merged figures alike, each decoder pass keeping its own minimum. An edit that
+    may change the head (named among its targets, or every weight): every step is timed whole, as each
+    side runs it. Per token of 2 rows."""
     import torch
 
     from pytest_factedit.model.decoding import Prefilled
     from pytest_factedit.run import probing
 
-    edit = _ScriptedEdit(mergeable)
+    tok = word_tokenizer()
+    edit = _ScriptedEdit(mergeable, targets)
     decoder_seconds = {
         "base": iter([0.5, 0.3, 0.4]),
         "edited": iter([0.7, 0.9, 0.6]),
         "merged": iter([0.45, 0.35, 0.4]),
     }
-    head_seconds = iter([0.2, 0.1, 0.3])
+    head_seconds = {"base": iter([0.15, 0.25, 0.05]), "edited": iter([0.2, 0.1, 0.3]), "merged": iter([0.2] * 3)}
     asked = []
 
     def scripted(_model: Any, _state: Any, head: bool = True) -> StepTime:
         asked.append((edit.now, head))
-        return StepTime(next(decoder_seconds[edit.now]), next(head_seconds) if head else 0.0)
+        return StepTime(next(decoder_seconds[edit.now]), next(head_seconds[edit.now]) if head else 0.0)
 
     monkeypatch.setattr(probing, "timed_step", scripted)
     state = Prefilled(None, torch.ones((2, 3)), (3, 3), torch.zeros(2, dtype=torch.long), torch.zeros((2, 5)))
-    lm: Any = SimpleNamespace(model=None)
+    lm: Any = SimpleNamespace(model=tiny_model("llama", len(tok)), tokenizer=tok)
     found = probing.latency_timings(lm, cast(Any, None), cast(Any, edit), probing.ProbePlan(3, 0), state)
-    expected = {"base_seconds_per_token": (0.3 + 0.1) / 2, "edited_seconds_per_token": (0.6 + 0.1) / 2}
+    apart = targets is MLP_ONLY
+    if apart:
+        expected = {"base_seconds_per_token": (0.3 + 0.1) / 2, "edited_seconds_per_token": (0.6 + 0.1) / 2}
+        merged = (0.35 + 0.1) / 2
+    else:
+        expected = {"base_seconds_per_token": (0.4 + 0.05) / 2, "edited_seconds_per_token": (0.6 + 0.3) / 2}
+        merged = (0.35 + 0.2) / 2
     if mergeable:
-        expected["merged_seconds_per_token"] = (0.35 + 0.1) / 2
+        expected["merged_seconds_per_token"] = merged
     assert found == pytest.approx(expected)
-    merged_steps = [("merged", False)] * 3 if mergeable else []
-    assert asked == [("base", False), ("edited", True)] * 3 + merged_steps
+    merged_steps = [("merged", not apart)] * 3 if mergeable else []
+    assert asked == [("base", not apart), ("edited", True)] * 3 + merged_steps
     assert probing.latency_timings(lm, cast(Any, None), cast(Any, edit), probing.ProbePlan(0, 0), state) == {}
 
 

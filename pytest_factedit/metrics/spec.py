@@ -194,8 +194,8 @@ METRICS: tuple[MetricSpec, ...] = (
         default_threshold=1.5,
         reads=("prompts",),
         protocol="step_time",
-        definition="edited / base seconds per generated token (one greedy step over the prompts), each the minimum of "
-        "interleaved timings",
+        definition="edited / base seconds per generated token (one greedy step over the prompts): the minimum of "
+        "interleaved timings of the decoder pass each, plus the LM head's, timed on the edited steps",
         compute=m.latency_ratio,
         absent="nothing was timed",
         baseline_tolerance=0.25,
@@ -410,7 +410,7 @@ MANY_METRICS: tuple[MetricSpec, ...] = (
         reads=("prompts",),
         protocol="step_time",
         definition="seconds per generated token with every edit active / with every edit off (one greedy step "
-        "over the edited prompts), each the minimum of interleaved timings",
+        "over the edited prompts), timed as latency_overhead's",
         compute=m.latency_ratio_at_end,
         absent="no edit on the model can be switched off (edits merged into the weights leave no edits-off "
         "model to time against), or nothing was edited",

@@ -303,11 +303,16 @@ class StepTime:
     decoder: float
     head: float
 
+    @property
+    def total(self) -> float:
+        return self.decoder + self.head
+
 
 def timed_step(model: PreTrainedModel, pre: Prefilled, head: bool = True) -> StepTime:
     """One greedy step of every row of `pre` (on a copy of its cache), its two parts timed apart: the decoder
-    pass, then (`head`) the token taken as `greedy` takes it. An edit changes what the decoder costs, not the
-    head: the latency timings time the head on the edited model's steps only (run/probing.py).
+    pass, then (`head`) the token taken as `greedy` takes it. An edit that leaves the LM head as it is changes
+    what the decoder costs, not the head: the latency timings then time the head on the edited steps only
+    (run/probing.py).
 
     On CPU, the step runs on one thread and its CPU time is counted: another process's load cannot
     inflate that (base/base ratios of min-of-3 stayed within 0.92-1.08 with two busy processes on two

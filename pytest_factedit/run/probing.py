@@ -5,7 +5,7 @@ fluency length; every other row stops once its answer is decided (`settled`), at
 its token budget. The base model's pass is cached (model/probe_cache.py); the edited model's pass also
 gives the candidates' log-probabilities and the old answer's rank, for the rows the edit can reach (the
 others take the base decode: `edited_decodes`). Latency is a few timed single greedy steps over the
-prompts, base and edited interleaved, the LM head timed on the edited steps.
+prompts, base and edited interleaved (the LM head on the edited steps only, where the edit leaves it as it is).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ..model.text import answer_text, answer_token_budget, answer_token_ids, dec
 from .outcome import CaseOutcome
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ..cases.schema import Control, FactCase
     from ..edit.base import EditHandle
@@ -337,30 +337,42 @@ def edited_decodes(
     return decoded, state
 
 
+def head_may_change(model: PreTrainedModel, applied: EditHandle) -> bool:
+    """May the edit change the LM head module (every weight, or the head among its targets, which match by
+    name suffix as peft's do)? Then its head is timed on the base steps too."""
+    touched = applied.targets.touched
+    if touched is None:
+        return True
+    head = model.get_output_embeddings()
+    names = [name for name, module in model.named_modules() if module is head]
+    return any(name == t or name.endswith("." + t) for name in names for t in touched)
+
+
 def latency_timings(
     lm: LoadedModel, case: FactCase, applied: EditHandle, plan: ProbePlan, state: Prefilled | None = None
 ) -> dict[str, float]:
-    """Seconds per token of one greedy step over the case's prompts (`state`: their prompts run already): the
-    decoder pass timed with the base and the edited model interleaved (base, edited, base, ...), and the
-    LM head on the edited steps only, since an edit leaves its cost as it is; each part's minimum, the
-    statistic another process's load cannot lower, the head's added to both. Where the adapter can be
-    merged, the merged edit's decoder pass too."""
+    """Seconds per token of one greedy step over the case's prompts (`state`: their prompts run already),
+    timed with the base and the edited model interleaved (base, edited, base, ...), the minimum of each: the
+    statistic another process's load cannot lower; and of the merged edit where the adapter can be merged.
+    An edit that leaves the LM head as it is leaves its cost as it is: the head is then timed on the edited
+    steps only, and its minimum added to each decoder pass's minimum."""
     if plan.latency_repeats <= 0:
         return {}
     if state is None:  # as many prompts as one bounded pass holds
         ids = [encode_prompt(lm.tokenizer, p, case.chat_format) for p in case.prompts]
         first = token_batches([(len(i), 1) for i in ids], MAX_BATCH_ROWS)[0]
         state = prefill(lm.model, ids[: first.stop], lm.tokenizer.pad_token_id)
+    apart = not head_may_change(lm.model, applied)
     base, edited, heads, merged = [], [], [], []
     for _ in range(plan.latency_repeats):
         with applied.disabled():
-            base.append(timed_step(lm.model, state, head=False).decoder)
+            base.append(timed_step(lm.model, state, head=not apart).total)
         step = timed_step(lm.model, state)
-        edited.append(step.decoder)
-        heads.append(step.head)
+        edited.append(step.decoder if apart else step.total)
+        heads.append(step.head if apart else 0.0)
     with applied.merged() as mergeable:
         if mergeable:
-            merged = [timed_step(lm.model, state, head=False).decoder for _ in range(plan.latency_repeats)]
+            merged = [timed_step(lm.model, state, head=not apart).total for _ in range(plan.latency_repeats)]
     head, rows = min(heads), len(state.lengths)
     out = {"base_seconds_per_token": (min(base) + head) / rows, "edited_seconds_per_token": (min(edited) + head) / rows}
     if merged:
