@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_factedit.edit import get_editor, resolve_settings
 from pytest_factedit.model.probe import greedy_continuations
-from pytest_factedit.model.targets import all_layer_targets, explicit_targets, layer_targets
+from pytest_factedit.model.targets import all_layer_targets, all_weight_targets, explicit_targets, layer_targets
 
 from .tiny import REQUEST, assert_identical, snapshot, tiny_model, word_tokenizer
 
@@ -183,3 +183,23 @@ def test_length_groups_cover_every_row_once_and_cost_no_more_than_one_pass_or_on
         return sum(max(lengths[i] for i in g) * len(g) + 8 for g in split)
 
     assert cost(groups) <= min(cost([list(range(len(rows)))]), cost([[i] for i in range(len(rows))]))
+
+
+def test_an_edit_may_change_the_lm_head_only_where_its_targets_name_it() -> None:
+    """The latency timing's rule (run/probing.py: head_may_change) on real IA³ edits: MLP targets leave the head
+    module alone, so the head is timed once per pair; the head among the targets (peft wraps it) does not."""
+    from pytest_factedit.run.probing import head_may_change
+
+    tok = word_tokenizer()
+    model = tiny_model("llama", len(tok), layers=2)
+    settings = resolve_settings({"unlearn_max_steps": 1, "learn_max_steps": 1, "gain_positions": "every"})
+    editor = get_editor("ia3-two-stage")
+    with editor.apply(model, tok, REQUEST, layer_targets(model, [1], [], "test"), settings) as applied:
+        assert not head_may_change(model, applied)
+    head_too = explicit_targets(model, ["model.layers.1.mlp.down_proj", "lm_head"], ["model.layers.1.mlp.down_proj"])
+    with editor.apply(model, tok, REQUEST, head_too, settings) as applied:
+        assert type(model.get_output_embeddings()) is not torch.nn.Linear  # peft's wrapper around the head
+        assert head_may_change(model, applied)
+    every = resolve_settings({"name": "full-ft", "learn_max_steps": 1})
+    with get_editor("full-ft").apply(model, tok, REQUEST, all_weight_targets(model), every) as applied:
+        assert head_may_change(model, applied)  # every weight: the head's module among them

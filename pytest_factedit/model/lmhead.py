@@ -31,8 +31,8 @@ def decoder(model: torch.nn.Module) -> torch.nn.Module:
 # A product with a weight of at least twice this many rows runs over slices of this many weight rows, where
 # it multiplies SLICED_FROM_ROWS rows or more on a CPU in fp32: MKL computes the embedded model's 262,144 x 640
 # head with 12-111 rows 1.1-1.4x faster over 2,048-row slices than in one call (each slice stays in cache),
-# with the same bits, since every output is the same dot product; below 12 rows one call is as fast
-# (bench/head_slices.py).
+# with the same bits, since every output is the same dot product (not so on an Intel CPU held to AVX2 kernels,
+# where MKL's bits differ in the last places); below 12 rows one call is as fast (bench/head_slices.py).
 VOCAB_SLICE = 2048
 SLICED_FROM_ROWS = 12
 
