@@ -341,10 +341,10 @@ def timed_step(model: PreTrainedModel, pre: Prefilled, head: bool = True) -> Ste
             **{cache_keyword(decoder(model)): cache},
         ).last_hidden_state
         passed = clock()
-        if head:
-            greedy_tokens(model, hidden[:, -1])  # the token as `greedy` takes it: the head screened where faster
-        ended = clock()
-    return StepTime(passed - started, ended - passed if head else 0.0)
+        if not head:
+            return StepTime(passed - started, 0.0)
+        greedy_tokens(model, hidden[:, -1])  # the token as `greedy` takes it: the head screened where faster
+        return StepTime(passed - started, clock() - passed)
 
 
 def row_shape(row: DecodeRow) -> tuple[int, int]:
