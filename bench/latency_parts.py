@@ -56,7 +56,7 @@ def main() -> int:
         decoder, head = min(s.decoder for s in steps), min(s.head for s in steps)
         shares.append(head / (decoder + head))
         print(f"| {case.id} | {len(ids)} | {decoder * 1000:.1f} | {head * 1000:.1f} | {shares[-1]:.2f} |")
-    print(f"\nthe head's share of a step, median over {len(shares)} cases: {sorted(shares)[len(shares) // 2]:.2f}")
+    print(f"\nthe head's share of a step, median over {len(shares)} cases: {statistics.median(shares):.2f}")
     if args.base_base:
         base_base_ratios(lm, cases, args.base_base)
     return 0
