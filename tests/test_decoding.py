@@ -168,12 +168,12 @@ EVERY_WEIGHT = TargetModules((), (), "test", all_weights=True)
 
 @pytest.mark.parametrize("mergeable", [False, True])
 @pytest.mark.parametrize("targets", [MLP_ONLY, THE_HEAD, EVERY_WEIGHT], ids=["mlp", "head", "every-weight"])
-def test_latency_times_the_head_once_per_pair_where_the_edit_leaves_it(
+def test_latency_times_the_head_once_where_the_edit_leaves_it(
     monkeypatch, mergeable: bool, targets: TargetModules
 ) -> None:
-    """An edit that leaves the LM head alone: the head is timed on the edited steps only, and its minimum goes
-    into the base, edited and merged figures alike, each decoder pass keeping its own minimum. An edit that
-    may change the head (named among its targets, or every weight): every step is timed whole, as each
+    """An edit that leaves the LM head alone: the head is timed once, on the last edited step, and that time
+    goes into the base, edited and merged figures alike, each decoder pass keeping its own minimum. An edit
+    that may change the head (named among its targets, or every weight): every step is timed whole, as each
     side runs it. Per token of 2 rows."""
     import torch
 
@@ -192,16 +192,17 @@ def test_latency_times_the_head_once_per_pair_where_the_edit_leaves_it(
 
     def scripted(_model: Any, _state: Any, head: bool = True) -> StepTime:
         asked.append((edit.now, head))
-        return StepTime(next(decoder_seconds[edit.now]), next(head_seconds[edit.now]) if head else 0.0)
+        taken = next(head_seconds[edit.now])  # the step's head time, whether it was asked for or not
+        return StepTime(next(decoder_seconds[edit.now]), taken if head else 0.0)
 
     monkeypatch.setattr(probing, "timed_step", scripted)
     state = Prefilled(None, torch.ones((2, 3)), (3, 3), torch.zeros(2, dtype=torch.long), torch.zeros((2, 5)))
     lm: Any = SimpleNamespace(model=tiny_model("llama", len(tok)), tokenizer=tok)
     found = probing.latency_timings(lm, cast(Any, None), cast(Any, edit), probing.ProbePlan(3, 0), state)
     apart = targets is MLP_ONLY
-    if apart:
-        expected = {"base_seconds_per_token": (0.3 + 0.1) / 2, "edited_seconds_per_token": (0.6 + 0.1) / 2}
-        merged = (0.35 + 0.1) / 2
+    if apart:  # the head's one timing is the third edited step's (0.3), not the least of the three (0.1)
+        expected = {"base_seconds_per_token": (0.3 + 0.3) / 2, "edited_seconds_per_token": (0.6 + 0.3) / 2}
+        merged = (0.35 + 0.3) / 2
     else:
         expected = {"base_seconds_per_token": (0.4 + 0.05) / 2, "edited_seconds_per_token": (0.6 + 0.3) / 2}
         merged = (0.35 + 0.2) / 2
@@ -209,7 +210,8 @@ def test_latency_times_the_head_once_per_pair_where_the_edit_leaves_it(
         expected["merged_seconds_per_token"] = merged
     assert found == pytest.approx(expected)
     merged_steps = [("merged", not apart)] * 3 if mergeable else []
-    assert asked == [("base", not apart), ("edited", True)] * 3 + merged_steps
+    edited_heads = [True] * 3 if not apart else [False, False, True]
+    assert asked == [step for h in edited_heads for step in (("base", not apart), ("edited", h))] + merged_steps
     assert probing.latency_timings(lm, cast(Any, None), cast(Any, edit), probing.ProbePlan(0, 0), state) == {}
 
 

@@ -195,7 +195,7 @@ METRICS: tuple[MetricSpec, ...] = (
         reads=("prompts",),
         protocol="step_time",
         definition="edited / base seconds per generated token (one greedy step over the prompts): the minimum of "
-        "interleaved timings of the decoder pass each, plus the LM head's, timed on the edited steps",
+        "interleaved timings of the decoder pass each, plus the LM head's, timed once on the last edited step",
         compute=m.latency_ratio,
         absent="nothing was timed",
         baseline_tolerance=0.25,

@@ -311,7 +311,7 @@ class StepTime:
 def timed_step(model: PreTrainedModel, pre: Prefilled, head: bool = True) -> StepTime:
     """One greedy step of every row of `pre` (on a copy of its cache), its two parts timed apart: the decoder
     pass, then (`head`) the token taken as `greedy` takes it. An edit that leaves the LM head as it is changes
-    what the decoder costs, not the head: the latency timings then time the head on the edited steps only
+    what the decoder costs, not the head: the latency timings then time the head once, on the last edited step
     (run/probing.py).
 
     On CPU, the step runs on one thread and its CPU time is counted: another process's load cannot

@@ -354,8 +354,9 @@ def latency_timings(
     """Seconds per token of one greedy step over the case's prompts (`state`: their prompts run already),
     timed with the base and the edited model interleaved (base, edited, base, ...), the minimum of each: the
     statistic another process's load cannot lower; and of the merged edit where the adapter can be merged.
-    An edit that leaves the LM head as it is leaves its cost as it is: the head is then timed on the edited
-    steps only, and its minimum added to each decoder pass's minimum."""
+    An edit that leaves the LM head as it is leaves its cost as it is: the head is then timed once, on the
+    last edited step, and added to each side's minimum decoder pass. That time is in both sides' figures, so
+    the noise it carries barely moves their ratio, and without bf16 units the head is most of a step."""
     if plan.latency_repeats <= 0:
         return {}
     if state is None:  # as many prompts as one bounded pass holds
@@ -363,17 +364,18 @@ def latency_timings(
         first = token_batches([(len(i), 1) for i in ids], MAX_BATCH_ROWS)[0]
         state = prefill(lm.model, ids[: first.stop], lm.tokenizer.pad_token_id)
     apart = not head_may_change(lm.model, applied)
-    base, edited, heads, merged = [], [], [], []
-    for _ in range(plan.latency_repeats):
+    base, edited, merged = [], [], []
+    last = plan.latency_repeats - 1
+    for repeat in range(plan.latency_repeats):
         with applied.disabled():
             base.append(timed_step(lm.model, state, head=not apart).total)
-        step = timed_step(lm.model, state)
+        step = timed_step(lm.model, state, head=not apart or repeat == last)
         edited.append(step.decoder if apart else step.total)
-        heads.append(step.head if apart else 0.0)
+    head = step.head if apart else 0.0  # the last edited step's
     with applied.merged() as mergeable:
         if mergeable:
             merged = [timed_step(lm.model, state, head=not apart).total for _ in range(plan.latency_repeats)]
-    head, rows = min(heads), len(state.lengths)
+    rows = len(state.lengths)
     out = {"base_seconds_per_token": (min(base) + head) / rows, "edited_seconds_per_token": (min(edited) + head) / rows}
     if merged:
         out["merged_seconds_per_token"] = (min(merged) + head) / rows
