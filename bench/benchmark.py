@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from case_worker import LATENCY_KEYS
 from editors import EDIT_TARGET_SECONDS, QUALITY_TARGETS, edit_time_against_target, quality_against_targets, read_logs
 from facts import setting_overrides
 
@@ -396,7 +397,7 @@ def print_latency(results: dict[str, list[dict[str, Any]]]) -> None:
         return
     print("\n| latency (median over cases) | A | B |")
     print("|---|---|---|")
-    for key in ("base_seconds_per_token", "edited_seconds_per_token"):
+    for key in LATENCY_KEYS:
         a, b = (statistics.median(r[key] for r in timed[side]) * 1000 for side in ("A", "B"))
         print(f"| {key} (ms) | {a:.1f} | {b:.1f} |")
     a, b = (

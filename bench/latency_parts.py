@@ -7,7 +7,7 @@
 The latency figure (docs/metrics.md) times one greedy step over a case's prompts on one thread and counts
 its CPU time. Its two parts are timed apart (`pytest_factedit.model.decoding.timed_step`): the decoder pass,
 and the LM head taking the token. This prints, per case, the base model's minimum of each over `--repeats`
-steps, and the head's share of the step: what timing the head on one side only saves. With --base-base N,
+steps, and the head's share of the step: what timing the head once per case saves. With --base-base N,
 it then times each case's latency figure N times as the plugin does (`run/probing.py: latency_timings`) for an
 edit that changes nothing, so that both sides are the base model: the spread of those ratios around 1.0 is
 the figure's noise (run it beside a busy process to see the noise under load).

@@ -5,7 +5,8 @@ fluency length; every other row stops once its answer is decided (`settled`), at
 its token budget. The base model's pass is cached (model/probe_cache.py); the edited model's pass also
 gives the candidates' log-probabilities and the old answer's rank, for the rows the edit can reach (the
 others take the base decode: `edited_decodes`). Latency is a few timed single greedy steps over the
-prompts, base and edited interleaved (the LM head on the edited steps only, where the edit leaves it as it is).
+prompts, base and edited interleaved (the LM head timed once, on the last edited step, where the edit leaves it
+as it is).
 """
 
 from __future__ import annotations
