@@ -2,7 +2,7 @@
 memory bandwidth and fp32 peak, beside what it takes.
 
     python bench/probe_floor.py                                   # norway-capital and germany-capital
-    python bench/probe_floor.py --cases ../fact_cases/kenya-continent.yaml
+    python bench/probe_floor.py --cases fact_cases/kenya-continent.yaml
     ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/probe_floor.py
 
 The machine first: the read bandwidth (a sum over 512 MB, on the run's threads and on one, as the timed
