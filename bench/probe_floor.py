@@ -23,7 +23,6 @@ can still be won without computing less.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -217,12 +216,12 @@ def print_machine(model: Any, machine: Machine, units: str | None) -> None:
     """The CPU, its bandwidth and peak, and what a pass reads."""
     import torch
 
-    from pytest_factedit.infra.cpu import cpuinfo_field
+    from pytest_factedit.run.model_holder import machine_info
 
     read, params, head = weight_bytes(model)
-    name = cpuinfo_field("model name") or platform.processor()
-    capability, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
-    print(f"CPU {name}: capability {capability}, bf16 units: {units or 'none'}; {threads} threads")
+    info = machine_info()
+    cpu, capability, threads = info["cpu"], info["cpu_capability"], torch.get_num_threads()
+    print(f"CPU {cpu}: capability {capability}, bf16 units: {units or 'none'}; {threads} threads")
     both, one, peak = machine.bandwidth / 1e9, machine.bandwidth_one_thread / 1e9, machine.peak / 1e9
     print(f"read bandwidth {both:.1f} GB/s ({one:.1f} on one thread); fp32 peak {peak:.0f} GFLOP/s")
     print(f"decoder weights a pass reads: {read / 1e6:.0f} MB ({params / 1e6:.1f} M parameters)")
