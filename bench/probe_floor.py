@@ -34,7 +34,8 @@ from head_slices import median_seconds
 
 CASES = Path(__file__).resolve().parents[1] / "fact_cases"
 TARGET_SECONDS = 1.5
-PASS_KINDS = ("prefill", "candidates", "greedy steps", "timed steps (one thread)")
+TIMED = "timed steps (one thread)"  # the latency figure's steps
+PASS_KINDS = ("prefill", "candidates", "greedy steps", TIMED)
 
 
 @dataclass(frozen=True)
@@ -77,37 +78,45 @@ def measure_machine() -> Machine:
     return Machine(bandwidth, bandwidth_one, peak)
 
 
-def pass_kind(ids: Any, scoring: bool) -> str:
-    """Which of a probe's passes this is: the candidates' (`scoring`), else from its tokens and threads."""
-    import torch
-
-    if scoring:
-        return "candidates"
-    if ids.shape[1] > 1:
-        return "prefill"
-    return "timed steps (one thread)" if torch.get_num_threads() == 1 else "greedy steps"
+def pass_kind(ids: Any, phase: str | None) -> str:
+    """Which of a probe's passes this is: the phase it runs in (`phase_flag`), else a prefill (many tokens a
+    row) or a greedy step (one)."""
+    if phase is not None:
+        return phase
+    return "prefill" if ids.shape[1] > 1 else "greedy steps"
 
 
 @contextmanager
-def scoring_flag() -> Iterator[list[bool]]:
-    """A flag that is [True] while the candidates' teacher-forced pass runs (the function restored in `finally`)."""
+def phase_flag() -> Iterator[list[str | None]]:
+    """[the kind of pass running]: "candidates" inside the candidates' teacher-forced pass, TIMED inside a
+    timed step's one-thread block, else None; by the thread count it could not be told from a greedy step
+    where torch runs one thread anyway. Both functions restored in `finally`."""
     from pytest_factedit.model import decoding
 
-    flag = [False]
-    teacher_forced = decoding._teacher_forced
+    phase: list[str | None] = [None]
+    teacher_forced, one_thread = decoding._teacher_forced, decoding.one_thread
 
-    def flagged(*args: Any, **kwargs: Any) -> Any:
-        flag[0] = True
+    def scoring(*args: Any, **kwargs: Any) -> Any:
+        phase[0] = "candidates"
         try:
             return teacher_forced(*args, **kwargs)
         finally:
-            flag[0] = False
+            phase[0] = None
 
-    decoding._teacher_forced = flagged
+    @contextmanager
+    def timed() -> Iterator[None]:
+        phase[0] = TIMED
+        try:
+            with one_thread():
+                yield
+        finally:
+            phase[0] = None
+
+    decoding._teacher_forced, decoding.one_thread = scoring, timed
     try:
-        yield flag
+        yield phase
     finally:
-        decoding._teacher_forced = teacher_forced
+        decoding._teacher_forced, decoding.one_thread = teacher_forced, one_thread
 
 
 @contextmanager
@@ -122,19 +131,19 @@ def timed_passes(model: Any, passes: Passes) -> Iterator[None]:
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
         real = int(mask[:, -ids.shape[1] :].sum()) if mask is not None else ids.numel()
-        open_pass[:] = [pass_kind(ids, scoring[0]), real, ids.shape[0], time.thread_time(), time.perf_counter()]
+        open_pass[:] = [pass_kind(ids, phase[0]), real, ids.shape[0], time.thread_time(), time.perf_counter()]
 
     def after(_module: Any, _args: Any, _output: Any) -> None:
         kind, real, rows, cpu, wall = open_pass
-        one_thread = kind.startswith("timed")  # the plugin counts a timed step's CPU time
-        passes.add(kind, time.thread_time() - cpu if one_thread else time.perf_counter() - wall, real, rows)
+        # the plugin counts a timed step's CPU time
+        passes.add(kind, time.thread_time() - cpu if kind == TIMED else time.perf_counter() - wall, real, rows)
 
     handles = [
         body.register_forward_pre_hook(before, with_kwargs=True, prepend=True),
         body.register_forward_hook(after),
     ]
     try:
-        with scoring_flag() as scoring:
+        with phase_flag() as phase:
             yield
     finally:
         for handle in handles:
@@ -158,11 +167,11 @@ def floors(model: Any, passes: Passes, machine: Machine, screened: bool) -> dict
     read, params, head = weight_bytes(model)
     out = {}
     for kind, count in passes.count.items():
-        bandwidth = machine.bandwidth_one_thread if kind.startswith("timed") else machine.bandwidth
+        bandwidth = machine.bandwidth_one_thread if kind == TIMED else machine.bandwidth
         out[kind] = max(count * read / bandwidth, 2 * params * passes.tokens[kind] / machine.peak)
     step_head = head * (2 if screened else 4)  # bytes a greedy step's head reads: the bf16 screen, else fp32
     reads = passes.count.get("greedy steps", 0) * step_head / machine.bandwidth
-    if "timed steps (one thread)" in out:  # the head timed once, on one thread
+    if TIMED in out:  # the head timed once, on one thread
         reads += step_head / machine.bandwidth_one_thread
     many = passes.rows.get("prefill", 0) + passes.tokens.get("candidates", 0)  # positions whose logits a pass wants
     out["heads, argmax and the rest"] = reads + max(4 * head / machine.bandwidth, 2 * head * many / machine.peak)

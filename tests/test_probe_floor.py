@@ -23,7 +23,25 @@ def probe_floor(monkeypatch: pytest.MonkeyPatch):
     return probe_floor
 
 
-def test_a_probes_passes_are_counted_by_kind_and_the_hooks_removed(probe_floor) -> None:
+@pytest.mark.parametrize("threads", [None, 1], ids=["default-threads", "one-thread"])
+def test_a_probes_passes_are_counted_by_kind_and_the_hooks_removed(probe_floor, threads: int | None) -> None:
+    """Also where torch runs one thread anyway: a greedy step is not taken for a timed one."""
+    import torch
+
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        _count_the_passes(probe_floor)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
+
+
+def _count_the_passes(probe_floor) -> None:
+    from pytest_factedit.model import decoding
+
+    functions = (decoding._teacher_forced, decoding.one_thread)
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok))
     ids = encode_prompt(tok, "The Eiffel Tower is located in the city of", False)
@@ -38,6 +56,7 @@ def test_a_probes_passes_are_counted_by_kind_and_the_hooks_removed(probe_floor) 
         assert state is not None
         timed_step(model, state)
     assert (len(body._forward_pre_hooks), len(body._forward_hooks)) == hooks
+    assert (decoding._teacher_forced, decoding.one_thread) == functions  # put back
     assert passes.count == {"prefill": 1, "candidates": 1, "greedy steps": 3, "timed steps (one thread)": 1}
     assert passes.tokens["prefill"] == len(ids) + len(shorter)  # the padding is not counted
     assert passes.tokens["candidates"] == len(answer) - 1  # the first token is read from the prefill
