@@ -99,6 +99,36 @@ def test_restoring_every_position_of_a_layer_gives_back_the_clean_probability(pl
     torch.testing.assert_close(probs[:, 1:], torch.full((3, 4), prep.clean_prob), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("intel", [True, False])
+def test_the_clean_run_takes_one_rows_head_product_through_f_linear_on_an_intel_cpu_in_fp32(
+    planted, monkeypatch, intel: bool
+) -> None:
+    """The clean probability of a prompt is one row's product with the whole head: MKL's matrix-vector
+    product (`F.linear`) in fp32 on an Intel CPU, where it is 3x faster than the two rows `head_product`
+    takes; the same probability either way, and the restorations' rows keep their own form."""
+    from pytest_factedit.model import lmhead
+
+    model, tok = planted
+    arch = arch_modules(model)
+    monkeypatch.setattr(lmhead, "mkl_on_intel", lambda: intel)
+    linear, one_rows = torch.nn.functional.linear, []
+
+    def counted(hidden, weight, *bias):
+        one_rows.append(hidden.shape[0] == 1 and weight.shape[0] == model.lm_head.weight.shape[0])
+        return linear(hidden, weight, *bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counted)
+    prep = prepare(model, arch, tok, "The Eiffel Tower", "Eiffel Tower", answer_id(tok, "Rome"), True)
+    assert any(one_rows) is intel
+    with torch.no_grad():
+        hidden = model.model(prep.ids).last_hidden_state[:, -1]
+        expected = torch.softmax(linear(hidden, model.lm_head.weight), -1)[0, answer_id(tok, "Rome")]
+    assert prep.clean_prob == pytest.approx(float(expected), abs=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not lmhead.single_row_as_linear(hidden, model.lm_head.weight)
+    assert not lmhead.single_row_as_linear(hidden.repeat(2, 1), model.lm_head.weight)
+
+
 def _hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 

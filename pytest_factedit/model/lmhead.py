@@ -120,6 +120,25 @@ def one_product(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(weight, in_memory_order(hidden).t()).t()
 
 
+def single_row_as_linear(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Is one row's product with a whole head fastest through `F.linear` (MKL's matrix-vector product): fp32 on
+    an Intel CPU whose torch multiplies with MKL, outside autocast? There the embedded model's head takes
+    24-25 ms for a row, against 73 ms as `head_product`'s two rows of W xᵀ, with AVX-512 and AVX2 kernels
+    alike (2 threads, a 2-core Xeon with AMX); in bf16 the two rows are faster (14 ms against 21 ms), and so
+    is MKL's one-row path on an AMD EPYC. `head_product` keeps its two rows all the same: the bf16 screen's
+    fp32 blocks (model/head_argmax.py) must give its bits, and a matrix-vector product over a block of the
+    head's rows need not give the whole head's."""
+    import torch
+
+    return (
+        hidden.shape[0] == 1
+        and hidden.device.type == "cpu"
+        and hidden.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and mkl_on_intel()
+    )
+
+
 def in_memory_order(hidden: torch.Tensor) -> torch.Tensor:
     """`hidden` with each row's values next to each other in memory, as the fast product path wants them."""
     return hidden if hidden.stride(-1) == 1 else hidden.contiguous()
