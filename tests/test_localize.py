@@ -105,7 +105,7 @@ def test_the_clean_run_takes_one_rows_head_product_through_f_linear_on_an_intel_
 ) -> None:
     """The clean probability of a prompt is one row's product with the whole head: MKL's matrix-vector
     product (`F.linear`) in fp32 on an Intel CPU, where it is 3x faster than the two rows `head_product`
-    takes; the same probability either way, and the restorations' rows keep their own form."""
+    takes; the same probability either way."""
     from pytest_factedit.model import lmhead
 
     model, tok = planted
