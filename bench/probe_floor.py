@@ -65,14 +65,12 @@ def measure_machine() -> Machine:
     """The bandwidth and peak a probe's passes meet."""
     import torch
 
+    from pytest_factedit.model.decoding import one_thread
+
     values = torch.ones(128 * 1024 * 1024)  # 512 MB: far past every cache
-    threads = torch.get_num_threads()
     bandwidth = values.numel() * 4 / median_seconds(values.sum, 9)
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # as the timed latency steps run
         bandwidth_one = values.numel() * 4 / median_seconds(values.sum, 5)
-    finally:
-        torch.set_num_threads(threads)
     x, w = torch.randn(512, 640), torch.randn(2048, 640)
     peak = 2 * 512 * 640 * 2048 / median_seconds(lambda: torch.nn.functional.linear(x, w), 21)
     return Machine(bandwidth, bandwidth_one, peak)
