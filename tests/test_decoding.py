@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from pytest_factedit.metrics.answers import said, settled
 from pytest_factedit.model.decoding import DecodeRow, StepTime, decode, decode_keeping, timed_step
+from pytest_factedit.model.onednn import onednn_available
 from pytest_factedit.model.targets import TargetModules
 from pytest_factedit.model.text import encode_prompt
 from tests.tiny import tiny_model, word_tokenizer
@@ -358,13 +359,16 @@ def test_only_torch_on_mkl_on_an_intel_cpu_leaves_few_rows_to_f_linear(monkeypat
     monkeypatch.setattr(lmhead, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
     intel = vendor == "GenuineIntel" and mkl
+    onednn = vendor == "AuthenticAMD" and mkl and onednn_available()
     assert lmhead.linear_rows() == (lmhead.LINEAR_ROWS_ON_INTEL if intel else range(0))
-    assert lmhead.few_row_products() == ("x Wᵀ for 1-8 rows, else W xᵀ" if intel else "W xᵀ")
+    assert lmhead.products_through_onednn() == onednn
+    assert lmhead.few_row_products() == ("x Wᵀ for 1-8 rows, else W xᵀ" if intel else "oneDNN" if onednn else "W xᵀ")
 
 
 def test_a_stored_probe_decoded_with_other_products_or_heads_is_decoded_again(tmp_path, monkeypatch) -> None:
     from pytest_factedit.model import lmhead, probe_cache
 
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: False)  # the MKL forms, on any CPU
     tok = word_tokenizer()
     model = tiny_model("llama", len(tok))
     row = DecodeRow(encode_prompt(tok, PROMPTS[0], False), 4, False)
@@ -397,6 +401,7 @@ def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradien
     from pytest_factedit.model import lmhead
 
     monkeypatch.setattr(lmhead, "head_linear_from", lambda: None)
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: False)  # the MKL forms, on any CPU
     torch.manual_seed(0)
     d = 64
     weight = torch.randn(2 * lmhead.VOCAB_SLICE + 333, d)
@@ -422,11 +427,13 @@ def test_the_head_product_over_slices_gives_the_single_products_bits_and_gradien
     assert torch.equal(sliced_grad, single_grad)
 
 
-def test_the_head_product_takes_one_product_where_slices_would_not_help() -> None:
+def test_the_head_product_takes_one_product_where_slices_would_not_help(monkeypatch) -> None:
     """Few rows, a small weight, a weight that trains, or autocast: one `torch.mm`, as before."""
     import torch
 
     from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: False)  # the MKL forms, on any CPU
 
     weight = torch.randn(3 * lmhead.VOCAB_SLICE, 8)
     many, few = torch.randn(lmhead.SLICED_FROM_ROWS, 8), torch.randn(lmhead.SLICED_FROM_ROWS - 1, 8)
@@ -453,6 +460,7 @@ def test_many_rows_of_a_frozen_head_go_through_f_linear_from_the_rows_named(
     from pytest_factedit.model import lmhead
 
     monkeypatch.setattr(lmhead, "head_linear_from", lambda: 16)
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: False)  # the MKL forms, on any CPU
     torch.manual_seed(0)
     d = 64
     weight = torch.randn(2 * lmhead.VOCAB_SLICE + 333, d)
@@ -491,9 +499,13 @@ def test_only_torch_on_mkl_on_an_intel_cpu_gives_many_head_rows_to_f_linear(
     monkeypatch.setattr(lmhead, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
     intel = vendor == "GenuineIntel" and mkl
+    onednn = vendor == "AuthenticAMD" and mkl and onednn_available()
     assert lmhead.head_linear_from() == (lmhead.HEAD_LINEAR_FROM_ROWS_ON_INTEL if intel else None)
     sliced = "W xᵀ in slices from 12 rows"
-    assert lmhead.head_product_form() == (f"x Wᵀ from 16 rows, {sliced} below" if intel else sliced)
+    expected = (
+        f"x Wᵀ from 16 rows, {sliced} below" if intel else "oneDNN from 10 rows, W xᵀ below" if onednn else sliced
+    )
+    assert lmhead.head_product_form() == expected
 
 
 def test_a_part_of_the_head_is_multiplied_in_the_form_the_whole_head_takes(monkeypatch) -> None:
@@ -504,6 +516,7 @@ def test_a_part_of_the_head_is_multiplied_in_the_form_the_whole_head_takes(monke
     from pytest_factedit.model import lmhead
 
     monkeypatch.setattr(lmhead, "head_linear_from", lambda: 16)
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: False)  # the MKL forms, on any CPU
     torch.manual_seed(0)
     part, many, few = torch.randn(300, 32), torch.randn(16, 32), torch.randn(15, 32)
     linear = torch.nn.functional.linear

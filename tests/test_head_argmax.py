@@ -82,21 +82,28 @@ def test_the_bf16_logits_stay_within_the_bound_the_screen_assumes() -> None:
         assert float((error / bound).max()) > 0.01  # the bound is not vacuous: errors reach a part of it
 
 
-@pytest.mark.parametrize("rows", [1, 5, 11, 12, 30])
-def test_a_slice_of_gathered_head_rows_gives_the_full_heads_bits_for_them(rows: int) -> None:
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("rows", [1, 5, 9, 10, 11, 12, 30])
+def test_a_slice_of_gathered_head_rows_gives_the_full_heads_bits_for_them(monkeypatch, rows: int, onednn: bool) -> None:
     """The premise of the recheck: the few rows the screen leaves, zero-padded to whole slices, multiply
-    to the very bits the full head's product gives them (one product below SLICED_FROM_ROWS, slices above)."""
+    to the very bits the full head's product gives them, in each form the head takes (one product below
+    SLICED_FROM_ROWS, slices above; oneDNN from ONEDNN_HEAD_FROM_ROWS where products go there)."""
     import torch
 
-    from pytest_factedit.model.lmhead import VOCAB_SLICE, head_product, in_slices, one_product, sliced_rows
+    from pytest_factedit.model import lmhead
+    from pytest_factedit.model.onednn import onednn_available
 
+    if onednn and not onednn_available():
+        pytest.skip("this torch has no oneDNN linear op")
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: onednn)
     weight = head_weight()
     hidden = torch.randn(rows, WIDTH)
     picked = torch.tensor([3, 7, 500, 2047, 2048, 4100, 6000, weight.shape[0] - 1])
-    block = weight.new_zeros((VOCAB_SLICE, WIDTH))
+    block = weight.new_zeros((lmhead.VOCAB_SLICE, WIDTH))
     block[: len(picked)] = weight[picked]
-    part = sliced_rows(block, hidden) if in_slices(hidden, weight) else one_product(hidden, block)
-    assert torch.equal(part[:, : len(picked)], head_product(hidden, weight)[:, picked])
+    assert lmhead.through_onednn(hidden, weight) == (onednn and rows >= lmhead.ONEDNN_HEAD_FROM_ROWS)
+    part = lmhead.gathered_rows_product(hidden, block, weight)
+    assert torch.equal(part[:, : len(picked)], lmhead.head_product(hidden, weight)[:, picked])
 
 
 def test_the_screen_is_used_only_where_it_is_faster_and_gives_the_same_tokens(monkeypatch) -> None:
@@ -184,12 +191,14 @@ def test_without_a_screen_few_rows_take_the_full_head_through_f_linear_where_tha
 
 
 @pytest.mark.parametrize(
-    ("vendor", "units"), [("GenuineIntel", False), ("AuthenticAMD", False), ("GenuineIntel", True)]
+    ("vendor", "units"),
+    [("GenuineIntel", False), ("AuthenticAMD", False), ("GenuineIntel", True), ("AuthenticAMD", True)],
 )
 def test_the_greedy_heads_form_is_named_for_the_probe_store(monkeypatch, vendor: str, units: bool) -> None:
     import torch
 
     from pytest_factedit.model import head_argmax, lmhead
+    from pytest_factedit.model.onednn import onednn_available
 
     monkeypatch.setattr(lmhead, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
@@ -197,4 +206,5 @@ def test_the_greedy_heads_form_is_named_for_the_probe_store(monkeypatch, vendor:
     intel = vendor == "GenuineIntel"
     assert head_argmax.head_linear_rows() == (head_argmax.HEAD_LINEAR_ROWS_ON_INTEL if intel else range(0))
     expected = "x Wᵀ for 1-6 rows, else W xᵀ" if intel else "W xᵀ"
-    assert head_argmax.greedy_head_form() == ("bf16 screen, fp32 recheck as W xᵀ" if units else expected)
+    recheck = "oneDNN from 10 rows, W xᵀ below" if not intel and onednn_available() else "W xᵀ"
+    assert head_argmax.greedy_head_form() == (f"bf16 screen, fp32 recheck as {recheck}" if units else expected)

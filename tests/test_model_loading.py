@@ -53,6 +53,19 @@ def test_the_dtype_option_loads_the_weights_in_that_dtype(folder) -> None:
     assert load(str(folder), "cpu").dtype == "float32"  # auto on CPU
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+def test_a_model_loaded_on_a_cpu_whose_products_go_to_onednn_routes_its_linear_layers_there(
+    folder, monkeypatch, onednn: bool
+) -> None:
+    from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: onednn)
+    lm = load(str(folder), "cpu")
+    linears = [m for m in lm.model.modules() if type(m) is torch.nn.Linear]
+    assert [("forward" in m.__dict__) for m in linears] == [onednn] * len(linears)
+    assert any("oneDNN" in note for note in lm.notes) == onednn
+
+
 def test_the_memory_estimate_is_told_before_any_weight_loads(folder, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 

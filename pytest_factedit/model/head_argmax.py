@@ -4,7 +4,7 @@ win: the tokens of the full fp32 head, ties included, in 0.2-0.7 of its time on 
 A greedy step reads only each row's argmax over the vocabulary. The bf16 product of the head differs from
 the fp32 one by at most `screen_error` on every logit, so a token whose bf16 logit falls below the row's best
 by more than twice that cannot be the fp32 argmax. The tokens left (tens to hundreds of Gemma's 262,144) are
-multiplied in fp32 in whole `VOCAB_SLICE`-row blocks, the product shapes the full head uses (the same bits:
+multiplied in fp32 in whole `VOCAB_SLICE`-row blocks, in the form the full head takes (the same bits:
 every output is its own dot product), and the argmax is taken over them in vocabulary order. The bf16 head
 is kept packed in oneDNN's layout: a few rows' product then reads it at memory speed (3 rows: 12 ms, where
 a bf16 product that packs the weight at each call takes 21-31 ms and the fp32 head 24-30 ms;
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 from .introspect import weight_of
 from .lmhead import (
     VOCAB_SLICE,
+    gathered_rows_product,
+    head_product_form,
     in_memory_order,
-    in_slices,
     logits_from_hidden,
     mkl_on_intel,
-    one_product,
     product_forms,
-    sliced_rows,
+    products_through_onednn,
 )
 from .precision import cpu_has_bf16_units, head_derived
 
@@ -97,7 +97,7 @@ def head_linear_rows() -> range:
 def greedy_head_form() -> str:
     """How a greedy step's head picks its tokens here, named for what a decoded row depends on."""
     if cpu_has_bf16_units():
-        return "bf16 screen, fp32 recheck as W xᵀ"
+        return "bf16 screen, fp32 recheck as " + (head_product_form() if products_through_onednn() else "W xᵀ")
     return product_forms(head_linear_rows())
 
 
@@ -169,8 +169,6 @@ def screened_argmax(
         return None
     block = weight.new_zeros((-(-len(left) // VOCAB_SLICE) * VOCAB_SLICE, weight.shape[1]))
     block[: len(left)] = weight.detach()[left]
-    # the product the full head takes for these rows (`head_product`), over whole slices: the same bits (on an
-    # Intel CPU it takes x Wᵀ from 16 rows, whose bits the AVX-512 kernels that run with a screen give alike)
-    exact = sliced_rows(block, hidden) if in_slices(hidden, weight) else one_product(hidden, block)
+    exact = gathered_rows_product(hidden, block, weight)  # the bits the full head gives for these tokens
     tokens: torch.Tensor = left[exact[:, : len(left)].argmax(dim=-1)]
     return tokens
