@@ -87,7 +87,7 @@ def test_the_bf16_logits_stay_within_the_bound_the_screen_assumes() -> None:
 def test_a_slice_of_gathered_head_rows_gives_the_full_heads_bits_for_them(monkeypatch, rows: int, onednn: bool) -> None:
     """The premise of the recheck: the few rows the screen leaves, zero-padded to whole slices, multiply
     to the very bits the full head's product gives them, in each form the head takes (one product below
-    SLICED_FROM_ROWS, slices above; oneDNN from ONEDNN_HEAD_FROM_ROWS where products go there)."""
+    SLICED_FROM_ROWS, slices above; oneDNN from ONEDNN_FROM_ROWS where products go there)."""
     import torch
 
     from pytest_factedit.model import lmhead
@@ -101,7 +101,7 @@ def test_a_slice_of_gathered_head_rows_gives_the_full_heads_bits_for_them(monkey
     picked = torch.tensor([3, 7, 500, 2047, 2048, 4100, 6000, weight.shape[0] - 1])
     block = weight.new_zeros((lmhead.VOCAB_SLICE, WIDTH))
     block[: len(picked)] = weight[picked]
-    assert lmhead.through_onednn(hidden, weight) == (onednn and rows >= lmhead.ONEDNN_HEAD_FROM_ROWS)
+    assert lmhead.through_onednn(hidden, weight) == (onednn and rows >= lmhead.ONEDNN_FROM_ROWS)
     part = lmhead.gathered_rows_product(hidden, block, weight)
     assert torch.equal(part[:, : len(picked)], lmhead.head_product(hidden, weight)[:, picked])
 

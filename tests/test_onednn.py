@@ -60,27 +60,26 @@ def test_its_bits_do_not_depend_on_the_rows_the_weight_rows_or_the_threads() -> 
 
 
 @pytest.mark.parametrize("onednn", [True, False])
-def test_frozen_fp32_products_go_to_onednn_for_small_weights_at_any_rows_and_for_heads_from_10_rows(
+def test_frozen_fp32_products_of_10_rows_or_more_go_to_onednn_where_products_go_there(
     monkeypatch, onednn: bool
 ) -> None:
     monkeypatch.setattr(lmhead, "products_through_onednn", lambda: onednn)
-    small, head = torch.randn(2 * lmhead.VOCAB_SLICE - 1, 8), torch.randn(2 * lmhead.VOCAB_SLICE, 8)
-    start = lmhead.ONEDNN_HEAD_FROM_ROWS
-    assert lmhead.through_onednn(torch.randn(1, 8), small) == onednn
-    assert lmhead.through_onednn(torch.randn(start, 8), head) == onednn
-    assert not lmhead.through_onednn(torch.randn(start - 1, 8), head)
-    assert not lmhead.through_onednn(torch.randn(0, 8), small)
-    assert not lmhead.through_onednn(torch.randn(3, 8), small.clone().requires_grad_())  # a weight that trains
-    assert not lmhead.through_onednn(torch.randn(3, 8).double(), small.double())
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not lmhead.through_onednn(torch.randn(3, 8), small)
+    start = lmhead.ONEDNN_FROM_ROWS
+    small, head = torch.randn(64, 8), torch.randn(2 * lmhead.VOCAB_SLICE, 8)
+    for weight in (small, head):
+        assert lmhead.through_onednn(torch.randn(start, 8), weight) == onednn
+        assert not lmhead.through_onednn(torch.randn(start - 1, 8), weight)
+        assert not lmhead.through_onednn(torch.randn(start, 8), weight.clone().requires_grad_())  # a trained weight
+        assert not lmhead.through_onednn(torch.randn(start, 8).double(), weight.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not lmhead.through_onednn(torch.randn(start, 8), weight)
 
 
 def test_the_heads_products_and_their_gradient_are_onednns_where_products_go_there(monkeypatch) -> None:
     monkeypatch.setattr(lmhead, "products_through_onednn", lambda: True)
     torch.manual_seed(0)
     weight = torch.randn(2 * lmhead.VOCAB_SLICE + 333, 64)
-    source = torch.randn(lmhead.ONEDNN_HEAD_FROM_ROWS, 64)
+    source = torch.randn(lmhead.ONEDNN_FROM_ROWS, 64)
     hidden = source.clone().requires_grad_()
     logits = lmhead.head_product(hidden, weight)
     torch.log_softmax(logits, -1)[:, 5].sum().backward()

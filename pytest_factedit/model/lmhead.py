@@ -110,13 +110,12 @@ def as_linear(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
     return start is not None and hidden.shape[0] >= start and frozen_fp32_on_cpu(hidden, weight)
 
 
-# On an AMD CPU whose torch multiplies with MKL, a frozen fp32 product goes to oneDNN instead
-# (`through_onednn`): for every row count where the weight has fewer than 2 * VOCAB_SLICE rows (a decoder's
-# linear layers: 0.4-0.7 of MKL's time over 3-600 rows with AVX-512 kernels, 0.7-1.0 held to AVX2), and from
-# this many rows for a larger one (the embedded model's head over 10-111 rows: 0.4-0.5 of the sliced W xᵀ
-# product's time with AVX-512 kernels, 0.6-0.8 held to AVX2; over 2-4 rows W xᵀ is faster). 2-core AMD EPYC,
-# 2 threads; bench/onednn_products.py.
-ONEDNN_HEAD_FROM_ROWS = 10
+# On an AMD CPU whose torch multiplies with MKL, a frozen fp32 product of this many rows or more goes to
+# oneDNN instead (`through_onednn`): the embedded model's 126 decoder linear layers took 0.54-0.57 of the
+# time of the W xᵀ form over 10-12 rows with AVX-512 kernels, and its head 0.40-0.49 (0.59-0.76 held to AVX2
+# kernels); over 2-4 rows W xᵀ is faster (oneDNN 1.06-1.8x). 2-core AMD EPYC, 2 threads;
+# bench/onednn_products.py.
+ONEDNN_FROM_ROWS = 10
 
 
 def mkl_on_amd() -> bool:
@@ -132,21 +131,16 @@ def products_through_onednn() -> bool:
 
 
 def through_onednn(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Does this product go to oneDNN: a `frozen_fp32_on_cpu` one where `products_through_onednn`, of a weight
-    under 2 * VOCAB_SLICE rows, or of at least ONEDNN_HEAD_FROM_ROWS rows by a larger one?"""
-    return (
-        hidden.shape[0] > 0
-        and (weight.shape[0] < 2 * VOCAB_SLICE or hidden.shape[0] >= ONEDNN_HEAD_FROM_ROWS)
-        and frozen_fp32_on_cpu(hidden, weight)
-        and products_through_onednn()
-    )
+    """Does this product go to oneDNN: a `frozen_fp32_on_cpu` one of at least ONEDNN_FROM_ROWS rows where
+    `products_through_onednn`?"""
+    return hidden.shape[0] >= ONEDNN_FROM_ROWS and frozen_fp32_on_cpu(hidden, weight) and products_through_onednn()
 
 
 def head_product_form() -> str:
     """The form of the head's many-row products here (`head_product`, `head_part_product`), named for the
     stores of decoded rows and traces (model/probe_cache.py)."""
     if products_through_onednn():
-        return f"oneDNN from {ONEDNN_HEAD_FROM_ROWS} rows, W xᵀ below"
+        return f"oneDNN from {ONEDNN_FROM_ROWS} rows, W xᵀ below"
     start = head_linear_from()
     sliced = f"W xᵀ in slices from {SLICED_FROM_ROWS} rows"
     return sliced if start is None else f"x Wᵀ from {start} rows, {sliced} below"
@@ -323,9 +317,10 @@ def product_forms(to_linear: range) -> str:
 
 
 def few_row_products() -> str:
-    """The products a decoding step's linear layers take here: oneDNN's on an AMD CPU (`route_linears`), else
-    those `fast_linears` takes."""
-    return "oneDNN" if products_through_onednn() else product_forms(linear_rows())
+    """The products a decoding step's linear layers take here: from ONEDNN_FROM_ROWS rows oneDNN's on an AMD
+    CPU (`route_linears`), and those `fast_linears` takes."""
+    forms = product_forms(linear_rows())
+    return f"oneDNN from {ONEDNN_FROM_ROWS} rows, {forms} below" if products_through_onednn() else forms
 
 
 def _product_forward(module: torch.nn.Linear, to_linear: range) -> Callable[[torch.Tensor], torch.Tensor]:
