@@ -26,11 +26,17 @@ def close_to_exact(product: Any, left: Any, right: Any) -> bool:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 16])
-@pytest.mark.parametrize("layout", ["rows", "transposed"])
+@pytest.mark.parametrize("layout", ["rows", "last-position", "transposed"])
 def test_the_product_and_its_gradient_are_the_exact_ones_within_fp32_rounding(rows: int, layout: str) -> None:
+    """Whatever the layout of the rows: one after another, the last position of a [rows, 3, d] batch, or a
+    transposed [d, rows] tensor's rows."""
     torch.manual_seed(0)
     weight = torch.randn(300, 64)
-    source = torch.randn(rows, 64) if layout == "rows" else torch.randn(64, rows).t()
+    source = {
+        "rows": lambda: torch.randn(rows, 64),
+        "last-position": lambda: torch.randn(rows, 3, 64)[:, -1],
+        "transposed": lambda: torch.randn(64, rows).t(),
+    }[layout]()
     hidden = source.clone(memory_format=torch.preserve_format).requires_grad_()
     out = onednn_product(hidden, weight)
     upstream = torch.randn(rows, 300)
