@@ -111,9 +111,9 @@ def as_linear(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 # On an AMD CPU whose torch multiplies with MKL, a frozen fp32 product of this many rows or more goes to
-# oneDNN instead (`through_onednn`): the embedded model's 126 decoder linear layers took 0.54-0.57 of the
-# time of the W xᵀ form over 10-12 rows with AVX-512 kernels, and its head 0.40-0.49 (0.59-0.76 held to AVX2
-# kernels); over 2-4 rows W xᵀ is faster (oneDNN 1.06-1.8x). 2-core AMD EPYC, 2 threads;
+# oneDNN instead (`through_onednn`): the embedded model's 126 decoder linear layers took 0.42-0.70 of the
+# time of the W xᵀ form over 10-600 rows with AVX-512 kernels (0.69-1.03 held to AVX2), and its head
+# 0.40-0.56 (0.66-0.96); over 2-4 rows W xᵀ is faster (oneDNN 1.04-2.5x). 2-core AMD EPYC, 2 threads;
 # bench/onednn_products.py.
 ONEDNN_FROM_ROWS = 10
 

@@ -2,8 +2,8 @@
 
 torch's fp32 `F.linear` on a CPU always goes to its BLAS (MKL in the x86 wheels); oneDNN's fp32 product is
 reached only through torch's private op `mkldnn._linear_pointwise`, the one its compiler emits. On an AMD
-EPYC, MKL's products of 10 rows or more take 1.5-2.7x oneDNN's time (model/lmhead.py says where the plugin
-uses it; bench/onednn_products.py).
+EPYC, MKL's `F.linear` over 10 rows or more takes 1.9-3.5x oneDNN's time with AVX-512 kernels and 1.1-1.9x
+held to AVX2 (model/lmhead.py says where the plugin uses it; bench/onednn_products.py).
 Every output of oneDNN's product is its own dot product, summed in an order that does not depend on how many
 rows (from two on; one row takes a matrix-vector path) or weight rows are multiplied, or on the number of
 threads: a gathered block of a head's rows gives the whole head's bits for them (tests/test_onednn.py).
