@@ -41,6 +41,19 @@ def median_seconds(compute: Callable[[], Any], repeats: int) -> float:
     return sorted(timed)[len(timed) // 2]
 
 
+def embedded_weights() -> tuple[Any, list[Any]]:
+    """The embedded model's LM head weight and the weights of its other plain linear layers (the decoder's),
+    detached, from the model as the plugin loads it."""
+    import torch
+
+    from pytest_factedit.model.load import load
+
+    model = load(None, "cpu").model
+    head = model.get_output_embeddings()
+    decoder = [m.weight.detach() for m in model.modules() if type(m) is torch.nn.Linear and m is not head]
+    return head.weight.detach(), decoder
+
+
 def laid_in_rows(weight: Any, columns: Any) -> Any:
     """One product, then copied one row after another, as a log-softmax or an argmax copies it first."""
     import torch

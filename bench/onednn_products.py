@@ -19,7 +19,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from head_slices import median_seconds
+from head_slices import embedded_weights, median_seconds
 
 
 def main() -> None:
@@ -32,12 +32,8 @@ def main() -> None:
 
     from pytest_factedit.infra.cpu import cpuinfo_field
     from pytest_factedit.model.lmhead import cpu_vendor, head_product_form, products_through_onednn
-    from pytest_factedit.model.load import load
 
-    lm = load(None, "cpu")
-    head_layer = lm.model.get_output_embeddings()
-    head = head_layer.weight.detach()
-    weights = [m.weight.detach() for m in lm.model.modules() if type(m) is torch.nn.Linear and m is not head_layer]
+    head, weights = embedded_weights()
     print(
         f"CPU {cpuinfo_field('model name') or 'unknown'} ({cpu_vendor() or 'unknown vendor'}), kernels "
         f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "

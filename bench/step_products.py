@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from head_slices import median_seconds
+from head_slices import embedded_weights, median_seconds
 
 
 def main() -> None:
@@ -32,17 +32,14 @@ def main() -> None:
 
     from pytest_factedit.model.head_argmax import greedy_head_form
     from pytest_factedit.model.lmhead import cpu_vendor, few_row_products
-    from pytest_factedit.model.load import load
 
-    lm = load(None, "cpu")
-    head = lm.model.get_output_embeddings()
-    weights = [m.weight.detach() for m in lm.model.modules() if type(m) is torch.nn.Linear and m is not head]
+    head, weights = embedded_weights()
     print(
         f"CPU vendor {cpu_vendor() or 'unknown'}, kernels {torch.backends.cpu.get_cpu_capability()}, MKL "
         f"{torch.backends.mkl.is_available()}; torch {torch.__version__}; {len(weights)} linear layers, "
         f"{sum(w.numel() for w in weights) / 1e6:.0f} M weights\nthe plugin's greedy steps take: {few_row_products()}\n"
     )
-    for name, layers in (("the decoder's linear layers", weights), ("the LM head", [head.weight.detach()])):
+    for name, layers in (("the decoder's linear layers", weights), ("the LM head", [head])):
         print(f"{name}\n\n| rows | threads | W xᵀ | F.linear | F.linear / W xᵀ | same bits |")
         print("|---|---|---|---|---|---|")
         with torch.no_grad():

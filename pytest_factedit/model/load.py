@@ -260,9 +260,7 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    notes = [f"loaded from {source} in {time.perf_counter() - start:.1f}s"]
-    if device_name == "cpu" and route_linears(model):  # an AMD CPU: fp32 products by oneDNN
-        notes.append("fp32 linear layers multiply with oneDNN (faster than MKL on an AMD CPU)")
+    routed = device_name == "cpu" and route_linears(model) > 0  # an AMD CPU: fp32 products by oneDNN
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -277,7 +275,8 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
         weights_hash=weights_hash,
         load_seconds=time.perf_counter() - load_start,
         conversion_seconds=conversion_seconds,
-        notes=notes,
+        notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"]
+        + (["fp32 linear layers multiply with oneDNN (faster than MKL on an AMD CPU)"] if routed else []),
         memory=memory,
     )
 

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     import torch
 
 
+@cache
 def onednn_available() -> bool:
-    """Does this torch have oneDNN's linear op on the CPU?"""
+    """Does this torch have oneDNN's linear op on the CPU? Asked once per process: every routed layer's
+    product asks it."""
     import torch
 
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
