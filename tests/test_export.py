@@ -164,6 +164,7 @@ def test_sequential_mode_runs_the_cases_in_order_and_checks_them_at_the_end(pyte
     assert 0 < summary["base_pass_seconds"] < summary["wall_seconds"]  # the base rows, decoded before any edit
     assert 0 < summary["load_seconds"] < summary["wall_seconds"] and summary["conversion_seconds"] is None  # a folder
     assert summary["memory_estimate"].startswith("estimated memory (")  # as the terminal's header gives it
+    assert summary["load_notes"][0].startswith("loaded from ")  # then any product library the load chose
     records = [
         json.loads(line) for line in (pytester.path / "reports" / "seq" / "results.jsonl").read_text().splitlines()
     ]

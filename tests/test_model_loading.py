@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 
 from pytest_factedit.edit import get_editor, resolve_settings
 from pytest_factedit.errors import ModelLoadError, explained
-from pytest_factedit.infra.events import MEMORY, listening
+from pytest_factedit.infra.events import LOAD_NOTE, MEMORY, listening
 from pytest_factedit.localize import FactPrompts, localize
 from pytest_factedit.model import hub
-from pytest_factedit.model.load import load
+from pytest_factedit.model.load import ONEDNN_NOTE, load
 from pytest_factedit.model.memory import config_shape, estimate_memory
 from pytest_factedit.model.spec import resolve
 from pytest_factedit.model.targets import layer_targets
@@ -60,10 +60,13 @@ def test_a_model_loaded_on_a_cpu_whose_products_go_to_onednn_routes_its_linear_l
     from pytest_factedit.model import lmhead
 
     monkeypatch.setattr(lmhead, "products_through_onednn", lambda: onednn)
-    lm = load(str(folder), "cpu")
+    heard = []
+    with listening(heard.append):
+        lm = load(str(folder), "cpu")
     linears = [m for m in lm.model.modules() if type(m) is torch.nn.Linear]
     assert [("forward" in m.__dict__) for m in linears] == [onednn] * len(linears)
     assert any("oneDNN" in note for note in lm.notes) == onednn
+    assert [e.label for e in heard if e.kind == LOAD_NOTE] == ([ONEDNN_NOTE] if onednn else [])  # the terminal's line
 
 
 def test_the_memory_estimate_is_told_before_any_weight_loads(folder, monkeypatch) -> None:

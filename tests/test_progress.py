@@ -251,6 +251,20 @@ def test_plain_loading_tells_a_conversion_and_the_load() -> None:
     assert loaded_line("m", 1.0, False) == "factedit: m loaded in 1.0 s"
 
 
+def test_plain_loading_shows_the_lines_the_load_tells_about_itself() -> None:
+    """The memory estimate and a load note (the oneDNN products on an AMD CPU) each get a line of their own."""
+    clock, out = Clock(), io.StringIO()
+    with case_progress(out, "plain", clock=clock).loading("gemma3-270m"):
+        emit(events.MEMORY, "estimated memory (float32, ia3-two-stage): about 1.3 GiB")
+        emit(events.LOAD_NOTE, "fp32 linear layers multiply with oneDNN (faster than MKL on this AMD CPU)")
+        clock.now += 2.5
+    assert out.getvalue().splitlines() == [
+        "factedit: estimated memory (float32, ia3-two-stage): about 1.3 GiB",
+        "factedit: fp32 linear layers multiply with oneDNN (faster than MKL on this AMD CPU)",
+        "factedit: gemma3-270m loaded in 2.5 s",
+    ]
+
+
 def test_plain_counts_the_steps_the_real_training_loop_took() -> None:
     """The IA³ editor on a tiny random model: the line's step counts are the stages' own, not their caps."""
     pytest.importorskip("torch")

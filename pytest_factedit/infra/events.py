@@ -18,6 +18,7 @@ CONVERT_START = "convert-start"  # label: the model's name; a GGUF is converted 
 CONVERT = "convert"  # label: a phase below; `done`/`total`: tensors de-quantized so far, of all
 CONVERT_END = "convert-end"  # label: the model's name
 MEMORY = "memory"  # label: the estimated memory of the run, told before the weights load (a line to show)
+LOAD_NOTE = "load-note"  # label: how the loaded model computes where that is not torch's default (a line to show)
 LOCALIZE_START = "localize-start"  # label: the localization method
 LOCALIZE_END = "localize-end"  # label: the localization method
 STEP = "step"  # label: the stage ("unlearn", "learn"); `done`: optimizer steps taken; `total`: the step cap

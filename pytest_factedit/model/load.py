@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ModelLoadError, out_of_memory_hint, shown
-from ..infra.events import MEMORY, emit
+from ..infra.events import LOAD_NOTE, MEMORY, emit
 from .cache import converted_dir
 from .hub import hub_error, local_files_only
 from .lmhead import route_linears
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies; or a JSON mapping
+ONEDNN_NOTE = "fp32 linear layers multiply with oneDNN (faster than MKL on this AMD CPU)"
 DEVICE_NAME = re.compile(r"cpu|disk|mps|cuda(?::\d{1,4})?")  # a device a JSON map may name (or a GPU number)
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
 
@@ -261,6 +262,8 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
     for param in model.parameters():
         param.requires_grad_(False)
     routed = device_name == "cpu" and route_linears(model) > 0  # an AMD CPU: fp32 products by oneDNN
+    if routed:
+        emit(LOAD_NOTE, ONEDNN_NOTE)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -275,8 +278,7 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
         weights_hash=weights_hash,
         load_seconds=time.perf_counter() - load_start,
         conversion_seconds=conversion_seconds,
-        notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"]
-        + (["fp32 linear layers multiply with oneDNN (faster than MKL on an AMD CPU)"] if routed else []),
+        notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"] + ([ONEDNN_NOTE] if routed else []),
         memory=memory,
     )
 

@@ -21,6 +21,7 @@ from ..infra.events import (
     CASE_END,
     CONVERT,
     CONVERT_START,
+    LOAD_NOTE,
     LOCALIZE_END,
     LOCALIZE_START,
     MEMORY,
@@ -258,7 +259,7 @@ class CaseProgress:
         with self._view(model_name) as view:
 
             def hear(event: Event) -> None:
-                if event.kind == MEMORY:  # told before the weights load, and kept on screen
+                if event.kind in (MEMORY, LOAD_NOTE):  # lines about the load, kept on screen
                     if view is not None:
                         view.note(f"{PREFIX}{event.label}")
                     else:

@@ -31,6 +31,7 @@ class RunInfo(TypedDict, total=False):
     versions: dict[str, str | None]
     load_seconds: float
     memory_estimate: str | None
+    load_notes: list[str]  # what the load said: where from and in how long, and any product library it chose
     conversion_seconds: float | None
     worker: str  # an xdist worker: its share of the machine (GPU or CPU threads)
     machine: dict[str, str | None]  # the CPU and its instruction set: answers are deterministic on one kind
@@ -185,6 +186,7 @@ class RunSummary(TypedDict, total=False):
     load_seconds: float  # the model's load in this process (none under xdist: the workers load it)
     conversion_seconds: float | None  # its first conversion to the safetensors cache (None: the cache served)
     memory_estimate: str | None  # the load's estimate of the memory a case needs, as the terminal shows it
+    load_notes: list[str]  # the load's notes: where from, in how long, and any product library it chose
     base_pass_seconds: float  # a pass over every case's base rows before the first case, when one ran
     versions: dict[str, str | None]
     mode: str
@@ -493,7 +495,8 @@ def summary_record(
         "mode": mode,
         "suites": list(suites),
     }
-    for key in ("load_seconds", "conversion_seconds", "memory_estimate", "base_pass_seconds"):  # in no case's record
+    in_no_case_record = ("load_seconds", "conversion_seconds", "memory_estimate", "load_notes", "base_pass_seconds")
+    for key in in_no_case_record:
         if key in run:
             summary[key] = run[key]
     if many is not None:

@@ -55,6 +55,7 @@ def model_facts(lm: LoadedModel) -> dict[str, Any]:
         "machine": machine_info(),
         "load_seconds": round(lm.load_seconds, 3),
         "memory_estimate": lm.memory.line() if lm.memory else None,
+        "load_notes": list(lm.notes),
         "conversion_seconds": None if lm.conversion_seconds is None else round(lm.conversion_seconds, 3),
     }
 
