@@ -495,8 +495,8 @@ def summary_record(
         "mode": mode,
         "suites": list(suites),
     }
-    in_no_case_record = ("load_seconds", "conversion_seconds", "memory_estimate", "load_notes", "base_pass_seconds")
-    for key in in_no_case_record:
+    # in no case's record
+    for key in ("load_seconds", "conversion_seconds", "memory_estimate", "load_notes", "base_pass_seconds"):
         if key in run:
             summary[key] = run[key]
     if many is not None:
