@@ -99,6 +99,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         f"model {lm.spec.name} ({type(lm.model).__name__}) on {lm.device}/{lm.dtype}: "
         f"conversion {conversion}, load {lm.load_seconds:.1f}s, weights {lm.weights_hash[:16]}"
     )
+    for note in lm.notes:  # where it loaded from, and any product library the load chose
+        print(f"  {note}")
     return 0
 
 

@@ -69,6 +69,18 @@ def test_a_model_loaded_on_a_cpu_whose_products_go_to_onednn_routes_its_linear_l
     assert [e.label for e in heard if e.kind == LOAD_NOTE] == ([ONEDNN_NOTE] if onednn else [])  # the terminal's line
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+def test_factedit_prepare_prints_the_loads_notes(folder, monkeypatch, capsys, onednn: bool) -> None:
+    from pytest_factedit.cli import main
+    from pytest_factedit.model import lmhead
+
+    monkeypatch.setattr(lmhead, "products_through_onednn", lambda: onednn)
+    assert main(["prepare", "--model", str(folder), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("model ") and lines[1].startswith(f"  loaded from {folder}")
+    assert (f"  {ONEDNN_NOTE}" in lines) == onednn
+
+
 def test_the_memory_estimate_is_told_before_any_weight_loads(folder, monkeypatch) -> None:
     from transformers import AutoModelForCausalLM
 
