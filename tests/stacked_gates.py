@@ -17,7 +17,7 @@ from pytest_factedit.edit.settings import EditSettings
 from pytest_factedit.edit.subject_gains import SubjectGainEdit, _hooked, subject_gate_for
 from pytest_factedit.model.targets import TargetModules, all_layer_targets
 
-REACHES = ("subject", "subject-sentence")
+REACHES = ("subject", "subject-sentence", "after-subject")
 
 
 def scaling_hook(edit: SubjectGainEdit, name: str, feedforward: bool) -> Any:
@@ -106,7 +106,7 @@ def synthetic_edits(model: Any, tok: Any, count: int, prompt_ids: set[int]) -> l
     edits = []
     for index, pattern in enumerate(sorted(patterns)):
         modules = rng.sample(list(targets.modules), 2)
-        gate = SubjectGate([pattern], REACHES[index % 2], flags)
+        gate = SubjectGate([pattern], REACHES[index % len(REACHES)], flags)
         edits.append(gated_edit(model, gate, modules, targets.feedforward, 1, index))
     japan = subject_gate_for(tok, [EditRequest("Japan", ("The capital of Japan is",), ("a",), ("b",))])
     edits.append(gated_edit(model, japan, list(targets.modules), targets.feedforward, 2, count))

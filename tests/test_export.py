@@ -89,7 +89,8 @@ def test_saved_adapters_load_with_peft_alone_and_give_the_edited_answers(tmp_pat
     assert recorded[0]["edited"] != recorded[0]["base"]
 
 
-def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_dir, capsys) -> None:
+@pytest.mark.parametrize("reach", ["subject-sentence", "after-subject"])
+def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_dir, capsys, reach) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pytest_factedit.model.probe import greedy_continuations
@@ -97,7 +98,7 @@ def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_d
     from pytest_factedit.report.manifest import load_edit
 
     folder, old = tiny_dir
-    case = write_case(tmp_path, old, gains="subject-sentence")
+    case = write_case(tmp_path, old, gains=reach)
     code = edit_and_save(case, folder, tmp_path / "shipped", tmp_path)
     assert code in (0, 1), capsys.readouterr().out
     out = tmp_path / "shipped" / "tower"
@@ -110,7 +111,7 @@ def test_subject_gated_gains_ship_with_a_manifest_and_load_back(tmp_path, tiny_d
     recorded = [a for a in manifest["answers"] if a["group"] == "prompts"]
     budget = answer_token_budget(tok, [old, manifest["new"][0]])
     with load_edit(base, out) as edit:
-        assert edit.gate.reach == "subject-sentence" and len(edit.gate.word_flags) == len(tok)  # the gate as trained
+        assert edit.gate.reach == reach and len(edit.gate.word_flags) == len(tok)  # the gate as trained
         assert greedy_continuations(edit.model, tok, [a["prompt"] for a in recorded], [budget]) == [
             a["edited"] for a in recorded
         ]

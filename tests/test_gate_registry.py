@@ -219,7 +219,7 @@ def thirty_edits(model: Any, tok: Any) -> list[SubjectGainEdit]:
     for index in range(30):
         subject, aliases = SUBJECTS[index % len(SUBJECTS)]
         request = EditRequest(subject, (f"The capital of {subject} is",), ("Tokyo",), ("Seoul",), aliases=aliases)
-        gate = subject_gate_for(tok, [request], REACHES[index % 2])
+        gate = subject_gate_for(tok, [request], REACHES[index % len(REACHES)])
         if index == 29:
             gate = SubjectGate(gate.patterns, gate.reach, b"")
         modules = rng.sample(list(targets.modules), rng.randint(1, len(targets.modules)))

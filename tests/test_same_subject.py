@@ -270,6 +270,24 @@ def test_sentence_reach_marks_the_subject_and_the_rest_of_its_sentence() -> None
     assert "".join(marked(states, tok, "The capital of the U.S. is")).endswith("U.S.▁is")  # its own '.' does not end it
 
 
+def test_after_subject_reach_marks_the_rest_of_the_sentence_but_not_the_subject() -> None:
+    from pytest_factedit.edit.gate import SubjectGate
+    from tests.tiny import piece_tokenizer
+
+    tok = piece_tokenizer()
+    gate = gate_for(tok, "Japan")
+    after = SubjectGate(gate.patterns, "after-subject", gate.word_flags)
+    assert "".join(marked(after, tok, "The capital of Japan is")) == "▁is"  # the subject's own states stay the base's
+    assert marked(after, tok, "The capital of France is") == []
+    assert "".join(marked(after, tok, "Speaking of Japan, here. The capital of France is")) == ",▁here."
+    assert marked(after, tok, "Tell me about Japan") == []  # nothing after the subject yet
+    ids = tok("Tell me about Japan", add_special_tokens=False, return_tensors="pt").input_ids
+    _mask, state = after.continued(ids, None)
+    assert bool(state[1][0])  # its sentence is still open: the next token, continuing the cache, is marked
+    more = tok(" is", add_special_tokens=False, return_tensors="pt").input_ids
+    assert bool(after.continued(more, state)[0].all())
+
+
 def _japan_gains():
     """(tiny model, tokenizer, an edit not yet on it): large random gains on every module, behind a
     subject-sentence gate on "Japan", as the default editor's."""

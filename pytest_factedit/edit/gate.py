@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+SENTENCE_REACHES = ("subject-sentence", "after-subject")  # reaches that run on to the end of the sentence
 LOOK_BACK = 8  # tokens kept before a continued pass, beyond the longest pattern (whole_name reads the word before)
 
 
@@ -36,7 +37,9 @@ class SubjectGate:
 
     def __init__(self, patterns: Sequence[Sequence[int]], reach: str = "subject", word_flags: bytes = b"") -> None:
         self.patterns = tuple(tuple(p) for p in patterns if p)
-        self.reach = reach  # "subject": its tokens; "subject-sentence": them and the rest of their sentence
+        # "subject": its tokens; "subject-sentence": them and the rest of their sentence; "after-subject":
+        # that rest alone, so that the subject's own states, which every question about it reads, stay the base's
+        self.reach = reach
         self.word_flags = word_flags  # edit/words.py: with them, only whole names count ("Japan", not "Japanese")
         self.mask: torch.Tensor | None = None
         self.enabled = True
@@ -66,9 +69,11 @@ class SubjectGate:
         joined = torch.cat([tail, ids], dim=1)
         found = self.found(joined)[:, tail.shape[1] :]
         mask, open_after = found, None
-        if self.reach == "subject-sentence":
+        if self.reach in SENTENCE_REACHES:
             mask, ends = self.rest_of_sentence(ids, found, still_open)
             open_after = mask[:, -1] & ~ends[:, -1] if ids.shape[1] else still_open
+            if self.reach == "after-subject":
+                mask = mask & ~found
         if open_after is None:
             open_after = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         return mask, (joined[:, -self.kept_tokens :], open_after)

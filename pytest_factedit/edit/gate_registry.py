@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..model.kv import cache_keyword, returned_cache, row_state
 from ..model.lmhead import decoder
 from ..model.skip import first_rows_safe
+from .gate import SENTENCE_REACHES
 from .gate_index import PatternTrie, rest_of_sentence
 from .words import ENDS_SENTENCE, whole_name
 
@@ -353,12 +354,14 @@ class GateRegistry:
         for serial in sorted(found.keys() | was_open):
             entry = self.entries[serial]
             positions = sorted(found.get(serial, ()))
-            if entry.edit.gate.reach == "subject-sentence":
+            if entry.edit.gate.reach in SENTENCE_REACHES:
                 group = entry.group
                 if id(group) not in ends:
                     ends[id(group)] = _sentence_ends(ids, group.flags)
                 own_ends = [t for t in ends[id(group)] if t not in found.get(serial, ())]
                 positions, opened = rest_of_sentence(positions, own_ends, serial in was_open, len(ids))
+                if entry.edit.gate.reach == "after-subject":
+                    positions = [t for t in positions if t not in found.get(serial, ())]
                 if opened:
                     still_open.append(serial)
             if positions:

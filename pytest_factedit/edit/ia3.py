@@ -1,7 +1,7 @@
 """The IA³ editors, the default among them: per-channel gains on the targeted modules, one set per stage.
 
 Their own `gain_positions` chooses where the gains act: on the subject's tokens (and the rest of their
-sentence) as gated hooks (`subject_gains.py`), or on every token as a peft IA³ adapter trained by
+sentence, or that rest alone) as gated hooks (`subject_gains.py`), or on every token as a peft IA³ adapter trained by
 `PeftStageTrainer`, where the preservation term may hold the modules' outputs on generated text.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-GAIN_POSITIONS = ("every", "subject", "subject-sentence")
+GAIN_POSITIONS = ("every", "subject", "subject-sentence", "after-subject")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class IA3Settings(TrainingLoopSettings, KeyStatisticsSettings):
     gain_positions: str = setting(
         "subject-sentence",
         "choice",
-        "IA³ gains on every token, only on the subject's tokens, or on them and the rest of their sentence",
+        "IA³ gains on every token, only on the subject's tokens, on them and the rest of their sentence, "
+        "or on the rest of the sentence alone (after-subject: the subject's own states stay the base model's)",
         GAIN_POSITIONS,
     )
     subject_rows: int = changed_default(TrainingLoopSettings, "subject_rows", 8)

@@ -1,4 +1,5 @@
-"""IA³ gains that act only where the subject is read (`gain_positions: subject` or `subject-sentence`).
+"""IA³ gains that act only where the subject is read (`gain_positions: subject`, `subject-sentence`,
+`after-subject`).
 
 The same per-channel gains as peft's IA³ on the same modules (the input of a feed-forward output
 projection, the output of the others), one vector per stage, multiplied; but applied only at the
