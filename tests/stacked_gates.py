@@ -106,7 +106,8 @@ def synthetic_edits(model: Any, tok: Any, count: int, prompt_ids: set[int]) -> l
     edits = []
     for index, pattern in enumerate(sorted(patterns)):
         modules = rng.sample(list(targets.modules), 2)
-        gate = SubjectGate([pattern], REACHES[index % len(REACHES)], flags)
+        reach = REACHES[index % 2]  # the first two reaches: the workload bench/gate_scale.py measured
+        gate = SubjectGate([pattern], reach, flags)
         edits.append(gated_edit(model, gate, modules, targets.feedforward, 1, index))
     japan = subject_gate_for(tok, [EditRequest("Japan", ("The capital of Japan is",), ("a",), ("b",))])
     edits.append(gated_edit(model, japan, list(targets.modules), targets.feedforward, 2, count))

@@ -1,8 +1,9 @@
 """The IA³ editors, the default among them: per-channel gains on the targeted modules, one set per stage.
 
 Their own `gain_positions` chooses where the gains act: on the subject's tokens (and the rest of their
-sentence, or that rest alone) as gated hooks (`subject_gains.py`), or on every token as a peft IA³ adapter trained by
-`PeftStageTrainer`, where the preservation term may hold the modules' outputs on generated text.
+sentence, or that rest alone) as gated hooks (`subject_gains.py`), or on every token as a peft IA³
+adapter trained by `PeftStageTrainer`, where the preservation term may hold the modules' outputs on
+generated text.
 """
 
 from __future__ import annotations
