@@ -11,13 +11,11 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from pytest_factedit.edit.base import EditRequest
-from pytest_factedit.edit.gate import SubjectGate
+from pytest_factedit.edit.gate import REACHES, SubjectGate
 from pytest_factedit.edit.saved_gains import gain_width
 from pytest_factedit.edit.settings import EditSettings
 from pytest_factedit.edit.subject_gains import SubjectGainEdit, _hooked, subject_gate_for
 from pytest_factedit.model.targets import TargetModules, all_layer_targets
-
-REACHES = ("subject", "subject-sentence", "after-subject")
 
 
 def scaling_hook(edit: SubjectGainEdit, name: str, feedforward: bool) -> Any:

@@ -28,7 +28,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-SENTENCE_REACHES = ("subject-sentence", "after-subject")  # reaches that run on to the end of the sentence
+# what a gate can mark: "subject", its tokens; "subject-sentence", them and the rest of their sentence;
+# "after-subject", that rest alone, so that the subject's own states, which every question about it reads,
+# stay the base model's
+REACHES = ("subject", "subject-sentence", "after-subject")
+SENTENCE_REACHES = REACHES[1:]  # the reaches that run on to the end of the sentence
 LOOK_BACK = 8  # tokens kept before a continued pass, beyond the longest pattern (whole_name reads the word before)
 
 
@@ -37,9 +41,7 @@ class SubjectGate:
 
     def __init__(self, patterns: Sequence[Sequence[int]], reach: str = "subject", word_flags: bytes = b"") -> None:
         self.patterns = tuple(tuple(p) for p in patterns if p)
-        # "subject": its tokens; "subject-sentence": them and the rest of their sentence; "after-subject":
-        # that rest alone, so that the subject's own states, which every question about it reads, stay the base's
-        self.reach = reach
+        self.reach = reach  # one of REACHES
         self.word_flags = word_flags  # edit/words.py: with them, only whole names count ("Japan", not "Japanese")
         self.mask: torch.Tensor | None = None
         self.enabled = True

@@ -353,15 +353,16 @@ class GateRegistry:
         offset = index * len(ids)
         for serial in sorted(found.keys() | was_open):
             entry = self.entries[serial]
-            positions = sorted(found.get(serial, ()))
+            subject = found.get(serial, set())
+            positions = sorted(subject)
             if entry.edit.gate.reach in SENTENCE_REACHES:
                 group = entry.group
                 if id(group) not in ends:
                     ends[id(group)] = _sentence_ends(ids, group.flags)
-                own_ends = [t for t in ends[id(group)] if t not in found.get(serial, ())]
+                own_ends = [t for t in ends[id(group)] if t not in subject]
                 positions, opened = rest_of_sentence(positions, own_ends, serial in was_open, len(ids))
                 if entry.edit.gate.reach == "after-subject":
-                    positions = [t for t in positions if t not in found.get(serial, ())]
+                    positions = [t for t in positions if t not in subject]
                 if opened:
                     still_open.append(serial)
             if positions:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..model.targets import TargetModules
 from .base import EditHandle, EditRequest, Scope
+from .gate import REACHES
 from .objectives import ObjectiveDecodes
 from .peft_staged import PeftStageTrainer, StagePenalty
 from .preservation import preserved_outputs
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-GAIN_POSITIONS = ("every", "subject", "subject-sentence", "after-subject")
+GAIN_POSITIONS = ("every", *REACHES)  # gains on every token need no gate
 
 
 @dataclass(frozen=True)

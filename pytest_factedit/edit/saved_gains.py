@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SavedEditError, shown, shown_key
 from ..infra.files import read_regular
 from ..model.introspect import weight_of
+from .gate import REACHES
 from .keys import is_conv1d
 from .words import ENDS_SENTENCE, ENDS_WORD, JOINS, NAME_WORD
 
@@ -30,7 +31,6 @@ SAVED_FORMAT = 1
 WORD_FLAGS_KEY = "gate|word_flags"  # edit/words.py flags of the tokenizer's vocabulary, one byte per token id
 MAX_JSON_BYTES = 16 * 2**20  # a manifest.json or gate.json (a tiny model's one-case edit writes under 5 KB of each)
 MAX_WORD_FLAGS = 2**22  # token ids with word flags (the largest vocabularies hold about 256k)
-REACHES = ("subject", "subject-sentence", "after-subject")  # what a gate can reach (gains on every token need no gate)
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names of the floating dtypes a gain may have
 ALL_FLAGS = JOINS | ENDS_WORD | NAME_WORD | ENDS_SENTENCE
 REQUIRED_KEYS = ("format", "method", "stages", "modules", "feedforward", "patterns")
