@@ -418,13 +418,15 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
     torch = pytest.importorskip("torch")
     from pytest_factedit.cases.derived import derived_held_out
     from pytest_factedit.edit import batching, get_editor, objectives, resolve_settings, training
-    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
+    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, RELATION_TEMPLATES, SUBJECT_TEMPLATES
     from pytest_factedit.model.targets import all_layer_targets
     from pytest_factedit.run.case import edit_request, held_out_texts
     from tests.tiny import piece_tokenizer, tiny_model
 
     case = load_case(write(tmp_path, CASE))
-    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
+    tok = piece_tokenizer(
+        NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + RELATION_TEMPLATES + tuple(held_out_texts(case))
+    )
     model = tiny_model("llama", len(tok))
     seen: list[tuple[int, ...]] = []
 
@@ -461,14 +463,16 @@ def _gated_edit(
     import torch
 
     from pytest_factedit.edit import batching, gate, get_editor, resolve_settings, training
-    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
+    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, RELATION_TEMPLATES, SUBJECT_TEMPLATES
     from pytest_factedit.model.lmhead import decoder
     from pytest_factedit.model.targets import all_layer_targets, layer_targets
     from pytest_factedit.run.case import edit_request, held_out_texts
     from tests.tiny import frozen, piece_tokenizer, tiny_model
 
     case = load_case(write(tmp_path, CASE))
-    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
+    tok = piece_tokenizer(
+        NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + RELATION_TEMPLATES + tuple(held_out_texts(case))
+    )
     settings = resolve_settings({"subject_rows": 4, "unlearn_max_steps": 3, "learn_max_steps": 4, "lr": 0.1})
     torch.manual_seed(0)
     model = frozen(tiny_model("llama", len(tok), layers=2 if edited_layer is None else 3))
@@ -635,3 +639,38 @@ def test_a_model_that_returns_no_cache_trains_on_whole_rows(tmp_path: Path, monk
     whole = _gated_edit(tmp_path, monkeypatch)
     assert split[3] < whole[3]
     _same_training(whole, split)
+
+
+def test_the_subjects_other_relations_are_held_but_not_the_edited_one(monkeypatch) -> None:
+    """`relation_rows` asks the subject for each common relation and holds the base model's answer; the
+    question that answers the old fact (the edited relation), an edited prompt and a held-out text are not
+    held."""
+    pytest.importorskip("torch")
+    from pytest_factedit.edit import objectives, resolve_settings
+    from pytest_factedit.edit.base import EditRequest
+    from pytest_factedit.edit.retention import RELATION_TEMPLATES
+    from pytest_factedit.model.decoding import Decoded
+    from pytest_factedit.model.text import encode_prompt
+    from tests.tiny import piece_tokenizer, tiny_model
+
+    tok = piece_tokenizer(RELATION_TEMPLATES + ("Japan Tokyo Seoul Asia",))
+    texts = [t.format(subject="Japan") for t in RELATION_TEMPLATES]
+    ids = {tuple(encode_prompt(tok, t, False)): t for t in texts}
+    answers = {"Japan is located in": " Tokyo and the"}  # the edited relation, asked another way
+
+    def base_decode(_model: Any, _tok: Any, rows: Any) -> list[Decoded]:
+        said = [answers.get(ids[tuple(r.ids)], " Asia and the") for r in rows]
+        return [Decoded(tuple(tok(s, add_special_tokens=False).input_ids), False, {}) for s in said]
+
+    monkeypatch.setattr(objectives, "base_decode", base_decode)
+    request = EditRequest(
+        "Japan", ("The capital of Japan is",), ("Tokyo",), ("Seoul",), held_out=("Japan was born in",)
+    )
+    settings = resolve_settings({"subject_rows": 0})
+    assert settings.relation_rows == len(RELATION_TEMPLATES)
+    rows = objectives.subject_rows(tiny_model("llama", len(tok)), tok, request, settings)
+    held = {ids[r.ids[: -r.tail]] for r in rows}
+    assert held == set(texts) - {"Japan is located in", "The capital of Japan is", "Japan was born in"}
+    asia = tuple(tok(" Asia and the", add_special_tokens=False).input_ids)[: objectives.SUBJECT_ROW_TOKENS]
+    assert all(r.ids[-r.tail :] == asia for r in rows)
+    assert objectives.subject_rows(None, tok, request, resolve_settings({"subject_rows": 0, "relation_rows": 0})) == []

@@ -17,7 +17,14 @@ from ..model.text import answer_token_ids, encode_prompt, one_text
 from .base import EditRequest
 from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
 from .prefixes import Untouched, UntouchedPrefixes
-from .retention import derived_neighbours, fact_texts, neutral_texts, subject_texts, without_held_out
+from .retention import (
+    RELATION_TEMPLATES,
+    derived_neighbours,
+    fact_texts,
+    neutral_texts,
+    subject_texts,
+    without_held_out,
+)
 from .settings import EditSettings, TrainingLoopSettings
 
 if TYPE_CHECKING:
@@ -69,9 +76,10 @@ SUBJECT_ROW_TOKENS = 3  # base tokens of a subject row's continuation whose dist
 def subject_rows(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, request: EditRequest, settings: TrainingLoopSettings
 ) -> list[Row]:
-    """KL rows about the subject (`subject_rows` of them): each text with the base model's continuation,
-    held on every token of it; a text whose continuation names the old answer is the edited fact itself
-    and is dropped (holding it would fight the edit)."""
+    """KL rows about the subject (`subject_rows` texts, then `relation_rows` questions of its other
+    relations): each text with the base model's continuation, held on every token of it; a text whose
+    continuation names the old answer is the edited fact itself and is dropped (holding it would fight the
+    edit)."""
     asked = subject_decode_rows(tokenizer, request, settings)
     rows = []
     for row, found in zip(asked, base_decode(model, tokenizer, asked)):
@@ -86,9 +94,9 @@ def subject_decode_rows(
 ) -> list[DecodeRow]:
     """The base-model decodes `subject_rows` reads: each text about the subject, run on twice as far as the
     tokens held (what follows shows whether the text states the edited fact)."""
-    if settings.subject_rows == 0:
-        return []
-    texts = subject_texts(request.subject, request.held_out + request.prompts, settings.subject_rows)
+    avoid = request.held_out + request.prompts
+    texts = subject_texts(request.subject, avoid, settings.subject_rows)
+    texts += subject_texts(request.subject, avoid, settings.relation_rows, RELATION_TEMPLATES)
     return [DecodeRow(encode_prompt(tokenizer, t, request.chat), 2 * SUBJECT_ROW_TOKENS, True) for t in texts]
 
 

@@ -85,9 +85,32 @@ SUBJECT_TEMPLATES: tuple[str, ...] = (
 )
 
 
-def subject_texts(subject: str, held_out: Sequence[str], count: int) -> list[str]:
-    """Up to `count` texts about the subject, none equal to a held-out text."""
-    return without_held_out([t.format(subject=subject) for t in SUBJECT_TEMPLATES], held_out)[:count]
+# The subject asked for its other relations, so that an edit of one relation leaves the others: one question
+# per common relation, each in the wording CounterFact uses most for it (counterfact-train's prompts). The
+# question that asks the edited relation answers the old fact, and is dropped (`objectives.subject_rows`).
+RELATION_TEMPLATES: tuple[str, ...] = (
+    "{subject} is located in",
+    "{subject} is located in the continent",
+    "The language of {subject} is",
+    "The capital of {subject} is",
+    "{subject} is a product of",
+    "{subject} is developed by",
+    "{subject} is owned by",
+    "The headquarter of {subject} is located in",
+    "{subject} holds a citizenship from",
+    "The occupation of {subject} is",
+    "{subject} was born in",
+    "{subject} was founded in",
+    "{subject} plays",
+    "The genre played by {subject} is",
+)
+
+
+def subject_texts(
+    subject: str, held_out: Sequence[str], count: int, templates: Sequence[str] = SUBJECT_TEMPLATES
+) -> list[str]:
+    """Up to `count` of the templates about the subject, none equal to a held-out text."""
+    return without_held_out([t.format(subject=subject) for t in templates], held_out)[:count]
 
 
 def _mentions_any(text: str, needles: Iterable[str]) -> bool:

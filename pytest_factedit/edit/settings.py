@@ -211,6 +211,12 @@ class TrainingLoopSettings(PromptSettings):
     subject_rows: int = setting(
         0, "count", "retention rows: texts about the subject with the base model's continuation, held at every step"
     )
+    relation_rows: int = setting(
+        0,
+        "count",
+        "retention rows: the subject asked for common relations (CounterFact's wordings) with the base model's "
+        "answer, held at every step; the one that answers the old fact is dropped",
+    )
 
     @property
     def tokens_after_answer(self) -> int:
