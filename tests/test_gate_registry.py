@@ -343,11 +343,11 @@ def test_training_under_sealed_edits_equals_training_under_stacked_ones(monkeypa
     """A new edit trained while ten earlier ones stay active: the same gains and losses as with the
     earlier ones stacked (and the new one on its own hooks)."""
     from pytest_factedit.edit import get_editor, resolve_settings, subject_gains
-    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, RELATION_TEMPLATES, SUBJECT_TEMPLATES
+    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
 
     from .stacked_gates import stack_sealed
 
-    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + RELATION_TEMPLATES)
+    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES)
     model = tiny_model("llama", len(tok))
     earlier = thirty_edits(model, tok)[:10]
     settings = resolve_settings(

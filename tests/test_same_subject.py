@@ -440,7 +440,13 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
     monkeypatch.setattr(training, "tail_logprobs", recording(batching.tail_logprobs))
     monkeypatch.setattr(objectives, "frozen_states", recording(batching.frozen_states))
     settings = resolve_settings(
-        {"gain_positions": "subject-sentence", "subject_rows": 6, "unlearn_max_steps": 2, "learn_max_steps": 2}
+        {
+            "gain_positions": "subject-sentence",
+            "subject_rows": 6,
+            "relation_rows": len(RELATION_TEMPLATES),
+            "unlearn_max_steps": 2,
+            "learn_max_steps": 2,
+        }
     )
     request = edit_request(case)
     assert set(derived_held_out(case)) <= set(request.held_out) and request.aliases == ("Nippon",)
@@ -463,16 +469,14 @@ def _gated_edit(
     import torch
 
     from pytest_factedit.edit import batching, gate, get_editor, resolve_settings, training
-    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, RELATION_TEMPLATES, SUBJECT_TEMPLATES
+    from pytest_factedit.edit.retention import FACT_TEXTS, NEUTRAL_TEXTS, SUBJECT_TEMPLATES
     from pytest_factedit.model.lmhead import decoder
     from pytest_factedit.model.targets import all_layer_targets, layer_targets
     from pytest_factedit.run.case import edit_request, held_out_texts
     from tests.tiny import frozen, piece_tokenizer, tiny_model
 
     case = load_case(write(tmp_path, CASE))
-    tok = piece_tokenizer(
-        NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + RELATION_TEMPLATES + tuple(held_out_texts(case))
-    )
+    tok = piece_tokenizer(NEUTRAL_TEXTS + FACT_TEXTS + SUBJECT_TEMPLATES + tuple(held_out_texts(case)))
     settings = resolve_settings({"subject_rows": 4, "unlearn_max_steps": 3, "learn_max_steps": 4, "lr": 0.1})
     torch.manual_seed(0)
     model = frozen(tiny_model("llama", len(tok), layers=2 if edited_layer is None else 3))
@@ -666,11 +670,11 @@ def test_the_subjects_other_relations_are_held_but_not_the_edited_one(monkeypatc
     request = EditRequest(
         "Japan", ("The capital of Japan is",), ("Tokyo",), ("Seoul",), held_out=("Japan was born in",)
     )
-    settings = resolve_settings({"subject_rows": 0})
-    assert settings.relation_rows == len(RELATION_TEMPLATES)
+    settings = resolve_settings({"subject_rows": 0, "relation_rows": len(RELATION_TEMPLATES)})
+    assert resolve_settings({}).relation_rows == 0  # an option: the default edit asks none
     rows = objectives.subject_rows(tiny_model("llama", len(tok)), tok, request, settings)
     held = {ids[r.ids[: -r.tail]] for r in rows}
     assert held == set(texts) - {"Japan is located in", "The capital of Japan is", "Japan was born in"}
     asia = tuple(tok(" Asia and the", add_special_tokens=False).input_ids)[: objectives.SUBJECT_ROW_TOKENS]
     assert all(r.ids[-r.tail :] == asia for r in rows)
-    assert objectives.subject_rows(None, tok, request, resolve_settings({"subject_rows": 0, "relation_rows": 0})) == []
+    assert objectives.subject_rows(None, tok, request, resolve_settings({"subject_rows": 0})) == []

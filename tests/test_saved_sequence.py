@@ -19,7 +19,7 @@ from .tiny import tiny_model, word_tokenizer  # noqa: E402
 TEMPLATE = "The {} is located in the city of"
 SUBJECTS = tuple(f"Place{i:03d}" for i in range(120))  # one token each: no subject's gate fires on another's prompt
 MODULE = "model.layers.1.mlp.down_proj"  # one module, named: no localization, few hooks per edit
-FAST = "lr: 1.0, unlearn_max_steps: 1, learn_max_steps: 4, guard_tokens: 1, subject_rows: 0, relation_rows: 0"
+FAST = "lr: 1.0, unlearn_max_steps: 1, learn_max_steps: 4, guard_tokens: 1, subject_rows: 0"
 PLACED = f"target_modules: [{MODULE}], feedforward_modules: [{MODULE}]"
 GATED = f"{{{FAST}, {PLACED}}}"  # the default editor: gains gated on the subject's sentence
 EVERY = f"{{{FAST}, {PLACED}, gain_positions: every}}"  # peft IA3 adapters, merged into the weights

@@ -20,14 +20,7 @@ from .tiny import tiny_model, word_tokenizer  # noqa: E402
 PROMPT = "The Eiffel Tower is located in the city of"
 UNNAMED = "It is located in the city of"  # names no subject: the gate leaves its answer as it was
 MODULE = "model.layers.1.mlp.down_proj"
-FAST = {
-    "lr": 1.0,
-    "unlearn_max_steps": 1,
-    "learn_max_steps": 30,
-    "guard_tokens": 1,
-    "subject_rows": 0,
-    "relation_rows": 0,
-}
+FAST = {"lr": 1.0, "unlearn_max_steps": 1, "learn_max_steps": 30, "guard_tokens": 1, "subject_rows": 0}
 PLACED = {"target_modules": [MODULE], "feedforward_modules": [MODULE]}
 END_ROWS = ("paraphrases_retained", "neighbours_retained", "same_subject_retained")
 

@@ -14,7 +14,6 @@ import pytest
 from pytest_factedit import edit
 from pytest_factedit.cli import main
 from pytest_factedit.edit.reference import settings_reference
-from pytest_factedit.edit.retention import RELATION_TEMPLATES
 from pytest_factedit.errors import MethodError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,8 +68,7 @@ def test_a_key_the_chosen_editor_does_not_read_is_refused(method: dict, override
 def test_each_editor_gets_its_own_class_with_its_own_defaults() -> None:
     default = edit.resolve_settings({})
     assert isinstance(default, edit.IA3TwoStageSettings) and default.gain_positions == "subject-sentence"
-    assert default.subject_rows == 8 and default.relation_rows == len(RELATION_TEMPLATES)
-    assert default.tokens_after_answer == default.guard_tokens == 3
+    assert default.subject_rows == 8 and default.tokens_after_answer == default.guard_tokens == 3
     rome = edit.resolve_settings({"name": "rome", "value_steps": 40})
     assert type(rome) is edit.KeyValueSettings and rome.value_steps == 40 and rome.mlp_layers == 1
     assert rome.trained_prefixes == rome.context_prefixes and rome.tokens_after_answer == 0

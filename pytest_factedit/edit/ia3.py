@@ -18,7 +18,6 @@ from .gate import REACHES
 from .objectives import ObjectiveDecodes
 from .peft_staged import PeftStageTrainer, StagePenalty
 from .preservation import preserved_outputs
-from .retention import RELATION_TEMPLATES
 from .settings import (
     EditSettings,
     KeyStatisticsSettings,
@@ -52,9 +51,6 @@ class IA3Settings(TrainingLoopSettings, KeyStatisticsSettings):
         GAIN_POSITIONS,
     )
     subject_rows: int = changed_default(TrainingLoopSettings, "subject_rows", 8)
-    # the subject's other relations asked outright: same-subject facts kept rose from 0.784 to 0.819 on the
-    # same-subject benchmark (docs/benchmarks.md, "The subject's other relations held")
-    relation_rows: int = changed_default(TrainingLoopSettings, "relation_rows", len(RELATION_TEMPLATES))
     preservation_weight: float = setting(
         0.0,
         "non-negative",

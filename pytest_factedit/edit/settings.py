@@ -214,8 +214,8 @@ class TrainingLoopSettings(PromptSettings):
     relation_rows: int = setting(
         0,
         "count",
-        "retention rows: the subject asked for common relations (CounterFact's wordings) with the base model's "
-        "answer, held at every step; the one that answers the old fact is dropped",
+        "retention rows: the subject asked for up to 14 common relations (CounterFact's wordings), the base model's "
+        "answers held at every step; the one that answers the old fact is dropped",
     )
 
     @property
