@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from ..errors import MethodError, did_you_mean, shown
 from ..model.targets import TRACING_MODES
+from .retention import RELATION_TEMPLATES
 
 DEFAULT_METHOD = "ia3-two-stage"
 LOCALIZE_MODES = (*TRACING_MODES, "none", "random")
@@ -214,8 +215,8 @@ class TrainingLoopSettings(PromptSettings):
     relation_rows: int = setting(
         0,
         "count",
-        "retention rows: the subject asked for up to 14 common relations (CounterFact's wordings), the base model's "
-        "answers held at every step; the one that answers the old fact is dropped",
+        f"retention rows: the subject asked for up to {len(RELATION_TEMPLATES)} common relations (CounterFact's "
+        "wordings), the base model's answers held at every step; the one that answers the old fact is dropped",
     )
 
     @property
