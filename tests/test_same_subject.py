@@ -438,7 +438,7 @@ def test_alias_same_subject_and_context_prompts_are_never_trained_on(tmp_path: P
         return wrapped
 
     monkeypatch.setattr(training, "tail_logprobs", recording(batching.tail_logprobs))
-    monkeypatch.setattr(objectives, "frozen_states", recording(batching.frozen_states))
+    monkeypatch.setattr(objectives, "base_tails", recording(batching.base_tails))
     settings = resolve_settings(
         {
             "gain_positions": "subject-sentence",

@@ -72,14 +72,17 @@ def tail_logprobs(
     pad_id: int,
     frozen: FrozenBelow | None = None,
     prefixes: UntouchedPrefixes | None = None,
+    heads: Sequence[bool] | None = None,
 ) -> list[torch.Tensor]:
     """Log-softmax distributions at each row's last `tail` positions: a list of [tail, vocab] tensors.
 
     Rows of like length share a forward pass (`length_groups`); with `frozen`, the passes enter at its
     layer; with `prefixes`, each row's pass starts where the edit can first act on it (edit/prefixes.py).
-    The LM head runs once, only on the positions a loss needs.
+    The LM head runs once, only on the positions a loss needs: with `heads`, a row marked False gets its
+    final hidden states [tail, d] instead (a held row's second-order KL needs no head: edit/second_order.py).
     """
-    return _tail_passes(model, rows, pad_id, frozen, 0, prefixes)[0]
+    tails, _ = _tail_passes(model, rows, pad_id, frozen, 0, prefixes)
+    return _logprobs(model, rows, tails, heads)
 
 
 def frozen_states(
@@ -92,7 +95,21 @@ def frozen_states(
     """`tail_logprobs` of `rows` with the base model, recording the hidden states entering `layer`
     (None when `layer` is 0, or when the layers return what `entering_at` cannot stand in for); with
     `prefixes`, the rows' passes start at their splits, and the shared pass of their prefixes is made here."""
-    return _tail_passes(model, rows, pad_id, None, layer, prefixes)
+    logps, _, kept = base_tails(model, rows, pad_id, layer, prefixes)
+    return logps, kept
+
+
+def base_tails(
+    model: PreTrainedModel,
+    rows: Sequence[Row],
+    pad_id: int,
+    layer: int,
+    prefixes: UntouchedPrefixes | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], FrozenBelow | None]:
+    """`frozen_states` with each row's final hidden states at its tail positions ([tail, d]) beside its
+    log-probabilities."""
+    tails, kept = _tail_passes(model, rows, pad_id, None, layer, prefixes)
+    return _logprobs(model, rows, tails), [tails[i] for i in range(len(rows))], kept
 
 
 def _tail_passes(
@@ -102,7 +119,9 @@ def _tail_passes(
     frozen: FrozenBelow | None,
     capture: int,
     prefixes: UntouchedPrefixes | None = None,
-) -> tuple[list[torch.Tensor], FrozenBelow | None]:
+) -> tuple[dict[int, torch.Tensor], FrozenBelow | None]:
+    """Each row's final hidden states at its tail positions (row index -> [tail, d]), and with `capture`
+    the states entering that layer."""
     device = next(model.parameters()).device
     tails: dict[int, torch.Tensor] = {}
     states: dict[tuple[int, ...], torch.Tensor] = {}
@@ -110,7 +129,7 @@ def _tail_passes(
     if prefixes is not None and prefixes.has_prefix(rows):
         found = prefixes.tails(model, rows, pad_id, frozen, capture)
         if found is not None:  # None: the model keeps no key-value cache to continue
-            return _logprobs(model, rows, found[0]), found[1]
+            return found
     for group in length_groups(rows):
         part = [rows[i] for i in group]
         ids, mask, positions = left_padded([r.ids for r in part], pad_id, device)
@@ -126,17 +145,27 @@ def _tail_passes(
             extras = store["extras"] if extras is not None else None
             states.update({r.ids: store["hidden"][j, width - len(r.ids) :] for j, r in enumerate(part)})
     kept = FrozenBelow(capture, states, extras) if capture > 0 and extras is not None else None
-    return _logprobs(model, rows, tails), kept
+    return tails, kept
 
 
-def _logprobs(model: PreTrainedModel, rows: Sequence[Row], tails: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-    """The LM head's log-softmax on every row's tail positions (`tails`: row index -> hidden states), in
-    one product (under a bf16 training precision, with the head's bf16 copy), split back per row."""
+def _logprobs(
+    model: PreTrainedModel,
+    rows: Sequence[Row],
+    tails: dict[int, torch.Tensor],
+    heads: Sequence[bool] | None = None,
+) -> list[torch.Tensor]:
+    """The LM head's log-softmax on the tail positions (`tails`: row index -> hidden states) of every row,
+    or of those `heads` marks (the others keep their hidden states), in one product (under a bf16 training
+    precision, with the head's bf16 copy), split back per row."""
     import torch
 
-    hidden = torch.cat([tails[i] for i in range(len(rows))])
-    logp = torch.log_softmax(logits_from_hidden(model, hidden, autocast_head_weight(model)).float(), -1)
-    return list(torch.split(logp, [r.tail for r in rows]))
+    headed = [i for i in range(len(rows)) if heads is None or heads[i]]
+    out = {i: tails[i] for i in range(len(rows))}
+    if headed:
+        hidden = torch.cat([tails[i] for i in headed])
+        logp = torch.log_softmax(logits_from_hidden(model, hidden, autocast_head_weight(model)).float(), -1)
+        out.update(zip(headed, torch.split(logp, [rows[i].tail for i in headed])))
+    return [out[i] for i in range(len(rows))]
 
 
 def entering_stored(

@@ -15,7 +15,7 @@ from ..model.generated import generated_prefixes
 from ..model.probe_cache import base_decode
 from ..model.text import answer_token_ids, encode_prompt, one_text
 from .base import EditRequest
-from .batching import FrozenBelow, Row, frozen_states, kl_to_reference
+from .batching import FrozenBelow, Row, base_tails, kl_to_reference
 from .prefixes import Untouched, UntouchedPrefixes
 from .retention import (
     RELATION_TEMPLATES,
@@ -25,6 +25,7 @@ from .retention import (
     subject_texts,
     without_held_out,
 )
+from .second_order import SecondOrderReference, head_is_linear_and_fixed, second_order_references
 from .settings import EditSettings, TrainingLoopSettings
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ class Objectives:
     unlearn_rows: list[Row]
     learn_rows: list[Row]
     kl_rows: list[Row]
-    kl_reference: list[torch.Tensor | None]  # None: a row the edit cannot reach (its KL stays 0, no pass)
+    # the base model's log-probabilities [tail, vocab], or its second-order form (edit/second_order.py);
+    # None: a row the edit cannot reach (its KL stays 0, no pass)
+    kl_reference: list[torch.Tensor | SecondOrderReference | None]
     unlearn_goal: Goal
     learn_goal: Goal
     pad_id: int
@@ -53,8 +56,8 @@ class Objectives:
     pinned: int = 0  # the first `pinned` KL rows (about the subject) are held at every step; the rest rotate
     prefixes: UntouchedPrefixes | None = None  # a gated edit: each row's tokens before it can act, run once
 
-    def reference(self, index: int) -> torch.Tensor:
-        """The base model's distributions of KL row `index` (a row the edit reaches)."""
+    def reference(self, index: int) -> torch.Tensor | SecondOrderReference:
+        """The base model's distributions of KL row `index` (a row the edit reaches), or their second-order form."""
         found = self.kl_reference[index]
         if found is None:
             raise ValueError(f"KL row {index} is one the edit cannot reach; it has no reference")
@@ -191,7 +194,7 @@ def joint_objectives(parts: Sequence[Objectives]) -> Objectives:
     Retention rows shared by several facts (neutral text, general facts) are kept once.
     """
     kl_rows: list[Row] = []
-    kl_reference: list[torch.Tensor | None] = []
+    kl_reference: list[torch.Tensor | SecondOrderReference | None] = []
     seen: set[Row] = set()
     pinned = [(p.kl_rows[i], p.kl_reference[i]) for p in parts for i in range(p.pinned)]
     rotating = [(p.kl_rows[i], p.kl_reference[i]) for p in parts for i in range(p.pinned, len(p.kl_rows))]
@@ -380,9 +383,10 @@ def fact_objectives(
     prefixes = UntouchedPrefixes(untouched, run) if untouched is not None else None
     referenced = [kl_rows[i] for i in reached] + learn_rows
     with torch.no_grad():  # these passes also make the prefixes' shared pass (edit/prefixes.py)
-        reference, frozen = frozen_states(model, referenced, pad, frozen_below, prefixes)
-    kl_reference: list[torch.Tensor | None] = [None] * len(kl_rows)
-    for i, ref in zip(reached, reference):
+        reference, hidden, frozen = base_tails(model, referenced, pad, frozen_below, prefixes)
+        held = held_references(model, reference[: len(reached)], hidden[: len(reached)], settings)
+    kl_reference: list[torch.Tensor | SecondOrderReference | None] = [None] * len(kl_rows)
+    for i, ref in zip(reached, held):
         kl_reference[i] = ref
     guard_reference = [ref[len(new_ids) :] for ref in reference[len(reached) :]]
     return Objectives(
@@ -397,3 +401,16 @@ def fact_objectives(
         pinned=len(pinned),
         prefixes=prefixes,
     )
+
+
+def held_references(
+    model: PreTrainedModel,
+    logps: Sequence[torch.Tensor],
+    hidden: Sequence[torch.Tensor],
+    settings: TrainingLoopSettings,
+) -> list[torch.Tensor | SecondOrderReference]:
+    """What a retention row's KL compares with: the base log-probabilities, or under `kl_form: second-order`
+    (where the head is one frozen linear map) their second-order form in the row's final hidden states."""
+    if settings.kl_form != "second-order" or not head_is_linear_and_fixed(model):
+        return list(logps)
+    return list(second_order_references(model.get_output_embeddings().weight, logps, hidden))

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from ..errors import MethodError, did_you_mean, shown
 from ..model.targets import TRACING_MODES
 from .retention import RELATION_TEMPLATES
+from .second_order import KL_FORMS
 
 DEFAULT_METHOD = "ia3-two-stage"
 LOCALIZE_MODES = (*TRACING_MODES, "none", "random")
@@ -196,6 +197,14 @@ class TrainingLoopSettings(PromptSettings):
     learn_max_steps: int = setting(40, "count", "step cap of the learn stage")
     learn_stop_prob: float = setting(0.6, "probability", "learn stops once P(new) reaches this on every row")
     kl_weight: float = setting(10.0, "non-negative", "weight of the KL retention term (0: off)")
+    kl_form: str = setting(
+        "full",
+        "choice",
+        "full (each retention row's KL over the vocabulary, through the LM head, at every step) | second-order "
+        "(its second-order expansion in the row's final hidden state, from the base distribution's top tokens: "
+        "no head product for retention rows; full where the head is not one frozen linear map)",
+        KL_FORMS,
+    )
     guard_weight: float = setting(1.0, "non-negative", "weight of the KL guard on the tokens after the answer")
     guard_tokens: int = setting(3, "count", "tokens after the answer the guard holds")
     neighbours_per_prompt: int = setting(4, "count", "derived neighbour prompts per training prompt (retention)")

@@ -10,6 +10,7 @@ from ..infra.events import STAGE_END, STEP, emit
 from .base import StageReport
 from .batching import kl_to_reference, tail_logprobs
 from .objectives import Objectives
+from .second_order import SecondOrderReference
 from .settings import TrainingLoopSettings
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def train_stage(
     import torch
 
     rows, goal, max_steps = goals.stage(stage, settings)
+    check_head_fixed(model, params, goals)
     sizes, per_step, weight = goals.fact_sizes, settings.batch_facts_per_step, settings.kl_weight
     rotate = len(sizes) > 1 and 0 < per_step < len(sizes)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -57,7 +59,8 @@ def train_stage(
         picked = kl_picked(goals, settings.kl_rows_per_step, steps) if weight else []
         passed = [i for i in picked if goals.kl_reference[i] is not None]  # the others' KL stays 0
         run = step_rows + [goals.kl_rows[i] for i in passed]
-        logps = tail_logprobs(model, run, goals.pad_id, goals.frozen, goals.prefixes)
+        heads = [True] * len(step_rows) + [not isinstance(goals.reference(i), SecondOrderReference) for i in passed]
+        logps = tail_logprobs(model, run, goals.pad_id, goals.frozen, goals.prefixes, heads)
         loss, done = goal(logps[: len(step_rows)], facts)
         if facts:
             for fact in facts:
@@ -79,12 +82,32 @@ def train_stage(
     return StageReport(stage, steps, time.perf_counter() - started, done, losses)
 
 
-def retention_kl(goals: Objectives, passed: Sequence[int], logps: Sequence[torch.Tensor], picked: int) -> torch.Tensor:
+def retention_kl(
+    goals: Objectives, passed: Sequence[int], outputs: Sequence[torch.Tensor], picked: int
+) -> torch.Tensor:
     """The mean KL to the base model over the `picked` rows of a step, of which only those `passed` (run)
-    can differ from it: the others add 0."""
+    can differ from it: the others add 0. `outputs`: each passed row's log-probabilities, or its final
+    hidden states where its reference is the second-order form."""
     import torch
 
-    return torch.stack([kl_to_reference(goals.reference(i), lp) for i, lp in zip(passed, logps)]).sum() / picked
+    kls = []
+    for i, out in zip(passed, outputs):
+        reference = goals.reference(i)
+        if isinstance(reference, SecondOrderReference):
+            kls.append(reference.kl(out))
+        else:
+            kls.append(kl_to_reference(reference, out))
+    return torch.stack(kls).sum() / picked
+
+
+def check_head_fixed(model: PreTrainedModel, params: Sequence[torch.Tensor], goals: Objectives) -> None:
+    """A second-order reference reads the head's weight as it was: a stage that trains the head cannot use it."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if weight is None or not any(p is weight for p in params):
+        return
+    if any(isinstance(r, SecondOrderReference) for r in goals.kl_reference):
+        raise ValueError("kl_form: second-order holds retention rows through a fixed LM head, and this stage trains it")
 
 
 def kl_picked(goals: Objectives, per_step: int, step: int) -> list[int]:
