@@ -72,7 +72,8 @@ def second_order_references(
     head = weight.detach().float()
     probs = torch.cat([lp.detach().float() for lp in logps]).exp()
     # exact over the whole vocabulary; by oneDNN where it takes the fp32 products (0.5 x MKL's time here)
-    mean = onednn_linear(probs, head.t()) if products_through_onednn() else probs @ head
+    on_cpu = probs.device.type == "cpu"
+    mean = onednn_linear(probs, head.t()) if on_cpu and products_through_onednn() else probs @ head
     top, ids = probs.topk(min(HELD_TOKENS, probs.shape[-1]), dim=-1)
     rows = head[ids]  # [positions, k, d]
     kept = top.unsqueeze(-1)
