@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..infra.events import STAGE_END, STEP, emit
 from .base import StageReport
-from .batching import kl_to_reference, tail_logprobs
+from .batching import Row, kl_to_reference, tail_logprobs
 from .objectives import Objectives
 from .second_order import SecondOrderReference
 from .settings import TrainingLoopSettings
@@ -58,9 +58,7 @@ def train_stage(
         step_rows = [rows[i] for f in facts for i in range(starts[f], starts[f] + sizes[f])] if facts else rows
         picked = kl_picked(goals, settings.kl_rows_per_step, steps) if weight else []
         passed = [i for i in picked if goals.kl_reference[i] is not None]  # the others' KL stays 0
-        run = step_rows + [goals.kl_rows[i] for i in passed]
-        heads = [True] * len(step_rows) + [not isinstance(goals.reference(i), SecondOrderReference) for i in passed]
-        logps = tail_logprobs(model, run, goals.pad_id, goals.frozen, goals.prefixes, heads)
+        logps = step_outputs(model, goals, step_rows, passed)
         loss, done = goal(logps[: len(step_rows)], facts)
         if facts:
             for fact in facts:
@@ -80,6 +78,16 @@ def train_stage(
         emit(STEP, stage, steps + 1, cap)
     emit(STAGE_END, stage, steps, cap)
     return StageReport(stage, steps, time.perf_counter() - started, done, losses)
+
+
+def step_outputs(
+    model: PreTrainedModel, goals: Objectives, step_rows: Sequence[Row], passed: Sequence[int]
+) -> list[torch.Tensor]:
+    """One step's pass: the goal's rows' log-probabilities, then each passed retention row's, or its final
+    hidden states where its reference is the second-order form (no LM head for it)."""
+    run = [*step_rows, *(goals.kl_rows[i] for i in passed)]
+    heads = [True] * len(step_rows) + [not isinstance(goals.reference(i), SecondOrderReference) for i in passed]
+    return tail_logprobs(model, run, goals.pad_id, goals.frozen, goals.prefixes, heads)
 
 
 def retention_kl(
