@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..model.introspect import weight_of
-from ..model.lmhead import products_through_onednn
+from ..model.lmhead import plain_linear_head, products_through_onednn
 from ..model.onednn import onednn_linear
 
 if TYPE_CHECKING:
@@ -50,12 +50,7 @@ class SecondOrderReference:
 
 def head_is_linear_and_fixed(model: PreTrainedModel) -> bool:
     """The form holds for a head that is one frozen linear map: no bias, no logit soft-capping, not trained."""
-    import torch
-
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None:
-        return False
-    return not getattr(model.config, "final_logit_softcapping", None) and not weight_of(head).requires_grad
+    return plain_linear_head(model) and not weight_of(model.get_output_embeddings()).requires_grad
 
 
 def second_order_references(

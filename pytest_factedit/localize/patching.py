@@ -12,7 +12,7 @@ from ..errors import SubjectNotFound
 from ..model.arch import ArchModules, num_layers
 from ..model.introspect import weight_of
 from ..model.kv import cache_keyword, cache_prefix, cache_rows, has_row_state, returned_cache, row_state
-from ..model.lmhead import decoder, head_part_product, logits_from_hidden, single_row_as_linear
+from ..model.lmhead import decoder, head_part_product, logits_from_hidden, plain_linear_head, single_row_as_linear
 from ..model.precision import bf16_head_weight
 from ..model.skip import decoder_layers, hooks_allow_first_rows, layers_bypassed
 from .hooks import (
@@ -87,18 +87,9 @@ def _logits(model: PreTrainedModel, hidden: torch.Tensor, head_weight: torch.Ten
     import torch
 
     weight = model.get_output_embeddings().weight if head_weight is None else head_weight
-    if _plain_head(model) and single_row_as_linear(hidden, weight):
+    if plain_linear_head(model) and single_row_as_linear(hidden, weight):
         return torch.nn.functional.linear(hidden, weight)
     return logits_from_hidden(model, hidden, head_weight)
-
-
-def _plain_head(model: PreTrainedModel) -> bool:
-    """A head that is one linear product: no bias, not an adapter's module, no logit soft-capping."""
-    import torch
-
-    head = model.get_output_embeddings()
-    plain = type(head) is torch.nn.Linear and getattr(head, "bias", None) is None
-    return plain and not getattr(model.config, "final_logit_softcapping", None)
 
 
 def head_weight_for(model: PreTrainedModel, label: str) -> torch.Tensor:
@@ -358,7 +349,7 @@ def _answer_prob(
     over the whole, 2-core AMD EPYC), each in `head_product`'s form for the rows (`head_part_product`)."""
     import torch
 
-    if not _plain_head(model):
+    if not plain_linear_head(model):
         return torch.softmax(logits_from_hidden(model, hidden, head_weight).float(), dim=-1)[:, answer_id]
     weight = model.get_output_embeddings().weight if head_weight is None else head_weight
     parts = [

@@ -24,6 +24,7 @@ from .lmhead import (
     in_memory_order,
     logits_from_hidden,
     mkl_on_intel,
+    plain_linear_head,
     product_forms,
     products_through_onednn,
 )
@@ -67,15 +68,13 @@ def plain_fp32_head(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
     states on a CPU outside autocast: its argmax is one product's, in whatever form is fastest."""
     import torch
 
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None:
+    if not plain_linear_head(model):
         return False
-    weight = weight_of(head)
+    weight = weight_of(model.get_output_embeddings())
     return (
         weight.shape[0] >= 2 * VOCAB_SLICE
         and hidden.device.type == "cpu"
         and hidden.dtype == weight.dtype == torch.float32
-        and not getattr(model.config, "final_logit_softcapping", None)
         and not torch.is_autocast_enabled("cpu")
     )
 

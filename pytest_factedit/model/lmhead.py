@@ -269,6 +269,16 @@ def logits_from_hidden(
     return logits
 
 
+def plain_linear_head(model: PreTrainedModel) -> bool:
+    """Is the head one linear product: a `torch.nn.Linear` (not an adapter's module) with no bias, and no
+    logit soft-capping after it? Its logits are then h Wᵀ alone, in whatever form is fastest."""
+    import torch
+
+    head = model.get_output_embeddings()
+    plain = type(head) is torch.nn.Linear and getattr(head, "bias", None) is None
+    return plain and not getattr(model.config, "final_logit_softcapping", None)
+
+
 def linear_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """A linear layer [..., d] -> [..., out] computed with `head_product`."""
     out = head_product(x.reshape(-1, x.shape[-1]), weight)
