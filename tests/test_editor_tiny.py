@@ -119,7 +119,7 @@ def test_explicit_targets_must_exist() -> None:
 def test_steps_entering_above_the_lowest_adapter_match_a_full_pass_values_and_gradients(kind: str) -> None:
     from peft import IA3Config, get_peft_model
 
-    from pytest_factedit.edit.batching import Row, frozen_states, tail_logprobs
+    from pytest_factedit.edit.batching import Row, base_tails, tail_logprobs
     from pytest_factedit.model.targets import lowest_layer
 
     tok = word_tokenizer()
@@ -130,7 +130,7 @@ def test_steps_entering_above_the_lowest_adapter_match_a_full_pass_values_and_gr
     targets = layer_targets(model, [2, 3], [2], "test")
     assert lowest_layer(model, targets) == 2
     with torch.no_grad():
-        reference, frozen = frozen_states(model, rows, 0, 2)
+        reference, _, frozen = base_tails(model, rows, 0, 2)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(reference, tail_logprobs(model, rows, 0)))
     assert frozen is not None and frozen.layer == 2
     peft = get_peft_model(

@@ -567,10 +567,10 @@ def test_an_edit_above_the_first_layer_runs_rows_from_their_split_over_states_co
 
 
 def test_references_and_states_below_the_edit_made_from_prefixes_are_the_whole_rows() -> None:
-    """`frozen_states` through the shared prefixes gives each row's base distributions and its states
+    """`base_tails` through the shared prefixes gives each row's base distributions and its states
     entering the edited layer over the whole row, as a pass over the whole rows does."""
     torch = pytest.importorskip("torch")
-    from pytest_factedit.edit.batching import Row, frozen_states
+    from pytest_factedit.edit.batching import Row, base_tails
     from pytest_factedit.edit.prefixes import UntouchedPrefixes
     from tests.tiny import frozen, tiny_model
 
@@ -579,8 +579,8 @@ def test_references_and_states_below_the_edit_made_from_prefixes_are_the_whole_r
     rows = [Row((1, 5, 6, 7, 8), 2), Row((1, 9, 6, 7), 1), Row((1, 3, 4, 11, 12, 13), 3), Row((1, 2), 1)]
     shared = UntouchedPrefixes(lambda ids: 3 if len(ids) > 3 else len(ids), rows)
     with torch.no_grad():
-        whole, whole_below = frozen_states(model, rows, 0, 2)
-        split, split_below = frozen_states(model, rows, 0, 2, shared)
+        whole, _, whole_below = base_tails(model, rows, 0, 2)
+        split, _, split_below = base_tails(model, rows, 0, 2, shared)
     assert shared.shared is not None and shared.shared.entering is not None  # the prefixes took this path
     assert whole_below is not None and split_below is not None
     assert split_below.states.keys() == whole_below.states.keys() == {r.ids for r in rows}

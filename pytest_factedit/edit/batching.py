@@ -85,20 +85,6 @@ def tail_logprobs(
     return _logprobs(model, rows, tails, heads)
 
 
-def frozen_states(
-    model: PreTrainedModel,
-    rows: Sequence[Row],
-    pad_id: int,
-    layer: int,
-    prefixes: UntouchedPrefixes | None = None,
-) -> tuple[list[torch.Tensor], FrozenBelow | None]:
-    """`tail_logprobs` of `rows` with the base model, recording the hidden states entering `layer`
-    (None when `layer` is 0, or when the layers return what `entering_at` cannot stand in for); with
-    `prefixes`, the rows' passes start at their splits, and the shared pass of their prefixes is made here."""
-    logps, _, kept = base_tails(model, rows, pad_id, layer, prefixes)
-    return logps, kept
-
-
 def base_tails(
     model: PreTrainedModel,
     rows: Sequence[Row],
@@ -106,8 +92,10 @@ def base_tails(
     layer: int,
     prefixes: UntouchedPrefixes | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], FrozenBelow | None]:
-    """`frozen_states` with each row's final hidden states at its tail positions ([tail, d]) beside its
-    log-probabilities."""
+    """`tail_logprobs` of `rows` with the base model, each row's final hidden states at those positions
+    ([tail, d]), and the hidden states entering `layer` (None when `layer` is 0, or when the layers return
+    what `entering_at` cannot stand in for); with `prefixes`, the rows' passes start at their splits, and
+    the shared pass of their prefixes is made here."""
     tails, kept = _tail_passes(model, rows, pad_id, None, layer, prefixes)
     return _logprobs(model, rows, tails), [tails[i] for i in range(len(rows))], kept
 

@@ -66,7 +66,7 @@ class UntouchedPrefixes:
     ) -> tuple[dict[int, torch.Tensor], FrozenBelow | None] | None:
         """Each row's last hidden states at its `tail` positions (row index -> [tail, d]), rows of like
         length from their split on sharing a pass; with `capture` (a layer), also the states entering that
-        layer over each whole row, the prefix's from the shared pass (batching.frozen_states). None when the
+        layer over each whole row, the prefix's from the shared pass (batching.base_tails). None when the
         model returns no cache to continue."""
         tails: dict[int, torch.Tensor] = {}
         states: dict[tuple[int, ...], torch.Tensor] = {}
