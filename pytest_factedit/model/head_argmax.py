@@ -1,23 +1,32 @@
-"""A greedy step's tokens from a bf16 screen of the LM head and an fp32 product over the few tokens that can
-win: the tokens of the full fp32 head, ties included, in 0.2-0.7 of its time on a CPU with bf16 units.
+"""A greedy step's tokens from a screen of the LM head and an fp32 product over the few tokens that can win:
+the tokens of the full fp32 head, ties included, in a fraction of its time.
 
-A greedy step reads only each row's argmax over the vocabulary. The bf16 product of the head differs from
-the fp32 one by at most `screen_error` on every logit, so a token whose bf16 logit falls below the row's best
-by more than twice that cannot be the fp32 argmax. The tokens left (tens to hundreds of Gemma's 262,144) are
-multiplied in fp32 in whole `VOCAB_SLICE`-row blocks, in the form the full head takes (the same bits:
-every output is its own dot product), and the argmax is taken over them in vocabulary order. The bf16 head
-is kept packed in oneDNN's layout: a few rows' product then reads it at memory speed (3 rows: 12 ms, where
-a bf16 product that packs the weight at each call takes 21-31 ms and the fp32 head 24-30 ms;
-`bench/greedy_head.py` times the whole step per number of rows).
+A greedy step reads only each row's argmax over the vocabulary. A screen is a cheaper product of the head
+whose logits differ from the fp32 head's by at most a known bound per unit hidden norm, so a token whose
+screened logit falls below the row's best by more than twice the bound cannot be the fp32 argmax. The
+tokens left (a few to hundreds of Gemma's 262,144) are multiplied in fp32 in whole `VOCAB_SLICE`-row
+blocks, in the form the full head takes (the same bits: every output is its own dot product), and the
+argmax is taken over them in vocabulary order. Two screens:
+
+- bf16 on a CPU with bf16 units: the head rounded to bf16, kept packed in oneDNN's layout, so a few rows'
+  product reads it at memory speed (3 rows: 12 ms, where the fp32 head takes 24-30 ms);
+- fp16 elsewhere (model/fp16_screen.py): fbgemm's product with the head rounded to fp16, for the rows
+  where it is faster (`fp16_screen_rows`); its bound is the rounding's own size, so it leaves fewer tokens.
+
+`bench/greedy_head.py` times the whole step per number of rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
+from .fp16_screen import fp16_head
 from .introspect import weight_of
 from .lmhead import (
+    HEAD_LINEAR_FROM_ROWS_ON_INTEL,
     VOCAB_SLICE,
     gathered_rows_product,
     head_product_form,
@@ -40,21 +49,39 @@ MAX_SCREENED_TOKENS = 4 * VOCAB_SLICE
 
 
 # The rows of a greedy step whose full fp32 head torch's own `F.linear` (x Wᵀ) multiplies faster than
-# `head_product` (W xᵀ) with MKL on an Intel CPU, where no bf16 screen runs: 1-6 rows took 32-71 ms against
+# `head_product` (W xᵀ) with MKL on an Intel CPU, where no screen runs: 1-6 rows took 32-71 ms against
 # 92-97 ms held to AVX2 kernels, and 30-72 ms against 87-93 ms with AVX-512 kernels and no bf16 units, where
 # 8 and 12 rows took 112 and 147 ms against 90 and 116 ms (2 threads, a 2-core Xeon with AMX held below it;
 # bench/step_products.py).
 HEAD_LINEAR_ROWS_ON_INTEL = range(1, 7)
 
+# The rows of a greedy step the fp16 screen takes where the CPU has no bf16 units: held to AVX2 kernels it
+# took 7-22 ms for 1-12 rows against the full head's 20-47 ms, 43 against 62 ms for 24 rows, and 102 against
+# 109 ms for 48 (its products convert the weight to fp32 anew for each block of rows; 2 threads, a 2-core
+# AMD EPYC; bench/greedy_head.py).
+FP16_SCREEN_ROWS = range(1, 33)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A cheaper product of the head, `product(hidden.to(dtype))`, whose logits are within `per_norm` x |h| of
+    the fp32 head's for every row h and token."""
+
+    name: str
+    product: Callable[[torch.Tensor], torch.Tensor]
+    dtype: torch.dtype
+    per_norm: float
+
 
 def greedy_tokens(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """`logits_from_hidden(model, hidden).argmax(-1)` for hidden states [rows, d]: through the screen where
-    it is faster (`screens`), else the full head, in the form that is faster for the rows (`head_linear_rows`)."""
+    """`logits_from_hidden(model, hidden).argmax(-1)` for hidden states [rows, d]: through a screen where one
+    is faster (`screen_for`), else the full head, in the form that is faster for the rows (`head_linear_rows`)."""
     import torch
 
-    if screens(model, hidden):
+    screen = screen_for(model, hidden)
+    if screen is not None:
         weight = weight_of(model.get_output_embeddings())
-        tokens = screened_argmax(in_memory_order(hidden), weight, *screen_of(weight))
+        tokens = screened_argmax(in_memory_order(hidden), weight, screen)
         if tokens is not None:
             return tokens
     elif plain_fp32_head(model, hidden) and hidden.shape[0] in head_linear_rows():
@@ -79,17 +106,50 @@ def plain_fp32_head(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
     )
 
 
-def screens(model: PreTrainedModel, hidden: torch.Tensor) -> bool:
-    """Is the screen faster with the same tokens? A plain fp32 head (`plain_fp32_head`) on a CPU whose bf16
-    products are fast (`cpu_has_bf16_units`; held to AVX2 kernels a bf16 head took 1.5-3.4x its fp32 time
-    over 3-40 rows)."""
-    return plain_fp32_head(model, hidden) and cpu_has_bf16_units()
+def screen_for(model: PreTrainedModel, hidden: torch.Tensor) -> Screen | None:
+    """The screen that gives these rows the same tokens faster, made once per head weight, or None: the bf16
+    screen on a CPU whose bf16 products are fast (`cpu_has_bf16_units`; held to AVX2 kernels a bf16 head took
+    1.5-3.4x its fp32 time over 3-40 rows), else the fp16 screen for `fp16_screen_rows`, where fbgemm runs
+    and computes what its bound assumes; only for a `plain_fp32_head`."""
+    if not plain_fp32_head(model, hidden):
+        return None
+    weight = weight_of(model.get_output_embeddings())
+    if cpu_has_bf16_units():
+        screen: Screen = head_derived(weight, "bf16 screen", bf16_screen)
+        return screen
+    if hidden.shape[0] in fp16_screen_rows():
+        fp16: Screen | None = head_derived(weight, "fp16 screen", fp16_screen)
+        return fp16
+    return None
+
+
+def fp16_screen_rows() -> range:
+    """The rows the fp16 screen takes where the CPU has no bf16 units and fbgemm's fp16 product runs: up to
+    `FP16_SCREEN_ROWS`, on an Intel CPU with MKL only below `HEAD_LINEAR_FROM_ROWS_ON_INTEL` (from there its
+    full head is x Wᵀ, whose bits a gathered block of rows need not give held to AVX2 kernels)."""
+    if cpu_has_bf16_units() or not fbgemm_fp16_runs():
+        return range(0)
+    return range(1, HEAD_LINEAR_FROM_ROWS_ON_INTEL) if mkl_on_intel() else FP16_SCREEN_ROWS
+
+
+@cache
+def fbgemm_fp16_runs() -> bool:
+    """Does this torch have fbgemm's fp16 product, on a CPU fbgemm runs on (AVX2 or later)?"""
+    import torch
+
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.ones(4, 8), None)
+        return bool(torch.ops.quantized.linear_dynamic_fp16(torch.ones(2, 8), packed).eq(8).all())
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
 
 
 def head_linear_rows() -> range:
     """How many rows of a greedy step's full fp32 head go through `F.linear`: 1-6 where torch multiplies with
-    MKL on an Intel CPU (`HEAD_LINEAR_ROWS_ON_INTEL`), none elsewhere. The bf16 screen's fp32 recheck keeps
-    `head_product`'s form (its bits), so this applies only where no screen runs."""
+    MKL on an Intel CPU (`HEAD_LINEAR_ROWS_ON_INTEL`) and no screen runs, none elsewhere. A screen's fp32
+    recheck keeps `head_product`'s form (its bits), and so do the rows a screen leaves to the full head."""
+    if cpu_has_bf16_units() or fbgemm_fp16_runs():
+        return range(0)
     return HEAD_LINEAR_ROWS_ON_INTEL if mkl_on_intel() else range(0)
 
 
@@ -97,13 +157,27 @@ def greedy_head_form() -> str:
     """How a greedy step's head picks its tokens here, named for what a decoded row depends on."""
     if cpu_has_bf16_units():
         return "bf16 screen, fp32 recheck as " + (head_product_form() if products_through_onednn() else "W xᵀ")
+    rows = fp16_screen_rows()
+    if rows:
+        screened = f"fp16 screen for {rows.start}-{rows.stop - 1} rows"
+        return f"{screened}; fp32 recheck and other rows as {head_product_form()}"
     return product_forms(head_linear_rows())
 
 
-def screen_of(weight: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
-    """The head's bf16 product (`bf16_head`) and its largest row norm, made once per weight and version."""
-    largest = head_derived(weight, "largest row norm", lambda w: float(w.detach().norm(dim=1).max()))
-    return head_derived(weight, "bf16 head", bf16_head), largest
+def bf16_screen(weight: torch.Tensor) -> Screen:
+    """The head's bf16 product (`bf16_head`) and its bound: `screen_error` x the largest row norm."""
+    import torch
+
+    largest = float(weight.detach().norm(dim=1).max())
+    return Screen("bf16", bf16_head(weight), torch.bfloat16, screen_error(weight.shape[1]) * largest)
+
+
+def fp16_screen(weight: torch.Tensor) -> Screen | None:
+    """The head's fp16 product by fbgemm and its bound (model/fp16_screen.py), or None where it cannot be used."""
+    import torch
+
+    made = fp16_head(weight)
+    return None if made is None else Screen("fp16", made[0], torch.float32, made[1])
 
 
 def bf16_head(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -135,35 +209,29 @@ def screen_error(width: int) -> float:
     return 2**-7 + 2**-16 + 2.1 * width * 2**-24 + 2**-8 * (1 + 2**-7)
 
 
-def kept_by_screen(
-    hidden: torch.Tensor, bf16_product: Callable[[torch.Tensor], torch.Tensor], largest_norm: float
-) -> torch.Tensor:
-    """[rows, vocab], True for each token the bf16 product cannot rule out as its row's fp32 argmax."""
+def kept_by_screen(hidden: torch.Tensor, screen: Screen) -> torch.Tensor:
+    """[rows, vocab], True for each token the screen cannot rule out as its row's fp32 argmax."""
     import torch
 
-    approx = bf16_product(hidden.to(torch.bfloat16))
+    approx = screen.product(hidden.to(screen.dtype))
     best = approx.max(dim=1).values.float()
-    # a row's fp32 maximum is at least best - e |h| |w_best|; a token reaches it only if its bf16 logit is
-    # within e |h| |w| of it too: below best - 2 e |h| max|w| it cannot
-    floor = best - 2 * screen_error(hidden.shape[1]) * hidden.norm(dim=1) * largest_norm
-    floor = floor - floor.abs() * 2**-7 - 2**-100  # so that rounding it to bf16 cannot move it up
-    kept: torch.Tensor = approx >= floor.to(torch.bfloat16)[:, None]
+    # a row's fp32 maximum is at least best - e |h|; a token reaches it only if its screened logit is within
+    # e |h| of it too: below best - 2 e |h| it cannot
+    floor = best - 2 * screen.per_norm * hidden.norm(dim=1)
+    # so that the floor's own rounding (to bf16 for a bf16 product) cannot move it up
+    floor = floor - floor.abs() * (2**-7 if approx.dtype == torch.bfloat16 else 2**-20) - 2**-100
+    kept: torch.Tensor = approx >= floor.to(approx.dtype)[:, None]
     return kept
 
 
-def screened_argmax(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bf16_product: Callable[[torch.Tensor], torch.Tensor],
-    largest_norm: float,
-) -> torch.Tensor | None:
-    """Each row's argmax of hidden x weight^T (fp32), from the bf16 product and the fp32 products of the
-    tokens it cannot rule out; None when the hidden states are not finite or too many tokens are left."""
+def screened_argmax(hidden: torch.Tensor, weight: torch.Tensor, screen: Screen) -> torch.Tensor | None:
+    """Each row's argmax of hidden x weight^T (fp32), from the screen and the fp32 products of the tokens it
+    cannot rule out; None when the hidden states are not finite or too many tokens are left."""
     import torch
 
     if not bool(torch.isfinite(hidden).all()):
         return None
-    left = kept_by_screen(hidden, bf16_product, largest_norm).any(dim=0).nonzero()[:, 0]
+    left = kept_by_screen(hidden, screen).any(dim=0).nonzero()[:, 0]
     if len(left) > MAX_SCREENED_TOKENS:
         return None
     block = weight.new_zeros((-(-len(left) // VOCAB_SLICE) * VOCAB_SLICE, weight.shape[1]))

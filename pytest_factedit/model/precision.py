@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # The weights `bf16_autocast` swapped for bf16 copies, innermost block last: (module, original Parameter).
 _SWAPPED: ContextVar[tuple[tuple[torch.nn.Module, torch.Tensor], ...]] = ContextVar("swapped", default=())
 # id(weight) -> (weakref to it, its version, {what: value}): what is derived from the LM head's weight (its
-# bf16 copy, its largest row norm), kept across cases while the weight is unchanged.
+# bf16 copy, a greedy step's screen), kept across cases while the weight is unchanged.
 _HEAD_DERIVED: dict[int, tuple[weakref.ref[torch.Tensor], int, dict[str, Any]]] = {}
 # oneDNN's CPU ISA levels, lowest first, as its ONEDNN_MAX_CPU_ISA variable names them.
 _ONEDNN_ISA_LEVELS = (
