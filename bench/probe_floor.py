@@ -3,7 +3,8 @@ memory bandwidth and fp32 peak, beside what it takes.
 
     python bench/probe_floor.py                                   # norway-capital and germany-capital
     python bench/probe_floor.py --cases fact_cases/kenya-continent.yaml
-    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/probe_floor.py
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 \
+        python bench/probe_floor.py
 
 The machine first: the read bandwidth (a sum over 512 MB, on the run's threads and on one, as the timed
 latency steps run) and the fp32 peak (a prefill-shaped product, 512 x 640 by 640 x 2048). Then each case is
@@ -14,8 +15,9 @@ candidates' teacher-forced pass, the greedy steps, and the latency figure's time
 A pass's floor is the longer of reading its weights once (every decoder weight but the embedding, whose rows
 are looked up) and its products at the peak (2 x weights x real tokens: padding is not counted). The LM head
 is timed as what is left of the probe after the decoder passes (its products, the argmax, the rest of the
-Python); its floor is one read of the head per greedy step (the bf16 screen where the CPU has bf16 units,
-else fp32), one on a timed step, and the prefill's and candidates' head products. The floor is what no
+Python); its floor is one read of the head per greedy step (a screen's 2 bytes per weight: bf16 where the
+CPU has bf16 units, else fp16 where fbgemm runs, which the greedy steps of a probe's few rows take; else
+fp32), one on a timed step, and the prefill's and candidates' head products. The floor is what no
 arrangement of the same passes can beat on this machine; how far above it each part runs says where time
 can still be won without computing less.
 """
@@ -167,7 +169,7 @@ def floors(model: Any, passes: Passes, machine: Machine, screened: bool) -> dict
     for kind, count in passes.count.items():
         bandwidth = machine.bandwidth_one_thread if kind == TIMED else machine.bandwidth
         out[kind] = max(count * read / bandwidth, 2 * params * passes.tokens[kind] / machine.peak)
-    step_head = head * (2 if screened else 4)  # bytes a greedy step's head reads: the bf16 screen, else fp32
+    step_head = head * (2 if screened else 4)  # bytes a greedy step's head reads: a bf16 or fp16 screen, else fp32
     reads = passes.count.get("greedy steps", 0) * step_head / machine.bandwidth
     if TIMED in out:  # the head timed once, on one thread
         reads += step_head / machine.bandwidth_one_thread
@@ -241,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", type=Path, nargs="+", default=default)
     args = parser.parse_args(argv)
 
+    from pytest_factedit.model.head_argmax import fp16_screen_rows
     from pytest_factedit.model.load import load
     from pytest_factedit.model.precision import cpu_bf16_units
     from pytest_factedit.run.probing import BaseAnswerCache
@@ -252,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     cache = BaseAnswerCache()
     for path in args.cases:
         passes, seconds = probe_case(lm, path.resolve(), cache)
-        print_case(path.stem, passes, seconds, floors(lm.model, passes, machine, units is not None))
+        screened = units is not None or bool(fp16_screen_rows())
+        print_case(path.stem, passes, seconds, floors(lm.model, passes, machine, screened))
 
 
 if __name__ == "__main__":

@@ -311,3 +311,27 @@ def test_the_greedy_heads_form_is_named_for_the_probe_store(
     else:
         assert head_argmax.fp16_screen_rows() == range(0)
         assert head_argmax.greedy_head_form() == expected
+
+
+def test_a_timed_step_finds_its_screen_made(monkeypatch) -> None:
+    """The latency figure's timed step must not time the making of the screen: it is made before the clock
+    starts, once per head weight."""
+    import torch
+
+    from pytest_factedit.model import decoding, head_argmax
+
+    model = tiny_model("llama", 2 * head_argmax.VOCAB_SLICE + 100)
+    monkeypatch.setattr(head_argmax, "cpu_has_bf16_units", lambda: True)
+    made = []
+    real = head_argmax.bf16_screen
+    monkeypatch.setattr(head_argmax, "bf16_screen", lambda weight: made.append(1) or real(weight))
+    clock_started = []
+    real_clock = decoding.time.thread_time
+    monkeypatch.setattr(decoding.time, "thread_time", lambda: clock_started.append(len(made)) or real_clock())
+    model.get_output_embeddings().weight.data.mul_(1.0)  # a new version: nothing made for it yet
+    torch.manual_seed(4)
+    prompts = [tuple(torch.randint(3, 4000, (n,)).tolist()) for n in (3, 5, 4)]
+    step = decoding.timed_step(model, decoding.prefill(model, prompts, 0))
+    assert step.head > 0
+    assert made == [1]
+    assert clock_started and clock_started[0] == 1  # made before the first reading of the clock

@@ -16,7 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .head_argmax import greedy_tokens
+from .head_argmax import greedy_tokens, ready_screen
 from .kv import cache_keyword, cache_rows, returned_cache, select_rows
 from .lmhead import decoder, fast_linears, logits_from_hidden
 from .text import decoding_sets, ends_line
@@ -331,6 +331,8 @@ def timed_step(model: PreTrainedModel, pre: Prefilled, head: bool = True) -> Ste
             return time.perf_counter()
         return time.thread_time()
 
+    if head:
+        ready_screen(model, pre.mask.shape[0])
     with torch.no_grad(), fast_linears(model), nullcontext() if cuda else one_thread():
         started = clock()
         hidden = decoder(model)(

@@ -123,6 +123,15 @@ def screen_for(model: PreTrainedModel, hidden: torch.Tensor) -> Screen | None:
     return None
 
 
+def ready_screen(model: PreTrainedModel, rows: int) -> None:
+    """Make the screen a greedy step of `rows` rows will take, if not made yet: a timed step must not time
+    its making (the packing of the head's copy)."""
+    import torch
+
+    weight = weight_of(model.get_output_embeddings())
+    screen_for(model, torch.zeros((rows, weight.shape[1]), dtype=weight.dtype, device=weight.device))
+
+
 def fp16_screen_rows() -> range:
     """The rows the fp16 screen takes where the CPU has no bf16 units and fbgemm's fp16 product runs: up to
     `FP16_SCREEN_ROWS`, on an Intel CPU with MKL only below `HEAD_LINEAR_FROM_ROWS_ON_INTEL` (from there its
