@@ -2,12 +2,12 @@
 far its logits can fall from the fp32 head's.
 
 fbgemm's fp16 product (torch's `quantized::linear_dynamic_fp16`) keeps the head's weight rounded to fp16, half
-the bytes of fp32, and multiplies it with the fp32 hidden states in fp32: on an AVX2 CPU a few rows' logits
-take a third to a half of the fp32 head's time. Its only loss is the weight's rounding, at most 2^-11 of each
-value, so the bound is tight: one to a few tokens per row are left for the fp32 recheck. The weight is packed
-in slices (fbgemm packs 16,384 rows 1.1-1.5x faster per row than the whole head, and the products are as
-fast), on as many threads as torch uses. Where torch has no such product, or a check of it on known inputs
-fails, there is no fp16 screen and the full head runs.
+the bytes of fp32, and multiplies it with the fp32 hidden states in fp32: held to AVX2 kernels, a greedy step
+of 1-12 rows takes 0.4-0.5 of the fp32 head's time with it. Its only loss is the weight's rounding, at most
+2^-11 of each value, so the bound is tight: one or two tokens per row are left for the fp32 recheck. The
+weight is packed in slices, on as many threads as torch uses (fbgemm packs 16,384 rows at a time about twice
+as fast per row as the whole head at once, on one thread, and multiplies the slices as fast). Where torch has
+no such product, or a check of it on known inputs fails, there is no fp16 screen and the full head runs.
 """
 
 from __future__ import annotations
