@@ -57,8 +57,8 @@ HEAD_LINEAR_ROWS_ON_INTEL = range(1, 7)
 
 # The rows of a greedy step the fp16 screen takes where the CPU has no bf16 units: held to AVX2 kernels the
 # step took 7.9-22.2 ms for 1-12 rows against the full head's 15.6-52.9 ms, 43.9 against 68.0 ms for 24 rows
-# and 61.3 against 82.4 ms for 32, where 48 rows took about the full head's time (its products convert the
-# weight to fp32 anew for each block of rows; 2 threads, a 2-core AMD EPYC; bench/greedy_head.py).
+# and 61.3 against 82.4 ms for 32, where 48 rows took about the full head's time (fbgemm's fp16 product takes
+# time in proportion to its rows past a few; 2 threads, a 2-core AMD EPYC; bench/greedy_head.py).
 FP16_SCREEN_ROWS = range(1, 33)
 
 
