@@ -39,15 +39,17 @@ def hidden_rows(weight: Any, rows: int) -> Any:
 def screens(weight: Any) -> dict[str, Any]:
     """The screens a greedy step can use: bf16 (the plugin's product, packed by oneDNN where this CPU runs that,
     and a plain product) and fp16 by fbgemm, where this torch has it."""
+    from dataclasses import replace
+
     import torch
 
-    from pytest_factedit.model.head_argmax import Screen, bf16_head, fp16_screen, screen_error
+    from pytest_factedit.model.head_argmax import bf16_screen, fp16_screen
 
     copy = weight.to(torch.bfloat16)
-    per_norm = screen_error(weight.shape[1]) * float(weight.norm(dim=1).max())
+    plugin = bf16_screen(weight)
     made = {
-        "plugin's bf16": Screen("bf16", bf16_head(weight), torch.bfloat16, per_norm),
-        "plain bf16": Screen("bf16", lambda hidden: torch.mm(hidden, copy.t()), torch.bfloat16, per_norm),
+        "plugin's bf16": plugin,
+        "plain bf16": replace(plugin, product=lambda hidden: torch.mm(hidden, copy.t())),
     }
     fp16 = fp16_screen(weight)
     if fp16 is not None:
