@@ -37,6 +37,7 @@ from ..model.lmhead import decoder
 from ..model.skip import first_rows_safe
 from .gate import SENTENCE_REACHES
 from .gate_index import PatternTrie, rest_of_sentence
+from .router import RelationRouter, layer_states
 from .words import ENDS_SENTENCE, whole_name
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class _Before:
     since: list[tuple[int, int]]  # (latest serial, text length) at each pass where the latest serial changed
     length: int  # tokens of text before this pass, pads included
     written: int  # the latest serial when the state was written: later edits read the pass as new text
+    closed: list[set[int]]  # per row, the serials its relation router sent away (edit/router.py): they stay off
 
 
 class _ModuleGains:
@@ -296,15 +298,77 @@ class GateRegistry:
             kept = None
         rows = ids.tolist()
         before = _read_state(kept) if kept is not None else None
+        closed = before.closed if before is not None else [set() for _ in rows]
         marks: dict[int, list[int]] = {}
         tails, still_open = [], []
         for index, row in enumerate(rows):
-            tail, opened = self._matched(index, row, before, marks)
+            tail, opened = self._matched(index, row, before, marks, closed[index])
             tails.append(tail)
             still_open.append(opened)
+        if not continues:
+            self._route(ids, kwargs, marks, still_open, closed)
         self.current = _Pass(len(rows), ids.shape[1], marks, {})
         self._replan()
-        self.pending = self._state(tails, still_open, before, ids.shape[1], ids.device)
+        self.pending = self._state(tails, still_open, before, ids.shape[1], ids.device, closed)
+
+    def _route(
+        self,
+        ids: torch.Tensor,
+        kwargs: dict[str, Any],
+        marks: dict[int, list[int]],
+        still_open: list[list[int]],
+        closed: list[set[int]],
+    ) -> None:
+        """A pass that starts its text: each sealed edit with a relation router (edit/router.py) keeps its
+        marks only on the rows whose question its router passes; the others join `closed`. Not while an edit
+        trains (its steps and the decodes it holds see the edits kept before it as they were), nor in a pass
+        that keeps gradients."""
+        import torch
+
+        routed: dict[int, RelationRouter] = {}
+        for serial in marks:
+            router = self.entries[serial].edit.router
+            if router is not None and self.entries[serial].sealed:
+                routed[serial] = router
+        if not routed or self.unsealed or torch.is_grad_enabled():
+            return
+        tokens = ids.shape[1]
+        rows_of = {serial: sorted({p // tokens for p in marks[serial]}) for serial in routed}
+        states = self._router_states(ids, kwargs, rows_of, routed)
+        for serial, router in routed.items():
+            verdicts = router.passes(torch.stack([states[router.layer][row] for row in rows_of[serial]]))
+            for row, passed in zip(rows_of[serial], verdicts):
+                if not passed:
+                    closed[row].add(serial)
+                    still_open[row] = [s for s in still_open[row] if s != serial]
+            marks[serial] = [p for p in marks[serial] if serial not in closed[p // tokens]]
+            if not marks[serial]:
+                del marks[serial]
+
+    def _router_states(
+        self,
+        ids: torch.Tensor,
+        kwargs: dict[str, Any],
+        rows_of: dict[int, list[int]],
+        routed: dict[int, RelationRouter],
+    ) -> dict[int, dict[int, torch.Tensor]]:
+        """Per router layer, per row: the base model's state at the row's last real token (one pass, every
+        edit off, over the rows some router reads; it stops at the highest layer read)."""
+        import torch
+
+        needed = sorted({row for rows in rows_of.values() for row in rows})
+        index = torch.tensor(needed, dtype=torch.long, device=ids.device)
+        inputs = {"input_ids": ids.index_select(0, index)}
+        for key in ("attention_mask", "position_ids"):
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] == ids.shape[0]:
+                inputs[key] = value.index_select(0, index.to(value.device))
+        model = self.model_ref()
+        assert model is not None  # the registry lives on its model
+        layers = sorted({router.layer for router in routed.values()})
+        with self.disabled():
+            found = layer_states(model, layers, inputs.pop("attention_mask", None), **inputs)
+        return {layer: dict(zip(needed, found[layer])) for layer in layers}
 
     def _after_pass(self, _module: Any, _args: Any, output: Any) -> None:
         cache = returned_cache(output) if self.pending is not None else None
@@ -340,10 +404,10 @@ class GateRegistry:
         return found
 
     def _matched(
-        self, index: int, ids: list[int], before: _Before | None, marks: dict[int, list[int]]
+        self, index: int, ids: list[int], before: _Before | None, marks: dict[int, list[int]], closed: set[int]
     ) -> tuple[list[int], list[int]]:
-        """One row: its edits' positions added to `marks` (flat); (the tail to keep, the serials whose
-        sentence is still open after it)."""
+        """One row: its edits' positions added to `marks` (flat), but for the `closed` serials; (the tail to
+        keep, the serials whose sentence is still open after it)."""
         tail = before.tails[index] if before is not None else []
         joined = tail + ids
         found = self._found(joined, len(tail), before)
@@ -351,7 +415,7 @@ class GateRegistry:
         ends: dict[int, list[int]] = {}
         still_open: list[int] = []
         offset = index * len(ids)
-        for serial in sorted(found.keys() | was_open):
+        for serial in sorted((found.keys() | was_open) - closed):
             entry = self.entries[serial]
             subject = found.get(serial, set())
             positions = sorted(subject)
@@ -377,8 +441,10 @@ class GateRegistry:
         before: _Before | None,
         tokens: int,
         device: torch.device,
+        closed: list[set[int]],
     ) -> tuple[torch.Tensor, ...]:
-        """(tails, open serials padded with -1, since serials, since lengths, length, written), batch first."""
+        """(tails, open serials padded with -1, since serials, since lengths, length, written, closed serials
+        padded with -1), batch first."""
         import torch
 
         length = (before.length if before is not None else 0) + tokens
@@ -388,15 +454,15 @@ class GateRegistry:
         keep = max(self.keeps, default=0)
         while len(since) > 1 and length - since[1][1] >= keep:  # every edit sees `keep` tokens back from both
             since.pop(0)
-        width = max((len(o) for o in still_open), default=0)
         rows = len(tails)
         values = [
             tails,
-            [o + [-1] * (width - len(o)) for o in still_open],
+            _padded(still_open),
             [[s for s, _ in since]] * rows,
             [[n for _, n in since]] * rows,
             [[length]] * rows,
             [[self.latest]] * rows,
+            _padded([sorted(c) for c in closed]),
         ]
         return tuple(torch.tensor(v, dtype=torch.long, device=device) for v in values)
 
@@ -510,12 +576,19 @@ def _sentence_ends(ids: Sequence[int], flags: bytes) -> list[int]:
     return [t for t, token in enumerate(ids) if token <= last and flags[max(token, 0)] & ENDS_SENTENCE]
 
 
+def _padded(serials: list[list[int]]) -> list[list[int]]:
+    """Each row's serials, padded with -1 to the longest row's count (a tensor's rows)."""
+    width = max((len(row) for row in serials), default=0)
+    return [row + [-1] * (width - len(row)) for row in serials]
+
+
 def _read_state(kept: tuple[torch.Tensor, ...]) -> _Before:
-    tails, still_open, since_serials, since_lengths, lengths, written = (t.tolist() for t in kept)
+    tails, still_open, since_serials, since_lengths, lengths, written, closed = (t.tolist() for t in kept)
     return _Before(
         tails,
         [{s for s in row if s >= 0} for row in still_open],
         list(zip(since_serials[0], since_lengths[0])),
         lengths[0][0],
         written[0][0],
+        [{s for s in row if s >= 0} for row in closed],
     )

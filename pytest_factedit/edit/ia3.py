@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..errors import MethodError
 from ..model.targets import TargetModules
 from .base import EditHandle, EditRequest, Scope
 from .gate import REACHES
@@ -26,7 +27,7 @@ from .settings import (
     changed_default,
     setting,
 )
-from .subject_gains import apply_subject_gains
+from .subject_gains import Gating, apply_subject_gains
 
 if TYPE_CHECKING:
     from peft import PeftConfig, PeftModel
@@ -51,6 +52,27 @@ class IA3Settings(TrainingLoopSettings, KeyStatisticsSettings):
         GAIN_POSITIONS,
     )
     subject_rows: int = changed_default(TrainingLoopSettings, "subject_rows", 8)
+    router_layer_from_end: int = setting(
+        0,
+        "count",
+        "relation router of subject-gated gains (0: off): the edit acts on a text only where the base model's "
+        "state at its last token, in the hidden state this many from the end (2: the second-to-last layer's "
+        "output), is as close to the edit's prompts as the threshold",
+    )
+    router_margin: float = setting(
+        0.015,
+        "non-negative",
+        "the router's threshold: the highest cosine similarity of the subject's general texts to the edit's "
+        "prompts, less this",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.router_layer_from_end and self.gain_positions == "every":
+            raise MethodError(
+                "router_layer_from_end", "a router gates subject-gated gains; gain_positions: every has no gate"
+            )
+
     preservation_weight: float = setting(
         0.0,
         "non-negative",
@@ -115,8 +137,8 @@ class IA3TwoStageEditor(ObjectiveDecodes):
     ) -> EditHandle:
         own = self.settings_class.of(settings)
         if own.gain_positions != "every":
-            reach = own.gain_positions
-            return apply_subject_gains(self.name, self.stages, reach, model, tokenizer, request, targets, own)
+            gating = Gating(own.gain_positions, own.router_layer_from_end, own.router_margin)
+            return apply_subject_gains(self.name, self.stages, gating, model, tokenizer, request, targets, own)
         weight = own.preservation_weight
         preservation = GainPreservation(weight, own.key_positions_per_dim) if weight else None
         trainer = PeftStageTrainer(self.name, self.stages, lambda: ia3_config(targets), preservation)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SavedEditError, shown, shown_key
 from ..infra.files import read_regular
 from ..model.introspect import weight_of
+from ..model.skip import decoder_layers
 from .gate import REACHES
 from .keys import is_conv1d
 from .words import ENDS_SENTENCE, ENDS_WORD, JOINS, NAME_WORD
@@ -29,12 +30,15 @@ GAINS_FILE = "gains.safetensors"
 GATE_FILE = "gate.json"
 SAVED_FORMAT = 1
 WORD_FLAGS_KEY = "gate|word_flags"  # edit/words.py flags of the tokenizer's vocabulary, one byte per token id
+ROUTER_KEY = "router|references"  # the relation router's reference states (edit/router.py), [references, d]
+ROUTER_KEYS = ("layer", "threshold", "references")
+MAX_REFERENCES = 4096  # a router's reference states (an edit's prompts x its training prefixes)
 MAX_JSON_BYTES = 16 * 2**20  # a manifest.json or gate.json (a tiny model's one-case edit writes under 5 KB of each)
 MAX_WORD_FLAGS = 2**22  # token ids with word flags (the largest vocabularies hold about 256k)
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names of the floating dtypes a gain may have
 ALL_FLAGS = JOINS | ENDS_WORD | NAME_WORD | ENDS_SENTENCE
 REQUIRED_KEYS = ("format", "method", "stages", "modules", "feedforward", "patterns")
-GATE_KEYS = (*REQUIRED_KEYS, "reach")
+GATE_KEYS = (*REQUIRED_KEYS, "reach", "router")
 SAVE_AGAIN = "save the edit again (factedit edit CASE --save DIR, or --factedit-save-adapters DIR)"
 
 
@@ -160,21 +164,51 @@ def checked_gate(path: Path, model: PreTrainedModel) -> dict[str, Any]:
         if name not in gate["modules"]:
             raise refused(path, f"feedforward[{index}]", "one of the names under `modules`", "another name")
     _patterns(path, gate["patterns"])
+    if "router" in gate:
+        _router(path, gate["router"], model)
     return gate
 
 
-def _expected_tensors(gate: Mapping[str, Any], model: PreTrainedModel) -> dict[str, int]:
-    """Every gain tensor the gate implies, by its key 'stage|module', with its width."""
+def _router(path: Path, router: object, model: PreTrainedModel) -> None:
+    """gate.json's `router`: the decoder layer it reads (one the model has), a threshold on a cosine
+    similarity, and how many reference states gains.safetensors holds."""
+    if not isinstance(router, dict) or sorted(router) != sorted(ROUTER_KEYS):
+        raise refused(path, "router", f"a mapping with the keys {', '.join(ROUTER_KEYS)}", kind_of(router))
+    layers = len(decoder_layers(model))
+    if type(router["layer"]) is not int or not 0 <= router["layer"] < layers:
+        wanted = f"a decoder layer of the model, 0 to {layers - 1}"
+        raise refused(path, "router.layer", wanted, kind_of(router["layer"]))
+    threshold = router["threshold"]
+    if type(threshold) not in (int, float) or not -1.0 <= threshold <= 1.0:
+        raise refused(path, "router.threshold", "a cosine similarity, -1 to 1", kind_of(threshold))
+    count = router["references"]
+    if type(count) is not int or not 1 <= count <= MAX_REFERENCES:
+        raise refused(path, "router.references", f"a whole number from 1 to {MAX_REFERENCES}", kind_of(count))
+
+
+def _expected_tensors(gate: Mapping[str, Any], model: PreTrainedModel) -> dict[str, list[int]]:
+    """Every tensor the gate implies, by its key, with its shape: each gain ('stage|module'), and the router's
+    reference states where it has one."""
     feedforward = set(gate["feedforward"])
     widths = {m: gain_width(model.get_submodule(m), m in feedforward) for m in gate["modules"]}
-    return {f"{stage}|{module}": widths[module] for stage in gate["stages"] for module in gate["modules"]}
+    shapes = {f"{stage}|{module}": [widths[module]] for stage in gate["stages"] for module in gate["modules"]}
+    if "router" in gate:
+        shapes[ROUTER_KEY] = [gate["router"]["references"], _hidden_width(model)]
+    return shapes
 
 
-def _header_checked(path: Path, header: Mapping[str, tuple[str, list[int]]], expected: Mapping[str, int]) -> None:
+def _hidden_width(model: PreTrainedModel) -> int:
+    """The width of the model's hidden states: that of its input embeddings."""
+    embeddings = model.get_input_embeddings()
+    return int(weight_of(embeddings).shape[1])
+
+
+def _header_checked(path: Path, header: Mapping[str, tuple[str, list[int]]], expected: Mapping[str, list[int]]) -> None:
     """Keys, dtypes and shapes of gains.safetensors against what the gate and the model imply."""
     for key in expected:
         if key not in header:
-            raise refused(path, key, "a gain for this stage and module", "nothing")
+            wanted = "the router's reference states" if key == ROUTER_KEY else "a gain for this stage and module"
+            raise refused(path, key, wanted, "nothing")
     for key, (dtype, shape) in header.items():
         if key == WORD_FLAGS_KEY:
             if dtype != "U8" or len(shape) != 1 or shape[0] > MAX_WORD_FLAGS:
@@ -182,9 +216,10 @@ def _header_checked(path: Path, header: Mapping[str, tuple[str, list[int]]], exp
                 raise refused(path, key, f"U8 of shape (n,), n <= {MAX_WORD_FLAGS:,}", found)
         elif key not in expected:
             raise refused(path, shown_key(key, 40), "only the gains of gate.json's stages and modules", "another key")
-        elif dtype not in FLOAT_DTYPES or list(shape) != [expected[key]]:
+        elif dtype not in FLOAT_DTYPES or list(shape) != expected[key]:
             found = f"{dtype} of shape {tuple(shape)}"
-            raise refused(path, key, f"a floating gain of shape ({expected[key]},) for the model's module", found)
+            what = "reference states" if key == ROUTER_KEY else "gain"
+            raise refused(path, key, f"floating {what} of shape {tuple(expected[key])} for the model", found)
 
 
 def _values_checked(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -197,7 +232,7 @@ def _values_checked(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
                 raise refused(path, key, f"flags made of the bits {ALL_FLAGS:#x}", "other bits")
         elif not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise refused(path, key, "finite gains", f"{bad} NaN or infinite values")
+            raise refused(path, key, "finite values", f"{bad} NaN or infinite values")
 
 
 def checked_gains(path: Path, gate: Mapping[str, Any], model: PreTrainedModel) -> dict[str, torch.Tensor]:

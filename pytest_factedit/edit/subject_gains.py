@@ -26,9 +26,11 @@ from .base import EditHandle, EditRequest, keep_until_released
 from .gate import SubjectGate
 from .gate_registry import GateRegistry
 from .objectives import build_objectives
+from .router import RelationRouter, build_router, router_layer
 from .saved_gains import (
     GAINS_FILE,
     GATE_FILE,
+    ROUTER_KEY,
     SAVED_FOLDER,
     SAVED_FORMAT,
     WORD_FLAGS_KEY,
@@ -55,6 +57,7 @@ class SubjectGainEdit(EditHandle):
     gains: dict[str, dict[str, torch.nn.Parameter]] = field(default_factory=dict)  # stage -> module -> gain
     hooks: ExitStack = field(default_factory=ExitStack)
     registry: GateRegistry | None = None  # the model's shared gate, once the edit is on it
+    router: RelationRouter | None = None  # set once trained: the gate then opens only on the edited relation
 
     def product(self, module: str) -> torch.Tensor | None:
         """Every stage's gain on `module`, multiplied (None before the first stage exists)."""
@@ -91,6 +94,8 @@ class SubjectGainEdit(EditHandle):
         }
         if self.gate.word_flags:
             tensors[WORD_FLAGS_KEY] = torch.frombuffer(bytearray(self.gate.word_flags), dtype=torch.uint8)
+        if self.router is not None:
+            tensors[ROUTER_KEY] = self.router.references.detach().cpu().contiguous()
         save_file(tensors, str(folder / GAINS_FILE))
         gate = {
             "format": SAVED_FORMAT,
@@ -101,6 +106,9 @@ class SubjectGainEdit(EditHandle):
             "patterns": [list(p) for p in self.gate.patterns],
             "reach": self.gate.reach,
         }
+        if self.router is not None:
+            references = len(self.router.references)
+            gate["router"] = {"layer": self.router.layer, "threshold": self.router.threshold, "references": references}
         write_atomic(folder / GATE_FILE, json.dumps(gate, indent=1) + "\n")
         return [SAVED_FOLDER]
 
@@ -115,6 +123,29 @@ class SubjectGainEdit(EditHandle):
         self.removed = True
         self.hooks.close()
         return self.model
+
+
+@dataclass(frozen=True)
+class Gating:
+    """Where an edit's gains act: the gate's `reach` (edit/gate.py), and its relation router, built once the
+    edit is trained (edit/router.py; `router_from_end` 0: none): the hidden state it reads, counted from the
+    end, and the margin under the subject's general texts' similarity."""
+
+    reach: str
+    router_from_end: int = 0
+    router_margin: float = 0.0
+
+    def router(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        requests: Sequence[EditRequest],
+        prefixes: Sequence[str],
+    ) -> RelationRouter | None:
+        if not self.router_from_end:
+            return None
+        layer = router_layer(model, self.router_from_end)
+        return build_router(model, tokenizer, requests, prefixes, layer, self.router_margin)
 
 
 def _hooked(edit: SubjectGainEdit, sealed: bool = False) -> SubjectGainEdit:
@@ -142,11 +173,15 @@ def load_subject_gains(model: PreTrainedModel, folder: Path | str) -> SubjectGai
     gate = checked_gate(folder / GATE_FILE, model)
     tensors = checked_gains(folder / GAINS_FILE, gate, model)
     flags = tensors.pop(WORD_FLAGS_KEY, None)
+    references = tensors.pop(ROUTER_KEY, None)
     subject_gate = SubjectGate(gate["patterns"], gate["reach"], bytes(flags.tolist()) if flags is not None else b"")
     targets = TargetModules(tuple(gate["modules"]), tuple(gate["feedforward"]), "saved")
     edit = SubjectGainEdit(
         method=gate["method"], model=model, gate=subject_gate, targets=targets, settings=EditSettings()
     )
+    if references is not None:
+        unit = torch.nn.functional.normalize(references.float(), dim=-1)
+        edit.router = RelationRouter(gate["router"]["layer"], unit, float(gate["router"]["threshold"]))
     device = next(model.parameters()).device
     for stage in gate["stages"]:  # in training order, so the product is the one the edit was measured with
         edit.gains[stage] = {
@@ -170,21 +205,23 @@ def subject_gate_for(
 def apply_subject_gains(
     method: str,
     stages: Sequence[str],
-    reach: str,
+    gating: Gating,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     request: EditRequest | Sequence[EditRequest],
     targets: TargetModules,
     settings: TrainingLoopSettings,
 ) -> SubjectGainEdit:
-    """Train one gain vector per stage and module (earlier stages frozen), behind the subject gate (`reach`:
-    the subject's tokens, or on to the end of its sentence)."""
+    """Train one gain vector per stage and module (earlier stages frozen), behind the subject gate (`gating`:
+    the subject's tokens, or on to the end of its sentence), then its relation router where `gating` has one."""
     import torch
 
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     requests = [request] if isinstance(request, EditRequest) else list(request)
-    gate = subject_gate_for(tokenizer, requests, reach)
+    if gating.router_from_end:
+        router_layer(model, gating.router_from_end)  # a depth the model lacks is refused before training
+    gate = subject_gate_for(tokenizer, requests, gating.reach)
     edit = _hooked(SubjectGainEdit(method=method, model=model, gate=gate, targets=targets, settings=settings))
     feedforward = set(targets.feedforward)
     try:
@@ -204,6 +241,8 @@ def apply_subject_gains(
                     param.requires_grad_(False)
         model.eval()
         if edit.registry is not None:
+            with edit.registry.disabled():
+                edit.router = gating.router(model, tokenizer, requests, settings.context_prefixes)
             edit.registry.seal(edit)
     except BaseException:
         edit.remove()
