@@ -18,7 +18,8 @@ from .conftest import case_text
 
 torch = pytest.importorskip("torch")
 
-from pytest_factedit.edit.subject_gains import WORD_FLAGS_KEY  # noqa: E402
+from pytest_factedit.edit.saved_gains import ROUTER_KEY  # noqa: E402
+from pytest_factedit.edit.subject_gains import WORD_FLAGS_KEY, load_subject_gains  # noqa: E402
 from pytest_factedit.errors import FactEditError  # noqa: E402
 from pytest_factedit.report.manifest import load_edit  # noqa: E402
 
@@ -34,7 +35,8 @@ def saved(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: tuple[Path, 
     folder, old = tiny_model_dir
     root = tmp_path_factory.mktemp("saved")
     made = {"model": folder}
-    for kind, positions in (("peft", "every"), ("gated", "subject")):
+    kinds = (("peft", "every"), ("gated", "subject"), ("routed", "subject-sentence, router_layer_from_end: 2"))
+    for kind, positions in kinds:
         case = root / f"cases-{kind}" / "tower.yaml"
         case.parent.mkdir()
         case.write_text(case_text(old).replace("localize: none}", f"localize: none, gain_positions: {positions}}}"))
@@ -193,3 +195,63 @@ def test_a_broken_peft_adapter_leaves_the_model_as_it_was(saved, tmp_path) -> No
     weights = edit / names[-1] / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-16])
     load_refused(saved, edit, edit / names[-1], None)
+
+
+def test_a_saved_router_loads_back_as_it_was_saved(saved) -> None:
+    from safetensors.torch import load_file
+
+    gate = json.loads((saved["routed"] / "subject-gains" / "gate.json").read_text())
+    references = load_file(str(saved["routed"] / "subject-gains" / "gains.safetensors"))[ROUTER_KEY]
+    edit = load_subject_gains(base_model(saved["model"]), saved["routed"] / "subject-gains")
+    try:
+        assert edit.router is not None and edit.router.layer == gate["router"]["layer"] == 0
+        assert edit.router.threshold == gate["router"]["threshold"]
+        assert references.shape[0] == gate["router"]["references"] == 2  # the prompt, behind "" and a prefix
+        assert torch.allclose(edit.router.references, references)
+    finally:
+        edit.remove()
+
+
+def _router_set(gate: dict[str, Any], key: str, value: Any) -> None:
+    gate["router"][key] = value
+
+
+ROUTER_TAMPERING: dict[str, tuple[Callable[[dict], Any], str]] = {
+    "router not a mapping": (lambda g: g.update(router=3), "router"),
+    "a router key missing": (lambda g: g["router"].pop("threshold"), "router"),
+    "a layer past the model's": (lambda g: _router_set(g, "layer", 99), "router.layer"),
+    "a threshold past 1": (lambda g: _router_set(g, "threshold", 2.0), "router.threshold"),
+    "references as text": (lambda g: _router_set(g, "references", "2"), "router.references"),
+    "more references than saved": (lambda g: _router_set(g, "references", 3), ROUTER_KEY),
+}
+
+
+@pytest.mark.parametrize("tampering", list(ROUTER_TAMPERING))
+def test_a_tampered_router_is_refused_before_any_hook(saved, tmp_path, tampering) -> None:
+    edit = copied(saved, "routed", tmp_path)
+    path = edit / "subject-gains" / "gate.json"
+    gate = json.loads(path.read_text())
+    change, key = ROUTER_TAMPERING[tampering]
+    change(gate)
+    path.write_text(json.dumps(gate))
+    file = path.with_name("gains.safetensors") if key == ROUTER_KEY else path
+    load_refused(saved, edit, file, key)
+
+
+ROUTER_STATES_TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
+    "reference states missing": lambda t: t.pop(ROUTER_KEY),
+    "reference states one narrower": lambda t: t.update({ROUTER_KEY: t[ROUTER_KEY][:, :-1].contiguous()}),
+    "a NaN reference": lambda t: t[ROUTER_KEY].__setitem__((0, 0), float("nan")),
+}
+
+
+@pytest.mark.parametrize("tampering", list(ROUTER_STATES_TAMPERING))
+def test_tampered_reference_states_are_refused_before_any_hook(saved, tmp_path, tampering) -> None:
+    from safetensors.torch import load_file, save_file
+
+    edit = copied(saved, "routed", tmp_path)
+    path = edit / "subject-gains" / "gains.safetensors"
+    tensors = load_file(str(path))
+    ROUTER_STATES_TAMPERING[tampering](tensors)
+    save_file(tensors, str(path))
+    load_refused(saved, edit, path, ROUTER_KEY)

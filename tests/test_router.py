@@ -1,0 +1,175 @@
+"""The relation router (edit/router.py) behind the shared gate (edit/gate_registry.py): a text its router
+sends away runs the base model, bit for bit, for its whole decode; one it passes runs the edit as it would
+without a router; it decides on passes that start a text, with no gradients, while no edit trains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pytest_factedit.edit.base import EditRequest  # noqa: E402
+from pytest_factedit.edit.gate_registry import GateRegistry  # noqa: E402
+from pytest_factedit.edit.router import RelationRouter, build_router, layer_states, router_layer  # noqa: E402
+from pytest_factedit.edit.subject_gains import SubjectGainEdit, subject_gate_for  # noqa: E402
+from pytest_factedit.errors import MethodError  # noqa: E402
+from pytest_factedit.model.decoding import DecodeRow, decode, left_padded  # noqa: E402
+from pytest_factedit.model.kv import cache_keyword, returned_cache  # noqa: E402
+from pytest_factedit.model.targets import all_layer_targets  # noqa: E402
+from pytest_factedit.model.text import encode_prompt  # noqa: E402
+
+from .stacked_gates import gated_edit, registered  # noqa: E402
+from .tiny import piece_tokenizer, tiny_model  # noqa: E402
+
+ASKED = "The capital of Japan is"  # the edit's question
+OTHER = "The official language of Japan is"  # the same subject, another relation
+ELSEWHERE = "I love New York . York is a city in"  # no subject: the gate stays shut
+TEXTS = (ASKED, OTHER, ELSEWHERE)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[Any, Any]:
+    tok = piece_tokenizer()
+    return tiny_model("llama", len(tok), layers=3), tok
+
+
+def japan_edit(model: Any, tok: Any) -> SubjectGainEdit:
+    gate = subject_gate_for(tok, [EditRequest("Japan", (ASKED,), ("Tokyo",), ("Seoul",))], "subject-sentence")
+    targets = all_layer_targets(model)
+    return gated_edit(model, gate, list(targets.modules), targets.feedforward, 2, 3)
+
+
+def router_for(model: Any, tok: Any, text: str, threshold: float = 0.9999) -> RelationRouter:
+    """A router whose one reference is `text`'s own state at layer 1: that text passes, others barely do."""
+    ids = encode_prompt(tok, text, False)
+    state = layer_states(model, [1], None, input_ids=torch.tensor([ids]))[1]
+    return RelationRouter(1, torch.nn.functional.normalize(state.float(), dim=-1), threshold)
+
+
+def batch(tok: Any) -> dict[str, Any]:
+    ids, mask, positions = left_padded([encode_prompt(tok, t, False) for t in TEXTS], tok.pad_token_id, "cpu")
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
+def logits(model: Any, tok: Any) -> Any:
+    with torch.no_grad():
+        return model(**batch(tok)).logits
+
+
+def greedy(model: Any, tok: Any) -> list[tuple[int, ...]]:
+    rows = [DecodeRow(encode_prompt(tok, t, False), 6, False) for t in TEXTS]
+    return [d.tokens for d in decode(model, tok, rows)]
+
+
+def test_a_text_sent_away_runs_the_base_model_and_one_passed_runs_the_edit(setup) -> None:
+    model, tok = setup
+    base, base_tokens = logits(model, tok), greedy(model, tok)
+    edit, router = japan_edit(model, tok), router_for(model, tok, ASKED)  # the base model's states
+    with registered([edit]):
+        edited, edited_tokens = logits(model, tok), greedy(model, tok)
+        edit.router = router
+        routed, routed_tokens = logits(model, tok), greedy(model, tok)
+    assert not torch.equal(edited[1], base[1])  # the edit reaches the other relation without a router
+    assert torch.equal(routed[0], edited[0]) and routed_tokens[0] == edited_tokens[0]
+    assert torch.equal(routed[1], base[1]) and routed_tokens[1] == base_tokens[1]
+    assert torch.equal(routed[2], base[2]) and routed_tokens[2] == base_tokens[2]
+
+
+def test_a_text_sent_away_stays_off_when_its_continuation_names_the_subject(setup) -> None:
+    model, tok = setup
+    body, keyword = model.model, cache_keyword(model.model)
+    japan = torch.tensor([tok(" Japan", add_special_tokens=False).input_ids])
+    inputs = {k: v[1:2] for k, v in batch(tok).items()}
+
+    def continued() -> Any:
+        with torch.no_grad():
+            first = body(**inputs, use_cache=True)
+            mask = torch.cat([inputs["attention_mask"], torch.ones_like(japan)], dim=1)
+            positions = inputs["position_ids"][:, -1:] + 1 + torch.arange(japan.shape[1])
+            out = body(
+                input_ids=japan,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{keyword: returned_cache(first)},
+            )
+            return out.last_hidden_state
+
+    base = continued()
+    edit, router = japan_edit(model, tok), router_for(model, tok, ASKED)
+    with registered([edit]):
+        opened = continued()
+        edit.router = router
+        closed = continued()
+    assert not torch.equal(opened, base)  # the subject in the continuation opens the gate without a router
+    assert torch.equal(closed, base)
+
+
+def test_no_routing_while_an_edit_trains_or_gradients_are_kept(setup) -> None:
+    model, tok = setup
+    edit = japan_edit(model, tok)
+    with registered([edit]):
+        edited = logits(model, tok)
+    edit.router = router_for(model, tok, ASKED)
+    with registered([edit]), torch.enable_grad():
+        assert torch.equal(model(**batch(tok)).logits.detach(), edited)
+    training = japan_edit(model, tok)
+    with registered([edit, training], training=(1,)):
+        mixed = logits(model, tok)
+    with registered([edit, japan_edit(model, tok)]):
+        edit.router = None
+        unrouted = logits(model, tok)
+    assert torch.equal(mixed, unrouted)
+
+
+def test_the_router_reads_one_pass_that_stops_at_its_layer(setup, monkeypatch) -> None:
+    model, tok = setup
+    edit, router = japan_edit(model, tok), router_for(model, tok, ASKED)
+    ran: list[int] = []
+    handles = [
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(model.model.layers)
+    ]
+    try:
+        with registered([edit]):
+            edit.router = router
+            logits(model, tok)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == [0, 1] + [0, 1, 2]  # the router's pass (two rows name Japan) stops at layer 1; then the pass
+
+
+def test_the_built_router_passes_the_edits_prompts_and_sets_its_threshold_under_general_texts(setup) -> None:
+    model, tok = setup
+    request = EditRequest("Japan", (ASKED, "Japan's capital is"), ("Tokyo",), ("Seoul",))
+    router = build_router(model, tok, [request], ("", "Here is a fact. "), 1, 0.01)
+    assert router.layer == 1 and router.references.shape == (4, model.config.hidden_size)
+    prompts = [encode_prompt(tok, p + t, False) for t in request.prompts for p in ("", "Here is a fact. ")]
+    ids, mask, positions = left_padded(prompts, tok.pad_token_id, "cpu")
+    states = layer_states(model, [1], mask, input_ids=ids, position_ids=positions)[1]
+    assert router.passes(states) == [True] * 4
+    general = [encode_prompt(tok, t.format(subject="Japan"), False) for t in ("{subject} is", "{subject} is known for")]
+    ids, mask, positions = left_padded(general, tok.pad_token_id, "cpu")
+    unit = torch.nn.functional.normalize(
+        layer_states(model, [1], mask, input_ids=ids, position_ids=positions)[1], dim=-1
+    )
+    assert float((unit @ router.references.T).max()) <= router.threshold + 0.01 + 1e-6
+
+
+def test_a_depth_the_model_lacks_is_refused(setup) -> None:
+    model, _ = setup
+    assert router_layer(model, 1) == 2 and router_layer(model, 3) == 0
+    for depth in (0, 4):
+        with pytest.raises(MethodError, match="router_layer_from_end"):
+            router_layer(model, depth)
+
+
+def test_the_router_setting_needs_a_gate() -> None:
+    from pytest_factedit.edit.ia3 import IA3TwoStageSettings
+
+    with pytest.raises(MethodError, match="router_layer_from_end"):
+        IA3TwoStageSettings(gain_positions="every", router_layer_from_end=2)
+    assert IA3TwoStageSettings(router_layer_from_end=2).router_margin == 0.015
+    assert GateRegistry  # the registry module imports the router (one import cycle would fail here)
