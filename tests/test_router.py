@@ -158,18 +158,25 @@ def test_the_built_router_passes_the_edits_prompts_and_sets_its_threshold_under_
     assert float((unit @ router.references.T).max()) <= router.threshold + 0.01 + 1e-6
 
 
-def test_a_depth_the_model_lacks_is_refused(setup) -> None:
+def test_the_routers_layer_counts_from_the_end_down_to_the_first(setup) -> None:
     model, _ = setup
-    assert router_layer(model, 1) == 2 and router_layer(model, 3) == 0
-    for depth in (0, 4):
-        with pytest.raises(MethodError, match="router_layer_from_end"):
-            router_layer(model, depth)
-
-
-def test_the_router_setting_needs_a_gate() -> None:
-    from pytest_factedit.edit.ia3 import IA3TwoStageSettings
-
+    assert [router_layer(model, k) for k in (1, 2, 3, 4, 9)] == [2, 1, 0, 0, 0]
     with pytest.raises(MethodError, match="router_layer_from_end"):
-        IA3TwoStageSettings(gain_positions="every", router_layer_from_end=2)
-    assert IA3TwoStageSettings(router_layer_from_end=2).router_margin == 0.015
-    assert GateRegistry  # the registry module imports the router (one import cycle would fail here)
+        router_layer(model, 0)
+
+
+def test_the_default_edit_is_routed_and_gains_on_every_token_are_not(setup) -> None:
+    from pytest_factedit.edit import resolve_settings
+    from pytest_factedit.edit.ia3 import IA3TwoStageEditor
+
+    model, tok = setup
+    request = EditRequest("Japan", (ASKED,), ("Tokyo",), ("Seoul",))
+    targets = all_layer_targets(model)
+    quick = {"learn_max_steps": 2, "unlearn_max_steps": 1, "localize": "none"}
+    with IA3TwoStageEditor().apply(model, tok, request, targets, resolve_settings(quick)) as edit:
+        assert isinstance(edit, SubjectGainEdit) and edit.router is not None and edit.router.layer == 1
+        assert edit.router.references.shape == (2, model.config.hidden_size)  # the prompt, behind "" and a prefix
+    every = resolve_settings({**quick, "gain_positions": "every"})
+    with IA3TwoStageEditor().apply(model, tok, request, targets, every) as edit:
+        assert not isinstance(edit, SubjectGainEdit)
+    assert GateRegistry.of(model).entries == {}

@@ -59,11 +59,11 @@ class RelationRouter:
 
 def router_layer(model: PreTrainedModel, from_end: int) -> int:
     """The 0-based decoder layer whose output is the hidden state `from_end` from the end (1: the last
-    layer's output, which most models normalize before the head; 2: the layer before it)."""
-    count = len(decoder_layers(model))
-    if not 1 <= from_end <= count:
-        raise MethodError(ROUTER_SETTING, f"expected 1 to {count} (this model's decoder layers), found {from_end}")
-    return count - from_end
+    layer's output, which most models normalize before the head; 2: the layer before it); the first layer
+    on a model with fewer layers than that."""
+    if from_end < 1:
+        raise MethodError(ROUTER_SETTING, f"expected 1 or more, found {from_end}")
+    return max(len(decoder_layers(model)) - from_end, 0)
 
 
 def layer_states(
