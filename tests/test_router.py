@@ -174,7 +174,7 @@ def test_the_default_edit_is_routed_and_gains_on_every_token_are_not(setup) -> N
     targets = all_layer_targets(model)
     quick = {"learn_max_steps": 2, "unlearn_max_steps": 1, "localize": "none"}
     with IA3TwoStageEditor().apply(model, tok, request, targets, resolve_settings(quick)) as edit:
-        assert isinstance(edit, SubjectGainEdit) and edit.router is not None and edit.router.layer == 2
+        assert isinstance(edit, SubjectGainEdit) and edit.router is not None and edit.router.layer == 1
         assert edit.router.references.shape == (2, model.config.hidden_size)  # the prompt, behind "" and a prefix
     every = resolve_settings({**quick, "gain_positions": "every"})
     with IA3TwoStageEditor().apply(model, tok, request, targets, every) as edit:

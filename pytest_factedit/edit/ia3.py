@@ -55,11 +55,11 @@ class IA3Settings(TrainingLoopSettings, KeyStatisticsSettings):
     # at 0.6, 0.971 and 0.850 at 0.8), and the router keeps the subject's other facts it would move (docs/benchmarks.md)
     learn_stop_prob: float = changed_default(TrainingLoopSettings, "learn_stop_prob", 0.8)
     router_layer_from_end: int = setting(
-        1,
+        2,
         "count",
         "relation router of subject-gated gains (0: off; gain_positions: every has no gate): the edit acts on a "
         "text only where the base model's state at the text's last token, at the output of the decoder layer this "
-        "many from the end (1: the last, before the final norm; the first where the model has fewer), is as close "
+        "many from the end (2: the second-to-last; the first where the model has fewer), is as close "
         "to the edit's prompts as the threshold",
     )
     router_margin: float = setting(
