@@ -199,7 +199,7 @@ def print_targets(result: Any, seconds: float) -> None:
         )
     memory = memory_per_edit(result.memory) if result.memory else {}
     per_edit = memory.get("bytes_per_edit")
-    parts = ", ".join(f"{k} {memory[k]:,}" for k in ("gains", "tables", "index")) if memory else ""
+    parts = ", ".join(f"{k} {memory.get(k, 0):,}" for k in ("gains", "tables", "index", "routers")) if memory else ""
     shown = f"{per_edit:,.0f} ({parts} in all)" if per_edit is not None else NO_KEPT_EDIT
     print(f"| memory added per edit, bytes | {shown} | stated | {'n/a' if per_edit is None else 'yes'} |")
     aside = ", ".join(f"{group} {n}" for group, n in result.set_aside.items())

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_factedit.edit.base import EditRequest  # noqa: E402
-from pytest_factedit.edit.gate_registry import GateRegistry  # noqa: E402
+from pytest_factedit.edit.gate_registry import GateRegistry, unrouted  # noqa: E402
 from pytest_factedit.edit.router import RelationRouter, build_router, layer_states, router_layer  # noqa: E402
 from pytest_factedit.edit.subject_gains import SubjectGainEdit, subject_gate_for  # noqa: E402
 from pytest_factedit.errors import MethodError  # noqa: E402
@@ -107,7 +107,7 @@ def test_a_text_sent_away_stays_off_when_its_continuation_names_the_subject(setu
     assert torch.equal(closed, base)
 
 
-def test_no_routing_while_an_edit_trains_or_gradients_are_kept(setup) -> None:
+def test_no_routing_while_an_edit_trains_or_is_localized_or_gradients_are_kept(setup) -> None:
     model, tok = setup
     edit = japan_edit(model, tok)
     with registered([edit]):
@@ -115,16 +115,20 @@ def test_no_routing_while_an_edit_trains_or_gradients_are_kept(setup) -> None:
     edit.router = router_for(model, tok, ASKED)
     with registered([edit]), torch.enable_grad():
         assert torch.equal(model(**batch(tok)).logits.detach(), edited)
+    with registered([edit]):
+        with unrouted(model):
+            assert torch.equal(logits(model, tok), edited)  # localization's passes
+        assert not torch.equal(logits(model, tok), edited)  # routed again after the block
     training = japan_edit(model, tok)
     with registered([edit, training], training=(1,)):
         mixed = logits(model, tok)
     with registered([edit, japan_edit(model, tok)]):
         edit.router = None
-        unrouted = logits(model, tok)
-    assert torch.equal(mixed, unrouted)
+        without = logits(model, tok)
+    assert torch.equal(mixed, without)
 
 
-def test_the_router_reads_one_pass_that_stops_at_its_layer(setup, monkeypatch) -> None:
+def test_the_router_reads_one_pass_that_stops_at_its_layer(setup) -> None:
     model, tok = setup
     edit, router = japan_edit(model, tok), router_for(model, tok, ASKED)
     ran: list[int] = []

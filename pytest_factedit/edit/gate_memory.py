@@ -1,8 +1,9 @@
 """Bytes held by the edits kept behind a model's shared gate: what each kept edit adds to the model's memory.
 
-Three parts: the edits' gains (tensors), the registry's factor tables (the rows allocated for them, per
-dtype and device), and the gate's index (the trie of subject patterns and the per-edit entries, Python
-objects counted with `sys.getsizeof`). Edits merged into the weights add none of these.
+Four parts: the edits' gains (tensors), the registry's factor tables (the rows allocated for them, per
+dtype and device), the gate's index (the trie of subject patterns and the per-edit entries, Python
+objects counted with `sys.getsizeof`), and the relation routers' reference states (edit/router.py).
+Edits merged into the weights add none of these.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def table_bytes(registry: GateRegistry) -> int:
     )
 
 
+def router_bytes(registry: GateRegistry) -> int:
+    """Every kept edit's relation router: its reference states."""
+    routers = [entry.edit.router for entry in registry.entries.values()]
+    return sum(r.references.numel() * r.references.element_size() for r in routers if r is not None)
+
+
 def _trie_bytes(node: Any) -> int:
     size = sys.getsizeof(node) + sys.getsizeof(node.children) + sys.getsizeof(node.owners)
     return size + sum(_trie_bytes(child) for child in node.children.values())
@@ -49,14 +56,15 @@ def index_bytes(registry: GateRegistry) -> int:
 
 
 def kept_edit_bytes(model: PreTrainedModel) -> dict[str, int]:
-    """The edits behind `model`'s shared gate and the bytes they hold: `edits`, `gains`, `tables`, `index`
-    (all 0 when no edit is kept behind it)."""
+    """The edits behind `model`'s shared gate and the bytes they hold: `edits`, `gains`, `tables`, `index`,
+    `routers` (all 0 when no edit is kept behind it)."""
     registry = model.__dict__.get(REGISTRY_ATTRIBUTE)
     if not isinstance(registry, GateRegistry):
-        return {"edits": 0, "gains": 0, "tables": 0, "index": 0}
+        return {"edits": 0, "gains": 0, "tables": 0, "index": 0, "routers": 0}
     return {
         "edits": len(registry.entries),
         "gains": gains_bytes(registry),
         "tables": table_bytes(registry),
         "index": index_bytes(registry),
+        "routers": router_bytes(registry),
     }

@@ -18,8 +18,12 @@ done with the same F, in the same order, on the same positions. An edit still tr
 is applied whole with that formula, so its gradients are the ones its own hooks gave. The text before a
 pass that continues a cache (a generation step) is what each edit's own gate would have kept of it: its
 last tokens (the per-edit look-back, bounded by `whole_name(first=)`), and which edits' sentences are
-still open, kept with the cache (`model/kv.py: row_state`) as three small tensors, not one per edit.
+still open, kept with the cache (`model/kv.py: row_state`) as a few small tensors, not one per edit.
 Sealed gains are read once into the tables: change them only before `seal`, or seal again.
+
+A sealed edit with a relation router (edit/router.py) keeps its marks on a text only where its router
+passes the text: decided on the pass that starts the text, from one pass of the base model over the rows
+such edits mark, and kept with the cache with the rest of the state, so the text's later passes stay off.
 """
 
 from __future__ import annotations
@@ -178,6 +182,7 @@ class GateRegistry:
         self.keeps: Counter[int] = Counter()
         self.latest = 0
         self.off = 0
+        self.unrouted = 0  # > 0: no router decides (localization's passes: edit/gate_registry.py: unrouted)
         self.body_hooks: list[Any] = []
         self.current: _Pass | None = None
         self.pending: tuple[torch.Tensor, ...] | None = None
@@ -321,8 +326,8 @@ class GateRegistry:
     ) -> None:
         """A pass that starts its text: each sealed edit with a relation router (edit/router.py) keeps its
         marks only on the rows whose question its router passes; the others join `closed`. Not while an edit
-        trains (its steps and the decodes it holds see the edits kept before it as they were), nor in a pass
-        that keeps gradients."""
+        trains (its steps and the decodes it holds see the edits kept before it as they were), nor while one
+        is localized (`unrouted`), nor in a pass that keeps gradients."""
         import torch
 
         routed: dict[int, RelationRouter] = {}
@@ -330,7 +335,7 @@ class GateRegistry:
             router = self.entries[serial].edit.router
             if router is not None and self.entries[serial].sealed:
                 routed[serial] = router
-        if not routed or self.unsealed or torch.is_grad_enabled():
+        if not routed or self.unsealed or self.unrouted or torch.is_grad_enabled():
             return
         tokens = ids.shape[1]
         rows_of = {serial: sorted({p // tokens for p in marks[serial]}) for serial in routed}
@@ -516,6 +521,22 @@ class GateRegistry:
             factors = table.index_select(0, torch.tensor(slots, dtype=torch.long, device=x.device))
             flat = flat.index_put((where,), flat.index_select(0, where) * factors)
         return flat.reshape(x.shape)
+
+
+@contextmanager
+def unrouted(model: PreTrainedModel) -> Iterator[None]:
+    """For the block, the edits kept on `model` act without their routers, as they did before routers: for
+    localization, whose passes let decoder layers compute only some rows, or none (a router's own pass would
+    read those), and which traces the model as the edit about to be made will be trained on."""
+    registry = model.__dict__.get(REGISTRY_ATTRIBUTE)
+    if not isinstance(registry, GateRegistry):
+        yield
+        return
+    registry.unrouted += 1
+    try:
+        yield
+    finally:
+        registry.unrouted -= 1
 
 
 def _pass_rows(x: torch.Tensor, current: _Pass) -> int | None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..cases.derived import derived_held_out
 from ..edit import get_editor, planned_base_decodes
 from ..edit.base import EditHandle, EditRequest, Scope
+from ..edit.gate_registry import unrouted
 from ..errors import RestoreError
 from ..infra.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
 from ..infra.files import umask_modes
@@ -82,7 +83,8 @@ def localize_case(
         precision=precision,
     )
     if traces is None:
-        return localize(lm.model, lm.tokenizer, fact, how)
+        with unrouted(lm.model):
+            return localize(lm.model, lm.tokenizer, fact, how)
     key = trace_key(fact, how, precision_context(lm.model, precision)[1])
     record = traces.get(key)
     if record is not None:
@@ -90,7 +92,8 @@ def localize_case(
             return stored_localization(record, num_layers(lm.model))
         except ValueError as exc:
             traces.note(traces.path_of(key), exc)
-    found = localize(lm.model, lm.tokenizer, fact, how)
+    with unrouted(lm.model):
+        found = localize(lm.model, lm.tokenizer, fact, how)
     traces.put(key, found.as_record())
     return found
 
