@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SavedEditError, shown, shown_key
 from ..infra.files import read_regular
-from ..model.introspect import weight_of
+from ..model.introspect import model_width, weight_of
 from ..model.skip import decoder_layers
 from .gate import REACHES
 from .keys import is_conv1d
@@ -193,14 +193,8 @@ def _expected_tensors(gate: Mapping[str, Any], model: PreTrainedModel) -> dict[s
     widths = {m: gain_width(model.get_submodule(m), m in feedforward) for m in gate["modules"]}
     shapes = {f"{stage}|{module}": [widths[module]] for stage in gate["stages"] for module in gate["modules"]}
     if "router" in gate:
-        shapes[ROUTER_KEY] = [gate["router"]["references"], _hidden_width(model)]
+        shapes[ROUTER_KEY] = [gate["router"]["references"], model_width(model)]
     return shapes
-
-
-def _hidden_width(model: PreTrainedModel) -> int:
-    """The width of the model's hidden states: that of its input embeddings."""
-    embeddings = model.get_input_embeddings()
-    return int(weight_of(embeddings).shape[1])
 
 
 def _header_checked(path: Path, header: Mapping[str, tuple[str, list[int]]], expected: Mapping[str, list[int]]) -> None:

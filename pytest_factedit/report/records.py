@@ -437,7 +437,7 @@ def _many_metric(value: MetricValue, threshold: float | None) -> ManyMetricRecor
 def memory_per_edit(held: Mapping[str, int]) -> dict[str, int | float | None]:
     """The bytes the kept edits hold (edit/gate_memory.py: `edits`, `gains`, `tables`, `index`, `routers`),
     with their sum and the sum per edit (None with no kept edit: merged edits add no bytes beside the weights)."""
-    total = held["gains"] + held["tables"] + held["index"] + held.get("routers", 0)
+    total = sum(count for part, count in held.items() if part != "edits")
     per_edit = round(total / held["edits"], 1) if held["edits"] else None
     return {**held, "bytes": total, "bytes_per_edit": per_edit}
 

@@ -83,8 +83,7 @@ def localize_case(
         precision=precision,
     )
     if traces is None:
-        with unrouted(lm.model):
-            return localize(lm.model, lm.tokenizer, fact, how)
+        return traced(lm, fact, how)
     key = trace_key(fact, how, precision_context(lm.model, precision)[1])
     record = traces.get(key)
     if record is not None:
@@ -92,10 +91,15 @@ def localize_case(
             return stored_localization(record, num_layers(lm.model))
         except ValueError as exc:
             traces.note(traces.path_of(key), exc)
-    with unrouted(lm.model):
-        found = localize(lm.model, lm.tokenizer, fact, how)
+    found = traced(lm, fact, how)
     traces.put(key, found.as_record())
     return found
+
+
+def traced(lm: LoadedModel, fact: FactPrompts, how: LocalizeSettings) -> Localization:
+    """The fact localized on the model as it is, with any edits kept on it acting without their routers."""
+    with unrouted(lm.model):
+        return localize(lm.model, lm.tokenizer, fact, how)
 
 
 def choose_targets(

@@ -126,14 +126,20 @@ GATE_TAMPERING: dict[str, tuple[Callable[[dict], Any], str | None]] = {
 }
 
 
-@pytest.mark.parametrize("tampering", list(GATE_TAMPERING))
-def test_a_tampered_gate_is_refused_before_any_hook(saved, tmp_path, tampering) -> None:
-    edit = copied(saved, "gated", tmp_path)
+def gate_changed(saved: dict[str, Path], tmp_path: Path, kind: str, change: Callable[[dict], Any]) -> tuple[Path, Path]:
+    """A copy of the saved `kind` edit whose gate.json `change` alters: (the edit's folder, its gate.json)."""
+    edit = copied(saved, kind, tmp_path)
     path = edit / "subject-gains" / "gate.json"
     gate = json.loads(path.read_text())
-    change, key = GATE_TAMPERING[tampering]
     change(gate)
     path.write_text(json.dumps(gate))
+    return edit, path
+
+
+@pytest.mark.parametrize("tampering", list(GATE_TAMPERING))
+def test_a_tampered_gate_is_refused_before_any_hook(saved, tmp_path, tampering) -> None:
+    change, key = GATE_TAMPERING[tampering]
+    edit, path = gate_changed(saved, tmp_path, "gated", change)
     load_refused(saved, edit, path, key)
 
 
@@ -169,15 +175,27 @@ GAINS_TAMPERING: dict[str, Callable[[dict[str, Any], str], str]] = {
 }
 
 
-@pytest.mark.parametrize("tampering", list(GAINS_TAMPERING))
-def test_tampered_gains_are_refused_before_any_hook(saved, tmp_path, tampering) -> None:
+def tensors_changed(
+    saved: dict[str, Path], tmp_path: Path, kind: str, change: Callable[[dict], Any]
+) -> tuple[Path, Path, Any]:
+    """A copy of the saved `kind` edit whose gains.safetensors `change` alters: (the edit's folder, the
+    file, what `change` returned)."""
     from safetensors.torch import load_file, save_file
 
-    edit = copied(saved, "gated", tmp_path)
+    edit = copied(saved, kind, tmp_path)
     path = edit / "subject-gains" / "gains.safetensors"
     tensors = load_file(str(path))
-    key = GAINS_TAMPERING[tampering](tensors, sorted(k for k in tensors if k != WORD_FLAGS_KEY)[0])
+    returned = change(tensors)
     save_file(tensors, str(path))
+    return edit, path, returned
+
+
+@pytest.mark.parametrize("tampering", list(GAINS_TAMPERING))
+def test_tampered_gains_are_refused_before_any_hook(saved, tmp_path, tampering) -> None:
+    def change(tensors: dict[str, Any]) -> str:
+        return GAINS_TAMPERING[tampering](tensors, sorted(k for k in tensors if k != WORD_FLAGS_KEY)[0])
+
+    edit, path, key = tensors_changed(saved, tmp_path, "gated", change)
     load_refused(saved, edit, path, key)
 
 
@@ -228,12 +246,8 @@ ROUTER_TAMPERING: dict[str, tuple[Callable[[dict], Any], str]] = {
 
 @pytest.mark.parametrize("tampering", list(ROUTER_TAMPERING))
 def test_a_tampered_router_is_refused_before_any_hook(saved, tmp_path, tampering) -> None:
-    edit = copied(saved, "routed", tmp_path)
-    path = edit / "subject-gains" / "gate.json"
-    gate = json.loads(path.read_text())
     change, key = ROUTER_TAMPERING[tampering]
-    change(gate)
-    path.write_text(json.dumps(gate))
+    edit, path = gate_changed(saved, tmp_path, "routed", change)
     file = path.with_name("gains.safetensors") if key == ROUTER_KEY else path
     load_refused(saved, edit, file, key)
 
@@ -247,11 +261,5 @@ ROUTER_STATES_TAMPERING: dict[str, Callable[[dict[str, Any]], None]] = {
 
 @pytest.mark.parametrize("tampering", list(ROUTER_STATES_TAMPERING))
 def test_tampered_reference_states_are_refused_before_any_hook(saved, tmp_path, tampering) -> None:
-    from safetensors.torch import load_file, save_file
-
-    edit = copied(saved, "routed", tmp_path)
-    path = edit / "subject-gains" / "gains.safetensors"
-    tensors = load_file(str(path))
-    ROUTER_STATES_TAMPERING[tampering](tensors)
-    save_file(tensors, str(path))
+    edit, path, _ = tensors_changed(saved, tmp_path, "routed", ROUTER_STATES_TAMPERING[tampering])
     load_refused(saved, edit, path, ROUTER_KEY)
