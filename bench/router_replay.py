@@ -8,7 +8,7 @@ it runs then, bit for bit: tests/test_router.py).
 The router is the plugin's own (`edit/router.py: build_router`, `layer_states`), built from each fact's
 prompts and subject as an edit builds it. Only the texts the subject gate opens on are routed (the
 prompts, which always pass, paraphrases, aliases, same-subject facts); context rows are left out, since
-their count needs each row's expected answer. Counts follow the plugin's rules for these groups: forget and
+their count needs each row's expected answer. Counts are the plugin's own (`metrics/measure.py`): forget and
 paraphrases count what the base model answered with `old`, same-subject facts what it got right. With no
 router (`--from-end 0`) the counts are the log's own.
 """
@@ -21,66 +21,59 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pytest_factedit.cases import load_case
 from pytest_factedit.edit.base import EditRequest
 from pytest_factedit.edit.router import build_router, router_layer, texts_states
-from pytest_factedit.metrics.answers import first_words, said
+from pytest_factedit.metrics.answers import ProbedAnswer, first_words
+from pytest_factedit.metrics.measure import (
+    CaseEvidence,
+    alias_samples,
+    forget_samples,
+    paraphrase_samples,
+    same_subject_samples,
+)
 from pytest_factedit.model.load import load
 from pytest_factedit.model.text import encode_prompt
 
 HERE = Path(__file__).parent
 ROUTED = ("paraphrases", "aliases", "same_subject")
 PREFIXES = ("", "Here is a fact. ")  # the default context_prefixes
-
-
-def listed(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])
+COUNTED = {  # the plugin's own rules for each count (metrics/measure.py)
+    "alias": alias_samples,
+    "forget": forget_samples,
+    "paraphrase": paraphrase_samples,
+    "same subject": same_subject_samples,
+}
 
 
 def facts_info(data: Path) -> dict[str, dict[str, Any]]:
-    """Subject, old, new and same-subject answers by fact id: the same-subject cases and CounterFact's."""
+    """Subject, old, new and same-subject answers by fact id: the same-subject cases (as the plugin loads
+    them) and CounterFact's records."""
     info: dict[str, dict[str, Any]] = {}
-    for path in sorted((HERE / "same_subject").glob("*.yaml")):
-        case = yaml.safe_load(path.read_text())
-        if path.name != "_defaults.yaml":
-            answers = {s["prompt"]: listed(s.get("answer")) for s in case.get("same_subject") or []}
-            info[case["id"]] = {"subject": case["subject"], "old": listed(case["old"]), "new": listed(case["new"])}
-            info[case["id"]]["same"] = answers
+    cases = HERE / "same_subject"
+    for path in sorted(cases.glob("[!_]*.yaml")):
+        case = load_case(path, root=cases)
+        same = {fact.prompt: tuple(fact.answer) for fact in case.same_subject}
+        info[case.id] = {"subject": case.subject, "old": tuple(case.old), "new": tuple(case.new), "same": same}
     for record in json.loads(data.read_text()):
-        info[f"counterfact-{record['case_id']}"] = {
-            "subject": record["subject"],
-            "old": [record["ground_truth"]],
-            "new": [record["target_new"]],
-            "same": {},
-        }
+        old, new = (record["ground_truth"],), (record["target_new"],)
+        info[f"counterfact-{record['case_id']}"] = {"subject": record["subject"], "old": old, "new": new, "same": {}}
     return info
 
 
-def verdicts(fact: dict[str, Any], answers: list[list[str]]) -> list[dict[str, tuple[bool, bool]]]:
-    """Per answer: metric -> (right as edited, right as the base model answers), for the counted ones."""
-    candidates = {"new": fact["new"], "old": fact["old"]}
-    out: list[dict[str, tuple[bool, bool]]] = []
-    for group, prompt, base, edited in answers:
-        counted: dict[str, tuple[bool, bool]] = {}
-        if group in ("prompts", "paraphrases", "aliases") and said(base, candidates) == "old":
-            if group != "prompts":
-                name = "paraphrase" if group == "paraphrases" else "alias"
-                counted[name] = (said(edited, candidates) == "new", False)
-            if group != "aliases":
-                counted["forget"] = (said(edited, candidates) != "old", False)
-        elif group == "same_subject":
-            expected = fact["same"].get(prompt) or []
-
-            def right(text: str, expected: list[str] = expected, base: str = base) -> bool:
-                if expected:
-                    return said(text, {"e": expected, "new": fact["new"]}) == "e"
-                return first_words(text) == first_words(base)
-
-            if right(base):
-                counted["same subject"] = (right(edited), True)
-        out.append(counted)
-    return out
+def evidence(fact: dict[str, Any], answers: list[list[str]], verdict: list[bool]) -> CaseEvidence:
+    """The fact's probed answers as the plugin measures them, a text the router sends away answered as the
+    base model answers it."""
+    probed = []
+    for (group, prompt, base, edited), passes in zip(answers, verdict):
+        if group not in ("prompts", *ROUTED):
+            continue
+        expected, unchanged = fact["new"], False
+        if group == "same_subject":  # an entry without `answer:` keeps the base model's first words
+            unchanged = not fact["same"].get(prompt)
+            expected = fact["same"].get(prompt) or (first_words(base),)
+        probed.append(ProbedAnswer(group, prompt, expected, base, edited if passes else base, unchanged=unchanged))
+    return CaseEvidence(tuple(probed), fact["old"], fact["new"])
 
 
 def passed(loaded: Any, fact: dict[str, Any], answers: list[list[str]], from_end: int, margin: float) -> list[bool]:
@@ -89,7 +82,7 @@ def passed(loaded: Any, fact: dict[str, Any], answers: list[list[str]], from_end
         return [True] * len(answers)
     model, tok = loaded.model, loaded.tokenizer
     prompts = tuple(a[1] for a in answers if a[0] == "prompts")
-    request = EditRequest(fact["subject"], prompts, tuple(fact["old"]), tuple(fact["new"]))
+    request = EditRequest(fact["subject"], prompts, fact["old"], fact["new"])
     router = build_router(model, tok, [request], PREFIXES, router_layer(model, from_end), margin)
     rows = [i for i, a in enumerate(answers) if a[0] in ROUTED]
     verdict = [True] * len(answers)
@@ -115,16 +108,16 @@ def main() -> None:
     print(f"{len(records)} facts of {args.method!r}")
     for from_end in args.from_end:
         for margin in args.margin if from_end else [0.0]:
-            totals: dict[str, list[int]] = {}
+            totals = {name: [0, 0] for name in COUNTED}
             for record in records:
                 answers = record["values"]["answers"]
                 fact = info[record["fact"]]
-                for counted, ok in zip(verdicts(fact, answers), passed(loaded, fact, answers, from_end, margin)):
-                    for name, (edited, base) in counted.items():
-                        total = totals.setdefault(name, [0, 0])
-                        total[0] += edited if ok else base
-                        total[1] += 1
-            rates = "  ".join(f"{k} {v[0] / v[1]:.3f} ({v[0]}/{v[1]})" for k, v in sorted(totals.items()))
+                measured = evidence(fact, answers, passed(loaded, fact, answers, from_end, margin))
+                for name, samples in COUNTED.items():
+                    hits = [sample.hit for sample in samples(measured)]
+                    totals[name][0] += sum(hits)
+                    totals[name][1] += len(hits)
+            rates = "  ".join(f"{k} {v[0] / v[1]:.3f} ({v[0]}/{v[1]})" for k, v in sorted(totals.items()) if v[1])
             print(f"from_end {from_end} margin {margin}: {rates}")
 
 
