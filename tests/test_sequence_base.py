@@ -333,3 +333,16 @@ def test_a_sequence_probes_each_case_under_its_plan_and_answers_as_under_the_def
     # each case times (3 - 1) pairs of steps fewer; the end's timing with every edit on is the default's
     assert timed[0] - timed[1] == 2 * (DEFAULT_PLAN.latency_repeats - light.latency_repeats) * len(ran)
     assert "latency_overhead_at_end" in lighter.metrics and lighter.metrics["latency_overhead_at_end"].value
+
+
+def test_a_step_serves_the_routers_base_states_only_while_no_edit_changed_the_weights(tmp_path) -> None:
+    """A router's pass turns every gated edit off, so with gated edits only kept it reads the base model;
+    once an edit is merged into the weights it does not, and nothing is served."""
+    lm, _tok, _rows, _base, model = _changed_model_and_rows()
+    lm.weights_hash, lm.device = "w" * 64, "cpu"
+    stored = BaseAnswerCache(tmp_path)
+    reach = KeptEditReach(model)
+    view = KeptEditsCache(stored, reach)
+    assert view.states(lm) is stored.states(lm) is not None
+    reach.kept(SimpleNamespace(reaches=lambda ids: True))  # an edit merged into the weights
+    assert view.states(lm) is None

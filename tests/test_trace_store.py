@@ -1,6 +1,7 @@
-"""What a run keeps of the base model for the next one besides its answers: each fact's trace, and the
-editor's own decodes of the base model. Served only where the model is the base one as loaded, read back
-equal to what tracing gives, and set aside (with a note) when a stored file cannot be used."""
+"""What a run keeps of the base model for the next one besides its answers: each fact's trace, the
+editor's own decodes of the base model, and the states its router reads. Served only where the model is
+the base one as loaded, read back equal to what tracing gives, and set aside (with a note) when a stored
+file cannot be used."""
 
 from __future__ import annotations
 
@@ -76,6 +77,33 @@ def test_a_second_run_reads_the_trace_and_the_editors_decodes_and_edits_the_same
     fresh = run_case(lm, case, settings, BaseAnswerCache(None), plan=plan)  # --factedit-fresh-probes
     assert fresh.localization is not None and not fresh.localization.stored and len(calls) == 2
     assert _judged(fresh) == _judged(first)
+
+
+def test_a_second_run_reads_the_routers_states_and_answers_the_same(tiny_case, tmp_path, monkeypatch):
+    """The default edit is routed: its probe's router pass computes the base model's states of the texts the
+    gate opens on; the next run reads them from the cache, computes none, and is judged the same."""
+    from pytest_factedit.edit import gate_registry
+
+    lm, case = tiny_case
+    computed: list[int] = []
+    real = gate_registry.layer_states
+
+    def counted(model: Any, layers: Any, mask: Any, **inputs: Any) -> Any:
+        computed.append(len(inputs["input_ids"]))
+        return real(model, layers, mask, **inputs)
+
+    monkeypatch.setattr(gate_registry, "layer_states", counted)
+    settings = resolve_settings(case.method)
+    plan = ProbePlan(latency_repeats=0)
+    first = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
+    assert first.status == "ran", first.reason
+    assert computed and list(tmp_path.glob("states-*.safetensors"))
+    rows = sum(computed)
+    second = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
+    assert sum(computed) == rows  # every state read back
+    assert _judged(second) == _judged(first)
+    fresh = run_case(lm, case, settings, BaseAnswerCache(None), plan=plan)  # --factedit-fresh-probes
+    assert sum(computed) == 2 * rows and _judged(fresh) == _judged(first)
 
 
 def test_the_editor_is_served_only_by_the_base_model_as_loaded(tiny_case, tmp_path, monkeypatch):

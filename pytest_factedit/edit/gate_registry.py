@@ -41,7 +41,7 @@ from ..model.lmhead import decoder
 from ..model.skip import first_rows_safe
 from .gate import SENTENCE_REACHES
 from .gate_index import PatternTrie, rest_of_sentence
-from .router import RelationRouter, layer_states
+from .router import KnownStates, RelationRouter, layer_states, row_texts
 from .words import ENDS_SENTENCE, whole_name
 
 if TYPE_CHECKING:
@@ -183,6 +183,7 @@ class GateRegistry:
         self.latest = 0
         self.off = 0
         self.unrouted = 0  # > 0: no router decides (localization's passes: edit/gate_registry.py: unrouted)
+        self.known_states: KnownStates | None = None  # the base model's states at hand (router_states_served)
         self.body_hooks: list[Any] = []
         self.current: _Pass | None = None
         self.pending: tuple[torch.Tensor, ...] | None = None
@@ -357,12 +358,36 @@ class GateRegistry:
         rows_of: dict[int, list[int]],
         routed: dict[int, RelationRouter],
     ) -> dict[int, dict[int, torch.Tensor]]:
-        """Per router layer, per row: the base model's state at the row's last real token (one pass, every
-        edit off, over the rows some router reads; it stops at the highest layer read)."""
+        """Per router layer, per row: the base model's state at the row's last real token. Those of texts in
+        `known_states` are read there; the others come from one pass (`_computed_states`), and are kept there."""
+        needed = sorted({row for rows in rows_of.values() for row in rows})
+        layers = sorted({router.layer for router in routed.values()})
+        known = self.known_states
+        texts = row_texts(ids, kwargs, needed) if known is not None else {}
+        states: dict[int, dict[int, torch.Tensor]] = {layer: {} for layer in layers}
+        for row, text in texts.items():
+            found = [known.get(layer, text) for layer in layers] if known is not None else []
+            if all(state is not None for state in found):
+                for layer, state in zip(layers, found):
+                    assert state is not None
+                    states[layer][row] = state.to(ids.device)
+        missing = [row for row in needed if row not in states[layers[0]]]
+        if missing:
+            computed = self._computed_states(ids, kwargs, missing, layers)
+            for layer in layers:
+                states[layer].update(computed[layer])
+                if known is not None:
+                    known.add(layer, {texts[row]: computed[layer][row] for row in missing if row in texts})
+        return states
+
+    def _computed_states(
+        self, ids: torch.Tensor, kwargs: dict[str, Any], rows: list[int], layers: list[int]
+    ) -> dict[int, dict[int, torch.Tensor]]:
+        """Per layer, per one of `rows`: the state at the row's last real token, from one pass of the base
+        model (every edit off) over those rows, which stops at the highest of `layers`."""
         import torch
 
-        needed = sorted({row for rows in rows_of.values() for row in rows})
-        index = torch.tensor(needed, dtype=torch.long, device=ids.device)
+        index = torch.tensor(rows, dtype=torch.long, device=ids.device)
         inputs = {"input_ids": ids.index_select(0, index)}
         for key in ("attention_mask", "position_ids"):
             value = kwargs.get(key)
@@ -370,10 +395,9 @@ class GateRegistry:
                 inputs[key] = value.index_select(0, index.to(value.device))
         model = self.model_ref()
         assert model is not None  # the registry lives on its model
-        layers = sorted({router.layer for router in routed.values()})
         with self.disabled():
             found = layer_states(model, layers, inputs.pop("attention_mask", None), **inputs)
-        return {layer: dict(zip(needed, found[layer])) for layer in layers}
+        return {layer: dict(zip(rows, found[layer])) for layer in layers}
 
     def _after_pass(self, _module: Any, _args: Any, output: Any) -> None:
         cache = returned_cache(output) if self.pending is not None else None
@@ -537,6 +561,24 @@ def unrouted(model: PreTrainedModel) -> Iterator[None]:
         yield
     finally:
         registry.unrouted -= 1
+
+
+@contextmanager
+def router_states_served(model: PreTrainedModel, states: KnownStates | None) -> Iterator[None]:
+    """For the block, the routers of the edits on `model` read the base model's last-token states from
+    `states` where they are kept there, and keep there the ones their passes compute (saved when the
+    block ends). The caller vouches that with every gated edit off, `model` is the model `states` are of
+    (no edit merged into its weights). With None, or no gated edit on the model, nothing changes."""
+    registry = model.__dict__.get(REGISTRY_ATTRIBUTE)
+    if states is None or not isinstance(registry, GateRegistry):
+        yield
+        return
+    before, registry.known_states = registry.known_states, states
+    try:
+        yield
+    finally:
+        registry.known_states = before
+        states.save()
 
 
 def _pass_rows(x: torch.Tensor, current: _Pass) -> int | None:

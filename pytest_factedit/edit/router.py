@@ -14,9 +14,9 @@ generated after it (edit/gate_registry.py keeps it with the key-value cache).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import MethodError
 from ..model.decoding import left_padded
@@ -33,6 +33,17 @@ if TYPE_CHECKING:
 
 
 ROUTER_SETTING = "router_layer_from_end"
+
+
+class KnownStates(Protocol):
+    """Base-model last-token states kept by text (model/state_store.py: LastTokenStates): a router's pass
+    reads them instead of computing them again."""
+
+    def get(self, layer: int, ids: tuple[int, ...]) -> torch.Tensor | None: ...
+
+    def add(self, layer: int, found: Mapping[tuple[int, ...], torch.Tensor]) -> None: ...
+
+    def save(self) -> None: ...
 
 
 class _Reached(Exception):
@@ -105,6 +116,33 @@ def layer_states(
         for handle in handles:
             handle.remove()
     raise RuntimeError(f"decoder layer {top} did not run in the router's pass")
+
+
+def row_texts(ids: torch.Tensor, kwargs: Mapping[str, Any], rows: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """The token ids of each of `rows` of a pass (`ids` and the decoder's keyword arguments) that reads its
+    text as a pass of that text alone would: left padding only, positions counted from 0 at its first real
+    token. The others are left out: their states are not a text's own."""
+    import torch
+
+    mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
+    texts: dict[int, tuple[int, ...]] = {}
+    for row in rows:
+        real = torch.ones(ids.shape[1], dtype=torch.bool)
+        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+            real = mask[row].cpu() != 0
+        elif mask is not None:
+            continue
+        count = int(real.sum())
+        if not count or bool(real[: ids.shape[1] - count].any()):  # padding inside or after the text
+            continue
+        if positions is not None and not (
+            isinstance(positions, torch.Tensor)
+            and positions.shape == ids.shape
+            and torch.equal(positions[row, -count:].cpu(), torch.arange(count, dtype=positions.dtype))
+        ):
+            continue
+        texts[row] = tuple(ids[row, -count:].tolist())
+    return texts
 
 
 def texts_states(model: PreTrainedModel, texts: Sequence[tuple[int, ...]], layer: int, pad_id: int) -> torch.Tensor:

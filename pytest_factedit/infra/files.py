@@ -22,13 +22,14 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~mask
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and a rename: readers never see half a file."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write `text` (str as UTF-8, or bytes) to `path` via a temp file in the same folder and a rename:
+    readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
             os.fchmod(fh.fileno(), default_mode())
             os.fsync(fh.fileno())

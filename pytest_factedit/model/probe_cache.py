@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from ..infra.files import write_atomic
 from .decoding import CandidateScore, Decoded, DecodeRow, Tokens, decode
 from .head_argmax import greedy_head_form
+from .introspect import model_width
 from .lmhead import few_row_products, head_product_form
 from .precision import loaded_precision
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
+from .state_store import LastTokenStates
 from .text import decoding_sets, ends_line
 from .trace_store import TraceStore, identity_name
 
@@ -151,6 +153,15 @@ class BaseAnswerCache:
         self._identity: dict[str, str] | None = None
         self._store: ProbeStore | None = None
         self._rows: dict[Tokens, _Row] = {}
+        self._states: tuple[dict[str, str], LastTokenStates] | None = None
+
+    def states(self, lm: LoadedModel) -> LastTokenStates | None:
+        """The base model's last-token states (model/state_store.py) of this model identity, kept beside
+        its decodes: what a relation router reads. Without a folder, in memory, for one model as its decodes are."""
+        identity = store_identity(lm) if self._folder is not None else {}
+        if self._states is None or self._states[0] != identity:
+            self._states = identity, LastTokenStates(identity, model_width(lm.model), self._folder)
+        return self._states[1]
 
     def _attach(self, lm: LoadedModel) -> None:
         """With a folder: the rows stored for this model (read once per model identity)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..cases.derived import derived_held_out
 from ..edit import get_editor, planned_base_decodes
 from ..edit.base import EditHandle, EditRequest, Scope
-from ..edit.gate_registry import unrouted
+from ..edit.gate_registry import router_states_served, unrouted
 from ..errors import RestoreError
 from ..infra.events import CASE_END, LOCALIZE_END, LOCALIZE_START, emit
 from ..infra.files import umask_modes
@@ -189,7 +189,8 @@ def edited(
     """The placed outcome's edit, applied for the block: how it was made goes into the outcome, and
     with `save_dir` its adapters are written there. Leaving the block removes it unless it was merged.
     With `base`, the editor's own decodes of the base model are served from there (on a model with kept
-    edits, a KeptEditsCache: only the rows none of them reaches)."""
+    edits, a KeptEditsCache: only the rows none of them reaches), and so are the base model's states that
+    a router reads in the block (while no edit changed the weights)."""
     assert outcome.targets is not None, "place_edit() chooses the targets first"
     started = time.perf_counter()
     editor = get_editor(outcome.settings.name)
@@ -204,7 +205,8 @@ def edited(
         outcome.trainable_parameters = applied.trainable_parameters
         if save_dir is not None:
             outcome.adapters = save_adapters(applied, save_dir)
-        yield applied
+        with router_states_served(lm.model, base.states(lm)) if base is not None else nullcontext():
+            yield applied
 
 
 def measure(outcome: CaseOutcome) -> None:

@@ -14,7 +14,7 @@ from ..cases.ids import sequence_folder
 from ..edit import get_editor
 from ..edit.base import EditHandle, kept_edits_released
 from ..edit.gate_memory import kept_edit_bytes
-from ..edit.gate_registry import REGISTRY_ATTRIBUTE, GateRegistry
+from ..edit.gate_registry import REGISTRY_ATTRIBUTE, GateRegistry, router_states_served
 from ..edit.settings import EditSettings
 from ..errors import RestoreError, explained
 from ..metrics.answers import ProbedAnswer
@@ -367,7 +367,8 @@ def run_sequence(
                 outcomes.append(_error(case, settings, exc))
             if each_done is not None:
                 each_done(position, outcomes[-1])
-        evidence = _answered_at_end(lm, [o for o in outcomes if o.status == "ran"], controls, held)
+        with router_states_served(lm.model, step_base.states(lm)):
+            evidence = _answered_at_end(lm, [o for o in outcomes if o.status == "ran"], controls, held)
         memory = kept_edit_bytes(lm.model)
     result = _measured(outcomes, evidence, check.restored, started)
     result.memory = memory

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from ..edit.base import EditHandle
     from ..model.load import LoadedModel
+    from ..model.state_store import LastTokenStates
     from ..model.trace_store import TraceStore
 
 
@@ -66,6 +67,11 @@ class KeptEditsCache(BaseAnswerCache):
         """The base model's stored decode of `row` where no kept edit reaches it; else None."""
         known = self.base.stored(lm, row)
         return known if known is not None and not row_reached(self.reach, row, known.tokens) else None
+
+    def states(self, lm: LoadedModel) -> LastTokenStates | None:
+        """The base model's last-token states while no kept edit changed the weights (a router's pass turns
+        every gated edit off, and then reads the base model); else None: they are computed on the model."""
+        return None if self.reach.everywhere else self.base.states(lm)
 
     def traces(self, lm: LoadedModel, texts: Sequence[Tokens] = ()) -> TraceStore | None:
         """The base model's trace store, for a trace whose prompts no kept edit reaches: there the model with

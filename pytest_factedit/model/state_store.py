@@ -1,0 +1,164 @@
+"""The base model's hidden state at a text's last token, per decoder layer, computed once: in memory for a run
+and, given a folder, on disk across runs.
+
+A relation router (edit/router.py) reads this state for every text a subject gate opens on, in a pass of
+its own with every edit off; a suite that runs on every push probes the same texts each time. Like a
+decoded row (model/probe_cache.py), the state depends on the weights, the text's token ids and the
+numerics, which name the file, and not on any edit. The text's token ids and the layer key each state.
+A state stored from one batch can differ from the same text's state in another batch in the last bits
+(the products' order): a verdict on a text that sits at its router's threshold may differ between a run
+that reads it and one that computes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..infra.files import read_regular, write_atomic
+from .decoding import Tokens
+from .trace_store import identity_name
+
+if TYPE_CHECKING:
+    import torch
+
+STATE_FORMAT = 1  # raise it when what a stored state means changes
+STORE_BYTES = 64 * 2**20  # the states kept per layer, in memory and on disk; the oldest go first
+STORE_LAYERS = 4  # layers kept; the one added to least recently goes first
+TENSOR_NAME = re.compile(r"layer(\d{1,4})\|(states|ids|lengths)")
+
+
+class LastTokenStates:
+    """States of one model identity (`identity`: what a state depends on besides its text) of residual
+    width `width`; with `folder`, read from and written to one safetensors file there."""
+
+    def __init__(self, identity: Mapping[str, str], width: int, folder: Path | None = None) -> None:
+        self.identity = {**identity, "states": str(STATE_FORMAT)}
+        self.width = width
+        self.path = folder / f"states-{identity_name(self.identity)}.safetensors" if folder is not None else None
+        self._layers: dict[int, dict[Tokens, torch.Tensor]] = self._load() if self.path is not None else {}
+        self._new = 0  # states added since the file was written
+
+    def get(self, layer: int, ids: Tokens) -> torch.Tensor | None:
+        """The state of the text `ids` at the output of decoder `layer`, if one is kept."""
+        return self._layers.get(layer, {}).get(ids)
+
+    def add(self, layer: int, found: Mapping[Tokens, torch.Tensor]) -> None:
+        """Keep `found` (text ids -> state [width]), newest last; the oldest go past `STORE_BYTES`."""
+        kept = self._layers[layer] = self._layers.pop(layer, {})  # the most recent layer last
+        for ids, state in found.items():
+            if state.shape != (self.width,):
+                raise ValueError(f"a state of width {self.width} was expected, found shape {tuple(state.shape)}")
+            kept.pop(ids, None)
+            kept[ids] = state.detach().cpu()
+            self._new += 1
+        self._trim()
+
+    def _trim(self) -> None:
+        for layer in list(self._layers)[: max(len(self._layers) - STORE_LAYERS, 0)]:
+            del self._layers[layer]
+        for kept in self._layers.values():
+            _trimmed(kept)
+
+    def save(self) -> None:
+        """Write what was added since the last save to the file (merged with what another process wrote)."""
+        if self.path is None or not self._new:
+            return
+        from filelock import FileLock
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock"):
+                stored = self._load()
+                self._layers = {layer: stored[layer] for layer in stored if layer not in self._layers} | {
+                    layer: {**{k: v for k, v in stored.get(layer, {}).items() if k not in kept}, **kept}
+                    for layer, kept in self._layers.items()
+                }
+                self._trim()
+                write_atomic(self.path, self._serialized())
+        except OSError as exc:  # the run does not depend on the cache: it is computed again next time
+            print(f"pytest-factedit: could not write the state cache {self.path} ({exc})", file=sys.stderr)
+        self._new = 0
+
+    def _serialized(self) -> bytes:
+        import torch
+        from safetensors.torch import save
+
+        tensors: dict[str, torch.Tensor] = {}
+        for layer, kept in self._layers.items():
+            if kept:
+                tensors[f"layer{layer}|states"] = torch.stack(list(kept.values())).contiguous()
+                tensors[f"layer{layer}|ids"] = torch.tensor([t for ids in kept for t in ids], dtype=torch.long)
+                tensors[f"layer{layer}|lengths"] = torch.tensor([len(ids) for ids in kept], dtype=torch.long)
+        return save(tensors, metadata={"identity": json.dumps(self.identity, sort_keys=True)})
+
+    def _load(self) -> dict[int, dict[Tokens, torch.Tensor]]:
+        """The stored states; none when the file is missing, and none with a note when it cannot be used."""
+        assert self.path is not None
+        limit = STORE_LAYERS * STORE_BYTES * 2 + 2**20  # the layers' states, their texts' ids, the header
+        try:
+            raw, kind = read_regular(self.path, limit)
+            if kind or len(raw) > limit:
+                raise ValueError(kind or f"larger than {limit:,} bytes")
+            return _parsed(raw, self.identity, self.width)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, RuntimeError, struct.error) as exc:
+            note = f"pytest-factedit: not using the state cache {self.path} ({exc}); it is written anew"
+            print(note, file=sys.stderr)
+            return {}
+
+
+def _trimmed(kept: dict[Tokens, torch.Tensor]) -> None:
+    """Drop the oldest states of a layer past `STORE_BYTES`."""
+    if not kept:
+        return
+    first = next(iter(kept.values()))
+    most = max(STORE_BYTES // (first.numel() * first.element_size()), 1)
+    for ids in list(kept)[: max(len(kept) - most, 0)]:
+        del kept[ids]
+
+
+def _header_metadata(raw: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's JSON header."""
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size].decode("utf-8"))
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _parsed(raw: bytes, identity: Mapping[str, str], width: int) -> dict[int, dict[Tokens, torch.Tensor]]:
+    """The states of a store file; ValueError when it is not one this identity wrote, or its shapes disagree."""
+    import torch
+    from safetensors.torch import load
+
+    if json.loads(_header_metadata(raw).get("identity", "null")) != dict(identity):
+        raise ValueError("not a state store of this model and version")
+    tensors = load(raw)
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        match = TENSOR_NAME.fullmatch(name)
+        if match is None:
+            raise ValueError(f"unexpected tensor {name!r}")
+        parts.setdefault(int(match[1]), {})[match[2]] = tensor
+    layers: dict[int, dict[Tokens, torch.Tensor]] = {}
+    for layer, part in parts.items():
+        states, ids, lengths = (part.get(k) for k in ("states", "ids", "lengths"))
+        if states is None or ids is None or lengths is None:
+            raise ValueError(f"layer {layer} lacks its states, ids or lengths")
+        if states.dim() != 2 or states.shape[1] != width or lengths.shape != (states.shape[0],):
+            raise ValueError(f"layer {layer}: expected states [rows, {width}] and one length per row")
+        if ids.dim() != 1 or ids.dtype != torch.long or lengths.dtype != torch.long:
+            raise ValueError(f"layer {layer}: ids and lengths are not integer vectors")
+        if bool((lengths < 1).any()) or int(lengths.sum()) != ids.numel() or bool((ids < 0).any()):
+            raise ValueError(f"layer {layer}: the lengths do not split the ids into texts")
+        if not bool(torch.isfinite(states).all()):
+            raise ValueError(f"layer {layer}: a state is not finite")
+        texts = [tuple(t.tolist()) for t in ids.split(lengths.tolist())]
+        layers[layer] = dict(zip(texts, states))
+    return layers
