@@ -206,8 +206,9 @@ OPTIONS: dict[str, OptionSpec] = {
         ),
         OptionSpec(
             "fresh-probes",
-            "probe and trace the base model anew instead of reusing its answers and traces from earlier runs "
-            "(kept in the model cache, keyed by weights hash, prompt, dtype, device and library versions)",
+            "probe and trace the base model anew instead of reusing its answers, traces and router states from "
+            "earlier runs (kept in the model cache, keyed by weights hash, prompt, dtype, device and library "
+            "versions)",
             {"action": "store_true", "default": False},
         ),
         OptionSpec(
