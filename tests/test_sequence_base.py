@@ -112,9 +112,9 @@ def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
     served: list[int] = []
     original = KeptEditsCache.decoded
 
-    def counting(self: KeptEditsCache, lm: Any, rows: Any) -> Any:
+    def counting(self: KeptEditsCache, lm: Any, rows: Any, *layers: Any) -> Any:
         before = self.served
-        out = original(self, lm, rows)
+        out = original(self, lm, rows, *layers)
         served.append(self.served - before)
         return out
 

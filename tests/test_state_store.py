@@ -16,10 +16,10 @@ from safetensors.torch import save  # noqa: E402
 
 from pytest_factedit.edit import gate_registry  # noqa: E402
 from pytest_factedit.edit.gate_registry import router_states_served  # noqa: E402
-from pytest_factedit.edit.router import row_texts  # noqa: E402
+from pytest_factedit.edit.router import layer_states, settings_router_layers  # noqa: E402
 from pytest_factedit.model import state_store  # noqa: E402
-from pytest_factedit.model.decoding import left_padded  # noqa: E402
-from pytest_factedit.model.state_store import LastTokenStates  # noqa: E402
+from pytest_factedit.model.decoding import DecodeRow, decode, left_padded  # noqa: E402
+from pytest_factedit.model.state_store import LastTokenStates, row_texts, states_recorded  # noqa: E402
 from pytest_factedit.model.text import encode_prompt  # noqa: E402
 
 from .stacked_gates import registered  # noqa: E402
@@ -198,3 +198,30 @@ def test_no_states_are_served_without_a_store_or_a_gated_edit(setup) -> None:
         edit.router = router_for(model, tok, ASKED)
         with router_states_served(model, None):
             assert gate_registry.GateRegistry.of(model).known_states is None
+
+
+def test_the_base_models_decodes_keep_each_prompts_state_as_the_routers_pass_computes_it(setup) -> None:
+    model, tok = setup
+    states = LastTokenStates(IDENTITY, model.config.hidden_size)
+    texts = [encode_prompt(tok, t, False) for t in TEXTS]
+    with states_recorded(model, [1, 2], states):
+        decode(model, tok, [DecodeRow(t, 4, False) for t in texts])
+    ids, mask, positions = left_padded(texts, tok.pad_token_id, "cpu")
+    expected = layer_states(model, [1, 2], mask, input_ids=ids, position_ids=positions)
+    for layer in (1, 2):
+        for row, text in enumerate(texts):
+            assert torch.equal(states.get(layer, text), expected[layer][row])
+    assert len(states._layers[1]) == len(texts)  # the greedy steps after the prefill keep nothing
+    before = dict(states._layers[1])
+    decode(model, tok, [DecodeRow(texts[0] + (5,), 2, False)])  # outside the block
+    assert states._layers[1] == before
+
+
+def test_the_layers_kept_are_those_a_routed_editors_settings_read(setup) -> None:
+    from pytest_factedit.edit import resolve_settings
+
+    model, _ = setup
+    assert settings_router_layers(model, resolve_settings({})) == (1,)  # the default: from the end 2 of 3
+    assert settings_router_layers(model, resolve_settings({"router_layer_from_end": 0})) == ()
+    assert settings_router_layers(model, resolve_settings({"gain_positions": "every"})) == ()
+    assert settings_router_layers(model, resolve_settings({"name": "rome"})) == ()

@@ -79,9 +79,12 @@ def test_a_second_run_reads_the_trace_and_the_editors_decodes_and_edits_the_same
     assert _judged(fresh) == _judged(first)
 
 
-def test_a_second_run_reads_the_routers_states_and_answers_the_same(tiny_case, tmp_path, monkeypatch):
-    """The default edit is routed: its probe's router pass computes the base model's states of the texts the
-    gate opens on; the next run reads them from the cache, computes none, and is judged the same."""
+def test_the_routers_states_come_from_the_base_probe_or_an_earlier_run_and_answer_the_same(
+    tiny_case, tmp_path, monkeypatch
+):
+    """The default edit is routed. Its router reads the base model's states of the texts its gate opens on:
+    kept by the base probe that decodes them, or read back from a run that kept them; computed in a pass of
+    their own only where neither holds them (a stored base probe, and no stored states). Judged the same."""
     from pytest_factedit.edit import gate_registry
 
     lm, case = tiny_case
@@ -97,13 +100,15 @@ def test_a_second_run_reads_the_routers_states_and_answers_the_same(tiny_case, t
     plan = ProbePlan(latency_repeats=0)
     first = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
     assert first.status == "ran", first.reason
-    assert computed and list(tmp_path.glob("states-*.safetensors"))
-    rows = sum(computed)
-    second = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
-    assert sum(computed) == rows  # every state read back
-    assert _judged(second) == _judged(first)
+    (stored,) = tmp_path.glob("states-*.safetensors")
+    assert computed == []  # the base probe kept them
+    assert _judged(run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)) == _judged(first)
+    assert computed == []  # read back: the base probe was too, so it decoded nothing
+    stored.unlink()
+    assert _judged(run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)) == _judged(first)
+    assert computed and stored.exists()  # the router's own pass, and kept again
     fresh = run_case(lm, case, settings, BaseAnswerCache(None), plan=plan)  # --factedit-fresh-probes
-    assert sum(computed) == 2 * rows and _judged(fresh) == _judged(first)
+    assert len(computed) == 1 and _judged(fresh) == _judged(first)
 
 
 def test_the_editor_is_served_only_by_the_base_model_as_loaded(tiny_case, tmp_path, monkeypatch):

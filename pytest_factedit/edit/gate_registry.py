@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING, Any
 from ..model.kv import cache_keyword, returned_cache, row_state
 from ..model.lmhead import decoder
 from ..model.skip import first_rows_safe
+from ..model.state_store import row_texts
 from .gate import SENTENCE_REACHES
 from .gate_index import PatternTrie, rest_of_sentence
-from .router import KnownStates, RelationRouter, layer_states, row_texts
+from .router import KnownStates, RelationRouter, layer_states
 from .words import ENDS_SENTENCE, whole_name
 
 if TYPE_CHECKING:

@@ -68,6 +68,15 @@ class RelationRouter:
         return [bool(b) for b in (best >= self.threshold).tolist()]
 
 
+def settings_router_layers(model: PreTrainedModel, settings: Any) -> tuple[int, ...]:
+    """The layers whose states the routers of edits made with `settings` (an editor's settings) read: one,
+    where the editor gates its gains by subject and routes them; none otherwise."""
+    from_end = getattr(settings, ROUTER_SETTING, 0)
+    if not isinstance(from_end, int) or from_end < 1 or getattr(settings, "gain_positions", "every") == "every":
+        return ()
+    return (router_layer(model, from_end),)
+
+
 def router_layer(model: PreTrainedModel, from_end: int) -> int:
     """The 0-based decoder layer whose output is the hidden state `from_end` from the end (1: the last
     layer's output, which most models normalize before the head; 2: the layer before it); the first layer
@@ -116,33 +125,6 @@ def layer_states(
         for handle in handles:
             handle.remove()
     raise RuntimeError(f"decoder layer {top} did not run in the router's pass")
-
-
-def row_texts(ids: torch.Tensor, kwargs: Mapping[str, Any], rows: Sequence[int]) -> dict[int, tuple[int, ...]]:
-    """The token ids of each of `rows` of a pass (`ids` and the decoder's keyword arguments) that reads its
-    text as a pass of that text alone would: left padding only, positions counted from 0 at its first real
-    token. The others are left out: their states are not a text's own."""
-    import torch
-
-    mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
-    texts: dict[int, tuple[int, ...]] = {}
-    for row in rows:
-        real = torch.ones(ids.shape[1], dtype=torch.bool)
-        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
-            real = mask[row].cpu() != 0
-        elif mask is not None:
-            continue
-        count = int(real.sum())
-        if not count or bool(real[: ids.shape[1] - count].any()):  # padding inside or after the text
-            continue
-        if positions is not None and not (
-            isinstance(positions, torch.Tensor)
-            and positions.shape == ids.shape
-            and torch.equal(positions[row, -count:].cpu(), torch.arange(count, dtype=positions.dtype))
-        ):
-            continue
-        texts[row] = tuple(ids[row, -count:].tolist())
-    return texts
 
 
 def texts_states(model: PreTrainedModel, texts: Sequence[tuple[int, ...]], layer: int, pad_id: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from .lmhead import few_row_products, head_product_form
 from .precision import loaded_precision
 from .probe import continuation_rows, continuation_texts
 from .spec import cache_dir
-from .state_store import LastTokenStates
+from .state_store import LastTokenStates, states_recorded
 from .text import decoding_sets, ends_line
 from .trace_store import TraceStore, identity_name
 
@@ -195,10 +195,13 @@ class BaseAnswerCache:
         tokens = known.tokens[:end]
         return Decoded(tokens, bool(tokens) and tokens[-1] in stops, {c: known.scores[c] for c in row.candidates})
 
-    def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow]) -> list[Decoded]:
-        """Every row decoded by the base model: from the cache where a stored run covers it, else now."""
+    def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow], state_layers: Sequence[int] = ()) -> list[Decoded]:
+        """Every row decoded by the base model: from the cache where a stored run covers it, else now; the
+        rows decoded now leave their prompts' states at `state_layers` in `states` (a router reads them)."""
         self._attach(lm)
-        out, missing = missing_decoded(lm, rows, [self._served(lm, row) for row in rows])
+        served = [self._served(lm, row) for row in rows]
+        with states_recorded(lm.model, state_layers, self.states(lm) if state_layers else None):
+            out, missing = missing_decoded(lm, rows, served)
         for i in missing:
             self._remember(rows[i].ids, out[i])
         if missing and self._store is not None:

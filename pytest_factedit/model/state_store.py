@@ -16,9 +16,10 @@ import json
 import re
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..infra.files import read_regular, write_atomic
 from .decoding import Tokens
@@ -26,6 +27,7 @@ from .trace_store import identity_name
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
 
 STATE_FORMAT = 1  # raise it when what a stored state means changes
 STORE_BYTES = 64 * 2**20  # the states kept per layer, in memory and on disk; the oldest go first
@@ -55,7 +57,7 @@ class LastTokenStates:
             if state.shape != (self.width,):
                 raise ValueError(f"a state of width {self.width} was expected, found shape {tuple(state.shape)}")
             kept.pop(ids, None)
-            kept[ids] = state.detach().cpu()
+            kept[ids] = state.detach().to("cpu", copy=True)  # not a view that holds a whole pass's states
             self._new += 1
         self._trim()
 
@@ -112,6 +114,75 @@ class LastTokenStates:
             note = f"pytest-factedit: not using the state cache {self.path} ({exc}); it is written anew"
             print(note, file=sys.stderr)
             return {}
+
+
+def row_texts(ids: torch.Tensor, kwargs: Mapping[str, Any], rows: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """The token ids of each of `rows` of a pass (`ids` and the decoder's keyword arguments) that reads its
+    text as a pass of that text alone would: left padding only, positions counted from 0 at its first real
+    token. The others are left out: their states are not a text's own."""
+    import torch
+
+    mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
+    texts: dict[int, tuple[int, ...]] = {}
+    for row in rows:
+        real = torch.ones(ids.shape[1], dtype=torch.bool)
+        if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+            real = mask[row].cpu() != 0
+        elif mask is not None:
+            continue
+        count = int(real.sum())
+        if not count or bool(real[: ids.shape[1] - count].any()):  # padding inside or after the text
+            continue
+        if positions is not None and not (
+            isinstance(positions, torch.Tensor)
+            and positions.shape == ids.shape
+            and torch.equal(positions[row, -count:].cpu(), torch.arange(count, dtype=positions.dtype))
+        ):
+            continue
+        texts[row] = tuple(ids[row, -count:].tolist())
+    return texts
+
+
+@contextmanager
+def states_recorded(model: PreTrainedModel, layers: Sequence[int], states: LastTokenStates | None) -> Iterator[None]:
+    """For the block, each pass over `model` that starts its texts keeps in `states` the output of decoder
+    `layers` at each text's last token (for the rows `row_texts` keys). The caller vouches that the model
+    is the base model `states` are of, as loaded: it wraps the base model's own decodes."""
+    from .kv import cache_keyword
+    from .lmhead import decoder
+    from .skip import decoder_layers
+
+    if states is None or not layers:
+        yield
+        return
+    current: dict[int, Tokens] = {}
+    keyword = cache_keyword(decoder(model))
+
+    def before(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        current.clear()
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get(keyword)
+        continues = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        if ids is None or ids.dim() != 2 or continues:
+            return
+        current.update(row_texts(ids, kwargs, range(ids.shape[0])))
+
+    def keep(layer: int) -> Any:
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            if current and hidden.dim() == 3 and hidden.shape[0] >= max(current) + 1:
+                states.add(layer, {text: hidden[row, -1] for row, text in current.items()})
+
+        return hook
+
+    stack = decoder_layers(model)
+    handles = [decoder(model).register_forward_pre_hook(before, with_kwargs=True)]
+    handles += [stack[layer].register_forward_hook(keep(layer)) for layer in sorted(set(layers))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _trimmed(kept: dict[Tokens, torch.Tensor]) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..edit.router import settings_router_layers
 from ..infra.events import PROBE_END, PROBE_PASS, PROBE_START, PROBED, emit
 from ..model.decoding import DecodeRow, Tokens
 from .case import editor_base_rows
@@ -47,13 +48,17 @@ def probed_before_any_edit(
     emit(PROBE_START, PROBE_PASS)
     for start in range(0, len(cases), CASES_PER_PASS):
         requests: list[DecodeRow] = []
+        layers: set[int] = set()
         for case in cases[start : start + CASES_PER_PASS]:
             try:
-                requests += case_requests(lm, case, settings_for(case), plan)
+                settings = settings_for(case)
+                requests += case_requests(lm, case, settings, plan)
+                layers.update(settings_router_layers(lm.model, settings))
             except Exception:  # the case's own probe meets the same error and records it
                 continue
         if requests:
-            base.decoded(lm, sorted(merged_rows(requests), key=lambda r: (-r.max_tokens, len(r.ids))))
+            rows = sorted(merged_rows(requests), key=lambda r: (-r.max_tokens, len(r.ids)))
+            base.decoded(lm, rows, sorted(layers))
         emit(PROBED, PROBE_PASS, min(start + CASES_PER_PASS, len(cases)), len(cases))
     emit(PROBE_END, PROBE_PASS)
     return time.perf_counter() - started

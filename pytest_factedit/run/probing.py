@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..cases.derived import case_alias_prompts, context_facts
+from ..edit.router import settings_router_layers
 from ..infra.events import PROBE_BASE, PROBE_EDITED, PROBE_END, PROBE_START, emit
 from ..metrics.answers import FACT_GROUPS, Group, ProbedAnswer, cut_answer, first_words, settled
 from ..metrics.measure import mean, ngram_entropy
@@ -252,7 +253,8 @@ def probe_base(
         return outcome
     emit(PROBE_START, PROBE_BASE)
     started = time.perf_counter()
-    base = outcome.base_decoded = cache.decoded(lm, [*requests, *also])[: len(requests)]
+    layers = settings_router_layers(lm.model, settings)  # the prompts' states there serve the edit's router
+    base = outcome.base_decoded = cache.decoded(lm, [*requests, *also], layers)[: len(requests)]
     outcome.timings["base_probe_seconds"] = time.perf_counter() - started
     outcome.answers = [base_answer(r, how.answer(r, d)) for r, d in zip(rows, base)]
     prompts = [d for r, d in zip(rows, base) if r.group == "prompts"]

@@ -57,7 +57,9 @@ class KeptEditsCache(BaseAnswerCache):
         self.reach = reach
         self.served = 0  # rows served from the base model's decodes, for the tests and the benchmark
 
-    def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow]) -> list[Decoded]:
+    def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow], state_layers: Sequence[int] = ()) -> list[Decoded]:
+        """As the base cache's, but a row decoded now is decoded on the model as the kept edits leave it, so
+        it leaves no state (`state_layers` is not read)."""
         served = [self._unreached(lm, row) for row in rows]
         out, missing = missing_decoded(lm, rows, served)  # decoded on the model as it is, and not stored
         self.served += len(rows) - len(missing)
