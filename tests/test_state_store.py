@@ -63,12 +63,14 @@ def test_a_save_keeps_what_another_process_saved_and_the_newest_states_within_th
     other.save()
     read = LastTokenStates(IDENTITY, WIDTH, tmp_path)
     assert read.get(1, (1,)) is not None and read.get(1, (2,)) is not None
-    monkeypatch.setattr(state_store, "STORE_BYTES", 2 * WIDTH * 4)  # two float32 states per layer
-    read.add(1, {(3,): _vector(3.0)})
-    assert read.get(1, (1,)) is None and read.get(1, (2,)) is not None and read.get(1, (3,)) is not None
+    monkeypatch.setattr(state_store, "MEMORY_BYTES", 3 * WIDTH * 4)  # three float32 states a layer in memory
+    monkeypatch.setattr(state_store, "STORE_BYTES", 2 * WIDTH * 4)  # two on disk
+    read.add(1, {(3,): _vector(3.0), (4,): _vector(4.0)})
+    assert read.get(1, (1,)) is None and all(read.get(1, (n,)) is not None for n in (2, 3, 4))
     read.save()
     again = LastTokenStates(IDENTITY, WIDTH, tmp_path)
-    assert again.get(1, (1,)) is None and torch.equal(again.get(1, (3,)), _vector(3.0))
+    assert again.get(1, (2,)) is None and torch.equal(again.get(1, (3,)), _vector(3.0))
+    assert torch.equal(again.get(1, (4,)), _vector(4.0))
     monkeypatch.setattr(state_store, "STORE_LAYERS", 2)
     again.add(2, {(1,): _vector(1.0)})
     again.add(1, {(4,): _vector(4.0)})

@@ -2,8 +2,9 @@
 and, given a folder, on disk across runs.
 
 A relation router (edit/router.py) reads this state for every text a subject gate opens on, in a pass of
-its own with every edit off; a suite that runs on every push probes the same texts each time. Like a
-decoded row (model/probe_cache.py), the state depends on the weights, the text's token ids and the
+its own with every edit off; but the base probe decoded the same texts before the edit (`states_recorded`
+keeps their states as it goes), and a suite that runs on every push probes the same texts each time. Like
+a decoded row (model/probe_cache.py), the state depends on the weights, the text's token ids and the
 numerics, which name the file, and not on any edit. The text's token ids and the layer key each state.
 A state stored from one batch can differ from the same text's state in another batch in the last bits
 (the products' order): a verdict on a text that sits at its router's threshold may differ between a run
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 STATE_FORMAT = 1  # raise it when what a stored state means changes
-STORE_BYTES = 64 * 2**20  # the states kept per layer, in memory and on disk; the oldest go first
+STORE_BYTES = 64 * 2**20  # the states of a layer kept on disk; the newest are written
+MEMORY_BYTES = 256 * 2**20  # those kept in memory for a run (a sequence's base pass: every fact's); oldest go first
 STORE_LAYERS = 4  # layers kept; the one added to least recently goes first
 TENSOR_NAME = re.compile(r"layer(\d{1,4})\|(states|ids|lengths)")
 
@@ -51,7 +53,7 @@ class LastTokenStates:
         return self._layers.get(layer, {}).get(ids)
 
     def add(self, layer: int, found: Mapping[Tokens, torch.Tensor]) -> None:
-        """Keep `found` (text ids -> state [width]), newest last; the oldest go past `STORE_BYTES`."""
+        """Keep `found` (text ids -> state [width]), newest last; the oldest go past `MEMORY_BYTES`."""
         kept = self._layers[layer] = self._layers.pop(layer, {})  # the most recent layer last
         for ids, state in found.items():
             if state.shape != (self.width,):
@@ -65,7 +67,7 @@ class LastTokenStates:
         for layer in list(self._layers)[: max(len(self._layers) - STORE_LAYERS, 0)]:
             del self._layers[layer]
         for kept in self._layers.values():
-            _trimmed(kept)
+            _trimmed(kept, MEMORY_BYTES)
 
     def save(self) -> None:
         """Write what was added since the last save to the file (merged with what another process wrote)."""
@@ -82,17 +84,20 @@ class LastTokenStates:
                     for layer, kept in self._layers.items()
                 }
                 self._trim()
-                write_atomic(self.path, self._serialized())
+                write_atomic(self.path, self._serialized(STORE_BYTES))
         except OSError as exc:  # the run does not depend on the cache: it is computed again next time
             print(f"pytest-factedit: could not write the state cache {self.path} ({exc})", file=sys.stderr)
         self._new = 0
 
-    def _serialized(self) -> bytes:
+    def _serialized(self, most: int) -> bytes:
+        """The newest states of each layer, up to `most` bytes a layer, as a safetensors file."""
         import torch
         from safetensors.torch import save
 
         tensors: dict[str, torch.Tensor] = {}
-        for layer, kept in self._layers.items():
+        for layer, every in self._layers.items():
+            kept = dict(every)
+            _trimmed(kept, most)
             if kept:
                 tensors[f"layer{layer}|states"] = torch.stack(list(kept.values())).contiguous()
                 tensors[f"layer{layer}|ids"] = torch.tensor([t for ids in kept for t in ids], dtype=torch.long)
@@ -185,12 +190,12 @@ def states_recorded(model: PreTrainedModel, layers: Sequence[int], states: LastT
             handle.remove()
 
 
-def _trimmed(kept: dict[Tokens, torch.Tensor]) -> None:
-    """Drop the oldest states of a layer past `STORE_BYTES`."""
+def _trimmed(kept: dict[Tokens, torch.Tensor], most_bytes: int) -> None:
+    """Drop the oldest states of a layer past `most_bytes`."""
     if not kept:
         return
     first = next(iter(kept.values()))
-    most = max(STORE_BYTES // (first.numel() * first.element_size()), 1)
+    most = max(most_bytes // (first.numel() * first.element_size()), 1)
     for ids in list(kept)[: max(len(kept) - most, 0)]:
         del kept[ids]
 
