@@ -96,6 +96,7 @@ GOOD = {
 DAMAGES = {
     "not safetensors": lambda p: p.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"),
     "cut short": lambda p: p.write_bytes(p.read_bytes()[:40]),
+    "its tensors cut short": lambda p: p.write_bytes(p.read_bytes()[:-8]),
     "another identity": lambda p: _stored(p.parent, GOOD, {"weights": "other"}),
     "another width": lambda p: _stored(p.parent, {**GOOD, "layer1|states": torch.zeros(2, WIDTH + 1)}),
     "an unknown tensor": lambda p: _stored(p.parent, {**GOOD, "../layer1|states": torch.zeros(1)}),

@@ -211,11 +211,15 @@ def _header_metadata(raw: bytes) -> dict[str, str]:
 def _parsed(raw: bytes, identity: Mapping[str, str], width: int) -> dict[int, dict[Tokens, torch.Tensor]]:
     """The states of a store file; ValueError when it is not one this identity wrote, or its shapes disagree."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
     if json.loads(_header_metadata(raw).get("identity", "null")) != dict(identity):
         raise ValueError("not a state store of this model and version")
-    tensors = load(raw)
+    try:
+        tensors = load(raw)
+    except SafetensorError as exc:
+        raise ValueError(f"not a safetensors file: {exc}") from exc
     parts: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         match = TENSOR_NAME.fullmatch(name)
