@@ -158,7 +158,8 @@ class BaseAnswerCache:
     def states(self, lm: LoadedModel) -> LastTokenStates | None:
         """The base model's last-token states (model/state_store.py) of this model identity, kept beside
         its decodes: what a relation router reads. Without a folder, in memory, for one model as its decodes are."""
-        identity = store_identity(lm) if self._folder is not None else {}
+        self._attach(lm)  # the identity its decodes are read under (none without a folder)
+        identity = self._identity or {}
         if self._states is None or self._states[0] != identity:
             self._states = identity, LastTokenStates(identity, model_width(lm.model), self._folder)
         return self._states[1]
