@@ -4,6 +4,7 @@ what was tried and what to do (aliases, hub ids with no network, GGUF files, out
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -77,8 +78,9 @@ def test_factedit_prepare_prints_the_loads_notes(folder, monkeypatch, capsys, on
     monkeypatch.setattr(lmhead, "products_through_onednn", lambda: onednn)
     assert main(["prepare", "--model", str(folder), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("model ") and lines[1].startswith(f"  loaded from {folder}")
+    assert lines[0].startswith("model ") and lines[1] == f"  loaded from {folder}"
     assert (f"  {ONEDNN_NOTE}" in lines) == onednn
+    assert re.findall(r"\b\d+\.\ds\b", "\n".join(lines)) == re.findall(r"load (\d+\.\ds)", lines[0])  # one load time
 
 
 def test_the_memory_estimate_is_told_before_any_weight_loads(folder, monkeypatch) -> None:

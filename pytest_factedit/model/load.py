@@ -247,7 +247,6 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
     check_device_map(how.device_map)
     device_name, default_dtype = pick_device(how.device)
     dtype = pick_dtype(how.dtype, default_dtype)
-    start = time.perf_counter()
     source, conversion_seconds, weights_hash = _source(spec)
     local_only = local_files_only(spec) if spec.kind == "hub" else False
     load_start = time.perf_counter()
@@ -278,7 +277,8 @@ def _load(spec: ModelSpec, how: LoadSettings) -> LoadedModel:
         weights_hash=weights_hash,
         load_seconds=time.perf_counter() - load_start,
         conversion_seconds=conversion_seconds,
-        notes=[f"loaded from {source} in {time.perf_counter() - start:.1f}s"] + ([ONEDNN_NOTE] if routed else []),
+        # no seconds here: `factedit prepare` and the summary give load_seconds and conversion_seconds apart
+        notes=[f"loaded from {source}"] + ([ONEDNN_NOTE] if routed else []),
         memory=memory,
     )
 
