@@ -186,8 +186,8 @@ def peft_loaded(model: PreTrainedModel, out_dir: Path, names: list[str]) -> Peft
     for name in names:
         checked_adapter_folder(out_dir / name)
     folder = out_dir / names[0]
-    try:
-        edited = PeftModel.from_pretrained(model, str(folder), adapter_name=names[0])
+    try:  # the annotation: peft 0.22 types from_pretrained as Any
+        edited: PeftModel = PeftModel.from_pretrained(model, str(folder), adapter_name=names[0])
         for name in names[1:]:
             folder = out_dir / name
             edited.load_adapter(str(folder), adapter_name=name)
