@@ -75,6 +75,12 @@ class IA3Settings(TrainingLoopSettings, KeyStatisticsSettings):
         "(gain_positions: every only; 0: off)",
     )
 
+    def gating(self) -> Gating | None:
+        """Where the gains act and their router; None for gains on every token (peft's IA³ adapter: no gate)."""
+        if self.gain_positions == "every":
+            return None
+        return Gating(self.gain_positions, self.router_layer_from_end, self.router_margin)
+
 
 @dataclass(frozen=True)
 class IA3TwoStageSettings(IA3Settings, UnlearnStageSettings):
@@ -131,8 +137,8 @@ class IA3TwoStageEditor(ObjectiveDecodes):
         settings: EditSettings,
     ) -> EditHandle:
         own = self.settings_class.of(settings)
-        if own.gain_positions != "every":
-            gating = Gating(own.gain_positions, own.router_layer_from_end, own.router_margin)
+        gating = own.gating()
+        if gating is not None:
             return apply_subject_gains(self.name, self.stages, gating, model, tokenizer, request, targets, own)
         weight = own.preservation_weight
         preservation = GainPreservation(weight, own.key_positions_per_dim) if weight else None

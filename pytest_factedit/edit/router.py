@@ -69,12 +69,11 @@ class RelationRouter:
 
 
 def settings_router_layers(model: PreTrainedModel, settings: Any) -> tuple[int, ...]:
-    """The layers whose states the routers of edits made with `settings` (an editor's settings) read: one,
-    where the editor gates its gains by subject and routes them; none otherwise."""
-    from_end = getattr(settings, ROUTER_SETTING, 0)
-    if not isinstance(from_end, int) or from_end < 1 or getattr(settings, "gain_positions", "every") == "every":
-        return ()
-    return (router_layer(model, from_end),)
+    """The layers whose states the routers of edits made with `settings` (an editor's settings) read: as their
+    `gating()` says (the subject-gated IA³ editors': edit/ia3.py), the one their editor builds its router
+    with; none for an editor whose settings have no gating."""
+    gating = settings.gating() if callable(getattr(settings, "gating", None)) else None
+    return gating.router_layers(model) if gating is not None else ()
 
 
 def router_layer(model: PreTrainedModel, from_end: int) -> int:

@@ -142,10 +142,12 @@ class Gating:
         requests: Sequence[EditRequest],
         prefixes: Sequence[str],
     ) -> RelationRouter | None:
-        if not self.router_from_end:
-            return None
-        layer = router_layer(model, self.router_from_end)
-        return build_router(model, tokenizer, requests, prefixes, layer, self.router_margin)
+        layers = self.router_layers(model)
+        return build_router(model, tokenizer, requests, prefixes, layers[0], self.router_margin) if layers else None
+
+    def router_layers(self, model: PreTrainedModel) -> tuple[int, ...]:
+        """The decoder layer whose output the router reads at a text's last token; none without a router."""
+        return (router_layer(model, self.router_from_end),) if self.router_from_end else ()
 
 
 def _hooked(edit: SubjectGainEdit, sealed: bool = False) -> SubjectGainEdit:
