@@ -19,6 +19,7 @@ import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +197,8 @@ def _trimmed(kept: dict[Tokens, torch.Tensor], most_bytes: int) -> None:
         return
     first = next(iter(kept.values()))
     most = max(most_bytes // (first.numel() * first.element_size()), 1)
-    for ids in list(kept)[: max(len(kept) - most, 0)]:
+    # only the oldest past the bound are listed: every decode of the base model adds, and most add nothing past it
+    for ids in list(islice(kept, max(len(kept) - most, 0))):
         del kept[ids]
 
 
