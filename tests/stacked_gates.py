@@ -120,3 +120,29 @@ def registered(edits: Sequence[SubjectGainEdit], training: Sequence[int] = ()) -
             _hooked(edit, sealed=index not in training)
             hooks.callback(edit.remove)
         yield
+
+
+class KeptStates(dict):
+    """The base model's last-token states by (layer, text ids), served to routers as model/state_store.py's
+    LastTokenStates serves them."""
+
+    @classmethod
+    def of(cls, model: Any, layer: int, texts: Sequence[tuple[int, ...]]) -> KeptStates:
+        """Each text's state at `layer`, from a pass of its own on `model` as it is now."""
+        import torch
+
+        from pytest_factedit.edit.router import layer_states
+
+        kept = cls()
+        for ids in texts:
+            kept.add(layer, {ids: layer_states(model, [layer], None, input_ids=torch.tensor([ids]))[layer][0]})
+        return kept
+
+    def get(self, layer: int, ids: tuple[int, ...]) -> Any:  # type: ignore[override]
+        return super().get((layer, tuple(ids)))
+
+    def add(self, layer: int, found: Any) -> None:
+        self.update({(layer, ids): state for ids, state in found.items()})
+
+    def save(self) -> None:
+        pass

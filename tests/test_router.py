@@ -20,7 +20,7 @@ from pytest_factedit.model.kv import cache_keyword, returned_cache  # noqa: E402
 from pytest_factedit.model.targets import all_layer_targets  # noqa: E402
 from pytest_factedit.model.text import encode_prompt  # noqa: E402
 
-from .stacked_gates import gated_edit, registered  # noqa: E402
+from .stacked_gates import KeptStates, gated_edit, registered  # noqa: E402
 from .tiny import piece_tokenizer, tiny_model  # noqa: E402
 
 ASKED = "The capital of Japan is"  # the edit's question
@@ -184,3 +184,52 @@ def test_the_default_edit_is_routed_and_gains_on_every_token_are_not(setup) -> N
     with IA3TwoStageEditor().apply(model, tok, request, targets, every) as edit:
         assert not isinstance(edit, SubjectGainEdit)
     assert GateRegistry.of(model).entries == {}
+
+
+def kept_states(model: Any, tok: Any) -> KeptStates:
+    return KeptStates.of(model, 1, [tuple(encode_prompt(tok, t, False)) for t in TEXTS])
+
+
+def test_a_row_the_router_surely_sends_away_is_not_reached_and_its_decode_is_the_base_models(setup) -> None:
+    """`reaches_row` answers before the decode what the prefill's router will decide, from the kept states:
+    a row it says the edit cannot reach decodes as on the base model; one it says it reaches, as edited."""
+    from pytest_factedit.run.sequence_base import KeptEditReach
+
+    model, tok = setup
+    rows = [DecodeRow(encode_prompt(tok, t, False), 6, False) for t in TEXTS]
+    base = [d.tokens for d in decode(model, tok, rows)]
+    edit, kept, router = japan_edit(model, tok), kept_states(model, tok), router_for(model, tok, ASKED)
+    with registered([edit]):
+        edited = [d.tokens for d in decode(model, tok, rows)]
+        edit.router = router
+        registry, reach = GateRegistry.of(model), KeptEditReach(model)
+        assert edit.reaches_row(rows[1].ids, [()])  # no states at hand: the router's verdict is not known
+        registry.known_states = kept
+        reached = [edit.reaches_row(r.ids, [d]) for r, d in zip(rows, edited)]
+        routed = [d.tokens for d in decode(model, tok, rows)]
+        assert [reach.row(r.ids, [d], kept) for r, d in zip(rows, edited)] == reached
+        assert reach(rows[1].ids) and reach.row(rows[1].ids, [()], None)  # the pattern alone; no states
+    assert reached == [True, False, False] and edited[1] != base[1]  # the subject's other relation is sent away
+    assert [routed[i] == (edited[i] if reached[i] else base[i]) for i in range(3)] == [True] * 3
+
+
+def test_a_row_near_the_threshold_or_decoded_while_an_edit_trains_counts_as_reached(setup) -> None:
+    """Only a verdict sure by `VERDICT_SLACK` serves the base decode; no verdict while an edit trains (no
+    router decides then)."""
+    from pytest_factedit.edit.router import VERDICT_SLACK
+
+    model, tok = setup
+    kept = kept_states(model, tok)
+    other = tuple(encode_prompt(tok, OTHER, False))
+    edit = japan_edit(model, tok)
+    edit.router = router_for(model, tok, ASKED)
+    similarity = float(edit.router.references[0] @ torch.nn.functional.normalize(kept.get(1, other), dim=-1))
+    with registered([edit]):
+        GateRegistry.of(model).known_states = kept
+        assert not edit.reaches_row(other, [()])
+        for threshold, reached in ((similarity + VERDICT_SLACK / 2, True), (similarity + 2 * VERDICT_SLACK, False)):
+            edit.router = RelationRouter(1, edit.router.references, threshold)
+            assert edit.reaches_row(other, [()]) is reached
+    with registered([edit, japan_edit(model, tok)], training=(1,)):
+        GateRegistry.of(model).known_states = kept
+        assert edit.reaches_row(other, [()])

@@ -359,6 +359,16 @@ def test_the_base_probe_scores_the_edited_candidates_of_the_rows_that_do_not_nam
     assert found["The iPhone is made by"] == (how.ids("Seoul"), how.ids("Apple"))
     assert found["The capital of Nippon is"] == () and found["Japan is an island country in"] == ()
     assert all(found[p] == () for p in found if "Japan" in p and p not in case.prompts)
+    routed = {(r.group, r.prompt): base_candidates(how, r, old, routed=True) for r in probe_rows(case, tok)}
+    for (group, prompt), candidates in routed.items():  # a router sends away the subject's other questions
+        row = next(r for r in probe_rows(case, tok) if (r.group, r.prompt) == (group, prompt))
+        if group == "prompts":
+            assert candidates == (old,)
+        elif group in ("paraphrases", "aliases"):
+            assert candidates == found[prompt] == ()
+        else:
+            assert candidates == tuple(how.candidates(row).values()) and candidates
+    assert routed[("same_subject", "The official language of Japan is")] == (how.ids("Seoul"), how.ids("Japanese"))
 
 
 def test_the_edited_probe_decodes_again_only_the_rows_the_edit_can_reach() -> None:
@@ -407,6 +417,48 @@ def test_the_edited_probe_decodes_again_only_the_rows_the_edit_can_reach() -> No
     assert [d.tokens for d in every] != [d.tokens for d in base]  # the edit acts where it reaches
     assert state is not None and len(state.lengths) == 2  # both prompts were decoded: their state is kept
     assert EditHandle.reaches(edit, rows[1].ids)  # an editor without a gate reaches every text
+
+
+def test_the_edited_probe_takes_the_base_decode_of_a_row_its_router_surely_sends_away() -> None:
+    """A row that names the subject but asks another question: the router's verdict, read before the decode
+    from the base model's kept state, keeps the edit off for the whole row, so its base decode stands; the
+    rows it passes are decoded again. Every row's tokens are what decoding every row with the edit gives."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from pytest_factedit.edit.gate_registry import GateRegistry
+    from pytest_factedit.edit.router import RelationRouter, layer_states
+    from pytest_factedit.edit.subject_gains import _hooked
+    from pytest_factedit.model import decoding
+    from pytest_factedit.model.text import encode_prompt
+    from pytest_factedit.run import probing
+    from tests.stacked_gates import KeptStates
+
+    model, tok, edit = _japan_gains()
+    prompts = ["The capital of Japan is", "Japan is the", "The iPhone is made by"]
+    rows = [decoding.DecodeRow(encode_prompt(tok, p, False), 6, False) for p in prompts]
+    kept = KeptStates.of(model, 1, [r.ids for r in rows])
+    asked = layer_states(model, [1], None, input_ids=torch.tensor([rows[0].ids]))[1]
+    base = decoding.decode(model, tok, rows)
+    lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
+    decoded_again: list = []
+    original = probing.decode_keeping
+
+    def recording(model, tokenizer, requests, keep):
+        decoded_again.extend(r.ids for r in requests)
+        return original(model, tokenizer, requests, keep)
+
+    with _hooked(edit, sealed=True), torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        unrouted = decoding.decode(model, tok, rows)
+        edit.router = RelationRouter(1, torch.nn.functional.normalize(asked, dim=-1), 0.9999)
+        GateRegistry.of(model).known_states = kept
+        patch.setattr(probing, "decode_keeping", recording)
+        found, _ = probing.edited_decodes(lm, base, edit, rows, [True, False, False])
+        every = decoding.decode(model, tok, rows)
+    assert unrouted[1].tokens != base[1].tokens  # without its router the edit changes the other question
+    assert decoded_again == [rows[0].ids] and found[1] is base[1] and found[2] is base[2]
+    assert [d.tokens for d in found] == [d.tokens for d in every]
+    assert every[0].tokens != base[0].tokens  # the edit acts on the question it passes
 
 
 # -- held out means held out: the training rows an edit reads

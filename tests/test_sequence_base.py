@@ -74,7 +74,7 @@ def test_a_step_takes_the_base_decode_only_of_rows_no_kept_edit_can_reach() -> N
     reach = KeptEditReach(model)
     view = KeptEditsCache(base, reach)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(KeptEditReach, "__call__", lambda self, ids: eiffel in ids)
+        patch.setattr(KeptEditReach, "row", lambda self, ids, more, known: any(eiffel in ids + c for c in more))
         found = view.decoded(lm, rows)
     now = decode(model, tok, rows)
     stored = [base.stored(lm, r) for r in rows]
@@ -122,6 +122,7 @@ def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
         patch.setattr(KeptEditsCache, "decoded", counting)
         if not serve:  # every row counts as reached: each step decodes all of them on the model
             patch.setattr(KeptEditReach, "__call__", lambda self, ids: True)
+            patch.setattr(KeptEditReach, "row", lambda self, prompt, continuations, known: True)
         result = run_sequence(lm, cases, settings_for)
     answers = _answers(result)
     figures = {name: m.value for name, m in result.metrics.items() if "latency" not in name}

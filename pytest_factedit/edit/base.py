@@ -92,6 +92,12 @@ class EditHandle:
         model there, and its answers are the base model's."""
         return True
 
+    def reaches_row(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> bool:
+        """Can the edit change a decode of `prompt` that goes on with any of `continuations` (the tokens it
+        generated, the candidates it scores)? `reaches` of each, unless the editor knows more of how a decode
+        starts (a relation router that turns the prompt down keeps the edit off for the whole row)."""
+        return any(self.reaches(tuple(prompt) + tuple(c)) for c in continuations)
+
     @contextmanager
     def merged(self) -> Iterator[bool]:
         """The edit folded into the weights for the block, when it can be (True), to time a shipped, merged

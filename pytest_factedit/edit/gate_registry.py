@@ -32,6 +32,7 @@ import itertools
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -260,8 +261,59 @@ class GateRegistry:
         model multiplies by exactly 1 (SubjectGate.may_open, for all the edits at once, at a cost that does
         not grow with them). An edit added but given no stage yet changes nothing: its editor asks the base
         model's decodes then (edit/objectives.py), which the edits kept before it leave unchanged elsewhere."""
-        idle = {serial for serial in self.unsealed if not self.entries[serial].edit.gains}
-        return any(group.trie.occurs_in(ids, idle) for group in self.groups.values())
+        return self._occurs(ids, self._idle())
+
+    def row_may_open(
+        self, prompt: Sequence[int], continuations: Sequence[Sequence[int]], known: KnownStates | None
+    ) -> bool:
+        """May an edit act on a decode that starts with `prompt` and goes on with any of `continuations` (its
+        tokens, its candidates)? `may_open` of each, less the edits whose routers the prefill of `prompt`
+        will surely send away (`routed_away`): those stay off for the whole row."""
+        texts = [tuple(prompt) + tuple(c) for c in continuations]
+        idle = self._idle()
+        if not any(self._occurs(text, idle) for text in texts):
+            return False
+        ignoring = idle | self.routed_away(prompt, known)
+        return any(self._occurs(text, ignoring) for text in texts)
+
+    def routed_away(
+        self, prompt: Sequence[int], known: KnownStates | None, serials: AbstractSet[int] | None = None
+    ) -> set[int]:
+        """The edits (of `serials`, or all) that the pass starting `prompt` will route away (`_route`), as far as
+        the base model's states in `known` tell: an edit the prefill marks whose router surely turns the prompt
+        down (`RelationRouter.surely_fails`). Decodes run without gradients, as `_route` asks; none while its
+        other conditions say no router decides, and none whose state is not kept (the decode computes it)."""
+        if known is None or self.unsealed or self.unrouted or self.off:
+            return set()
+        counted = [(group.trie, group.trie.lookups) for group in self.groups.values()]
+        marks: dict[int, list[int]] = {}
+        try:
+            self._matched(0, list(prompt), None, marks, set())
+        finally:  # no pass asked this: the passes' matching cost stays theirs
+            for trie, lookups in counted:
+                trie.lookups = lookups
+        away: set[int] = set()
+        for serial in marks:
+            entry = self.entries[serial]
+            router = entry.edit.router
+            if router is None or not entry.sealed or (serials is not None and serial not in serials):
+                continue
+            state = known.get(router.layer, tuple(prompt))
+            if state is not None and router.surely_fails(state):
+                away.add(serial)
+        return away
+
+    def serial(self, edit: SubjectGainEdit) -> int | None:
+        """`edit`'s serial here; None when it is not on this registry."""
+        return self.serial_of.get(id(edit))
+
+    def _idle(self) -> set[int]:
+        """Edits added but given no stage yet: they change nothing."""
+        return {serial for serial in self.unsealed if not self.entries[serial].edit.gains}
+
+    def _occurs(self, ids: Sequence[int], ignoring: AbstractSet[int]) -> bool:
+        """Does a pattern of an edit not in `ignoring` occur in `ids`?"""
+        return any(group.trie.occurs_in(ids, ignoring) for group in self.groups.values())
 
     @contextmanager
     def disabled(self) -> Iterator[None]:

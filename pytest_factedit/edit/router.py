@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 
 ROUTER_SETTING = "router_layer_from_end"
+# How far under its threshold a text's similarity must be for a verdict made ahead of its decode to stand
+# for the decode's own: far above the last-bit differences of one text's state between batches (~1e-6).
+VERDICT_SLACK = 1e-4
 
 
 class KnownStates(Protocol):
@@ -66,6 +69,16 @@ class RelationRouter:
         unit = torch.nn.functional.normalize(states.float(), dim=-1)
         best = (unit @ self.references.to(unit.device).T).amax(dim=-1)
         return [bool(b) for b in (best >= self.threshold).tolist()]
+
+    def surely_fails(self, state: torch.Tensor) -> bool:
+        """Would `passes` turn down a text of this state [d], with `VERDICT_SLACK` to spare? Asked before a
+        decode, from a kept state, about a verdict its pass makes from the same state or the same text's
+        state computed in another batch (last bits apart): a text this near the threshold is decoded."""
+        import torch
+
+        unit = torch.nn.functional.normalize(state.float()[None], dim=-1)
+        best = float((unit @ self.references.to(unit.device).T).amax())
+        return best < self.threshold - VERDICT_SLACK
 
 
 def settings_router_layers(model: PreTrainedModel, settings: Any) -> tuple[int, ...]:

@@ -71,6 +71,17 @@ class SubjectGainEdit(EditHandle):
         """Only a text that holds one of the gate's patterns: elsewhere every gain multiplies by exactly 1."""
         return self.gate.may_open(ids)
 
+    def reaches_row(self, prompt: Sequence[int], continuations: Sequence[Sequence[int]]) -> bool:
+        """As `reaches`, less a row whose prompt the router surely turns down on its prefill (the verdict holds
+        for the row: edit/router.py), as told by the base model's states the registry is served."""
+        if not super().reaches_row(prompt, continuations):
+            return False
+        registry = self.registry
+        serial = registry.serial(self) if registry is not None and self.router is not None else None
+        if registry is None or serial is None:
+            return True
+        return serial not in registry.routed_away(prompt, registry.known_states, {serial})
+
     @contextmanager
     def disabled(self) -> Iterator[None]:
         self.gate.enabled = False

@@ -182,14 +182,16 @@ def base_answer(row: ProbeRow, base: str) -> ProbedAnswer:
     return ProbedAnswer(row.group, row.prompt, expected, base, shares_old=row.shares_old, unchanged=row.unchanged)
 
 
-def base_candidates(how: _Decoding, row: ProbeRow, old: Tokens) -> tuple[Tokens, ...]:
+def base_candidates(how: _Decoding, row: ProbeRow, old: Tokens, routed: bool = False) -> tuple[Tokens, ...]:
     """The candidates the base probe scores: `old` for a prompt (the forget score's before); and, for a row
     that does not name the subject or an alias, every candidate the edited probe scores, since a gated edit
-    will likely not reach it and the edited probe then takes the base decode whole (`edited_decodes`)."""
+    will likely not reach it and the edited probe then takes the base decode whole (`edited_decodes`). With
+    `routed` (the edit will have a relation router), so for a row that names them but asks another question
+    than the fact's (not a prompt, paraphrase or alias prompt): the router will likely send it away."""
     if row.group == "prompts":
         return (old,)
     names = [n.casefold() for n in (how.case.subject, *how.case.aliases)]
-    if any(n in row.prompt.casefold() for n in names):
+    if any(n in row.prompt.casefold() for n in names) and not (routed and row.group not in FACT_GROUPS):
         return ()
     return tuple(how.candidates(row).values())
 
@@ -216,12 +218,13 @@ def too_long(lm: LoadedModel, case: FactCase, settings: EditSettings, requests: 
 
 
 def _base_requests(
-    lm: LoadedModel, case: FactCase, plan: ProbePlan
+    lm: LoadedModel, case: FactCase, settings: EditSettings, plan: ProbePlan
 ) -> tuple[list[ProbeRow], _Decoding, list[DecodeRow]]:
     rows = probe_rows(case, lm.tokenizer)
     how = _decoding(lm, case, plan)
     old = how.ids(case.old[0])
-    return rows, how, [how.request(r, base_candidates(how, r, old)) for r in rows]
+    routed = bool(settings_router_layers(lm.model, settings))
+    return rows, how, [how.request(r, base_candidates(how, r, old, routed)) for r in rows]
 
 
 def base_requests(
@@ -229,7 +232,7 @@ def base_requests(
 ) -> list[DecodeRow]:
     """What `probe_base` asks the base model to decode for `case` (none when a row is too long for the model):
     a sequence decodes every case's rows together before its first edit (run/sequence_base.py)."""
-    requests = _base_requests(lm, case, plan)[2]
+    requests = _base_requests(lm, case, settings, plan)[2]
     return [] if too_long(lm, case, settings, requests) else requests
 
 
@@ -245,7 +248,7 @@ def probe_base(
     when a row of it is longer than the model's context (then nothing reaches the model). `also`: more rows
     for `cache`, decoded in the same batch (the decodes the case's editor will ask of the base model)."""
     outcome = CaseOutcome(case=case, status="ran", settings=settings, thresholds=thresholds_with(case.thresholds))
-    rows, how, requests = _base_requests(lm, case, plan)
+    rows, how, requests = _base_requests(lm, case, settings, plan)
     old = how.ids(case.old[0])
     outcome.reason = too_long(lm, case, settings, requests)
     if outcome.reason:
@@ -306,10 +309,10 @@ def probe_edit(lm: LoadedModel, outcome: CaseOutcome, applied: EditHandle, plan:
     emit(PROBE_END, PROBE_EDITED)
 
 
-def row_reached(reaches: Callable[[Tokens], bool], row: DecodeRow, tokens: Tokens) -> bool:
-    """Can an edit that changes only the texts `reaches` accepts change `row`'s decode (`tokens`) or the
-    score of one of its candidates? Each is the prompt followed by those tokens."""
-    return reaches(row.ids + tokens) or any(reaches(row.ids + c) for c in row.candidates)
+def row_reached(reaches_row: Callable[[Tokens, Sequence[Tokens]], bool], row: DecodeRow, tokens: Tokens) -> bool:
+    """Can an edit change `row`'s decode (`tokens`) or the score of one of its candidates? `reaches_row` is
+    asked of the prompt and those continuations (`EditHandle.reaches_row`)."""
+    return reaches_row(row.ids, (tokens, *row.candidates))
 
 
 def edited_decodes(
@@ -320,7 +323,7 @@ def edited_decodes(
     prompts: Sequence[bool],
 ) -> tuple[list[Decoded], Prefilled | None]:
     """Every row decoded with the edit on, and the prompts' prefilled state for the latency steps (None
-    unless every prompt was decoded). A row the edit cannot reach (`row_reached` by `EditHandle.reaches`)
+    unless every prompt was decoded). A row the edit cannot reach (`row_reached` by `EditHandle.reaches_row`)
     is answered by the edited model as by the base model: it takes its base decode (`base`, the same rows)
     where that scored every candidate; the others are decoded again."""
     if len(base) != len(requests):  # no base decode of these rows: every one is decoded
@@ -328,7 +331,7 @@ def edited_decodes(
     reached = [
         i
         for i, r in enumerate(requests)
-        if row_reached(applied.reaches, r, base[i].tokens) or any(c not in base[i].scores for c in r.candidates)
+        if row_reached(applied.reaches_row, r, base[i].tokens) or any(c not in base[i].scores for c in r.candidates)
     ]
     again_at = set(reached)
     every_prompt = all(i in again_at for i, prompt in enumerate(prompts) if prompt)

@@ -44,6 +44,15 @@ class KeptEditReach:
         registry = self.model.__dict__.get(REGISTRY_ATTRIBUTE)
         return registry is not None and registry.may_open(ids)
 
+    def row(self, prompt: Tokens, continuations: Sequence[Tokens], known: LastTokenStates | None) -> bool:
+        """Can a kept edit change a decode of `prompt` that goes on with any of `continuations`? As for one
+        text, less the edits whose routers surely turn the prompt down (by the base model's states `known`):
+        they stay off for the whole row (edit/gate_registry.py: row_may_open)."""
+        if self.everywhere:
+            return True
+        registry = self.model.__dict__.get(REGISTRY_ATTRIBUTE)
+        return registry is not None and registry.row_may_open(prompt, continuations, known)
+
 
 class KeptEditsCache(BaseAnswerCache):
     """`probe_base`'s cache at a step of a sequence: the base model's decode of a row no kept edit can reach
@@ -60,15 +69,19 @@ class KeptEditsCache(BaseAnswerCache):
     def decoded(self, lm: LoadedModel, rows: Sequence[DecodeRow], state_layers: Sequence[int] = ()) -> list[Decoded]:
         """As the base cache's, but a row decoded now is decoded on the model as the kept edits leave it, so
         it leaves no state (`state_layers` is not read)."""
-        served = [self._unreached(lm, row) for row in rows]
+        states = self.states(lm)
+        served = [self._unreached(lm, row, states) for row in rows]
         out, missing = missing_decoded(lm, rows, served)  # decoded on the model as it is, and not stored
         self.served += len(rows) - len(missing)
         return out
 
-    def _unreached(self, lm: LoadedModel, row: DecodeRow) -> Decoded | None:
-        """The base model's stored decode of `row` where no kept edit reaches it; else None."""
+    def _unreached(self, lm: LoadedModel, row: DecodeRow, states: LastTokenStates | None) -> Decoded | None:
+        """The base model's stored decode of `row` where no kept edit reaches it (`states`: the base model's,
+        for the kept edits' routers); else None."""
         known = self.base.stored(lm, row)
-        return known if known is not None and not row_reached(self.reach, row, known.tokens) else None
+        if known is None or row_reached(lambda p, c: self.reach.row(p, c, states), row, known.tokens):
+            return None
+        return known
 
     def states(self, lm: LoadedModel) -> LastTokenStates | None:
         """The base model's last-token states while no kept edit changed the weights (a router's pass turns
