@@ -7,6 +7,7 @@
     python bench/benchmark.py --skip-suite --skip-conversion
     python bench/benchmark.py --against HEAD~3     # this checkout and HEAD~3 (a git worktree), interleaved
     python bench/benchmark.py --against HEAD --skip-cases --repeats 3   # first conversions only, A B B A ...
+    python bench/benchmark.py --against HEAD~1 --fresh-probes --skip-conversion   # base probes that decode
     python bench/benchmark.py --set train_precision=bfloat16 --skip-suite   # the cases with other settings
     python bench/benchmark.py --against-set train_precision=bfloat16 --skip-conversion --skip-suite --skip-load
 
@@ -29,7 +30,9 @@ B A A B ..., so that both see the same machine state; the table gives each phase
 ratio. Absolute seconds differ across machines; ratios measured in one run do not. The answers of both are
 compared too (a hash of every base and edited answer per case). The first conversion is timed for both as
 well, --repeats times each in the same interleaved order, each in a fresh process into an empty cache, and the
-weights hashes the two conversions record are compared.
+weights hashes the two conversions record are compared. A worker keeps the base model's decodes of a case for
+its next run of it, as a warm suite does; with --fresh-probes, every case run starts from an empty cache
+instead, so that base_probe_seconds is what the base probe costs when it decodes every row.
 
 --set KEY=VALUE puts method settings over every case's own (this checkout's runs; the suite runs the cases'
 own settings, so it is not measured then). --against-set KEY=VALUE compares this checkout with those
@@ -81,10 +84,13 @@ PHASES = ("base_probe_seconds", "localize_seconds", "stages_seconds", "edit_seco
 class Worker:
     """bench/case_worker.py running one checkout's code."""
 
-    def __init__(self, checkout: Path, cases: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, checkout: Path, cases: Path, overrides: dict[str, Any] | None = None, fresh_probes: bool = False
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(checkout)}
+        fresh = ["--fresh-probes"] if fresh_probes else []
         self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), str(cases), json.dumps(overrides or {})],
+            [sys.executable, str(WORKER), str(cases), json.dumps(overrides or {}), *fresh],
             env=env,
             text=True,
             stdin=subprocess.PIPE,
@@ -339,8 +345,9 @@ def measure_against(args: argparse.Namespace) -> int:
             )
         try:
             if not args.skip_cases:
-                b_side = Worker(other if args.against else REPO, args.cases, {**args.set, **args.against_set})
-                workers = {"A": Worker(REPO, args.cases, args.set), "B": b_side}
+                b_overrides = {**args.set, **args.against_set}
+                b_side = Worker(other if args.against else REPO, args.cases, b_overrides, args.fresh_probes)
+                workers = {"A": Worker(REPO, args.cases, args.set, args.fresh_probes), "B": b_side}
                 results: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
                 order = ["A", "B"]
                 for case in [c for _ in range(args.repeats) for c in case_files(args.cases)]:
@@ -440,6 +447,12 @@ def main() -> int:
     parser.add_argument("--against", metavar="REV", help="also run REV (a git worktree) and print ratios")
     parser.add_argument("--skip-conversion", action="store_true")
     parser.add_argument("--skip-cases", action="store_true", help="with --against: only the first conversions")
+    parser.add_argument(
+        "--fresh-probes",
+        action="store_true",
+        help="with --against: each case run starts from an empty cache of the base model's decodes (its base probe "
+        "decodes every row), not from the worker's earlier run of it",
+    )
     parser.add_argument("--skip-suite", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--skip-readme", action="store_true", help="not README command 1 in a fresh clone")

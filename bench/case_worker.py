@@ -1,11 +1,13 @@
 """A long-lived worker of bench/benchmark.py: loads the embedded model once, then runs fact cases on request.
 
-    PYTHONPATH=<checkout> python bench/case_worker.py <cases folder> ['{"KEY": VALUE, ...}']
+    PYTHONPATH=<checkout> python bench/case_worker.py <cases folder> ['{"KEY": VALUE, ...}'] [--fresh-probes]
 
 It prints one JSON line when ready (import and load seconds), then reads case file names on stdin and
 prints one JSON line of timings per case. Run with PYTHONPATH set to another checkout, it measures that
 checkout's code, so that bench/benchmark.py --against can interleave two revisions on one machine. The
-optional JSON object holds method settings put over every case's own (bench/benchmark.py --set).
+optional JSON object holds method settings put over every case's own (bench/benchmark.py --set). With
+--fresh-probes, each case run starts from an empty cache of the base model's decodes and states, as in
+`pytest --factedit-fresh-probes`: its base probe decodes every row (bench/benchmark.py --fresh-probes).
 """
 
 from __future__ import annotations
@@ -93,10 +95,12 @@ def main() -> int:
     print(json.dumps({**ready, "package": pytest_factedit.__file__}), flush=True)
     root = Path(sys.argv[1]).resolve()
     overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    fresh = "--fresh-probes" in sys.argv[3:]
     cache = cache_type()
     for line in sys.stdin:
         path = Path(line.strip())
         case = load_case(path, root=root)
+        cache = cache_type() if fresh else cache
         began = time.perf_counter()
         outcome = run_case(lm, case, resolve_settings({**case.method, **overrides}), cache)
         print(json.dumps(case_timings(outcome, time.perf_counter() - began)), flush=True)
