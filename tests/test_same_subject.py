@@ -371,6 +371,17 @@ def test_the_base_probe_scores_the_edited_candidates_of_the_rows_that_do_not_nam
     assert routed[("same_subject", "The official language of Japan is")] == (how.ids("Seoul"), how.ids("Japanese"))
 
 
+def _recording_decodes(probing: Any, decoded_again: list) -> Any:
+    """`probing.decode_keeping` that first notes the prompt ids of the rows it is asked to decode again."""
+    original = probing.decode_keeping
+
+    def recording(model, tokenizer, requests, keep):
+        decoded_again.extend(r.ids for r in requests)
+        return original(model, tokenizer, requests, keep)
+
+    return recording
+
+
 def test_the_edited_probe_decodes_again_only_the_rows_the_edit_can_reach() -> None:
     """A gated edit cannot act on a text without its subject: the edited probe takes the base decode of such
     a row (its prompt and the base model's tokens after it hold no pattern of the gate) where it scored
@@ -394,11 +405,7 @@ def test_the_edited_probe_decodes_again_only_the_rows_the_edit_can_reach() -> No
     base[3] = decoding.Decoded(base[3].tokens, base[3].ended, {})  # a base decode that scored no candidate
     lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
     decoded_again: list = []
-    original = probing.decode_keeping
-
-    def recording(model, tokenizer, requests, keep):
-        decoded_again.extend(r.ids for r in requests)
-        return original(model, tokenizer, requests, keep)
+    recording = _recording_decodes(probing, decoded_again)
 
     with _hooked(edit), torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         assert not edit.reaches(rows[1].ids) and edit.reaches(rows[1].ids + gate.patterns[0])
@@ -442,11 +449,7 @@ def test_the_edited_probe_takes_the_base_decode_of_a_row_its_router_surely_sends
     base = decoding.decode(model, tok, rows)
     lm = SimpleNamespace(model=model, tokenizer=tok, dtype="float32")
     decoded_again: list = []
-    original = probing.decode_keeping
-
-    def recording(model, tokenizer, requests, keep):
-        decoded_again.extend(r.ids for r in requests)
-        return original(model, tokenizer, requests, keep)
+    recording = _recording_decodes(probing, decoded_again)
 
     with _hooked(edit, sealed=True), torch.no_grad(), pytest.MonkeyPatch.context() as patch:
         unrouted = decoding.decode(model, tok, rows)
