@@ -103,38 +103,65 @@ def _answers(result: Any) -> list[list[tuple[str, str, str, str]]]:
     return [[(a.group, a.prompt, a.base, a.edited) for a in o.answers] for o in result.outcomes]
 
 
-def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int]:
+def _sequence(serve: bool) -> tuple[list[Any], dict[str, Any], int, int]:
     """Two gated edits in sequence on a tiny model: each case's answers, the end figures, and how many rows
-    the steps took from the base model's decodes (none with `serve` off: every row decoded at its step)."""
+    the steps and the end took from the base model's decodes (none with `serve` off: every row decoded)."""
     from pytest_factedit.run.many import run_sequence
 
     lm, cases, settings_for = two_case_run()
-    served: list[int] = []
+    served = {"steps": 0, "end": 0}  # the end: every decode after the last step was done
     original = KeptEditsCache.decoded
 
     def counting(self: KeptEditsCache, lm: Any, rows: Any, *layers: Any) -> Any:
         before = self.served
         out = original(self, lm, rows, *layers)
-        served.append(self.served - before)
+        served["end"] += self.served - before
         return out
+
+    def step_done(position: int, outcome: Any) -> None:
+        served["steps"] += served["end"]
+        served["end"] = 0
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(KeptEditsCache, "decoded", counting)
         if not serve:  # every row counts as reached: each step decodes all of them on the model
             patch.setattr(KeptEditReach, "__call__", lambda self, ids: True)
             patch.setattr(KeptEditReach, "row", lambda self, prompt, continuations, known: True)
-        result = run_sequence(lm, cases, settings_for)
+        result = run_sequence(lm, cases, settings_for, each_done=step_done)
     answers = _answers(result)
     figures = {name: m.value for name, m in result.metrics.items() if "latency" not in name}
-    return answers, figures, sum(served)
+    return answers, figures, served["steps"], served["end"]
 
 
-def test_a_sequence_answers_as_when_every_step_decodes_every_row() -> None:
-    served_answers, served_figures, served = _sequence(serve=True)
-    decoded_answers, decoded_figures, none = _sequence(serve=False)
-    assert served > 0 and none == 0
+def test_a_sequence_answers_as_when_every_step_and_the_end_decode_every_row() -> None:
+    served_answers, served_figures, *served = _sequence(serve=True)
+    decoded_answers, decoded_figures, *none = _sequence(serve=False)
+    assert all(count > 0 for count in served) and none == [0, 0]
     assert served_answers == decoded_answers
     assert served_figures == decoded_figures
+
+
+def test_the_rows_checked_again_at_the_end_are_decoded_by_the_base_model_once_in_the_base_pass() -> None:
+    """Each paraphrase, neighbour and same-subject fact is asked as its base probe asks it, so the base pass's
+    decode serves its answer before the first edit: the base model decodes it once."""
+    from pytest_factedit.model import probe_cache
+    from pytest_factedit.run.many import END_GROUPS, run_sequence
+    from pytest_factedit.run.probing import held_requests
+
+    lm, cases, settings_for = two_case_run()
+    decoded: list[Any] = []
+    original = probe_cache.missing_decoded
+
+    def recording(lm: Any, rows: Any, served: Any) -> Any:
+        out, missing = original(lm, rows, served)
+        decoded.extend(rows[i].ids for i in missing)
+        return out, missing
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe_cache, "missing_decoded", recording)
+        run_sequence(lm, cases, settings_for)
+    held = {r.ids for case in cases for _, r in held_requests(lm, case, END_GROUPS)}
+    assert held and {ids: decoded.count(ids) for ids in held} == dict.fromkeys(held, 1)
 
 
 def test_a_step_reads_and_keeps_traces_only_where_no_kept_edit_reaches_the_traced_prompts(tmp_path) -> None:

@@ -17,7 +17,7 @@ from ..edit.gate_memory import kept_edit_bytes
 from ..edit.gate_registry import REGISTRY_ATTRIBUTE, GateRegistry, router_states_served
 from ..edit.settings import EditSettings
 from ..errors import RestoreError, explained
-from ..metrics.answers import ProbedAnswer
+from ..metrics.answers import Group, ProbedAnswer
 from ..metrics.measure import EditCheck, ManyEvidence, MetricValue, retained_by_case
 from ..metrics.spec import MANY_METRICS
 from ..model.decoding import MAX_BATCH_ROWS, DecodeRow, decode, prefill, token_batches
@@ -36,17 +36,16 @@ from .probing import (
     ProbePlan,
     ProbeRow,
     base_answer,
+    held_requests,
     latency_timings,
     probe_base,
     probe_edit,
-    probe_rows,
 )
 from .sequence_base import KeptEditReach, KeptEditsCache
 
 if TYPE_CHECKING:
     from ..cases.schema import FactCase
     from ..model.load import LoadedModel
-    from ..model.text import Chat
     from .planned import PlannedCase
 
 SettingsFor = Callable[["FactCase"], EditSettings]
@@ -92,20 +91,19 @@ def _measured(
     )
 
 
-Row = tuple[str, int, "Chat"]  # a prompt, its token budget, its chat format
-END_GROUPS = ("paraphrases", "neighbours", "same_subject")  # each case's rows checked again after the last edit
+# each case's rows checked again after the last edit
+END_GROUPS: tuple[Group, ...] = ("paraphrases", "neighbours", "same_subject")
 
 
 def _answered_together(
-    lm: LoadedModel, parts: Sequence[Sequence[Row]], base: BaseAnswerCache | None = None
+    lm: LoadedModel, parts: Sequence[Sequence[DecodeRow]], cache: BaseAnswerCache | None = None
 ) -> list[list[str]]:
-    """The greedy continuation of every row of every part, decoded in one batched run (chat formats mixed;
-    each row as `greedy_continuations` decodes it), split back into the parts; with `base` (the model is the
-    base model), through that cache of its decodes."""
-    rows = [DecodeRow(encode_prompt(lm.tokenizer, p, chat), budget, True) for part in parts for p, budget, chat in part]
+    """The greedy continuation of every row of every part, decoded in one batched run (chat formats mixed),
+    split back into the parts; with `cache`, through it (the base model's decodes where it serves them)."""
+    rows = [row for part in parts for row in part]
     texts = []
     if rows:
-        decoded = base.decoded(lm, rows) if base is not None else decode(lm.model, lm.tokenizer, rows)
+        decoded = cache.decoded(lm, rows) if cache is not None else decode(lm.model, lm.tokenizer, rows)
         texts = continuation_texts(lm.model, lm.tokenizer, decoded)
     out, start = [], 0
     for part in parts:
@@ -131,8 +129,10 @@ class _ControlCheck:
         if cache is not None:
             self.answered_before(self._from_cache(cache))
 
-    def rows(self) -> list[Row]:
-        return [(p, budget, self.chat[p]) for p, budget in zip(self.answers, self.budgets)]
+    def rows(self) -> list[DecodeRow]:
+        """Each control decoded as `greedy_continuations` decodes it: to its budget or the first line break."""
+        ids = [encode_prompt(self.lm.tokenizer, p, self.chat[p]) for p in self.answers]
+        return [DecodeRow(i, budget, True) for i, budget in zip(ids, self.budgets)]
 
     def answered_before(self, base: Sequence[str]) -> None:
         self.base = dict(zip(self.answers, base))
@@ -159,19 +159,19 @@ class _ControlCheck:
 
 class _HeldRows:
     """Each case's paraphrases, neighbours and same-subject facts (END_GROUPS), answered by the base model
-    before the first edit, to be answered again after the last."""
+    before the first edit, to be answered again after the last. Each is decoded as the base probe decodes
+    it (`held_requests`: its answer ends once settled), so the base pass's decode serves it."""
 
     def __init__(self, lm: LoadedModel, cases: Sequence[FactCase]) -> None:
-        self.rows_by_case = {c.id: [r for r in probe_rows(c, lm.tokenizer) if r.group in END_GROUPS] for c in cases}
-        self.chat = {c.id: c.chat_format for c in cases}
+        self.requests_by_case = {c.id: held_requests(lm, c, END_GROUPS) for c in cases}
         self.base: dict[str, list[ProbedAnswer]] = {}
 
-    def rows(self, case_ids: Sequence[str]) -> list[list[Row]]:
-        return [[(r.prompt, r.budget, self.chat[i]) for r in self.rows_by_case[i]] for i in case_ids]
+    def rows(self, case_ids: Sequence[str]) -> list[list[DecodeRow]]:
+        return [[request for _, request in self.requests_by_case[i]] for i in case_ids]
 
     def answered_before(self, case_ids: Sequence[str], base: Sequence[Sequence[str]]) -> None:
         for case_id, texts in zip(case_ids, base):
-            rows: list[ProbeRow] = self.rows_by_case[case_id]
+            rows: list[ProbeRow] = [row for row, _ in self.requests_by_case[case_id]]
             self.base[case_id] = [base_answer(r, text) for r, text in zip(rows, texts)]
 
     def answered_now(self, case_id: str, now: Sequence[str]) -> tuple[ProbedAnswer, ...]:
@@ -182,7 +182,7 @@ def _answered_before_any_edit(
     lm: LoadedModel, cases: Sequence[FactCase], base: BaseAnswerCache
 ) -> tuple[_ControlCheck, _HeldRows]:
     """Every control and every case's END_GROUPS rows, answered by the base model in one batched run (through
-    `base`, the run's cache of its decodes: an earlier run's serve)."""
+    `base`, the run's cache of its decodes: the base pass's, or an earlier run's, serve)."""
     controls, held = _ControlCheck(lm, cases), _HeldRows(lm, cases)
     ids = [c.id for c in cases]
     answered = _answered_together(lm, [controls.rows(), *held.rows(ids)], base)
@@ -191,19 +191,20 @@ def _answered_before_any_edit(
     return controls, held
 
 
-def _prompt_rows(lm: LoadedModel, case: FactCase) -> list[Row]:
+def _prompt_rows(lm: LoadedModel, case: FactCase) -> list[DecodeRow]:
     budget = answer_token_budget(lm.tokenizer, case.old + case.new, case.chat_format)
-    return [(p, budget, case.chat_format) for p in case.prompts]
+    return [DecodeRow(encode_prompt(lm.tokenizer, p, case.chat_format), budget, True) for p in case.prompts]
 
 
 def _answered_at_end(
-    lm: LoadedModel, ran: Sequence[CaseOutcome], controls: _ControlCheck, held: _HeldRows
+    lm: LoadedModel, ran: Sequence[CaseOutcome], controls: _ControlCheck, held: _HeldRows, cache: KeptEditsCache
 ) -> ManyEvidence:
     """After the last sequential edit: every edited case's prompts and END_GROUPS rows and every control,
-    answered in one batched run, and the latency with every gated edit active."""
+    answered in one batched run (`cache` serves the rows no kept edit reaches, as at a step), and the latency
+    with every gated edit active."""
     ids = [o.case.id for o in ran]
     prompts = [_prompt_rows(lm, o.case) for o in ran]
-    answered = _answered_together(lm, [controls.rows(), *prompts, *held.rows(ids)])
+    answered = _answered_together(lm, [controls.rows(), *prompts, *held.rows(ids)], cache)
     prompts_now, held_now = answered[1 : 1 + len(ran)], answered[1 + len(ran) :]
     edits = tuple(
         EditCheck(o.case.id, o.case.new, o.case.old, o.case.prompts, tuple(now), held.answered_now(o.case.id, rows))
@@ -337,7 +338,8 @@ def run_sequence(
     may already hold them from an earlier run), and a step decodes again only the rows its kept edits can
     reach (run/sequence_base.py).
     At the end every edit's prompts, paraphrases, neighbours and same-subject facts and every control are
-    answered again in one batched run (their base answers were, before the first edit), the latency with
+    answered again in one batched run (their base answers were, before the first edit, served by the base
+    pass; a row no kept edit reaches takes its base decode, as at a step), the latency with
     every gated edit on and off is timed and the bytes the kept edits hold are counted; then all weights
     are put back. With `save_dir`, each edit is saved before it is merged, to save_dir/<sequence_folder>/.
     `each_done(position, outcome)` hears of each case as soon as it is measured (a long run's progress).
@@ -354,8 +356,10 @@ def run_sequence(
         kept_edits_released(lm.model),
     ):
         base = base if base is not None else BaseAnswerCache()
-        controls, held = _answered_before_any_edit(lm, cases, base)
+        # before resume() puts edits back; else after the base pass, whose decodes then serve them
+        answered_first = _answered_before_any_edit(lm, cases, base) if resume is not None else None
         done, step_base, pass_seconds = _resumed_on_base(lm, cases, settings_for, base, resume, plan)
+        controls, held = answered_first or _answered_before_any_edit(lm, cases, base)
         outcomes += done
         for position, case in enumerate(cases[len(outcomes) :], start=len(outcomes)):
             settings = None
@@ -368,7 +372,7 @@ def run_sequence(
             if each_done is not None:
                 each_done(position, outcomes[-1])
         with router_states_served(lm.model, step_base.states(lm)):
-            evidence = _answered_at_end(lm, [o for o in outcomes if o.status == "ran"], controls, held)
+            evidence = _answered_at_end(lm, [o for o in outcomes if o.status == "ran"], controls, held, step_base)
         memory = kept_edit_bytes(lm.model)
     result = _measured(outcomes, evidence, check.restored, started)
     result.memory = memory

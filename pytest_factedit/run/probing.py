@@ -236,6 +236,13 @@ def base_requests(
     return [] if too_long(lm, case, settings, requests) else requests
 
 
+def held_requests(lm: LoadedModel, case: FactCase, groups: Sequence[Group]) -> list[tuple[ProbeRow, DecodeRow]]:
+    """`case`'s rows of `groups`, each with the decode the base probe asks of it less its candidates: the same
+    stop rules (an answer ends once settled, as it is judged), so the base probe's decode serves the row."""
+    how = _decoding(lm, case, DEFAULT_PLAN)
+    return [(r, how.request(r, ())) for r in probe_rows(case, lm.tokenizer) if r.group in groups]
+
+
 def probe_base(
     lm: LoadedModel,
     case: FactCase,
