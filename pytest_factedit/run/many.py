@@ -21,7 +21,7 @@ from ..metrics.answers import Group, ProbedAnswer
 from ..metrics.measure import EditCheck, ManyEvidence, MetricValue, retained_by_case
 from ..metrics.spec import MANY_METRICS
 from ..model.decoding import MAX_BATCH_ROWS, DecodeRow, decode, prefill, token_batches
-from ..model.probe import continuation_texts
+from ..model.probe import continuation_rows, continuation_texts
 from ..model.probe_cache import base_decodes_served
 from ..model.targets import TargetModules, merged_targets
 from ..model.text import answer_token_budget, encode_prompt
@@ -130,9 +130,9 @@ class _ControlCheck:
             self.answered_before(self._from_cache(cache))
 
     def rows(self) -> list[DecodeRow]:
-        """Each control decoded as `greedy_continuations` decodes it: to its budget or the first line break."""
-        ids = [encode_prompt(self.lm.tokenizer, p, self.chat[p]) for p in self.answers]
-        return [DecodeRow(i, budget, True) for i, budget in zip(ids, self.budgets)]
+        """Each control decoded as `greedy_continuations` decodes it (in its own chat format)."""
+        tokenizer = self.lm.tokenizer
+        return [continuation_rows(tokenizer, [p], [b], self.chat[p])[0] for p, b in zip(self.answers, self.budgets)]
 
     def answered_before(self, base: Sequence[str]) -> None:
         self.base = dict(zip(self.answers, base))
@@ -193,7 +193,7 @@ def _answered_before_any_edit(
 
 def _prompt_rows(lm: LoadedModel, case: FactCase) -> list[DecodeRow]:
     budget = answer_token_budget(lm.tokenizer, case.old + case.new, case.chat_format)
-    return [DecodeRow(encode_prompt(lm.tokenizer, p, case.chat_format), budget, True) for p in case.prompts]
+    return continuation_rows(lm.tokenizer, case.prompts, [budget] * len(case.prompts), case.chat_format)
 
 
 def _answered_at_end(
