@@ -4,6 +4,8 @@ it runs then, bit for bit: tests/test_router.py).
 
     python bench/router_replay.py --logs bench/results/editors26-learn-stop-0.8-same-subject-shard*.jsonl \
         --method "ia3-two-stage learn_stop_prob=0.8" --from-end 1 2 3 --margin 0 0.01 0.015 0.02
+    # a rule the plugin does not have, replayed beside: the subject's other relations as a second test
+    python bench/router_replay.py --logs ... --method ... --from-end 2 --margin 0.015 --other-relations 0 -0.02
 
 The router is the plugin's own (`edit/router.py: build_router`, `layer_states`), built from each fact's
 prompts and subject as an edit builds it. Only the texts the subject gate opens on are routed (the
@@ -11,6 +13,13 @@ prompts, which always pass, paraphrases, aliases, same-subject facts); context r
 their count needs each row's expected answer. Counts are the plugin's own (`metrics/measure.py`): forget and
 paraphrases count what the base model answered with `old`, same-subject facts what it got right. With no
 router (`--from-end 0`) the counts are the log's own.
+
+`--other-relations D` replays a stricter rule beside each margin: a text that passes must also be as similar
+to the edit's prompts as to the nearest of the subject's other relations, plus D (D < 0: a slack). Those
+are the editor's `relation_rows` questions (`edit/retention.py: RELATION_TEMPLATES`) that the base model
+does not answer with `old` (`edit/objectives.py: subject_rows` drops the edited relation's so), and only
+those below the subject's general texts' similarity to the prompts (one as near as that asks the edited
+relation).
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ from typing import Any
 
 from pytest_factedit.cases import load_case
 from pytest_factedit.edit.base import EditRequest
-from pytest_factedit.edit.router import build_router, router_layer, texts_states
-from pytest_factedit.metrics.answers import ProbedAnswer, first_words
+from pytest_factedit.edit.objectives import subject_decode_rows
+from pytest_factedit.edit.retention import RELATION_TEMPLATES, subject_texts
+from pytest_factedit.edit.router import RelationRouter, build_router, router_layer, texts_states
+from pytest_factedit.edit.settings import TrainingLoopSettings
+from pytest_factedit.metrics.answers import ProbedAnswer, first_words, matches
 from pytest_factedit.metrics.measure import (
     CaseEvidence,
     alias_samples,
@@ -33,7 +45,8 @@ from pytest_factedit.metrics.measure import (
     same_subject_samples,
 )
 from pytest_factedit.model.load import load
-from pytest_factedit.model.text import encode_prompt
+from pytest_factedit.model.probe_cache import base_decode
+from pytest_factedit.model.text import encode_prompt, one_text
 
 HERE = Path(__file__).parent
 ROUTED = ("paraphrases", "aliases", "same_subject")
@@ -76,8 +89,11 @@ def evidence(fact: dict[str, Any], answers: list[list[str]], verdict: list[bool]
     return CaseEvidence(tuple(probed), fact["old"], fact["new"])
 
 
-def passed(loaded: Any, fact: dict[str, Any], answers: list[list[str]], from_end: int, margin: float) -> list[bool]:
-    """The router's verdict on each answer's text (True where it is not routed)."""
+def passed(
+    loaded: Any, fact: dict[str, Any], answers: list[list[str]], from_end: int, margin: float, other: float | None
+) -> list[bool]:
+    """The router's verdict on each answer's text (True where it is not routed); with `other`, the stricter
+    rule of `--other-relations` on top."""
     if not from_end:
         return [True] * len(answers)
     model, tok = loaded.model, loaded.tokenizer
@@ -88,9 +104,39 @@ def passed(loaded: Any, fact: dict[str, Any], answers: list[list[str]], from_end
     verdict = [True] * len(answers)
     if rows:
         texts = [encode_prompt(tok, answers[i][1], False) for i in rows]
-        for i, ok in zip(rows, router.passes(texts_states(model, texts, router.layer, int(tok.pad_token_id)))):
-            verdict[i] = ok
+        states = texts_states(model, texts, router.layer, int(tok.pad_token_id))
+        nearer = other_relations_test(loaded, request, router, margin, states, other)
+        for i, ok, near in zip(rows, router.passes(states), nearer):
+            verdict[i] = ok and near
     return verdict
+
+
+def other_relations_test(
+    loaded: Any, request: EditRequest, router: RelationRouter, margin: float, states: Any, other: float | None
+) -> list[bool]:
+    """For each row of `states`: is the text's similarity to the edit's prompts at least its similarity to the
+    nearest of the subject's other relations plus `other`? (All True with `other` None, or no such relation.)"""
+    import torch
+
+    if other is None:
+        return [True] * states.shape[0]
+    model, tok = loaded.model, loaded.tokenizer
+    asked = subject_texts(request.subject, request.prompts, len(RELATION_TEMPLATES), RELATION_TEMPLATES)
+    rows = subject_decode_rows(tok, request, TrainingLoopSettings(subject_rows=0, relation_rows=len(asked)))
+    kept = [
+        row.ids
+        for row, found in zip(rows, base_decode(model, tok, rows))
+        if not matches(one_text(tok.decode(list(found.tokens))), request.old)
+    ]
+    if not kept:
+        return [True] * states.shape[0]
+    unit = torch.nn.functional.normalize(texts_states(model, kept, router.layer, int(tok.pad_token_id)).float(), dim=-1)
+    far = unit[(unit @ router.references.T).amax(-1) < router.threshold + margin]
+    if not far.shape[0]:
+        return [True] * states.shape[0]
+    texts = torch.nn.functional.normalize(states.float(), dim=-1)
+    to_prompts, to_far = (texts @ router.references.T).amax(-1), (texts @ far.T).amax(-1)
+    return [bool(b) for b in (to_prompts >= to_far + other).tolist()]
 
 
 def main() -> None:
@@ -99,6 +145,7 @@ def main() -> None:
     parser.add_argument("--method", required=True, help="the logs' method name, as its rows name it")
     parser.add_argument("--from-end", type=int, nargs="+", default=[2])
     parser.add_argument("--margin", type=float, nargs="+", default=[0.015])
+    parser.add_argument("--other-relations", type=float, nargs="*", default=[], metavar="D")
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "counterfact-train.json")
     args = parser.parse_args()
     info = facts_info(args.data)
@@ -108,17 +155,23 @@ def main() -> None:
     print(f"{len(records)} facts of {args.method!r}")
     for from_end in args.from_end:
         for margin in args.margin if from_end else [0.0]:
-            totals = {name: [0, 0] for name in COUNTED}
-            for record in records:
-                answers = record["values"]["answers"]
-                fact = info[record["fact"]]
-                measured = evidence(fact, answers, passed(loaded, fact, answers, from_end, margin))
-                for name, samples in COUNTED.items():
-                    hits = [sample.hit for sample in samples(measured)]
-                    totals[name][0] += sum(hits)
-                    totals[name][1] += len(hits)
-            rates = "  ".join(f"{k} {v[0] / v[1]:.3f} ({v[0]}/{v[1]})" for k, v in sorted(totals.items()) if v[1])
-            print(f"from_end {from_end} margin {margin}: {rates}")
+            for other in [None, *args.other_relations] if from_end else [None]:
+                rule = f"from_end {from_end} margin {margin}" + ("" if other is None else f" other relations {other}")
+                print(f"{rule}: {rates(loaded, info, records, (from_end, margin, other))}", flush=True)
+
+
+def rates(loaded: Any, info: dict[str, dict[str, Any]], records: list[dict[str, Any]], rule: tuple) -> str:
+    """Each count's rate and hits over the logged facts, replayed under `rule` (from_end, margin, other)."""
+    totals = {name: [0, 0] for name in COUNTED}
+    for record in records:
+        answers = record["values"]["answers"]
+        fact = info[record["fact"]]
+        measured = evidence(fact, answers, passed(loaded, fact, answers, *rule))
+        for name, samples in COUNTED.items():
+            hits = [sample.hit for sample in samples(measured)]
+            totals[name][0] += sum(hits)
+            totals[name][1] += len(hits)
+    return "  ".join(f"{k} {v[0] / v[1]:.3f} ({v[0]}/{v[1]})" for k, v in sorted(totals.items()) if v[1])
 
 
 if __name__ == "__main__":
