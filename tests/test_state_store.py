@@ -228,3 +228,38 @@ def test_the_layers_kept_are_those_a_routed_editors_settings_read(setup) -> None
     assert settings_router_layers(model, resolve_settings({"router_layer_from_end": 0})) == ()
     assert settings_router_layers(model, resolve_settings({"gain_positions": "every"})) == ()
     assert settings_router_layers(model, resolve_settings({"name": "rome"})) == ()
+
+
+def test_a_router_is_built_from_the_kept_states_of_its_texts_and_one_pass_over_the_others(setup, monkeypatch) -> None:
+    """The base probe decodes an edit's prompts and the subject's general texts; the router built after the
+    edit reads their states there and computes only the prompts behind a training prefix, which it keeps."""
+    from pytest_factedit.edit import router as router_module
+    from pytest_factedit.edit.base import EditRequest
+    from pytest_factedit.edit.retention import SUBJECT_TEMPLATES, subject_texts
+
+    model, tok = setup
+    computed: list[int] = []
+    real = router_module.layer_states
+    monkeypatch.setattr(
+        router_module,
+        "layer_states",
+        lambda m, layers, mask, **k: computed.append(len(k["input_ids"])) or real(m, layers, mask, **k),
+    )
+    request = EditRequest("Japan", (ASKED, "Japan's capital is"), ("Tokyo",), ("Seoul",))
+    prefixes = ("", "Here is a fact. ")
+    general = subject_texts("Japan", request.prompts, len(SUBJECT_TEMPLATES))
+    probed = [encode_prompt(tok, t, False) for t in (*request.prompts, *general, OTHER)]
+    states = LastTokenStates(IDENTITY, model.config.hidden_size)
+    with states_recorded(model, [1], states):  # as the base probe decodes them, in one batch
+        decode(model, tok, [DecodeRow(t, 2, False) for t in probed])
+    fresh = router_module.build_router(model, tok, [request], prefixes, 1, 0.01)
+    assert computed == [2 * len(request.prompts) + len(general)]
+    kept = router_module.build_router(model, tok, [request], prefixes, 1, 0.01, states)
+    assert computed[1:] == [len(request.prompts)]  # the prompts behind "Here is a fact. " only
+    assert torch.allclose(kept.references, fresh.references, atol=1e-6)
+    assert kept.threshold == pytest.approx(fresh.threshold, abs=1e-6)
+    prefixed = encode_prompt(tok, "Here is a fact. " + ASKED, False)
+    assert states.get(1, prefixed) is not None
+    again = router_module.build_router(model, tok, [request], prefixes, 1, 0.01, states)
+    assert computed[2:] == [] and torch.equal(again.references, kept.references)
+    assert again.threshold == kept.threshold

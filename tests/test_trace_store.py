@@ -111,6 +111,40 @@ def test_the_routers_states_come_from_the_base_probe_or_an_earlier_run_and_answe
     assert len(computed) == 1 and _judged(fresh) == _judged(first)
 
 
+def test_an_edits_router_reads_the_states_its_base_probe_kept_in_a_run(tiny_case, monkeypatch):
+    """Inside a run the router built after training reads the base probe's states of the case's prompts and
+    of the subject's general texts (the editor's rows, decoded in the probe's batch): its own pass holds
+    only the prompts behind a training prefix. Outside a run (no base cache) it computes them all."""
+    from pytest_factedit.edit import router as router_module
+    from pytest_factedit.edit.base import EditRequest
+    from pytest_factedit.edit.retention import SUBJECT_TEMPLATES, subject_texts
+
+    lm, case = tiny_case
+    built: list[int] = []
+    real = router_module.texts_states
+
+    def counted(model: Any, texts: Any, layer: int, pad: int) -> Any:
+        built.append(len(texts))
+        return real(model, texts, layer, pad)
+
+    monkeypatch.setattr(router_module, "texts_states", counted)
+    settings = resolve_settings(case.method)
+    cache = BaseAnswerCache(None)
+    first = run_case(lm, case, settings, cache, plan=ProbePlan(latency_repeats=0))
+    assert first.status == "ran", first.reason
+    prompts, prefixes = len(case.prompts), len(settings.context_prefixes)
+    behind = [encode_prompt(lm.tokenizer, p + t, False) for p in settings.context_prefixes[1:] for t in case.prompts]
+    paraphrases = {encode_prompt(lm.tokenizer, t, False) for t in case.paraphrases}
+    assert built == [sum(ids not in paraphrases for ids in behind)] == [1]  # the paraphrase spells one of them
+    with probe_cache.base_decodes_served(cache, lm):
+        assert probe_cache.served_base_states(lm.model) is cache.states(lm)
+    assert probe_cache.served_base_states(lm.model) is None
+    request = EditRequest(case.subject, tuple(case.prompts), tuple(case.old), tuple(case.new))
+    router_module.build_router(lm.model, lm.tokenizer, [request], settings.context_prefixes, 1, 0.01)
+    general = subject_texts(case.subject, case.prompts, len(SUBJECT_TEMPLATES))
+    assert built[1:] == [prompts * prefixes + len(general)]
+
+
 def test_the_editor_is_served_only_by_the_base_model_as_loaded(tiny_case, tmp_path, monkeypatch):
     lm, _ = tiny_case
     calls: list[int] = []

@@ -146,6 +146,25 @@ def texts_states(model: PreTrainedModel, texts: Sequence[tuple[int, ...]], layer
     return layer_states(model, [layer], mask, input_ids=ids, position_ids=positions)[layer]
 
 
+def known_texts_states(
+    model: PreTrainedModel, texts: Sequence[tuple[int, ...]], layer: int, pad_id: int, known: KnownStates | None
+) -> torch.Tensor:
+    """`texts_states` in fp32, reading the texts `known` keeps there; the others come from one pass, and are
+    kept there. A kept state may differ from the one this pass would give in the last bits (another batch)."""
+    import torch
+
+    found = [known.get(layer, tuple(t)) if known is not None else None for t in texts]
+    missing = [i for i, state in enumerate(found) if state is None]
+    if missing:
+        computed = texts_states(model, [texts[i] for i in missing], layer, pad_id)
+        for i, state in zip(missing, computed):
+            found[i] = state
+        if known is not None:
+            known.add(layer, {tuple(texts[i]): computed[j] for j, i in enumerate(missing)})
+    device = next(model.parameters()).device
+    return torch.stack([state.to(device).float() for state in found if state is not None])
+
+
 def build_router(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -153,9 +172,11 @@ def build_router(
     prefixes: Sequence[str],
     layer: int,
     margin: float,
+    known: KnownStates | None = None,
 ) -> RelationRouter:
     """The router of an edit of `requests`: its prompts behind each training prefix as references, the
-    subject's general texts as the threshold's measure. Run with every edit on the model off."""
+    subject's general texts as the threshold's measure. Run with every edit on the model off; `known`: the
+    base model's states kept by text (the base probe decoded the prompts and the general texts)."""
     import torch
 
     prompts = [
@@ -170,7 +191,7 @@ def build_router(
         for t in subject_texts(r.subject, r.prompts, len(SUBJECT_TEMPLATES))
     ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    states = torch.nn.functional.normalize(texts_states(model, prompts + general, layer, int(pad)).float(), dim=-1)
+    states = torch.nn.functional.normalize(known_texts_states(model, prompts + general, layer, int(pad), known), dim=-1)
     references, others = states[: len(prompts)], states[len(prompts) :]
     highest = float((others @ references.T).max()) if len(general) else -1.0
     return RelationRouter(layer, references.cpu(), highest - margin)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..infra.files import write_atomic
 from ..model.precision import training_precision
+from ..model.probe_cache import served_base_states
 from ..model.targets import TargetModules, lowest_layer
 from .base import EditHandle, EditRequest, keep_until_released
 from .gate import SubjectGate
@@ -153,8 +154,10 @@ class Gating:
         requests: Sequence[EditRequest],
         prefixes: Sequence[str],
     ) -> RelationRouter | None:
-        layers = self.router_layers(model)
-        return build_router(model, tokenizer, requests, prefixes, layers[0], self.router_margin) if layers else None
+        if not (layers := self.router_layers(model)):
+            return None
+        known = served_base_states(model)  # inside a run: what its base probe kept of the same texts
+        return build_router(model, tokenizer, requests, prefixes, layers[0], self.router_margin, known)
 
     def router_layers(self, model: PreTrainedModel) -> tuple[int, ...]:
         """The decoder layer whose output the router reads at a text's last token; none without a router."""

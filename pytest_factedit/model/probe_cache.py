@@ -251,6 +251,15 @@ def base_decode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows
         return decode(model, tokenizer, rows)
 
 
+def served_base_states(model: PreTrainedModel) -> LastTokenStates | None:
+    """Inside `base_decodes_served` for `model` as loaded: the serving cache's last-token states of the base
+    model (what a router built then reads); else None."""
+    serving = _SERVING.get()
+    if serving is None or not _as_loaded(model, serving[1]):
+        return None
+    return serving[0].states(serving[1])
+
+
 def _as_loaded(model: PreTrainedModel, lm: LoadedModel) -> bool:
     """Is `model` the loaded one, computing in its loaded dtype (no bf16 autocast of a training precision)?"""
     import torch
