@@ -48,6 +48,19 @@ def router_for(model: Any, tok: Any, text: str, threshold: float = 0.9999) -> Re
     return RelationRouter(1, torch.nn.functional.normalize(state.float(), dim=-1), threshold)
 
 
+def counted_passes(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[int]:
+    """From here on, the number of rows of each `layer_states` pass that `module` (which imports it) runs."""
+    passes: list[int] = []
+    real = module.layer_states
+
+    def counted(model: Any, layers: Any, mask: Any, **inputs: Any) -> Any:
+        passes.append(len(inputs["input_ids"]))
+        return real(model, layers, mask, **inputs)
+
+    monkeypatch.setattr(module, "layer_states", counted)
+    return passes
+
+
 def batch(tok: Any) -> dict[str, Any]:
     ids, mask, positions = left_padded([encode_prompt(tok, t, False) for t in TEXTS], tok.pad_token_id, "cpu")
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}

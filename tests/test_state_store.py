@@ -23,7 +23,7 @@ from pytest_factedit.model.state_store import LastTokenStates, row_texts, states
 from pytest_factedit.model.text import encode_prompt  # noqa: E402
 
 from .stacked_gates import registered  # noqa: E402
-from .test_router import ASKED, OTHER, TEXTS, japan_edit, logits, router_for  # noqa: E402
+from .test_router import ASKED, OTHER, TEXTS, counted_passes, japan_edit, logits, router_for  # noqa: E402
 from .tiny import piece_tokenizer, tiny_model  # noqa: E402
 
 IDENTITY = {"weights": "w", "dtype": "float32"}
@@ -150,13 +150,7 @@ def test_only_texts_read_as_they_would_be_alone_are_keyed(setup) -> None:
 
 def test_served_states_replace_the_routers_pass_and_answer_bit_for_bit_the_same(setup, monkeypatch) -> None:
     model, tok = setup
-    computed: list[int] = []
-    real = gate_registry.layer_states
-    monkeypatch.setattr(
-        gate_registry,
-        "layer_states",
-        lambda m, layers, mask, **k: computed.append(len(k["input_ids"])) or real(m, layers, mask, **k),
-    )
+    computed = counted_passes(monkeypatch, gate_registry)
     edit, router = japan_edit(model, tok), router_for(model, tok, ASKED)
     states = LastTokenStates(IDENTITY, model.config.hidden_size)
     with registered([edit]):
@@ -238,13 +232,7 @@ def test_a_router_is_built_from_the_kept_states_of_its_texts_and_one_pass_over_t
     from pytest_factedit.edit.retention import SUBJECT_TEMPLATES, subject_texts
 
     model, tok = setup
-    computed: list[int] = []
-    real = router_module.layer_states
-    monkeypatch.setattr(
-        router_module,
-        "layer_states",
-        lambda m, layers, mask, **k: computed.append(len(k["input_ids"])) or real(m, layers, mask, **k),
-    )
+    computed = counted_passes(monkeypatch, router_module)
     request = EditRequest("Japan", (ASKED, "Japan's capital is"), ("Tokyo",), ("Seoul",))
     prefixes = ("", "Here is a fact. ")
     general = subject_texts("Japan", request.prompts, len(SUBJECT_TEMPLATES))

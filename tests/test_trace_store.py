@@ -27,6 +27,7 @@ from pytest_factedit.model.trace_store import TraceStore
 from pytest_factedit.run.case import localize_case, run_case
 from pytest_factedit.run.probing import ProbePlan
 
+from .test_router import counted_passes
 from .tiny import saved_tiny_llama, tiny_model
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -88,14 +89,7 @@ def test_the_routers_states_come_from_the_base_probe_or_an_earlier_run_and_answe
     from pytest_factedit.edit import gate_registry
 
     lm, case = tiny_case
-    computed: list[int] = []
-    real = gate_registry.layer_states
-
-    def counted(model: Any, layers: Any, mask: Any, **inputs: Any) -> Any:
-        computed.append(len(inputs["input_ids"]))
-        return real(model, layers, mask, **inputs)
-
-    monkeypatch.setattr(gate_registry, "layer_states", counted)
+    computed = counted_passes(monkeypatch, gate_registry)
     settings = resolve_settings(case.method)
     plan = ProbePlan(latency_repeats=0)
     first = run_case(lm, case, settings, BaseAnswerCache(tmp_path), plan=plan)
