@@ -114,14 +114,7 @@ def test_an_edits_router_reads_the_states_its_base_probe_kept_in_a_run(tiny_case
     from pytest_factedit.edit.retention import SUBJECT_TEMPLATES, subject_texts
 
     lm, case = tiny_case
-    built: list[int] = []
-    real = router_module.texts_states
-
-    def counted(model: Any, texts: Any, layer: int, pad: int) -> Any:
-        built.append(len(texts))
-        return real(model, texts, layer, pad)
-
-    monkeypatch.setattr(router_module, "texts_states", counted)
+    built = counted_passes(monkeypatch, router_module)  # the router's own passes (texts_states)
     settings = resolve_settings(case.method)
     cache = BaseAnswerCache(None)
     first = run_case(lm, case, settings, cache, plan=ProbePlan(latency_repeats=0))
