@@ -6,6 +6,9 @@ it runs then, bit for bit: tests/test_router.py).
         --method "ia3-two-stage learn_stop_prob=0.8" --from-end 1 2 3 --margin 0 0.01 0.015 0.02
     # a rule the plugin does not have, replayed beside: the subject's other relations as a second test
     python bench/router_replay.py --logs ... --method ... --from-end 2 --margin 0.015 --other-relations 0 -0.02
+    # a margin chosen on half of the facts and counted on the other half, over 20 random halvings
+    python bench/router_replay.py --logs SAME_SUBJECT_LOGS COUNTERFACT_LOGS --method ... --from-end 2 \
+        --margin 0.015 0.014 0.013 0.012 0.01 --held-out 20
 
 The router is the plugin's own (`edit/router.py: build_router`, `layer_states`), built from each fact's
 prompts and subject as an edit builds it. Only the texts the subject gate opens on are routed (the
@@ -20,6 +23,14 @@ are the editor's `relation_rows` questions (`edit/retention.py: RELATION_TEMPLAT
 does not answer with `old` (`edit/objectives.py: subject_rows` drops the edited relation's so), and only
 those below the subject's general texts' similarity to the prompts (one as near as that asks the edited
 relation).
+
+`--held-out K` asks whether a margin picked on these facts would hold on facts it was not picked on. Each
+benchmark's facts (CounterFact's by their `counterfact-` ids, the same-subject facts the rest) are halved at
+random, K times (seeds 0..K-1). On one half, the first `--margin` is the reference and the pick is the
+margin with the most same-subject facts among those where every count of each benchmark (its `COUNTED`
+names) meets its target of `bench/editors.py: QUALITY_TARGETS` or loses no sample against the reference
+(ties go to the margin listed first). The pick is then counted on the other half, against the reference
+there; each halving is read both ways.
 """
 
 from __future__ import annotations
@@ -27,8 +38,13 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import random
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from editors import QUALITY_TARGETS  # noqa: E402
 
 from pytest_factedit.cases import load_case
 from pytest_factedit.edit.base import EditRequest
@@ -57,6 +73,14 @@ COUNTED = {  # the plugin's own rules for each count (metrics/measure.py)
     "paraphrase": paraphrase_samples,
     "same subject": same_subject_samples,
 }
+TARGET_OF = {  # each count's target in bench/editors.py: QUALITY_TARGETS
+    "alias": "alias_accuracy",
+    "forget": "forget_rate",
+    "paraphrase": "paraphrase_accuracy",
+    "same subject": "relation_specificity",
+}
+Counts = dict[str, tuple[int, int]]  # (hits, samples) by count name, one fact
+Totals = dict[tuple[str, str], tuple[int, int]]  # (hits, samples) by (benchmark, count name)
 
 
 def facts_info(data: Path) -> dict[str, dict[str, Any]]:
@@ -146,32 +170,105 @@ def main() -> None:
     parser.add_argument("--from-end", type=int, nargs="+", default=[2])
     parser.add_argument("--margin", type=float, nargs="+", default=[0.015])
     parser.add_argument("--other-relations", type=float, nargs="*", default=[], metavar="D")
+    parser.add_argument("--held-out", type=int, default=0, metavar="K", help="K random halvings (see above)")
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "counterfact-train.json")
     args = parser.parse_args()
     info = facts_info(args.data)
-    records = [json.loads(line) for pattern in args.logs for path in glob.glob(pattern) for line in open(path)]
+    records = [json.loads(line) for pattern in args.logs for path in sorted(glob.glob(pattern)) for line in open(path)]
     records = [r for r in records if r["method"] == args.method and r["status"] == "ran"]
+    records.sort(key=lambda r: r["fact"])
     loaded = load(None, "cpu")
     print(f"{len(records)} facts of {args.method!r}")
+    by_margin: dict[float, list[Counts]] = {}
     for from_end in args.from_end:
         for margin in args.margin if from_end else [0.0]:
             for other in [None, *args.other_relations] if from_end else [None]:
                 rule = f"from_end {from_end} margin {margin}" + ("" if other is None else f" other relations {other}")
-                print(f"{rule}: {rates(loaded, info, records, (from_end, margin, other))}", flush=True)
+                counts = [fact_counts(loaded, info, record, (from_end, margin, other)) for record in records]
+                if from_end == args.from_end[0] and other is None:
+                    by_margin[margin] = counts
+                print(f"{rule}: {rates(counts)}", flush=True)
+    if args.held_out:
+        held_out([benchmark_of(r["fact"]) for r in records], by_margin, args.held_out)
 
 
-def rates(loaded: Any, info: dict[str, dict[str, Any]], records: list[dict[str, Any]], rule: tuple) -> str:
-    """Each count's rate and hits over the logged facts, replayed under `rule` (from_end, margin, other)."""
-    totals = {name: [0, 0] for name in COUNTED}
-    for record in records:
-        answers = record["values"]["answers"]
-        fact = info[record["fact"]]
-        measured = evidence(fact, answers, passed(loaded, fact, answers, *rule))
-        for name, samples in COUNTED.items():
-            hits = [sample.hit for sample in samples(measured)]
-            totals[name][0] += sum(hits)
-            totals[name][1] += len(hits)
+def fact_counts(loaded: Any, info: dict[str, dict[str, Any]], record: dict[str, Any], rule: tuple) -> Counts:
+    """Each count's (hits, samples) on one logged fact, replayed under `rule` (from_end, margin, other)."""
+    answers = record["values"]["answers"]
+    fact = info[record["fact"]]
+    measured = evidence(fact, answers, passed(loaded, fact, answers, *rule))
+    counts = {}
+    for name, samples in COUNTED.items():
+        hits = [sample.hit for sample in samples(measured)]
+        counts[name] = (sum(hits), len(hits))
+    return counts
+
+
+def rates(counts: list[Counts]) -> str:
+    """Each count's rate and hits summed over the facts."""
+    totals = {name: [sum(c[name][0] for c in counts), sum(c[name][1] for c in counts)] for name in COUNTED}
     return "  ".join(f"{k} {v[0] / v[1]:.3f} ({v[0]}/{v[1]})" for k, v in sorted(totals.items()) if v[1])
+
+
+def benchmark_of(fact: str) -> str:
+    return "counterfact" if fact.startswith("counterfact-") else "same-subject"
+
+
+def half_totals(benchmarks: list[str], counts: list[Counts], rows: list[int]) -> Totals:
+    """(hits, samples) by (benchmark, count) over the facts `rows`."""
+    totals: Totals = {}
+    for i in rows:
+        for name, (hits, n) in counts[i].items():
+            held = totals.get((benchmarks[i], name), (0, 0))
+            totals[(benchmarks[i], name)] = (held[0] + hits, held[1] + n)
+    return totals
+
+
+def shortfalls(totals: Totals, reference: Totals) -> list[str]:
+    """The counts under their target that lose samples against the reference's."""
+    lowest = dict(QUALITY_TARGETS)
+    return [
+        f"{bench} {name} {hits}/{n} (reference {reference[(bench, name)][0]})"
+        for (bench, name), (hits, n) in sorted(totals.items())
+        if n and hits / n < lowest[TARGET_OF[name]] and hits < reference[(bench, name)][0]
+    ]
+
+
+def same_subject(totals: Totals) -> int:
+    return sum(hits for (_, name), (hits, _) in totals.items() if name == "same subject")
+
+
+def held_out(benchmarks: list[str], by_margin: dict[float, list[Counts]], splits: int) -> None:
+    """Pick a margin on one half of each benchmark's facts and count it on the other (module docstring)."""
+    margins = list(by_margin)
+    gains, losses, picks = [], 0, {m: 0 for m in margins}
+    for seed in range(splits):
+        rng, first = random.Random(seed), set()
+        for bench in sorted(set(benchmarks)):
+            rows = [i for i, b in enumerate(benchmarks) if b == bench]
+            rng.shuffle(rows)
+            first.update(rows[: len(rows) // 2])
+        halves = (sorted(first), sorted(set(range(len(benchmarks))) - first))
+        for name, (pick_on, count_on) in (("A", halves), ("B", halves[::-1])):
+            on = {m: half_totals(benchmarks, by_margin[m], pick_on) for m in margins}
+            fit = [m for m in margins if not shortfalls(on[m], on[margins[0]])]
+            pick = max(fit, key=lambda m: (same_subject(on[m]), -margins.index(m)))
+            picks[pick] += 1
+            there = {m: half_totals(benchmarks, by_margin[m], count_on) for m in (margins[0], pick)}
+            lost = shortfalls(there[pick], there[margins[0]])
+            losses += bool(lost)
+            gains.append(same_subject(there[pick]) - same_subject(there[margins[0]]))
+            print(
+                f"seed {seed} picked on half {name}: margin {pick} (same subject {same_subject(on[pick])} against "
+                f"{same_subject(on[margins[0]])}); on the other half: same subject {same_subject(there[pick])} against "
+                f"{same_subject(there[margins[0]])}" + (f"; short: {', '.join(lost)}" if lost else ""),
+                flush=True,
+            )
+    print(f"picks: {', '.join(f'{m}: {k}' for m, k in picks.items())}")
+    print(
+        f"held-out same-subject gain over the reference: total {sum(gains)} over {len(gains)} halves, "
+        f"{sum(g > 0 for g in gains)} gain, {sum(g < 0 for g in gains)} lose; halves short of a target: {losses}"
+    )
 
 
 if __name__ == "__main__":
