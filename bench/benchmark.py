@@ -203,6 +203,7 @@ def cpu_line() -> str:
     products and of its head (bench/step_products.py) and the threads torch uses (every figure depends on them)."""
     import torch
 
+    from pytest_factedit.infra.cpu import cpuinfo_field
     from pytest_factedit.model.head_argmax import greedy_head_form
     from pytest_factedit.model.lmhead import few_row_products, head_product_form
     from pytest_factedit.model.precision import cpu_bf16_units
@@ -210,10 +211,13 @@ def cpu_line() -> str:
 
     info = machine_info()
     units = cpu_bf16_units() or "none"
+    # a model name such as "AMD EPYC" can cover CPU generations whose figures differ by 2x
+    family, model = cpuinfo_field("cpu family"), cpuinfo_field("model")
+    generation = f", family {family} model {model}" if family and model else ""
     return (
-        f"CPU: {info['cpu']} ({info['cpu_capability']} kernels, bf16 units: {units}; a greedy step's products:"
-        f" {few_row_products()}, its head: {greedy_head_form()}; the LM head's many rows: {head_product_form()}),"
-        f" {torch.get_num_threads()} torch threads"
+        f"CPU: {info['cpu']}{generation} ({info['cpu_capability']} kernels, bf16 units: {units}; a greedy step's"
+        f" products: {few_row_products()}, its head: {greedy_head_form()}; the LM head's many rows:"
+        f" {head_product_form()}), {torch.get_num_threads()} torch threads"
     )
 
 
