@@ -31,6 +31,15 @@ margin with the most same-subject facts among those where every count of each be
 names) meets its target of `bench/editors.py: QUALITY_TARGETS` or loses no sample against the reference
 (ties go to the margin listed first). The pick is then counted on the other half, against the reference
 there; each halving is read both ways.
+
+`--sequence DIR` replays a margin on the paraphrases of a `bench/sequential.py` run (its `--checkpoint`
+folder: `run.json` names the facts, `outcomes.jsonl` holds each edit's counts right after it, which the
+run's end repeats). The router is built from the base model's states alone, so its verdict on a text needs
+no edit; a counted paraphrase the router sends away gets the base model's answer, which is `old`: a hit
+lost. A fact with more paraphrases than hits counts the smaller of its hits and its paraphrases sent away
+(an upper bound; CounterFact's cases have one paraphrase each, where it is exact).
+
+    python bench/router_replay.py --sequence bench/results/sequential26-n1000-c12088e-epyc --margin 0.015 0.014
 """
 
 from __future__ import annotations
@@ -165,14 +174,19 @@ def other_relations_test(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--logs", nargs="+", required=True)
-    parser.add_argument("--method", required=True, help="the logs' method name, as its rows name it")
+    parser.add_argument("--logs", nargs="+", default=[])
+    parser.add_argument("--method", help="the logs' method name, as its rows name it")
+    parser.add_argument("--sequence", type=Path, metavar="DIR", help="a sequential run's folder (see above)")
     parser.add_argument("--from-end", type=int, nargs="+", default=[2])
     parser.add_argument("--margin", type=float, nargs="+", default=[0.015])
     parser.add_argument("--other-relations", type=float, nargs="*", default=[], metavar="D")
     parser.add_argument("--held-out", type=int, default=0, metavar="K", help="K random halvings (see above)")
     parser.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "counterfact-train.json")
     args = parser.parse_args()
+    if args.sequence:
+        return sequence_paraphrases(args.sequence, args.data, args.from_end[0], args.margin)
+    if not args.logs or not args.method:
+        parser.error("--logs and --method are needed without --sequence")
     info = facts_info(args.data)
     records = [json.loads(line) for pattern in args.logs for path in sorted(glob.glob(pattern)) for line in open(path)]
     records = [r for r in records if r["method"] == args.method and r["status"] == "ran"]
@@ -269,6 +283,36 @@ def held_out(benchmarks: list[str], by_margin: dict[float, list[Counts]], splits
         f"held-out same-subject gain over the reference: total {sum(gains)} over {len(gains)} halves, "
         f"{sum(g > 0 for g in gains)} gain, {sum(g < 0 for g in gains)} lose; halves short of a target: {losses}"
     )
+
+
+def sequence_paraphrases(folder: Path, data: Path, from_end: int, margins: list[float]) -> None:
+    """Each margin's paraphrase hits over a sequential run's edits (module docstring, `--sequence`)."""
+    from facts import known_cases
+
+    run = json.loads((folder / "run.json").read_text())
+    outcomes = [json.loads(line) for line in open(folder / "outcomes.jsonl")]
+    loaded = load(None, "cpu")
+    cases, scratch = known_cases(loaded, data, len(run["cases"]), run["seed"])
+    by_id = {case.id: case for case in cases}
+    hits = {o["case_id"]: (o["metrics"].get("paraphrase_accuracy") or {}).get("hits") or 0 for o in outcomes}
+    samples = sum((o["metrics"].get("paraphrase_accuracy") or {}).get("samples") or 0 for o in outcomes)
+    print(f"{len(outcomes)} edits, paraphrases {sum(hits.values())} of {samples} in the run ({folder.name})")
+    lost = {margin: 0 for margin in margins}
+    with scratch:
+        for case_id, hit in hits.items():
+            if not hit:
+                continue
+            case = by_id[case_id]
+            fact = {"subject": case.subject, "old": case.old, "new": case.new}
+            answers = [["prompts", p, "", ""] for p in case.prompts]
+            answers += [["paraphrases", q, "", ""] for q in case.paraphrases]
+            for margin in margins:
+                away = passed(loaded, fact, answers, from_end, margin, None).count(False)
+                lost[margin] += min(hit, away)
+    for margin in margins:
+        kept = sum(hits.values()) - lost[margin]
+        rate = f"{kept / samples:.3f} ({kept}/{samples})"
+        print(f"from_end {from_end} margin {margin}: paraphrases {rate}, {lost[margin]} hits sent away")
 
 
 if __name__ == "__main__":
